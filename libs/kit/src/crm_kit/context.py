@@ -1,0 +1,62 @@
+"""Who is calling, for which tenant, within which request: set once per call by the kit, read anywhere.
+
+The tenant always comes from the verified credential, never from the request body or a header a client sets.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+from crm.common.v1 import event_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The verified caller: a signed-in user, a partner's API key, or the system itself."""
+
+    tenant_id: str
+    actor_id: str
+    actor_type: int = event_pb2.ACTOR_TYPE_USER
+    name: str = ""
+    role_ids: tuple[str, ...] = ()
+    department_id: str = ""
+    api_key_id: str = ""
+
+    @property
+    def is_api_key(self) -> bool:
+        return self.actor_type == event_pb2.ACTOR_TYPE_API_KEY
+
+    def actor_message(self) -> event_pb2.Actor:
+        return event_pb2.Actor(type=self.actor_type, id=self.actor_id, name=self.name)
+
+
+SYSTEM = Principal(tenant_id="", actor_id="system", actor_type=event_pb2.ACTOR_TYPE_SYSTEM, name="system")
+
+
+@dataclass(slots=True)
+class RequestContext:
+    principal: Principal | None = None
+    request_id: str = ""
+    trace_id: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+_current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("crm_request_context")
+
+
+def current() -> RequestContext:
+    try:
+        return _current.get()
+    except LookupError:
+        ctx = RequestContext()
+        _current.set(ctx)
+        return ctx
+
+
+def bind(ctx: RequestContext) -> contextvars.Token[RequestContext]:
+    return _current.set(ctx)
+
+
+def reset(token: contextvars.Token[RequestContext]) -> None:
+    _current.reset(token)

@@ -1,0 +1,126 @@
+"""Async SQLAlchemy for every service: one engine, a unit of work per business operation.
+
+A domain function takes the unit of work, changes rows and records events with `uow.emit(...)`; the unit of
+work commits both in one transaction (the transactional outbox). Domain functions never commit themselves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import DateTime, MetaData, String, func
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from crm_kit.errors import AlreadyExists, InvalidArgument
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Timestamped:
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class TenantOwned:
+    """Every business row carries its tenant; every query filters on it (see `crm_kit.db.for_tenant`)."""
+
+    tenant_id: Mapped[str] = mapped_column(String(36), index=True)
+
+
+def for_tenant(stmt: Any, model: Any, tenant_id: str) -> Any:
+    return stmt.where(model.tenant_id == tenant_id)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False):
+        if not url:
+            raise ValueError("no database URL: set CRM_DATABASE_URL")
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
+        )
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Called after every commit that wrote events, so the outbox relay publishes at once, not at its next poll.
+        self.after_commit_hooks: list[Callable[[], None]] = []
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        async with self.sessions() as session:
+            uow = UnitOfWork(session)
+            try:
+                async with session.begin():
+                    yield uow
+                    await session.flush()
+            except IntegrityError as exc:
+                raise integrity_error(exc) from exc
+            if uow.events_recorded:
+                for hook in self.after_commit_hooks:
+                    hook()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A read-only session (no events, rolled back at the end)."""
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+class UnitOfWork:
+    """One business transaction: the session plus the events to commit with it."""
+
+    def __init__(self, session: AsyncSession):
+        self.session = session
+        self.events_recorded = 0
+
+    def emit(self, payload: Any, **kwargs: Any) -> None:
+        """Record an event in the outbox, in this transaction. See `crm_kit.events.outbox.record` for arguments."""
+        from crm_kit.events.outbox import record
+
+        record(self.session, payload, **kwargs)
+        self.events_recorded += 1
+
+
+def integrity_error(exc: IntegrityError) -> Exception:
+    """Unique violations are a caller's conflict (409), other integrity errors a bad request (422)."""
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    detail = str(orig).split("DETAIL:")[-1].strip() if orig else str(exc)
+    if sqlstate == "23505":
+        return AlreadyExists(f"already exists: {detail}")
+    return InvalidArgument(f"rejected by a constraint: {detail}")
+
+
+__all__ = [
+    "Base",
+    "DBAPIError",
+    "Database",
+    "TenantOwned",
+    "Timestamped",
+    "UnitOfWork",
+    "for_tenant",
+    "integrity_error",
+    "utcnow",
+]

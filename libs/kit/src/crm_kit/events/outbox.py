@@ -1,0 +1,133 @@
+"""The transactional outbox: an event row written in the same transaction as the change it describes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from opentelemetry import trace
+from sqlalchemy import BigInteger, DateTime, Identity, Index, LargeBinary, String, Text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from crm.common.v1 import event_pb2
+from crm_kit import context
+from crm_kit.db import Base, utcnow
+from crm_kit.events.subjects import event_type, subject_for
+from crm_kit.ids import new_id
+
+
+class OutboxEvent(Base):
+    """Written by the unit of work, read and marked by the relay. `seq` orders publication."""
+
+    __tablename__ = "outbox_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    id: Mapped[str] = mapped_column(String(36), unique=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    aggregate_id: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    traceparent: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_outbox_events_unpublished", "seq", postgresql_where="published_at IS NULL"),)
+
+
+def to_value(value: Any) -> struct_pb2.Value:
+    v = struct_pb2.Value()
+    if value is None:
+        v.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        v.bool_value = value
+    elif isinstance(value, int | float):
+        v.number_value = value
+    elif isinstance(value, dict):
+        v.struct_value.update(value)
+    elif isinstance(value, list | tuple):
+        v.list_value.extend(list(value))
+    elif isinstance(value, dt.datetime):
+        v.string_value = value.isoformat()
+    else:
+        v.string_value = str(value)
+    return v
+
+
+def diff(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[event_pb2.FieldChange]:
+    """The changed fields between two snapshots; a created object has no `before`, a deleted one no `after`."""
+    before, after = before or {}, after or {}
+    changes = []
+    for field in sorted(set(before) | set(after)):
+        b, a = before.get(field), after.get(field)
+        if b == a:
+            continue
+        change = event_pb2.FieldChange(field=field)
+        if field in before:
+            change.before.CopyFrom(to_value(b))
+        if field in after:
+            change.after.CopyFrom(to_value(a))
+        changes.append(change)
+    return changes
+
+
+def current_traceparent() -> str:
+    span = trace.get_current_span().get_span_context()
+    if not span.is_valid:
+        return ""
+    return f"00-{span.trace_id:032x}-{span.span_id:016x}-{int(span.trace_flags):02x}"
+
+
+def build_envelope(
+    payload: Message,
+    *,
+    aggregate_type: str,
+    aggregate_id: str,
+    aggregate_version: int = 0,
+    action: str,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    tenant_id: str | None = None,
+    actor: event_pb2.Actor | None = None,
+) -> event_pb2.EventEnvelope:
+    ctx = context.current()
+    principal = ctx.principal
+    occurred = timestamp_pb2.Timestamp()
+    occurred.FromDatetime(utcnow())
+    packed = any_pb2.Any()
+    packed.Pack(payload)
+    if actor is None:
+        actor = principal.actor_message() if principal else context.SYSTEM.actor_message()
+    return event_pb2.EventEnvelope(
+        id=new_id(),
+        type=event_type(payload),
+        tenant_id=tenant_id if tenant_id is not None else (principal.tenant_id if principal else ""),
+        actor=actor,
+        occurred_at=occurred,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        aggregate_version=aggregate_version,
+        action=action,
+        changes=diff(before, after),
+        request_id=ctx.request_id,
+        trace_id=ctx.trace_id,
+        payload=packed,
+    )
+
+
+def record(session: AsyncSession, payload: Message, **kwargs: Any) -> event_pb2.EventEnvelope:
+    """Add the event to the session's transaction. Arguments as for `build_envelope`."""
+    envelope = build_envelope(payload, **kwargs)
+    session.add(
+        OutboxEvent(
+            id=envelope.id,
+            subject=subject_for(envelope.type),
+            tenant_id=envelope.tenant_id,
+            aggregate_id=envelope.aggregate_id,
+            envelope=envelope.SerializeToString(),
+            traceparent=current_traceparent(),
+        )
+    )
+    return envelope

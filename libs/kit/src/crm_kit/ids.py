@@ -1,0 +1,17 @@
+"""Identifiers: UUIDv7 strings everywhere, so ids sort by creation time and keyset pages stay cheap."""
+
+import uuid
+
+import uuid_utils
+
+
+def new_id() -> str:
+    return str(uuid_utils.uuid7())
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True

