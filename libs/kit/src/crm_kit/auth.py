@@ -1,0 +1,200 @@
+"""Access tokens: short-lived JWTs signed with Ed25519 by identity, verified by everyone else from the JWKS.
+
+Per RFC 8725: one algorithm allowed (EdDSA; "none" and HMAC never), issuer, audience, expiry and the tenant
+claim are required and checked, and keys are chosen by `kid` from the published key set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from crm.common.v1 import event_pb2
+from crm_kit.context import Principal
+from crm_kit.errors import Unauthenticated
+from crm_kit.ids import new_id
+
+ALGORITHM = "EdDSA"
+ALLOWED_ALGORITHMS = [ALGORITHM]
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "tid", "jti"]
+ACTOR_TYPES = {"user": event_pb2.ACTOR_TYPE_USER, "api_key": event_pb2.ACTOR_TYPE_API_KEY}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def public_jwk(key: Ed25519PublicKey) -> dict[str, str]:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {"crv": "Ed25519", "kty": "OKP", "x": _b64(raw)}
+    # RFC 7638 thumbprint as the key id: stable, derived, nothing to configure.
+    thumbprint = hashlib.sha256(json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()).digest()
+    return {**jwk, "kid": _b64(thumbprint), "alg": ALGORITHM, "use": "sig"}
+
+
+class SigningKeys:
+    """Identity's private keys, newest first: the first signs, all are published so old tokens still verify."""
+
+    def __init__(self, keys: list[Ed25519PrivateKey]):
+        if not keys:
+            raise ValueError("at least one signing key is needed")
+        self.keys = keys
+        self.kids = [public_jwk(k.public_key())["kid"] for k in keys]
+
+    @classmethod
+    def from_pem(cls, pem_text: str) -> SigningKeys:
+        blocks = [b for b in pem_text.split("-----END PRIVATE KEY-----") if "BEGIN PRIVATE KEY" in b]
+        keys = []
+        for block in blocks:
+            key = serialization.load_pem_private_key((block + "-----END PRIVATE KEY-----").strip().encode(), None)
+            if not isinstance(key, Ed25519PrivateKey):
+                raise ValueError("CRM_JWT_PRIVATE_KEYS must hold Ed25519 private keys")
+            keys.append(key)
+        return cls(keys)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> SigningKeys:
+        """For local runs: a key kept in the data directory, made on first start."""
+        if path.exists():
+            return cls.from_pem(path.read_text())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        path.write_bytes(generate_pem(key))
+        path.chmod(0o600)
+        return cls([key])
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [public_jwk(k.public_key()) for k in self.keys]}
+
+
+def generate_pem(key: Ed25519PrivateKey | None = None) -> bytes:
+    key = key or Ed25519PrivateKey.generate()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    expires_in: int
+
+
+class TokenIssuer:
+    def __init__(self, keys: SigningKeys, *, issuer: str, audience: str, ttl_seconds: int = 600):
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl_seconds
+
+    def issue(self, principal: Principal, *, ttl_seconds: int | None = None) -> IssuedToken:
+        ttl = ttl_seconds or self.ttl
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": principal.actor_id,
+            "tid": principal.tenant_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+            "jti": new_id(),
+            "typ": "api_key" if principal.is_api_key else "user",
+            "name": principal.name,
+            "roles": list(principal.role_ids),
+            "dept": principal.department_id,
+        }
+        token = jwt.encode(claims, self.keys.keys[0], algorithm=ALGORITHM, headers={"kid": self.keys.kids[0]})
+        return IssuedToken(token=token, expires_in=ttl)
+
+
+JwksSource = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class JwtVerifier:
+    """Verifies access tokens against a key set; an unknown `kid` refetches the set (at most every 30 s)."""
+
+    def __init__(self, jwks_source: JwksSource, *, issuer: str, audience: str, leeway_seconds: int = 5):
+        self._source = jwks_source
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway_seconds
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = 0.0
+        self._lock = asyncio.Lock()
+
+    def load(self, jwks: dict[str, Any]) -> None:
+        keys = {}
+        for jwk in jwks.get("keys", []):
+            if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and "kid" in jwk:
+                keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
+        self._keys = keys
+        self._fetched_at = time.monotonic()
+
+    async def _key_for(self, kid: str) -> Any:
+        key = self._keys.get(kid)
+        if key is not None:
+            return key
+        async with self._lock:
+            if kid not in self._keys and (not self._keys or time.monotonic() - self._fetched_at > 30):
+                self.load(await self._source())
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthenticated("token signed with an unknown key", reason="invalid_token")
+        return key
+
+    async def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("malformed token", reason="invalid_token") from exc
+        if header.get("alg") not in ALLOWED_ALGORITHMS:
+            raise Unauthenticated("token algorithm not allowed", reason="invalid_token")
+        key = await self._key_for(str(header.get("kid", "")))
+        return self.verify_with_key(token, key)
+
+    def verify_with_key(self, token: str, key: Any) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=ALLOWED_ALGORITHMS,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": REQUIRED_CLAIMS},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("token expired", reason="token_expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}", reason="invalid_token") from exc
+        typ = claims.get("typ", "user")
+        if typ not in ACTOR_TYPES or not claims["tid"]:
+            raise Unauthenticated("invalid token: bad type or tenant", reason="invalid_token")
+        return Principal(
+            tenant_id=claims["tid"],
+            actor_id=claims["sub"],
+            actor_type=ACTOR_TYPES[typ],
+            name=claims.get("name", ""),
+            role_ids=tuple(claims.get("roles", [])),
+            department_id=claims.get("dept", ""),
+            api_key_id=claims["sub"] if typ == "api_key" else "",
+        )
+
+
+def local_jwks_source(keys: SigningKeys) -> JwksSource:
+    async def source() -> dict[str, Any]:
+        return keys.jwks()
+
+    return source
