@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from crm.common.v1 import event_pb2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from crm.common.v1 import event_pb2
 from crm_kit.context import Principal
 from crm_kit.errors import Unauthenticated
 from crm_kit.ids import new_id
@@ -57,7 +57,9 @@ class SigningKeys:
         blocks = [b for b in pem_text.split("-----END PRIVATE KEY-----") if "BEGIN PRIVATE KEY" in b]
         keys = []
         for block in blocks:
-            key = serialization.load_pem_private_key((block + "-----END PRIVATE KEY-----").strip().encode(), None)
+            key = serialization.load_pem_private_key(
+                (block + "-----END PRIVATE KEY-----").strip().encode(), None
+            )
             if not isinstance(key, Ed25519PrivateKey):
                 raise ValueError("CRM_JWT_PRIVATE_KEYS must hold Ed25519 private keys")
             keys.append(key)

