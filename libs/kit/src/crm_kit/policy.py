@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from crm.identity.v1 import identity_pb2
 from sqlalchemy import false, or_, true
@@ -57,6 +58,13 @@ class Decision:
 
     def redact(self, data: dict) -> dict:
         return {k: v for k, v in data.items() if k not in self.hidden} if self.hidden else data
+
+    def redact_message(self, message: Any) -> Any:
+        """Clear the hidden fields of a protobuf message (in place) and return it."""
+        for name in self.hidden:
+            if name in message.DESCRIPTOR.fields_by_name:
+                message.ClearField(name)
+        return message
 
     def row_filter(self, principal: Principal, *, owner_column, department_column) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
         """The WHERE clause for the records this caller may see."""

@@ -1,0 +1,396 @@
+"""Signing in and staying signed in: passwords, lockout, TOTP, rotating refresh tokens, API keys.
+
+Failures are outcomes, not exceptions, inside the transaction: a failed sign-in must still commit its failure
+count and its audit event. The transport raises the returned error after the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+import pyotp
+from sqlalchemy import select, update
+
+from crm.common.v1 import event_pb2
+from crm.identity.v1 import events_pb2, identity_pb2
+from crm_kit.auth import TokenIssuer
+from crm_kit.context import Principal
+from crm_kit.db import UnitOfWork, utcnow
+from crm_kit.errors import DomainError, InvalidArgument, Unauthenticated
+from crm_kit.ids import new_id
+from crm_kit.validation import Check
+from crm_identity import models
+from crm_identity.domain.common import caller, random_token, sha256, user_pb, user_snapshot
+from crm_identity.domain.passwords import Passwords, check_password
+from crm_identity.settings import IdentitySettings
+
+BAD_CREDENTIALS = "email or password is wrong"
+TOTP_ISSUER = "CRM"
+
+
+@dataclass
+class Outcome:
+    token: identity_pb2.TokenPair | None = None
+    error: DomainError | None = None
+
+    def unwrap(self) -> identity_pb2.TokenPair:
+        if self.error is not None:
+            raise self.error
+        assert self.token is not None
+        return self.token
+
+
+def _user_actor(user: models.User) -> event_pb2.Actor:
+    return event_pb2.Actor(type=event_pb2.ACTOR_TYPE_USER, id=user.id, name=user.name)
+
+
+def _principal(user: models.User) -> Principal:
+    return Principal(
+        tenant_id=user.tenant_id,
+        actor_id=user.id,
+        name=user.name,
+        role_ids=tuple(user.role_ids or ()),
+        department_id=user.department_id or "",
+    )
+
+
+class Sessions:
+    def __init__(self, settings: IdentitySettings, passwords: Passwords, issuer: TokenIssuer):
+        self.settings = settings
+        self.passwords = passwords
+        self.issuer = issuer
+
+    # ------------------------------------------------------------ tokens
+
+    def _new_refresh(self, uow: UnitOfWork, user: models.User, family_id: str) -> str:
+        token = random_token()
+        now = utcnow()
+        uow.session.add(
+            models.RefreshToken(
+                id=new_id(),
+                tenant_id=user.tenant_id,
+                user_id=user.id,
+                family_id=family_id,
+                token_hash=sha256(token),
+                created_at=now,
+                expires_at=now + dt.timedelta(days=self.settings.refresh_token_ttl_days),
+            )
+        )
+        return token
+
+    def _pair(self, uow: UnitOfWork, user: models.User, family_id: str) -> identity_pb2.TokenPair:
+        access = self.issuer.issue(_principal(user), ttl_seconds=self.settings.access_token_ttl_seconds)
+        return identity_pb2.TokenPair(
+            access_token=access.token,
+            refresh_token=self._new_refresh(uow, user, family_id),
+            token_type="Bearer",
+            expires_in=access.expires_in,
+        )
+
+    def _failed(self, uow: UnitOfWork, user: models.User | None, email: str, reason: str) -> None:
+        uow.emit(
+            events_pb2.LoginFailed(email=email, reason=reason),
+            tenant_id=user.tenant_id if user else "",
+            actor=_user_actor(user) if user else event_pb2.Actor(type=event_pb2.ACTOR_TYPE_USER, name=email),
+            aggregate_type="user",
+            aggregate_id=user.id if user else "",
+            action="login_failed",
+            after={"reason": reason},
+        )
+
+    async def login(self, uow: UnitOfWork, *, email: str, password: str, totp_code: str) -> Outcome:
+        check = Check()
+        check.required("email", email)
+        check.required("password", password)
+        check.done()
+        email = email.strip().lower()
+        user = (
+            await uow.session.execute(select(models.User).where(models.User.email == email).with_for_update())
+        ).scalar_one_or_none()
+        now = utcnow()
+        if user is None:
+            await self.passwords.verify(None, password)
+            self._failed(uow, None, email, "unknown_user")
+            return Outcome(error=Unauthenticated(BAD_CREDENTIALS, reason="bad_credentials"))
+        if user.locked_until and user.locked_until > now:
+            self._failed(uow, user, email, "locked")
+            return Outcome(
+                error=Unauthenticated(
+                    f"too many failed attempts: try again after {user.locked_until.isoformat(timespec='seconds')}",
+                    reason="account_locked",
+                )
+            )
+        password_ok = await self.passwords.verify(user.password_hash, password)
+        if not password_ok:
+            return self._count_failure(uow, user, email, "bad_password", BAD_CREDENTIALS, "bad_credentials")
+        if user.status != "active":
+            self._failed(uow, user, email, "inactive")
+            return Outcome(error=Unauthenticated("this account is not active", reason="account_inactive"))
+        if user.totp_secret:
+            if not totp_code:
+                self._failed(uow, user, email, "totp_required")
+                return Outcome(
+                    error=Unauthenticated("a two-factor code is required (totp_code)", reason="totp_required")
+                )
+            if not self._accept_totp(user, user.totp_secret, totp_code):
+                return self._count_failure(
+                    uow, user, email, "bad_totp", "the two-factor code is wrong", "bad_totp"
+                )
+        user.failed_logins = 0
+        user.locked_until = None
+        user.last_login_at = now
+        if self.passwords.needs_rehash(user.password_hash or ""):
+            user.password_hash = await self.passwords.hash(password)
+        uow.emit(
+            events_pb2.LoginSucceeded(user_id=user.id, email=email, with_totp=bool(user.totp_secret)),
+            tenant_id=user.tenant_id,
+            actor=_user_actor(user),
+            aggregate_type="user",
+            aggregate_id=user.id,
+            action="login_succeeded",
+        )
+        return Outcome(token=self._pair(uow, user, family_id=new_id()))
+
+    def _count_failure(
+        self, uow: UnitOfWork, user: models.User, email: str, reason: str, message: str, code: str
+    ) -> Outcome:
+        user.failed_logins += 1
+        self._failed(uow, user, email, reason)
+        if user.failed_logins >= self.settings.lockout_threshold:
+            user.locked_until = utcnow() + dt.timedelta(minutes=self.settings.lockout_minutes)
+            user.failed_logins = 0
+            uow.emit(
+                events_pb2.UserLockedOut(user_id=user.id, failed_attempts=self.settings.lockout_threshold),
+                tenant_id=user.tenant_id,
+                actor=_user_actor(user),
+                aggregate_type="user",
+                aggregate_id=user.id,
+                action="locked_out",
+                after={"locked_until": user.locked_until.isoformat()},
+            )
+        return Outcome(error=Unauthenticated(message, reason=code))
+
+    @staticmethod
+    def _accept_totp(user: models.User, secret: str, code: str) -> bool:
+        """A code is good once: within ±1 step of now and newer than the last one used (no replay)."""
+        totp = pyotp.TOTP(secret)
+        now_step = int(time.time()) // totp.interval
+        for step in (now_step - 1, now_step, now_step + 1):
+            if step > user.totp_last_step and pyotp.utils.strings_equal(
+                totp.generate_otp(step), code.strip()
+            ):
+                user.totp_last_step = step
+                return True
+        return False
+
+    async def refresh(self, uow: UnitOfWork, *, refresh_token: str) -> Outcome:
+        if not refresh_token:
+            raise InvalidArgument.for_field("refresh_token", "is required")
+        session = uow.session
+        row = (
+            await session.execute(
+                select(models.RefreshToken)
+                .where(models.RefreshToken.token_hash == sha256(refresh_token))
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        now = utcnow()
+        invalid = Outcome(error=Unauthenticated("refresh token is not valid", reason="invalid_refresh_token"))
+        if row is None or row.revoked_at is not None or row.expires_at <= now:
+            return invalid
+        user = await session.get(models.User, row.user_id)
+        if row.used_at is not None:
+            # A rotated token came back: someone holds a copy. End the whole sign-in, everywhere.
+            await self._revoke_family(uow, row.family_id, now)
+            uow.emit(
+                events_pb2.RefreshTokenReuseDetected(user_id=row.user_id, family_id=row.family_id),
+                tenant_id=row.tenant_id,
+                actor=_user_actor(user) if user else None,
+                aggregate_type="user",
+                aggregate_id=row.user_id,
+                action="refresh_token_reused",
+            )
+            return invalid
+        if user is None or user.status != "active":
+            return invalid
+        row.used_at = now
+        return Outcome(token=self._pair(uow, user, family_id=row.family_id))
+
+    async def _revoke_family(self, uow: UnitOfWork, family_id: str, now: dt.datetime) -> None:
+        await uow.session.execute(
+            update(models.RefreshToken)
+            .where(models.RefreshToken.family_id == family_id, models.RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    async def logout(self, uow: UnitOfWork, *, refresh_token: str) -> None:
+        """Ends the sign-in the refresh token belongs to. Unknown tokens are ignored (logout is idempotent)."""
+        if not refresh_token:
+            raise InvalidArgument.for_field("refresh_token", "is required")
+        row = (
+            await uow.session.execute(
+                select(models.RefreshToken).where(models.RefreshToken.token_hash == sha256(refresh_token))
+            )
+        ).scalar_one_or_none()
+        if row is None or row.revoked_at is not None:
+            return
+        await self._revoke_family(uow, row.family_id, utcnow())
+        user = await uow.session.get(models.User, row.user_id)
+        uow.emit(
+            events_pb2.LoggedOut(user_id=row.user_id),
+            tenant_id=row.tenant_id,
+            actor=_user_actor(user) if user else None,
+            aggregate_type="user",
+            aggregate_id=row.user_id,
+            action="logged_out",
+        )
+
+    async def revoke_all(self, uow: UnitOfWork, user_id: str) -> None:
+        await uow.session.execute(
+            update(models.RefreshToken)
+            .where(models.RefreshToken.user_id == user_id, models.RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+
+    # ------------------------------------------------------------ invitations
+
+    async def accept_invitation(
+        self, uow: UnitOfWork, *, invitation_token: str, password: str, name: str
+    ) -> models.User:
+        check = Check()
+        check.required("invitation_token", invitation_token)
+        check_password(check, "password", password)
+        check.length("name", name.strip(), max_len=200)
+        check.done()
+        user = (
+            await uow.session.execute(
+                select(models.User)
+                .where(models.User.invitation_hash == sha256(invitation_token))
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        if (
+            user is None
+            or user.status != "invited"
+            or user.invitation_expires_at is None
+            or user.invitation_expires_at <= utcnow()
+        ):
+            raise Unauthenticated("the invitation is not valid or has expired", reason="invalid_invitation")
+        before = user_snapshot(user)
+        user.password_hash = await self.passwords.hash(password)
+        user.status = "active"
+        user.invitation_hash = None
+        user.invitation_expires_at = None
+        if name.strip():
+            user.name = name.strip()
+        user.version += 1
+        await uow.session.flush()
+        await uow.session.refresh(user)
+        uow.emit(
+            events_pb2.UserActivated(user=user_pb(user)),
+            tenant_id=user.tenant_id,
+            actor=_user_actor(user),
+            aggregate_type="user",
+            aggregate_id=user.id,
+            aggregate_version=user.version,
+            action="invitation_accepted",
+            before=before,
+            after=user_snapshot(user),
+        )
+        return user
+
+    # ------------------------------------------------------------ two-factor
+
+    async def _me(self, uow: UnitOfWork) -> models.User:
+        principal = caller()
+        if principal.is_api_key:
+            raise InvalidArgument("an API key has no two-factor settings", reason="not_a_user")
+        user = (
+            await uow.session.execute(
+                select(models.User)
+                .where(models.User.id == principal.actor_id, models.User.tenant_id == principal.tenant_id)
+                .with_for_update()
+            )
+        ).scalar_one_or_none()
+        if user is None:
+            raise Unauthenticated("unknown user", reason="invalid_token")
+        return user
+
+    async def start_totp(self, uow: UnitOfWork) -> tuple[str, str]:
+        user = await self._me(uow)
+        secret = pyotp.random_base32()
+        user.totp_pending_secret = secret
+        return secret, pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=TOTP_ISSUER)
+
+    async def confirm_totp(self, uow: UnitOfWork, *, code: str) -> models.User:
+        user = await self._me(uow)
+        if not user.totp_pending_secret:
+            raise InvalidArgument("start two-factor enrolment first", reason="totp_not_started")
+        if not code or not self._accept_totp(user, user.totp_pending_secret, code):
+            raise InvalidArgument.for_field("code", "is not the current code of the authenticator app")
+        user.totp_secret = user.totp_pending_secret
+        user.totp_pending_secret = None
+        return await self._totp_changed(uow, user, enabled=True)
+
+    async def disable_totp(self, uow: UnitOfWork, *, code: str) -> models.User:
+        user = await self._me(uow)
+        if not user.totp_secret:
+            raise InvalidArgument("two-factor sign-in is not on", reason="totp_not_enabled")
+        if not code or not self._accept_totp(user, user.totp_secret, code):
+            raise InvalidArgument.for_field("code", "is not the current code of the authenticator app")
+        user.totp_secret = None
+        return await self._totp_changed(uow, user, enabled=False)
+
+    async def _totp_changed(self, uow: UnitOfWork, user: models.User, *, enabled: bool) -> models.User:
+        user.version += 1
+        await uow.session.flush()
+        await uow.session.refresh(user)
+        event = (
+            events_pb2.TotpEnabled(user_id=user.id) if enabled else events_pb2.TotpDisabled(user_id=user.id)
+        )
+        uow.emit(
+            event,
+            aggregate_type="user",
+            aggregate_id=user.id,
+            aggregate_version=user.version,
+            action="totp_enabled" if enabled else "totp_disabled",
+            before={"totp_enabled": not enabled},
+            after={"totp_enabled": enabled},
+        )
+        return user
+
+    # ------------------------------------------------------------ API keys
+
+    async def authenticate_api_key(
+        self, uow: UnitOfWork, *, api_key: str
+    ) -> identity_pb2.AuthenticateApiKeyResponse:
+        if not api_key:
+            raise Unauthenticated("an API key is required", reason="missing_credential")
+        key = (
+            await uow.session.execute(
+                select(models.ApiKey).where(models.ApiKey.secret_hash == sha256(api_key))
+            )
+        ).scalar_one_or_none()
+        now = utcnow()
+        if key is None or key.revoked_at is not None or (key.expires_at and key.expires_at <= now):
+            raise Unauthenticated("the API key is not valid", reason="invalid_api_key")
+        if key.last_used_at is None or now - key.last_used_at > dt.timedelta(seconds=60):
+            key.last_used_at = now
+        principal = Principal(
+            tenant_id=key.tenant_id,
+            actor_id=key.id,
+            actor_type=event_pb2.ACTOR_TYPE_API_KEY,
+            name=key.name,
+            role_ids=tuple(key.role_ids or ()),
+            api_key_id=key.id,
+        )
+        token = self.issuer.issue(principal, ttl_seconds=self.settings.api_key_token_ttl_seconds)
+        return identity_pb2.AuthenticateApiKeyResponse(
+            api_key_id=key.id,
+            tenant_id=key.tenant_id,
+            access_token=token.token,
+            expires_in=token.expires_in,
+            rate_limit_per_minute=key.rate_limit_per_minute,
+        )

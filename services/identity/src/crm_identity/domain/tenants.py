@@ -1,0 +1,101 @@
+"""Sign-up: a new company (tenant), its built-in administrator role and its first user."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from crm.common.v1 import event_pb2
+from crm.identity.v1 import events_pb2, identity_pb2
+from crm_kit.db import UnitOfWork
+from crm_kit.errors import AlreadyExists
+from crm_kit.ids import new_id
+from crm_kit.validation import LOCALES, Check
+from crm_identity import models
+from crm_identity.domain.common import ADMIN_PERMISSIONS, role_pb, role_snapshot, user_pb, user_snapshot
+from crm_identity.domain.passwords import Passwords, check_password
+
+ADMIN_ROLE_NAME = "Administrator"
+
+
+async def sign_up(
+    uow: UnitOfWork,
+    *,
+    tenant_name: str,
+    email: str,
+    password: str,
+    name: str,
+    locale: str,
+    passwords: Passwords,
+) -> tuple[models.Tenant, models.User]:
+    check = Check()
+    check.required("tenant_name", tenant_name)
+    check.length("tenant_name", tenant_name.strip(), max_len=200)
+    email = check.email("email", email.strip()).lower()
+    check.required("name", name)
+    check.length("name", name.strip(), max_len=200)
+    check_password(check, "password", password)
+    check.one_of("locale", locale, LOCALES)
+    check.done()
+
+    session = uow.session
+    if (await session.execute(select(models.User.id).where(models.User.email == email))).first():
+        raise AlreadyExists("this email is already registered", reason="email_taken")
+    tenant = models.Tenant(id=new_id(), name=tenant_name.strip())
+    admin = models.Role(
+        id=new_id(),
+        tenant_id=tenant.id,
+        name=ADMIN_ROLE_NAME,
+        description="Everything, everywhere in this company",
+        permissions=ADMIN_PERMISSIONS,
+        built_in=True,
+        version=1,
+    )
+    user = models.User(
+        id=new_id(),
+        tenant_id=tenant.id,
+        email=email,
+        name=name.strip(),
+        status="active",
+        role_ids=[admin.id],
+        locale=locale or "zh-CN",
+        password_hash=await passwords.hash(password),
+        version=1,
+    )
+    session.add_all([tenant, admin])
+    await session.flush()
+    session.add(user)
+    await session.flush()
+    await session.refresh(tenant)
+    await session.refresh(user)
+    await session.refresh(admin)
+
+    actor = event_pb2.Actor(type=event_pb2.ACTOR_TYPE_USER, id=user.id, name=user.name)
+    common = {"tenant_id": tenant.id, "actor": actor}
+    uow.emit(
+        events_pb2.TenantCreated(tenant=identity_pb2.Tenant(id=tenant.id, name=tenant.name)),
+        aggregate_type="tenant",
+        aggregate_id=tenant.id,
+        aggregate_version=1,
+        action="created",
+        after={"name": tenant.name},
+        **common,
+    )
+    uow.emit(
+        events_pb2.RoleCreated(role=role_pb(admin)),
+        aggregate_type="role",
+        aggregate_id=admin.id,
+        aggregate_version=1,
+        action="created",
+        after=role_snapshot(admin),
+        **common,
+    )
+    uow.emit(
+        events_pb2.UserActivated(user=user_pb(user)),
+        aggregate_type="user",
+        aggregate_id=user.id,
+        aggregate_version=1,
+        action="created",
+        after=user_snapshot(user),
+        **common,
+    )
+    return tenant, user

@@ -1,0 +1,156 @@
+"""The identity service's tables. Every business table carries tenant_id; ids are UUIDv7 strings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from crm_kit.db import Base, TenantOwned, Timestamped
+from crm_kit.ids import new_id
+
+# Kit tables (outbox, inbox) live on the same metadata.
+from crm_kit.events import outbox as _outbox  # noqa: F401
+
+
+def _id() -> Mapped[str]:
+    return mapped_column(String(36), primary_key=True, default=new_id)
+
+
+class Versioned:
+    version: Mapped[int] = mapped_column(BigInteger, default=1)
+
+
+class Tenant(Timestamped, Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class User(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "users"
+    id: Mapped[str] = _id()
+    # Unique across tenants: signing in names no tenant.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20))
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    role_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    title: Mapped[str] = mapped_column(String(200), default="")
+    phone: Mapped[str] = mapped_column(String(50), default="")
+    locale: Mapped[str] = mapped_column(String(10), default="zh-CN")
+    password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    totp_last_step: Mapped[int] = mapped_column(BigInteger, default=0)
+    invitation_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    invitation_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_users_tenant_department", "tenant_id", "department_id"),)
+
+
+class Department(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "departments"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("departments.id"), nullable=True)
+    manager_user_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+    __table_args__ = (
+        # Sibling names are unique; top-level departments (no parent) too.
+        Index(
+            "uq_departments_sibling_name",
+            "tenant_id",
+            text("coalesce(parent_id, '')"),
+            "name",
+            unique=True,
+        ),
+    )
+
+
+class Role(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "roles"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(100))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # [{"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_OWN", "field_rules": [...]}]
+    permissions: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    built_in: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+
+class ApiKey(TenantOwned, Timestamped, Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(20))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    rate_limit_per_minute: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_by: Mapped[str] = mapped_column(String(36))
+
+
+class RefreshToken(TenantOwned, Base):
+    """One refresh token of a sign-in 'family'; each use rotates it. A used token seen again means theft:
+    the whole family is revoked (reuse detection)."""
+
+    __tablename__ = "refresh_tokens"
+    id: Mapped[str] = _id()
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    family_id: Mapped[str] = mapped_column(String(36), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditRecord(Base):
+    """The system-wide audit trail, fed by every service's events. Append-only: a trigger refuses UPDATE and
+    DELETE (see the migration)."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[str] = mapped_column(
+        String(36), primary_key=True
+    )  # the event id: a redelivery cannot duplicate
+    tenant_id: Mapped[str] = mapped_column(String(36))
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    actor_type: Mapped[str] = mapped_column(String(20))
+    actor_id: Mapped[str] = mapped_column(String(64))
+    actor_name: Mapped[str] = mapped_column(String(200), default="")
+    object_type: Mapped[str] = mapped_column(String(50))
+    object_id: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(50))
+    changes: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    event_type: Mapped[str] = mapped_column(String(200))
+    service: Mapped[str] = mapped_column(String(50))
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    trace_id: Mapped[str] = mapped_column(String(32), default="")
+
+    __table_args__ = (
+        Index("ix_audit_tenant_id", "tenant_id", "id"),
+        Index("ix_audit_tenant_actor", "tenant_id", "actor_id", "id"),
+        Index("ix_audit_tenant_object", "tenant_id", "object_type", "object_id", "id"),
+    )
