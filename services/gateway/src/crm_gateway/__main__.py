@@ -1,0 +1,51 @@
+"""`python -m crm_gateway`: serve the public API with uvicorn (uvloop + httptools).
+
+On SIGTERM uvicorn stops accepting connections and lets requests in flight finish for up to
+CRM_SHUTDOWN_GRACE_SECONDS, then the lifespan closes the gRPC channels and the NATS connection.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from crm_kit.logs import setup_logging
+from crm_kit.telemetry import setup_telemetry, shutdown_telemetry
+
+from crm_gateway.app import create_app
+from crm_gateway.settings import GatewaySettings
+
+log = logging.getLogger("crm.gateway")
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    setup_logging("gateway", level=settings.log_level, fmt=settings.log_format)
+    setup_telemetry("gateway")
+    app = create_app(settings)
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,  # the kit's JSON logging is already on the root logger
+        access_log=False,  # the gateway writes its own access line, with the request id
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+    log.info("gateway listening on %s:%s", settings.http_host, settings.http_port)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        shutdown_telemetry()
+
+
+if __name__ == "__main__":
+    main()

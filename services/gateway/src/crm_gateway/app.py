@@ -1,0 +1,281 @@
+"""The FastAPI application: the compiled route table, health, problems everywhere, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from starlette.responses import Response
+
+from crm_gateway import problems
+from crm_gateway.middleware import EdgeMiddleware
+from crm_gateway.routing import RoutePlan, ServiceRoutes, compile_routes
+from crm_gateway.runtime import Gateway
+from crm_gateway.services import SERVICES
+from crm_gateway.settings import GatewaySettings
+
+DESCRIPTION = """\
+The public REST API of the CRM. JSON in and out, field names in snake_case, ids are strings.
+
+**Authentication**: `Authorization: Bearer <access token>` (from `POST /api/v1/auth/token`) or, for
+partner integrations, `X-API-Key: <key>`. The tenant is always the credential's.
+
+**Errors** are RFC 9457 `application/problem+json` documents with a stable `code` and, for validation
+problems, `errors: [{field, message}]`.
+
+**Lists** take `limit` (1–200, default 50) and an opaque `cursor`, and answer
+`{"items": [...], "next_cursor": "..." | null}`.
+
+**Retries**: every POST honours `Idempotency-Key` (24 h): the same key and body replay the first answer;
+the same key with another body is a 422; a request still running under the key is a 409 (retry shortly).
+
+**Concurrency**: single objects carry `ETag: "<version>"`; send it back as `If-Match` on PATCH/DELETE to
+get 412 instead of overwriting someone else's change. Without If-Match the change is unconditional.
+
+**Rate limits** per tenant and per API key; every limited response has `RateLimit-Limit`,
+`RateLimit-Remaining`, `RateLimit-Reset`, and a refused one is a 429 with `Retry-After`.
+
+Numbers of 64 bits (e.g. `version`) are JSON strings; enums are their names; times are RFC 3339.
+"""
+
+
+def create_app(
+    settings: GatewaySettings | None = None, services: Sequence[ServiceRoutes] = SERVICES
+) -> FastAPI:
+    settings = settings or GatewaySettings()
+    plans = compile_routes(services)
+    gateway = Gateway(settings, services, plans)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(
+        title="CRM API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.gateway = gateway
+    app.state.plans = plans
+    problems.install(app)
+
+    for plan in plans:
+        app.add_api_route(
+            plan.path,
+            _endpoint(gateway, plan),
+            methods=[plan.http_method],
+            status_code=plan.status,
+            response_model=plan.response_model,
+            operation_id=plan.operation_id,
+            summary=plan.route.summary or _humanize(plan.route.rpc),
+            tags=[plan.route.tag or _tag(plan)],
+            description=_describe(plan),
+        )
+
+    @app.get("/healthz", tags=["operations"], summary="The process is alive", operation_id="healthz")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        summary="Every service behind the gateway answers its gRPC health check",
+        operation_id="readyz",
+    )
+    async def readyz() -> Response:
+        states = await gateway.ready()
+        ok = all(s == "SERVING" for s in states.values())
+        return Response(
+            orjson.dumps({"status": "ready" if ok else "not_ready", "services": states}),
+            status_code=200 if ok else 503,
+            media_type="application/json",
+        )
+
+    app.openapi = lambda: _openapi(app, plans)  # type: ignore[method-assign]
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
+    if settings.cors_origin_list:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Idempotency-Key",
+                "If-Match",
+                "If-None-Match",
+                "X-Request-ID",
+            ],
+            expose_headers=[
+                "ETag",
+                "Location",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "X-Request-ID",
+                "Idempotent-Replayed",
+            ],
+            max_age=600,
+        )
+    return app
+
+
+def _endpoint(gateway: Gateway, plan: RoutePlan) -> Any:
+    async def endpoint(request: Request, **values: Any) -> Response:
+        return await gateway.handle(plan, request, values)
+
+    endpoint.__signature__ = plan.signature  # type: ignore[attr-defined]
+    endpoint.__name__ = plan.operation_id
+    return endpoint
+
+
+def _humanize(rpc: str) -> str:
+    words = []
+    for i, ch in enumerate(rpc):
+        if ch.isupper() and i:
+            words.append(" ")
+        words.append(ch.lower() if i else ch)
+    return "".join(words)
+
+
+def _tag(plan: RoutePlan) -> str:
+    parts = [p for p in plan.route.path.split("/") if p and not p.startswith("{")]
+    if plan.route.root:
+        return "auth"
+    return parts[0] if parts else plan.service.name
+
+
+def _describe(plan: RoutePlan) -> str:
+    notes = [f"gRPC `{plan.method.full_name}`."]
+    if plan.public:
+        notes.append("Takes no credential.")
+    if plan.is_list:
+        notes.append("A page of at most `limit` items; follow `next_cursor` for the next one.")
+    if plan.patch_field:
+        notes.append("Send only the fields to change; `null` clears a field.")
+    if plan.if_match:
+        notes.append('Send `If-Match: "<version>"` to make the change conditional (412 when stale).')
+    return " ".join(notes)
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+RATE_HEADERS = {
+    "RateLimit-Limit": {
+        "description": "Requests allowed in the current window.",
+        "schema": {"type": "integer"},
+    },
+    "RateLimit-Remaining": {"description": "Requests left in the window.", "schema": {"type": "integer"}},
+    "RateLimit-Reset": {"description": "Seconds until the window resets.", "schema": {"type": "integer"}},
+}
+
+
+def _problem_response(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {problems.MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _openapi(app: FastAPI, plans: Sequence[RoutePlan]) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    problem_schema = problems.Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in problem_schema.pop("$defs", {}).items():
+        schemas[name] = sub
+    schemas["Problem"] = problem_schema
+    components["securitySchemes"] = SECURITY_SCHEMES
+    doc["security"] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+
+    by_id = {p.operation_id: p for p in plans}
+    for path_item in doc.get("paths", {}).values():
+        for op in path_item.values():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            plan = by_id.get(op.get("operationId", ""))
+            if plan is None:  # health
+                op["security"] = []
+                continue
+            if plan.public:
+                op["security"] = []
+            ok = responses.get(str(plan.status))
+            if ok is not None:
+                headers = ok.setdefault("headers", {})
+                if not plan.public:
+                    headers.update(copy.deepcopy(RATE_HEADERS))
+                if plan.has_etag:
+                    headers["ETag"] = {
+                        "description": 'The object\'s version, e.g. `"3"`.',
+                        "schema": {"type": "string"},
+                    }
+                if plan.location:
+                    headers["Location"] = {
+                        "description": "Where the new object lives.",
+                        "schema": {"type": "string"},
+                    }
+                if plan.idempotent:
+                    headers["Idempotent-Replayed"] = {
+                        "description": "`true` when this is the stored answer to an earlier request with the same "
+                        "Idempotency-Key.",
+                        "schema": {"type": "string"},
+                    }
+                if not headers:
+                    ok.pop("headers")
+            errors = {"400": "Malformed request (bad JSON, bad header)."}
+            if not plan.public:
+                errors["401"] = "Missing, invalid or expired credential."
+                errors["403"] = "The credential may not do this."
+            if plan.path_fields:
+                errors["404"] = "No such object in the caller's tenant."
+            if plan.http_method != "GET":
+                errors["409"] = (
+                    "Conflicts with the object's state, or an Idempotency-Key request is still running."
+                )
+            if plan.if_match:
+                errors["412"] = "If-Match is stale: the object changed since."
+            if plan.body_model is not None:
+                errors["413"] = "The body is too large."
+                errors["415"] = "The body is not JSON."
+            errors["422"] = "Invalid input; `errors` names each field."
+            for code, text in errors.items():
+                responses[code] = _problem_response(text)
+            responses["429"] = _problem_response(
+                "Rate limit reached.",
+                {
+                    "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
+                    **RATE_HEADERS,
+                },
+            )
+            responses["503"] = _problem_response("A service behind the gateway is unavailable; retry later.")
+            responses["default"] = _problem_response("Any other error.")
+    app.openapi_schema = doc
+    return doc

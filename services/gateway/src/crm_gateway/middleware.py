@@ -1,0 +1,142 @@
+"""The edge of every request, as plain ASGI (no per-request task or body copy on the hot path):
+
+- a request id (the client's `X-Request-ID` when it is sane, else a new one), bound to the log context and
+  echoed in the response;
+- bodies: more than `max_body_bytes` → 413 before reading it; a non-empty body that is not JSON → 415;
+- anything that escapes the app → a 500 problem, logged, never a stack trace to the client;
+- one JSON access-log line per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from crm_kit import context
+from crm_kit.ids import new_id
+
+from crm_gateway.problems import ProblemError, internal_error, render
+
+log = logging.getLogger("crm.gateway")
+access = logging.getLogger("crm.gateway.access")
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+STATIC_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class EdgeMiddleware:
+    def __init__(self, app: Any, *, max_body_bytes: int, access_log: bool = True):
+        self.app = app
+        self.max_body = max_body_bytes
+        self.access_log = access_log
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[bytes, bytes] = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID.match(incoming) else new_id()
+        token = context.bind(context.RequestContext(request_id=request_id))
+        started = time.perf_counter()
+        status = 0
+        rid = request_id.encode()
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                out = list(message.get("headers", ()))
+                names = {k.lower() for k, _ in out}
+                out.append((b"x-request-id", rid))
+                out.extend(h for h in STATIC_HEADERS if h[0] not in names)
+                message["headers"] = out
+            await send(message)
+
+        try:
+            method = scope["method"]
+            if method in BODY_METHODS:
+                receive = await self._check_body(scope, headers, receive)
+            await self.app(scope, receive, send_with_headers)
+        except ProblemError as exc:
+            await render(exc, scope.get("path", ""))(scope, receive, send_with_headers)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if status == 0:
+                await render(internal_error(), scope.get("path", ""))(scope, receive, send_with_headers)
+        finally:
+            if self.access_log:
+                access.info(
+                    "%s %s %s",
+                    scope.get("method"),
+                    scope.get("path"),
+                    status,
+                    extra={
+                        "method": scope.get("method"),
+                        "path": scope.get("path"),
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "client": (scope.get("client") or ("", 0))[0],
+                    },
+                )
+            context.reset(token)
+
+    async def _check_body(self, scope: dict[str, Any], headers: dict[bytes, bytes], receive: Any) -> Any:
+        length = headers.get(b"content-length")
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if length is not None:
+            if not length.isdigit():
+                raise ProblemError(400, "bad_content_length", "Content-Length is not a number")
+            size = int(length)
+            if size > self.max_body:
+                raise ProblemError(
+                    413,
+                    "body_too_large",
+                    f"the request body is {size} bytes; at most {self.max_body} are accepted",
+                )
+            if size and not _is_json(content_type):
+                raise _not_json(content_type)
+            return receive
+        if b"chunked" not in headers.get(b"transfer-encoding", b""):
+            return receive
+        # A chunked body has no announced length: read it here, up to the limit, and hand it on.
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise ProblemError(413, "body_too_large", f"the request body exceeds {self.max_body} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        if size and not _is_json(content_type):
+            raise _not_json(content_type)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+
+def _not_json(content_type: str) -> ProblemError:
+    return ProblemError(
+        415,
+        "unsupported_media_type",
+        f"request bodies must be application/json, not {content_type or 'unspecified'}",
+    )

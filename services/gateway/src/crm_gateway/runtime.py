@@ -1,0 +1,204 @@
+"""The gateway at run time: one gRPC channel per service, the authenticator, limits and idempotency store,
+and `handle`, the one request path every route shares."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from crm.identity.v1 import identity_pb2
+from crm_kit import context, grpc_client
+from crm_kit.auth import JwtVerifier
+from fastapi import Request
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.responses import Response
+
+from crm_gateway.auth import Authenticator, Caller
+from crm_gateway.idempotency import IdempotencyStore, Reply
+from crm_gateway.problems import MEDIA_TYPE, ProblemError, from_grpc, internal_error, render
+from crm_gateway.ratelimit import RateLimits
+from crm_gateway.routing import RoutePlan, ServiceRoutes
+from crm_gateway.settings import GatewaySettings
+
+log = logging.getLogger("crm.gateway")
+
+IDENTITY = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"]
+
+
+class Gateway:
+    def __init__(
+        self, settings: GatewaySettings, services: Sequence[ServiceRoutes], plans: Sequence[RoutePlan]
+    ):
+        self.settings = settings
+        self.services = list(services)
+        self.plans = list(plans)
+        self.channels: dict[str, grpc.aio.Channel] = {}
+        self._calls: dict[str, Any] = {}
+        self.limits = RateLimits(
+            per_tenant=settings.rate_limit_per_tenant,
+            public=settings.rate_limit_public,
+            api_key_default_per_minute=settings.api_key_default_rate_limit_per_minute,
+        )
+        self.idempotency = IdempotencyStore(
+            settings.nats_url,
+            namespace=settings.events_namespace,
+            secret=settings.idempotency_secret,
+            ttl_seconds=settings.idempotency_ttl_seconds,
+            lock_seconds=settings.idempotency_lock_seconds,
+        )
+        self.verifier = JwtVerifier(self._jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        self.auth = Authenticator(
+            self.verifier, self._authenticate_api_key, api_key_ttl=settings.api_key_cache_seconds
+        )
+        self.timeout = settings.grpc_timeout_seconds
+
+    # ------------------------------------------------------------ life
+
+    async def start(self) -> None:
+        for service in self._backends():
+            target = self.settings.service_addr(service.name)
+            if target not in self.channels:
+                self.channels[target] = grpc_client.channel(target, [service.service])
+        for plan in self.plans:
+            self._calls[plan.grpc_path] = self._multicallable(plan.service.name, plan.grpc_path, plan)
+        await self.idempotency.start()
+
+    async def stop(self) -> None:
+        await self.idempotency.stop()
+        for ch in self.channels.values():
+            await ch.close()
+        self.channels.clear()
+
+    def _backends(self) -> list[ServiceRoutes]:
+        names = {s.name for s in self.services}
+        backends = list(self.services)
+        if "identity" not in names:  # the gateway always needs identity for credentials
+            backends.append(ServiceRoutes(name="identity", service=IDENTITY, routes=()))
+        return backends
+
+    def channel_for(self, service_name: str) -> grpc.aio.Channel:
+        return self.channels[self.settings.service_addr(service_name)]
+
+    def _multicallable(self, service_name: str, path: str, plan: Any) -> Any:
+        return self.channel_for(service_name).unary_unary(
+            path,
+            request_serializer=plan.request_cls.SerializeToString,
+            response_deserializer=plan.response_cls.FromString,
+            _registered_method=True,
+        )
+
+    # ------------------------------------------------------------ identity calls the gateway itself makes
+
+    async def _jwks(self) -> dict[str, Any]:
+        stub = self.channel_for("identity").unary_unary(
+            f"/{IDENTITY.full_name}/GetJwks",
+            request_serializer=identity_pb2.GetJwksRequest.SerializeToString,
+            response_deserializer=identity_pb2.GetJwksResponse.FromString,
+        )
+        response = await stub(
+            identity_pb2.GetJwksRequest(), timeout=5, metadata=grpc_client.outgoing_metadata("")
+        )
+        return json_format.MessageToDict(response.jwks)
+
+    async def _authenticate_api_key(self, key: str) -> identity_pb2.AuthenticateApiKeyResponse:
+        stub = self.channel_for("identity").unary_unary(
+            f"/{IDENTITY.full_name}/AuthenticateApiKey",
+            request_serializer=identity_pb2.AuthenticateApiKeyRequest.SerializeToString,
+            response_deserializer=identity_pb2.AuthenticateApiKeyResponse.FromString,
+        )
+        return await stub(
+            identity_pb2.AuthenticateApiKeyRequest(api_key=key),
+            timeout=5,
+            metadata=grpc_client.outgoing_metadata(""),
+        )
+
+    async def ready(self) -> dict[str, str]:
+        """The standard gRPC health of every service behind the gateway ("SERVING" or why not)."""
+        states = {}
+        for service in self._backends():
+            stub = health_pb2_grpc.HealthStub(self.channel_for(service.name))
+            try:
+                answer = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=service.service.full_name), timeout=1.0
+                )
+                states[service.name] = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            except grpc.RpcError as exc:
+                states[service.name] = f"unreachable: {exc.code().name if hasattr(exc, 'code') else exc}"
+        return states
+
+    # ------------------------------------------------------------ the request path
+
+    async def handle(self, plan: RoutePlan, request: Request, values: dict[str, Any]) -> Response:
+        ctx = context.current()
+        limit_headers: dict[str, str] = {}
+        try:
+            headers = request.headers
+            if plan.public:
+                client = request.client
+                limit_headers = await self.limits.check_public(client.host if client else "unknown")
+                caller: Caller | None = None
+            else:
+                caller = await self.auth.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+                ctx.principal = caller.principal
+                ctx.extra["access_token"] = caller.token
+                limit_headers = await self.limits.check(
+                    caller.principal.tenant_id, caller.api_key_id, caller.api_key_rate_limit_per_minute
+                )
+            if not plan.if_match and "if-match" in headers and plan.http_method in ("PATCH", "PUT", "DELETE"):
+                raise ProblemError(
+                    400, "if_match_unsupported", "this resource does not support conditional changes yet"
+                )
+            message = plan.build_request(values)
+            key = values.get("header__idempotency_key")
+            if key is not None:
+                principal = caller.principal if caller else None
+                scope = f"{principal.tenant_id}:{principal.actor_id}" if principal else "anonymous"
+                target = request.url.path + ("?" + request.url.query if request.url.query else "")
+                reply = await self.idempotency.run(
+                    scope=scope,
+                    key=key,
+                    method=plan.http_method,
+                    target=target,
+                    body=await request.body(),
+                    execute=lambda: self._execute(plan, message, request.url.path),
+                )
+            else:
+                reply = await self._execute(plan, message, request.url.path)
+        except ProblemError as exc:
+            return render(exc, request.url.path, limit_headers)
+        except grpc.RpcError as exc:
+            return render(from_grpc(exc), request.url.path, limit_headers)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return render(internal_error(), request.url.path, limit_headers)
+        if limit_headers:
+            reply.headers.update(limit_headers)
+        if (
+            plan.http_method == "GET"
+            and reply.status == 200
+            and "ETag" in reply.headers
+            and headers.get("if-none-match") == reply.headers["ETag"]
+        ):
+            return Response(status_code=304, headers=reply.headers)
+        if reply.status == 204:
+            return Response(status_code=204, headers=reply.headers)
+        media = reply.headers.pop("content-type", None) or (
+            MEDIA_TYPE if reply.status >= 400 else "application/json"
+        )
+        return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type=media)
+
+    async def _execute(self, plan: RoutePlan, message: Any, path: str) -> Reply:
+        """Call the service; a failure becomes the problem reply (so an idempotent replay repeats it too)."""
+        try:
+            response = await self._calls[plan.grpc_path](
+                message, timeout=self.timeout, metadata=grpc_client.outgoing_metadata()
+            )
+        except grpc.RpcError as exc:
+            problem = from_grpc(exc)
+            rendered = render(problem, path)
+            headers = {k: v for k, v in rendered.headers.items() if k.lower() not in ("content-length",)}
+            return Reply(problem.status, bytes(rendered.body), headers)
+        return plan.render(response)

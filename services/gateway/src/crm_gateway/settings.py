@@ -1,0 +1,72 @@
+"""The gateway's settings: the kit's, plus HTTP, limits, idempotency and the address of every service it routes to."""
+
+from __future__ import annotations
+
+import os
+
+from crm_kit.settings import ServiceSettings
+from pydantic import AliasChoices, Field
+
+LOCAL_IDEMPOTENCY_SECRET = "local-only-idempotency-secret"
+
+
+class GatewaySettings(ServiceSettings):
+    service_name: str = "gateway"
+
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    # Trust X-Forwarded-For / -Proto from these addresses (the ingress), for client IPs in logs and limits.
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Browser origins allowed to call the API (comma-separated); empty means no CORS headers at all.
+    cors_origins: str = ""
+    access_log: bool = True
+
+    # Every request body larger than this is refused with 413 before it is read.
+    max_body_bytes: int = 1_048_576
+    # Deadline of one gRPC call made for a request.
+    grpc_timeout_seconds: float = 10.0
+
+    # `limits` notation ("1200/minute"); per tenant on every authenticated route.
+    rate_limit_per_tenant: str = "1200/minute"
+    # Per client IP on the routes that take no credential (sign-up, token, refresh...); empty turns it off.
+    rate_limit_public: str = "600/minute"
+    # Used for an API key whose own rate_limit_per_minute is 0.
+    api_key_default_rate_limit_per_minute: int = 600
+    # How long a verified API key is trusted without asking identity again: a revoked key stops within this.
+    api_key_cache_seconds: float = 30.0
+
+    # Prefix of this deployment's NATS names (streams, KV buckets); the idempotency bucket is
+    # "<namespace>_idempotency".
+    events_namespace: str = "crm"
+    idempotency_ttl_seconds: int = 86_400
+    # A request holding an Idempotency-Key longer than this is taken to have died with its replica.
+    idempotency_lock_seconds: float = 60.0
+    # Keys the fingerprints and the encryption of stored responses; every replica must share it.
+    idempotency_secret: str = LOCAL_IDEMPOTENCY_SECRET
+
+    # The services behind the gateway. A service not deployed yet keeps its default and is simply unused.
+    customers_service_addr: str = Field(
+        default="127.0.0.1:50052",
+        validation_alias=AliasChoices("CUSTOMERS_SERVICE_ADDR", "CRM_CUSTOMERS_SERVICE_ADDR"),
+    )
+    sales_service_addr: str = Field(
+        default="127.0.0.1:50053",
+        validation_alias=AliasChoices("SALES_SERVICE_ADDR", "CRM_SALES_SERVICE_ADDR"),
+    )
+
+    def production_problems(self) -> list[str]:
+        problems = [p for p in super().production_problems() if "DATABASE_URL" not in p]  # no database here
+        if self.idempotency_secret == LOCAL_IDEMPOTENCY_SECRET or len(self.idempotency_secret) < 32:
+            problems.append("CRM_IDEMPOTENCY_SECRET must be set to a random string of 32+ characters")
+        return problems
+
+    def service_addr(self, name: str) -> str:
+        """`<NAME>_SERVICE_ADDR` of a service, e.g. "identity" -> identity_service_addr."""
+        value = getattr(self, f"{name}_service_addr", None) or os.environ.get(f"{name.upper()}_SERVICE_ADDR")
+        if not value:
+            raise ValueError(f"no address for service {name!r}: set {name.upper()}_SERVICE_ADDR")
+        return str(value)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
