@@ -1,0 +1,300 @@
+{{/*
+Everything a template needs about a service is computed once, here, by "crm.services": the merged values
+(defaults under the service's own), names, image, secrets and the call graph. Every other template ranges
+over its result, so there is one place that knows how a service becomes Kubernetes objects.
+*/}}
+
+{{- define "crm.prefix" -}}
+{{- .Values.global.namePrefix | default .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "crm.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "crm.commonLabels" -}}
+helm.sh/chart: {{ include "crm.chart" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "crm.prefix" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- with .Values.global.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Labels that pick a service's pods across releases (NetworkPolicy peers): every release of one install
+shares the prefix (part-of), so a per-service release still finds the others.
+ctx: (dict "root" $ "name" <service> "component" server|migrate)
+*/}}
+{{- define "crm.peerLabels" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/part-of: {{ include "crm.prefix" .root }}
+app.kubernetes.io/component: {{ .component | default "server" }}
+{{- end -}}
+
+{{/* Selector labels of one release's pods of one service (Deployment, Service, PDB). */}}
+{{- define "crm.selectorLabels" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component | default "server" }}
+{{- end -}}
+
+{{- define "crm.labels" -}}
+{{ include "crm.commonLabels" .root }}
+{{ include "crm.selectorLabels" . }}
+{{- end -}}
+
+{{/* checkov skip annotations from a list of "CKV_K8S_nn=reason" strings. */}}
+{{- define "crm.checkovSkips" -}}
+{{- range $i, $skip := . }}
+checkov.io/skip{{ add1 $i }}: {{ $skip | quote }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The services this release renders, fully resolved, as YAML {items: [...]}: enabled, and named in
+global.onlyServices when that is set. Fails on every inconsistency and, in production, on every missing
+secret, so a bad configuration never reaches the cluster.
+*/}}
+{{- define "crm.services" -}}
+{{- $root := . -}}
+{{- $prefix := include "crm.prefix" . -}}
+{{- $production := eq .Values.global.environment "production" -}}
+{{- $known := keys .Values.services | sortAlpha -}}
+{{- range .Values.global.onlyServices }}
+{{- if not (has . $known) }}
+{{- fail (printf "global.onlyServices names %q, which is not one of services: %s" . (join ", " $known)) }}
+{{- end }}
+{{- end }}
+{{- $items := list -}}
+{{- range $name := $known }}
+{{- $raw := index $root.Values.services $name }}
+{{- $selected := and $raw.enabled (or (empty $root.Values.global.onlyServices) (has $name $root.Values.global.onlyServices)) }}
+{{- if $selected }}
+{{- $s := mergeOverwrite (deepCopy $root.Values.defaults) (deepCopy $raw) }}
+{{- $fullname := printf "%s-%s" $prefix $name }}
+{{- $_ := set $s "name" $name }}
+{{- $_ := set $s "fullname" $fullname }}
+{{- $_ := set $s "module" (printf "crm_%s" $name) }}
+{{- if eq $s.protocol "grpc" }}
+{{- $_ := set $s "port" 50051 }}
+{{- $_ := set $s "portName" "grpc" }}
+{{- else if eq $s.protocol "http" }}
+{{- $_ := set $s "port" 8000 }}
+{{- $_ := set $s "portName" "http" }}
+{{- else }}
+{{- fail (printf "services.%s.protocol must be grpc or http, not %q" $name $s.protocol) }}
+{{- end }}
+{{- range $s.calls }}
+{{- if not (has . $known) }}
+{{- fail (printf "services.%s.calls names %q, which is not one of services: %s" $name . (join ", " $known)) }}
+{{- end }}
+{{- end }}
+{{- /* Who calls this service: every service (enabled or not, in this release or another) listing it. */}}
+{{- $callers := list }}
+{{- range $other := $known }}
+{{- if has $name ((index $root.Values.services $other).calls | default list) }}
+{{- $callers = append $callers $other }}
+{{- end }}
+{{- end }}
+{{- $_ := set $s "callers" $callers }}
+
+{{- /* Image: <registry>/<prefix><name>[:tag][@digest]; a service's own image values win. */}}
+{{- $img := $s.image | default dict }}
+{{- $repo := $img.repository | default (printf "%s%s" $root.Values.image.repositoryPrefix $name) }}
+{{- if and (not $img.repository) $root.Values.image.registry }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $root.Values.image.registry) $repo }}
+{{- end }}
+{{- $tag := $img.tag | default $root.Values.image.tag | default $root.Chart.AppVersion }}
+{{- $digest := $img.digest | default "" }}
+{{- $ref := printf "%s:%s" $repo $tag }}
+{{- if $digest }}{{ $ref = printf "%s@%s" $ref $digest }}{{ end }}
+{{- $pullPolicy := $img.pullPolicy | default $root.Values.image.pullPolicy | default (ternary "IfNotPresent" "Always" (not (empty $digest))) }}
+{{- $_ := set $s "imageRef" $ref }}
+{{- $_ := set $s "imageTag" $tag }}
+{{- $_ := set $s "pullPolicy" $pullPolicy }}
+
+{{- /* Secrets: inline values go into the chart's Secret; existingSecret names one of yours. */}}
+{{- $secretData := dict }}
+{{- $secretEnv := list }}
+{{- $plainEnv := list }}
+{{- $db := $s.database | default dict }}
+{{- if $db.enabled }}
+{{- if $db.existingSecret }}
+{{- $secretEnv = append $secretEnv (dict "name" "CRM_DATABASE_URL" "secret" $db.existingSecret "key" ($db.existingSecretKey | default "database-url")) }}
+{{- else if $db.url }}
+{{- $_ := set $secretData "database-url" $db.url }}
+{{- $secretEnv = append $secretEnv (dict "name" "CRM_DATABASE_URL" "secret" $fullname "key" "database-url") }}
+{{- else if $production }}
+{{- fail (printf "production needs services.%s.database.url or services.%s.database.existingSecret (CRM_DATABASE_URL: postgresql+asyncpg://<role>:<password>@<host>:5432/<database>, one database and role per service)" $name $name) }}
+{{- else }}
+{{- $plainEnv = append $plainEnv (dict "name" "CRM_DATABASE_URL" "value" (printf "postgresql+asyncpg://crm_%s@%s:%v/crm_%s" $name $root.Values.postgres.host $root.Values.postgres.port $name)) }}
+{{- end }}
+{{- end }}
+{{- $jwt := $s.jwt | default dict }}
+{{- if $jwt.enabled }}
+{{- if $jwt.existingSecret }}
+{{- $secretEnv = append $secretEnv (dict "name" "CRM_JWT_PRIVATE_KEYS" "secret" $jwt.existingSecret "key" ($jwt.existingSecretKey | default "jwt-private-keys")) }}
+{{- else if $jwt.privateKeys }}
+{{- if not (contains "PRIVATE KEY-----" $jwt.privateKeys) }}
+{{- fail (printf "services.%s.jwt.privateKeys must be PEM private keys (-----BEGIN PRIVATE KEY-----), newest first" $name) }}
+{{- end }}
+{{- $_ := set $secretData "jwt-private-keys" $jwt.privateKeys }}
+{{- $secretEnv = append $secretEnv (dict "name" "CRM_JWT_PRIVATE_KEYS" "secret" $fullname "key" "jwt-private-keys") }}
+{{- else if $production }}
+{{- fail (printf "production needs services.%s.jwt.privateKeys or services.%s.jwt.existingSecret (CRM_JWT_PRIVATE_KEYS: PEM Ed25519 private keys, newest first)" $name $name) }}
+{{- end }}
+{{- end }}
+{{- if and $s.nats $root.Values.nats.existingSecret }}
+{{- $secretEnv = append $secretEnv (dict "name" "CRM_NATS_URL" "secret" $root.Values.nats.existingSecret "key" $root.Values.nats.existingSecretKey) }}
+{{- end }}
+{{- $_ := set $s "secretData" $secretData }}
+{{- $_ := set $s "secretEnv" $secretEnv }}
+{{- $_ := set $s "plainEnv" $plainEnv }}
+
+{{- /* checkov findings this configuration accepts on purpose, each with its reason. */}}
+{{- $skips := list }}
+{{- if not $digest }}
+{{- $skips = append $skips (printf "CKV_K8S_43=Image named by an immutable release tag; set services.%s.image.digest (skaffold and CI do) to pin it by digest" $name) }}
+{{- if ne $pullPolicy "Always" }}
+{{- $skips = append $skips "CKV_K8S_15=image.pullPolicy chosen in values: images loaded straight into a local cluster have no registry to pull from" }}
+{{- end }}
+{{- end }}
+{{- if $secretEnv }}
+{{- $skips = append $skips "CKV_K8S_35=The services read settings from environment variables (pydantic-settings); the values come from Secrets by secretKeyRef and are never in the manifest" }}
+{{- end }}
+{{- $_ := set $s "checkovSkips" $skips }}
+{{- $items = append $items $s }}
+{{- end }}
+{{- end }}
+{{- toYaml (dict "items" $items) }}
+{{- end -}}
+
+{{/* Pod-level securityContext: non-root numeric user, RuntimeDefault seccomp. ctx: a resolved service. */}}
+{{- define "crm.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .runAsUser }}
+runAsGroup: {{ .runAsGroup }}
+fsGroup: {{ .runAsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container securityContext: no privilege, no escalation, no capabilities, read-only root. */}}
+{{- define "crm.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .runAsUser }}
+runAsGroup: {{ .runAsGroup }}
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/*
+The environment every container of a service gets (server and migration Job alike).
+ctx: (dict "root" $ "s" <resolved service>)
+*/}}
+{{- define "crm.env" -}}
+{{- $root := .root -}}
+{{- $s := .s -}}
+{{- $prefix := include "crm.prefix" $root -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: CRM_ENVIRONMENT
+  value: {{ $root.Values.global.environment | quote }}
+- name: CRM_SERVICE_NAME
+  value: {{ $s.name | quote }}
+- name: CRM_LOG_LEVEL
+  value: {{ $root.Values.global.logLevel | quote }}
+- name: CRM_LOG_FORMAT
+  value: {{ $root.Values.global.logFormat | quote }}
+- name: CRM_SHUTDOWN_GRACE_SECONDS
+  value: {{ $root.Values.shutdown.graceSeconds | quote }}
+- name: CRM_DATA_DIR
+  value: /tmp/crm-data
+{{- if eq $s.protocol "grpc" }}
+- name: CRM_GRPC_PORT
+  value: "50051"
+{{- else }}
+- name: CRM_HTTP_PORT
+  value: "8000"
+{{- end }}
+{{- if $s.nats }}
+{{- if not $root.Values.nats.existingSecret }}
+- name: CRM_NATS_URL
+  value: {{ required "nats.url (or nats.existingSecret) is required" $root.Values.nats.url | quote }}
+{{- end }}
+- name: CRM_EVENTS_NAMESPACE
+  value: {{ $root.Values.global.eventsNamespace | quote }}
+{{- end }}
+{{- range $s.plainEnv }}
+- name: {{ .name }}
+  value: {{ .value | quote }}
+{{- end }}
+{{- range $s.secretEnv }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret }}
+      key: {{ .key }}
+{{- end }}
+{{- range $s.calls }}
+- name: {{ upper . }}_SERVICE_ADDR
+  value: {{ printf "dns:///%s-%s-headless:50051" $prefix . | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "crm-%s" $s.name | quote }}
+- name: OTEL_TRACES_EXPORTER
+  value: {{ ternary "otlp" "none" $root.Values.otel.enabled | quote }}
+- name: OTEL_METRICS_EXPORTER
+  value: {{ ternary "otlp" "none" $root.Values.otel.enabled | quote }}
+{{- if $root.Values.otel.enabled }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ required "otel.endpoint is required when otel.enabled" $root.Values.otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $root.Values.otel.protocol | quote }}
+{{- end }}
+{{- $attrs := list "service.namespace=crm" (printf "deployment.environment.name=%s" $root.Values.global.environment) (printf "service.version=%s" $s.imageTag) "k8s.namespace.name=$(POD_NAMESPACE)" "k8s.pod.name=$(POD_NAME)" }}
+{{- range $k, $v := $root.Values.otel.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%s" $k $v) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
+{{- with $s.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Egress every pod needs: DNS. */}}
+{{- define "crm.egressDns" -}}
+- to:
+    {{- toYaml .Values.dns.networkPeers | nindent 4 }}
+  ports:
+    - protocol: UDP
+      port: 53
+    - protocol: TCP
+      port: 53
+{{- end -}}
+
+{{/* An egress rule to a port, to given peers or (none given) any address. ctx: (dict "peers" .. "port" ..) */}}
+{{- define "crm.egressTo" -}}
+- ports:
+    - protocol: TCP
+      port: {{ .port }}
+  {{- with .peers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
