@@ -31,13 +31,11 @@ async def upgrade(migrations_dir: Path, database_url: str, revision: str = "head
 
 
 def _run(connection: Connection, metadata: MetaData) -> None:
-    connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK})
-    try:
-        context.configure(connection=connection, target_metadata=metadata, compare_type=True)
-        with context.begin_transaction():
-            context.run_migrations()
-    finally:
-        connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK})
+    context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+    with context.begin_transaction():
+        # Held until this transaction ends, so a failed migration cannot leave it behind.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        context.run_migrations()
 
 
 async def _online(metadata: MetaData) -> None:

@@ -11,17 +11,23 @@ Enable with `pytest_plugins = ["crm_kit.testing"]` in a conftest.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crm_kit import infra
+
+# One id per test run: names its databases and its NATS namespace.
+_RUN_ID = uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -101,7 +107,7 @@ def _infra_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
 async def test_infra(_infra_sources: tuple[str, str, str]) -> AsyncIterator[TestInfra]:
     pg_dsn, nats_url, source = _infra_sources
     await infra.wait_for_postgres(pg_dsn)
-    run = TestInfra(postgres_admin_dsn=pg_dsn, nats_url=nats_url, run_id=uuid.uuid4().hex[:8], source=source)
+    run = TestInfra(postgres_admin_dsn=pg_dsn, nats_url=nats_url, run_id=_RUN_ID, source=source)
     yield run
     await asyncio.gather(
         *(infra.drop_database(pg_dsn, name) for name in run.databases), return_exceptions=True
@@ -112,3 +118,34 @@ def pytest_report_header(config: pytest.Config) -> str:
     pg = infra.env(infra.ENV_POSTGRES) or "testcontainers or embedded"
     nats = infra.env(infra.ENV_NATS) or "testcontainers or embedded"
     return f"crm infra: postgres={pg} nats={nats}"
+
+
+@asynccontextmanager
+async def running_service(spec: Any, settings: Any) -> AsyncIterator[Any]:
+    """Start a service in this process exactly as `python -m crm_<name>` would (migrations, bus, gRPC on a
+    free port), and stop it afterwards."""
+    from crm_kit.service import Service
+
+    service = Service(spec, settings)
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop(grace_seconds=1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _events_namespace(test_infra_namespace: str) -> Iterator[None]:
+    """Every service started by this run publishes and consumes under the run's own namespace."""
+    previous = os.environ.get("CRM_EVENTS_NAMESPACE")
+    os.environ["CRM_EVENTS_NAMESPACE"] = test_infra_namespace
+    yield
+    if previous is None:
+        os.environ.pop("CRM_EVENTS_NAMESPACE", None)
+    else:
+        os.environ["CRM_EVENTS_NAMESPACE"] = previous
+
+
+@pytest.fixture(scope="session")
+def test_infra_namespace() -> str:
+    return f"t{_RUN_ID}"

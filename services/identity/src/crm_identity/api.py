@@ -3,13 +3,13 @@ No business rules live here."""
 
 from __future__ import annotations
 
-from google.protobuf import struct_pb2
-
 from crm.identity.v1 import identity_pb2 as pb
 from crm.identity.v1 import identity_pb2_grpc
 from crm_kit.auth import SigningKeys, TokenIssuer
 from crm_kit.db import Database
 from crm_kit.policy import PolicyCache
+from google.protobuf import struct_pb2
+
 from crm_identity import models
 from crm_identity.domain import api_keys, audit, departments, roles, tenants, users
 from crm_identity.domain.common import (
@@ -68,7 +68,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     # ------------------------------------------------------------ sign-up and sign-in
 
-    async def SignUp(self, request, context):  # noqa: N802
+    async def SignUp(self, request, context):
         async with self.db.unit_of_work() as uow:
             tenant, user = await tenants.sign_up(
                 uow,
@@ -81,42 +81,42 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             )
         return pb.SignUpResponse(tenant=pb.Tenant(id=tenant.id, name=tenant.name), user=user_pb(user))
 
-    async def CreateToken(self, request, context):  # noqa: N802
+    async def CreateToken(self, request, context):
         async with self.db.unit_of_work() as uow:
             outcome = await self.sessions.login(
                 uow, email=request.email, password=request.password, totp_code=request.totp_code
             )
         return pb.CreateTokenResponse(token=outcome.unwrap())
 
-    async def RefreshToken(self, request, context):  # noqa: N802
+    async def RefreshToken(self, request, context):
         async with self.db.unit_of_work() as uow:
             outcome = await self.sessions.refresh(uow, refresh_token=request.refresh_token)
         return pb.RefreshTokenResponse(token=outcome.unwrap())
 
-    async def RevokeToken(self, request, context):  # noqa: N802
+    async def RevokeToken(self, request, context):
         async with self.db.unit_of_work() as uow:
             await self.sessions.logout(uow, refresh_token=request.refresh_token)
         return pb.RevokeTokenResponse()
 
-    async def AcceptInvitation(self, request, context):  # noqa: N802
+    async def AcceptInvitation(self, request, context):
         async with self.db.unit_of_work() as uow:
             user = await self.sessions.accept_invitation(
                 uow, invitation_token=request.invitation_token, password=request.password, name=request.name
             )
         return pb.AcceptInvitationResponse(user=user_pb(user))
 
-    async def AuthenticateApiKey(self, request, context):  # noqa: N802
+    async def AuthenticateApiKey(self, request, context):
         async with self.db.unit_of_work() as uow:
             return await self.sessions.authenticate_api_key(uow, api_key=request.api_key)
 
-    async def GetJwks(self, request, context):  # noqa: N802
+    async def GetJwks(self, request, context):
         jwks = struct_pb2.Struct()
         jwks.update(self.keys.jwks())
         return pb.GetJwksResponse(jwks=jwks)
 
     # ------------------------------------------------------------ the caller
 
-    async def GetMe(self, request, context):  # noqa: N802
+    async def GetMe(self, request, context):
         principal = caller()
         view = await self.policies.get(principal.tenant_id)
         async with self.db.read() as session:
@@ -128,41 +128,41 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             permissions=view.effective_permissions(principal),
         )
 
-    async def GetPolicy(self, request, context):  # noqa: N802
+    async def GetPolicy(self, request, context):
         async with self.db.read() as session:
             policy = await roles.load_policy(session, caller().tenant_id)
         return pb.GetPolicyResponse(policy=policy)
 
-    async def StartTotpEnrollment(self, request, context):  # noqa: N802
+    async def StartTotpEnrollment(self, request, context):
         async with self.db.unit_of_work() as uow:
             secret, uri = await self.sessions.start_totp(uow)
         return pb.StartTotpEnrollmentResponse(secret=secret, provisioning_uri=uri)
 
-    async def ConfirmTotpEnrollment(self, request, context):  # noqa: N802
+    async def ConfirmTotpEnrollment(self, request, context):
         async with self.db.unit_of_work() as uow:
             user = await self.sessions.confirm_totp(uow, code=request.code)
         return pb.ConfirmTotpEnrollmentResponse(user=user_pb(user))
 
-    async def DisableTotp(self, request, context):  # noqa: N802
+    async def DisableTotp(self, request, context):
         async with self.db.unit_of_work() as uow:
             user = await self.sessions.disable_totp(uow, code=request.code)
         return pb.DisableTotpResponse(user=user_pb(user))
 
     # ------------------------------------------------------------ users
 
-    async def InviteUser(self, request, context):  # noqa: N802
+    async def InviteUser(self, request, context):
         await authorize(self.policies, "user", "create")
         async with self.db.unit_of_work() as uow:
             user, token = await users.invite(uow, request, ttl_days=self.settings.invitation_ttl_days)
         return pb.InviteUserResponse(user=await self._user_pb(user), invitation_token=token)
 
-    async def GetUser(self, request, context):  # noqa: N802
+    async def GetUser(self, request, context):
         await authorize(self.policies, "user", "read")
         async with self.db.read() as session:
             user = await users.get(session, request.id)
         return pb.GetUserResponse(user=await self._user_pb(user))
 
-    async def ListUsers(self, request, context):  # noqa: N802
+    async def ListUsers(self, request, context):
         decision = await authorize(self.policies, "user", "read")
         async with self.db.read() as session:
             rows, cursor = await users.list_users(session, request)
@@ -170,20 +170,20 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             items=[decision.redact_message(user_pb(u)) for u in rows], next_cursor=cursor
         )
 
-    async def UpdateUser(self, request, context):  # noqa: N802
+    async def UpdateUser(self, request, context):
         decision = await authorize(self.policies, "user", "update")
         decision.check_writable(request.update_mask.paths)
         async with self.db.unit_of_work() as uow:
             user = await users.update(uow, request)
         return pb.UpdateUserResponse(user=await self._user_pb(user))
 
-    async def ActivateUser(self, request, context):  # noqa: N802
+    async def ActivateUser(self, request, context):
         await authorize(self.policies, "user", "update")
         async with self.db.unit_of_work() as uow:
             user = await users.set_active(uow, request.id, active=True)
         return pb.ActivateUserResponse(user=await self._user_pb(user))
 
-    async def DeactivateUser(self, request, context):  # noqa: N802
+    async def DeactivateUser(self, request, context):
         await authorize(self.policies, "user", "update")
         async with self.db.unit_of_work() as uow:
             user = await users.set_active(uow, request.id, active=False)
@@ -192,33 +192,33 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     # ------------------------------------------------------------ departments
 
-    async def CreateDepartment(self, request, context):  # noqa: N802
+    async def CreateDepartment(self, request, context):
         await authorize(self.policies, "department", "create")
         async with self.db.unit_of_work() as uow:
             dept = await departments.create(uow, request)
         self.policies.invalidate(caller().tenant_id)
         return pb.CreateDepartmentResponse(department=department_pb(dept))
 
-    async def GetDepartment(self, request, context):  # noqa: N802
+    async def GetDepartment(self, request, context):
         await authorize(self.policies, "department", "read")
         async with self.db.read() as session:
             dept = await departments.get(session, request.id)
         return pb.GetDepartmentResponse(department=department_pb(dept))
 
-    async def ListDepartments(self, request, context):  # noqa: N802
+    async def ListDepartments(self, request, context):
         await authorize(self.policies, "department", "read")
         async with self.db.read() as session:
             rows, cursor = await departments.list_departments(session, request)
         return pb.ListDepartmentsResponse(items=[department_pb(d) for d in rows], next_cursor=cursor)
 
-    async def UpdateDepartment(self, request, context):  # noqa: N802
+    async def UpdateDepartment(self, request, context):
         await authorize(self.policies, "department", "update")
         async with self.db.unit_of_work() as uow:
             dept = await departments.update(uow, request)
         self.policies.invalidate(caller().tenant_id)
         return pb.UpdateDepartmentResponse(department=department_pb(dept))
 
-    async def DeleteDepartment(self, request, context):  # noqa: N802
+    async def DeleteDepartment(self, request, context):
         await authorize(self.policies, "department", "delete")
         async with self.db.unit_of_work() as uow:
             await departments.delete(uow, request.id)
@@ -227,33 +227,33 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     # ------------------------------------------------------------ roles
 
-    async def CreateRole(self, request, context):  # noqa: N802
+    async def CreateRole(self, request, context):
         await authorize(self.policies, "role", "create")
         async with self.db.unit_of_work() as uow:
             role = await roles.create(uow, request)
         self.policies.invalidate(caller().tenant_id)
         return pb.CreateRoleResponse(role=role_pb(role))
 
-    async def GetRole(self, request, context):  # noqa: N802
+    async def GetRole(self, request, context):
         await authorize(self.policies, "role", "read")
         async with self.db.read() as session:
             role = await roles.get(session, request.id)
         return pb.GetRoleResponse(role=role_pb(role))
 
-    async def ListRoles(self, request, context):  # noqa: N802
+    async def ListRoles(self, request, context):
         await authorize(self.policies, "role", "read")
         async with self.db.read() as session:
             rows, cursor = await roles.list_roles(session, request)
         return pb.ListRolesResponse(items=[role_pb(r) for r in rows], next_cursor=cursor)
 
-    async def UpdateRole(self, request, context):  # noqa: N802
+    async def UpdateRole(self, request, context):
         await authorize(self.policies, "role", "update")
         async with self.db.unit_of_work() as uow:
             role = await roles.update(uow, request)
         self.policies.invalidate(caller().tenant_id)
         return pb.UpdateRoleResponse(role=role_pb(role))
 
-    async def DeleteRole(self, request, context):  # noqa: N802
+    async def DeleteRole(self, request, context):
         await authorize(self.policies, "role", "delete")
         async with self.db.unit_of_work() as uow:
             await roles.delete(uow, request.id)
@@ -262,7 +262,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     # ------------------------------------------------------------ API keys
 
-    async def CreateApiKey(self, request, context):  # noqa: N802
+    async def CreateApiKey(self, request, context):
         await authorize(self.policies, "api_key", "create")
         async with self.db.unit_of_work() as uow:
             key, secret = await api_keys.create(
@@ -270,19 +270,19 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             )
         return pb.CreateApiKeyResponse(api_key=api_key_pb(key), secret=secret)
 
-    async def GetApiKey(self, request, context):  # noqa: N802
+    async def GetApiKey(self, request, context):
         await authorize(self.policies, "api_key", "read")
         async with self.db.read() as session:
             key = await api_keys.get(session, request.id)
         return pb.GetApiKeyResponse(api_key=api_key_pb(key))
 
-    async def ListApiKeys(self, request, context):  # noqa: N802
+    async def ListApiKeys(self, request, context):
         await authorize(self.policies, "api_key", "read")
         async with self.db.read() as session:
             rows, cursor = await api_keys.list_keys(session, request)
         return pb.ListApiKeysResponse(items=[api_key_pb(k) for k in rows], next_cursor=cursor)
 
-    async def RevokeApiKey(self, request, context):  # noqa: N802
+    async def RevokeApiKey(self, request, context):
         await authorize(self.policies, "api_key", "delete")
         async with self.db.unit_of_work() as uow:
             key = await api_keys.revoke(uow, request.id)
@@ -290,7 +290,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     # ------------------------------------------------------------ audit
 
-    async def ListAuditEvents(self, request, context):  # noqa: N802
+    async def ListAuditEvents(self, request, context):
         await authorize(self.policies, "audit_event", "read")
         async with self.db.read() as session:
             rows, cursor = await audit.list_events(session, request)

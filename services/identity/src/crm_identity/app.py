@@ -6,15 +6,39 @@ from pathlib import Path
 
 from crm.identity.v1 import identity_pb2_grpc
 from crm_kit.auth import JwtVerifier, local_jwks_source
+from crm_kit.events.consumer import Consumer
 from crm_kit.grpc_server import Servicer
 from crm_kit.policy import PolicyCache
 from crm_kit.service import Parts, Runtime, ServiceSpec
+
 from crm_identity.api import PUBLIC_METHODS, SERVICE, IdentityApi
+from crm_identity.domain import audit
 from crm_identity.domain.passwords import Passwords
 from crm_identity.domain.roles import load_policy
 from crm_identity.settings import IdentitySettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Every service's events feed the one audit trail; a service that does not run yet simply has no events.
+AUDITED_SERVICES = (
+    "identity",
+    "customers",
+    "sales",
+    "marketing",
+    "servicedesk",
+    "notifications",
+    "reporting",
+)
+
+
+async def _record_audit(uow, envelope, payload) -> None:  # type: ignore[no-untyped-def]
+    await audit.record(uow.session, envelope)
+
+
+AUDIT_CONSUMERS = [
+    Consumer(name=f"identity-audit-{service}", filter_subjects=[f"crm.{service}.>"], handler=_record_audit)
+    for service in AUDITED_SERVICES
+]
 
 
 async def build(runtime: Runtime) -> Parts:
@@ -44,7 +68,7 @@ async def build(runtime: Runtime) -> Parts:
         verifier=JwtVerifier(
             local_jwks_source(keys), issuer=settings.jwt_issuer, audience=settings.jwt_audience
         ),
-        consumers=[],
+        consumers=AUDIT_CONSUMERS,
     )
 
 

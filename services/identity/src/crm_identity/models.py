@@ -5,6 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from crm_kit.db import Base, TenantOwned, Timestamped
+
+# Kit tables (outbox, inbox) live on the same metadata.
+from crm_kit.events import outbox as _outbox  # noqa: F401
+from crm_kit.ids import new_id
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -20,12 +25,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
-
-from crm_kit.db import Base, TenantOwned, Timestamped
-from crm_kit.ids import new_id
-
-# Kit tables (outbox, inbox) live on the same metadata.
-from crm_kit.events import outbox as _outbox  # noqa: F401
 
 
 def _id() -> Mapped[str]:

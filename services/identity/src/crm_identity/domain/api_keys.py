@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork, utcnow
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.validation import Check
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from crm_identity import models
 from crm_identity.domain.common import api_key_pb, api_key_snapshot, caller, get_owned, sha256
 from crm_identity.domain.users import _check_references

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 
-from google.protobuf import json_format
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import identity_pb2
 from crm_kit.events.subjects import context_of
 from crm_kit.paging import Page, SortKey
 from crm_kit.validation import Check
+from google.protobuf import json_format
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from crm_identity import models
 from crm_identity.domain.common import caller, ts
 

@@ -7,15 +7,15 @@ import hashlib
 import secrets
 from typing import Any
 
-from google.protobuf import json_format, timestamp_pb2
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from crm.identity.v1 import identity_pb2
 from crm_kit import context
 from crm_kit.context import Principal
 from crm_kit.errors import Unauthenticated, VersionMismatch, not_found
 from crm_kit.policy import Decision, PolicyCache
+from google.protobuf import json_format, timestamp_pb2
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from crm_identity import models
 
 ADMIN_PERMISSIONS = [{"object": "*", "actions": ["*"], "data_scope": "DATA_SCOPE_ALL"}]

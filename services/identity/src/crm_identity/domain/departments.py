@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork
 from crm_kit.errors import Conflict, FieldError, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.validation import Check
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from crm_identity import models
 from crm_identity.domain.common import (
     caller,

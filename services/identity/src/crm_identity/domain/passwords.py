@@ -7,7 +7,6 @@ import asyncio
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError
-
 from crm_kit.validation import Check
 
 MIN_LENGTH = 8

@@ -5,10 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from google.protobuf import json_format
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork
 from crm_kit.errors import AlreadyExists, Conflict, FieldError, InvalidArgument
@@ -16,6 +12,10 @@ from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import ANY
 from crm_kit.validation import Check
+from google.protobuf import json_format
+from sqlalchemy import any_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from crm_identity import models
 from crm_identity.domain.common import (
     caller,
@@ -168,13 +168,13 @@ async def delete(uow: UnitOfWork, role_id: str) -> None:
     session = uow.session
     in_use = await session.scalar(
         select(models.User.id)
-        .where(models.User.tenant_id == role.tenant_id, models.User.role_ids.any(role.id))
+        .where(models.User.tenant_id == role.tenant_id, role.id == any_(models.User.role_ids))
         .limit(1)
     ) or await session.scalar(
         select(models.ApiKey.id)
         .where(
             models.ApiKey.tenant_id == role.tenant_id,
-            models.ApiKey.role_ids.any(role.id),
+            role.id == any_(models.ApiKey.role_ids),
             models.ApiKey.revoked_at.is_(None),
         )
         .limit(1)

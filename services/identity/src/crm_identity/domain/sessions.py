@@ -11,8 +11,6 @@ import time
 from dataclasses import dataclass
 
 import pyotp
-from sqlalchemy import select, update
-
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.auth import TokenIssuer
@@ -21,6 +19,8 @@ from crm_kit.db import UnitOfWork, utcnow
 from crm_kit.errors import DomainError, InvalidArgument, Unauthenticated
 from crm_kit.ids import new_id
 from crm_kit.validation import Check
+from sqlalchemy import select, update
+
 from crm_identity import models
 from crm_identity.domain.common import caller, random_token, sha256, user_pb, user_snapshot
 from crm_identity.domain.passwords import Passwords, check_password

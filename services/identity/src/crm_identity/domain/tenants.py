@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork
 from crm_kit.errors import AlreadyExists
 from crm_kit.ids import new_id
 from crm_kit.validation import LOCALES, Check
+from sqlalchemy import select
+
 from crm_identity import models
 from crm_identity.domain.common import ADMIN_PERMISSIONS, role_pb, role_snapshot, user_pb, user_snapshot
 from crm_identity.domain.passwords import Passwords, check_password

@@ -1,4 +1,4 @@
-from crm_kit.migrations import run_env
 from crm_identity.models import Base
+from crm_kit.migrations import run_env
 
 run_env(Base.metadata)
