@@ -1,6 +1,7 @@
 """`Idempotency-Key` on POST: a retried request is answered with the first response, never run twice.
 
-Entries live in a NATS JetStream key-value bucket, `<CRM_EVENTS_NAMESPACE>_idempotency` (24 h TTL), so every
+Entries live in a NATS JetStream key-value bucket, `<CRM_EVENTS_NAMESPACE>_idempotency` (or `crm_idempotency`;
+24 h TTL), so every
 gateway replica sees the same ones. For a request with a key:
 
 1. The entry name is an HMAC of (tenant, actor, key): keys are private to the credential that sent them.
@@ -57,7 +58,7 @@ class Reply:
 
 
 def bucket_name(namespace: str) -> str:
-    return f"{namespace}_idempotency"
+    return f"{namespace}_idempotency" if namespace else "crm_idempotency"
 
 
 def validate_key(key: str) -> None:

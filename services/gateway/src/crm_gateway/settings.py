@@ -35,9 +35,9 @@ class GatewaySettings(ServiceSettings):
     # How long a verified API key is trusted without asking identity again: a revoked key stops within this.
     api_key_cache_seconds: float = 30.0
 
-    # Prefix of this deployment's NATS names (streams, KV buckets); the idempotency bucket is
-    # "<namespace>_idempotency".
-    events_namespace: str = "crm"
+    # The deployment's NATS namespace (shared with crm_kit.events): the idempotency bucket is
+    # "<namespace>_idempotency", or "crm_idempotency" without one.
+    events_namespace: str = ""
     idempotency_ttl_seconds: int = 86_400
     # A request holding an Idempotency-Key longer than this is taken to have died with its replica.
     idempotency_lock_seconds: float = 60.0
