@@ -174,3 +174,37 @@ class PolicyCache:
 
     async def decide(self, principal: Principal, obj: str, action: str) -> Decision:
         return (await self.get(principal.tenant_id)).decide(principal, obj, action)
+
+
+POLICY_EVENTS = frozenset(
+    f"crm.identity.v1.{name}"
+    for name in (
+        "RoleCreated",
+        "RoleUpdated",
+        "RoleDeleted",
+        "DepartmentCreated",
+        "DepartmentUpdated",
+        "DepartmentDeleted",
+    )
+)
+
+
+async def follow_policy_events(cache: PolicyCache, nc: Any, namespace: str = "") -> Any:
+    """Invalidate a tenant's cached policy as soon as identity publishes a role or department change.
+
+    A plain (not durable) subscription: every replica of every service must see every such event, whereas a
+    durable consumer would hand each event to one replica only. Returns the subscription.
+    """
+    from crm.common.v1 import event_pb2
+    from crm_kit.events.subjects import namespaced
+
+    async def on_event(msg: Any) -> None:
+        envelope = event_pb2.EventEnvelope()
+        try:
+            envelope.ParseFromString(msg.data)
+        except Exception:  # a foreign message on the subject is not ours to judge
+            return
+        if envelope.type in POLICY_EVENTS:
+            cache.invalidate(envelope.tenant_id)
+
+    return await nc.subscribe(namespaced("crm.identity.v1.>", namespace), cb=on_event)

@@ -32,6 +32,7 @@ from crm_kit.db import Database
 from crm_kit.grpc_server import GrpcServer, Servicer
 from crm_kit.logs import setup_logging
 from crm_kit.migrations import upgrade
+from crm_kit.policy import PolicyCache, PolicyLoader, follow_policy_events
 from crm_kit.settings import ServiceSettings
 from crm_kit.telemetry import setup_telemetry, shutdown_telemetry
 
@@ -75,6 +76,23 @@ class Runtime:
         return identity_pb2_grpc.IdentityServiceStub(
             self.channel(self.settings.identity_service_addr, descriptor)
         )
+
+    async def policies(self, loader: PolicyLoader | None = None) -> PolicyCache:
+        """The tenant policy cache, kept fresh by identity's events. By default policies come from identity's
+        GetPolicy, asked with the current caller's credential (so only ever for the caller's own tenant)."""
+        if loader is None:
+            stub = self.identity()
+
+            async def loader(tenant_id: str) -> identity_pb2.Policy:
+                response = await stub.GetPolicy(
+                    identity_pb2.GetPolicyRequest(), metadata=grpc_client.outgoing_metadata(), timeout=5
+                )
+                return response.policy
+
+        cache = PolicyCache(loader)
+        if self.bus is not None and self.bus.nc is not None:
+            await follow_policy_events(cache, self.bus.nc, self.bus.namespace)
+        return cache
 
     def remote_verifier(self) -> JwtVerifier:
         """Verifies access tokens with identity's published keys (fetched over gRPC, cached)."""

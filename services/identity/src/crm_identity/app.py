@@ -8,7 +8,6 @@ from crm.identity.v1 import identity_pb2_grpc
 from crm_kit.auth import JwtVerifier, local_jwks_source
 from crm_kit.events.consumer import Consumer
 from crm_kit.grpc_server import Servicer
-from crm_kit.policy import PolicyCache
 from crm_kit.service import Parts, Runtime, ServiceSpec
 
 from crm_identity.api import PUBLIC_METHODS, SERVICE, IdentityApi
@@ -50,7 +49,7 @@ async def build(runtime: Runtime) -> Parts:
         async with runtime.db.read() as session:
             return await load_policy(session, tenant_id)
 
-    policies = PolicyCache(policy_from_db)
+    policies = await runtime.policies(policy_from_db)
     api = IdentityApi(
         settings=settings,
         db=runtime.db,
