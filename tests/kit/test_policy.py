@@ -1,11 +1,11 @@
 import asyncio
 
 import nats
-from sqlalchemy import column
-
 from crm.identity.v1 import identity_pb2 as pb
 from crm_kit.context import Principal
 from crm_kit.policy import PolicyCache, PolicyView, follow_policy_events
+from sqlalchemy import column
+
 from tests.identity.helpers import sign_up
 
 
@@ -91,11 +91,11 @@ def test_row_filter_follows_the_scope():
             ),
         )
     )
-    sql = lambda d: str(
-        d.row_filter(rep(), owner_column=owner, department_column=dept).compile(
-            compile_kwargs={"literal_binds": True}
-        )
-    )  # noqa: E731
+
+    def sql(decision):
+        clause = decision.row_filter(rep(), owner_column=owner, department_column=dept)
+        return str(clause.compile(compile_kwargs={"literal_binds": True}))
+
     assert sql(view.decide(rep("all"), "lead", "read")) == "true"
     assert sql(view.decide(rep("own"), "lead", "read")) == "owner_id = 'u1'"
     assert (

@@ -196,6 +196,7 @@ async def follow_policy_events(cache: PolicyCache, nc: Any, namespace: str = "")
     durable consumer would hand each event to one replica only. Returns the subscription.
     """
     from crm.common.v1 import event_pb2
+
     from crm_kit.events.subjects import namespaced
 
     async def on_event(msg: Any) -> None:
