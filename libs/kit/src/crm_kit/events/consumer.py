@@ -1,0 +1,458 @@
+"""Durable consumers: a service declares what it handles; the kit does delivery, retries, dead letters and the inbox.
+
+    async def on_user_invited(uow: UnitOfWork, envelope: EventEnvelope, payload: UserInvited) -> None:
+        uow.session.add(Invitation(...))          # the effect, in the unit of work the kit opened
+
+    CONSUMERS = [Consumer(name="notifications-user-invited", filter_subjects=[UserInvited],
+                          handler=on_user_invited)]
+
+For each delivered event the kit opens a unit of work, inserts the inbox row (consumer, event id) — when it is
+already there the event was handled before and the kit only acks — calls the handler, commits, then acks. The
+effect and the inbox row commit together, so a redelivery has no second effect (see `crm_kit.events.inbox`).
+
+Failures: a handler that raises is retried: the kit naks with the delay `backoff[attempt - 1]`, and JetStream
+redelivers; a consumer that dies mid-event gets it redelivered by JetStream after the same backoff. After
+`max_deliver` attempts, or at once when the handler raises `PermanentError` or the event cannot be decoded, the
+event goes to the dead-letter subject `dlq.<service>.<consumer>` with the error in the `Crm-Error` header, and is
+terminated, so one bad event does not block or loop forever.
+
+The handler's span is a child of the span that wrote the event (W3C `traceparent` carried by the outbox and the
+relay), so one trace shows the request and everything it caused in other services.
+
+Why a hand-written pull loop rather than nats-py's `fetch()`: `fetch(n)` waits for all `n` messages (or the
+timeout) once one has arrived, which adds up to the whole timeout to the latency of a lone event. The loop here
+keeps one pull request open, handles each message the moment it arrives, and asks for more when the request is
+used up; idle heartbeats tell it when a request was lost (a NATS restart) so it asks again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from crm.common.v1 import event_pb2
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import Message
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, TracerProvider
+
+from crm_kit import context
+from crm_kit.db import Database, UnitOfWork
+from crm_kit.events import inbox
+from crm_kit.events.config import EventSettings
+from crm_kit.events.subjects import (
+    context_of,
+    dead_letter_subject,
+    event_type,
+    namespaced,
+    stream_for_context,
+    strip_namespace,
+)
+
+log = logging.getLogger("crm.events.consumer")
+
+Handler = Callable[[UnitOfWork, event_pb2.EventEnvelope, Any], Awaitable[None]]
+
+# Headers on a dead-lettered message (besides the original `traceparent`).
+ERROR_HEADER = "Crm-Error"
+ERROR_TYPE_HEADER = "Crm-Error-Type"
+CONSUMER_HEADER = "Crm-Consumer"
+ORIGINAL_SUBJECT_HEADER = "Crm-Original-Subject"
+ORIGINAL_SEQUENCE_HEADER = "Crm-Original-Sequence"
+DELIVERIES_HEADER = "Crm-Deliveries"
+
+
+class PermanentError(Exception):
+    """Raise from a handler when retrying cannot help: the event goes to the dead-letter stream at once."""
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A durable JetStream consumer and its handler. All filter subjects must belong to one producing service.
+
+    `filter_subjects` takes event message classes (`UserInvited`) or subjects without the namespace
+    (`crm.identity.v1.UserInvited`, `crm.identity.>`). `backoff[i]` is the wait before attempt `i + 2`;
+    `max_deliver` bounds the attempts and must exceed `len(backoff)` (a JetStream rule).
+    """
+
+    name: str
+    handler: Handler
+    filter_subjects: Sequence[str | type[Message]] = ()
+    max_deliver: int = 5
+    backoff: Sequence[float] = (1.0, 5.0, 30.0, 120.0)
+    # Messages asked for per pull request: more is more throughput, but every buffered message's ack timer runs.
+    batch: int = 16
+    max_ack_pending: int = 1000
+    subjects: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in ".*> \t"):
+            raise ValueError(f"consumer name must be a plain token (no '.', '*', '>', spaces): {self.name!r}")
+        subjects = tuple(s if isinstance(s, str) else event_type(s) for s in self.filter_subjects)
+        if not subjects:
+            raise ValueError(f"consumer {self.name} has no filter_subjects")
+        contexts = {context_of(s) for s in subjects}
+        if len(contexts) != 1:
+            raise ValueError(f"consumer {self.name} reads from several services' streams: {sorted(contexts)}")
+        if self.max_deliver < 1 or (self.backoff and self.max_deliver <= len(self.backoff)):
+            raise ValueError(f"consumer {self.name}: max_deliver must exceed len(backoff)")
+        object.__setattr__(self, "subjects", subjects)
+
+    @property
+    def context(self) -> str:
+        return context_of(self.subjects[0])
+
+    def delay_after(self, attempt: int) -> float:
+        """How long to wait before redelivering after failed attempt number `attempt` (1-based)."""
+        if not self.backoff:
+            return 0.0
+        return float(self.backoff[min(attempt, len(self.backoff)) - 1])
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` is one token, a trailing `>` one or more."""
+    p, s = pattern.split("."), subject.split(".")
+    for i, token in enumerate(p):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s) or (token != "*" and token != s[i]):
+            return False
+    return len(p) == len(s)
+
+
+def unpack_payload(envelope: event_pb2.EventEnvelope) -> Message:
+    """The payload as its generated class, looked up by the Any's type name in the default descriptor pool.
+
+    The class is known once its `_pb2` module is imported, which declaring the consumer with the message class
+    guarantees. An unknown type is a `PermanentError`: the event is kept in the dead-letter stream, to replay
+    after a deploy that knows it.
+    """
+    name = envelope.payload.TypeName()
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+    except KeyError as exc:
+        raise PermanentError(f"unknown payload type {name!r}") from exc
+    payload = message_factory.GetMessageClass(descriptor)()
+    if not envelope.payload.Unpack(payload):
+        raise PermanentError(f"payload does not unpack as {name}")
+    return payload
+
+
+def _header_value(text: str, limit: int = 1000) -> str:
+    return " ".join(text.split())[:limit]
+
+
+_STOP = object()
+_PULL = object()
+
+
+class _KeepAlive:
+    """While a handler runs longer than half the ack wait, tell JetStream it is in progress, so it is not
+    redelivered to another replica meanwhile. Costs one timer per event; nothing is sent for fast handlers."""
+
+    def __init__(self, msg: Msg, interval: float):
+        self.msg = msg
+        self.interval = interval
+        self.loop = asyncio.get_running_loop()
+        self.done = False
+        self.task: asyncio.Future[None] | None = None
+        self.handle = self.loop.call_later(interval, self._fire)
+
+    def _fire(self) -> None:
+        if not self.done:
+            self.task = asyncio.ensure_future(self._send())
+
+    async def _send(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.msg.in_progress()
+        if not self.done:
+            self.handle = self.loop.call_later(self.interval, self._fire)
+
+    def cancel(self) -> None:
+        self.done = True
+        self.handle.cancel()
+
+
+class ConsumerRunner:
+    """Runs one `Consumer` in this process (created and owned by `EventBus`)."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        *,
+        database: Database,
+        nc: NATS,
+        service: str,
+        settings: EventSettings,
+        tracer_provider: TracerProvider | None = None,
+        pull_expires: float = 30.0,
+        idle_heartbeat: float = 5.0,
+    ):
+        self.consumer = consumer
+        self.database = database
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.service = service
+        self.settings = settings
+        self.namespace = settings.namespace
+        self.stream = stream_for_context(consumer.context, self.namespace)
+        self.dead_letter_subject = dead_letter_subject(service, consumer.name, self.namespace)
+        self.pull_expires = pull_expires
+        self.idle_heartbeat = idle_heartbeat
+        self.tracer = trace.get_tracer("crm_kit.events", tracer_provider=tracer_provider)
+        # Filtering on this side when the server cannot hold several filter subjects (nats-server < 2.10).
+        self.client_filter: tuple[str, ...] = ()
+        # Counters, for health and tests.
+        self.handled = 0
+        self.duplicates = 0
+        self.retried = 0
+        self.dead_lettered = 0
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._progress_interval = max(0.05, (consumer.backoff[0] if consumer.backoff else 30.0) / 2)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.ensure_consumer()
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.consumer.name}")
+
+    async def stop(self) -> None:
+        """Finish the event in hand, stop pulling, hand back the events buffered but not started."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._queue.put_nowait(_STOP)
+        try:
+            await self._task
+        finally:
+            self._task = None
+            if self._sub is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await self._sub.unsubscribe()
+            while not self._queue.empty():
+                msg = self._queue.get_nowait()
+                if isinstance(msg, Msg) and msg.reply:  # an event, not a status message or a sentinel
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+
+    def pull_again(self) -> None:
+        """Issue a new pull request now (after a reconnect the old one is gone from the server)."""
+        self._queue.put_nowait(_PULL)
+
+    async def ensure_consumer(self) -> None:
+        c = self.consumer
+        subjects = [namespaced(s, self.namespace) for s in c.subjects]
+        config = ConsumerConfig(
+            name=c.name,
+            durable_name=c.name,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            max_deliver=c.max_deliver,
+            backoff=[float(b) for b in c.backoff] or None,
+            max_ack_pending=c.max_ack_pending,
+        )
+        version = self.nc.connected_server_version
+        if len(subjects) == 1:
+            config.filter_subject = subjects[0]
+        elif (version.major, version.minor) >= (2, 10):
+            config.filter_subjects = subjects
+        else:
+            config.filter_subject = namespaced(f"crm.{c.context}.>", self.namespace)
+            self.client_filter = tuple(subjects)
+        await self.js.add_consumer(self.stream, config)
+
+    # -- the pull loop ---------------------------------------------------------------------------------------
+
+    async def _on_message(self, msg: Msg) -> None:
+        self._queue.put_nowait(msg)
+
+    async def _pull(self) -> None:
+        request = {
+            "batch": self.consumer.batch,
+            "expires": int(self.pull_expires * 1e9),
+            "idle_heartbeat": int(self.idle_heartbeat * 1e9),
+        }
+        await self.nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.consumer.name}",
+            json.dumps(request).encode(),
+            reply=self._inbox,
+        )
+
+    async def _run(self) -> None:
+        outstanding = 0
+        silence = 2 * self.idle_heartbeat + 1
+        while not self._stopping:
+            try:
+                if outstanding <= 0:
+                    await self._pull()
+                    outstanding = self.consumer.batch
+                try:
+                    async with asyncio.timeout(silence):
+                        msg = await self._queue.get()
+                except TimeoutError:
+                    # No message and no heartbeat: the pull request was lost (reconnect, server restart).
+                    outstanding = 0
+                    continue
+                if msg is _STOP:
+                    break
+                if msg is _PULL:
+                    outstanding = 0
+                    continue
+                status = (msg.headers or {}).get("Status") if not msg.data else None
+                if status:
+                    outstanding = await self._on_status(status, msg, outstanding)
+                    continue
+                outstanding -= 1
+                await self._handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("consumer %s: NATS error, pulling again: %s", self.consumer.name, exc)
+                outstanding = 0
+                await asyncio.sleep(0.2)
+            except Exception:
+                log.exception("consumer %s: unexpected error", self.consumer.name)
+                outstanding = 0
+                await asyncio.sleep(0.2)
+
+    async def _on_status(self, status: str, msg: Msg, outstanding: int) -> int:
+        if status == "100":  # idle heartbeat: the request is alive
+            return outstanding
+        description = (msg.headers or {}).get("Description", "")
+        if status == "409" and "deleted" in description.lower():
+            log.warning("consumer %s was deleted on the server; creating it again", self.consumer.name)
+            await self.ensure_consumer()
+        elif status not in ("404", "408", "409"):
+            log.warning("consumer %s: pull status %s %s", self.consumer.name, status, description)
+            await asyncio.sleep(0.2)
+        # 404/408: the request ended (no messages, expired); 409: ended for another reason. Ask again.
+        return 0
+
+    # -- one event -------------------------------------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        subject = strip_namespace(msg.subject, self.namespace)
+        if self.client_filter and not any(subject_matches(p, msg.subject) for p in self.client_filter):
+            await msg.ack()
+            return
+        attempt = msg.metadata.num_delivered
+        try:
+            envelope = event_pb2.EventEnvelope.FromString(msg.data)
+            payload = unpack_payload(envelope)
+        except Exception as exc:
+            await self._dead_letter(
+                msg, exc if isinstance(exc, PermanentError) else PermanentError(repr(exc))
+            )
+            return
+        parent = propagate.extract(msg.headers or {})
+        with self.tracer.start_as_current_span(
+            f"{subject} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": msg.subject,
+                "messaging.consumer.group.name": self.consumer.name,
+                "messaging.message.id": envelope.id,
+                "messaging.message.delivery_count": attempt,
+            },
+        ) as span:
+            span_context = span.get_span_context()
+            token = context.bind(
+                context.RequestContext(
+                    principal=context.Principal(
+                        tenant_id=envelope.tenant_id,
+                        actor_id=f"{self.service}/{self.consumer.name}",
+                        actor_type=event_pb2.ACTOR_TYPE_SYSTEM,
+                        name=self.consumer.name,
+                    ),
+                    request_id=envelope.request_id,
+                    trace_id=f"{span_context.trace_id:032x}" if span_context.is_valid else envelope.trace_id,
+                )
+            )
+            keepalive = _KeepAlive(msg, self._progress_interval)
+            try:
+                await self._apply(envelope, payload)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                await self._failed(msg, exc, attempt)
+                return
+            finally:
+                keepalive.cancel()
+                context.reset(token)
+        await msg.ack()
+
+    async def _apply(self, envelope: event_pb2.EventEnvelope, payload: Message) -> None:
+        async with self.database.unit_of_work() as uow:
+            if not await inbox.claim(uow.session, consumer=self.consumer.name, event_id=envelope.id):
+                self.duplicates += 1
+                return
+            await self.consumer.handler(uow, envelope, payload)
+        self.handled += 1
+
+    async def _failed(self, msg: Msg, exc: Exception, attempt: int) -> None:
+        if isinstance(exc, PermanentError) or attempt >= self.consumer.max_deliver:
+            await self._dead_letter(msg, exc)
+            return
+        delay = self.consumer.delay_after(attempt)
+        log.warning(
+            "consumer %s: attempt %s of %s failed, retrying in %ss: %r",
+            self.consumer.name,
+            attempt,
+            self.consumer.max_deliver,
+            delay,
+            exc,
+        )
+        self.retried += 1
+        await msg.nak(delay=delay or None)
+
+    async def _dead_letter(self, msg: Msg, exc: Exception) -> None:
+        meta = msg.metadata
+        headers = {
+            # One dead letter per consumer and stream message, however often this is retried.
+            "Nats-Msg-Id": f"{self.consumer.name}:{meta.stream}:{meta.sequence.stream}",
+            ERROR_HEADER: _header_value(str(exc) or repr(exc)),
+            ERROR_TYPE_HEADER: type(exc).__name__,
+            CONSUMER_HEADER: f"{self.service}/{self.consumer.name}",
+            ORIGINAL_SUBJECT_HEADER: msg.subject,
+            ORIGINAL_SEQUENCE_HEADER: str(meta.sequence.stream),
+            DELIVERIES_HEADER: str(meta.num_delivered),
+        }
+        traceparent = (msg.headers or {}).get("traceparent")
+        if traceparent:
+            headers["traceparent"] = traceparent
+        try:
+            await self.js.publish(self.dead_letter_subject, msg.data, headers=headers, timeout=5)
+        except Exception:
+            # Not acked, so JetStream redelivers it (unless this was the last attempt; then its advisory remains).
+            log.exception(
+                "consumer %s: cannot dead-letter stream message %s", self.consumer.name, meta.sequence
+            )
+            return
+        log.error(
+            "consumer %s: gave up on stream message %s after %s attempts: %r",
+            self.consumer.name,
+            meta.sequence.stream,
+            meta.num_delivered,
+            exc,
+        )
+        self.dead_lettered += 1
+        await msg.term()

@@ -1,0 +1,351 @@
+"""The outbox relay: publishes committed outbox rows to JetStream, in `seq` order, then marks them published.
+
+Why it is built this way:
+
+- One active relay per database. Every replica of a service runs a relay, but only the one holding a
+  PostgreSQL advisory lock publishes; the others wait on that lock (`pg_advisory_lock`, blocking) on their own
+  dedicated connection. A session lock dies with its session, so when the active replica crashes, is killed or
+  loses its connection, PostgreSQL releases the lock and a standby acquires it at once: no lease to tune, no
+  row published by two relays at the same time, and a single publisher keeps `seq` order. The relay reads and
+  marks rows on the very connection that holds the lock, so a relay that lost its lock also fails its next query
+  and stops before it can publish again.
+- At least once, de-duplicated. Rows are marked only after JetStream acked them. A crash between the ack and the
+  mark makes the next relay publish those rows again, with the same `Nats-Msg-Id` (the envelope id), and
+  JetStream's duplicate window drops the copies; the ack says `duplicate` and the relay counts it as such.
+- Low latency. `Database.after_commit_hooks` wakes the relay in this process right after a commit that wrote
+  events; a trigger NOTIFYs the channel `crm_outbox` on every insert, which wakes the active relay in whichever
+  replica it runs; a poll every `relay_poll_interval` catches anything both missed.
+- Throughput. A batch (up to `relay_batch_size` rows) is published asynchronously, all acks awaited together,
+  and marked with one UPDATE.
+- NATS down. Writes never wait for NATS: they only touch PostgreSQL. The relay retries the batch with
+  exponential backoff (tenacity, capped at `relay_max_backoff`) for as long as it takes, and publishes
+  everything once NATS is back. PostgreSQL down: it reconnects, with the same backoff, and waits for the lock
+  again.
+- Marking is asynchronous-commit (`synchronous_commit=off` on the relay's connection): a mark lost in a
+  PostgreSQL crash only means a re-publish, which JetStream drops as a duplicate, and it keeps a WAL flush off
+  the relay's path.
+- Retention. Published rows keep `published_at` and are deleted `outbox_retention` later (24 h by default) for
+  debugging; inbox rows `inbox_retention` later (7 days, the stream's max age, so a replay of the whole stream
+  is still de-duplicated). The active relay prunes both, in bounded batches.
+
+Ordering: events of one aggregate are published in the order their transactions committed as long as writers
+of one aggregate serialize on it (SELECT … FOR UPDATE or a version check), which every aggregate write must do
+anyway. Events of different aggregates have no order between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import PubAck
+from sqlalchemy.engine import make_url
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
+from crm_kit.db import Database
+from crm_kit.events.config import EventSettings
+from crm_kit.events.outbox import OUTBOX_CHANNEL
+from crm_kit.events.subjects import namespaced
+
+log = logging.getLogger("crm.events.relay")
+
+# The advisory lock key of "the active relay of this database" ("CRM" "REL"); one database per service.
+RELAY_LOCK = 0x43524D52454C
+
+FETCH = (
+    "SELECT seq, id, subject, envelope, traceparent FROM outbox_events "
+    "WHERE published_at IS NULL ORDER BY seq LIMIT $1"
+)
+MARK = "UPDATE outbox_events SET published_at = now() WHERE seq = any($1::bigint[])"
+PRUNE_OUTBOX = (
+    "DELETE FROM outbox_events WHERE seq IN (SELECT seq FROM outbox_events "
+    "WHERE published_at < now() - make_interval(secs => $1) ORDER BY published_at LIMIT $2)"
+)
+PRUNE_INBOX = (
+    "DELETE FROM inbox WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM inbox "
+    "WHERE handled_at < now() - make_interval(secs => $1) ORDER BY handled_at LIMIT $2)"
+)
+PRUNE_BATCH = 5000
+
+
+def asyncpg_dsn(sqlalchemy_url: str) -> str:
+    """`postgresql+asyncpg://…` -> `postgresql://…` (query, e.g. a unix socket `?host=`, kept)."""
+    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class _Stopped(Exception):
+    """Raised inside the relay when stop() interrupts a wait."""
+
+
+class _Unpublished(Exception):
+    """Some rows of a batch were not acked by JetStream (NATS down, slow, or refusing); retried with backoff."""
+
+    def __init__(self, count: int, cause: BaseException | None):
+        super().__init__(f"{count} events not acked by JetStream: {cause!r}")
+        self.cause = cause
+
+
+class OutboxRelay:
+    """Publishes a database's outbox. `start()`, then `stop()`; several per database are safe (one is active)."""
+
+    def __init__(
+        self,
+        database: Database,
+        nc: NATS,
+        settings: EventSettings | None = None,
+        *,
+        name: str = "outbox-relay",
+    ):
+        self.database = database
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.settings = settings or EventSettings()
+        self.name = name
+        self.dsn = asyncpg_dsn(database.url)
+        # Events this relay stored in JetStream first, and publishes JetStream reported as duplicates.
+        self.published = 0
+        self.duplicates = 0
+        # Set while this relay holds the lock and publishes; for health checks and tests.
+        self.active = asyncio.Event()
+        # Set while the active relay waits for work (all caught up); for tests and health checks.
+        self.idle = asyncio.Event()
+        self.backend_pid: int | None = None
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._retry = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Publish now rather than at the next poll; registered in `Database.after_commit_hooks`."""
+        self._wake.set()
+
+    def retry_now(self) -> None:
+        """End a publish backoff early (NATS reconnected): the next attempt will likely succeed."""
+        self._retry.set()
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stop.clear()
+        self.database.after_commit_hooks.append(self.wake)
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        """Finish the batch in flight (its acks and its mark), release the lock, return."""
+        if self._task is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        with contextlib.suppress(ValueError):
+            self.database.after_commit_hooks.remove(self.wake)
+        try:
+            await self._task
+        finally:
+            self._task = None
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                conn = await asyncpg.connect(
+                    self.dsn,
+                    server_settings={
+                        "application_name": self.name,
+                        "synchronous_commit": "off",
+                        # Notice a dead peer within ~30 s over TCP, so its lock is freed for a standby.
+                        "tcp_keepalives_idle": "10",
+                        "tcp_keepalives_interval": "5",
+                        "tcp_keepalives_count": "3",
+                    },
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                failures += 1
+                log.warning("relay cannot reach PostgreSQL (attempt %s): %s", failures, exc)
+                if not await self._pause(self._backoff(failures)):
+                    return
+                continue
+            self._conn = conn
+            self.backend_pid = conn.get_server_pid()
+            try:
+                if not await self._acquire(conn):
+                    return
+                failures = 0
+                self.active.set()
+                log.info("relay %s is now the active relay of its database", self.name)
+                await self._lead(conn)
+            except _Stopped:
+                return
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                failures += 1
+                if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError | TimeoutError):
+                    log.warning("relay lost its PostgreSQL connection, stepping down: %s", exc)
+                else:
+                    log.exception("relay failed unexpectedly, stepping down")
+                if not await self._pause(self._backoff(failures)):
+                    return
+            finally:
+                self.active.clear()
+                self.idle.clear()
+                self._conn = None
+                await self._close(conn)
+
+    async def _acquire(self, conn: asyncpg.Connection) -> bool:
+        """Block until this relay holds the lock (True) or stop() is called (False)."""
+        lock = asyncio.ensure_future(conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK))
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({lock, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not lock.done():
+            lock.cancel()
+            conn.terminate()
+            return False
+        lock.result()
+        return not self._stop.is_set()
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        await conn.add_listener(OUTBOX_CHANNEL, self._notified)
+        fetch = await conn.prepare(FETCH)
+        next_prune = 0.0
+        batch_size = self.settings.relay_batch_size
+        while not self._stop.is_set():
+            self._wake.clear()
+            rows = await fetch.fetch(batch_size)
+            if rows:
+                await self._publish(conn, rows)
+                continue
+            if time.monotonic() >= next_prune:
+                await self._prune(conn)
+                next_prune = time.monotonic() + self.settings.prune_interval
+            self.idle.set()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.relay_poll_interval):
+                    await self._wake.wait()
+            self.idle.clear()
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    # -- publishing ------------------------------------------------------------------------------------------
+
+    async def _publish(self, conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> None:
+        """Publish `rows` until every one is acked and marked; retried with backoff while NATS fails."""
+        remaining = list(rows)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Unpublished),
+            wait=wait_exponential_jitter(multiplier=0.05, max=self.settings.relay_max_backoff, jitter=0.1),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                remaining, cause = await self._publish_once(conn, remaining)
+                if remaining:
+                    raise _Unpublished(len(remaining), cause)
+
+    async def _publish_once(
+        self, conn: asyncpg.Connection, rows: list[asyncpg.Record]
+    ) -> tuple[list[asyncpg.Record], BaseException | None]:
+        """One attempt: publish all, await all acks, mark the acked rows; return the rows left and why."""
+        self._retry.clear()
+        if not self.nc.is_connected:
+            # While reconnecting the client would buffer the publishes and flush stale copies later; just wait.
+            return rows, nats.errors.ConnectionReconnectingError()
+        namespace = self.settings.namespace
+        futures: list[asyncio.Future[PubAck]] = []
+        cause: BaseException | None = None
+        try:
+            for row in rows:
+                headers = {"Nats-Msg-Id": row["id"]}
+                if row["traceparent"]:
+                    headers["traceparent"] = row["traceparent"]
+                future = await self.js.publish_async(
+                    namespaced(row["subject"], namespace), row["envelope"], headers=headers
+                )
+                futures.append(future)
+        except (nats.errors.Error, OSError) as exc:
+            cause = exc
+        if futures:
+            _, not_done = await asyncio.wait(futures, timeout=self.settings.relay_ack_timeout)
+            for future in not_done:
+                future.cancel()
+        acked: list[int] = []
+        left: list[asyncpg.Record] = []
+        for row, future in zip(rows, futures, strict=False):
+            if future.cancelled():
+                cause = cause or TimeoutError("no ack from JetStream")
+                left.append(row)
+            elif future.exception() is not None:
+                cause = cause or future.exception()
+                left.append(row)
+            else:
+                acked.append(row["seq"])
+                if future.result().duplicate:
+                    self.duplicates += 1
+                else:
+                    self.published += 1
+        left.extend(rows[len(futures) :])
+        if acked:
+            await conn.execute(MARK, acked)
+        return left, cause
+
+    async def _prune(self, conn: asyncpg.Connection) -> None:
+        for statement, retention in (
+            (PRUNE_OUTBOX, self.settings.outbox_retention),
+            (PRUNE_INBOX, self.settings.inbox_retention),
+        ):
+            try:
+                while True:
+                    status = await conn.execute(statement, retention, PRUNE_BATCH)
+                    if int(status.split()[-1]) < PRUNE_BATCH or self._stop.is_set():
+                        break
+            except asyncpg.UndefinedTableError:
+                log.warning("cannot prune: %s", statement.split()[2])
+
+    # -- waiting ---------------------------------------------------------------------------------------------
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.settings.relay_max_backoff, 0.05 * 2 ** min(failures, 16))
+
+    async def _pause(self, seconds: float, *events: asyncio.Event) -> bool:
+        """Sleep until `seconds` pass, stop() is called, or one of `events` is set; False when stopped."""
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self._stop, *events)]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        return not self._stop.is_set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """tenacity's sleep between publish attempts: cut short by stop() or a NATS reconnect."""
+        if not await self._pause(seconds, self._retry):
+            raise _Stopped
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("relay publish attempt %s failed, retrying: %s", state.attempt_number, exc)
+
+    @staticmethod
+    async def _close(conn: asyncpg.Connection) -> None:
+        try:
+            async with asyncio.timeout(2):
+                await conn.close()
+        except Exception:
+            conn.terminate()

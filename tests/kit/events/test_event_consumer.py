@@ -1,0 +1,317 @@
+"""Durable consumers against real PostgreSQL and JetStream: once-only effects, bounded retries, dead letters,
+trace context, and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from crm.common.v1 import event_pb2
+from crm.identity.v1 import events_pb2
+from crm_kit import context
+from crm_kit.db import Database, UnitOfWork
+from crm_kit.events import Consumer, EventBus, PermanentError
+from crm_kit.events.consumer import (
+    CONSUMER_HEADER,
+    DELIVERIES_HEADER,
+    ERROR_HEADER,
+    ERROR_TYPE_HEADER,
+    ORIGINAL_SUBJECT_HEADER,
+    subject_matches,
+)
+from crm_kit.events.inbox import InboxEntry
+from crm_kit.events.subjects import dead_letter_stream, namespaced, stream_for_context
+from crm_kit.ids import new_id
+from eventsupport import emit_invite, eventually, stream_count, stream_messages, write_invites
+from google.protobuf import any_pb2
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from sqlalchemy import Column, Identity, Integer, MetaData, String, Table, func, insert, select
+
+# The consumer's effect: deliberately without a unique key, so a second effect would show as a second row.
+effects = Table(
+    "effects",
+    MetaData(),
+    Column("id", Integer, Identity(), primary_key=True),
+    Column("event_id", String(36)),
+    Column("email", String(200)),
+)
+
+
+@pytest.fixture
+async def with_effects(database: Database) -> Database:
+    async with database.engine.begin() as conn:
+        await conn.run_sync(effects.metadata.create_all)
+    return database
+
+
+async def record_effect(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+    await uow.session.execute(insert(effects).values(event_id=envelope.id, email=payload.email))
+
+
+async def effect_count(db: Database) -> int:
+    async with db.read() as session:
+        return await session.scalar(select(func.count()).select_from(effects))
+
+
+def bus_for(test_infra, database, settings, *consumers: Consumer, **kwargs) -> EventBus:
+    return EventBus(
+        service="notifications",
+        database=database,
+        nats_url=test_infra.nats_url,
+        settings=settings,
+        consumers=consumers,
+        produces=["identity"],
+        **kwargs,
+    )
+
+
+async def test_consumer_has_one_effect_per_event_however_often_it_is_delivered(
+    test_infra, with_effects, settings, nc
+):
+    db = with_effects
+    consumer = Consumer(name="welcome", filter_subjects=[events_pb2.UserInvited], handler=record_effect)
+    async with bus_for(test_infra, db, settings, consumer) as bus:
+        await write_invites(db, 3)
+        await eventually(lambda: bus.runners["welcome"].handled == 3, what="three events handled")
+
+        # The same event published again after JetStream's duplicate window (a new Nats-Msg-Id).
+        js = nc.jetstream()
+        first = (await stream_messages(js, stream_for_context("identity", settings.namespace)))[0]
+        await js.publish(first.subject, first.data, headers={"Nats-Msg-Id": "republished"})
+        await eventually(lambda: bus.runners["welcome"].duplicates == 1, what="the copy recognised")
+
+    # The consumer is reset and replays the stream from the start: every event is delivered again.
+    await js.delete_consumer(stream_for_context("identity", settings.namespace), "welcome")
+    async with bus_for(test_infra, db, settings, consumer) as bus:
+        await eventually(lambda: bus.runners["welcome"].duplicates == 4, what="the replay recognised")
+        assert bus.runners["welcome"].handled == 0
+    assert await effect_count(db) == 3
+
+
+async def test_handler_that_keeps_failing_ends_in_the_dead_letter_stream_after_bounded_attempts(
+    test_infra, with_effects, settings, nc
+):
+    db = with_effects
+    attempts: dict[str, int] = {}
+
+    async def send_welcome(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+        attempts[envelope.aggregate_id] = attempts.get(envelope.aggregate_id, 0) + 1
+        await record_effect(uow, envelope, payload)
+        if envelope.aggregate_id == "poison":
+            raise RuntimeError("mail server said:\r\n 550 no such user")
+
+    consumer = Consumer(
+        name="welcome",
+        filter_subjects=["crm.identity.>"],
+        handler=send_welcome,
+        max_deliver=3,
+        backoff=(0.05, 0.1),
+    )
+    js = nc.jetstream()
+    dlq = dead_letter_stream(settings.namespace)
+    async with bus_for(test_infra, db, settings, consumer) as bus:
+        await write_invites(db, 1, aggregate_id="poison")
+        await write_invites(db, 1, aggregate_id="fine")
+        await eventually(lambda: stream_count(js, dlq), what="a dead letter")
+        await eventually(lambda: bus.runners["welcome"].handled == 1, what="the next event handled meanwhile")
+        runner = bus.runners["welcome"]
+        info = await js.consumer_info(stream_for_context("identity", settings.namespace), "welcome")
+
+    assert attempts == {"poison": 3, "fine": 1}
+    assert (runner.retried, runner.dead_lettered) == (2, 1)
+    assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
+    [letter] = await stream_messages(js, dlq)
+    assert letter.subject == namespaced("dlq.notifications.welcome", settings.namespace)
+    assert letter.headers[ERROR_HEADER] == "mail server said: 550 no such user"
+    assert letter.headers[ERROR_TYPE_HEADER] == "RuntimeError"
+    assert letter.headers[DELIVERIES_HEADER] == "3"
+    assert letter.headers[CONSUMER_HEADER] == "notifications/welcome"
+    assert letter.headers[ORIGINAL_SUBJECT_HEADER] == namespaced(
+        "crm.identity.v1.UserInvited", settings.namespace
+    )
+    assert event_pb2.EventEnvelope.FromString(letter.data).aggregate_id == "poison"
+    # The failed attempts left nothing behind: neither effect nor inbox row.
+    assert await effect_count(db) == 1
+    async with db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(InboxEntry)) == 1
+
+
+async def test_permanent_error_goes_to_the_dead_letter_stream_without_retries(
+    test_infra, with_effects, settings, nc
+):
+    calls = 0
+
+    async def reject(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+        nonlocal calls
+        calls += 1
+        raise PermanentError("address is not deliverable")
+
+    consumer = Consumer(name="welcome", filter_subjects=[events_pb2.UserInvited], handler=reject)
+    js = nc.jetstream()
+    dlq = dead_letter_stream(settings.namespace)
+    async with bus_for(test_infra, with_effects, settings, consumer):
+        await write_invites(with_effects, 1)
+        await eventually(lambda: stream_count(js, dlq), what="a dead letter")
+    [letter] = await stream_messages(js, dlq)
+    assert (calls, letter.headers[DELIVERIES_HEADER], letter.headers[ERROR_TYPE_HEADER]) == (
+        1,
+        "1",
+        "PermanentError",
+    )
+
+
+async def test_event_of_an_unknown_type_is_dead_lettered_not_retried(test_infra, with_effects, settings, nc):
+    consumer = Consumer(name="audit", filter_subjects=["crm.identity.>"], handler=record_effect)
+    js = nc.jetstream()
+    dlq = dead_letter_stream(settings.namespace)
+    envelope = event_pb2.EventEnvelope(
+        id=new_id(),
+        type="crm.identity.v9.FromTheFuture",
+        payload=any_pb2.Any(type_url="type.googleapis.com/crm.identity.v9.FromTheFuture", value=b""),
+    )
+    async with bus_for(test_infra, with_effects, settings, consumer):
+        subject = namespaced("crm.identity.v9.FromTheFuture", settings.namespace)
+        await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+        await eventually(lambda: stream_count(js, dlq), what="a dead letter")
+    [letter] = await stream_messages(js, dlq)
+    assert "unknown payload type" in letter.headers[ERROR_HEADER]
+    assert await effect_count(with_effects) == 0
+
+
+async def test_handler_that_fails_twice_then_succeeds_has_one_effect(test_infra, with_effects, settings):
+    calls = 0
+
+    async def flaky(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+        nonlocal calls
+        calls += 1
+        await record_effect(uow, envelope, payload)  # rolled back with the failure
+        if calls < 3:
+            raise ConnectionError("downstream unavailable")
+
+    consumer = Consumer(
+        name="welcome", filter_subjects=[events_pb2.UserInvited], handler=flaky, backoff=(0.05,)
+    )
+    async with bus_for(test_infra, with_effects, settings, consumer) as bus:
+        await write_invites(with_effects, 1)
+        await eventually(lambda: bus.runners["welcome"].handled == 1, what="handled at the third attempt")
+        assert bus.runners["welcome"].retried == 2
+    assert (calls, await effect_count(with_effects)) == (3, 1)
+
+
+async def test_consumer_receives_only_its_filter_subjects(test_infra, with_effects, settings):
+    seen: list[str] = []
+
+    async def remember(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+        seen.append(payload.DESCRIPTOR.name)
+
+    consumer = Consumer(
+        name="lifecycle",
+        filter_subjects=[events_pb2.UserActivated, events_pb2.UserDeactivated],
+        handler=remember,
+    )
+    async with bus_for(test_infra, with_effects, settings, consumer) as bus:
+        for payload in (
+            events_pb2.UserActivated(),
+            events_pb2.LoginSucceeded(),
+            events_pb2.UserDeactivated(),
+        ):
+            async with with_effects.unit_of_work() as uow:
+                uow.emit(payload, aggregate_type="user", aggregate_id="u", action="x", tenant_id="t")
+        await eventually(lambda: len(seen) == 2, what="two lifecycle events")
+        js = bus.nc.jetstream()
+
+        async def nothing_left() -> bool:
+            info = await js.consumer_info(stream_for_context("identity", settings.namespace), "lifecycle")
+            return info.delivered.stream_seq == 3 and info.num_ack_pending == 0 and info.num_pending == 0
+
+        await eventually(nothing_left, what="all three delivered or skipped, and acked")
+    assert seen == ["UserActivated", "UserDeactivated"]
+
+
+async def test_trace_context_travels_from_the_writer_to_the_handler(test_infra, with_effects, settings):
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    seen: dict[str, object] = {}
+
+    async def handler(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+        seen["span"] = trace.get_current_span().get_span_context()
+        seen["context"] = context.current()
+
+    consumer = Consumer(name="traced", filter_subjects=[events_pb2.UserInvited], handler=handler)
+    async with bus_for(test_infra, with_effects, settings, consumer, tracer_provider=provider):
+        with provider.get_tracer("test").start_as_current_span("invite a user") as writer:
+            async with with_effects.unit_of_work() as uow:
+                emit_invite(uow)
+        await eventually(lambda: "span" in seen, what="the handler ran")
+
+    [processed] = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.CONSUMER]
+    writer_context = writer.get_span_context()
+    assert processed.parent is not None
+    assert processed.parent.span_id == writer_context.span_id
+    assert processed.context.trace_id == writer_context.trace_id
+    assert seen["span"].span_id == processed.context.span_id
+    handler_context = seen["context"]
+    assert handler_context.trace_id == f"{writer_context.trace_id:032x}"
+    # The handler acts as the system on behalf of the event's tenant, so events it emits carry both.
+    assert handler_context.principal.tenant_id == "tenant-1"
+    assert handler_context.principal.actor_type == event_pb2.ACTOR_TYPE_SYSTEM
+
+
+async def test_stopping_finishes_the_event_in_hand_and_pulls_no_more(test_infra, with_effects, settings, nc):
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+        entered.set()
+        await release.wait()
+        await record_effect(uow, envelope, payload)
+
+    # Short backoff: nats-server 2.9 may still hand a returned event to the stopped replica's pull request, and
+    # the event then comes back after one backoff step (2.10+ drops a pull request that lost its subscriber).
+    consumer = Consumer(
+        name="slow", filter_subjects=[events_pb2.UserInvited], handler=slow, backoff=(0.2, 0.2)
+    )
+    bus = await bus_for(test_infra, with_effects, settings, consumer).start()
+    await write_invites(with_effects, 3)
+    await asyncio.wait_for(entered.wait(), 10)
+    stopping = asyncio.create_task(bus.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=0.3)
+    assert not done, "stop() must wait for the event in hand"
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+
+    assert await effect_count(with_effects) == 1
+    info = await nc.jetstream().consumer_info(stream_for_context("identity", settings.namespace), "slow")
+    assert info.ack_floor.stream_seq == 1  # the event in hand was committed and acked, nothing after it
+
+    # What it had not started is handed back: the next replica to run the consumer handles it.
+    async with bus_for(test_infra, with_effects, settings, consumer) as bus:
+        await eventually(
+            lambda: bus.runners["slow"].handled == 2, what="the rest handled by the next replica"
+        )
+    assert await effect_count(with_effects) == 3
+
+
+def test_nats_wildcards_match_as_the_server_does():
+    assert subject_matches("crm.identity.>", "crm.identity.v1.UserInvited")
+    assert not subject_matches("crm.identity.>", "crm.identity")
+    assert subject_matches("crm.*.v1.UserInvited", "crm.identity.v1.UserInvited")
+    assert not subject_matches("crm.identity.v1.UserInvited", "crm.identity.v1.UserInvitedTwice")
+    assert not subject_matches("crm.identity.v1", "crm.identity.v1.UserInvited")
+
+
+def test_consumer_declaration_refuses_what_jetstream_would():
+    with pytest.raises(ValueError, match="several"):
+        Consumer(
+            name="x",
+            filter_subjects=[events_pb2.UserInvited, "crm.sales.v1.LeadCreated"],
+            handler=record_effect,
+        )
+    with pytest.raises(ValueError, match="max_deliver"):
+        Consumer(name="x", filter_subjects=[events_pb2.UserInvited], handler=record_effect, max_deliver=2)
+    with pytest.raises(ValueError, match="plain token"):
+        Consumer(name="a.b", filter_subjects=[events_pb2.UserInvited], handler=record_effect)
