@@ -7,10 +7,11 @@
 # SERVICE is identity, customers, sales, marketing, servicedesk, notifications, reporting or gateway
 # (package crm-<SERVICE> in services/<SERVICE>, module crm_<SERVICE>).
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# checkov:skip=CKV_DOCKER_2:Kubernetes probes the standard gRPC health service (HTTP /healthz for the gateway) itself; a Docker HEALTHCHECK is ignored there
 
 # ---- build: resolve exactly what uv.lock says for one service, into /app/.venv -------------------------
-FROM ${PYTHON_IMAGE} AS build
+# Both stages use the same base, so the venv's interpreter path (/usr/local/bin/python3.11) exists at run time.
+FROM python:3.11-slim-bookworm AS build
 ARG SERVICE
 RUN test -n "${SERVICE}" || (echo "build with --build-arg SERVICE=<service name>" >&2 && exit 1)
 
@@ -33,7 +34,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     && /app/.venv/bin/python -c "import crm_${SERVICE}"
 
 # ---- runtime: the venv and nothing else --------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+FROM python:3.11-slim-bookworm AS runtime
 ARG SERVICE
 # A fixed numeric user (the chart's runAsUser), so Kubernetes can verify runAsNonRoot without a name lookup.
 RUN groupadd --system --gid 10001 crm \

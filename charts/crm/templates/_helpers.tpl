@@ -69,6 +69,7 @@ secret, so a bad configuration never reaches the cluster.
 {{- end }}
 {{- end }}
 {{- $items := list -}}
+{{- $missing := list -}}
 {{- range $name := $known }}
 {{- $raw := index $root.Values.services $name }}
 {{- $selected := and $raw.enabled (or (empty $root.Values.global.onlyServices) (has $name $root.Values.global.onlyServices)) }}
@@ -128,23 +129,28 @@ secret, so a bad configuration never reaches the cluster.
 {{- $_ := set $secretData "database-url" $db.url }}
 {{- $secretEnv = append $secretEnv (dict "name" "CRM_DATABASE_URL" "secret" $fullname "key" "database-url") }}
 {{- else if $production }}
-{{- fail (printf "production needs services.%s.database.url or services.%s.database.existingSecret (CRM_DATABASE_URL: postgresql+asyncpg://<role>:<password>@<host>:5432/<database>, one database and role per service)" $name $name) }}
+{{- $missing = append $missing (printf "services.%s.database.url or services.%s.database.existingSecret (CRM_DATABASE_URL: postgresql+asyncpg://<role>:<password>@<host>:5432/<database>, one database and role per service)" $name $name) }}
 {{- else }}
 {{- $plainEnv = append $plainEnv (dict "name" "CRM_DATABASE_URL" "value" (printf "postgresql+asyncpg://crm_%s@%s:%v/crm_%s" $name $root.Values.postgres.host $root.Values.postgres.port $name)) }}
 {{- end }}
 {{- end }}
-{{- $jwt := $s.jwt | default dict }}
-{{- if $jwt.enabled }}
-{{- if $jwt.existingSecret }}
-{{- $secretEnv = append $secretEnv (dict "name" "CRM_JWT_PRIVATE_KEYS" "secret" $jwt.existingSecret "key" ($jwt.existingSecretKey | default "jwt-private-keys")) }}
-{{- else if $jwt.privateKeys }}
-{{- if not (contains "PRIVATE KEY-----" $jwt.privateKeys) }}
-{{- fail (printf "services.%s.jwt.privateKeys must be PEM private keys (-----BEGIN PRIVATE KEY-----), newest first" $name) }}
+{{- /* Other secrets, declared per service under `secrets:` (env, key, value or existingSecret). */}}
+{{- range $id := keys ($s.secrets | default dict) | sortAlpha }}
+{{- $sec := index $s.secrets $id }}
+{{- $where := printf "services.%s.secrets.%s" $name $id }}
+{{- if $sec.existingSecret }}
+{{- $secretEnv = append $secretEnv (dict "name" $sec.env "secret" $sec.existingSecret "key" $sec.key) }}
+{{- else if $sec.value }}
+{{- if and $sec.mustContain (not (contains $sec.mustContain $sec.value)) }}
+{{- fail (printf "%s.value must be %s" $where $sec.description) }}
 {{- end }}
-{{- $_ := set $secretData "jwt-private-keys" $jwt.privateKeys }}
-{{- $secretEnv = append $secretEnv (dict "name" "CRM_JWT_PRIVATE_KEYS" "secret" $fullname "key" "jwt-private-keys") }}
-{{- else if $production }}
-{{- fail (printf "production needs services.%s.jwt.privateKeys or services.%s.jwt.existingSecret (CRM_JWT_PRIVATE_KEYS: PEM Ed25519 private keys, newest first)" $name $name) }}
+{{- if lt (len $sec.value) (int ($sec.minLength | default 1)) }}
+{{- fail (printf "%s.value must be at least %v characters: %s" $where $sec.minLength $sec.description) }}
+{{- end }}
+{{- $_ := set $secretData $sec.key $sec.value }}
+{{- $secretEnv = append $secretEnv (dict "name" $sec.env "secret" $fullname "key" $sec.key) }}
+{{- else if and $production $sec.requiredInProduction }}
+{{- $missing = append $missing (printf "%s.value or %s.existingSecret (%s: %s)" $where $where $sec.env $sec.description) }}
 {{- end }}
 {{- end }}
 {{- if and $s.nats $root.Values.nats.existingSecret }}
@@ -157,7 +163,7 @@ secret, so a bad configuration never reaches the cluster.
 {{- /* checkov findings this configuration accepts on purpose, each with its reason. */}}
 {{- $skips := list }}
 {{- if not $digest }}
-{{- $skips = append $skips (printf "CKV_K8S_43=Image named by an immutable release tag; set services.%s.image.digest (skaffold and CI do) to pin it by digest" $name) }}
+{{- $skips = append $skips (printf "CKV_K8S_43=Image named by an immutable release tag; set services.%s.image.digest (the skaffold production profile does) to pin it by digest" $name) }}
 {{- if ne $pullPolicy "Always" }}
 {{- $skips = append $skips "CKV_K8S_15=image.pullPolicy chosen in values: images loaded straight into a local cluster have no registry to pull from" }}
 {{- end }}
@@ -168,6 +174,9 @@ secret, so a bad configuration never reaches the cluster.
 {{- $_ := set $s "checkovSkips" $skips }}
 {{- $items = append $items $s }}
 {{- end }}
+{{- end }}
+{{- if $missing }}
+{{- fail (printf "production needs every secret; missing:\n  - %s" (join "\n  - " $missing)) }}
 {{- end }}
 {{- toYaml (dict "items" $items) }}
 {{- end -}}
@@ -238,6 +247,8 @@ ctx: (dict "root" $ "s" <resolved service>)
 {{- end }}
 - name: CRM_EVENTS_NAMESPACE
   value: {{ $root.Values.global.eventsNamespace | quote }}
+- name: CRM_EVENTS_STREAM_REPLICAS
+  value: {{ $root.Values.nats.streamReplicas | quote }}
 {{- end }}
 {{- range $s.plainEnv }}
 - name: {{ .name }}
