@@ -108,14 +108,20 @@ class IdempotencyStore:
                 return self._kv
             self._last_attempt = time.monotonic()
             if self._nc is None:
+
+                async def on_error(exc: Exception) -> None:
+                    log.warning("NATS: %s", exc or type(exc).__name__)
+
+                # One try now (a request is waiting); once connected, reconnect forever.
                 self._nc = await nats.connect(
                     self.nats_url,
                     name="crm-gateway",
                     connect_timeout=2,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    allow_reconnect=True,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.5,
+                    error_cb=on_error,
                 )
+                self._nc.options["max_reconnect_attempts"] = -1
             js = self._nc.jetstream()
             try:
                 self._kv = await js.key_value(self.bucket)

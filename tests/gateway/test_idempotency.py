@@ -1,0 +1,175 @@
+"""Idempotency-Key against the real NATS JetStream key-value store, as several gateway replicas share it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+
+import nats
+import orjson
+import pytest
+from crm_gateway.idempotency import IdempotencyStore, Reply, bucket_name
+from crm_gateway.problems import ProblemError
+
+
+@pytest.fixture
+async def stores(test_infra):
+    """Two replicas' stores on one bucket."""
+    made = [
+        IdempotencyStore(
+            test_infra.nats_url, namespace=test_infra.events_namespace, secret="s" * 32, lock_seconds=5
+        )
+        for _ in range(2)
+    ]
+    for s in made:
+        await s.start()
+    yield made
+    for s in made:
+        await s.stop()
+
+
+class Counter:
+    def __init__(self, reply: Reply | None = None, delay: float = 0.0, fail: Exception | None = None):
+        self.calls = 0
+        self.reply = reply or Reply(
+            201, b'{"id":"d1"}', {"Location": "/api/v1/departments/d1", "ETag": '"1"'}
+        )
+        self.delay = delay
+        self.fail = fail
+
+    async def __call__(self) -> Reply:
+        self.calls += 1
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise self.fail
+        return Reply(self.reply.status, self.reply.body, dict(self.reply.headers))
+
+
+def request(store, execute, *, key, body=b'{"name":"x"}', scope="tenant1:user1"):
+    return store.run(
+        scope=scope, key=key, method="POST", target="/api/v1/departments", body=body, execute=execute
+    )
+
+
+async def test_the_bucket_is_named_after_the_namespace(stores, test_infra):
+    assert stores[0].bucket == f"{test_infra.events_namespace}_idempotency"
+    assert bucket_name("") == "crm_idempotency"
+
+
+async def test_a_retry_replays_the_first_reply_on_any_replica(stores):
+    key, work = str(uuid.uuid4()), Counter()
+    first = await request(stores[0], work, key=key)
+    second = await request(stores[1], work, key=key)
+    assert work.calls == 1
+    assert (second.status, second.body) == (first.status, first.body)
+    assert second.headers["Location"] == "/api/v1/departments/d1" and second.headers["ETag"] == '"1"'
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+
+
+async def test_the_same_key_with_another_body_is_refused(stores):
+    key, work = str(uuid.uuid4()), Counter()
+    await request(stores[0], work, key=key)
+    with pytest.raises(ProblemError) as info:
+        await request(stores[1], work, key=key, body=b'{"name":"y"}')
+    assert (info.value.status, info.value.code) == (422, "idempotency_key_reused")
+    assert work.calls == 1
+
+
+async def test_keys_are_scoped_to_the_credential(stores):
+    key, work = str(uuid.uuid4()), Counter()
+    await request(stores[0], work, key=key, scope="tenant1:user1")
+    await request(stores[0], work, key=key, scope="tenant2:user9")
+    assert work.calls == 2
+
+
+async def test_concurrent_duplicates_run_once(stores):
+    key, work = str(uuid.uuid4()), Counter(delay=0.3)
+    results = await asyncio.gather(
+        *(request(stores[i % 2], work, key=key) for i in range(8)), return_exceptions=True
+    )
+    assert work.calls == 1
+    winners = [r for r in results if isinstance(r, Reply)]
+    losers = [r for r in results if isinstance(r, ProblemError)]
+    assert len(winners) == 1 and len(losers) == 7
+    assert all(
+        p.status == 409 and p.code == "idempotency_in_progress" and p.headers["Retry-After"] for p in losers
+    )
+    # Once finished, a retry gets the reply.
+    replay = await request(stores[1], work, key=key)
+    assert replay.body == winners[0].body and work.calls == 1
+
+
+async def test_a_server_error_or_crash_lets_the_client_retry(stores):
+    key = str(uuid.uuid4())
+    failing = Counter(reply=Reply(503, b'{"code":"unavailable"}', {}))
+    assert (await request(stores[0], failing, key=key)).status == 503
+    ok = Counter()
+    assert (await request(stores[0], ok, key=key)).status == 201
+    assert ok.calls == 1
+
+    key = str(uuid.uuid4())
+    with pytest.raises(RuntimeError):
+        await request(stores[0], Counter(fail=RuntimeError("boom")), key=key)
+    assert (await request(stores[1], ok, key=key)).status == 201
+
+
+async def test_a_client_error_is_remembered(stores):
+    key = str(uuid.uuid4())
+    conflict = Counter(
+        reply=Reply(409, b'{"code":"already_exists"}', {"content-type": "application/problem+json"})
+    )
+    await request(stores[0], conflict, key=key)
+    again = await request(stores[1], conflict, key=key)
+    assert again.status == 409 and again.headers["content-type"] == "application/problem+json"
+    assert conflict.calls == 1
+
+
+async def test_a_claim_left_by_a_dead_replica_is_taken_over(test_infra):
+    store = IdempotencyStore(
+        test_infra.nats_url, namespace=test_infra.events_namespace, secret="s" * 32, lock_seconds=0.5
+    )
+    await store.start()
+    try:
+        key = str(uuid.uuid4())
+        kv = await store._bucket()
+        name = store.entry_name("tenant1:user1", key)
+        fp = store.fingerprint("tenant1:user1", "POST", "/api/v1/departments", b'{"name":"x"}')
+        await kv.create(name, orjson.dumps({"state": "pending", "fp": fp, "at": 0}))  # died long ago
+        work = Counter()
+        assert (await request(store, work, key=key)).status == 201
+        assert work.calls == 1
+    finally:
+        await store.stop()
+
+
+async def test_stored_replies_cannot_be_read_from_the_bucket(stores, test_infra):
+    key = str(uuid.uuid4())
+    secret_reply = Reply(201, b'{"secret":"crm_live_0123456789abcdef"}', {})
+    await request(stores[0], Counter(reply=secret_reply), key=key)
+    nc = await nats.connect(test_infra.nats_url)
+    try:
+        kv = await nc.jetstream().key_value(stores[0].bucket)
+        stored = (await kv.get(stores[0].entry_name("tenant1:user1", key))).value
+        assert b"crm_live" not in stored and key.encode() not in stored
+        assert b"crm_live" not in base64.b64decode(orjson.loads(stored)["reply"])
+    finally:
+        await nc.close()
+
+
+async def test_without_nats_a_keyed_request_is_refused_not_run(test_infra):
+    store = IdempotencyStore("nats://127.0.0.1:1", namespace=test_infra.events_namespace, secret="s" * 32)
+    await store.start()  # does not raise: the gateway serves everything else
+    work = Counter()
+    with pytest.raises(ProblemError) as info:
+        await request(store, work, key="k1")
+    assert info.value.status == 503 and work.calls == 0
+    await store.stop()
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "naïve", "tab\there"])
+async def test_malformed_keys_are_400(stores, key):
+    with pytest.raises(ProblemError) as info:
+        await request(stores[0], Counter(), key=key)
+    assert info.value.status == 400
