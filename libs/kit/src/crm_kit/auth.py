@@ -135,6 +135,9 @@ class JwtVerifier:
         self._keys: dict[str, Any] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
+        # Verified tokens (insertion-ordered, oldest evicted first) with their expiry.
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        self.cache_size = 10_000
 
     def load(self, jwks: dict[str, Any]) -> None:
         keys = {}
@@ -157,6 +160,21 @@ class JwtVerifier:
         return key
 
     async def verify(self, token: str) -> Principal:
+        """The caller a token stands for. A token verified before is answered from a small cache until it
+        expires, so a busy client does not pay a signature check per request."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires_at = cached
+            if time.time() < expires_at:
+                return principal
+            del self._verified[token]
+        principal, expires_at = await self._verify(token)
+        if len(self._verified) >= self.cache_size:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (principal, expires_at)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -166,7 +184,7 @@ class JwtVerifier:
         key = await self._key_for(str(header.get("kid", "")))
         return self.verify_with_key(token, key)
 
-    def verify_with_key(self, token: str, key: Any) -> Principal:
+    def verify_with_key(self, token: str, key: Any) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token,
@@ -184,7 +202,7 @@ class JwtVerifier:
         typ = claims.get("typ", "user")
         if typ not in ACTOR_TYPES or not claims["tid"]:
             raise Unauthenticated("invalid token: bad type or tenant", reason="invalid_token")
-        return Principal(
+        principal = Principal(
             tenant_id=claims["tid"],
             actor_id=claims["sub"],
             actor_type=ACTOR_TYPES[typ],
@@ -193,6 +211,7 @@ class JwtVerifier:
             department_id=claims.get("dept", ""),
             api_key_id=claims["sub"] if typ == "api_key" else "",
         )
+        return principal, float(claims["exp"])
 
 
 def local_jwks_source(keys: SigningKeys) -> JwksSource:

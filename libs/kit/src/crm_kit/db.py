@@ -57,10 +57,16 @@ class Database:
         if not url:
             raise ValueError("no database URL: set CRM_DATABASE_URL")
         self.url = url
+        # No pre-ping (a round trip per checkout): connections are recycled hourly and a dead one fails its
+        # statement, which is retried by the caller's own retry policy or surfaces as 503.
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, echo=echo
+            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, echo=echo
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Reads run in autocommit: no BEGIN/ROLLBACK round trips for a single SELECT.
+        self.read_sessions = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
         # Called after every commit that wrote events, so the outbox relay publishes at once, not at its next poll.
         self.after_commit_hooks: list[Callable[[], None]] = []
 
@@ -80,8 +86,8 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read-only session (no events, rolled back at the end)."""
-        async with self.sessions() as session, session.begin():
+        """A session for reads: each statement sees committed data as of its start (autocommit)."""
+        async with self.read_sessions() as session:
             yield session
 
     async def dispose(self) -> None:

@@ -15,6 +15,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from crm_kit import context
+from crm_kit.telemetry import tracing_enabled
 
 IDEMPOTENT_PREFIXES = ("Get", "List", "Search", "Authenticate")
 
@@ -59,7 +60,8 @@ def channel(target: str, services: Iterable[ServiceDescriptor] = ()) -> grpc.aio
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=aio_client_interceptors())
+    interceptors = aio_client_interceptors() if tracing_enabled() else None
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
 def outgoing_metadata(token: str | None = None) -> tuple[tuple[str, str], ...]:

@@ -18,6 +18,7 @@ from crm_kit import context
 from crm_kit.auth import JwtVerifier
 from crm_kit.errors import DomainError, Unauthenticated, to_status
 from crm_kit.ids import new_id
+from crm_kit.telemetry import tracing_enabled
 
 log = logging.getLogger("crm.grpc")
 
@@ -96,9 +97,19 @@ class GrpcServer:
         host: str = "0.0.0.0",
         port: int = 50051,
     ):
+        interceptors: list[grpc.aio.ServerInterceptor] = [CallContextInterceptor(verifier, public_methods)]
+        if tracing_enabled():
+            interceptors.insert(0, aio_server_interceptor())
         self.server = grpc.aio.server(
-            interceptors=[aio_server_interceptor(), CallContextInterceptor(verifier, public_methods)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            interceptors=interceptors,
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                # Clients re-resolve DNS only when a connection closes: cycling connections every few minutes
+                # lets callers find replicas added by a scale-out (calls in flight get the grace to finish).
+                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+                ("grpc.max_connection_age_grace_ms", 30 * 1000),
+            ],
         )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

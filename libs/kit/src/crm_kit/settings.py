@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_DATABASE_HINT = "postgresql+asyncpg://postgres@127.0.0.1:5432/"
@@ -39,6 +39,15 @@ class ServiceSettings(BaseSettings):
         default="127.0.0.1:50051",
         validation_alias=AliasChoices("IDENTITY_SERVICE_ADDR", "CRM_IDENTITY_SERVICE_ADDR"),
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, value: str) -> str:
+        """Accept the plain URLs PostgreSQL operators hand out (postgresql://, postgres://)."""
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix) :]
+        return value
 
     @model_validator(mode="after")
     def _refuse_insecure_production(self) -> ServiceSettings:

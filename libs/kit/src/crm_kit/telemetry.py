@@ -27,6 +27,12 @@ def _exporting(signal: str) -> bool:
     )
 
 
+def tracing_enabled() -> bool:
+    """Whether spans leave the process. When they do not, the kit installs no tracing interceptors at all:
+    spans nobody exports would cost every call for nothing (request ids still correlate the logs)."""
+    return _exporting("TRACES")
+
+
 def setup_telemetry(service: str) -> None:
     global _configured
     if _configured:
