@@ -31,7 +31,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +46,12 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, TracerProvider
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from crm_kit import context
-from crm_kit.db import Database, UnitOfWork
+from crm_kit.db import Database, UnitOfWork, integrity_error
 from crm_kit.events import inbox
 from crm_kit.events.config import EventSettings
 from crm_kit.events.subjects import (
@@ -217,16 +221,20 @@ class ConsumerRunner:
         self.duplicates = 0
         self.retried = 0
         self.dead_lettered = 0
+        self.acked = 0
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._sub: Subscription | None = None
         self._inbox = ""
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._engine: AsyncEngine
+        self._connection: AsyncConnection | None = None
         self._progress_interval = max(0.05, (consumer.backoff[0] if consumer.backoff else 30.0) / 2)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._engine = create_async_engine(self.database.url, poolclass=NullPool)
         await self.ensure_consumer()
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
@@ -242,6 +250,11 @@ class ConsumerRunner:
             await self._task
         finally:
             self._task = None
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    await self._connection.close()
+                self._connection = None
+            await self._engine.dispose()
             if self._sub is not None:
                 with contextlib.suppress(nats.errors.Error):
                     await self._sub.unsubscribe()
@@ -399,14 +412,44 @@ class ConsumerRunner:
                 keepalive.cancel()
                 context.reset(token)
         await msg.ack()
+        self.acked += 1
 
     async def _apply(self, envelope: event_pb2.EventEnvelope, payload: Message) -> None:
-        async with self.database.unit_of_work() as uow:
+        async with self._unit_of_work() as uow:
             if not await inbox.claim(uow.session, consumer=self.consumer.name, event_id=envelope.id):
                 self.duplicates += 1
                 return
             await self.consumer.handler(uow, envelope, payload)
         self.handled += 1
+
+    @asynccontextmanager
+    async def _unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """`Database.unit_of_work`, on this consumer's own connection.
+
+        A consumer handles one event at a time, so it keeps one connection instead of checking one out of the
+        pool per event: no pool checkout and no pre-ping round trip between an event's arrival and its handler.
+        The connection is dropped after any failure, and the next event opens a fresh one.
+        """
+        if self._connection is None or self._connection.closed:
+            self._connection = await self._engine.connect()
+        connection = self._connection
+        uow: UnitOfWork | None = None
+        try:
+            async with self.database.sessions(bind=connection) as session:
+                uow = UnitOfWork(session)
+                async with session.begin():
+                    yield uow
+                    await session.flush()
+        except BaseException as exc:
+            self._connection = None
+            with contextlib.suppress(Exception):
+                await connection.close()
+            if isinstance(exc, IntegrityError):
+                raise integrity_error(exc) from exc
+            raise
+        if uow is not None and uow.events_recorded:
+            for hook in self.database.after_commit_hooks:
+                hook()
 
     async def _failed(self, msg: Msg, exc: Exception, attempt: int) -> None:
         if isinstance(exc, PermanentError) or attempt >= self.consumer.max_deliver:

@@ -43,14 +43,15 @@ class OutboxEvent(Base):
 
 
 # Every committed insert wakes the active relay, even when it runs in another replica: the NOTIFY is sent at
-# commit, once per transaction (identical notifications are folded), so the relay publishes within milliseconds
-# instead of at its next poll. The poll stays as a safety net for notifications lost with a dropped connection.
+# commit, so the relay publishes within milliseconds instead of at its next poll. The poll stays as a safety net for notifications lost with a dropped connection.
 OUTBOX_CHANNEL = "crm_outbox"
+# The payload is the highest seq the statement inserted, so the relay can ignore the notification of rows it
+# already fetched (after this process's own after-commit hook woke it).
 OUTBOX_NOTIFY_DDL = (
     "CREATE OR REPLACE FUNCTION crm_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS "
-    f"$$ BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', ''); RETURN NULL; END $$",
+    f"$$ BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', (SELECT max(seq) FROM new_rows)::text); RETURN NULL; END $$",
     "DROP TRIGGER IF EXISTS outbox_events_notify ON outbox_events",
-    "CREATE TRIGGER outbox_events_notify AFTER INSERT ON outbox_events "
+    "CREATE TRIGGER outbox_events_notify AFTER INSERT ON outbox_events REFERENCING NEW TABLE AS new_rows "
     "FOR EACH STATEMENT EXECUTE FUNCTION crm_outbox_notify()",
 )
 for _statement in OUTBOX_NOTIFY_DDL:
