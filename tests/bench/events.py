@@ -1,0 +1,234 @@
+"""Benchmark: what the event backbone adds on top of a bare JetStream round trip.
+
+    uv run python -m tests.bench.events            # prints a JSON report
+
+It measures, in one run against the same NATS and PostgreSQL (CRM_TEST_POSTGRES_URL / CRM_TEST_NATS_URL when
+set, else testcontainers or the embedded servers, via `crm_kit.infra.provide`):
+
+(a) raw JetStream publish -> ack round trip, sequential (the floor any durable event pays), into a stream
+    configured like the event streams;
+(b) event commit -> consumer effect: a unit of work commits an event; the relay publishes it; a consumer's
+    handler writes an effect row in its own unit of work; measured from just before the writer's commit to
+    the commit of the effect, sequential, one event in flight at a time;
+
+and reports the ratios (b)/(a) at p50 and p99. Targets: p50 <= 10x, p99 <= 25x. The two are interleaved (four
+publishes, one event, …) so that other load on the machine weighs on both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.js.errors
+from crm.common.v1 import event_pb2
+from crm.identity.v1 import events_pb2
+from crm_kit import infra
+from crm_kit.db import Database, UnitOfWork
+from crm_kit.events import Consumer, EventBus, EventSettings, create_all, ensure_streams
+from crm_kit.events.subjects import dead_letter_stream, namespaced, stream_for_context
+from crm_kit.ids import new_id
+from sqlalchemy import Column, Identity, Integer, MetaData, String, Table, event, insert
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import Session
+
+TARGET_P50 = 10.0
+TARGET_P99 = 25.0
+
+effects = Table(
+    "bench_effects",
+    MetaData(),
+    Column("id", Integer, Identity(), primary_key=True),
+    Column("event_id", String(36)),
+)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 0.50), 3),
+        "p90_ms": round(percentile(ms, 0.90), 3),
+        "p99_ms": round(percentile(ms, 0.99), 3),
+        "mean_ms": round(statistics.fmean(ms), 3),
+    }
+
+
+class _EffectSession(Session):
+    """Sessions of the consumer's database: note when a transaction that wrote an effect has committed."""
+
+
+committed: dict[str, asyncio.Future[float]] = {}
+
+
+@event.listens_for(_EffectSession, "after_commit")
+def _after_commit(session: Session) -> None:
+    event_id = session.info.pop("bench_event", None)
+    if event_id is not None:
+        future = committed.get(event_id)
+        if future is not None and not future.done():
+            future.set_result(time.perf_counter())
+
+
+async def write_effect(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload: Any) -> None:
+    await uow.session.execute(insert(effects).values(event_id=envelope.id))
+    uow.session.sync_session.info["bench_event"] = envelope.id
+
+
+async def measure(
+    url: str, nats_url: str, settings: EventSettings, *, publishes: int, events: int
+) -> tuple[list[float], list[float]]:
+    """Both measurements, interleaved (a few raw publishes, then one event, and again), so that load from
+    anything else on the machine falls on both alike and the ratio stays meaningful."""
+    writer_db = Database(url, pool_size=4)
+    consumer_db = Database(url, pool_size=4)
+    consumer_db.sessions = async_sessionmaker(
+        consumer_db.engine, expire_on_commit=False, sync_session_class=_EffectSession
+    )
+    async with consumer_db.engine.begin() as conn:
+        await conn.run_sync(effects.metadata.create_all)
+    producer = EventBus(service="identity", database=writer_db, nats_url=nats_url, settings=settings)
+    consumer = Consumer(name="bench-effects", filter_subjects=[events_pb2.UserInvited], handler=write_effect)
+    reactor = EventBus(
+        service="bench",
+        database=consumer_db,
+        nats_url=nats_url,
+        settings=settings,
+        consumers=[consumer],
+        relay=False,
+    )
+    raw_client = await nats.connect(nats_url)
+    await producer.start()
+    await reactor.start()
+    loop = asyncio.get_running_loop()
+    raw: list[float] = []
+    effect: list[float] = []
+    try:
+        js = raw_client.jetstream()
+        # Its own stream, configured as the event streams are (file storage, duplicate window).
+        await ensure_streams(js, ["benchraw"], settings)
+        raw_subject = namespaced("crm.benchraw.v1.Raw", settings.namespace)
+        # The bytes the relay publishes for one event, so both move payloads of the same size.
+        sample = event_pb2.EventEnvelope(id=new_id(), type="crm.identity.v1.UserInvited", tenant_id="bench")
+        sample.payload.Pack(events_pb2.UserInvited(email="bench-0@example.com"))
+        payload = sample.SerializeToString()
+        assert producer.relay is not None
+        await asyncio.wait_for(producer.relay.active.wait(), 30)
+
+        per_round = max(1, publishes // events)
+        warmup = 50
+        runner = reactor.runners[consumer.name]
+        for i in range(events + warmup):
+            # Publish on a quiet system: the previous event's consumer has acked (the relay is idle by then).
+            while runner.acked < i:  # noqa: ASYNC110 - a bare yield; an Event would add a hop of its own
+                await asyncio.sleep(0)
+            for _ in range(per_round):
+                start = time.perf_counter()
+                await js.publish(raw_subject, payload, headers={"Nats-Msg-Id": new_id()})
+                if i >= warmup:
+                    raw.append(time.perf_counter() - start)
+
+            async with writer_db.unit_of_work() as uow:
+                uow.emit(
+                    events_pb2.UserInvited(email=f"bench-{i}@example.com"),
+                    aggregate_type="user",
+                    aggregate_id=f"user-{i % 10}",
+                    aggregate_version=i,
+                    action="invited",
+                    tenant_id="bench",
+                )
+                [pending] = list(uow.session.new)
+                future: asyncio.Future[float] = loop.create_future()
+                committed[pending.id] = future
+                await uow.session.flush()
+                start = time.perf_counter()  # what is left is the commit
+            done = await asyncio.wait_for(future, 10)
+            committed.pop(pending.id, None)
+            if i >= warmup:
+                effect.append(done - start)
+        return raw, effect
+    finally:
+        await reactor.stop()
+        await producer.stop()
+        await raw_client.close()
+        await writer_db.dispose()
+        await consumer_db.dispose()
+
+
+async def _delete_streams(nats_url: str, settings: EventSettings) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        for stream in (
+            stream_for_context("identity", settings.namespace),
+            stream_for_context("benchraw", settings.namespace),
+            dead_letter_stream(settings.namespace),
+        ):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await nc.jetstream().delete_stream(stream)
+    finally:
+        await nc.close()
+
+
+async def run(
+    *, publishes: int = 2000, events: int = 500, admin_dsn: str | None = None, nats_url: str | None = None
+) -> dict[str, Any]:
+    """Measure and report. Pass `admin_dsn` and `nats_url` to reuse running infrastructure; else
+    `crm_kit.infra.provide` supplies it (the environment's URLs, testcontainers, or the embedded servers)."""
+    if admin_dsn and nats_url:
+        return await _run(admin_dsn, nats_url, "given", publishes=publishes, events=events)
+    work = Path(tempfile.mkdtemp(prefix="crm-bench-events-"))
+    try:
+        with infra.provide(work) as (admin_dsn, nats_url, source):
+            await infra.wait_for_postgres(admin_dsn)
+            return await _run(admin_dsn, nats_url, source, publishes=publishes, events=events)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _run(admin_dsn: str, nats_url: str, source: str, *, publishes: int, events: int) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:8]
+    db_name = f"crm_bench_{run_id}"
+    settings = EventSettings(namespace=f"bench{run_id}")
+    await infra.create_database(admin_dsn, db_name)
+    try:
+        url = infra.sqlalchemy_url(admin_dsn, db_name)
+        setup = Database(url, pool_size=1)
+        await create_all(setup.engine)
+        await setup.dispose()
+        raw, effect = await measure(url, nats_url, settings, publishes=publishes, events=events)
+    finally:
+        await _delete_streams(nats_url, settings)
+        await infra.drop_database(admin_dsn, db_name)
+    a, b = summary(raw), summary(effect)
+    return {
+        "infra": source,
+        "cpus": os.cpu_count(),
+        "publish_ack": a,
+        "commit_to_effect": b,
+        "ratio_p50": round(b["p50_ms"] / a["p50_ms"], 2),
+        "ratio_p99": round(b["p99_ms"] / a["p99_ms"], 2),
+        "targets": {"ratio_p50": TARGET_P50, "ratio_p99": TARGET_P99},
+    }
+
+
+def main() -> None:
+    print(json.dumps(asyncio.run(run()), indent=2))
+
+
+if __name__ == "__main__":
+    main()
