@@ -10,7 +10,7 @@ import logging
 
 import uvicorn
 from crm_kit.logs import setup_logging
-from crm_kit.telemetry import setup_telemetry, shutdown_telemetry
+from crm_kit.telemetry import setup_telemetry, shutdown_telemetry, tracing_enabled
 
 from crm_gateway.app import create_app
 from crm_gateway.settings import GatewaySettings
@@ -23,9 +23,11 @@ def main() -> None:
     setup_logging("gateway", level=settings.log_level, fmt=settings.log_format)
     setup_telemetry("gateway")
     app = create_app(settings)
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    if tracing_enabled():
+        # Like the kit's gRPC interceptors: spans that nobody exports would cost every request for nothing.
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
     config = uvicorn.Config(
         app,
         host=settings.http_host,

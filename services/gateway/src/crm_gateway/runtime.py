@@ -133,6 +133,7 @@ class Gateway:
 
     async def handle(self, plan: RoutePlan, request: Request, values: dict[str, Any]) -> Response:
         ctx = context.current()
+        path = request.scope["path"]
         limit_headers: dict[str, str] = {}
         try:
             headers = request.headers
@@ -156,24 +157,25 @@ class Gateway:
             if key is not None:
                 principal = caller.principal if caller else None
                 scope = f"{principal.tenant_id}:{principal.actor_id}" if principal else "anonymous"
-                target = request.url.path + ("?" + request.url.query if request.url.query else "")
+                query = request.scope.get("query_string", b"").decode("latin-1")
+                target = path + ("?" + query if query else "")
                 reply = await self.idempotency.run(
                     scope=scope,
                     key=key,
                     method=plan.http_method,
                     target=target,
                     body=await request.body(),
-                    execute=lambda: self._execute(plan, message, request.url.path),
+                    execute=lambda: self._execute(plan, message, path),
                 )
             else:
-                reply = await self._execute(plan, message, request.url.path)
+                reply = await self._execute(plan, message, path)
         except ProblemError as exc:
-            return render(exc, request.url.path, limit_headers)
+            return render(exc, path, limit_headers)
         except grpc.RpcError as exc:
-            return render(from_grpc(exc), request.url.path, limit_headers)
+            return render(from_grpc(exc), path, limit_headers)
         except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return render(internal_error(), request.url.path, limit_headers)
+            log.exception("unhandled error on %s %s", request.method, path)
+            return render(internal_error(), path, limit_headers)
         if limit_headers:
             reply.headers.update(limit_headers)
         if (
