@@ -26,7 +26,7 @@ def gateway_settings(
         "identity_service_addr": identity_address,
         "rate_limit_per_tenant": "100000/minute",
         "rate_limit_public": "100000/minute",
-        "access_log": False,
+        "access_log": "errors",
         **overrides,
     }
     return GatewaySettings(**values)

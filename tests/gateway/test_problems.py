@@ -172,3 +172,11 @@ async def test_public_routes_are_limited_per_client_address(test_infra):
         assert_problem(r, 429, "rate_limited")
         assert int(r.headers["retry-after"]) >= 1
         assert r.headers["ratelimit-remaining"] == "0"
+
+
+async def test_access_log_keeps_failures_by_default(offline_api, caplog):
+    caplog.set_level("INFO", logger="crm.gateway.access")
+    await offline_api.get("/healthz")
+    await offline_api.get("/api/v1/nothing-here", headers={"X-Request-ID": "req-404"})
+    lines = [r for r in caplog.records if r.name == "crm.gateway.access"]
+    assert [(r.status, r.path) for r in lines] == [(404, "/api/v1/nothing-here")]

@@ -4,7 +4,7 @@
   echoed in the response;
 - bodies: more than `max_body_bytes` → 413 before reading it; a non-empty body that is not JSON → 415;
 - anything that escapes the app → a 500 problem, logged, never a stack trace to the client;
-- one JSON access-log line per request.
+- a JSON access-log line per request (CRM_ACCESS_LOG=all), or only for failed and slow ones (the default).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ log = logging.getLogger("crm.gateway")
 access = logging.getLogger("crm.gateway.access")
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+SLOW_SECONDS = 1.0
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 STATIC_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
 
@@ -33,10 +34,11 @@ def _is_json(content_type: str) -> bool:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: Any, *, max_body_bytes: int, access_log: bool = True):
+    def __init__(self, app: Any, *, max_body_bytes: int, access_log: str = "errors"):
         self.app = app
         self.max_body = max_body_bytes
-        self.access_log = access_log
+        self.log_all = access_log == "all"
+        self.log_errors = access_log in ("all", "errors")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -73,7 +75,10 @@ class EdgeMiddleware:
             if status == 0:
                 await render(internal_error(), scope.get("path", ""))(scope, receive, send_with_headers)
         finally:
-            if self.access_log:
+            elapsed = time.perf_counter() - started
+            if self.log_all or (
+                self.log_errors and (status >= 400 or status == 0 or elapsed >= SLOW_SECONDS)
+            ):
                 access.info(
                     "%s %s %s",
                     scope.get("method"),
@@ -83,7 +88,7 @@ class EdgeMiddleware:
                         "method": scope.get("method"),
                         "path": scope.get("path"),
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(elapsed * 1000, 2),
                         "client": (scope.get("client") or ("", 0))[0],
                     },
                 )
