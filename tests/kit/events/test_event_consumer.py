@@ -164,6 +164,77 @@ async def test_permanent_error_goes_to_the_dead_letter_stream_without_retries(
     )
 
 
+async def test_handler_that_hangs_is_cancelled_and_dead_lettered_after_bounded_attempts(
+    test_infra, with_effects, settings, nc
+):
+    async def hang(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+        await record_effect(uow, envelope, payload)
+        await asyncio.Event().wait()
+
+    consumer = Consumer(
+        name="welcome",
+        filter_subjects=[events_pb2.UserInvited],
+        handler=hang,
+        max_deliver=2,
+        backoff=(0.05,),
+        timeout=0.2,
+    )
+    js = nc.jetstream()
+    dlq = dead_letter_stream(settings.namespace)
+    async with bus_for(test_infra, with_effects, settings, consumer):
+        await write_invites(with_effects, 1)
+        await eventually(lambda: stream_count(js, dlq), what="a dead letter")
+    [letter] = await stream_messages(js, dlq)
+    assert (letter.headers[ERROR_TYPE_HEADER], letter.headers[DELIVERIES_HEADER]) == ("TimeoutError", "2")
+    assert await effect_count(with_effects) == 0
+
+
+async def test_event_whose_last_attempt_never_answers_is_dead_lettered_by_another_replica(
+    test_infra, with_effects, settings, nc
+):
+    """A replica dies while handling the last attempt: JetStream stops redelivering and says so in an advisory,
+    which the surviving replica turns into a dead letter."""
+    calls = 0
+    replicas: list[EventBus] = []
+
+    def handler_of(replica: int):
+        async def handle(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ConnectionError("first attempt fails")
+            await replicas[replica].nc.close()  # this replica dies mid-event: no ack, no nak, ever
+            await asyncio.Event().wait()
+
+        return handle
+
+    def consumer_of(replica: int) -> Consumer:
+        return Consumer(
+            name="welcome",
+            filter_subjects=[events_pb2.UserInvited],
+            handler=handler_of(replica),
+            max_deliver=2,
+            backoff=(0.1,),
+            timeout=0.5,  # lets the dead replica's stuck handler go when the test stops it
+        )
+
+    js = nc.jetstream()
+    dlq = dead_letter_stream(settings.namespace)
+    for replica in range(2):
+        replicas.append(await bus_for(test_infra, with_effects, settings, consumer_of(replica)).start())
+    try:
+        await write_invites(with_effects, 1)
+        await eventually(lambda: stream_count(js, dlq), what="a dead letter from the advisory")
+    finally:
+        for bus in replicas:
+            await bus.stop()
+    [letter] = await stream_messages(js, dlq)
+    assert calls == 2
+    assert letter.headers[DELIVERIES_HEADER] == "2"
+    assert "no answer" in letter.headers[ERROR_HEADER]
+    assert event_pb2.EventEnvelope.FromString(letter.data).aggregate_id == "user-1"
+
+
 async def test_event_of_an_unknown_type_is_dead_lettered_not_retried(test_infra, with_effects, settings, nc):
     consumer = Consumer(name="audit", filter_subjects=["crm.identity.>"], handler=record_effect)
     js = nc.jetstream()

@@ -14,7 +14,9 @@ Failures: a handler that raises is retried: the kit naks with the delay `backoff
 redelivers; a consumer that dies mid-event gets it redelivered by JetStream after the same backoff. After
 `max_deliver` attempts, or at once when the handler raises `PermanentError` or the event cannot be decoded, the
 event goes to the dead-letter subject `dlq.<service>.<consumer>` with the error in the `Crm-Error` header, and is
-terminated, so one bad event does not block or loop forever.
+terminated, so one bad event does not block or loop forever. A handler is cancelled after `timeout` seconds. An
+event whose last attempt never answered at all (the replica died) is dead-lettered by the replicas still
+running, from JetStream's max-deliveries advisory.
 
 The handler's span is a child of the span that wrote the event (W3C `traceparent` carried by the outbox and the
 relay), so one trace shows the request and everything it caused in other services.
@@ -97,6 +99,9 @@ class Consumer:
     # Messages asked for per pull request: more is more throughput, but every buffered message's ack timer runs.
     batch: int = 16
     max_ack_pending: int = 1000
+    # A handler still running after this long is cancelled (its transaction rolls back) and counts as failed,
+    # so one stuck call cannot stall the consumer for good.
+    timeout: float = 60.0
     subjects: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -224,6 +229,7 @@ class ConsumerRunner:
         self.acked = 0
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._sub: Subscription | None = None
+        self._advisories: Subscription | None = None
         self._inbox = ""
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -238,6 +244,10 @@ class ConsumerRunner:
         await self.ensure_consumer()
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message)
+        self._advisories = await self.nc.subscribe(
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{self.consumer.name}",
+            cb=self._on_max_deliveries,
+        )
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.consumer.name}")
 
     async def stop(self) -> None:
@@ -255,9 +265,10 @@ class ConsumerRunner:
                     await self._connection.close()
                 self._connection = None
             await self._engine.dispose()
-            if self._sub is not None:
-                with contextlib.suppress(nats.errors.Error):
-                    await self._sub.unsubscribe()
+            for sub in (self._sub, self._advisories):
+                if sub is not None:
+                    with contextlib.suppress(nats.errors.Error):
+                        await sub.unsubscribe()
             while not self._queue.empty():
                 msg = self._queue.get_nowait()
                 if isinstance(msg, Msg) and msg.reply:  # an event, not a status message or a sentinel
@@ -402,7 +413,8 @@ class ConsumerRunner:
             )
             keepalive = _KeepAlive(msg, self._progress_interval)
             try:
-                await self._apply(envelope, payload)
+                async with asyncio.timeout(self.consumer.timeout):
+                    await self._apply(envelope, payload)
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
@@ -467,25 +479,64 @@ class ConsumerRunner:
         self.retried += 1
         await msg.nak(delay=delay or None)
 
-    async def _dead_letter(self, msg: Msg, exc: Exception) -> None:
-        meta = msg.metadata
+    def _dead_letter_headers(
+        self, *, subject: str, stream_seq: int, deliveries: int, exc: BaseException, traceparent: str | None
+    ) -> dict[str, str]:
         headers = {
-            # One dead letter per consumer and stream message, however often this is retried.
-            "Nats-Msg-Id": f"{self.consumer.name}:{meta.stream}:{meta.sequence.stream}",
+            # One dead letter per consumer and stream message, however often or by whom this is retried.
+            "Nats-Msg-Id": f"{self.consumer.name}:{self.stream}:{stream_seq}",
             ERROR_HEADER: _header_value(str(exc) or repr(exc)),
             ERROR_TYPE_HEADER: type(exc).__name__,
             CONSUMER_HEADER: f"{self.service}/{self.consumer.name}",
-            ORIGINAL_SUBJECT_HEADER: msg.subject,
-            ORIGINAL_SEQUENCE_HEADER: str(meta.sequence.stream),
-            DELIVERIES_HEADER: str(meta.num_delivered),
+            ORIGINAL_SUBJECT_HEADER: subject,
+            ORIGINAL_SEQUENCE_HEADER: str(stream_seq),
+            DELIVERIES_HEADER: str(deliveries),
         }
-        traceparent = (msg.headers or {}).get("traceparent")
         if traceparent:
             headers["traceparent"] = traceparent
+        return headers
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """JetStream gave up on an event whose last attempt never answered (the replica handling it died, or
+        lost its connection): copy the event from the stream to the dead-letter subject, so it is not lost
+        silently. Every replica hears the advisory; the Nats-Msg-Id keeps one copy."""
+        try:
+            stream_seq = int(json.loads(advisory.data)["stream_seq"])
+            deliveries = int(json.loads(advisory.data).get("deliveries", 0))
+            original = await self.js.get_msg(self.stream, stream_seq)
+            headers = self._dead_letter_headers(
+                subject=original.subject or "",
+                stream_seq=stream_seq,
+                deliveries=deliveries,
+                exc=TimeoutError(f"no answer after {deliveries} deliveries (consumer died or hung)"),
+                traceparent=(original.headers or {}).get("traceparent"),
+            )
+            await self.js.publish(self.dead_letter_subject, original.data or b"", headers=headers, timeout=5)
+        except Exception:
+            log.exception(
+                "consumer %s: cannot dead-letter after a max-deliveries advisory", self.consumer.name
+            )
+            return
+        self.dead_lettered += 1
+        log.error(
+            "consumer %s: stream message %s exhausted its deliveries unanswered",
+            self.consumer.name,
+            stream_seq,
+        )
+
+    async def _dead_letter(self, msg: Msg, exc: Exception) -> None:
+        meta = msg.metadata
+        headers = self._dead_letter_headers(
+            subject=msg.subject,
+            stream_seq=meta.sequence.stream,
+            deliveries=meta.num_delivered,
+            exc=exc,
+            traceparent=(msg.headers or {}).get("traceparent"),
+        )
         try:
             await self.js.publish(self.dead_letter_subject, msg.data, headers=headers, timeout=5)
         except Exception:
-            # Not acked, so JetStream redelivers it (unless this was the last attempt; then its advisory remains).
+            # Not acked, so JetStream redelivers it; after the last attempt its advisory brings it back here.
             log.exception(
                 "consumer %s: cannot dead-letter stream message %s", self.consumer.name, meta.sequence
             )
