@@ -103,12 +103,18 @@ class EventBus:
         self.nc = await connect_nats(
             self.nats_url, self.settings, name=f"crm-{self.service}", reconnected=self._reconnected
         )
-        await self._ensure(self.produces)
-        if self.run_relay:
-            assert self.database is not None
-            self.relay = OutboxRelay(self.database, self.nc, self.settings, name=f"crm-{self.service}-relay")
-            await self.relay.start()
-        await self.start_consumers(self.consumers)
+        try:
+            await self._ensure(self.produces)
+            if self.run_relay:
+                assert self.database is not None
+                self.relay = OutboxRelay(
+                    self.database, self.nc, self.settings, name=f"crm-{self.service}-relay"
+                )
+                await self.relay.start()
+            await self.start_consumers(self.consumers)
+        except BaseException:
+            await self.stop()
+            raise
         return self
 
     async def start_consumers(self, consumers: Iterable[Consumer]) -> None:

@@ -226,15 +226,16 @@ class OutboxRelay:
                     log.warning("relay lost its PostgreSQL connection, stepping down: %s", exc)
                 else:
                     log.exception("relay failed unexpectedly, stepping down")
-                if not await self._pause(self._backoff(failures)):
-                    return
             finally:
+                # Closing the session releases the lock, so a standby takes over while this one backs off.
                 self.active.clear()
                 self.idle.clear()
                 self._unmarked.clear()
                 self._seen.clear()
                 self._conn = None
                 await self._close(conn)
+            if not await self._pause(self._backoff(failures)):
+                return
 
     async def _acquire(self, conn: asyncpg.Connection) -> bool:
         """Block until this relay holds the lock (True) or stop() is called (False)."""
