@@ -16,8 +16,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from crm_kit import infra
 
@@ -56,6 +58,7 @@ class Stack:
     database_prefix: str = "crm"
     log_dir: Path | None = None
     processes: list[Process] = field(default_factory=list)
+    databases: set[str] = field(default_factory=set)
 
     def base_env(self) -> dict[str, str]:
         return {
@@ -82,7 +85,9 @@ class Stack:
             env[f"{other.upper()}_SERVICE_ADDR"] = self.service_target(other)
         if app.database:
             db_name = f"{self.database_prefix}_{app.name}"
-            asyncio.run(infra.create_database(self.admin_dsn, db_name))
+            if db_name not in self.databases:
+                _run_sync(infra.create_database(self.admin_dsn, db_name))
+                self.databases.add(db_name)
             env["CRM_DATABASE_URL"] = infra.sqlalchemy_url(self.admin_dsn, db_name)
         port = port or infra.free_port()
         if app is GATEWAY or app.module == GATEWAY.module:
@@ -132,6 +137,18 @@ class Stack:
                 process.popen.send_signal(signal.SIGTERM)
         for process in reversed(self.processes):
             self.stop(process, timeout=20)
+
+    def drop_databases(self) -> None:
+        """For throw-away stacks (benchmarks, tests): drop every database this stack created."""
+        for name in sorted(self.databases):
+            _run_sync(infra.drop_database(self.admin_dsn, name))
+        self.databases.clear()
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even when the caller is inside an event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _http_ok(url: str) -> bool:

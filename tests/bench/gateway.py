@@ -1,0 +1,151 @@
+"""Gateway figures of `make bench`, each a ratio against a baseline measured in the same run:
+
+(a) an authenticated GET of a user through gateway → gRPC → PostgreSQL, against a bare uvicorn hello-world
+    served with the same uvicorn settings (target: ≥ 0.25 of its req/s; p99 < 50 ms at 32 connections);
+(b) sign-in throughput through the gateway, against raw argon2id hashes per second with the same parameters
+    on as many threads as cores (target: ≥ 0.9).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from argon2 import PasswordHasher, Type
+from crm_identity.settings import IdentitySettings
+from crm_kit import infra
+from crm_kit.devstack import GATEWAY, SERVICES, Stack
+
+from tests.bench.load import LoadResult, median_of, run_load
+
+PASSWORD = "bench password 123"
+
+
+def _post(url: str, body: dict, headers: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"content-type": "application/json", **(headers or {})}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def raw_argon2_rate(seconds: float, threads: int) -> float:
+    s = IdentitySettings()
+    hasher = PasswordHasher(
+        time_cost=s.argon2_time_cost,
+        memory_cost=s.argon2_memory_kib,
+        parallelism=s.argon2_parallelism,
+        type=Type.ID,
+    )
+    hashed = hasher.hash(PASSWORD)
+    stop = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def work(i: int) -> None:
+        while time.monotonic() < stop:
+            hasher.verify(hashed, PASSWORD)
+            counts[i] += 1
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, range(threads)))
+    return sum(counts) / (time.monotonic() - start)
+
+
+def _wait_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not infra.port_open("127.0.0.1", port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on port {port}")
+        time.sleep(0.05)
+
+
+def start_hello(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "uvicorn", "tests.bench.hello:app", "--port", str(port), "--loop", "uvloop",
+            "--http", "httptools", "--no-access-log", "--log-level", "warning",
+        ],
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+
+
+async def measure(
+    admin_dsn: str, nats_url: str, work: Path, *, seconds: float = 5.0, rounds: int = 3
+) -> dict:
+    stack = Stack(
+        admin_dsn=admin_dsn,
+        nats_url=nats_url,
+        data_dir=work,
+        database_prefix=f"bench{uuid.uuid4().hex[:6]}",
+        log_dir=work / "logs",
+        env={"CRM_EVENTS_NAMESPACE": f"bench{uuid.uuid4().hex[:6]}"},
+    )
+    hello_port = infra.free_port()
+    hello = start_hello(hello_port)
+    try:
+        for app in SERVICES:
+            stack.wait_serving(stack.start(app))
+        gateway = stack.start(GATEWAY)
+        stack.wait_serving(gateway)
+        base = f"http://{gateway.address}"
+        email = f"bench.{uuid.uuid4().hex[:8]}@example.com"
+        signed = _post(
+            f"{base}/api/v1/auth/signup",
+            {"tenant_name": "压测公司", "email": email, "password": PASSWORD, "name": "测试"},
+        )
+        token = _post(f"{base}/api/v1/auth/token", {"email": email, "password": PASSWORD})["access_token"]
+        user_url = f"{base}/api/v1/users/{signed['user']['id']}"
+        auth = {"Authorization": f"Bearer {token}"}
+        _wait_port(hello_port)
+
+        # (a) alternate the two servers so drift in the machine's load touches both alike.
+        gets: list[LoadResult] = []
+        hellos: list[LoadResult] = []
+        for _ in range(rounds):
+            hellos.append(await run_load(f"http://127.0.0.1:{hello_port}/", connections=32, seconds=seconds))
+            gets.append(await run_load(user_url, connections=32, seconds=seconds, headers=auth))
+        get, hello_result = median_of(gets), median_of(hellos)
+
+        # (b) sign-ins against raw hashes on every core.
+        threads = os.cpu_count() or 2
+        raw_rate = raw_argon2_rate(seconds, threads)
+        body = json.dumps({"email": email, "password": PASSWORD}).encode()
+        logins = await run_load(
+            f"{base}/api/v1/auth/token",
+            method="POST",
+            connections=threads * 2,
+            seconds=seconds * 2,
+            headers={"content-type": "application/json"},
+            body=body,
+        )
+        return {
+            "a_get_user": {
+                "gateway": get.summary(),
+                "hello_world": hello_result.summary(),
+                "ratio_rps": round(get.rps / hello_result.rps, 3),
+                "target": "ratio >= 0.25 and gateway p99 < 50 ms",
+                "met": get.rps / hello_result.rps >= 0.25 and get.percentile(99) < 50 and get.errors == 0,
+            },
+            "b_login": {
+                "logins_per_s": round(logins.rps, 1),
+                "login_errors": logins.errors,
+                "raw_argon2id_per_s": round(raw_rate, 1),
+                "threads": threads,
+                "ratio": round(logins.rps / raw_rate, 3),
+                "target": "ratio >= 0.9",
+                "met": logins.rps / raw_rate >= 0.9 and logins.errors == 0,
+            },
+        }
+    finally:
+        hello.terminate()
+        hello.wait(10)
+        stack.stop_all()
+        stack.drop_databases()
