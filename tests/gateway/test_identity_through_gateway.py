@@ -504,3 +504,16 @@ async def test_ready_when_identity_answers(api):
     assert r.status_code == 200, r.text
     assert r.json()["services"]["identity"] == "SERVING"
     assert (await api.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_nul_characters_are_bad_input_not_server_errors(api):
+    """PostgreSQL cannot store NUL; the gateway refuses it wherever it comes from."""
+    company = await sign_up(api)
+    for url in ("/api/v1/users/%00", "/api/v1/users?q=a%00b"):
+        assert_problem(await api.get(url, headers=company.headers), 400, "nul_character")
+    r = await api.post("/api/v1/departments", json={"name": "a\u0000b"}, headers=company.headers)
+    assert_problem(r, 422, "nul_character")
+    r = await api.post("/api/v1/auth/token", json={"email": "a\u0000@example.com", "password": "x"})
+    assert_problem(r, 422, "nul_character")
+    literal = await api.post("/api/v1/departments", json={"name": "C:\\u0000"}, headers=company.headers)
+    assert literal.status_code == 201, literal.text  # a backslash followed by u0000 is just text

@@ -3,6 +3,7 @@
 - a request id (the client's `X-Request-ID` when it is sane, else a new one), bound to the log context and
   echoed in the response;
 - bodies: more than `max_body_bytes` → 413 before reading it; a non-empty body that is not JSON → 415;
+- NUL characters in the URL → 400 (no text column can hold them; see `runtime` for bodies);
 - anything that escapes the app → a 500 problem, logged, never a stack trace to the client;
 - a JSON access-log line per request (CRM_ACCESS_LOG=all), or only for failed and slow ones (the default).
 """
@@ -64,6 +65,8 @@ class EdgeMiddleware:
             await send(message)
 
         try:
+            if "\x00" in scope["path"] or b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
+                raise ProblemError(400, "nul_character", "the URL may not contain NUL (%00) characters")
             method = scope["method"]
             if method in BODY_METHODS:
                 receive = await self._check_body(scope, headers, receive)

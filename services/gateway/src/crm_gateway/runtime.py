@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import orjson
 from crm.identity.v1 import identity_pb2
 from crm_kit import context, grpc_client
 from crm_kit.auth import JwtVerifier
@@ -152,6 +153,8 @@ class Gateway:
                 raise ProblemError(
                     400, "if_match_unsupported", "this resource does not support conditional changes yet"
                 )
+            if plan.body_model is not None:
+                _refuse_nul(await request.body())
             message = plan.build_request(values)
             key = values.get("header__idempotency_key")
             if key is not None:
@@ -204,3 +207,21 @@ class Gateway:
             headers = {k: v for k, v in rendered.headers.items() if k.lower() not in ("content-length",)}
             return Reply(problem.status, bytes(rendered.body), headers)
         return plan.render(response)
+
+
+def _refuse_nul(body: bytes) -> None:
+    """Text with NUL characters cannot be stored (PostgreSQL refuses them), so it is bad input, not a 500."""
+    if b"\\u0000" not in body:
+        return
+
+    def has_nul(value: object) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(has_nul(k) or has_nul(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(has_nul(v) for v in value)
+        return False
+
+    if has_nul(orjson.loads(body)):
+        raise ProblemError(422, "nul_character", "text may not contain NUL (\\u0000) characters", errors=[])
