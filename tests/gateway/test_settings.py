@@ -1,0 +1,27 @@
+"""The gateway's settings come from the environment and refuse an insecure production start."""
+
+from __future__ import annotations
+
+import pytest
+from crm_gateway.settings import GatewaySettings
+from pydantic import ValidationError
+
+
+def test_defaults_and_service_addresses(monkeypatch):
+    monkeypatch.setenv("CUSTOMERS_SERVICE_ADDR", "dns:///customers-headless:50051")
+    monkeypatch.setenv("MARKETING_SERVICE_ADDR", "marketing:50051")
+    monkeypatch.setenv("CRM_HTTP_PORT", "8080")
+    s = GatewaySettings()
+    assert s.http_port == 8080
+    assert s.rate_limit_per_tenant == "1200/minute"
+    assert s.service_addr("customers") == "dns:///customers-headless:50051"
+    assert s.service_addr("marketing") == "marketing:50051"  # a service added later needs no settings change
+    with pytest.raises(ValueError, match="REPORTING_SERVICE_ADDR"):
+        s.service_addr("reporting")
+
+
+def test_production_needs_a_real_idempotency_secret_but_no_database():
+    with pytest.raises(ValidationError, match="CRM_IDEMPOTENCY_SECRET"):
+        GatewaySettings(environment="production", nats_url="nats://nats:4222")
+    s = GatewaySettings(environment="production", nats_url="nats://nats:4222", idempotency_secret="x" * 40)
+    assert s.environment == "production"
