@@ -32,7 +32,12 @@ def idempotent_methods(services: Iterable[ServiceDescriptor]) -> list[dict[str, 
 
 
 def service_config(services: Iterable[ServiceDescriptor]) -> str:
-    config: dict[str, object] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    config: dict[str, object] = {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        # Watch every replica's standard health service and pick only those SERVING: a replica told to stop
+        # turns NOT_SERVING first (`GrpcServer.stop`), and calls go to the others before it refuses any.
+        "healthCheckConfig": {"serviceName": ""},
+    }
     methods = idempotent_methods(services)
     if methods:
         config["methodConfig"] = [

@@ -3,6 +3,7 @@ verifies the caller, binds the request context and maps domain errors to rich st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from crm_kit.ids import new_id
 from crm_kit.telemetry import tracing_enabled
 
 log = logging.getLogger("crm.grpc")
+
+# How long a stopping server keeps serving after it turned NOT_SERVING, for clients' health watches to see it.
+STOP_NOTICE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,15 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def stop(self, grace_seconds: float) -> None:
-        """Refuse new calls (health NOT_SERVING first, so balancers move away), finish those in flight."""
+        """Turn NOT_SERVING, give clients a moment to move away, then refuse new calls and finish those in
+        flight, all within `grace_seconds`.
+
+        The moment matters: when grpc stops a server it cancels the calls that reached it but were not started
+        yet, and a client that still sends here sees CANCELLED. Clients of the kit's channels watch health
+        (`grpc_client.service_config`) and stop sending within milliseconds of NOT_SERVING.
+        """
         await self.set_serving(False)
-        await self.server.stop(grace_seconds)
+        notice = min(STOP_NOTICE_SECONDS, grace_seconds / 2)
+        if notice > 0:
+            await asyncio.sleep(notice)
+        await self.server.stop(max(0.0, grace_seconds - notice))
