@@ -101,3 +101,22 @@ async def test_the_policy_other_services_cache_holds_roles_and_the_department_tr
     assert policy.tenant_id == company.tenant.id
     assert [dep.id for dep in policy.departments] == [d.id]
     assert policy.roles[0].built_in
+
+
+async def test_deleting_with_a_stale_version_changes_nothing(identity):
+    company = await sign_up(identity)
+    dept = await _dept(identity, company, "销售二部")
+    await identity.UpdateDepartment(
+        pb.UpdateDepartmentRequest(
+            id=dept.id, department=pb.Department(name="销售三部"), update_mask={"paths": ["name"]}
+        ),
+        metadata=company.md,
+    )
+    stale = await rpc_error(
+        identity.DeleteDepartment(
+            pb.DeleteDepartmentRequest(id=dept.id, expected_version=dept.version), metadata=company.md
+        )
+    )
+    assert stale.code() == grpc.StatusCode.ABORTED
+    still = await identity.GetDepartment(pb.GetDepartmentRequest(id=dept.id), metadata=company.md)
+    assert still.department.name == "销售三部"

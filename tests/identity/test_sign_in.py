@@ -147,3 +147,13 @@ async def test_concurrent_sign_ins_all_succeed(identity):
         )
     )
     assert len({r.token.refresh_token for r in results}) == 6
+
+
+async def test_text_the_database_cannot_store_is_bad_input_not_a_crash(identity):
+    err = await rpc_error(
+        identity.SignUp(
+            pb.SignUpRequest(tenant_name="bad\x00name", email=unique_email(), password=PASSWORD, name="x")
+        )
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert from_rpc_error(err).reason == "invalid_value"

@@ -80,6 +80,8 @@ class Database:
                     await session.flush()
             except IntegrityError as exc:
                 raise integrity_error(exc) from exc
+            except DBAPIError as exc:
+                raise data_error(exc) or exc from exc
             if uow.events_recorded:
                 for hook in self.after_commit_hooks:
                     hook()
@@ -88,7 +90,10 @@ class Database:
     async def read(self) -> AsyncIterator[AsyncSession]:
         """A session for reads: each statement sees committed data as of its start (autocommit)."""
         async with self.read_sessions() as session:
-            yield session
+            try:
+                yield session
+            except DBAPIError as exc:
+                raise data_error(exc) or exc from exc
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -109,10 +114,33 @@ class UnitOfWork:
         self.events_recorded += 1
 
 
+# Values PostgreSQL cannot store or compare: the caller's input, not our fault (e.g. a NUL character).
+BAD_INPUT_SQLSTATES = {
+    "22001": "a value is too long",
+    "22003": "a number is out of range",
+    "22007": "a date or time is not valid",
+    "22008": "a date or time is out of range",
+    "22021": "text contains a character that cannot be stored (e.g. NUL)",
+    "22P02": "a value has the wrong form",
+    "22P05": "text contains a character that cannot be stored",
+}
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+
+
+def data_error(exc: DBAPIError) -> Exception | None:
+    """A database error caused by bad input, as a 422; None for anything else (a real fault)."""
+    message = BAD_INPUT_SQLSTATES.get(_sqlstate(exc) or "")
+    return InvalidArgument(f"invalid input: {message}", reason="invalid_value") if message else None
+
+
 def integrity_error(exc: IntegrityError) -> Exception:
     """Unique violations are a caller's conflict (409), other integrity errors a bad request (422)."""
     orig = getattr(exc, "orig", None)
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    sqlstate = _sqlstate(exc)
     detail = str(orig).split("DETAIL:")[-1].strip() if orig else str(exc)
     if sqlstate == "23505":
         return AlreadyExists(f"already exists: {detail}")

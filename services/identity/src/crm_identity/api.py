@@ -221,7 +221,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     async def DeleteDepartment(self, request, context):
         await authorize(self.policies, "department", "delete")
         async with self.db.unit_of_work() as uow:
-            await departments.delete(uow, request.id)
+            await departments.delete(uow, request.id, expected_version=request.expected_version)
         self.policies.invalidate(caller().tenant_id)
         return pb.DeleteDepartmentResponse()
 
@@ -256,7 +256,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     async def DeleteRole(self, request, context):
         await authorize(self.policies, "role", "delete")
         async with self.db.unit_of_work() as uow:
-            await roles.delete(uow, request.id)
+            await roles.delete(uow, request.id, expected_version=request.expected_version)
         self.policies.invalidate(caller().tenant_id)
         return pb.DeleteRoleResponse()
 

@@ -163,8 +163,9 @@ async def update(uow: UnitOfWork, request: identity_pb2.UpdateDepartmentRequest)
     return dept
 
 
-async def delete(uow: UnitOfWork, department_id: str) -> None:
+async def delete(uow: UnitOfWork, department_id: str, *, expected_version: int = 0) -> None:
     dept = await get_owned(uow.session, models.Department, "department", department_id, lock=True)
+    expect_version(dept, expected_version)
     session = uow.session
     if await session.scalar(
         select(models.Department.id).where(models.Department.parent_id == dept.id).limit(1)

@@ -161,8 +161,9 @@ async def update(uow: UnitOfWork, request: identity_pb2.UpdateRoleRequest) -> mo
     return role
 
 
-async def delete(uow: UnitOfWork, role_id: str) -> None:
+async def delete(uow: UnitOfWork, role_id: str, *, expected_version: int = 0) -> None:
     role = await get_owned(uow.session, models.Role, "role", role_id, lock=True)
+    expect_version(role, expected_version)
     if role.built_in:
         raise Conflict("the built-in administrator role cannot be deleted", reason="built_in_role")
     session = uow.session
