@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from crm.identity.v1 import identity_pb2
 from crm_gateway.app import create_app
@@ -125,6 +127,11 @@ async def test_docs_and_document_are_served(offline_api):
     assert r.status_code == 200 and r.json()["paths"]
     docs = await offline_api.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Everything the page loads comes from the gateway itself (no CDN), so it works behind any firewall.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    for asset in assets:
+        assert (await offline_api.get(asset)).status_code == 200, asset
 
 
 def test_a_new_service_is_a_route_list():

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from starlette.responses import Response
 
 from crm_gateway import problems
@@ -59,14 +60,16 @@ def create_app(
         finally:
             await gateway.stop()
 
-    app = FastAPI(
+    # Interactive docs served from the gateway itself, not a CDN: they must work behind any firewall.
+    app = FastAPIOffline(
         title="CRM API",
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",
-        redoc_url=None,
+        redoc_url="/redoc",
         openapi_url="/openapi.json",
+        static_url="/docs-assets",
     )
     app.state.gateway = gateway
     app.state.plans = plans
