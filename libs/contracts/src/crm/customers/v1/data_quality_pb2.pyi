@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from crm.common.v1 import paging_pb2 as _paging_pb2
 from crm.customers.v1 import customers_pb2 as _customers_pb2
+from crm.customers.v1 import duplicates_pb2 as _duplicates_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
@@ -41,66 +42,6 @@ FILE_FORMAT_CSV: FileFormat.ValueType  # 1
 FILE_FORMAT_XLSX: FileFormat.ValueType  # 2
 Global___FileFormat: _TypeAlias = FileFormat  # noqa: Y015
 
-class _DuplicateMatch:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _DuplicateMatchEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DuplicateMatch.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    DUPLICATE_MATCH_UNSPECIFIED: _DuplicateMatch.ValueType  # 0
-    DUPLICATE_MATCH_PHONE: _DuplicateMatch.ValueType  # 1
-    """Exact, on the E.164 form of any phone."""
-    DUPLICATE_MATCH_EMAIL: _DuplicateMatch.ValueType  # 2
-    """Exact, on the lower-cased form of any e-mail address."""
-    DUPLICATE_MATCH_CREDIT_CODE: _DuplicateMatch.ValueType  # 3
-    """Exact, on the unified social credit code (accounts)."""
-    DUPLICATE_MATCH_COMPANY_NAME: _DuplicateMatch.ValueType  # 4
-    """Fuzzy, on the company name's trade name across scripts, regions, brackets and legal forms (accounts)."""
-    DUPLICATE_MATCH_PERSON_NAME_AND_COMPANY: _DuplicateMatch.ValueType  # 5
-    """Fuzzy, on the person's name (any script, either order) within the same account (contacts)."""
-
-class DuplicateMatch(_DuplicateMatch, metaclass=_DuplicateMatchEnumTypeWrapper):
-    """---------------------------------------------------------------- duplicate rules"""
-
-DUPLICATE_MATCH_UNSPECIFIED: DuplicateMatch.ValueType  # 0
-DUPLICATE_MATCH_PHONE: DuplicateMatch.ValueType  # 1
-"""Exact, on the E.164 form of any phone."""
-DUPLICATE_MATCH_EMAIL: DuplicateMatch.ValueType  # 2
-"""Exact, on the lower-cased form of any e-mail address."""
-DUPLICATE_MATCH_CREDIT_CODE: DuplicateMatch.ValueType  # 3
-"""Exact, on the unified social credit code (accounts)."""
-DUPLICATE_MATCH_COMPANY_NAME: DuplicateMatch.ValueType  # 4
-"""Fuzzy, on the company name's trade name across scripts, regions, brackets and legal forms (accounts)."""
-DUPLICATE_MATCH_PERSON_NAME_AND_COMPANY: DuplicateMatch.ValueType  # 5
-"""Fuzzy, on the person's name (any script, either order) within the same account (contacts)."""
-Global___DuplicateMatch: _TypeAlias = DuplicateMatch  # noqa: Y015
-
-class _DuplicateAction:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _DuplicateActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DuplicateAction.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    DUPLICATE_ACTION_UNSPECIFIED: _DuplicateAction.ValueType  # 0
-    DUPLICATE_ACTION_BLOCK: _DuplicateAction.ValueType  # 1
-    """Refused with 409, the candidates named in the error."""
-    DUPLICATE_ACTION_WARN: _DuplicateAction.ValueType  # 2
-    """Saved; the candidates come back with the answer."""
-    DUPLICATE_ACTION_ALLOW: _DuplicateAction.ValueType  # 3
-    """Saved, nothing said."""
-
-class DuplicateAction(_DuplicateAction, metaclass=_DuplicateActionEnumTypeWrapper):
-    """What a create or update through the UI/API does when the rule finds duplicates."""
-
-DUPLICATE_ACTION_UNSPECIFIED: DuplicateAction.ValueType  # 0
-DUPLICATE_ACTION_BLOCK: DuplicateAction.ValueType  # 1
-"""Refused with 409, the candidates named in the error."""
-DUPLICATE_ACTION_WARN: DuplicateAction.ValueType  # 2
-"""Saved; the candidates come back with the answer."""
-DUPLICATE_ACTION_ALLOW: DuplicateAction.ValueType  # 3
-"""Saved, nothing said."""
-Global___DuplicateAction: _TypeAlias = DuplicateAction  # noqa: Y015
-
 class _ImportDuplicateAction:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -116,7 +57,10 @@ class _ImportDuplicateActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[
     """A new record all the same."""
 
 class ImportDuplicateAction(_ImportDuplicateAction, metaclass=_ImportDuplicateActionEnumTypeWrapper):
-    """What an import does with a row that the rule finds duplicated."""
+    """---------------------------------------------------------------- duplicate rules
+
+    What an import does with a row that the rule finds duplicated.
+    """
 
 IMPORT_DUPLICATE_ACTION_UNSPECIFIED: ImportDuplicateAction.ValueType  # 0
 IMPORT_DUPLICATE_ACTION_SKIP: ImportDuplicateAction.ValueType  # 1
@@ -249,11 +193,11 @@ class DuplicateRule(_message.Message):
     id: _builtins.str
     name: _builtins.str
     record_type: _customers_pb2.RecordType.ValueType
-    match: Global___DuplicateMatch.ValueType
+    match: _duplicates_pb2.DuplicateMatch.ValueType
     threshold: _builtins.float
     """Fuzzy matches only: the least score (0..1) that counts as a duplicate; 0 means the default 0.85."""
-    on_create: Global___DuplicateAction.ValueType
-    on_update: Global___DuplicateAction.ValueType
+    on_create: _duplicates_pb2.DuplicateAction.ValueType
+    on_update: _duplicates_pb2.DuplicateAction.ValueType
     on_import: Global___ImportDuplicateAction.ValueType
     active: _builtins.bool
     version: _builtins.int
@@ -267,10 +211,10 @@ class DuplicateRule(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         record_type: _customers_pb2.RecordType.ValueType = ...,
-        match: Global___DuplicateMatch.ValueType = ...,
+        match: _duplicates_pb2.DuplicateMatch.ValueType = ...,
         threshold: _builtins.float = ...,
-        on_create: Global___DuplicateAction.ValueType = ...,
-        on_update: Global___DuplicateAction.ValueType = ...,
+        on_create: _duplicates_pb2.DuplicateAction.ValueType = ...,
+        on_update: _duplicates_pb2.DuplicateAction.ValueType = ...,
         on_import: Global___ImportDuplicateAction.ValueType = ...,
         active: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
@@ -498,52 +442,6 @@ class DeleteDuplicateRuleResponse(_message.Message):
 Global___DeleteDuplicateRuleResponse: _TypeAlias = DeleteDuplicateRuleResponse  # noqa: Y015
 
 @_typing.final
-class DuplicateCandidate(_message.Message):
-    """An existing record that a rule says duplicates another one."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    RECORD_TYPE_FIELD_NUMBER: _builtins.int
-    ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    SCORE_FIELD_NUMBER: _builtins.int
-    RULE_IDS_FIELD_NUMBER: _builtins.int
-    MATCHES_FIELD_NUMBER: _builtins.int
-    MATCHED_VALUES_FIELD_NUMBER: _builtins.int
-    record_type: _customers_pb2.RecordType.ValueType
-    id: _builtins.str
-    name: _builtins.str
-    """The record's name, to show to a person."""
-    score: _builtins.float
-    """0..1: 1 for an exact match."""
-    @_builtins.property
-    def rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The rules that matched, and the values that matched ("+8613800138000", "huawei")."""
-
-    @_builtins.property
-    def matches(self) -> _containers.RepeatedScalarFieldContainer[Global___DuplicateMatch.ValueType]: ...
-    @_builtins.property
-    def matched_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        record_type: _customers_pb2.RecordType.ValueType = ...,
-        id: _builtins.str = ...,
-        name: _builtins.str = ...,
-        score: _builtins.float = ...,
-        rule_ids: _abc.Iterable[_builtins.str] | None = ...,
-        matches: _abc.Iterable[Global___DuplicateMatch.ValueType] | None = ...,
-        matched_values: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "matched_values", b"matched_values", "matches", b"matches", "name", b"name", "record_type", b"record_type", "rule_ids", b"rule_ids", "score", b"score"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___DuplicateCandidate: _TypeAlias = DuplicateCandidate  # noqa: Y015
-
-@_typing.final
 class CheckDuplicatesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -582,15 +480,15 @@ class CheckDuplicatesResponse(_message.Message):
 
     CANDIDATES_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
-    action: Global___DuplicateAction.ValueType
+    action: _duplicates_pb2.DuplicateAction.ValueType
     """What a create would do under the rules that matched: the strictest of their on_create actions."""
     @_builtins.property
-    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___DuplicateCandidate]: ...
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]: ...
     def __init__(
         self,
         *,
-        candidates: _abc.Iterable[Global___DuplicateCandidate] | None = ...,
-        action: Global___DuplicateAction.ValueType = ...,
+        candidates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
+        action: _duplicates_pb2.DuplicateAction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -660,7 +558,7 @@ class DuplicateGroup(_message.Message):
     score: _builtins.float
     """The highest pairwise score within the group."""
     @_builtins.property
-    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___DuplicateCandidate]: ...
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]: ...
     def __init__(
         self,
         *,
@@ -668,7 +566,7 @@ class DuplicateGroup(_message.Message):
         scan_id: _builtins.str = ...,
         record_type: _customers_pb2.RecordType.ValueType = ...,
         score: _builtins.float = ...,
-        members: _abc.Iterable[Global___DuplicateCandidate] | None = ...,
+        members: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
