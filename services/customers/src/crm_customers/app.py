@@ -1,0 +1,24 @@
+"""The customers service: what it adds to the kit's skeleton."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crm.customers.v1 import customers_pb2_grpc
+from crm_kit.grpc_server import Servicer
+from crm_kit.service import Parts, Runtime, ServiceSpec
+
+from crm_customers.api import SERVICE, CustomersApi
+from crm_customers.settings import CustomersSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def build(runtime: Runtime) -> Parts:
+    policies = await runtime.policies()
+    api = CustomersApi(db=runtime.db, policies=policies, identity=runtime.identity())
+    servicers = [Servicer(customers_pb2_grpc.add_CustomersServiceServicer_to_server, api, SERVICE.full_name)]
+    return Parts(servicers=servicers)
+
+
+SPEC = ServiceSpec(name="customers", settings=CustomersSettings, build=build, migrations=MIGRATIONS)

@@ -1,0 +1,153 @@
+"""What the customers domains share: the caller, authorization, tenant-scoped lookups, enum names, times."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from crm.customers.v1 import customers_pb2 as pb
+from crm_kit import context
+from crm_kit.context import Principal
+from crm_kit.errors import PermissionDenied, Unauthenticated, VersionMismatch, not_found
+from crm_kit.ids import is_uuid
+from crm_kit.policy import Decision, PolicyCache
+from google.protobuf import timestamp_pb2
+from sqlalchemy import and_, or_, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def caller() -> Principal:
+    principal = context.current().principal
+    if principal is None:
+        raise Unauthenticated("a credential is required", reason="missing_credential")
+    return principal
+
+
+async def authorize(policies: PolicyCache, obj: str, action: str) -> Decision:
+    return (await policies.decide(caller(), obj, action)).require()
+
+
+def visible(decision: Decision, model: Any) -> Any:
+    """The data scope as a WHERE clause: own / department / department tree / all. Co-followers (team members)
+    of an account see it too."""
+    principal = caller()
+    clause = decision.row_filter(
+        principal, owner_column=model.owner_id, department_column=model.department_id
+    )
+    if decision.scope != 4 and hasattr(model, "team_member_ids"):  # 4: DATA_SCOPE_ALL
+        clause = or_(clause, model.team_member_ids.contains([principal.actor_id]))
+    return clause
+
+
+def may_see(decision: Decision, row: Any) -> bool:
+    """The same rule as `visible`, for one loaded row."""
+    principal = caller()
+    if decision.scope == 4:
+        return True
+    if row.owner_id == principal.actor_id:
+        return True
+    if principal.actor_id in (getattr(row, "team_member_ids", None) or ()):
+        return True
+    return bool(decision.departments) and row.department_id in decision.departments
+
+
+async def get_owned(
+    session: AsyncSession,
+    model: Any,
+    object_type: str,
+    object_id: str,
+    *,
+    decision: Decision | None = None,
+    lock: bool = False,
+    deleted: bool | None = False,
+) -> Any:
+    """A row of the caller's tenant by id, inside the caller's data scope when a decision is given. Another
+    tenant's id, a malformed id, a missing id and a record outside the scope are the same 404.
+    `deleted`: False (default) live rows only, True recycle-bin rows only, None either."""
+    if not object_id or not is_uuid(object_id):
+        raise not_found(object_type, object_id)
+    stmt = select(model).where(model.id == object_id, model.tenant_id == caller().tenant_id)
+    if deleted is not None and hasattr(model, "deleted_at"):
+        stmt = stmt.where(model.deleted_at.is_not(None) if deleted else model.deleted_at.is_(None))
+    if decision is not None:
+        stmt = stmt.where(visible(decision, model))
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise not_found(object_type, object_id)
+    return row
+
+
+def expect_version(row: Any, expected: int) -> None:
+    if expected and row.version != expected:
+        raise VersionMismatch(
+            f"the object changed since version {expected} (now {row.version}); reload and retry",
+            reason="version_mismatch",
+        )
+
+
+def check_hidden(decision: Decision, fields: Any) -> None:
+    """Filtering or sorting on a field the caller may not see would reveal its values: refused."""
+    for f in fields:
+        top = f.split(".", 1)[0]
+        if f in decision.hidden or top in decision.hidden:
+            raise PermissionDenied(f"field {f} is hidden from you", reason="field_hidden")
+
+
+def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def all_rows() -> Any:
+    return true()
+
+
+def both(*clauses: Any) -> Any:
+    return and_(*clauses)
+
+
+# ---------------------------------------------------------------- enums: proto number <-> stored short name
+
+
+class EnumNames:
+    """`LIFECYCLE_STAGE_CUSTOMER` (2) <-> "customer": rows keep the short lower-case name."""
+
+    def __init__(self, enum: Any, prefix: str):
+        self.to_name: dict[int, str] = {}
+        self.to_number: dict[str, int] = {}
+        for value in enum.DESCRIPTOR.values:
+            if value.number == 0:
+                continue
+            short = value.name.removeprefix(prefix).lower()
+            self.to_name[value.number] = short
+            self.to_number[short] = value.number
+        self.prefix = prefix
+
+    def name(self, number: int) -> str:
+        return self.to_name.get(number, "")
+
+    def number(self, name: str) -> int:
+        return self.to_number.get(name or "", 0)
+
+    def parse(self, text: str) -> str | None:
+        """A filter value: "customer", "CUSTOMER" or "LIFECYCLE_STAGE_CUSTOMER" → "customer"."""
+        short = text.strip().upper().removeprefix(self.prefix).lower()
+        return short if short in self.to_number else None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.to_number)
+
+
+STAGES = EnumNames(pb.LifecycleStage, "LIFECYCLE_STAGE_")
+SIZES = EnumNames(pb.CompanySize, "COMPANY_SIZE_")
+BUYING_ROLES = EnumNames(pb.BuyingRole, "BUYING_ROLE_")
+RECORD_TYPES = EnumNames(pb.RecordType, "RECORD_TYPE_")
+INTERACTION_KINDS = EnumNames(pb.InteractionKind, "INTERACTION_KIND_")
+PARTICIPANT_KINDS = EnumNames(pb.ParticipantKind, "PARTICIPANT_KIND_")
+FIELD_TYPES = EnumNames(pb.CustomFieldType, "CUSTOM_FIELD_TYPE_")
