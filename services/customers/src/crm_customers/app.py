@@ -9,6 +9,7 @@ from crm_kit.grpc_server import Servicer
 from crm_kit.service import Parts, Runtime, ServiceSpec
 
 from crm_customers.api import SERVICE, CustomersApi
+from crm_customers.data_api import DataParts
 from crm_customers.settings import CustomersSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -18,7 +19,8 @@ async def build(runtime: Runtime) -> Parts:
     policies = await runtime.policies()
     api = CustomersApi(db=runtime.db, policies=policies, identity=runtime.identity())
     servicers = [Servicer(customers_pb2_grpc.add_CustomersServiceServicer_to_server, api, SERVICE.full_name)]
-    return Parts(servicers=servicers)
+    data = DataParts(runtime.db, policies)  # duplicates, merges, imports, exports (+ their worker)
+    return Parts(servicers=[*servicers, data.servicer], on_stop=[data.stop])
 
 
 SPEC = ServiceSpec(name="customers", settings=CustomersSettings, build=build, migrations=MIGRATIONS)

@@ -1,0 +1,723 @@
+"""The import itself: file rows → converted records → duplicate rules → COPY into the table, in batches.
+
+    spool file from PostgreSQL to a temp file ──► parse + convert a batch (Python) ──► queue (2 batches)
+                                                                                      │
+        one transaction per batch: resolve accounts, match duplicates (set-based), ◄──┘
+        COPY the new rows, update the duplicates, COPY the errors, move the checkpoint
+
+- Flat memory: the file streams from disk; at most three batches are in memory.
+- Parsing overlaps the database: the converter fills the next batch while a batch's statements run.
+- A failed row never leaves half a record: a batch is one transaction; if it fails as a whole (a row the
+  checks let through is refused by a constraint), it is rolled back and retried row by row, each in a
+  savepoint, and the refused rows go to the error report with the database's reason.
+- Checkpoint: `rows_done` moves in the same transaction as the batch's rows. A worker that dies loses at most
+  the batch in flight; the job's lease runs out and another worker resumes after the last committed row. The
+  worker's claim number (`attempts`) fences a worker that lost its lease: its next commit matches no row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from crm.customers.v1 import data_quality_pb2 as pb
+from crm_kit import context
+from crm_kit.context import Principal
+from crm_kit.db import Database, utcnow
+from crm_kit.ids import new_id
+from crm_kit.policy import Decision
+from google.protobuf import struct_pb2
+from sqlalchemy import Text, bindparam, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
+
+from crm_customers import models, normalize
+from crm_customers.domain.dedup.matching import IMPORT_STRICTNESS
+from crm_customers.domain.dedup.merge import _refresh_derived
+from crm_customers.domain.dedup.rules import active_rules
+from crm_customers.domain.imports import jobs, source
+from crm_customers.domain.imports.convert import Converted, Converter
+from crm_customers.domain.imports.models import ImportJob
+
+log = logging.getLogger("crm.customers.imports")
+
+BATCH_ROWS = 2000
+DRY_RUN_ROWS = 10_000
+DRY_RUN_ERRORS = 100
+PREVIEW_ROWS = 5
+
+CONTACT_COLUMNS = (
+    "id",
+    "tenant_id",
+    "name",
+    "name_latin",
+    "name_key",
+    "titles",
+    "phones",
+    "phones_normalized",
+    "emails",
+    "emails_normalized",
+    "im_handles",
+    "birthday",
+    "buying_role",
+    "consent_email",
+    "consent_sms",
+    "consent_phone",
+    "consent_wechat",
+    "account_ids",
+    "primary_account_id",
+    "owner_id",
+    "department_id",
+    "tags",
+    "notes",
+    "custom_fields",
+    "created_by",
+    "version",
+    "search_name",
+    "search_grams",
+    "search_extra",
+)
+ACCOUNT_COLUMNS = (
+    "id",
+    "tenant_id",
+    "name",
+    "alt_name",
+    "name_key",
+    "credit_code",
+    "legal_representative",
+    "registered_capital",
+    "registered_capital_currency",
+    "industry",
+    "size",
+    "region",
+    "province",
+    "city",
+    "district",
+    "address",
+    "website",
+    "phones",
+    "phones_normalized",
+    "emails",
+    "emails_normalized",
+    "source",
+    "tier",
+    "tier_manual",
+    "lifecycle_stage",
+    "owner_id",
+    "department_id",
+    "tags",
+    "notes",
+    "satisfaction",
+    "competitors",
+    "custom_fields",
+    "created_by",
+    "version",
+    "search_name",
+    "search_grams",
+    "search_extra",
+)
+LISTS = {
+    "titles",
+    "phones",
+    "phones_normalized",
+    "emails",
+    "emails_normalized",
+    "account_ids",
+    "tags",
+    "competitors",
+    "search_grams",
+}
+JSON = {"im_handles": "[]", "custom_fields": "{}"}
+FALSE_DEFAULTS = {"consent_email", "consent_sms", "consent_phone", "consent_wechat", "tier_manual"}
+NULL_DEFAULTS = {"birthday", "primary_account_id", "credit_code", "registered_capital"}
+DEFAULTS = {
+    "registered_capital_currency": "CNY",
+    "lifecycle_stage": "prospect",
+    "satisfaction": 0,
+    "version": 1,
+}
+
+
+def _copy_record(columns: tuple[str, ...], v: dict[str, Any]) -> tuple[Any, ...]:
+    out = []
+    for c in columns:
+        value = v.get(c)
+        if value is None:
+            if c in LISTS:
+                value = []
+            elif c in JSON:
+                value = JSON[c]
+            elif c in FALSE_DEFAULTS:
+                value = False
+            elif c in NULL_DEFAULTS:
+                value = None
+            elif c in DEFAULTS:
+                value = DEFAULTS[c]
+            else:
+                value = ""
+        elif c in JSON:
+            value = json.dumps(value, ensure_ascii=False)
+        out.append(value)
+    return tuple(out)
+
+
+@dataclass
+class Row:
+    number: int
+    converted: Converted
+    # Decided per batch: "create", "update", "skip" or "failed".
+    action: str = "create"
+    duplicate_of: str = ""
+    errors: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[tuple[int, str, str, str]] = field(default_factory=list)
+
+
+class Batcher:
+    """Everything one import needs across batches: the converter, the rules, the account lookup cache."""
+
+    def __init__(self, *, job: ImportJob, converter: Converter, rules: list[Any]):
+        self.job = job
+        self.target = job.target
+        self.record_type = "account" if job.target == "accounts" else "contact"
+        self.model = models.Account if job.target == "accounts" else models.Contact
+        self.columns = ACCOUNT_COLUMNS if job.target == "accounts" else CONTACT_COLUMNS
+        self.converter = converter
+        self.rules = rules
+        self.accounts: dict[str, str | None] = {}
+
+    def convert(self, rows: list[tuple[int, list[str]]]) -> list[Row]:
+        out = []
+        for number, cells in rows:
+            converted = self.converter.convert(cells)
+            row = Row(number, converted, errors=list(converted.errors))
+            if row.errors:
+                row.action = "failed"
+            else:
+                converted.values["id"] = new_id()
+            out.append(row)
+        return out
+
+    # ---------------------------------------------------------------- per batch, in a transaction
+
+    async def resolve_accounts(self, session: Any, batch: list[Row]) -> None:
+        """Contacts: the company cell → an account (by credit code, else the company name's key)."""
+        wanted = {r.converted.account_ref for r in batch if r.action != "failed" and r.converted.account_ref}
+        missing = [ref for ref in wanted if ref not in self.accounts]
+        if missing:
+            codes, keys = {}, {}
+            for ref in missing:
+                try:
+                    codes[normalize.normalize_credit_code(ref)] = ref
+                except normalize.InvalidValue:
+                    keys.setdefault(normalize.company_name_key(ref), []).append(ref)
+            A = models.Account
+            found: dict[str, str] = {}
+            if keys:
+                stmt = (
+                    select(A.name_key, A.id)
+                    .where(
+                        A.tenant_id == self.job.tenant_id, A.deleted_at.is_(None), A.name_key.in_(list(keys))
+                    )
+                    .order_by(A.name_key, A.id)
+                )
+                for key, account_id in (await session.execute(stmt)).all():
+                    for ref in keys[key]:
+                        found.setdefault(ref, account_id)
+            if codes:
+                stmt = select(A.credit_code, A.id).where(
+                    A.tenant_id == self.job.tenant_id, A.deleted_at.is_(None), A.credit_code.in_(list(codes))
+                )
+                for code, account_id in (await session.execute(stmt)).all():
+                    found.setdefault(codes[code], account_id)
+            for ref in missing:
+                self.accounts[ref] = found.get(ref)
+            if len(self.accounts) > 100_000:
+                self.accounts.clear()
+        for r in batch:
+            ref = r.converted.account_ref
+            if r.action == "failed" or not ref:
+                continue
+            account_id = self.accounts.get(ref)
+            if account_id is None:
+                r.errors.append(
+                    (r.converted.account_ref_column, ref, "no account has this name or credit code")
+                )
+                r.action = "failed"
+                continue
+            v = r.converted.values
+            ids = v.setdefault("account_ids", [])
+            if account_id not in ids:
+                ids.append(account_id)
+            v.setdefault("primary_account_id", account_id)
+
+    async def match_duplicates(self, session: Any, batch: list[Row]) -> None:
+        """Apply the rules' import actions: against the table (set-based) and within the batch."""
+        live = [r for r in batch if r.action != "failed"]
+        if not self.rules or not live:
+            return
+        hits: dict[int, dict[str, tuple[str, str]]] = {}  # row index → rule id → (record id, value)
+        by_index = {i: r for i, r in enumerate(batch)}
+        tenant = self.job.tenant_id
+        table = self.model.__tablename__
+        for rule in self.rules:
+            pairs: list[tuple[int, str]] = []
+            if rule.match in ("phone", "email"):
+                column = "phones_normalized" if rule.match == "phone" else "emails_normalized"
+                for i, r in by_index.items():
+                    if r.action != "failed":
+                        pairs.extend((i, value) for value in r.converted.values.get(column, []))
+                sql = (
+                    f"SELECT v.i, t.id, v.value FROM unnest(CAST(:idx AS int[]), CAST(:vals AS text[])) "
+                    f"AS v(i, value) JOIN {table} t ON t.tenant_id = :tenant AND t.deleted_at IS NULL "
+                    f"AND t.{column} @> ARRAY[v.value]"
+                )
+            elif rule.match == "credit_code" and table == "accounts":
+                pairs = [
+                    (i, r.converted.values["credit_code"])
+                    for i, r in by_index.items()
+                    if r.action != "failed" and r.converted.values.get("credit_code")
+                ]
+                sql = (
+                    "SELECT v.i, t.id, v.value FROM unnest(CAST(:idx AS int[]), CAST(:vals AS text[])) AS v(i, value) "
+                    "JOIN accounts t ON t.tenant_id = :tenant AND t.deleted_at IS NULL AND t.credit_code = v.value"
+                )
+            elif rule.match == "company_name" and table == "accounts":
+                pairs = [
+                    (i, r.converted.values["name_key"])
+                    for i, r in by_index.items()
+                    if r.action != "failed" and r.converted.values.get("name_key")
+                ]
+                sql = (
+                    "SELECT v.i, t.id, t.name FROM unnest(CAST(:idx AS int[]), CAST(:vals AS text[])) AS v(i, value) "
+                    "JOIN LATERAL (SELECT id, name FROM accounts t WHERE t.tenant_id = :tenant "
+                    "AND t.deleted_at IS NULL AND (t.name_key = v.value OR t.name_key % v.value) LIMIT 20) t ON true"
+                )
+            elif rule.match == "person_name_and_company" and table == "contacts":
+                for i, r in by_index.items():
+                    v = r.converted.values
+                    if r.action != "failed" and v.get("name_key"):
+                        pairs.extend((i, f"{a}\x1f{v['name_key']}") for a in v.get("account_ids", []))
+                sql = (
+                    "SELECT v.i, t.id, split_part(v.value, chr(31), 2) FROM unnest(CAST(:idx AS int[]), "
+                    "CAST(:vals AS text[])) AS v(i, value) JOIN contacts t ON t.tenant_id = :tenant "
+                    "AND t.deleted_at IS NULL AND t.account_ids @> ARRAY[split_part(v.value, chr(31), 1)] "
+                    "AND t.name_key = split_part(v.value, chr(31), 2)"
+                )
+            else:
+                continue
+            if not pairs:
+                continue
+            rows = await session.execute(
+                text(sql), {"idx": [p[0] for p in pairs], "vals": [p[1] for p in pairs], "tenant": tenant}
+            )
+            for i, record_id, value in rows.all():
+                if rule.match == "company_name":
+                    score = normalize.company_name_score(by_index[i].converted.values["name"], value)
+                    if score < rule.threshold:
+                        continue
+                hits.setdefault(i, {}).setdefault(rule.id, (record_id, value))
+            # Within the batch: a later row repeating an earlier row's value.
+            first: dict[str, int] = {}
+            for i, value in pairs:
+                key = value
+                if key in first and first[key] != i:
+                    hits.setdefault(i, {}).setdefault(rule.id, ("", value))
+                else:
+                    first.setdefault(key, i)
+        rules_by_id = {r.id: r for r in self.rules}
+        for i, found in hits.items():
+            r = by_index[i]
+            actions = [rules_by_id[rid].on_import for rid in found]
+            action = next(a for a in IMPORT_STRICTNESS if a in actions)
+            if action == "create":
+                continue
+            record_id, value = next(
+                ((rec, val) for rid, (rec, val) in found.items() if rules_by_id[rid].on_import == action),
+                ("", ""),
+            )
+            matched = ", ".join(sorted({rules_by_id[rid].match for rid in found}))
+            if action == "update" and not record_id:
+                action = "skip"  # the earlier row of this file is not in the table yet: nothing to update
+            if action == "skip":
+                r.action = "skip"
+                target = f"record {record_id}" if record_id else "an earlier row of this file"
+                r.errors.append(("", value, f"skipped: duplicate of {target} ({matched})"))
+            else:
+                r.action, r.duplicate_of = "update", record_id
+
+    async def update_existing(self, session: Any, r: Row) -> None:
+        row = await session.get(self.model, r.duplicate_of, with_for_update=True)
+        if row is None or row.deleted_at is not None:
+            r.action = "create"
+            return
+        for key, value in r.converted.values.items():
+            if (
+                key in ("id", "tenant_id", "created_by", "owner_id", "department_id", "name_key")
+                or key.startswith("search_")
+                or key.endswith("_normalized")
+            ):
+                continue
+            if key == "custom_fields":
+                row.custom_fields = {**(row.custom_fields or {}), **value}
+            elif isinstance(value, list):
+                current = list(getattr(row, key) or [])
+                setattr(row, key, current + [x for x in value if x not in current])
+            elif value not in (None, ""):
+                setattr(row, key, value)
+        _refresh_derived(self.record_type, row)
+        row.version += 1
+
+    async def write(self, session: Any, batch: list[Row]) -> None:
+        """The batch's creates (COPY) and updates, in the caller's transaction."""
+        for r in batch:
+            if r.action == "update":
+                await self.update_existing(session, r)
+        creates = [r for r in batch if r.action == "create"]
+        if creates:
+            raw = await (await session.connection()).get_raw_connection()
+            await raw.driver_connection.copy_records_to_table(
+                self.model.__tablename__,
+                records=[_copy_record(self.columns, r.converted.values) for r in creates],
+                columns=list(self.columns),
+            )
+            if self.target == "accounts":
+                await session.execute(
+                    text(
+                        "INSERT INTO account_stage_changes (id, tenant_id, account_id, from_stage, to_stage, "
+                        "changed_by, changed_at) SELECT gen_random_uuid()::text, :tenant, a.id, '', a.lifecycle_stage, "
+                        ":by, now() FROM accounts a WHERE a.id = ANY(:ids)"
+                    ).bindparams(bindparam("ids", type_=ARRAY(Text))),
+                    {
+                        "tenant": self.job.tenant_id,
+                        "by": self.job.created_by,
+                        "ids": [r.converted.values["id"] for r in creates],
+                    },
+                )
+
+
+def outcome_of(batch: list[Row]) -> Outcome:
+    out = Outcome()
+    for r in batch:
+        if r.action == "create":
+            out.created += 1
+        elif r.action == "update":
+            out.updated += 1
+        elif r.action == "skip":
+            out.skipped += 1
+        else:
+            out.failed += 1
+        out.errors.extend((r.number, c, v, reason) for c, v, reason in r.errors)
+    return out
+
+
+# ---------------------------------------------------------------- setting up a run
+
+
+def principal_of(job: ImportJob) -> Principal:
+    return Principal(
+        tenant_id=job.tenant_id,
+        actor_id=job.created_by,
+        role_ids=tuple(job.role_ids or ()),
+        department_id=job.department_id if job.owner_id == job.created_by else "",
+    )
+
+
+async def batcher_for(db: Database, job: ImportJob) -> Batcher:
+    async with db.read() as session:
+        defs = await jobs.custom_definitions(session, job.tenant_id, job.target)
+        rules = (
+            await active_rules(session, job.tenant_id, "account" if job.target == "accounts" else "contact")
+            if job.target != "relationships"
+            else []
+        )
+    converter = Converter(
+        target=job.target,
+        columns=list(job.columns),
+        mapping=[(m["column"], m["field"]) for m in job.mapping],
+        defs=defs,
+        tenant_id=job.tenant_id,
+        owner_id=job.owner_id,
+        department_id=job.department_id,
+        created_by=job.created_by,
+    )
+    return Batcher(job=job, converter=converter, rules=rules)
+
+
+def batches(rows: Iterator[tuple[int, list[str]]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
+    batch: list[tuple[int, list[str]]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ---------------------------------------------------------------- dry run
+
+
+async def dry_run(
+    db: Database, *, job_id: str, mapping: list[tuple[str, str]], owner_id: str, decision: Decision
+) -> tuple[ImportJob, list[pb.ImportError], list[struct_pb2.Struct]]:
+    """Everything but the writes, over the first DRY_RUN_ROWS rows: the counts, the first problems, a preview."""
+    async with db.unit_of_work() as uow:
+        job = await jobs.get(uow.session, job_id)
+        if job.status != "uploaded":
+            from crm_kit.errors import Conflict
+
+            raise Conflict(
+                f"the import is {job.status}; a dry run needs an uploaded file", reason="import_started"
+            )
+        chosen = await jobs.chosen_mapping(uow.session, job, mapping)
+        decision.check_writable(f for _, f in chosen if f and f not in ("account", "account_id", "wechat"))
+        job.mapping = [{"column": c, "field": f} for c, f in chosen]
+        jobs.owner_of(job, owner_id)
+    batcher = await batcher_for(db, job)
+    totals = Outcome()
+    preview: list[struct_pb2.Struct] = []
+    seen = 0
+    complete = True
+    async with source.spooled(db, job.id) as path:
+        rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
+        try:
+            for raw in batches(rows, BATCH_ROWS):
+                if seen >= DRY_RUN_ROWS:
+                    complete = False
+                    break
+                raw = raw[: DRY_RUN_ROWS - seen]
+                seen += len(raw)
+                batch = batcher.convert(raw)
+                async with db.read() as session:
+                    if job.target == "contacts":
+                        await batcher.resolve_accounts(session, batch)
+                    await batcher.match_duplicates(session, batch)
+                for r in batch:
+                    if len(preview) < PREVIEW_ROWS and r.action != "failed":
+                        s = struct_pb2.Struct()
+                        s.update(
+                            {
+                                k: _jsonable(v)
+                                for k, v in r.converted.values.items()
+                                if k not in ("id", "tenant_id", "created_by") and not k.startswith("search_")
+                            }
+                        )
+                        preview.append(s)
+                got = outcome_of(batch)
+                totals.created += got.created
+                totals.updated += got.updated
+                totals.skipped += got.skipped
+                totals.failed += got.failed
+                totals.errors.extend(got.errors[: max(0, DRY_RUN_ERRORS - len(totals.errors))])
+                await asyncio.sleep(0)
+        except source.BadFile as exc:
+            from crm_kit.errors import InvalidArgument
+
+            raise InvalidArgument.for_field("file", str(exc)) from exc
+    async with db.unit_of_work() as uow:
+        job = await jobs.get(uow.session, job_id)
+        job.mapping = [{"column": c, "field": f} for c, f in chosen]
+        jobs.owner_of(job, owner_id)
+        job.rows_total = seen if complete else 0
+        job.stats = {**(job.stats or {}), "dry_run": {"rows": seen, "complete": complete}}
+    answer = jobs.job_pb(job)
+    answer.rows_done = seen
+    answer.rows_created, answer.rows_updated = totals.created, totals.updated
+    answer.rows_skipped, answer.rows_failed = totals.skipped, totals.failed
+    errors = [pb.ImportError(row=n, column=c, value=v, reason=why) for n, c, v, why in totals.errors]
+    return job, errors, preview
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | str | int | float):
+        return value
+    return str(value)
+
+
+# ---------------------------------------------------------------- the run
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (this one was too slow to renew its lease)."""
+
+
+async def _commit_batch(
+    db: Database,
+    batcher: Batcher,
+    job: ImportJob,
+    claim: int,
+    batch: list[Row],
+    done_before: int,
+    done_after: int,
+) -> Outcome:
+    """The batch and its checkpoint, in one transaction; on a database refusal, row by row in savepoints."""
+    try:
+        async with db.unit_of_work() as uow:
+            session = uow.session
+            if job.target == "contacts":
+                await batcher.resolve_accounts(session, batch)
+            await batcher.match_duplicates(session, batch)
+            await batcher.write(session, batch)
+            outcome = outcome_of(batch)
+            await _checkpoint(session, job, claim, done_before, done_after, outcome)
+            return outcome
+    except LeaseLost:
+        raise
+    except DBAPIError as exc:
+        log.info(
+            "import %s: batch ending at row %s refused (%s); retrying row by row",
+            job.id,
+            batch[-1].number if batch else 0,
+            exc.orig,
+        )
+    for r in batch:  # the first attempt's decisions are recomputed
+        if r.action != "failed" or not r.errors:
+            r.action, r.errors, r.duplicate_of = "create", list(r.converted.errors), ""
+            if r.errors:
+                r.action = "failed"
+    async with db.unit_of_work() as uow:
+        session = uow.session
+        if job.target == "contacts":
+            await batcher.resolve_accounts(session, batch)
+        await batcher.match_duplicates(session, batch)
+        for r in batch:
+            if r.action not in ("create", "update"):
+                continue
+            try:
+                async with session.begin_nested():
+                    await batcher.write(session, [r])
+            except DBAPIError as exc:
+                reason = str(getattr(exc.orig, "args", [exc])[0] if getattr(exc, "orig", None) else exc)
+                r.action = "failed"
+                r.errors.append(("", "", f"refused by the database: {reason.splitlines()[0][:300]}"))
+        outcome = outcome_of(batch)
+        await _checkpoint(session, job, claim, done_before, done_after, outcome)
+        return outcome
+
+
+async def _checkpoint(
+    session: Any, job: ImportJob, claim: int, done_before: int, done_after: int, outcome: Outcome
+) -> None:
+    result = await session.execute(
+        update(ImportJob)
+        .where(ImportJob.id == job.id, ImportJob.attempts == claim, ImportJob.rows_done == done_before)
+        .values(
+            rows_done=done_after,
+            rows_created=ImportJob.rows_created + outcome.created,
+            rows_updated=ImportJob.rows_updated + outcome.updated,
+            rows_skipped=ImportJob.rows_skipped + outcome.skipped,
+            rows_failed=ImportJob.rows_failed + outcome.failed,
+        )
+        .returning(ImportJob.cancel_requested)
+    )
+    row = result.first()
+    if row is None:
+        raise LeaseLost(job.id)
+    if outcome.errors:
+        raw = await (await session.connection()).get_raw_connection()
+        await raw.driver_connection.copy_records_to_table(
+            "import_errors",
+            records=[(job.tenant_id, job.id, n, c, v[:1000], why) for n, c, v, why in outcome.errors],
+            columns=["tenant_id", "job_id", "row", "column", "value", "reason"],
+        )
+    job.cancel_requested = bool(row[0])
+
+
+async def run(db: Database, job: ImportJob, *, claim: int) -> None:
+    """Run (or resume) a claimed job to its end. The caller renews the lease meanwhile."""
+    token = context.bind(context.RequestContext(principal=principal_of(job), request_id=f"import-{job.id}"))
+    try:
+        await _run(db, job, claim=claim)
+    finally:
+        context.reset(token)
+
+
+async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
+    if job.target == "relationships":
+        from crm_customers.domain.imports import relationships
+
+        await relationships.run(db, job, claim=claim)
+        return
+    batcher = await batcher_for(db, job)
+    resume_after = job.rows_done
+    queue: asyncio.Queue[list[Row] | BaseException | None] = asyncio.Queue(maxsize=2)
+    totals = {"data_rows": 0}
+
+    async with source.spooled(db, job.id) as path:
+
+        async def produce() -> None:
+            try:
+                rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
+                index = 0
+
+                def fresh() -> Iterator[tuple[int, list[str]]]:
+                    nonlocal index
+                    for item in rows:
+                        index += 1
+                        if index > resume_after:
+                            yield item
+
+                for raw in batches(fresh(), BATCH_ROWS):
+                    await queue.put(batcher.convert(raw))
+                totals["data_rows"] = index
+                await queue.put(None)
+            except BaseException as exc:
+                await queue.put(exc)
+
+        producer = asyncio.create_task(produce())
+        done = resume_after
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                await _commit_batch(db, batcher, job, claim, item, done, done + len(item))
+                done += len(item)
+                if job.cancel_requested:
+                    break
+        finally:
+            producer.cancel()
+            with contextlib.suppress(BaseException):
+                await producer
+    async with db.unit_of_work() as uow:
+        current = await uow.session.get(ImportJob, job.id, with_for_update=True)
+        if current is None or current.attempts != claim:
+            raise LeaseLost(job.id)
+        current.status = "cancelled" if job.cancel_requested else "succeeded"
+        current.rows_total = current.rows_done if job.cancel_requested else totals["data_rows"]
+        current.finished_at = utcnow()
+        current.lease_until = None
+        uow.emit(
+            pb.ImportFinished(import_job=jobs.job_pb(current)),
+            aggregate_type="import",
+            aggregate_id=current.id,
+            action="finished",
+            after={
+                "target": current.target,
+                "file_name": current.file_name,
+                "status": current.status,
+                "rows_created": current.rows_created,
+                "rows_updated": current.rows_updated,
+                "rows_skipped": current.rows_skipped,
+                "rows_failed": current.rows_failed,
+            },
+        )
