@@ -28,8 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customers import models
 from crm_customers.domain import custom_fields as cf
+from crm_customers.domain import dedup, search
 from crm_customers.domain import query as q
-from crm_customers.domain import search
 from crm_customers.domain.common import (
     SIZES,
     STAGES,
@@ -105,6 +105,8 @@ TEXT_LIMITS = {
     "tier": 50,
     "notes": 10000,
 }
+# Changing one of these re-checks the duplicate rules.
+DEDUP_FIELDS = ("name", "alt_name", "phones", "emails", "credit_code")
 MAX_LIST = 50
 MAX_TREE_DEPTH = 50
 CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -481,6 +483,7 @@ async def create(
     uow: UnitOfWork, src: pb.Account, *, defs: dict[str, models.CustomField], department_of: DepartmentOf
 ) -> models.Account:
     row = await prepare(uow.session, src, defs=defs, department_of=department_of)
+    await dedup.enforce(uow, "account", row, mode="create")  # duplicate rules: 409 when blocked
     return await insert(uow, row)
 
 
@@ -711,6 +714,8 @@ async def apply_update(
         )
     check.done()
     refresh_derived(row, defs)
+    if set(paths) & set(DEDUP_FIELDS):
+        await dedup.enforce(uow, "account", row, mode="update")  # duplicate rules: 409 when blocked
     await _apply_tier(uow.session, row)
     after = snapshot(row)
     if after == before:

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customers import models
 from crm_customers.domain import custom_fields as cf
+from crm_customers.domain import dedup, search
 from crm_customers.domain import query as q
-from crm_customers.domain import search
 from crm_customers.domain.accounts import DepartmentOf, _clean_list, _struct, redact, search_blocked
 from crm_customers.domain.common import BUYING_ROLES, caller, expect_version, get_owned, ts, visible
 from crm_customers.normalize import InvalidValue, normalize_email, normalize_phone, person_name_key
@@ -48,6 +48,8 @@ WRITABLE = (
 TEXT_LIMITS = {"name": 200, "name_latin": 200, "notes": 10000}
 IM_KINDS = ("wechat", "wecom", "qq", "dingtalk", "feishu", "whatsapp", "telegram", "line", "skype", "other")
 
+# Changing one of these re-checks the duplicate rules.
+DEDUP_FIELDS = ("name", "name_latin", "phones", "emails", "account_ids", "primary_account_id")
 FIELDS = [
     q.Field("id", "id", models.Contact.id),
     q.Field("name", "text", models.Contact.name, sortable=True),
@@ -337,6 +339,7 @@ async def create(
     uow: UnitOfWork, src: pb.Contact, *, defs: dict[str, models.CustomField], department_of: DepartmentOf
 ) -> models.Contact:
     row = await prepare(uow.session, src, defs=defs, department_of=department_of)
+    await dedup.enforce(uow, "contact", row, mode="create")  # duplicate rules: 409 when blocked
     return await insert(uow, row)
 
 
@@ -389,6 +392,8 @@ async def list_contacts(
     )
     ordering = q.parse_sort(fields_for(defs), sort, decision, default="-deleted_at" if deleted else "-id")
     paging = q.page_of(page, ordering)
+    if query.strip():
+        await search.prepare(session, query)
     rows = (await session.execute(q.run_page(stmt, ordering, paging))).all()
     return q.split(rows, ordering, paging)
 
@@ -472,6 +477,8 @@ async def apply_update(
         )
     check.done()
     refresh_derived(row, defs)
+    if set(paths) & set(DEDUP_FIELDS):
+        await dedup.enforce(uow, "contact", row, mode="update")  # duplicate rules: 409 when blocked
     after = snapshot(row)
     if after == before:
         return row
