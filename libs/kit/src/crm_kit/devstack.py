@@ -32,7 +32,7 @@ class App:
 
 
 # Every service that exists; adding a service here is all `make run` needs.
-SERVICES = [App("identity", "crm_identity")]
+SERVICES = [App("identity", "crm_identity"), App("customers", "crm_customers")]
 GATEWAY = App("gateway", "crm_gateway", database=False)
 
 

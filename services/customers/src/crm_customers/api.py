@@ -9,13 +9,14 @@ from crm.customers.v1 import customers_pb2_grpc
 from crm.identity.v1 import identity_pb2
 from crm_kit import grpc_client
 from crm_kit.db import Database
-from crm_kit.errors import PermissionDenied
+from crm_kit.errors import InvalidArgument, NotFound, PermissionDenied
 from crm_kit.policy import Decision, PolicyCache
+from sqlalchemy import select
 
 from crm_customers import models
-from crm_customers.domain import accounts, contacts, saved_views
+from crm_customers.domain import accounts, contacts, finder, interactions, relationships, saved_views
 from crm_customers.domain import custom_fields as cf
-from crm_customers.domain.common import authorize, caller
+from crm_customers.domain.common import RECORD_TYPES, authorize, caller, check_writable, get_owned
 
 SERVICE = pb.DESCRIPTOR.services_by_name["CustomersService"]
 
@@ -60,7 +61,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
 
     async def CreateAccount(self, request, context):
         decision = await authorize(self.policies, "account", "create")
-        decision.check_writable(accounts.given_fields(request.account))
+        check_writable(decision, accounts.given_fields(request.account))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "account")
             row = await accounts.create(uow, request.account, defs=defs, department_of=self.department_of)
@@ -112,7 +113,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         decision = await authorize(self.policies, "account", "update")
         paths = list(request.update_mask.paths)
         accounts.check_mask(paths)
-        decision.check_writable(accounts.writable_paths(paths, request.account))
+        check_writable(decision, accounts.writable_paths(paths, request.account))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "account")
             row = await accounts.update(uow, request, decision, defs=defs, department_of=self.department_of)
@@ -170,7 +171,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
 
     async def CreateContact(self, request, context):
         decision = await authorize(self.policies, "contact", "create")
-        decision.check_writable(contacts.given_fields(request.contact))
+        check_writable(decision, contacts.given_fields(request.contact))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "contact")
             row = await contacts.create(uow, request.contact, defs=defs, department_of=self.department_of)
@@ -221,7 +222,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         decision = await authorize(self.policies, "contact", "update")
         paths = list(request.update_mask.paths)
         contacts.check_mask(paths)
-        decision.check_writable(contacts.writable_paths(paths, request.contact))
+        check_writable(decision, contacts.writable_paths(paths, request.contact))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "contact")
             row = await contacts.update(uow, request, decision, defs=defs, department_of=self.department_of)
@@ -271,6 +272,243 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         async with self.db.unit_of_work() as uow:
             await cf.delete(uow, request.id, request.expected_version)
         return pb.DeleteCustomFieldResponse()
+
+    # ------------------------------------------------------------ interactions and the timeline
+
+    async def CreateInteraction(self, request, context):
+        await authorize(self.policies, "interaction", "create")
+        async with self.db.unit_of_work() as uow:
+            await self._records_visible(
+                uow.session, request.interaction.account_ids, request.interaction.contact_ids
+            )
+            row = await interactions.create(uow, request.interaction)
+        return pb.CreateInteractionResponse(interaction=interactions.interaction_pb(row))
+
+    async def GetInteraction(self, request, context):
+        decision = await self._read_decision("interaction")
+        async with self.db.read() as session:
+            row = await interactions.get(session, request.id, decision)
+        return pb.GetInteractionResponse(
+            interaction=decision.redact_message(interactions.interaction_pb(row))
+        )
+
+    async def ListInteractions(self, request, context):
+        decision = await self._read_decision("interaction")
+        async with self.db.read() as session:
+            rows, cursor = await interactions.list_interactions(session, request, decision)
+        return pb.ListInteractionsResponse(
+            items=[decision.redact_message(interactions.interaction_pb(r)) for r in rows], next_cursor=cursor
+        )
+
+    async def UpdateInteraction(self, request, context):
+        decision = await authorize(self.policies, "interaction", "update")
+        decision.check_writable(request.update_mask.paths)
+        async with self.db.unit_of_work() as uow:
+            i = request.interaction
+            paths = set(request.update_mask.paths)
+            await self._records_visible(
+                uow.session,
+                i.account_ids if "account_ids" in paths else [],
+                i.contact_ids if "contact_ids" in paths else [],
+            )
+            row = await interactions.update(uow, request, decision)
+        return pb.UpdateInteractionResponse(interaction=interactions.interaction_pb(row))
+
+    async def DeleteInteraction(self, request, context):
+        decision = await authorize(self.policies, "interaction", "delete")
+        async with self.db.unit_of_work() as uow:
+            await interactions.delete(uow, request.id, request.expected_version, decision)
+        return pb.DeleteInteractionResponse()
+
+    async def _records_visible(self, session, account_ids, contact_ids) -> None:  # type: ignore[no-untyped-def]
+        """Logging on a record needs read access to it (outside the scope it does not exist for the caller)."""
+        for obj, model, ids in (
+            ("account", models.Account, account_ids),
+            ("contact", models.Contact, contact_ids),
+        ):
+            if not ids:
+                continue
+            decision = await self._read_decision(obj)
+            for n, rid in enumerate(ids):
+                try:
+                    await get_owned(session, model, obj, rid, decision=decision)
+                except NotFound as exc:
+                    raise InvalidArgument.for_field(f"{obj}_ids[{n}]", "no such record") from exc
+
+    async def _timeline_out(self, rows) -> list[pb.TimelineItem]:  # type: ignore[no-untyped-def]
+        decision = await self.policies.decide(caller(), "interaction", "read")
+        items = [interactions.timeline_item(r) for r in rows]
+        for item in items:
+            decision.redact_message(item.interaction)
+        return items
+
+    async def ListAccountTimeline(self, request, context):
+        decision = await self._read_decision("account")
+        async with self.db.read() as session:
+            account = await accounts.get(session, request.id, decision, deleted=None)
+            contact_ids: list[str] = []
+            if request.include_contacts:
+                contact_ids = list(
+                    (
+                        await session.scalars(
+                            select(models.Contact.id)
+                            .where(
+                                models.Contact.tenant_id == account.tenant_id,
+                                models.Contact.account_ids.contains([account.id]),
+                            )
+                            .limit(1000)
+                        )
+                    ).all()
+                )
+            rows, cursor = await interactions.timeline(
+                session, account_ids=[account.id], contact_ids=contact_ids, page_request=request.page
+            )
+        return pb.ListAccountTimelineResponse(items=await self._timeline_out(rows), next_cursor=cursor)
+
+    async def ListContactTimeline(self, request, context):
+        decision = await self._read_decision("contact")
+        async with self.db.read() as session:
+            contact = await contacts.get(session, request.id, decision, deleted=None)
+            rows, cursor = await interactions.timeline(
+                session, account_ids=[], contact_ids=[contact.id], page_request=request.page
+            )
+        return pb.ListContactTimelineResponse(items=await self._timeline_out(rows), next_cursor=cursor)
+
+    # ------------------------------------------------------------ relationships and the graph
+
+    async def _record_decisions(self) -> dict[str, Decision]:
+        principal = caller()
+        return {obj: await self.policies.decide(principal, obj, "read") for obj in ("account", "contact")}
+
+    async def CreateRelationshipType(self, request, context):
+        await authorize(self.policies, "relationship_type", "create")
+        async with self.db.unit_of_work() as uow:
+            row = await relationships.create_type(uow, request.relationship_type)
+        return pb.CreateRelationshipTypeResponse(relationship_type=relationships.type_pb(row))
+
+    async def ListRelationshipTypes(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.read() as session:
+            items, cursor = await relationships.list_types(session, request.page)
+        return pb.ListRelationshipTypesResponse(items=items, next_cursor=cursor)
+
+    async def UpdateRelationshipType(self, request, context):
+        await authorize(self.policies, "relationship_type", "update")
+        async with self.db.unit_of_work() as uow:
+            row = await relationships.update_type(uow, request)
+        return pb.UpdateRelationshipTypeResponse(relationship_type=relationships.type_pb(row))
+
+    async def DeleteRelationshipType(self, request, context):
+        await authorize(self.policies, "relationship_type", "delete")
+        async with self.db.unit_of_work() as uow:
+            await relationships.delete_type(uow, request.id, request.expected_version)
+        return pb.DeleteRelationshipTypeResponse()
+
+    async def CreateRelationship(self, request, context):
+        await authorize(self.policies, "relationship", "create")
+        decisions = await self._record_decisions()
+        async with self.db.unit_of_work() as uow:
+            row = await relationships.create(uow, request, decisions)
+        return pb.CreateRelationshipResponse(relationship=relationships.relationship_pb(row))
+
+    async def GetRelationship(self, request, context):
+        await self._read_decision("relationship")
+        decisions = await self._record_decisions()
+        async with self.db.read() as session:
+            row = await relationships.get(session, request.id, decisions)
+        return pb.GetRelationshipResponse(relationship=relationships.relationship_pb(row))
+
+    async def ListRelationships(self, request, context):
+        await self._read_decision("relationship")
+        decisions = await self._record_decisions()
+        async with self.db.read() as session:
+            rows, cursor = await relationships.list_relationships(session, request, decisions)
+        return pb.ListRelationshipsResponse(
+            items=[relationships.relationship_pb(r) for r in rows], next_cursor=cursor
+        )
+
+    async def DeleteRelationship(self, request, context):
+        await authorize(self.policies, "relationship", "delete")
+        decisions = await self._record_decisions()
+        async with self.db.unit_of_work() as uow:
+            await relationships.delete(uow, request.id, request.expected_version, decisions)
+        return pb.DeleteRelationshipResponse()
+
+    async def GetAccountGraph(self, request, context):
+        await self._read_decision("account")
+        decisions = await self._record_decisions()
+        async with self.db.read() as session:
+            nodes, edges, cut = await relationships.neighbourhood(
+                session, ("account", request.id), request.depth, list(request.types), decisions
+            )
+        return pb.GetAccountGraphResponse(nodes=nodes, edges=edges, truncated=cut)
+
+    async def GetContactGraph(self, request, context):
+        await self._read_decision("contact")
+        decisions = await self._record_decisions()
+        async with self.db.read() as session:
+            nodes, edges, cut = await relationships.neighbourhood(
+                session, ("contact", request.id), request.depth, list(request.types), decisions
+            )
+        return pb.GetContactGraphResponse(nodes=nodes, edges=edges, truncated=cut)
+
+    async def FindPath(self, request, context):
+        decisions = await self._record_decisions()
+        start = (RECORD_TYPES.name(request.from_type), request.from_id)
+        goal = (RECORD_TYPES.name(request.to_type), request.to_id)
+        for field, node in (("from_type", start), ("to_type", goal)):
+            if node[0] not in ("account", "contact"):
+                raise InvalidArgument.for_field(field, "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+            if not decisions[node[0]].allowed:
+                raise PermissionDenied(f"not allowed to read {node[0]}", reason="permission_denied")
+        async with self.db.read() as session:
+            nodes, edges = await relationships.shortest_path(
+                session, start, goal, request.max_depth, list(request.types), decisions
+            )
+        return pb.FindPathResponse(nodes=nodes, edges=edges)
+
+    # ------------------------------------------------------------ saved views
+
+    async def CreateSavedView(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.unit_of_work() as uow:
+            row = await saved_views.create(uow, request.saved_view)
+        return pb.CreateSavedViewResponse(saved_view=saved_views.saved_view_pb(row))
+
+    async def GetSavedView(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.read() as session:
+            row = await saved_views.get(session, request.id)
+        return pb.GetSavedViewResponse(saved_view=saved_views.saved_view_pb(row))
+
+    async def ListSavedViews(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.read() as session:
+            rows, cursor = await saved_views.list_views(session, request)
+        return pb.ListSavedViewsResponse(
+            items=[saved_views.saved_view_pb(r) for r in rows], next_cursor=cursor
+        )
+
+    async def UpdateSavedView(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.unit_of_work() as uow:
+            row = await saved_views.update(uow, request)
+        return pb.UpdateSavedViewResponse(saved_view=saved_views.saved_view_pb(row))
+
+    async def DeleteSavedView(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.unit_of_work() as uow:
+            await saved_views.delete(uow, request.id, request.expected_version)
+        return pb.DeleteSavedViewResponse()
+
+    # ------------------------------------------------------------ search
+
+    async def Search(self, request, context):
+        await _any_read(self.policies)
+        decisions = await self._record_decisions()
+        async with self.db.read() as session:
+            hits = await finder.find(session, request, decisions)
+        return pb.SearchResponse(hits=hits)
 
 
 def _needs_defs(query: str, filters: list[str], sort: str) -> bool:

@@ -21,7 +21,6 @@ from crm_kit.db import Base, TenantOwned, Timestamped
 from crm_kit.events import outbox as _outbox  # noqa: F401
 from crm_kit.ids import new_id
 from sqlalchemy import (
-    ARRAY,
     BigInteger,
     Boolean,
     Date,
@@ -34,7 +33,7 @@ from sqlalchemy import (
     Text,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 LIVE = text("deleted_at IS NULL")

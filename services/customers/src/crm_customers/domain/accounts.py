@@ -36,6 +36,7 @@ from crm_customers.domain.common import (
     caller,
     expect_version,
     get_owned,
+    is_hidden,
     ts,
     visible,
 )
@@ -220,11 +221,9 @@ def redact(decision: Decision, message: Any) -> Any:
         return message
     decision.redact_message(message)
     if "custom_fields" in message.DESCRIPTOR.fields_by_name and message.HasField("custom_fields"):
-        for name in decision.hidden:
-            if name.startswith("custom_fields."):
-                key = name.split(".", 1)[1]
-                if key in message.custom_fields.fields:
-                    del message.custom_fields[key]
+        for key in list(message.custom_fields.fields):
+            if is_hidden(decision, f"custom_fields.{key}"):
+                del message.custom_fields[key]
     return message
 
 
@@ -235,7 +234,7 @@ def search_blocked(decision: Decision, defs: dict[str, models.CustomField]) -> b
         return False
     if {"phones", "emails", "custom_fields"} & hidden:
         return True
-    return any(f"custom_fields.{k}" in hidden for k, d in defs.items() if d.searchable)
+    return any(is_hidden(decision, f"custom_fields.{k}") for k, d in defs.items() if d.searchable)
 
 
 # ---------------------------------------------------------------- validation and normal forms
@@ -597,6 +596,8 @@ async def list_accounts(
     stmt = filtered(decision, defs, query=query, filters=list(filters or []), deleted=deleted)
     ordering = q.parse_sort(fields_for(defs), sort, decision, default="-deleted_at" if deleted else "-id")
     paging = q.page_of(page, ordering)
+    if query.strip():
+        await search.prepare(session, query)
     rows = (await session.execute(q.run_page(stmt, ordering, paging))).all()
     return q.split(rows, ordering, paging)
 

@@ -87,12 +87,34 @@ def expect_version(row: Any, expected: int) -> None:
         )
 
 
+def rule_names(field: str) -> set[str]:
+    """The names a field rule (from identity) may give a field. A custom field `custom_fields.<key>` is named
+    `custom_<key>` in rules (identity's field names are identifiers), or `custom_fields` for all of them."""
+    if field.startswith("custom_fields."):
+        key = field.split(".", 1)[1]
+        return {field, f"custom_{key}", "custom_fields"}
+    return {field}
+
+
+def is_hidden(decision: Decision, field: str) -> bool:
+    return bool(decision.hidden) and bool(rule_names(field) & decision.hidden)
+
+
 def check_hidden(decision: Decision, fields: Any) -> None:
     """Filtering or sorting on a field the caller may not see would reveal its values: refused."""
     for f in fields:
-        top = f.split(".", 1)[0]
-        if f in decision.hidden or top in decision.hidden:
+        if is_hidden(decision, f):
             raise PermissionDenied(f"field {f} is hidden from you", reason="field_hidden")
+
+
+def check_writable(decision: Decision, fields: Any) -> None:
+    """Read-only and hidden fields refuse writes (403 field_read_only), custom fields under either name."""
+    names: list[str] = []
+    for f in fields:
+        names.extend(sorted(rule_names(f) - ({"custom_fields"} if f != "custom_fields" else set())))
+        if f.startswith("custom_fields.") and "custom_fields" in (decision.read_only | decision.hidden):
+            names.append("custom_fields")
+    decision.check_writable(names)
 
 
 def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -17,7 +17,7 @@ import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, literal, or_
+from sqlalchemy import func, literal, or_, text
 
 from crm_customers.normalize import to_pinyin
 
@@ -85,6 +85,18 @@ def clause(model: Any, query: str, *, include_extra: bool) -> Any:
     if include_extra:
         conditions.append(model.search_extra.like(like))
     return or_(*conditions)
+
+
+# pg_trgm's default word-similarity threshold (0.6) misses one-letter typos in short names ("Alibba" scores
+# 0.57 against "Alibaba Group"); 0.5 finds them and still keeps unrelated names out.
+WORD_SIMILARITY_THRESHOLD = 0.5
+
+
+async def prepare(session: Any, query: str) -> None:
+    """Set the connection's similarity threshold before a typo-tolerant search (a setting of the session)."""
+    q = normalize_query(query)
+    if len(q) >= 3 and not _has_han(q):
+        await session.execute(text(f"SET pg_trgm.word_similarity_threshold = {WORD_SIMILARITY_THRESHOLD}"))
 
 
 def score(model: Any, query: str) -> Any:

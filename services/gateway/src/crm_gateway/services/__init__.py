@@ -1,6 +1,7 @@
 """Every service the gateway routes to. Adding a service = a module with its route table, listed here."""
 
 from crm_gateway.routing import ServiceRoutes
+from crm_gateway.services.customers import CUSTOMERS
 from crm_gateway.services.identity import IDENTITY
 
-SERVICES: list[ServiceRoutes] = [IDENTITY]
+SERVICES: list[ServiceRoutes] = [IDENTITY, CUSTOMERS]
