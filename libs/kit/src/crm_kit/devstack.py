@@ -32,7 +32,7 @@ class App:
 
 
 # Every service that exists; adding a service here is all `make run` needs.
-SERVICES = [App("identity", "crm_identity"), App("customers", "crm_customers")]
+SERVICES = [App("identity", "crm_identity"), App("customers", "crm_customers"), App("sales", "crm_sales")]
 GATEWAY = App("gateway", "crm_gateway", database=False)
 
 

@@ -3,5 +3,6 @@
 from crm_gateway.routing import ServiceRoutes
 from crm_gateway.services.customers import CUSTOMERS
 from crm_gateway.services.identity import IDENTITY
+from crm_gateway.services.sales import SALES
 
-SERVICES: list[ServiceRoutes] = [IDENTITY, CUSTOMERS]
+SERVICES: list[ServiceRoutes] = [IDENTITY, CUSTOMERS, *SALES]

@@ -1,0 +1,149 @@
+"""Sales' REST face: leads and lead pools, web forms (with the public submit), pipelines, opportunities and
+the kanban board. Fields, types and schemas come from protos/crm/sales/v1/*.proto."""
+
+from crm.sales.v1 import leads_pb2, pipelines_pb2
+
+from crm_gateway.routing import Route, ServiceRoutes
+
+LEADS = ServiceRoutes(
+    name="sales",
+    service=leads_pb2.DESCRIPTOR.services_by_name["LeadsService"],
+    routes=[
+        Route("POST", "/leads", "CreateLead", status=201, unwrap="lead", location="/leads/{id}"),
+        Route("GET", "/leads", "ListLeads", query={"q": "query"}),
+        Route("GET", "/leads/{id}", "GetLead", unwrap="lead"),
+        Route(
+            "PATCH",
+            "/leads/{id}",
+            "UpdateLead",
+            unwrap="lead",
+            read_only=(
+                "score",
+                "owner_id",
+                "department_id",
+                "pool_id",
+                "form_id",
+                "claimed_at",
+                "last_follow_up_at",
+                "converted_account_id",
+                "converted_contact_id",
+                "converted_opportunity_id",
+                "converted_at",
+            ),
+        ),
+        Route("DELETE", "/leads/{id}", "DeleteLead", status=204),
+        Route("POST", "/leads/{lead_id}/follow-ups", "AddLeadFollowUp", status=201),
+        Route("GET", "/leads/{lead_id}/follow-ups", "ListLeadFollowUps"),
+        Route(
+            "POST",
+            "/leads/{id}/claim",
+            "ClaimLead",
+            unwrap="lead",
+            summary="Claim a lead from its pool (抢单)",
+        ),
+        Route("POST", "/leads/{id}/assign", "AssignLead", unwrap="lead", summary="Assign a lead to a rep"),
+        Route(
+            "POST", "/leads/{id}/release", "ReleaseLead", unwrap="lead", summary="Return a lead to its pool"
+        ),
+        Route("GET", "/leads/{id}/history", "ListLeadHistory", summary="Who held the lead and why it moved"),
+        Route(
+            "POST",
+            "/leads/{id}/convert",
+            "ConvertLead",
+            summary="Convert into account + contact (customers) and an opportunity",
+        ),
+        Route(
+            "POST",
+            "/lead-pools/reclaim",
+            "RunLeadReclaim",
+            summary="Run the reclaim job for my tenant now (or as of `now`)",
+        ),
+        Route(
+            "POST", "/lead-pools", "CreateLeadPool", status=201, unwrap="pool", location="/lead-pools/{id}"
+        ),
+        Route("GET", "/lead-pools", "ListLeadPools"),
+        Route("GET", "/lead-pools/{id}", "GetLeadPool", unwrap="pool"),
+        Route("PATCH", "/lead-pools/{id}", "UpdateLeadPool", unwrap="pool"),
+        Route("DELETE", "/lead-pools/{id}", "DeleteLeadPool", status=204),
+        Route("POST", "/lead-scoring-rules", "CreateScoringRule", status=201, unwrap="rule"),
+        Route("GET", "/lead-scoring-rules", "ListScoringRules"),
+        Route("DELETE", "/lead-scoring-rules/{id}", "DeleteScoringRule", status=204),
+        Route("POST", "/lead-assignment-rules", "CreateAssignmentRule", status=201, unwrap="rule"),
+        Route("GET", "/lead-assignment-rules", "ListAssignmentRules"),
+        Route("DELETE", "/lead-assignment-rules/{id}", "DeleteAssignmentRule", status=204),
+        Route("POST", "/forms", "CreateWebForm", status=201, unwrap="form", location="/forms/{id}"),
+        Route("GET", "/forms", "ListWebForms"),
+        Route("GET", "/forms/{id}", "GetWebForm", unwrap="form"),
+        Route("PATCH", "/forms/{id}", "UpdateWebForm", unwrap="form", read_only=("token",)),
+        Route(
+            "GET",
+            "/public/forms/{token}",
+            "GetPublicWebForm",
+            public=True,
+            tag="forms",
+            summary="A web form as a public page shows it (no credential)",
+        ),
+        Route(
+            "POST",
+            "/public/forms/{token}/submissions",
+            "SubmitWebForm",
+            public=True,
+            tag="forms",
+            summary="Submit a web form (no credential; spam-protected)",
+        ),
+    ],
+)
+
+PIPELINES = ServiceRoutes(
+    name="sales",
+    service=pipelines_pb2.DESCRIPTOR.services_by_name["PipelinesService"],
+    routes=[
+        Route(
+            "POST", "/pipelines", "CreatePipeline", status=201, unwrap="pipeline", location="/pipelines/{id}"
+        ),
+        Route("GET", "/pipelines", "ListPipelines"),
+        Route("GET", "/pipelines/{id}", "GetPipeline", unwrap="pipeline"),
+        Route("PATCH", "/pipelines/{id}", "UpdatePipeline", unwrap="pipeline"),
+        Route("DELETE", "/pipelines/{id}", "DeletePipeline", status=204),
+        Route("GET", "/pipelines/{id}/board", "GetBoard", summary="The kanban board: stage totals and cards"),
+        Route(
+            "POST",
+            "/opportunities",
+            "CreateOpportunity",
+            status=201,
+            unwrap="opportunity",
+            location="/opportunities/{id}",
+        ),
+        Route("GET", "/opportunities", "ListOpportunities"),
+        Route("GET", "/opportunities/{id}", "GetOpportunity", unwrap="opportunity"),
+        Route(
+            "PATCH",
+            "/opportunities/{id}",
+            "UpdateOpportunity",
+            unwrap="opportunity",
+            read_only=(
+                "lead_id",
+                "pipeline_id",
+                "stage_id",
+                "probability",
+                "department_id",
+                "status",
+                "won_reason",
+                "lost_reason",
+                "closed_at",
+                "stage_entered_at",
+            ),
+        ),
+        Route("DELETE", "/opportunities/{id}", "DeleteOpportunity", status=204),
+        Route(
+            "POST",
+            "/opportunities/{id}/stage",
+            "MoveOpportunityStage",
+            unwrap="opportunity",
+            summary="Move to another stage (won/lost close it)",
+        ),
+        Route("GET", "/opportunities/{id}/stage-history", "ListStageHistory"),
+    ],
+)
+
+SALES = [LEADS, PIPELINES]

@@ -1,0 +1,93 @@
+"""The sales service: what it adds to the kit's skeleton — its servicers, its public web-form methods, and
+the periodic lead reclaim job."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from crm.customers.v1 import customers_pb2
+from crm.sales.v1 import leads_pb2_grpc, pipelines_pb2_grpc
+from crm_kit.db import Database
+from crm_kit.grpc_server import Servicer
+from crm_kit.service import Parts, Runtime, ServiceSpec
+
+from crm_sales.api import leads as leads_api
+from crm_sales.api import pipelines as pipelines_api
+from crm_sales.clock import Clock
+from crm_sales.domain import leads
+from crm_sales.domain.common import People
+from crm_sales.domain.conversion import Converter
+from crm_sales.settings import SalesSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("crm.sales")
+
+
+async def reclaim_all(db: Database, clock: Clock) -> tuple[int, int]:
+    """One run of the reclaim job over every tenant, in batches (each its own transaction)."""
+    reclaimed = warned = 0
+    while True:
+        async with db.unit_of_work() as uow:
+            r, w = await leads.reclaim(uow, now=clock.now(), tenant_id=None)
+        reclaimed, warned = reclaimed + r, warned + w
+        if r + w < 500:
+            return reclaimed, warned
+
+
+async def _reclaim_forever(db: Database, clock: Clock, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            reclaimed, warned = await reclaim_all(db, clock)
+            if reclaimed or warned:
+                log.info("lead reclaim: %s reclaimed, %s warned", reclaimed, warned)
+        except Exception:  # the next run tries again; one bad run must not stop the job
+            log.exception("lead reclaim run failed")
+
+
+async def build(runtime: Runtime) -> Parts:
+    settings = runtime.settings
+    assert isinstance(settings, SalesSettings)
+    policies = await runtime.policies()
+    clock = Clock()
+    people = People(runtime.identity())
+    customers = runtime.channel(
+        settings.customers_service_addr, customers_pb2.DESCRIPTOR.services_by_name["CustomersService"]
+    )
+    converter = Converter(db=runtime.db, people=people, channel=customers)
+    leads_servicer = leads_api.LeadsApi(
+        db=runtime.db, policies=policies, clock=clock, people=people, settings=settings, converter=converter
+    )
+    pipelines_servicer = pipelines_api.PipelinesApi(
+        db=runtime.db, policies=policies, clock=clock, people=people
+    )
+    parts = Parts(
+        servicers=[
+            Servicer(
+                leads_pb2_grpc.add_LeadsServiceServicer_to_server, leads_servicer, leads_api.SERVICE.full_name
+            ),
+            Servicer(
+                pipelines_pb2_grpc.add_PipelinesServiceServicer_to_server,
+                pipelines_servicer,
+                pipelines_api.SERVICE.full_name,
+            ),
+        ],
+        public_methods=leads_api.PUBLIC_METHODS,
+    )
+    parts.clock = clock  # type: ignore[attr-defined]  # tests move time with it
+    if settings.reclaim_interval_seconds > 0:
+        task = asyncio.create_task(_reclaim_forever(runtime.db, clock, settings.reclaim_interval_seconds))
+
+        async def stop_reclaim() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        parts.on_stop.append(stop_reclaim)
+    return parts
+
+
+SPEC = ServiceSpec(name="sales", settings=SalesSettings, build=build, migrations=MIGRATIONS)

@@ -1,0 +1,289 @@
+"""What the sales domains share: the caller, tenancy lookups, versions, exact decimals, proto conversion."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from crm_kit import context
+from crm_kit.context import Principal
+from crm_kit.errors import FieldError, InvalidArgument, Unauthenticated, VersionMismatch, not_found
+from crm_kit.ids import is_uuid
+from crm_kit.policy import Decision, PolicyCache
+from crm_kit.validation import Check
+from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+FD = FieldDescriptor
+CENT = Decimal("0.01")
+MAX_MONEY = Decimal("1e17")
+
+
+def caller() -> Principal:
+    principal = context.current().principal
+    if principal is None:
+        raise Unauthenticated("a credential is required", reason="missing_credential")
+    return principal
+
+
+async def authorize(policies: PolicyCache, obj: str, action: str) -> Decision:
+    return (await policies.decide(caller(), obj, action)).require()
+
+
+async def get_owned(
+    session: AsyncSession,
+    model: Any,
+    object_type: str,
+    object_id: str,
+    *,
+    lock: bool = False,
+    visible: Any = None,
+) -> Any:
+    """A row of the caller's tenant by id; another tenant's id, a malformed id or a row outside the caller's
+    data scope (`visible`, a WHERE clause) is simply not found."""
+    if not is_uuid(object_id):
+        raise not_found(object_type, object_id)
+    stmt = select(model).where(model.id == object_id, model.tenant_id == caller().tenant_id)
+    if visible is not None:
+        stmt = stmt.where(visible)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise not_found(object_type, object_id)
+    return row
+
+
+def expect_version(row: Any, expected: int) -> None:
+    if expected and row.version != expected:
+        raise VersionMismatch(
+            f"the object changed since version {expected} (now {row.version}); reload and retry",
+            reason="version_mismatch",
+        )
+
+
+def refuse_unknown_paths(paths: Iterable[str], allowed: Iterable[str]) -> None:
+    unknown = [p for p in paths if p not in set(allowed)]
+    if unknown:
+        raise InvalidArgument(
+            f"these fields cannot be changed here: {', '.join(unknown)}",
+            field_errors=[FieldError(p, "cannot be changed here") for p in unknown],
+        )
+
+
+# ---------------------------------------------------------------- decimals
+
+
+def parse_decimal(
+    check: Check,
+    field: str,
+    value: str,
+    *,
+    required: bool = False,
+    minimum: Decimal | None = Decimal(0),
+    maximum: Decimal = MAX_MONEY,
+    places: int = 2,
+) -> Decimal | None:
+    """An exact decimal from its string form ("1234.50"); never a float. Records a field error when bad."""
+    text = (value or "").strip()
+    if not text:
+        if required:
+            check.fail(field, "is required")
+        return None
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        check.fail(field, "is not a decimal number")
+        return None
+    if not d.is_finite():
+        check.fail(field, "is not a decimal number")
+        return None
+    if minimum is not None and d < minimum:
+        check.fail(field, f"must be at least {minimum}")
+        return None
+    if d > maximum:
+        check.fail(field, f"must be at most {maximum}")
+        return None
+    exponent = d.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > places:
+        check.fail(field, f"has more than {places} decimal places")
+        return None
+    return d
+
+
+def money(d: Decimal) -> Decimal:
+    """Round half up to cents (元/分), the way invoices and quotes round."""
+    return d.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def dec_str(d: Decimal | None) -> str:
+    return "" if d is None else format(d, "f")
+
+
+def parse_date(check: Check, field: str, value: str) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        check.fail(field, "must be a date YYYY-MM-DD")
+        return None
+
+
+def currency_code(check: Check, field: str, value: str, default: str = "CNY") -> str:
+    code = (value or default).strip().upper()
+    if len(code) != 3 or not (code.isascii() and code.isalpha()):
+        check.fail(field, "must be an ISO 4217 code such as CNY or USD")
+    return code
+
+
+# ---------------------------------------------------------------- proto conversion
+
+_ENUM_PREFIX: dict[str, str] = {}
+
+
+def _prefix(enum_type: Any) -> str:
+    prefix = _ENUM_PREFIX.get(enum_type.full_name)
+    if prefix is None:
+        prefix = _ENUM_PREFIX[enum_type.full_name] = enum_type.values[0].name.removesuffix("UNSPECIFIED")
+    return prefix
+
+
+def enum_value(enum_type: Any, name: str) -> int:
+    """ "open" → STAGE_KIND_OPEN's number (0 when unknown or empty)."""
+    if not name:
+        return 0
+    v = enum_type.values_by_name.get(_prefix(enum_type) + name.upper())
+    return v.number if v else 0
+
+
+def enum_name(enum_type: Any, number: int) -> str:
+    """STAGE_KIND_OPEN's number → "open" ("" for 0 or unknown)."""
+    if not number:
+        return ""
+    v = enum_type.values_by_number.get(number)
+    return v.name.removeprefix(_prefix(enum_type)).lower() if v else ""
+
+
+def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def from_ts(value: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None:
+    return value.ToDatetime(tzinfo=dt.UTC) if present else None
+
+
+def to_message(row: Any, cls: type[Message], **overrides: Any) -> Message:
+    """A proto message from a row whose attributes carry the message's field names: strings, exact decimals
+    (as strings), dates ("YYYY-MM-DD"), times, enums (stored as their short lower-case names), lists, maps and
+    JSON lists of sub-messages. `overrides` give values the row does not have."""
+    msg = cls()
+    for f in cls.DESCRIPTOR.fields:
+        if f.name in overrides:
+            value = overrides[f.name]
+        else:
+            value = getattr(row, f.name, None)
+        if value is None:
+            continue
+        if f.type == FD.TYPE_MESSAGE:
+            if f.message_type.GetOptions().map_entry:
+                getattr(msg, f.name).update({str(k): str(v) for k, v in value.items()})
+            elif f.message_type.full_name == "google.protobuf.Timestamp":
+                getattr(msg, f.name).FromDatetime(value)
+            elif f.is_repeated:
+                target = getattr(msg, f.name)
+                for item in value:
+                    if isinstance(item, Message):
+                        target.add().CopyFrom(item)
+                    else:
+                        json_format.ParseDict(item, target.add(), ignore_unknown_fields=True)
+            elif isinstance(value, Message):
+                getattr(msg, f.name).CopyFrom(value)
+            else:
+                json_format.ParseDict(value, getattr(msg, f.name), ignore_unknown_fields=True)
+        elif f.type == FD.TYPE_ENUM:
+            if f.is_repeated:
+                getattr(msg, f.name).extend(
+                    v if isinstance(v, int) else enum_value(f.enum_type, v) for v in value
+                )
+            else:
+                setattr(msg, f.name, value if isinstance(value, int) else enum_value(f.enum_type, value))
+        elif f.is_repeated:
+            getattr(msg, f.name).extend(value)
+        elif f.type == FD.TYPE_STRING:
+            if isinstance(value, Decimal):
+                value = format(value, "f")
+            elif isinstance(value, dt.date | dt.datetime):
+                value = value.isoformat()
+            setattr(msg, f.name, str(value))
+        else:
+            setattr(msg, f.name, value)
+    return msg
+
+
+def snapshot(row: Any, fields: Iterable[str]) -> dict[str, Any]:
+    """The audited fields of a row (for before/after in events)."""
+    out: dict[str, Any] = {}
+    for name in fields:
+        v = getattr(row, name, None)
+        if isinstance(v, Decimal):
+            v = format(v, "f")
+        elif isinstance(v, dt.date | dt.datetime):
+            v = v.isoformat()
+        elif isinstance(v, list):
+            v = list(v)
+        elif isinstance(v, dict):
+            v = dict(v)
+        out[name] = "" if v is None else v
+    return out
+
+
+class People:
+    """Users of the caller's tenant as identity knows them: checks that an owner exists and finds their
+    department (records are filed under their owner's department for data scopes). Asked with the caller's
+    own credential; answers are cached briefly."""
+
+    def __init__(self, identity: Any, ttl_seconds: float = 60.0):
+        self.identity = identity
+        self.ttl = ttl_seconds
+        self._cache: dict[tuple[str, str], tuple[float, str | None]] = {}
+
+    async def department_of(self, field: str, user_id: str) -> str | None:
+        """The user's department; an unknown user (or another tenant's) is a 422 on `field`."""
+        import time
+
+        import grpc
+        from crm.identity.v1 import identity_pb2
+        from crm_kit import grpc_client
+
+        principal = caller()
+        if user_id == principal.actor_id:
+            return principal.department_id or None
+        if not is_uuid(user_id):
+            raise InvalidArgument.for_field(field, "no such user")
+        key = (principal.tenant_id, user_id)
+        hit = self._cache.get(key)
+        if hit and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        try:
+            answer = await self.identity.GetUser(
+                identity_pb2.GetUserRequest(id=user_id), metadata=grpc_client.outgoing_metadata(), timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise InvalidArgument.for_field(field, "no such user") from None
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                return None  # the caller may not read users: file it without a department
+            raise
+        department = answer.user.department_id or None
+        self._cache[key] = (time.monotonic(), department)
+        return department

@@ -1,0 +1,145 @@
+"""Lead conversion (线索转化): account + contact through the customers service's gRPC API, honouring its
+duplicate rules (a lead whose company matches an existing account is converted into that account), and an
+opportunity here.
+
+The remote calls come first and are made with the caller's own credential (their permissions apply there);
+the lead is then marked converted in one local transaction with the opportunity. A lead already converted is
+refused before anything remote happens.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from crm.sales.v1 import leads_pb2 as pb
+from crm.sales.v1 import pipelines_pb2
+from crm_kit import grpc_client
+from crm_kit.db import Database
+from crm_kit.errors import Conflict, InvalidArgument
+from crm_kit.policy import Decision
+
+from crm_sales import models
+from crm_sales.domain import leads, opportunities
+from crm_sales.domain.common import People
+
+
+@dataclass
+class Converted:
+    lead: models.Lead
+    account_id: str
+    contact_id: str
+    opportunity_id: str
+    merged: bool
+
+
+class Converter:
+    def __init__(self, *, db: Database, people: People, channel: Any):
+        self.db = db
+        self.people = people
+        self.channel = channel
+
+    def _stubs(self) -> tuple[Any, Any, Any, Any]:
+        from crm.customers.v1 import (
+            customers_pb2,
+            customers_pb2_grpc,
+            data_quality_pb2,
+            data_quality_pb2_grpc,
+        )
+
+        return (
+            customers_pb2,
+            customers_pb2_grpc.CustomersServiceStub(self.channel),
+            data_quality_pb2,
+            data_quality_pb2_grpc.CustomersDataServiceStub(self.channel),
+        )
+
+    async def convert(
+        self, decision: Decision, request: pb.ConvertLeadRequest, *, now: dt.datetime
+    ) -> Converted:
+        async with self.db.read() as session:
+            lead = await leads.get(session, decision, request.id)
+        if lead.status == "converted":
+            raise Conflict("the lead is already converted", reason="lead_converted")
+        cpb, customers, dpb, data = self._stubs()
+        md = grpc_client.outgoing_metadata()
+        merged = False
+        try:
+            if request.account_id:
+                account_id = (
+                    await customers.GetAccount(
+                        cpb.GetAccountRequest(id=request.account_id), metadata=md, timeout=10
+                    )
+                ).account.id
+                merged = True
+            else:
+                wanted = cpb.Account(
+                    name=lead.company or lead.name,
+                    industry=lead.industry,
+                    region=lead.region,
+                    phones=[lead.phone] if lead.phone else [],
+                    emails=[lead.email] if lead.email else [],
+                    source="lead",
+                )
+                found = await data.CheckDuplicates(
+                    dpb.CheckDuplicatesRequest(record_type=cpb.RECORD_TYPE_ACCOUNT, account=wanted),
+                    metadata=md,
+                    timeout=10,
+                )
+                if found.candidates:
+                    account_id = max(found.candidates, key=lambda c: c.score).id
+                    merged = True
+                else:
+                    account_id = (
+                        await customers.CreateAccount(
+                            cpb.CreateAccountRequest(account=wanted), metadata=md, timeout=10
+                        )
+                    ).account.id
+            contact = cpb.Contact(
+                name=lead.name,
+                titles=[lead.title] if lead.title else [],
+                phones=[lead.phone] if lead.phone else [],
+                emails=[lead.email] if lead.email else [],
+                account_ids=[account_id],
+                primary_account_id=account_id,
+            )
+            contact_id = (
+                await customers.CreateContact(
+                    cpb.CreateContactRequest(contact=contact), metadata=md, timeout=10
+                )
+            ).contact.id
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND and request.account_id:
+                raise InvalidArgument.for_field("account_id", "no such account") from None
+            raise
+        async with self.db.unit_of_work() as uow:
+            lead = await leads.get(uow.session, decision, request.id, lock=True)
+            opportunity_id = ""
+            if request.pipeline_id:
+                opp = await opportunities.create(
+                    uow,
+                    pipelines_pb2.CreateOpportunityRequest(
+                        name=request.opportunity_name or f"{lead.company or lead.name}",
+                        account_id=account_id,
+                        contact_id=contact_id,
+                        lead_id=lead.id,
+                        pipeline_id=request.pipeline_id,
+                        amount=request.amount,
+                        currency=request.currency,
+                        owner_id=lead.owner_id or "",
+                    ),
+                    people=self.people,
+                    now=now,
+                )
+                opportunity_id = opp.id
+            await leads.mark_converted(
+                uow,
+                lead,
+                account_id=account_id,
+                contact_id=contact_id,
+                opportunity_id=opportunity_id,
+                now=now,
+            )
+        return Converted(lead, account_id, contact_id, opportunity_id, merged)

@@ -1,0 +1,380 @@
+"""Pipelines with ordered stages (each with a win probability), and the kanban board's one query."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from crm.sales.v1 import events_pb2
+from crm.sales.v1 import pipelines_pb2 as pb
+from crm_kit.db import UnitOfWork
+from crm_kit.errors import Conflict, InvalidArgument
+from crm_kit.ids import new_id
+from crm_kit.paging import Page, SortKey
+from crm_kit.policy import Decision
+from crm_kit.validation import Check
+from sqlalchemy import and_, func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_sales import models
+from crm_sales.domain.common import (
+    caller,
+    enum_name,
+    expect_version,
+    get_owned,
+    money,
+    refuse_unknown_paths,
+    to_message,
+)
+
+KIND = pb.StageKind.DESCRIPTOR
+# Fields a stage may require before an opportunity enters it.
+REQUIRABLE = (
+    "account_id",
+    "contact_id",
+    "amount",
+    "close_date",
+    "next_step",
+    "competitors",
+    "products",
+    "team_member_ids",
+    "description",
+)
+# 默认销售阶段, in both languages.
+DEFAULT_STAGES = [
+    ("初步接洽", "Qualification", 10, "open"),
+    ("需求分析", "Needs analysis", 25, "open"),
+    ("方案报价", "Proposal", 50, "open"),
+    ("商务谈判", "Negotiation", 75, "open"),
+    ("赢单", "Won", 100, "won"),
+    ("输单", "Lost", 0, "lost"),
+]
+
+
+def stage_pb(s: models.Stage) -> pb.Stage:
+    return to_message(s, pb.Stage)
+
+
+async def stages_of(session: AsyncSession, pipeline_id: str, *, archived: bool = False) -> list[models.Stage]:
+    stmt = select(models.Stage).where(models.Stage.pipeline_id == pipeline_id)
+    if not archived:
+        stmt = stmt.where(models.Stage.archived.is_(False))
+    return list((await session.scalars(stmt.order_by(models.Stage.position))).all())
+
+
+async def pipeline_pb(session: AsyncSession, p: models.Pipeline) -> pb.Pipeline:
+    return to_message(p, pb.Pipeline, stages=[stage_pb(s) for s in await stages_of(session, p.id)])
+
+
+def _snapshot(p: models.Pipeline, stages: list[models.Stage]) -> dict[str, Any]:
+    return {
+        "name": p.name,
+        "stages": [
+            {"id": s.id, "name": s.name, "probability": s.probability, "kind": s.kind} for s in stages
+        ],
+    }
+
+
+def _check_stages(check: Check, stages: list[pb.StageInput]) -> None:
+    if not stages:
+        check.fail("stages", "a pipeline needs at least one stage")
+    if len(stages) > 30:
+        check.fail("stages", "at most 30 stages")
+    if not any(enum_name(KIND, s.kind) in ("", "open") for s in stages):
+        check.fail("stages", "at least one stage must be open")
+    names = [s.name.strip() for s in stages]
+    if len(set(names)) != len(names):
+        check.fail("stages", "stage names must be unique within the pipeline")
+    for i, s in enumerate(stages):
+        check.required(f"stages[{i}].name", s.name)
+        check.length(f"stages[{i}].name", s.name, max_len=200)
+        if not 0 <= s.probability <= 100:
+            check.fail(f"stages[{i}].probability", "must be between 0 and 100")
+        for f in s.required_fields:
+            if f not in REQUIRABLE:
+                check.fail(f"stages[{i}].required_fields", f"{f} is not one of {', '.join(REQUIRABLE)}")
+        for locale in s.labels:
+            if locale not in ("zh-CN", "en"):
+                check.fail(f"stages[{i}].labels", "locales are zh-CN and en")
+
+
+def _default_inputs(locale: str = "zh-CN") -> list[pb.StageInput]:
+    return [
+        pb.StageInput(
+            name=zh if locale == "zh-CN" else en,
+            labels={"zh-CN": zh, "en": en},
+            probability=p,
+            kind=pb.StageKind.Value(f"STAGE_KIND_{kind.upper()}"),
+        )
+        for zh, en, p, kind in DEFAULT_STAGES
+    ]
+
+
+async def _write_stages(
+    session: AsyncSession, pipeline: models.Pipeline, inputs: list[pb.StageInput], check: Check
+) -> list[models.Stage]:
+    existing = {s.id: s for s in await stages_of(session, pipeline.id)}
+    kept: set[str] = set()
+    out = []
+    for position, s in enumerate(inputs):
+        kind = enum_name(KIND, s.kind) or "open"
+        probability = 100 if kind == "won" else 0 if kind == "lost" else s.probability
+        if s.id:
+            stage = existing.get(s.id)
+            if stage is None:
+                check.fail(f"stages[{position}].id", "no such stage in this pipeline")
+                continue
+            kept.add(s.id)
+        else:
+            stage = models.Stage(id=new_id(), tenant_id=pipeline.tenant_id, pipeline_id=pipeline.id)
+            session.add(stage)
+        stage.position = position
+        stage.name = s.name.strip()
+        stage.labels = dict(s.labels) or {}
+        stage.probability = probability
+        stage.kind = kind
+        stage.required_fields = list(s.required_fields)
+        stage.archived = False
+        out.append(stage)
+    check.done()
+    for sid, stage in existing.items():
+        if sid not in kept:
+            in_use = await session.scalar(
+                select(models.Opportunity.id)
+                .where(models.Opportunity.stage_id == sid, models.Opportunity.status == "open")
+                .limit(1)
+            )
+            if in_use:
+                raise Conflict(
+                    f"stage {stage.name} still holds open opportunities; move them first",
+                    reason="stage_in_use",
+                )
+            stage.archived = True
+            stage.position = 1000 + stage.position
+    return out
+
+
+async def create(
+    uow: UnitOfWork, request: pb.CreatePipelineRequest, *, locale: str = "zh-CN"
+) -> models.Pipeline:
+    inputs = list(request.stages) or _default_inputs(locale)
+    check = Check()
+    check.required("name", request.name)
+    check.length("name", request.name, max_len=200)
+    _check_stages(check, inputs)
+    check.done()
+    pipeline = models.Pipeline(
+        id=new_id(), tenant_id=caller().tenant_id, name=request.name.strip(), version=1
+    )
+    uow.session.add(pipeline)
+    await uow.session.flush()
+    stages = await _write_stages(uow.session, pipeline, inputs, Check())
+    await uow.session.flush()
+    await uow.session.refresh(pipeline)
+    uow.emit(
+        events_pb2.PipelineChanged(pipeline=await pipeline_pb(uow.session, pipeline)),
+        aggregate_type="pipeline",
+        aggregate_id=pipeline.id,
+        aggregate_version=1,
+        action="created",
+        after=_snapshot(pipeline, stages),
+    )
+    return pipeline
+
+
+async def get(session: AsyncSession, pipeline_id: str, *, lock: bool = False) -> models.Pipeline:
+    return await get_owned(session, models.Pipeline, "pipeline", pipeline_id, lock=lock)
+
+
+async def first(session: AsyncSession) -> models.Pipeline:
+    p = await session.scalar(
+        select(models.Pipeline)
+        .where(models.Pipeline.tenant_id == caller().tenant_id)
+        .order_by(models.Pipeline.id)
+        .limit(1)
+    )
+    if p is None:
+        raise InvalidArgument.for_field("pipeline_id", "the tenant has no pipeline yet; create one first")
+    return p
+
+
+async def list_pipelines(session: AsyncSession, request: pb.ListPipelinesRequest) -> tuple[list[Any], str]:
+    keys = [SortKey(models.Pipeline.id)]
+    page = Page.of(request.page, len(keys))
+    stmt = select(models.Pipeline).where(models.Pipeline.tenant_id == caller().tenant_id)
+    rows = (await session.scalars(page.apply(stmt, keys))).all()
+    return page.split(rows, lambda r: [r.id])
+
+
+async def update(uow: UnitOfWork, request: pb.UpdatePipelineRequest) -> models.Pipeline:
+    paths = list(request.update_mask.paths)
+    refuse_unknown_paths(paths, ("name", "stages"))
+    pipeline = await get(uow.session, request.id, lock=True)
+    expect_version(pipeline, request.expected_version)
+    check = Check()
+    if "name" in paths:
+        check.required("name", request.pipeline.name)
+        check.length("name", request.pipeline.name, max_len=200)
+    if "stages" in paths:
+        _check_stages(check, list(request.pipeline.stages))
+    check.done()
+    before = _snapshot(pipeline, await stages_of(uow.session, pipeline.id))
+    if "name" in paths:
+        pipeline.name = request.pipeline.name.strip()
+    if "stages" in paths:
+        await _write_stages(uow.session, pipeline, list(request.pipeline.stages), Check())
+    await uow.session.flush()
+    after = _snapshot(pipeline, await stages_of(uow.session, pipeline.id))
+    if after == before:
+        return pipeline
+    pipeline.version += 1
+    await uow.session.flush()
+    await uow.session.refresh(pipeline)
+    # Opportunities take their stage's (possibly new) probability.
+    await uow.session.execute(
+        text(
+            "UPDATE opportunities o SET probability = s.probability FROM pipeline_stages s "
+            "WHERE s.id = o.stage_id AND o.pipeline_id = :p AND o.status = 'open' "
+            "AND o.probability <> s.probability"
+        ),
+        {"p": pipeline.id},
+    )
+    uow.emit(
+        events_pb2.PipelineChanged(pipeline=await pipeline_pb(uow.session, pipeline)),
+        aggregate_type="pipeline",
+        aggregate_id=pipeline.id,
+        aggregate_version=pipeline.version,
+        action="updated",
+        before=before,
+        after=after,
+    )
+    return pipeline
+
+
+async def delete(uow: UnitOfWork, pipeline_id: str, expected_version: int) -> None:
+    pipeline = await get(uow.session, pipeline_id, lock=True)
+    expect_version(pipeline, expected_version)
+    if await uow.session.scalar(
+        select(models.Opportunity.id).where(models.Opportunity.pipeline_id == pipeline.id).limit(1)
+    ):
+        raise Conflict("the pipeline has opportunities; move or delete them first", reason="pipeline_in_use")
+    message = await pipeline_pb(uow.session, pipeline)
+    before = _snapshot(pipeline, await stages_of(uow.session, pipeline.id))
+    for s in await stages_of(uow.session, pipeline.id, archived=True):
+        await uow.session.delete(s)
+    await uow.session.delete(pipeline)
+    uow.emit(
+        events_pb2.PipelineChanged(pipeline=message),
+        aggregate_type="pipeline",
+        aggregate_id=pipeline.id,
+        aggregate_version=pipeline.version + 1,
+        action="deleted",
+        before=before,
+    )
+
+
+# ---------------------------------------------------------------- the board
+
+MAX_CARDS = 200
+
+
+async def board(
+    session: AsyncSession,
+    decision: Decision,
+    request: pb.GetBoardRequest,
+    *,
+    now: dt.datetime,
+) -> tuple[models.Pipeline, list[pb.BoardColumn]]:
+    """Per stage: count, amount and weighted amount per currency over every open opportunity the caller sees,
+    and the first cards. Two statements, both served by the partial board index."""
+    pipeline = await get(session, request.id)
+    limit = request.cards_per_stage or 20
+    if not 0 <= limit <= MAX_CARDS:
+        raise InvalidArgument.for_field("cards_per_stage", f"must be between 0 and {MAX_CARDS}")
+    stages = await stages_of(session, pipeline.id)
+    principal = caller()
+    Opp = models.Opportunity
+    scope = and_(
+        Opp.tenant_id == principal.tenant_id,
+        Opp.pipeline_id == pipeline.id,
+        Opp.status == "open",
+        decision.row_filter(principal, owner_column=Opp.owner_id, department_column=Opp.department_id),
+    )
+    if request.owner_id:
+        scope = and_(scope, Opp.owner_id == request.owner_id)
+    totals = (
+        await session.execute(
+            select(
+                Opp.stage_id,
+                Opp.currency,
+                func.count(),
+                func.coalesce(func.sum(Opp.amount), 0),
+                func.coalesce(func.sum(Opp.amount * Opp.probability), 0),
+            )
+            .where(scope)
+            .group_by(Opp.stage_id, Opp.currency)
+        )
+    ).all()
+    cards: list[Any] = []
+    if limit:
+        ranked = (
+            select(
+                Opp.id,
+                Opp.name,
+                Opp.account_id,
+                Opp.amount,
+                Opp.currency,
+                Opp.close_date,
+                Opp.owner_id,
+                Opp.stage_id,
+                Opp.stage_entered_at,
+                Opp.version,
+                func.row_number()
+                .over(partition_by=Opp.stage_id, order_by=(Opp.stage_entered_at.desc(), Opp.id.desc()))
+                .label("rank"),
+            )
+            .where(scope)
+            .subquery()
+        )
+        cards = (await session.execute(select(ranked).where(ranked.c.rank <= limit))).all()
+    columns = []
+    by_stage: dict[str, pb.BoardColumn] = {}
+    for s in stages:
+        col = pb.BoardColumn(stage=stage_pb(s))
+        columns.append(col)
+        by_stage[s.id] = col
+    for stage_id, currency, count, amount, weighted in totals:
+        col = by_stage.get(stage_id)
+        if col is None:
+            continue
+        col.count += count
+        col.totals.append(
+            pb.CurrencyTotal(
+                currency=currency,
+                amount=format(money(Decimal(amount)), "f"),
+                weighted_amount=format(money(Decimal(weighted) / 100), "f"),
+                count=count,
+            )
+        )
+    for c in sorted(cards, key=lambda c: (c.stage_id, c.rank)):
+        col = by_stage.get(c.stage_id)
+        if col is None:
+            continue
+        col.cards.append(
+            pb.BoardCard(
+                id=c.id,
+                name=c.name,
+                account_id=c.account_id,
+                amount=format(c.amount, "f") if c.amount is not None else "",
+                currency=c.currency,
+                close_date=c.close_date.isoformat() if c.close_date else "",
+                owner_id=c.owner_id,
+                status=pb.OPPORTUNITY_STATUS_OPEN,
+                seconds_in_stage=max(0, int((now - c.stage_entered_at).total_seconds())),
+                version=c.version,
+            )
+        )
+    for col in columns:
+        col.totals.sort(key=lambda t: t.currency)
+    return pipeline, columns

@@ -1,0 +1,277 @@
+"""The sales service's tables. Every business table carries tenant_id; ids are UUIDv7 strings; money is NUMERIC."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from crm_kit.db import Base, TenantOwned, Timestamped
+
+# Kit tables (outbox, inbox) live on the same metadata.
+from crm_kit.events import outbox as _outbox  # noqa: F401
+from crm_kit.ids import new_id
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+MONEY = Numeric(20, 2)
+PRICE = Numeric(20, 4)
+
+
+def _id() -> Mapped[str]:
+    return mapped_column(String(36), primary_key=True, default=new_id)
+
+
+def _ts(nullable: bool = True) -> Mapped[dt.datetime | None]:
+    return mapped_column(DateTime(timezone=True), nullable=nullable)
+
+
+class Versioned:
+    version: Mapped[int] = mapped_column(BigInteger, default=1)
+
+
+# ---------------------------------------------------------------- leads and pools
+
+
+class LeadPool(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "lead_pools"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    manager_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    claim_cap: Mapped[int] = mapped_column(Integer, default=0)
+    follow_up_days: Mapped[int] = mapped_column(Integer, default=0)
+    conversion_days: Mapped[int] = mapped_column(Integer, default=0)
+    warn_hours_before: Mapped[int] = mapped_column(Integer, default=0)
+    cooldown_hours: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+
+class PoolMember(TenantOwned, Base):
+    """A rep's membership of a pool. Claims lock this row, so one rep's claims in a pool run one at a time and
+    the cap holds under any concurrency."""
+
+    __tablename__ = "lead_pool_members"
+    pool_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+
+
+class Lead(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "leads"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    company: Mapped[str] = mapped_column(String(300), default="")
+    title: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(320), default="")
+    phone: Mapped[str] = mapped_column(String(50), default="")
+    region: Mapped[str] = mapped_column(String(100), default="")
+    industry: Mapped[str] = mapped_column(String(100), default="")
+    territory: Mapped[str] = mapped_column(String(100), default="")
+    source: Mapped[str] = mapped_column(String(20), default="manual")
+    source_detail: Mapped[str] = mapped_column(String(300), default="")
+    campaign_id: Mapped[str] = mapped_column(String(36), default="")
+    form_id: Mapped[str] = mapped_column(String(36), default="")
+    channel: Mapped[str] = mapped_column(String(100), default="")
+    status: Mapped[str] = mapped_column(String(20), default="new")
+    score: Mapped[int] = mapped_column(Integer, default=0)
+    owner_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    pool_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    attributes: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    claimed_at: Mapped[dt.datetime | None] = _ts()
+    last_follow_up_at: Mapped[dt.datetime | None] = _ts()
+    # The reclaim deadline the holder was last warned about (a new deadline warns again).
+    warned_for: Mapped[dt.datetime | None] = _ts()
+    converted_account_id: Mapped[str] = mapped_column(String(36), default="")
+    converted_contact_id: Mapped[str] = mapped_column(String(36), default="")
+    converted_opportunity_id: Mapped[str] = mapped_column(String(36), default="")
+    converted_at: Mapped[dt.datetime | None] = _ts()
+
+    __table_args__ = (
+        Index("ix_leads_tenant_owner", "tenant_id", "owner_id", "id"),
+        # The pool's waiting leads, and the reclaim job's scan of held pool leads.
+        Index("ix_leads_tenant_pool_owner", "tenant_id", "pool_id", "owner_id"),
+    )
+
+
+class LeadMove(TenantOwned, Base):
+    """Who held a lead and why it moved: the full history (append-only)."""
+
+    __tablename__ = "lead_moves"
+    id: Mapped[str] = _id()
+    lead_id: Mapped[str] = mapped_column(String(36))
+    action: Mapped[str] = mapped_column(String(20))
+    from_owner_id: Mapped[str] = mapped_column(String(36), default="")
+    to_owner_id: Mapped[str] = mapped_column(String(36), default="")
+    pool_id: Mapped[str] = mapped_column(String(36), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor_id: Mapped[str] = mapped_column(String(64), default="")
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_lead_moves_lead", "lead_id", "id"),)
+
+
+class LeadFollowUp(TenantOwned, Base):
+    __tablename__ = "lead_follow_ups"
+    id: Mapped[str] = _id()
+    lead_id: Mapped[str] = mapped_column(String(36))
+    author_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(Text, default="")
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    next_follow_up_at: Mapped[dt.datetime | None] = _ts()
+
+    __table_args__ = (Index("ix_lead_follow_ups_lead", "lead_id", "id"),)
+
+
+class ScoringRule(TenantOwned, Timestamped, Base):
+    __tablename__ = "lead_scoring_rules"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    field: Mapped[str] = mapped_column(String(100))
+    operator: Mapped[str] = mapped_column(String(20))
+    value: Mapped[str] = mapped_column(Text, default="")
+    points: Mapped[int] = mapped_column(Integer)
+
+
+class AssignmentRule(TenantOwned, Timestamped, Base):
+    __tablename__ = "lead_assignment_rules"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    regions: Mapped[list[str]] = mapped_column(ARRAY(String(100)), default=list)
+    industries: Mapped[list[str]] = mapped_column(ARRAY(String(100)), default=list)
+    territories: Mapped[list[str]] = mapped_column(ARRAY(String(100)), default=list)
+    sources: Mapped[list[str]] = mapped_column(ARRAY(String(20)), default=list)
+    strategy: Mapped[str] = mapped_column(String(20))
+    assignee_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    pool_id: Mapped[str] = mapped_column(String(36), default="")
+    # Round robin: how many leads this rule handed out (the next goes to assignee_ids[n % len]).
+    handed_out: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WebForm(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "web_forms"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    pool_id: Mapped[str] = mapped_column(String(36), default="")
+    campaign_id: Mapped[str] = mapped_column(String(36), default="")
+    source_detail: Mapped[str] = mapped_column(String(300), default="")
+    fields: Mapped[list[str]] = mapped_column(ARRAY(String(100)), default=list)
+    honeypot_field: Mapped[str] = mapped_column(String(100), default="")
+    min_seconds_to_submit: Mapped[int] = mapped_column(Integer, default=0)
+    max_submissions_per_minute: Mapped[int] = mapped_column(Integer, default=30)
+    title: Mapped[str] = mapped_column(String(300), default="")
+    thank_you_message: Mapped[str] = mapped_column(Text, default="")
+    # Who created it: leads that arrive without a pool or a matching rule are theirs.
+    created_by: Mapped[str] = mapped_column(String(36), default="")
+
+
+class FormSubmission(TenantOwned, Base):
+    """Every public submission, accepted or not: the per-form rate limit counts these."""
+
+    __tablename__ = "web_form_submissions"
+    id: Mapped[str] = _id()
+    form_id: Mapped[str] = mapped_column(String(36))
+    outcome: Mapped[str] = mapped_column(String(20))
+    lead_id: Mapped[str] = mapped_column(String(36), default="")
+    submitted_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_web_form_submissions_form_time", "form_id", "submitted_at"),)
+
+
+# ---------------------------------------------------------------- pipelines and opportunities
+
+
+class Pipeline(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "pipelines"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+
+class Stage(TenantOwned, Base):
+    __tablename__ = "pipeline_stages"
+    id: Mapped[str] = _id()
+    pipeline_id: Mapped[str] = mapped_column(String(36), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    labels: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict)
+    probability: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(10), default="open")
+    required_fields: Mapped[list[str]] = mapped_column(ARRAY(String(50)), default=list)
+    # Stages removed from a pipeline stay for the history of opportunities that went through them.
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Opportunity(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "opportunities"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(300))
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    contact_id: Mapped[str] = mapped_column(String(36), default="")
+    lead_id: Mapped[str] = mapped_column(String(36), default="")
+    pipeline_id: Mapped[str] = mapped_column(String(36))
+    stage_id: Mapped[str] = mapped_column(String(36))
+    amount: Mapped[Decimal | None] = mapped_column(MONEY, nullable=True)
+    currency: Mapped[str] = mapped_column(String(3), default="CNY")
+    close_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    probability: Mapped[int] = mapped_column(Integer, default=0)
+    forecast_category: Mapped[str] = mapped_column(String(20), default="pipeline")
+    next_step: Mapped[str] = mapped_column(Text, default="")
+    competitors: Mapped[list[str]] = mapped_column(ARRAY(String(200)), default=list)
+    products: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    team_member_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    follower_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    owner_id: Mapped[str] = mapped_column(String(36))
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    status: Mapped[str] = mapped_column(String(10), default="open")
+    won_reason: Mapped[str] = mapped_column(Text, default="")
+    lost_reason: Mapped[str] = mapped_column(Text, default="")
+    closed_at: Mapped[dt.datetime | None] = _ts()
+    stage_entered_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    description: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (
+        # The board: one pipeline's open opportunities per stage, newest move first.
+        Index(
+            "ix_opportunities_board",
+            "tenant_id",
+            "pipeline_id",
+            "stage_id",
+            "stage_entered_at",
+            postgresql_where="status = 'open'",
+        ),
+        Index("ix_opportunities_tenant_owner", "tenant_id", "owner_id", "id"),
+    )
+
+
+class StageChange(TenantOwned, Base):
+    __tablename__ = "opportunity_stage_changes"
+    id: Mapped[str] = _id()
+    opportunity_id: Mapped[str] = mapped_column(String(36))
+    from_stage_id: Mapped[str] = mapped_column(String(36), default="")
+    to_stage_id: Mapped[str] = mapped_column(String(36))
+    actor_id: Mapped[str] = mapped_column(String(64), default="")
+    entered_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    left_at: Mapped[dt.datetime | None] = _ts()
+
+    __table_args__ = (Index("ix_opportunity_stage_changes_opp", "opportunity_id", "id"),)

@@ -1,0 +1,53 @@
+"""The sales service in this process, against real PostgreSQL and NATS, next to the real identity service."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from crm.sales.v1 import leads_pb2_grpc, pipelines_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+async def sales_service(test_infra, identity_service):
+    from crm_kit.testing import running_service
+    from crm_sales.app import SPEC
+    from crm_sales.settings import SalesSettings
+
+    settings = SalesSettings(
+        environment="test",
+        database_url=await test_infra.database("sales"),
+        nats_url=test_infra.nats_url,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        migrate_on_start=True,
+        identity_service_addr=identity_service.address,
+        customers_service_addr="127.0.0.1:1",
+        reclaim_interval_seconds=0,
+        database_pool_size=20,
+    )
+    async with running_service(SPEC, settings) as service:
+        yield service
+
+
+@pytest.fixture
+def clock(sales_service):
+    """The service's clock; a test may move it forward, and it is put back afterwards."""
+    clock = sales_service.parts.clock
+    yield clock
+    clock.reset()
+
+
+@pytest.fixture(scope="session")
+async def sales_channel(sales_service):
+    async with grpc.aio.insecure_channel(sales_service.address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def leads(sales_channel):
+    return leads_pb2_grpc.LeadsServiceStub(sales_channel)
+
+
+@pytest.fixture(scope="session")
+def pipelines(sales_channel):
+    return pipelines_pb2_grpc.PipelinesServiceStub(sales_channel)

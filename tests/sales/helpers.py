@@ -1,0 +1,56 @@
+"""Small helpers that make sales tests read like what a sales team does."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from crm.identity.v1 import identity_pb2 as ipb
+
+from tests.identity.helpers import Company, auth, invite_and_join, sign_up
+
+REP_PERMISSIONS = [
+    ipb.Permission(object=obj, actions=["create", "read", "update"], data_scope=ipb.DATA_SCOPE_OWN)
+    for obj in ("lead", "opportunity", "quote", "contract", "order", "payment", "task")
+] + [
+    ipb.Permission(object=obj, actions=["read"], data_scope=ipb.DATA_SCOPE_ALL)
+    for obj in ("pipeline", "lead_pool", "product", "price_book", "forecast")
+]
+
+
+@dataclass
+class Rep:
+    user: ipb.User
+    token: ipb.TokenPair
+
+    @property
+    def id(self) -> str:
+        return self.user.id
+
+    @property
+    def md(self) -> tuple[tuple[str, str], ...]:
+        return auth(self.token.access_token)
+
+
+async def rep_role(identity, company: Company, name: str = "销售代表", permissions=None) -> ipb.Role:
+    return (
+        await identity.CreateRole(
+            ipb.CreateRoleRequest(name=name, permissions=permissions or REP_PERMISSIONS), metadata=company.md
+        )
+    ).role
+
+
+async def team(
+    identity, n: int, *, name: str = "华为技术有限公司", permissions=None
+) -> tuple[Company, list[Rep]]:
+    """A company with its admin and `n` sales reps (role: own leads and opportunities)."""
+    company = await sign_up(identity, name)
+    role = await rep_role(identity, company, permissions=permissions)
+    reps = []
+    # A few at a time: each join hashes a password (argon2id) in identity.
+    for start in range(0, n, 5):
+        joined = await asyncio.gather(
+            *(invite_and_join(identity, company, role_ids=[role.id]) for _ in range(start, min(n, start + 5)))
+        )
+        reps.extend(Rep(user, token) for user, token in joined)
+    return company, reps

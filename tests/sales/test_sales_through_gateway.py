@@ -1,0 +1,148 @@
+"""End to end through the public REST API: gateway → gRPC → sales (and identity) → PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tests.gateway.conftest import assert_problem, gateway_settings, running_gateway
+from tests.sales.helpers import team
+
+
+@pytest.fixture(scope="module")
+async def api(test_infra, identity_service, sales_service):
+    settings = gateway_settings(
+        test_infra, identity_service.address, sales_service_addr=sales_service.address
+    )
+    async with running_gateway(settings) as client:
+        yield client
+
+
+def bearer(token) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token.access_token}"}
+
+
+async def test_a_rep_claims_follows_up_and_returns_a_pool_lead_through_the_api(api, identity, clock):
+    company, (rep,) = await team(identity, 1)
+    admin = bearer(company.token)
+    pool = await api.post(
+        "/api/v1/lead-pools",
+        json={
+            "name": "华南公海",
+            "member_ids": [rep.id],
+            "claim_cap": 5,
+            "follow_up_days": 3,
+            "cooldown_hours": 24,
+        },
+        headers=admin,
+    )
+    assert pool.status_code == 201, pool.text
+    assert pool.headers["location"] == f"/api/v1/lead-pools/{pool.json()['id']}"
+    lead = await api.post(
+        "/api/v1/leads",
+        json={
+            "name": "周杰",
+            "company": "深圳星河电子",
+            "pool_id": pool.json()["id"],
+            "source": "LEAD_SOURCE_EVENT",
+        },
+        headers=admin,
+    )
+    assert lead.status_code == 201, lead.text
+    lead_id = lead.json()["id"]
+
+    claimed = await api.post(f"/api/v1/leads/{lead_id}/claim", json={}, headers=bearer(rep.token))
+    assert claimed.status_code == 200, claimed.text
+    assert claimed.json()["owner_id"] == rep.id and claimed.headers["etag"] == '"2"'
+    followed = await api.post(
+        f"/api/v1/leads/{lead_id}/follow-ups",
+        json={"kind": "wechat", "content": "加了微信"},
+        headers=bearer(rep.token),
+    )
+    assert followed.status_code == 201, followed.text
+    no_reason = await api.post(f"/api/v1/leads/{lead_id}/release", json={}, headers=bearer(rep.token))
+    assert assert_problem(no_reason, 422)["errors"][0]["field"] == "reason"
+    released = await api.post(
+        f"/api/v1/leads/{lead_id}/release", json={"reason": "客户已选择其他供应商"}, headers=bearer(rep.token)
+    )
+    assert released.status_code == 200 and released.json()["owner_id"] == ""
+    again = await api.post(f"/api/v1/leads/{lead_id}/claim", json={}, headers=bearer(rep.token))
+    assert_problem(again, 409, "claim_cooldown")
+
+    history = await api.get(f"/api/v1/leads/{lead_id}/history", headers=admin)
+    assert [m["action"] for m in history.json()["items"]] == ["created", "claimed", "released"]
+
+    # The reclaim job, run "as of" four days later for the tenant: a lead claimed and left alone goes back.
+    clock.advance(days=2)
+    await api.post(
+        f"/api/v1/leads/{lead_id}/assign", json={"owner_id": rep.id, "reason": "重新分配"}, headers=admin
+    )
+    later = (clock.now() + dt.timedelta(days=4)).isoformat()
+    run = await api.post("/api/v1/lead-pools/reclaim", json={"now": later}, headers=admin)
+    assert run.status_code == 200 and run.json()["reclaimed"] == 1, run.text
+
+
+async def test_a_visitor_submits_a_public_form_without_any_credential(api, identity):
+    company, _ = await team(identity, 0)
+    admin = bearer(company.token)
+    form = await api.post(
+        "/api/v1/forms", json={"name": "Contact us", "fields": ["name", "email"]}, headers=admin
+    )
+    assert form.status_code == 201, form.text
+    token = form.json()["token"]
+    shown = await api.get(f"/api/v1/public/forms/{token}")
+    assert shown.status_code == 200 and shown.json()["honeypot_field"] == "website"
+    sent = await api.post(
+        f"/api/v1/public/forms/{token}/submissions",
+        json={
+            "values": {"name": "Jane Doe", "email": "jane@example.com"},
+            "started_token": shown.json()["started_token"],
+        },
+    )
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["accepted"] is True
+    listed = await api.get("/api/v1/leads", params={"q": "Jane"}, headers=admin)
+    (lead,) = listed.json()["items"]
+    # No pool and no rule: the form's creator owns the lead.
+    assert lead["source"] == "LEAD_SOURCE_WEB_FORM" and lead["owner_id"] == company.admin.id
+    assert_problem(await api.get("/api/v1/public/forms/unknown-token"), 404)
+    assert_problem(await api.get("/api/v1/forms"), 401)
+
+
+async def test_an_opportunity_moves_across_the_board_through_the_api(api, identity):
+    company, _ = await team(identity, 0)
+    admin = bearer(company.token)
+    pipeline = (await api.post("/api/v1/pipelines", json={"name": "Enterprise"}, headers=admin)).json()
+    stages = pipeline["stages"]
+    opp = await api.post(
+        "/api/v1/opportunities",
+        json={
+            "name": "ERP 升级",
+            "pipeline_id": pipeline["id"],
+            "amount": "1234567.89",
+            "currency": "CNY",
+            "products": [
+                {"product_id": pipeline["id"], "name": "ERP", "quantity": "2", "unit_price": "617283.945"}
+            ],
+        },
+        headers=admin,
+    )
+    assert opp.status_code == 201, opp.text
+    assert opp.json()["amount"] == "1234567.89" and opp.json()["products"][0]["unit_price"] == "617283.945"
+    moved = await api.post(
+        f"/api/v1/opportunities/{opp.json()['id']}/stage", json={"stage_id": stages[2]["id"]}, headers=admin
+    )
+    assert moved.status_code == 200, moved.text
+    board = await api.get(f"/api/v1/pipelines/{pipeline['id']}/board", headers=admin)
+    assert board.status_code == 200, board.text
+    column = board.json()["columns"][2]
+    assert column["count"] == "1" and column["totals"] == [
+        {"currency": "CNY", "amount": "1234567.89", "weighted_amount": "617283.95", "count": "1"}
+    ]
+    stale = await api.patch(
+        f"/api/v1/opportunities/{opp.json()['id']}",
+        json={"next_step": "x"},
+        headers={**admin, "If-Match": '"1"'},
+    )
+    assert_problem(stale, 412)
