@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
@@ -55,3 +56,17 @@ class Check:
         if self.errors:
             detail = "; ".join(f"{e.field}: {e.message}" for e in self.errors)
             raise InvalidArgument(f"invalid input: {detail}", field_errors=self.errors)
+
+
+def updatable(paths: Iterable[str], allowed: Iterable[str]) -> list[str]:
+    """The update mask's paths, refused at once (every offending path named) if any is not in `allowed`.
+    A nested path (`address.city`) is judged by its first part."""
+    allowed = set(allowed)
+    paths = list(paths)
+    unknown = [p for p in paths if p.split(".", 1)[0] not in allowed]
+    if unknown:
+        raise InvalidArgument(
+            f"these fields cannot be changed: {', '.join(unknown)}",
+            field_errors=[FieldError(p, "cannot be changed") for p in unknown],
+        )
+    return paths

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork
-from crm_kit.errors import Conflict, FieldError, InvalidArgument
+from crm_kit.errors import Conflict
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -115,13 +115,7 @@ async def _ancestors(session: AsyncSession, tenant_id: str, start: str) -> set[s
 
 
 async def update(uow: UnitOfWork, request: identity_pb2.UpdateDepartmentRequest) -> models.Department:
-    paths = list(request.update_mask.paths)
-    unknown = [p for p in paths if p not in UPDATABLE]
-    if unknown:
-        raise InvalidArgument(
-            f"these fields cannot be changed: {', '.join(unknown)}",
-            field_errors=[FieldError(p, "cannot be changed") for p in unknown],
-        )
+    paths = updatable(request.update_mask.paths, UPDATABLE)
     dept = await get_owned(uow.session, models.Department, "department", request.id, lock=True)
     expect_version(dept, request.expected_version)
     new = request.department

@@ -7,11 +7,11 @@ from typing import Any
 
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork
-from crm_kit.errors import AlreadyExists, Conflict, FieldError, InvalidArgument
+from crm_kit.errors import AlreadyExists, Conflict
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import ANY
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from google.protobuf import json_format
 from sqlalchemy import any_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -115,13 +115,7 @@ async def list_roles(
 
 
 async def update(uow: UnitOfWork, request: identity_pb2.UpdateRoleRequest) -> models.Role:
-    paths = list(request.update_mask.paths)
-    unknown = [p for p in paths if p not in UPDATABLE]
-    if unknown:
-        raise InvalidArgument(
-            f"these fields cannot be changed: {', '.join(unknown)}",
-            field_errors=[FieldError(p, "cannot be changed") for p in unknown],
-        )
+    paths = updatable(request.update_mask.paths, UPDATABLE)
     role = await get_owned(uow.session, models.Role, "role", request.id, lock=True)
     expect_version(role, request.expected_version)
     if role.built_in and "permissions" in paths:

@@ -6,10 +6,10 @@ import datetime as dt
 
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork, utcnow
-from crm_kit.errors import AlreadyExists, Conflict, FieldError, InvalidArgument
+from crm_kit.errors import AlreadyExists, Conflict
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.validation import LOCALES, Check
+from crm_kit.validation import LOCALES, Check, updatable
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -135,13 +135,7 @@ async def list_users(
 
 async def update(uow: UnitOfWork, request: identity_pb2.UpdateUserRequest) -> models.User:
     principal = caller()
-    paths = list(request.update_mask.paths)
-    unknown = [p for p in paths if p not in UPDATABLE]
-    if unknown:
-        raise InvalidArgument(
-            f"these fields cannot be changed here: {', '.join(unknown)}",
-            field_errors=[FieldError(p, "cannot be changed here") for p in unknown],
-        )
+    paths = updatable(request.update_mask.paths, UPDATABLE)
     user = await get_owned(uow.session, models.User, "user", request.id, lock=True)
     expect_version(user, request.expected_version)
     new = request.user
