@@ -451,6 +451,7 @@ async def merge(
     )
     session.add(record)
     await session.flush()
+    await session.refresh(survivor)
     uow.emit(
         pb.RecordsMerged(merge=merge_pb(record)),
         aggregate_type=kind,
@@ -524,6 +525,7 @@ async def undo(uow: UnitOfWork, *, merge_id: str, visible: Any = None) -> tuple[
     record.undone_at = now
     record.undo_data = None
     await session.flush()
+    await session.refresh(survivor)
     uow.emit(
         pb.MergeUndone(merge=merge_pb(record)),
         aggregate_type=kind,
