@@ -93,10 +93,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 sort=sort,
                 deleted=request.deleted,
             )
-            counts = await accounts.direct_counts(session, caller().tenant_id, [r.id for r in rows])
-        items = [
-            accounts.redact(decision, accounts.account_pb(r, subsidiaries=counts.get(r.id, 0))) for r in rows
-        ]
+        items = [accounts.redact(decision, accounts.account_pb(r, subsidiaries=n)) for r, n in rows]
         return pb.ListAccountsResponse(items=items, next_cursor=cursor)
 
     async def CountAccounts(self, request, context):

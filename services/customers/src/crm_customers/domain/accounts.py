@@ -25,6 +25,7 @@ from google.protobuf import json_format, struct_pb2
 from sqlalchemy import and_, func, literal, not_, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from crm_customers import models
 from crm_customers.domain import custom_fields as cf
@@ -582,6 +583,25 @@ def filtered(
     return stmt
 
 
+def _subsidiary_count_column() -> Any:
+    """Direct live subsidiaries of each listed account, in the list's own statement (one index probe each)."""
+    child = aliased(models.Account)
+    return (
+        select(func.count())
+        .where(
+            child.tenant_id == models.Account.tenant_id,
+            child.parent_id == models.Account.id,
+            child.deleted_at.is_(None),
+        )
+        .correlate(models.Account)
+        .scalar_subquery()
+        .label("subsidiary_count")
+    )
+
+
+SUBSIDIARY_COUNT = _subsidiary_count_column()  # built once: constructing it costs more than running it
+
+
 async def list_accounts(
     session: AsyncSession,
     decision: Decision,
@@ -592,14 +612,19 @@ async def list_accounts(
     filters: list[str] | None = None,
     sort: str = "",
     deleted: bool = False,
-) -> tuple[list[models.Account], str]:
+) -> tuple[list[tuple[models.Account, int]], str]:
+    """A page of accounts, each with its direct subsidiary count, and the next page's cursor."""
     stmt = filtered(decision, defs, query=query, filters=list(filters or []), deleted=deleted)
     ordering = q.parse_sort(fields_for(defs), sort, decision, default="-deleted_at" if deleted else "-id")
     paging = q.page_of(page, ordering)
     if query.strip():
         await search.prepare(session, query)
-    rows = (await session.execute(q.run_page(stmt, ordering, paging))).all()
-    return q.split(rows, ordering, paging)
+    rows = (
+        await session.execute(q.run_page(stmt, ordering, paging, extra=[SUBSIDIARY_COUNT]))
+    ).all()
+    counts = {r[0].id: r[-1] for r in rows}
+    accounts, cursor = q.split(rows, ordering, paging)
+    return [(a, counts[a.id]) for a in accounts], cursor
 
 
 async def count_accounts(

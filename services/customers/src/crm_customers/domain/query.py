@@ -397,11 +397,13 @@ def encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
 
 
-def run_page(stmt: Any, ordering: Ordering, page: PageOf) -> Any:
-    """The page's statement: selects the row entity plus the sort keys' values (for the next cursor)."""
+def run_page(stmt: Any, ordering: Ordering, page: PageOf, extra: Sequence[Any] = ()) -> Any:
+    """The page's statement: selects the row entity, the sort keys' values (for the next cursor), then any
+    `extra` columns."""
     if page.cursor is not None:
         stmt = stmt.where(ordering.after(page.cursor))
-    return stmt.add_columns(*ordering.columns()).order_by(*ordering.order_by()).limit(page.limit + 1)
+    stmt = stmt.add_columns(*ordering.columns(), *extra)
+    return stmt.order_by(*ordering.order_by()).limit(page.limit + 1)
 
 
 def split(rows: Sequence[Any], ordering: Ordering, page: PageOf) -> tuple[list[Any], str]:
@@ -412,7 +414,7 @@ def split(rows: Sequence[Any], ordering: Ordering, page: PageOf) -> tuple[list[A
     cursor = ""
     if more and rows:
         last = rows[-1]
-        cursor = encode_cursor([*last[1:], last[0].id])
+        cursor = encode_cursor([*last[1 : 1 + len(ordering.keys)], last[0].id])
     return [r[0] for r in rows], cursor
 
 
