@@ -48,16 +48,16 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = handler_call_details.method
         if method.startswith("/grpc."):
             return handler
-        inner = handler.unary_unary
         is_public = method in self.public
         verifier = self.verifier
 
-        async def behavior(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+        async def enter(ctx: grpc.aio.ServicerContext) -> Any:
+            """Bind the request context and verify the credential (raises Unauthenticated)."""
             metadata = {k: v for k, v in (ctx.invocation_metadata() or ()) if isinstance(v, str)}
             span = trace.get_current_span().get_span_context()
             request_ctx = context.RequestContext(
@@ -65,30 +65,69 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
                 trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
             )
             token = context.bind(request_ctx)
+            auth = metadata.get("authorization", "")
             try:
-                auth = metadata.get("authorization", "")
                 if auth.lower().startswith("bearer ") and verifier is not None:
                     access_token = auth[7:].strip()
                     request_ctx.principal = await verifier.verify(access_token)
                     request_ctx.extra["access_token"] = access_token
                 elif not is_public:
                     raise Unauthenticated("a credential is required", reason="missing_credential")
-                return await inner(request, ctx)
-            except DomainError as exc:
-                await ctx.abort_with_status(to_status(exc))
-            except (grpc.aio.AbortError, grpc.aio.UsageError):
-                raise
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
-            finally:
+            except BaseException:
                 context.reset(token)
+                raise
+            return token
 
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        async def fail(exc: Exception, ctx: grpc.aio.ServicerContext) -> None:
+            if isinstance(exc, DomainError):
+                await ctx.abort_with_status(to_status(exc))
+            if isinstance(exc, grpc.aio.AbortError | grpc.aio.UsageError):
+                raise exc
+            log.error("unhandled error in %s", method, exc_info=exc)
+            await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+        def answers_once(inner: Callable[..., Any]) -> Callable[..., Any]:
+            # Unary and client-streaming calls: one answer.
+            async def behavior(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+                token = None
+                try:
+                    token = await enter(ctx)
+                    return await inner(request, ctx)
+                except Exception as exc:  # DomainError → status; AbortError re-raised; else INTERNAL
+                    await fail(exc, ctx)
+                finally:
+                    if token is not None:
+                        context.reset(token)
+
+            return behavior
+
+        def answers_stream(inner: Callable[..., Any]) -> Callable[..., Any]:
+            # Server-streaming calls (e.g. file downloads): the context holds for the whole stream.
+            async def behavior(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+                token = None
+                try:
+                    token = await enter(ctx)
+                    async for item in inner(request, ctx):
+                        yield item
+                except Exception as exc:  # DomainError → status; AbortError re-raised; else INTERNAL
+                    await fail(exc, ctx)
+                finally:
+                    if token is not None:
+                        context.reset(token)
+
+            return behavior
+
+        options = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(answers_once(handler.unary_unary), **options)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(answers_once(handler.stream_unary), **options)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(answers_stream(handler.unary_stream), **options)
+        return handler  # bidirectional streams: none yet
 
 
 class GrpcServer:
