@@ -236,14 +236,14 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         async with self.db.read() as session:
             job = await jobs.get(session, request.id)
         decision = await self._authorize(jobs.OBJECT_OF[job.target], "import")
-        job, errors, preview = await pipeline.dry_run(
+        answer, errors, preview = await pipeline.dry_run(
             self.db,
             job_id=request.id,
             mapping=[(m.column, m.field) for m in request.mapping],
             owner_id=request.owner_id,
             decision=decision,
         )
-        return pb.DryRunImportResponse(import_job=jobs.job_pb(job), errors=errors, preview=preview)
+        return pb.DryRunImportResponse(import_job=answer, errors=errors, preview=preview)
 
     async def StartImport(self, request, context):
         from crm_customers.domain.imports import jobs

@@ -146,7 +146,7 @@ async def upload(db: Database, *, target: str, file: Any, chunks: AsyncIterator[
         await session.flush()
     # The header, read from the stored file as the worker will read it.
     try:
-        async with source.spooled(db, job_id) as path:
+        async with source.spooled(db, job_id, f".{file_format}") as path:
             columns = source.header_of(path, file_format, encoding)
     except source.BadFile as exc:
         async with db.unit_of_work() as uow:

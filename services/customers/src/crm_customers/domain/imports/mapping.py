@@ -212,5 +212,6 @@ def check(
         if f not in fields:
             errors.append(FieldError("mapping", f"no column fills {f}, which is required"))
     if errors:
-        raise InvalidArgument("the column mapping is not usable", field_errors=errors)
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        raise InvalidArgument(f"the column mapping is not usable: {detail}", field_errors=errors)
     return [(c, chosen.get(c, "")) for c in columns]

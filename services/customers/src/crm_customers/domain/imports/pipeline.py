@@ -25,10 +25,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from crm.customers.v1 import data_quality_pb2 as pb
 from crm_kit import context
 from crm_kit.context import Principal
 from crm_kit.db import Database, utcnow
+from crm_kit.errors import AlreadyExists, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.policy import Decision
 from google.protobuf import struct_pb2
@@ -214,7 +216,7 @@ class Batcher:
 
     async def resolve_accounts(self, session: Any, batch: list[Row]) -> None:
         """Contacts: the company cell → an account (by credit code, else the company name's key)."""
-        wanted = {r.converted.account_ref for r in batch if r.action != "failed" and r.converted.account_ref}
+        wanted = {r.converted.account_ref for r in batch if r.converted.account_ref}
         missing = [ref for ref in wanted if ref not in self.accounts]
         if missing:
             codes, keys = {}, {}
@@ -242,20 +244,22 @@ class Batcher:
                 )
                 for code, account_id in (await session.execute(stmt)).all():
                     found.setdefault(codes[code], account_id)
+            if len(self.accounts) > 100_000:  # a bounded cache
+                self.accounts = {ref: self.accounts[ref] for ref in wanted if ref in self.accounts}
             for ref in missing:
                 self.accounts[ref] = found.get(ref)
-            if len(self.accounts) > 100_000:
-                self.accounts.clear()
         for r in batch:
             ref = r.converted.account_ref
-            if r.action == "failed" or not ref:
+            if not ref:
                 continue
             account_id = self.accounts.get(ref)
-            if account_id is None:
+            if account_id is None:  # reported for rows that failed already too: the report names every cell
                 r.errors.append(
                     (r.converted.account_ref_column, ref, "no account has this name or credit code")
                 )
                 r.action = "failed"
+                continue
+            if r.action == "failed":
                 continue
             v = r.converted.values
             ids = v.setdefault("account_ids", [])
@@ -472,7 +476,7 @@ def batches(rows: Iterator[tuple[int, list[str]]], size: int) -> Iterator[list[t
 
 async def dry_run(
     db: Database, *, job_id: str, mapping: list[tuple[str, str]], owner_id: str, decision: Decision
-) -> tuple[ImportJob, list[pb.ImportError], list[struct_pb2.Struct]]:
+) -> tuple[pb.ImportJob, list[pb.ImportError], list[struct_pb2.Struct]]:
     """Everything but the writes, over the first DRY_RUN_ROWS rows: the counts, the first problems, a preview."""
     async with db.unit_of_work() as uow:
         job = await jobs.get(uow.session, job_id)
@@ -491,7 +495,7 @@ async def dry_run(
     preview: list[struct_pb2.Struct] = []
     seen = 0
     complete = True
-    async with source.spooled(db, job.id) as path:
+    async with source.spooled(db, job.id, f".{job.format}") as path:
         rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
         try:
             for raw in batches(rows, BATCH_ROWS):
@@ -538,7 +542,7 @@ async def dry_run(
     answer.rows_created, answer.rows_updated = totals.created, totals.updated
     answer.rows_skipped, answer.rows_failed = totals.skipped, totals.failed
     errors = [pb.ImportError(row=n, column=c, value=v, reason=why) for n, c, v, why in totals.errors]
-    return job, errors, preview
+    return answer, errors, preview
 
 
 def _jsonable(value: Any) -> Any:
@@ -552,6 +556,18 @@ def _jsonable(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- the run
+
+
+# What a database refusal of a row looks like: raw asyncpg errors (COPY), SQLAlchemy's, or the unit of
+# work's translation of an integrity error.
+REFUSALS = (DBAPIError, asyncpg.PostgresError, InvalidArgument, AlreadyExists)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        exc = exc.orig  # type: ignore[assignment]
+    text_ = getattr(exc, "message", None) or str(exc)
+    return (text_.splitlines() or [""])[0][:300]
 
 
 class LeaseLost(Exception):
@@ -580,18 +596,16 @@ async def _commit_batch(
             return outcome
     except LeaseLost:
         raise
-    except DBAPIError as exc:
+    except REFUSALS as exc:
         log.info(
             "import %s: batch ending at row %s refused (%s); retrying row by row",
             job.id,
             batch[-1].number if batch else 0,
-            exc.orig,
+            _reason(exc),
         )
     for r in batch:  # the first attempt's decisions are recomputed
-        if r.action != "failed" or not r.errors:
-            r.action, r.errors, r.duplicate_of = "create", list(r.converted.errors), ""
-            if r.errors:
-                r.action = "failed"
+        r.errors, r.duplicate_of = list(r.converted.errors), ""
+        r.action = "failed" if r.errors else "create"
     async with db.unit_of_work() as uow:
         session = uow.session
         if job.target == "contacts":
@@ -603,10 +617,10 @@ async def _commit_batch(
             try:
                 async with session.begin_nested():
                     await batcher.write(session, [r])
-            except DBAPIError as exc:
-                reason = str(getattr(exc.orig, "args", [exc])[0] if getattr(exc, "orig", None) else exc)
+            except REFUSALS as exc:
+                reason = _reason(exc)
                 r.action = "failed"
-                r.errors.append(("", "", f"refused by the database: {reason.splitlines()[0][:300]}"))
+                r.errors.append(("", "", f"refused by the database: {reason}"))
         outcome = outcome_of(batch)
         await _checkpoint(session, job, claim, done_before, done_after, outcome)
         return outcome
@@ -660,7 +674,7 @@ async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
     queue: asyncio.Queue[list[Row] | BaseException | None] = asyncio.Queue(maxsize=2)
     totals = {"data_rows": 0}
 
-    async with source.spooled(db, job.id) as path:
+    async with source.spooled(db, job.id, f".{job.format}") as path:
 
         async def produce() -> None:
             try:

@@ -67,7 +67,7 @@ async def run(db: Database, job: ImportJob, *, claim: int) -> None:
     done = job.rows_done
     index = 0
     total = 0
-    async with source.spooled(db, job.id) as path:
+    async with source.spooled(db, job.id, f".{job.format}") as path:
         rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
         batch: list[tuple[int, list[str]]] = []
 

@@ -66,9 +66,9 @@ async def chunks_of(db: Any, job_id: str) -> AsyncIterator[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def spooled(db: Any, job_id: str) -> AsyncIterator[str]:
+async def spooled(db: Any, job_id: str, suffix: str = "") -> AsyncIterator[str]:
     """The stored file as a local temporary file (path), removed afterwards."""
-    fd, path = tempfile.mkstemp(prefix="crm-import-")
+    fd, path = tempfile.mkstemp(prefix="crm-import-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as out:
             async for chunk in chunks_of(db, job_id):

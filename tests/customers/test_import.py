@@ -1,0 +1,344 @@
+"""Imports through the gRPC API: upload in chunks, mapping suggested from Chinese and English headers, dry run,
+background job with progress, exact error report, duplicate rules, nothing half-written, resume after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+
+import grpc
+import pytest
+from crm.customers.v1 import customers_pb2 as pb
+from crm.customers.v1 import data_quality_pb2 as dq
+from crm.customers.v1 import data_quality_pb2_grpc, duplicates_pb2
+from openpyxl import Workbook
+from sqlalchemy import text
+
+from tests.customers.helpers import credit_code, new_account, rpc_error, sign_up
+
+CONTACTS, ACCOUNTS = dq.IMPORT_TARGET_CONTACTS, dq.IMPORT_TARGET_ACCOUNTS
+
+
+@pytest.fixture(scope="session")
+async def data(customers_service):
+    async with grpc.aio.insecure_channel(customers_service.address) as channel:
+        yield data_quality_pb2_grpc.CustomersDataServiceStub(channel)
+
+
+def csv_bytes(rows: list[list[str]], encoding: str = "utf-8") -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue().encode(encoding)
+
+
+def xlsx_bytes(rows: list[list[object]]) -> bytes:
+    wb = Workbook()
+    for row in rows:
+        wb.active.append(row)
+    out = io.BytesIO()
+    wb.save(out)
+    return out.getvalue()
+
+
+async def upload(data, company, content: bytes, target=CONTACTS, name="联系人.csv", chunk=7):
+    async def parts():
+        yield dq.UploadImportFileRequest(
+            header=dq.UploadImportFileRequest.Header(file=dq.FileInfo(file_name=name), target=target)
+        )
+        for i in range(0, len(content), chunk):
+            yield dq.UploadImportFileRequest(chunk=content[i : i + chunk])
+
+    return (await data.UploadImportFile(parts(), metadata=company.md)).import_job
+
+
+async def run_to_end(data, company, job_id):
+    for _ in range(200):
+        job = (await data.GetImport(dq.GetImportRequest(id=job_id), metadata=company.md)).import_job
+        if job.status not in (dq.JOB_STATUS_QUEUED, dq.JOB_STATUS_RUNNING):
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"import {job_id} did not finish: {job}")
+
+
+async def errors_of(data, company, job_id):
+    items = (await data.ListImportErrors(dq.ListImportErrorsRequest(id=job_id), metadata=company.md)).items
+    return [(e.row, e.column, e.value, e.reason) for e in items]
+
+
+async def contacts_named(customers, company):
+    listed = await customers.ListContacts(pb.ListContactsRequest(page={"limit": 200}), metadata=company.md)
+    return {c.name: c for c in listed.items}
+
+
+async def test_an_import_maps_chinese_headers_and_reports_each_bad_cell_exactly(identity, customers, data):
+    company = await sign_up(identity)
+    huawei = await new_account(customers, company, "华为技术有限公司")
+    content = csv_bytes(
+        [
+            ["姓名", "手机", "邮箱", "公司名称", "职位", "生日", "备注列"],
+            [
+                "王小明",
+                "138-0013-8000",
+                "Wang@Huawei.com",
+                "华为技术（深圳）有限公司",
+                "经理;总监",
+                "1990年5月20日",
+                "x",
+            ],
+            ["李雷", "12345", "lilei@example.com", "", "", "", ""],
+            ["", "13900139000", "", "", "", "", ""],
+            ["韩梅梅", "13700137000", "not-an-email", "不存在的公司", "", "1990-13-01", ""],
+            ["Lucy Wang", "+1 650 253 0000", "lucy@example.com", "华为技术有限公司", "", "", ""],
+        ]
+    )
+    job = await upload(data, company, content)
+    assert job.status == dq.JOB_STATUS_UPLOADED
+    assert list(job.columns) == ["姓名", "手机", "邮箱", "公司名称", "职位", "生日", "备注列"]
+    assert {m.column: m.field for m in job.mapping} == {
+        "姓名": "name",
+        "手机": "phones",
+        "邮箱": "emails",
+        "公司名称": "account",
+        "职位": "titles",
+        "生日": "birthday",
+        "备注列": "",
+    }
+
+    dry = await data.DryRunImport(dq.DryRunImportRequest(id=job.id), metadata=company.md)
+    assert (
+        dry.import_job.rows_total == 5
+        and dry.import_job.rows_created == 2
+        and dry.import_job.rows_failed == 3
+    )
+    assert dry.preview[0]["name"] == "王小明"
+    assert not (await contacts_named(customers, company))  # a dry run writes nothing
+
+    started = (await data.StartImport(dq.StartImportRequest(id=job.id), metadata=company.md)).import_job
+    assert started.status in (dq.JOB_STATUS_QUEUED, dq.JOB_STATUS_RUNNING, dq.JOB_STATUS_SUCCEEDED)
+    done = await run_to_end(data, company, job.id)
+    assert done.status == dq.JOB_STATUS_SUCCEEDED, done.error
+    assert (done.rows_total, done.rows_done, done.rows_created, done.rows_failed, done.percent) == (
+        5,
+        5,
+        2,
+        3,
+        100,
+    )
+
+    assert await errors_of(data, company, job.id) == [
+        (3, "手机", "12345", "is not a valid phone number"),
+        (4, "姓名", "", "is required"),
+        (5, "邮箱", "not-an-email", "is not an e-mail address"),
+        (5, "生日", "1990-13-01", 'is not a date (e.g. "1990-05-20" or "1990年5月20日")'),
+        (5, "公司名称", "不存在的公司", "no account has this name or credit code"),
+    ]
+    made = await contacts_named(customers, company)
+    assert set(made) == {"王小明", "Lucy Wang"}
+    wang = made["王小明"]
+    assert list(wang.phones) == ["138-0013-8000"] and list(wang.emails) == ["Wang@Huawei.com"]
+    assert list(wang.account_ids) == [huawei.id] and list(wang.titles) == ["经理", "总监"]
+    assert wang.birthday == "1990-05-20" and wang.owner_id == company.admin.id
+
+    report = b""
+    async for part in data.DownloadImportErrors(
+        dq.DownloadImportErrorsRequest(id=job.id), metadata=company.md
+    ):
+        if part.WhichOneof("part") == "header":
+            assert part.header.file_name == "联系人-errors.csv"
+        else:
+            report += part.chunk
+    rows = list(csv.reader(io.StringIO(report.decode("utf-8-sig"))))
+    assert rows[0] == ["row", "column", "value", "reason"]
+    assert rows[1] == ["3", "手机", "12345", "is not a valid phone number"]
+    assert len(rows) == 6
+
+
+async def test_duplicate_rules_decide_skip_update_or_create_on_import(identity, customers, data):
+    company = await sign_up(identity)
+    for match, action in (
+        (duplicates_pb2.DUPLICATE_MATCH_CREDIT_CODE, dq.IMPORT_DUPLICATE_ACTION_UPDATE),
+        (duplicates_pb2.DUPLICATE_MATCH_COMPANY_NAME, dq.IMPORT_DUPLICATE_ACTION_SKIP),
+    ):
+        await data.CreateDuplicateRule(
+            dq.CreateDuplicateRuleRequest(
+                duplicate_rule=dq.DuplicateRule(
+                    name=str(match),
+                    record_type=pb.RECORD_TYPE_ACCOUNT,
+                    match=match,
+                    on_create=duplicates_pb2.DUPLICATE_ACTION_ALLOW,
+                    on_update=duplicates_pb2.DUPLICATE_ACTION_ALLOW,
+                    on_import=action,
+                )
+            ),
+            metadata=company.md,
+        )
+    existing = await new_account(customers, company, "小米科技有限责任公司", credit_code=credit_code(31))
+    huawei = await new_account(customers, company, "华为技术有限公司")
+    content = xlsx_bytes(
+        [
+            ["Company Name", "Unified Social Credit Code", "Industry", "Phone"],
+            [
+                "智米科技有限公司",
+                credit_code(31),
+                "消费电子",
+                "13800138000",
+            ],  # same code: the existing one is updated
+            ["深圳华为技术有限公司", None, "通信", None],  # same company by name: skipped
+            ["字节跳动有限公司", credit_code(32), "互联网", 13900139000],
+            ["北京字节跳动科技有限公司", None, None, None],  # repeats the row above within the file: skipped
+        ]
+    )
+    job = await upload(data, company, content, target=ACCOUNTS, name="accounts.xlsx", chunk=1000)
+    assert {m.column: m.field for m in job.mapping} == {
+        "Company Name": "name",
+        "Unified Social Credit Code": "credit_code",
+        "Industry": "industry",
+        "Phone": "phones",
+    }
+    await data.StartImport(dq.StartImportRequest(id=job.id), metadata=company.md)
+    done = await run_to_end(data, company, job.id)
+    assert done.status == dq.JOB_STATUS_SUCCEEDED, done.error
+    assert (done.rows_created, done.rows_updated, done.rows_skipped, done.rows_failed) == (1, 1, 2, 0)
+    errors = await errors_of(data, company, job.id)
+    assert [e[0] for e in errors] == [3, 5]
+    assert errors[0][3] == f"skipped: duplicate of record {huawei.id} (company_name)"
+    assert "earlier row of this file" in errors[1][3]
+
+    updated = (await customers.GetAccount(pb.GetAccountRequest(id=existing.id), metadata=company.md)).account
+    assert (
+        updated.name == "智米科技有限公司"
+        and updated.industry == "消费电子"
+        and list(updated.phones) == ["13800138000"]
+    )
+    assert updated.version == existing.version + 1
+    listed = await customers.ListAccounts(pb.ListAccountsRequest(query="字节跳动"), metadata=company.md)
+    assert [a.name for a in listed.items] == ["字节跳动有限公司"]
+    assert listed.items[0].lifecycle_stage == pb.LIFECYCLE_STAGE_PROSPECT
+
+
+async def test_a_row_the_database_refuses_leaves_nothing_behind(identity, customers, data, customers_service):
+    company = await sign_up(identity)
+    # A constraint the row checks do not know about: the batch fails, then each row is retried on its own.
+    async with customers_service.runtime.db.unit_of_work() as uow:
+        await uow.session.execute(
+            text(
+                "ALTER TABLE contacts ADD CONSTRAINT test_no_forbidden_name "
+                "CHECK (name <> '禁止的名字') NOT VALID"
+            )
+        )
+    try:
+        content = csv_bytes(
+            [
+                ["name", "phone", "email"],
+                ["张三", "13800138001", "z3@example.com"],
+                ["禁止的名字", "13800138002", ""],
+                ["李四", "13800138003", ""],
+            ]
+        )
+        job = await upload(data, company, content, name="people.csv")
+        await data.StartImport(dq.StartImportRequest(id=job.id), metadata=company.md)
+        done = await run_to_end(data, company, job.id)
+    finally:
+        async with customers_service.runtime.db.unit_of_work() as uow:
+            await uow.session.execute(text("ALTER TABLE contacts DROP CONSTRAINT test_no_forbidden_name"))
+    assert (done.rows_created, done.rows_failed) == (2, 1)
+    [(row, column, _value, reason)] = await errors_of(data, company, job.id)
+    assert column == ""
+    assert row == 3 and "test_no_forbidden_name" in reason
+    assert set(await contacts_named(customers, company)) == {"张三", "李四"}
+    async with customers_service.runtime.db.read() as session:
+        left = await session.scalar(
+            text(
+                "SELECT count(*) FROM contacts WHERE tenant_id = :t AND phones_normalized @> ARRAY['+8613800138002']"
+            ),
+            {"t": company.tenant.id},
+        )
+    assert left == 0
+
+
+async def test_a_crashed_import_resumes_after_its_checkpoint(identity, customers, data, customers_service):
+    from crm_customers.domain.imports import pipeline, worker
+
+    company = await sign_up(identity)
+    rows = [["姓名", "手机"]] + [[f"客户{i}", f"1380000{i:04d}"] for i in range(2500)]
+    job = await upload(data, company, csv_bytes(rows), chunk=64 * 1024)
+    runtime = customers_service.runtime
+    # Claim it as a worker would, commit the first batch, then "crash" (the worker never comes back).
+    async with runtime.db.unit_of_work() as uow:
+        await uow.session.execute(
+            text(
+                "UPDATE import_jobs SET status = 'running', attempts = 1, lease_until = now() - interval '1 second', "
+                "mapping = CAST(:m AS jsonb) WHERE id = :id"
+            ),
+            {
+                "id": job.id,
+                "m": '[{"column": "姓名", "field": "name"}, {"column": "手机", "field": "phones"}]',
+            },
+        )
+    from crm_customers.domain.imports.models import ImportJob
+
+    async with runtime.db.read() as session:
+        claimed = await session.get(ImportJob, job.id)
+    batcher = await pipeline.batcher_for(runtime.db, claimed)
+    first = batcher.convert([(n + 2, r) for n, r in enumerate(rows[1 : 1 + pipeline.BATCH_ROWS])])
+    from crm_kit import context
+
+    token = context.bind(context.RequestContext(principal=pipeline.principal_of(claimed)))
+    try:
+        await pipeline._commit_batch(runtime.db, batcher, claimed, 1, first, 0, len(first))
+    finally:
+        context.reset(token)
+    mid = (await data.GetImport(dq.GetImportRequest(id=job.id), metadata=company.md)).import_job
+    assert mid.rows_done == pipeline.BATCH_ROWS and mid.status == dq.JOB_STATUS_RUNNING
+
+    # Its lease has run out: the service's worker takes it over and finishes from the checkpoint.
+    done = await run_to_end(data, company, job.id)
+    assert done.status == dq.JOB_STATUS_SUCCEEDED and done.rows_created == 2500 and done.rows_done == 2500
+    async with runtime.db.read() as session:
+        n = await session.scalar(
+            text("SELECT count(*) FROM contacts WHERE tenant_id = :t"), {"t": company.tenant.id}
+        )
+        attempts = await session.scalar(
+            text("SELECT attempts FROM import_jobs WHERE id = :id"), {"id": job.id}
+        )
+    assert n == 2500 and attempts == 2
+    assert worker.MAX_ATTEMPTS == 3
+
+
+async def test_uploads_are_checked_and_imports_belong_to_their_tenant(identity, data):
+    mine, theirs = await sign_up(identity), await sign_up(identity, "腾讯")
+
+    async def anonymous():
+        yield dq.UploadImportFileRequest(header=dq.UploadImportFileRequest.Header(target=ACCOUNTS))
+
+    # Streaming calls are authenticated like any other (client and server streams).
+    assert (await rpc_error(data.UploadImportFile(anonymous()))).code() == grpc.StatusCode.UNAUTHENTICATED
+    download = data.DownloadImportErrors(dq.DownloadImportErrorsRequest(id="x"))
+    assert (await rpc_error(download.read())).code() == grpc.StatusCode.UNAUTHENTICATED
+    empty = await rpc_error(upload(data, mine, b""))
+    assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+    job = await upload(data, mine, csv_bytes([["名称", "电话"], ["a", "b"]]), target=ACCOUNTS)
+    assert (await rpc_error(data.GetImport(dq.GetImportRequest(id=job.id), metadata=theirs.md))).code() == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    bad = await rpc_error(
+        data.StartImport(
+            dq.StartImportRequest(id=job.id, mapping=[dq.ColumnMapping(column="电话", field="phones")]),
+            metadata=mine.md,
+        )
+    )
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "name" in bad.details()
+
+
+async def test_gb18030_csv_from_chinese_excel_is_read(identity, data):
+    company = await sign_up(identity)
+    job = await upload(
+        data,
+        company,
+        csv_bytes([["客户名称", "联系电话"], ["华为技术有限公司", "13800138000"]], "gb18030"),
+        target=ACCOUNTS,
+    )
+    assert list(job.columns) == ["客户名称", "联系电话"]
+    dry = await data.DryRunImport(dq.DryRunImportRequest(id=job.id), metadata=company.md)
+    assert dry.import_job.rows_created == 1 and dry.preview[0]["name"] == "华为技术有限公司"
