@@ -60,6 +60,8 @@ def test_every_route_has_request_and_response_schemas(doc):
         ok = op["responses"][str(plan.status)]
         if plan.status == 204:
             assert "content" not in ok
+        elif plan.binary:  # a file (e.g. a quote's PDF): its media type, bytes
+            assert ok["content"] == {plan.route.binary: {"schema": {"type": "string", "format": "binary"}}}
         else:
             schema = ok["content"]["application/json"]["schema"]
             assert schema.get("$ref") or schema.get("type") == "object", (plan.path, schema)

@@ -51,3 +51,10 @@ def leads(sales_channel):
 @pytest.fixture(scope="session")
 def pipelines(sales_channel):
     return pipelines_pb2_grpc.PipelinesServiceStub(sales_channel)
+
+
+@pytest.fixture(scope="session")
+def quotes(sales_channel):
+    from crm.sales.v1 import quotes_pb2_grpc
+
+    return quotes_pb2_grpc.QuotesServiceStub(sales_channel)

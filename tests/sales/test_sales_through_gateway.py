@@ -146,3 +146,66 @@ async def test_an_opportunity_moves_across_the_board_through_the_api(api, identi
         headers={**admin, "If-Match": '"1"'},
     )
     assert_problem(stale, 412)
+
+
+async def test_an_approved_quote_downloads_as_a_pdf_through_the_api(api, identity, tmp_path):
+    company, _ = await team(identity, 0)
+    admin = bearer(company.token)
+    product = (
+        await api.post(
+            "/api/v1/products",
+            json={
+                "code": "LIC-ERP",
+                "name": "企业资源计划软件许可",
+                "name_en": "ERP licence",
+                "unit": "套",
+                "tax_rate": "6",
+            },
+            headers=admin,
+        )
+    ).json()
+    book = await api.post(
+        "/api/v1/price-books",
+        json={
+            "name": "渠道价",
+            "currency": "CNY",
+            "customer_group": "distributor",
+            "entries": [{"product_id": product["id"], "unit_price": "120000.00"}],
+        },
+        headers=admin,
+    )
+    assert book.status_code == 201, book.text
+    quote = await api.post(
+        "/api/v1/quotes",
+        json={
+            "customer_name": "北京智联网络有限公司",
+            "price_book_id": book.json()["id"],
+            "lines": [{"product_id": product["id"], "quantity": "2", "discount_percent": "2.5"}],
+        },
+        headers=admin,
+    )
+    assert quote.status_code == 201, quote.text
+    body = quote.json()
+    assert (body["list_total"], body["discount_total"], body["tax_total"], body["total"]) == (
+        "240000.00",
+        "6000.00",
+        "14040.00",
+        "248040.00",
+    )
+    qid = body["id"]
+    assert_problem(await api.get(f"/api/v1/quotes/{qid}/pdf", headers=admin), 409, "quote_not_approved")
+    submitted = await api.post(f"/api/v1/quotes/{qid}/submit", json={}, headers=admin)
+    assert submitted.json()["quote"]["status"] == "QUOTE_STATUS_APPROVED", submitted.text
+    pdf = await api.get(f"/api/v1/quotes/{qid}/pdf", headers=admin)
+    assert pdf.status_code == 200
+    assert pdf.headers["content-type"] == "application/pdf"
+    assert pdf.headers["content-disposition"] == f'attachment; filename="{body["number"]}-v1.pdf"'
+    assert pdf.content.startswith(b"%PDF-") and "etag" not in pdf.headers
+    import io
+
+    from pypdf import PdfReader
+
+    text = PdfReader(io.BytesIO(pdf.content)).pages[0].extract_text()
+    assert "北京智联网络有限公司" in text and "企业资源计划软件许可" in text and "248,040.00" in text
+    (tmp_path / "quote.pdf").write_bytes(pdf.content)
+    assert_problem(await api.get(f"/api/v1/quotes/{qid}/pdf"), 401)

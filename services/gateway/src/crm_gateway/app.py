@@ -231,6 +231,8 @@ def _openapi(app: FastAPI, plans: Sequence[RoutePlan]) -> dict[str, Any]:
             if plan.public:
                 op["security"] = []
             ok = responses.get(str(plan.status))
+            if ok is not None and plan.binary:
+                ok["content"] = {plan.route.binary: {"schema": {"type": "string", "format": "binary"}}}
             if ok is not None:
                 headers = ok.setdefault("headers", {})
                 if not plan.public:

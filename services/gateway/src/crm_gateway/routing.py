@@ -83,6 +83,9 @@ class Route:
     cache_control: str | None = None
     summary: str | None = None
     tag: str | None = None
+    # The answer is a file of this media type (for the API docs), e.g. "application/pdf": the response's `content`
+    # (bytes) is sent as is, with its `content_type` and, as an attachment, its `filename`.
+    binary: str = ""
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,18 @@ class RoutePlan:
         # The answer.
         self.response_model: Any = None
         self.unwrap = route.unwrap
-        if self.status == 204:
+        self.binary = bool(route.binary)
+        if self.binary:
+            out = method.output_type.fields_by_name
+            if (
+                "content" not in out
+                or out["content"].type != FD.TYPE_BYTES
+                or any(f not in out or out[f].type != FD.TYPE_STRING for f in ("content_type", "filename"))
+            ):
+                raise ValueError(
+                    f"{route.rpc}: a binary answer needs bytes content, content_type and filename"
+                )
+        elif self.status == 204:
             pass
         elif self.is_list:
             self.response_model = schema.REGISTRY.page(
@@ -210,7 +224,12 @@ class RoutePlan:
         answer_desc = (
             method.output_type.fields_by_name[self.unwrap].message_type if self.unwrap else method.output_type
         )
-        self.has_etag = self.status != 204 and not self.is_list and "version" in answer_desc.fields_by_name
+        self.has_etag = (
+            self.status != 204
+            and not self.is_list
+            and not self.binary
+            and "version" in answer_desc.fields_by_name
+        )
         self.location = None
         if route.location:
             self.location = route.location if route.root else service.prefix.rstrip("/") + route.location
@@ -334,6 +353,16 @@ class RoutePlan:
     def render(self, response: Message) -> Reply:
         if self.status == 204:
             return Reply(204, b"", {})
+        if self.binary:
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", response.filename) or "download"  # type: ignore[attr-defined]
+            return Reply(
+                self.status,
+                bytes(response.content),  # type: ignore[attr-defined]
+                {
+                    "content-type": response.content_type or "application/octet-stream",  # type: ignore[attr-defined]
+                    "Content-Disposition": f'attachment; filename="{name}"',
+                },
+            )
         if self.is_list:
             data = json_format.MessageToDict(response, **TO_DICT)
             answer: Any = {"items": data.get("items", []), "next_cursor": data.get("next_cursor") or None}

@@ -9,13 +9,14 @@ import logging
 from pathlib import Path
 
 from crm.customers.v1 import customers_pb2
-from crm.sales.v1 import leads_pb2_grpc, pipelines_pb2_grpc
+from crm.sales.v1 import leads_pb2_grpc, pipelines_pb2_grpc, quotes_pb2_grpc
 from crm_kit.db import Database
 from crm_kit.grpc_server import Servicer
 from crm_kit.service import Parts, Runtime, ServiceSpec
 
 from crm_sales.api import leads as leads_api
 from crm_sales.api import pipelines as pipelines_api
+from crm_sales.api import quotes as quotes_api
 from crm_sales.clock import Clock
 from crm_sales.domain import leads
 from crm_sales.domain.common import People
@@ -73,6 +74,11 @@ async def build(runtime: Runtime) -> Parts:
                 pipelines_pb2_grpc.add_PipelinesServiceServicer_to_server,
                 pipelines_servicer,
                 pipelines_api.SERVICE.full_name,
+            ),
+            Servicer(
+                quotes_pb2_grpc.add_QuotesServiceServicer_to_server,
+                quotes_api.QuotesApi(db=runtime.db, policies=policies, clock=clock, people=people),
+                quotes_api.SERVICE.full_name,
             ),
         ],
         public_methods=leads_api.PUBLIC_METHODS,

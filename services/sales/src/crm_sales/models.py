@@ -275,3 +275,110 @@ class StageChange(TenantOwned, Base):
     left_at: Mapped[dt.datetime | None] = _ts()
 
     __table_args__ = (Index("ix_opportunity_stage_changes_opp", "opportunity_id", "id"),)
+
+
+# ---------------------------------------------------------------- CPQ
+
+
+class Counter(TenantOwned, Base):
+    """Per-tenant numbering (quotes, contracts, orders): `UPDATE … RETURNING` hands out each number once."""
+
+    __tablename__ = "sales_counters"
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(30), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Product(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "products"
+    id: Mapped[str] = _id()
+    code: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(300))
+    name_en: Mapped[str] = mapped_column(String(300), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    unit: Mapped[str] = mapped_column(String(30), default="")
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(7, 4), default=Decimal(0))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "code"),)
+
+
+class PriceBook(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "price_books"
+    id: Mapped[str] = _id()
+    name: Mapped[str] = mapped_column(String(200))
+    currency: Mapped[str] = mapped_column(String(3))
+    customer_group: Mapped[str] = mapped_column(String(100), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+
+
+class PriceBookEntry(TenantOwned, Base):
+    __tablename__ = "price_book_entries"
+    price_book_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    unit_price: Mapped[Decimal] = mapped_column(PRICE)
+
+
+class ApprovalPolicy(TenantOwned, Versioned, Base):
+    __tablename__ = "approval_policies"
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    discount_threshold_percent: Mapped[Decimal] = mapped_column(Numeric(7, 4), default=Decimal(100))
+    # [[approver ids of step 1], [approver ids of step 2], ...]
+    steps: Mapped[list[list[str]]] = mapped_column(JSONB, default=list)
+
+
+class Quote(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "quotes"
+    id: Mapped[str] = _id()
+    number: Mapped[str] = mapped_column(String(40))
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    title: Mapped[str] = mapped_column(String(300), default="")
+    opportunity_id: Mapped[str] = mapped_column(String(36), default="")
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    contact_id: Mapped[str] = mapped_column(String(36), default="")
+    customer_name: Mapped[str] = mapped_column(String(300), default="")
+    price_book_id: Mapped[str] = mapped_column(String(36), default="")
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(20), default="draft")
+    # Line inputs and computed amounts, decimals as strings (see crm_sales.domain.pricing).
+    lines: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    discount_percent: Mapped[Decimal] = mapped_column(Numeric(7, 4), default=Decimal(0))
+    list_total: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    subtotal: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    overall_discount_amount: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    discount_total: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    effective_discount_percent: Mapped[Decimal] = mapped_column(Numeric(9, 4), default=Decimal(0))
+    tax_total: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    total: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    valid_until: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    locale: Mapped[str] = mapped_column(String(10), default="zh-CN")
+    notes: Mapped[str] = mapped_column(Text, default="")
+    terms: Mapped[str] = mapped_column(Text, default="")
+    approval_id: Mapped[str] = mapped_column(String(36), default="")
+    owner_id: Mapped[str] = mapped_column(String(36))
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "number", "revision"),
+        Index("ix_quotes_tenant_opportunity", "tenant_id", "opportunity_id"),
+    )
+
+
+class Approval(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "approvals"
+    id: Mapped[str] = _id()
+    object_type: Mapped[str] = mapped_column(String(20))
+    object_id: Mapped[str] = mapped_column(String(36))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    steps: Mapped[list[list[str]]] = mapped_column(JSONB, default=list)
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    # [{"step", "actor_id", "decision", "comment", "occurred_at"}], append-only.
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    requested_by: Mapped[str] = mapped_column(String(64), default="")
+    # Who may decide the current step (denormalised for "waiting for me").
+    current_approver_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+
+    __table_args__ = (Index("ix_approvals_tenant_object", "tenant_id", "object_id"),)

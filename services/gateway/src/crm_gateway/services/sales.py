@@ -1,7 +1,7 @@
 """Sales' REST face: leads and lead pools, web forms (with the public submit), pipelines, opportunities and
 the kanban board. Fields, types and schemas come from protos/crm/sales/v1/*.proto."""
 
-from crm.sales.v1 import leads_pb2, pipelines_pb2
+from crm.sales.v1 import leads_pb2, pipelines_pb2, quotes_pb2
 
 from crm_gateway.routing import Route, ServiceRoutes
 
@@ -146,4 +146,61 @@ PIPELINES = ServiceRoutes(
     ],
 )
 
-SALES = [LEADS, PIPELINES]
+
+QUOTES = ServiceRoutes(
+    name="sales",
+    service=quotes_pb2.DESCRIPTOR.services_by_name["QuotesService"],
+    routes=[
+        Route("POST", "/products", "CreateProduct", status=201, unwrap="product", location="/products/{id}"),
+        Route("GET", "/products", "ListProducts", query={"q": "query"}),
+        Route("GET", "/products/{id}", "GetProduct", unwrap="product"),
+        Route("PATCH", "/products/{id}", "UpdateProduct", unwrap="product"),
+        Route(
+            "POST",
+            "/price-books",
+            "CreatePriceBook",
+            status=201,
+            unwrap="price_book",
+            location="/price-books/{id}",
+        ),
+        Route("GET", "/price-books", "ListPriceBooks"),
+        Route("GET", "/price-books/{id}", "GetPriceBook", unwrap="price_book"),
+        Route("PATCH", "/price-books/{id}", "UpdatePriceBook", unwrap="price_book"),
+        Route("GET", "/approval-policy", "GetApprovalPolicy", unwrap="policy", tag="approvals"),
+        Route("PATCH", "/approval-policy", "UpdateApprovalPolicy", unwrap="policy", tag="approvals"),
+        Route("POST", "/quotes", "CreateQuote", status=201, unwrap="quote", location="/quotes/{id}"),
+        Route("GET", "/quotes", "ListQuotes"),
+        Route("GET", "/quotes/{id}", "GetQuote", unwrap="quote"),
+        Route(
+            "PATCH",
+            "/quotes/{id}",
+            "UpdateQuote",
+            unwrap="quote",
+            summary="Change a draft quote (lines, discounts, texts); totals are recomputed",
+        ),
+        Route(
+            "POST", "/quotes/{id}/revise", "ReviseQuote", status=201, unwrap="quote", location="/quotes/{id}"
+        ),
+        Route(
+            "POST",
+            "/quotes/{id}/submit",
+            "SubmitQuote",
+            summary="Submit: approved at once or sent to approval",
+        ),
+        Route("POST", "/quotes/{id}/accept", "AcceptQuote", unwrap="quote"),
+        Route("POST", "/quotes/{id}/decline", "DeclineQuote", unwrap="quote"),
+        Route(
+            "GET",
+            "/quotes/{id}/pdf",
+            "GetQuotePdf",
+            binary="application/pdf",
+            summary="The approved quote as a PDF (Chinese or English, fonts embedded)",
+        ),
+        Route("GET", "/approvals", "ListApprovals"),
+        Route("GET", "/approvals/{id}", "GetApproval", unwrap="approval"),
+        Route("POST", "/approvals/{id}/approve", "ApproveApproval", unwrap="approval"),
+        Route("POST", "/approvals/{id}/reject", "RejectApproval", unwrap="approval"),
+    ],
+)
+
+SALES = [LEADS, PIPELINES, QUOTES]

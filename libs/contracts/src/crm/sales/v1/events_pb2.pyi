@@ -3,11 +3,14 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from crm.sales.v1 import leads_pb2 as _leads_pb2
 from crm.sales.v1 import pipelines_pb2 as _pipelines_pb2
+from crm.sales.v1 import quotes_pb2 as _quotes_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -427,3 +430,178 @@ class OpportunityLost(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpportunityLost: _TypeAlias = OpportunityLost  # noqa: Y015
+
+@_typing.final
+class ProductChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRODUCT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def product(self) -> _quotes_pb2.Product: ...
+    def __init__(
+        self,
+        *,
+        product: _quotes_pb2.Product | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["product", b"product"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProductChanged: _TypeAlias = ProductChanged  # noqa: Y015
+
+@_typing.final
+class PriceBookChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRICE_BOOK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def price_book(self) -> _quotes_pb2.PriceBook: ...
+    def __init__(
+        self,
+        *,
+        price_book: _quotes_pb2.PriceBook | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price_book", b"price_book"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price_book", b"price_book"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceBookChanged: _TypeAlias = PriceBookChanged  # noqa: Y015
+
+@_typing.final
+class ApprovalPolicyChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> _quotes_pb2.ApprovalPolicy: ...
+    def __init__(
+        self,
+        *,
+        policy: _quotes_pb2.ApprovalPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalPolicyChanged: _TypeAlias = ApprovalPolicyChanged  # noqa: Y015
+
+@_typing.final
+class QuoteCreated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quote(self) -> _quotes_pb2.Quote: ...
+    def __init__(
+        self,
+        *,
+        quote: _quotes_pb2.Quote | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quote", b"quote"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quote", b"quote"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteCreated: _TypeAlias = QuoteCreated  # noqa: Y015
+
+@_typing.final
+class QuoteUpdated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quote(self) -> _quotes_pb2.Quote: ...
+    def __init__(
+        self,
+        *,
+        quote: _quotes_pb2.Quote | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quote", b"quote"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quote", b"quote"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteUpdated: _TypeAlias = QuoteUpdated  # noqa: Y015
+
+@_typing.final
+class QuoteStatusChanged(_message.Message):
+    """Submitted, approved, rejected, accepted, declined, superseded: `quote.status` says which."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    previous_status: _builtins.str
+    @_builtins.property
+    def quote(self) -> _quotes_pb2.Quote: ...
+    def __init__(
+        self,
+        *,
+        quote: _quotes_pb2.Quote | None = ...,
+        previous_status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quote", b"quote"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_status", b"previous_status", "quote", b"quote"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuoteStatusChanged: _TypeAlias = QuoteStatusChanged  # noqa: Y015
+
+@_typing.final
+class ApprovalRequested(_message.Message):
+    """An approval step waits for `approver_ids` (notifications delivers it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    APPROVER_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> _quotes_pb2.Approval: ...
+    @_builtins.property
+    def approver_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        approval: _quotes_pb2.Approval | None = ...,
+        approver_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "approver_ids", b"approver_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRequested: _TypeAlias = ApprovalRequested  # noqa: Y015
+
+@_typing.final
+class ApprovalDecided(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> _quotes_pb2.Approval: ...
+    @_builtins.property
+    def action(self) -> _quotes_pb2.ApprovalAction: ...
+    def __init__(
+        self,
+        *,
+        approval: _quotes_pb2.Approval | None = ...,
+        action: _quotes_pb2.ApprovalAction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalDecided: _TypeAlias = ApprovalDecided  # noqa: Y015
