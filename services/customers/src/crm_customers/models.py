@@ -63,17 +63,13 @@ class SoftDeleted:
 
 
 class Searchable:
-    """Search columns only serve WHERE clauses: deferred, so reads and lists never fetch them."""
-
     # Lower-cased, NFKC-folded names (name, alternative/Latin names, their pinyin): trigram GIN.
-    search_name: Mapped[str] = mapped_column(Text, default="", server_default="", deferred=True)
+    search_name: Mapped[str] = mapped_column(Text, default="", server_default="")
     # Short (1–2 character) CJK queries: every 1- and 2-character piece of the names, GIN on the array.
-    search_grams: Mapped[list[str]] = mapped_column(
-        ARRAY(Text), default=list, server_default="{}", deferred=True
-    )
+    search_grams: Mapped[list[str]] = _texts()
     # Phones (digits), e-mails and searchable custom field values: trigram GIN; left out for callers that may
     # not see phones, e-mails or a searchable custom field.
-    search_extra: Mapped[str] = mapped_column(Text, default="", server_default="", deferred=True)
+    search_extra: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class Account(TenantOwned, Timestamped, Versioned, SoftDeleted, Searchable, Base):

@@ -25,7 +25,7 @@ from google.protobuf import json_format, struct_pb2
 from sqlalchemy import and_, func, literal, not_, select, text
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, defer
 
 from crm_customers import models
 from crm_customers.domain import custom_fields as cf
@@ -558,7 +558,11 @@ def fields_for(defs: dict[str, models.CustomField]) -> q.Fields:
 
 def base_query(decision: Decision, *, deleted: bool) -> Any:
     principal = caller()
-    stmt = select(models.Account).where(models.Account.tenant_id == principal.tenant_id)
+    stmt = (
+        select(models.Account)
+        .options(*SKIP_SEARCH_COLUMNS)
+        .where(models.Account.tenant_id == principal.tenant_id)
+    )
     stmt = stmt.where(
         models.Account.deleted_at.is_not(None) if deleted else models.Account.deleted_at.is_(None)
     )
@@ -599,6 +603,12 @@ def _subsidiary_count_column() -> Any:
     )
 
 
+# Lists never need the search columns (they only serve WHERE clauses): not fetched.
+SKIP_SEARCH_COLUMNS = [
+    defer(models.Account.search_name),
+    defer(models.Account.search_grams),
+    defer(models.Account.search_extra),
+]
 SUBSIDIARY_COUNT = _subsidiary_count_column()  # built once: constructing it costs more than running it
 
 
@@ -619,9 +629,7 @@ async def list_accounts(
     paging = q.page_of(page, ordering)
     if query.strip():
         await search.prepare(session, query)
-    rows = (
-        await session.execute(q.run_page(stmt, ordering, paging, extra=[SUBSIDIARY_COUNT]))
-    ).all()
+    rows = (await session.execute(q.run_page(stmt, ordering, paging, extra=[SUBSIDIARY_COUNT]))).all()
     counts = {r[0].id: r[-1] for r in rows}
     accounts, cursor = q.split(rows, ordering, paging)
     return [(a, counts[a.id]) for a in accounts], cursor

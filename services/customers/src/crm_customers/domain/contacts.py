@@ -19,6 +19,7 @@ from crm_kit.validation import Check
 from google.protobuf import json_format
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from crm_customers import models
 from crm_customers.domain import custom_fields as cf
@@ -363,7 +364,8 @@ def filtered(
     account_id: str = "",
 ) -> Any:
     C = models.Contact
-    stmt = select(C).where(C.tenant_id == caller().tenant_id)
+    stmt = select(C).options(defer(C.search_name), defer(C.search_grams), defer(C.search_extra))
+    stmt = stmt.where(C.tenant_id == caller().tenant_id)
     stmt = stmt.where(C.deleted_at.is_not(None) if deleted else C.deleted_at.is_(None))
     stmt = stmt.where(visible(decision, C))
     if account_id:

@@ -312,6 +312,7 @@ async def delete(uow: UnitOfWork, field_id: str, expected_version: int) -> None:
         {"k": row.key},
     )
     await uow.session.flush()
+    await uow.session.refresh(row)
     uow.emit(
         events_pb2.CustomFieldDeleted(custom_field=custom_field_pb(row)),
         aggregate_type="custom_field",

@@ -315,6 +315,7 @@ async def delete(uow: UnitOfWork, interaction_id: str, expected_version: int, de
     row.deleted_at = utcnow()
     row.version += 1
     await uow.session.flush()
+    await uow.session.refresh(row)
     uow.emit(
         events_pb2.InteractionDeleted(interaction=interaction_pb(row)),
         aggregate_type="interaction",

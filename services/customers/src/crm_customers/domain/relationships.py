@@ -236,6 +236,7 @@ async def delete_type(uow: UnitOfWork, type_id: str, expected_version: int) -> N
     row.deleted_at = utcnow()
     row.version += 1
     await uow.session.flush()
+    await uow.session.refresh(row)
     uow.emit(
         events_pb2.RelationshipTypeDeleted(relationship_type=type_pb(row)),
         aggregate_type="relationship_type",
@@ -396,6 +397,7 @@ async def delete(
     row.deleted_at = utcnow()
     row.version += 1
     await uow.session.flush()
+    await uow.session.refresh(row)
     uow.emit(
         events_pb2.RelationshipDeleted(relationship=relationship_pb(row)),
         aggregate_type="relationship",
