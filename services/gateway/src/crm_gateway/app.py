@@ -13,11 +13,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from starlette.responses import Response
 
-from crm_gateway import problems
+from crm_gateway import files, problems
 from crm_gateway.middleware import EdgeMiddleware
 from crm_gateway.routing import RoutePlan, ServiceRoutes, compile_routes
 from crm_gateway.runtime import Gateway
-from crm_gateway.services import SERVICES
+from crm_gateway.services import FILE_SERVICES, SERVICES
 from crm_gateway.settings import GatewaySettings
 
 DESCRIPTION = """\
@@ -46,7 +46,9 @@ Numbers of 64 bits (e.g. `version`) are JSON strings; enums are their names; tim
 
 
 def create_app(
-    settings: GatewaySettings | None = None, services: Sequence[ServiceRoutes] = SERVICES
+    settings: GatewaySettings | None = None,
+    services: Sequence[ServiceRoutes] = SERVICES,
+    file_services: Sequence[files.FileRoutes] = FILE_SERVICES,
 ) -> FastAPI:
     settings = settings or GatewaySettings()
     plans = compile_routes(services)
@@ -108,7 +110,15 @@ def create_app(
         )
 
     app.openapi = lambda: _openapi(app, plans)  # type: ignore[method-assign]
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
+    # Uploads and downloads (imports, exports, reports) stream in chunks beside the JSON routes.
+    file_plans = files.mount(app, gateway, file_services)
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        access_log=settings.access_log,
+        uploads=[files.upload_pattern(p) for p in file_plans if p.upload],
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     if settings.cors_origin_list:
         from starlette.middleware.cors import CORSMiddleware
 

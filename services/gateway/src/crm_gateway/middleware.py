@@ -3,6 +3,8 @@
 - a request id (the client's `X-Request-ID` when it is sane, else a new one), bound to the log context and
   echoed in the response;
 - bodies: more than `max_body_bytes` → 413 before reading it; a non-empty body that is not JSON → 415;
+  upload routes (`uploads`: path patterns of POST routes taking multipart/form-data) have their own limit,
+  `max_upload_bytes`, and take multipart bodies instead of JSON;
 - NUL characters in the URL → 400 (no text column can hold them; see `runtime` for bodies);
 - anything that escapes the app → a 500 problem, logged, never a stack trace to the client;
 - a JSON access-log line per request (CRM_ACCESS_LOG=all), or only for failed and slow ones (the default).
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from crm_kit import context
@@ -35,9 +38,19 @@ def _is_json(content_type: str) -> bool:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: Any, *, max_body_bytes: int, access_log: str = "errors"):
+    def __init__(
+        self,
+        app: Any,
+        *,
+        max_body_bytes: int,
+        access_log: str = "errors",
+        uploads: Sequence[re.Pattern[str]] = (),
+        max_upload_bytes: int = 0,
+    ):
         self.app = app
         self.max_body = max_body_bytes
+        self.uploads = tuple(uploads)
+        self.max_upload = max_upload_bytes
         self.log_all = access_log == "all"
         self.log_errors = access_log in ("all", "errors")
 
@@ -68,7 +81,9 @@ class EdgeMiddleware:
             if "\x00" in scope["path"] or b"%00" in scope["query_string"] or b"\x00" in scope["query_string"]:
                 raise ProblemError(400, "nul_character", "the URL may not contain NUL (%00) characters")
             method = scope["method"]
-            if method in BODY_METHODS:
+            if method == "POST" and self.uploads and any(p.match(scope["path"]) for p in self.uploads):
+                receive = self._check_upload(headers, receive)
+            elif method in BODY_METHODS:
                 receive = await self._check_body(scope, headers, receive)
             await self.app(scope, receive, send_with_headers)
         except ProblemError as exc:
@@ -96,6 +111,32 @@ class EdgeMiddleware:
                     },
                 )
             context.reset(token)
+
+    def _check_upload(self, headers: dict[bytes, bytes], receive: Any) -> Any:
+        """An upload streams through to its route: an announced size over the limit is refused at once, a
+        chunked body as soon as it passes the limit."""
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                raise ProblemError(400, "bad_content_length", "Content-Length is not a number")
+            if int(length) > self.max_upload:
+                raise ProblemError(
+                    413,
+                    "body_too_large",
+                    f"the upload is {int(length)} bytes; at most {self.max_upload} are accepted",
+                )
+            return receive
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_upload:
+                raise ProblemError(413, "body_too_large", f"the upload exceeds {self.max_upload} bytes")
+            return message
+
+        return counted
 
     async def _check_body(self, scope: dict[str, Any], headers: dict[bytes, bytes], receive: Any) -> Any:
         length = headers.get(b"content-length")

@@ -28,6 +28,9 @@ class GatewaySettings(ServiceSettings):
     max_body_bytes: int = 1_048_576
     # Deadline of one gRPC call made for a request.
     grpc_timeout_seconds: float = 10.0
+    # File routes (imports, exports): the largest upload, and the deadline of one file transfer.
+    max_upload_bytes: int = 512 * 1024 * 1024
+    file_timeout_seconds: float = 3600.0
 
     # `limits` notation ("1200/minute"); per tenant on every authenticated route.
     rate_limit_per_tenant: str = "1200/minute"
