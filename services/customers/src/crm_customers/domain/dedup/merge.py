@@ -24,6 +24,7 @@ from crm_kit.ids import is_uuid, new_id
 from crm_kit.paging import Page, SortKey
 from sqlalchemy import Date, DateTime, Numeric, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import undefer
 
 from crm_customers import models, normalize
 from crm_customers.domain.dedup.common import (
@@ -390,7 +391,11 @@ async def merge(
     for i in ids:
         if not is_uuid(i):
             raise not_found(kind, i)
-    stmt = select(model).where(model.tenant_id == tenant, model.id.in_(ids), model.deleted_at.is_(None))
+    stmt = (
+        select(model)
+        .where(model.tenant_id == tenant, model.id.in_(ids), model.deleted_at.is_(None))
+        .options(undefer("*"))  # every column goes into the undo data
+    )
     if visible is not None:
         stmt = stmt.where(visible(model))
     rows = {r.id: r for r in (await session.scalars(stmt.order_by(model.id).with_for_update())).all()}
@@ -475,7 +480,7 @@ async def undo(uow: UnitOfWork, *, merge_id: str, visible: Any = None) -> tuple[
     kind = record.record_type
     model = _model(kind)
     ids = [record.survivor_id, *record.merged_ids]
-    stmt = select(model).where(model.tenant_id == record.tenant_id, model.id.in_(ids))
+    stmt = select(model).where(model.tenant_id == record.tenant_id, model.id.in_(ids)).options(undefer("*"))
     rows = {r.id: r for r in (await session.scalars(stmt.order_by(model.id).with_for_update())).all()}
     survivor = rows.get(record.survivor_id)
     if survivor is None or (

@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from crm_customers.domain import accounts, contacts, saved_views
 from crm_customers.domain import custom_fields as cf
 from crm_customers.domain import query as q
-from crm_customers.domain.common import caller
+from crm_customers.domain.common import caller, is_hidden
 from crm_customers.domain.exports.writers import writer_for
 
 PAGE = 1000
@@ -138,20 +138,19 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def columns_for(kind: str, requested: list[str], hidden: frozenset[str], defs: dict[str, Any]) -> list[str]:
+def columns_for(kind: str, requested: list[str], decision: Decision, defs: dict[str, Any]) -> list[str]:
     base = ACCOUNT_FIELDS if kind == "account" else CONTACT_FIELDS
     known = set(base) | {f"custom_fields.{k}" for k in defs}
     if requested:
         unknown = [f for f in requested if f not in known]
         if unknown:
             raise InvalidArgument.for_field("fields", f"unknown fields: {', '.join(unknown)}")
-        blocked = [f for f in requested if f in hidden or f.split(".", 1)[0] in hidden]
+        blocked = [f for f in requested if is_hidden(decision, f)]
         if blocked:
             raise PermissionDenied(f"fields are hidden from you: {', '.join(blocked)}", reason="field_hidden")
         return list(dict.fromkeys(requested))
-    out = [f for f in base if f not in hidden]
-    if "custom_fields" not in hidden:
-        out.extend(f"custom_fields.{k}" for k in defs if f"custom_fields.{k}" not in hidden)
+    out = [f for f in base if not is_hidden(decision, f)]
+    out.extend(f"custom_fields.{k}" for k in defs if not is_hidden(decision, f"custom_fields.{k}"))
     return out
 
 
@@ -176,7 +175,7 @@ async def stream(
         view_request = _ViewRequest(request)
         query, filters, sort = await saved_views.apply(session, view_request, kind)
         defs = await cf.definitions(session, caller().tenant_id, kind)
-        columns = columns_for(kind, list(request.fields), decision.hidden, defs)
+        columns = columns_for(kind, list(request.fields), decision, defs)
         stmt = module.filtered(decision, defs, query=query, filters=filters, deleted=False)
         ordering = q.parse_sort(module.fields_for(defs), sort, decision, default="-id")
     writer = writer_for(request.format)

@@ -18,6 +18,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customers.domain import custom_fields as cf
+from crm_customers.domain.common import check_writable
 from crm_customers.domain.dedup.common import JOB_STATUS_PB, caller, get_owned, ts, utcnow
 from crm_customers.domain.imports import mapping as mappings
 from crm_customers.domain.imports import source
@@ -34,6 +35,17 @@ OBJECT_OF = {"accounts": "account", "contacts": "contact", "relationships": "con
 RECORD_TYPE_OF = {"accounts": "account", "contacts": "contact"}
 MAX_FILE_BYTES = 2 << 30
 FORMATS = {"csv": pb.FILE_FORMAT_CSV, "xlsx": pb.FILE_FORMAT_XLSX}
+# Import columns that are no field of the record (they fill account_ids / im_handles): writable by anyone
+# who may write those.
+IMPORT_ONLY_FIELDS = {
+    "account": "account_ids",
+    "account_id": "account_ids",
+    "wechat": "im_handles",
+    "consent_email": "consent",
+    "consent_sms": "consent",
+    "consent_phone": "consent",
+    "consent_wechat": "consent",
+}
 REPORT_HEADER = {"en": ("row", "column", "value", "reason"), "zh-CN": ("行", "列", "值", "原因")}
 
 
@@ -203,7 +215,7 @@ async def start(
             f"the import is {job.status}; only an uploaded file can be started", reason="import_started"
         )
     chosen = await chosen_mapping(uow.session, job, mapping)
-    decision.check_writable(f for _, f in chosen if f and f not in ("account", "account_id", "wechat"))
+    check_writable(decision, [IMPORT_ONLY_FIELDS.get(f, f) for _, f in chosen if f])
     principal = caller()
     job.mapping = [{"column": c, "field": f} for c, f in chosen]
     owner_of(job, owner_id)

@@ -37,8 +37,10 @@ from google.protobuf import struct_pb2
 from sqlalchemy import Text, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import undefer
 
 from crm_customers import models, normalize
+from crm_customers.domain.common import check_writable
 from crm_customers.domain.dedup.matching import IMPORT_STRICTNESS
 from crm_customers.domain.dedup.merge import _refresh_derived
 from crm_customers.domain.dedup.rules import active_rules
@@ -363,7 +365,7 @@ class Batcher:
                 r.action, r.duplicate_of = "update", record_id
 
     async def update_existing(self, session: Any, r: Row) -> None:
-        row = await session.get(self.model, r.duplicate_of, with_for_update=True)
+        row = await session.get(self.model, r.duplicate_of, with_for_update=True, options=[undefer("*")])
         if row is None or row.deleted_at is not None:
             r.action = "create"
             return
@@ -487,7 +489,7 @@ async def dry_run(
                 f"the import is {job.status}; a dry run needs an uploaded file", reason="import_started"
             )
         chosen = await jobs.chosen_mapping(uow.session, job, mapping)
-        decision.check_writable(f for _, f in chosen if f and f not in ("account", "account_id", "wechat"))
+        check_writable(decision, [jobs.IMPORT_ONLY_FIELDS.get(f, f) for _, f in chosen if f])
         job.mapping = [{"column": c, "field": f} for c, f in chosen]
         jobs.owner_of(job, owner_id)
     batcher = await batcher_for(db, job)
