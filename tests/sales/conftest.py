@@ -58,3 +58,10 @@ def quotes(sales_channel):
     from crm.sales.v1 import quotes_pb2_grpc
 
     return quotes_pb2_grpc.QuotesServiceStub(sales_channel)
+
+
+@pytest.fixture(scope="session")
+def contracts(sales_channel):
+    from crm.sales.v1 import contracts_pb2_grpc
+
+    return contracts_pb2_grpc.ContractsServiceStub(sales_channel)

@@ -9,16 +9,17 @@ import logging
 from pathlib import Path
 
 from crm.customers.v1 import customers_pb2
-from crm.sales.v1 import leads_pb2_grpc, pipelines_pb2_grpc, quotes_pb2_grpc
+from crm.sales.v1 import contracts_pb2_grpc, leads_pb2_grpc, pipelines_pb2_grpc, quotes_pb2_grpc
 from crm_kit.db import Database
 from crm_kit.grpc_server import Servicer
 from crm_kit.service import Parts, Runtime, ServiceSpec
 
+from crm_sales.api import contracts as contracts_api
 from crm_sales.api import leads as leads_api
 from crm_sales.api import pipelines as pipelines_api
 from crm_sales.api import quotes as quotes_api
 from crm_sales.clock import Clock
-from crm_sales.domain import leads
+from crm_sales.domain import contracts, leads
 from crm_sales.domain.common import People
 from crm_sales.domain.conversion import Converter
 from crm_sales.settings import SalesSettings
@@ -27,26 +28,35 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("crm.sales")
 
 
-async def reclaim_all(db: Database, clock: Clock) -> tuple[int, int]:
-    """One run of the reclaim job over every tenant, in batches (each its own transaction)."""
-    reclaimed = warned = 0
+async def run_jobs_once(db: Database, clock: Clock) -> dict[str, int]:
+    """One run of the periodic jobs over every tenant, in batches (each its own transaction): lead reclaim
+    and warnings, overdue instalments, contract renewal reminders."""
+    counts = {"reclaimed": 0, "warned": 0, "overdue": 0, "renewal_reminders": 0}
     while True:
         async with db.unit_of_work() as uow:
             r, w = await leads.reclaim(uow, now=clock.now(), tenant_id=None)
-        reclaimed, warned = reclaimed + r, warned + w
+        counts["reclaimed"] += r
+        counts["warned"] += w
         if r + w < 500:
-            return reclaimed, warned
+            break
+    while True:
+        async with db.unit_of_work() as uow:
+            o, n = await contracts.run_jobs(uow, now=clock.now(), tenant_id=None)
+        counts["overdue"] += o
+        counts["renewal_reminders"] += n
+        if o < 500 and n < 500:
+            return counts
 
 
-async def _reclaim_forever(db: Database, clock: Clock, interval: float) -> None:
+async def _jobs_forever(db: Database, clock: Clock, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            reclaimed, warned = await reclaim_all(db, clock)
-            if reclaimed or warned:
-                log.info("lead reclaim: %s reclaimed, %s warned", reclaimed, warned)
-        except Exception:  # the next run tries again; one bad run must not stop the job
-            log.exception("lead reclaim run failed")
+            counts = await run_jobs_once(db, clock)
+            if any(counts.values()):
+                log.info("sales jobs: %s", counts)
+        except Exception:  # the next run tries again; one bad run must not stop the jobs
+            log.exception("sales jobs run failed")
 
 
 async def build(runtime: Runtime) -> Parts:
@@ -80,12 +90,17 @@ async def build(runtime: Runtime) -> Parts:
                 quotes_api.QuotesApi(db=runtime.db, policies=policies, clock=clock, people=people),
                 quotes_api.SERVICE.full_name,
             ),
+            Servicer(
+                contracts_pb2_grpc.add_ContractsServiceServicer_to_server,
+                contracts_api.ContractsApi(db=runtime.db, policies=policies, clock=clock),
+                contracts_api.SERVICE.full_name,
+            ),
         ],
         public_methods=leads_api.PUBLIC_METHODS,
     )
     parts.clock = clock  # type: ignore[attr-defined]  # tests move time with it
     if settings.reclaim_interval_seconds > 0:
-        task = asyncio.create_task(_reclaim_forever(runtime.db, clock, settings.reclaim_interval_seconds))
+        task = asyncio.create_task(_jobs_forever(runtime.db, clock, settings.reclaim_interval_seconds))
 
         async def stop_reclaim() -> None:
             task.cancel()

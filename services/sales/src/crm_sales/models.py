@@ -382,3 +382,108 @@ class Approval(TenantOwned, Timestamped, Versioned, Base):
     current_approver_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
 
     __table_args__ = (Index("ix_approvals_tenant_object", "tenant_id", "object_id"),)
+
+
+# ---------------------------------------------------------------- contracts, orders, collection
+
+
+class Contract(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "contracts"
+    id: Mapped[str] = _id()
+    number: Mapped[str] = mapped_column(String(40))
+    title: Mapped[str] = mapped_column(String(300), default="")
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    customer_name: Mapped[str] = mapped_column(String(300), default="")
+    opportunity_id: Mapped[str] = mapped_column(String(36), default="")
+    quote_id: Mapped[str] = mapped_column(String(36), default="")
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(20), default="draft")
+    start_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    end_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    signed_date: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    renewal_reminder_days: Mapped[int] = mapped_column(Integer, default=0)
+    renewal_reminded_at: Mapped[dt.datetime | None] = _ts()
+    terms: Mapped[str] = mapped_column(Text, default="")
+    approval_id: Mapped[str] = mapped_column(String(36), default="")
+    owner_id: Mapped[str] = mapped_column(String(36))
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "number"),
+        # The renewal job: active contracts by end date.
+        Index(
+            "ix_contracts_renewal",
+            "end_date",
+            postgresql_where="status = 'active' AND renewal_reminded_at IS NULL",
+        ),
+    )
+
+
+class Order(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "orders"
+    id: Mapped[str] = _id()
+    number: Mapped[str] = mapped_column(String(40))
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    customer_name: Mapped[str] = mapped_column(String(300), default="")
+    quote_id: Mapped[str] = mapped_column(String(36), default="")
+    contract_id: Mapped[str] = mapped_column(String(36), default="")
+    currency: Mapped[str] = mapped_column(String(3))
+    lines: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    total: Mapped[Decimal] = mapped_column(MONEY)
+    status: Mapped[str] = mapped_column(String(20), default="open")
+    owner_id: Mapped[str] = mapped_column(String(36))
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "number"),
+        # One order per accepted quote.
+        Index("uq_orders_quote", "tenant_id", "quote_id", unique=True, postgresql_where="quote_id <> ''"),
+    )
+
+
+class PaymentPlan(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "payment_plans"
+    id: Mapped[str] = _id()
+    order_id: Mapped[str] = mapped_column(String(36), default="")
+    contract_id: Mapped[str] = mapped_column(String(36), default="")
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    currency: Mapped[str] = mapped_column(String(3))
+    total: Mapped[Decimal] = mapped_column(MONEY)
+    owner_id: Mapped[str] = mapped_column(String(36))
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+class Instalment(TenantOwned, Base):
+    __tablename__ = "instalments"
+    id: Mapped[str] = _id()
+    plan_id: Mapped[str] = mapped_column(String(36), index=True)
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    owner_id: Mapped[str] = mapped_column(String(36))
+    sequence: Mapped[int] = mapped_column(Integer)
+    due_date: Mapped[dt.date] = mapped_column(Date)
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    paid_amount: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+
+    __table_args__ = (
+        Index("ix_instalments_account", "tenant_id", "account_id", "due_date"),
+        # Overdue detection and the collection forecast: unpaid instalments by due date.
+        Index("ix_instalments_open_due", "due_date", postgresql_where="status <> 'paid'"),
+    )
+
+
+class Payment(TenantOwned, Timestamped, Base):
+    __tablename__ = "payments"
+    id: Mapped[str] = _id()
+    instalment_id: Mapped[str] = mapped_column(String(36), index=True)
+    plan_id: Mapped[str] = mapped_column(String(36), index=True)
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    currency: Mapped[str] = mapped_column(String(3))
+    paid_date: Mapped[dt.date] = mapped_column(Date)
+    method: Mapped[str] = mapped_column(String(20))
+    reference: Mapped[str] = mapped_column(String(200), default="")
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(String(36))

@@ -1,7 +1,7 @@
 """Sales' REST face: leads and lead pools, web forms (with the public submit), pipelines, opportunities and
 the kanban board. Fields, types and schemas come from protos/crm/sales/v1/*.proto."""
 
-from crm.sales.v1 import leads_pb2, pipelines_pb2, quotes_pb2
+from crm.sales.v1 import contracts_pb2, leads_pb2, pipelines_pb2, quotes_pb2
 
 from crm_gateway.routing import Route, ServiceRoutes
 
@@ -203,4 +203,77 @@ QUOTES = ServiceRoutes(
     ],
 )
 
-SALES = [LEADS, PIPELINES, QUOTES]
+CONTRACTS = ServiceRoutes(
+    name="sales",
+    service=contracts_pb2.DESCRIPTOR.services_by_name["ContractsService"],
+    routes=[
+        Route(
+            "POST", "/contracts", "CreateContract", status=201, unwrap="contract", location="/contracts/{id}"
+        ),
+        Route("GET", "/contracts", "ListContracts"),
+        Route("GET", "/contracts/{id}", "GetContract", unwrap="contract"),
+        Route(
+            "PATCH",
+            "/contracts/{id}",
+            "UpdateContract",
+            unwrap="contract",
+            read_only=(
+                "number",
+                "account_id",
+                "opportunity_id",
+                "quote_id",
+                "status",
+                "signed_date",
+                "renewal_reminded_at",
+                "approval_id",
+                "owner_id",
+                "department_id",
+            ),
+        ),
+        Route("POST", "/contracts/{id}/submit", "SubmitContract", summary="Submit for approval"),
+        Route(
+            "POST",
+            "/contracts/{id}/activate",
+            "ActivateContract",
+            unwrap="contract",
+            summary="Signed: active",
+        ),
+        Route("POST", "/contracts/{id}/terminate", "TerminateContract", unwrap="contract"),
+        Route("POST", "/orders", "CreateOrder", status=201, unwrap="order", location="/orders/{id}"),
+        Route("GET", "/orders", "ListOrders"),
+        Route("GET", "/orders/{id}", "GetOrder", unwrap="order"),
+        Route(
+            "POST",
+            "/payment-plans",
+            "CreatePaymentPlan",
+            status=201,
+            unwrap="plan",
+            location="/payment-plans/{id}",
+        ),
+        Route("GET", "/payment-plans", "ListPaymentPlans"),
+        Route("GET", "/payment-plans/{id}", "GetPaymentPlan", unwrap="plan"),
+        Route(
+            "POST",
+            "/payments",
+            "RecordPayment",
+            status=201,
+            summary="Record a (partial) payment of an instalment",
+        ),
+        Route("GET", "/payments", "ListPayments"),
+        Route(
+            "GET",
+            "/accounts/{account_id}/receivables",
+            "GetReceivables",
+            tag="payments",
+            summary="What an account owes: planned, paid, outstanding, overdue",
+        ),
+        Route(
+            "POST",
+            "/payments/jobs",
+            "RunCollectionJobs",
+            summary="Run overdue detection and renewal reminders for my tenant now (or as of `now`)",
+        ),
+    ],
+)
+
+SALES = [LEADS, PIPELINES, QUOTES, CONTRACTS]

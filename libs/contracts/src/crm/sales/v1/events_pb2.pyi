@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from crm.sales.v1 import contracts_pb2 as _contracts_pb2
 from crm.sales.v1 import leads_pb2 as _leads_pb2
 from crm.sales.v1 import pipelines_pb2 as _pipelines_pb2
 from crm.sales.v1 import quotes_pb2 as _quotes_pb2
@@ -605,3 +606,182 @@ class ApprovalDecided(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApprovalDecided: _TypeAlias = ApprovalDecided  # noqa: Y015
+
+@_typing.final
+class ContractCreated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contract(self) -> _contracts_pb2.Contract: ...
+    def __init__(
+        self,
+        *,
+        contract: _contracts_pb2.Contract | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractCreated: _TypeAlias = ContractCreated  # noqa: Y015
+
+@_typing.final
+class ContractUpdated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contract(self) -> _contracts_pb2.Contract: ...
+    def __init__(
+        self,
+        *,
+        contract: _contracts_pb2.Contract | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractUpdated: _TypeAlias = ContractUpdated  # noqa: Y015
+
+@_typing.final
+class ContractStatusChanged(_message.Message):
+    """Submitted, approved, rejected, activated, terminated: `contract.status` says which."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    previous_status: _builtins.str
+    @_builtins.property
+    def contract(self) -> _contracts_pb2.Contract: ...
+    def __init__(
+        self,
+        *,
+        contract: _contracts_pb2.Contract | None = ...,
+        previous_status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract", "previous_status", b"previous_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractStatusChanged: _TypeAlias = ContractStatusChanged  # noqa: Y015
+
+@_typing.final
+class ContractRenewalDue(_message.Message):
+    """The contract ends on `contract.end_date`; notifications reminds its owner to renew."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contract(self) -> _contracts_pb2.Contract: ...
+    def __init__(
+        self,
+        *,
+        contract: _contracts_pb2.Contract | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract", b"contract"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContractRenewalDue: _TypeAlias = ContractRenewalDue  # noqa: Y015
+
+@_typing.final
+class OrderCreated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> _contracts_pb2.Order: ...
+    def __init__(
+        self,
+        *,
+        order: _contracts_pb2.Order | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderCreated: _TypeAlias = OrderCreated  # noqa: Y015
+
+@_typing.final
+class PaymentPlanCreated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _contracts_pb2.PaymentPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: _contracts_pb2.PaymentPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentPlanCreated: _TypeAlias = PaymentPlanCreated  # noqa: Y015
+
+@_typing.final
+class PaymentRecorded(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    INSTALMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment(self) -> _contracts_pb2.Payment: ...
+    @_builtins.property
+    def instalment(self) -> _contracts_pb2.Instalment: ...
+    def __init__(
+        self,
+        *,
+        payment: _contracts_pb2.Payment | None = ...,
+        instalment: _contracts_pb2.Instalment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment", "payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment", "payment", b"payment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentRecorded: _TypeAlias = PaymentRecorded  # noqa: Y015
+
+@_typing.final
+class InstalmentOverdue(_message.Message):
+    """An instalment passed its due date unpaid (ERP/finance and notifications follow this)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTALMENT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    owner_id: _builtins.str
+    @_builtins.property
+    def instalment(self) -> _contracts_pb2.Instalment: ...
+    def __init__(
+        self,
+        *,
+        instalment: _contracts_pb2.Instalment | None = ...,
+        account_id: _builtins.str = ...,
+        owner_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "instalment", b"instalment", "owner_id", b"owner_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstalmentOverdue: _TypeAlias = InstalmentOverdue  # noqa: Y015

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+from crm.sales.v1 import contracts_pb2 as pb
+from crm.sales.v1 import contracts_pb2_grpc
+from crm_kit.db import Database
+from crm_kit.policy import PolicyCache
+
+from crm_sales.clock import Clock
+from crm_sales.domain import approvals, contracts
+from crm_sales.domain.common import authorize, caller, from_ts
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ContractsService"]
+
+
+class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
+    def __init__(self, *, db: Database, policies: PolicyCache, clock: Clock):
+        self.db = db
+        self.policies = policies
+        self.clock = clock
+
+    async def _decide(self, obj: str, action: str = "read"):  # type: ignore[no-untyped-def]
+        return await self.policies.decide(caller(), obj, action)
+
+    # ------------------------------------------------------------ contracts
+
+    async def CreateContract(self, request, context):
+        decision = await authorize(self.policies, "contract", "create")
+        quote_decision = await self._decide("quote")
+        async with self.db.unit_of_work() as uow:
+            c = await contracts.create_contract(uow, decision, quote_decision, request, now=self.clock.now())
+        return pb.CreateContractResponse(contract=contracts.contract_pb(c, await self._decide("contract")))
+
+    async def GetContract(self, request, context):
+        decision = await authorize(self.policies, "contract", "read")
+        async with self.db.read() as session:
+            c = await contracts.get_contract(session, decision, request.id)
+        return pb.GetContractResponse(contract=contracts.contract_pb(c, decision))
+
+    async def ListContracts(self, request, context):
+        decision = await authorize(self.policies, "contract", "read")
+        async with self.db.read() as session:
+            rows, cursor = await contracts.list_contracts(session, decision, request)
+        return pb.ListContractsResponse(
+            items=[contracts.contract_pb(c, decision) for c in rows], next_cursor=cursor
+        )
+
+    async def UpdateContract(self, request, context):
+        decision = await authorize(self.policies, "contract", "update")
+        decision.check_writable(request.update_mask.paths)
+        async with self.db.unit_of_work() as uow:
+            c = await contracts.update_contract(uow, decision, request)
+        return pb.UpdateContractResponse(contract=contracts.contract_pb(c, await self._decide("contract")))
+
+    async def SubmitContract(self, request, context):
+        decision = await authorize(self.policies, "contract", "update")
+        async with self.db.unit_of_work() as uow:
+            c, approval = await contracts.submit_contract(uow, decision, request.id)
+        return pb.SubmitContractResponse(
+            contract=contracts.contract_pb(c, await self._decide("contract")),
+            approval=approvals.approval_pb(approval) if approval else None,
+        )
+
+    async def ActivateContract(self, request, context):
+        decision = await authorize(self.policies, "contract", "update")
+        async with self.db.unit_of_work() as uow:
+            c = await contracts.activate_contract(uow, decision, request, now=self.clock.now())
+        return pb.ActivateContractResponse(contract=contracts.contract_pb(c, await self._decide("contract")))
+
+    async def TerminateContract(self, request, context):
+        decision = await authorize(self.policies, "contract", "update")
+        async with self.db.unit_of_work() as uow:
+            c = await contracts.terminate_contract(uow, decision, request)
+        return pb.TerminateContractResponse(contract=contracts.contract_pb(c, await self._decide("contract")))
+
+    # ------------------------------------------------------------ orders
+
+    async def CreateOrder(self, request, context):
+        await authorize(self.policies, "order", "create")
+        async with self.db.unit_of_work() as uow:
+            o = await contracts.create_order(
+                uow,
+                await self._decide("quote"),
+                await self._decide("contract"),
+                request,
+                now=self.clock.now(),
+            )
+        return pb.CreateOrderResponse(order=contracts.order_pb(o, await self._decide("order")))
+
+    async def GetOrder(self, request, context):
+        decision = await authorize(self.policies, "order", "read")
+        async with self.db.read() as session:
+            o = await contracts.get_order(session, decision, request.id)
+        return pb.GetOrderResponse(order=contracts.order_pb(o, decision))
+
+    async def ListOrders(self, request, context):
+        decision = await authorize(self.policies, "order", "read")
+        async with self.db.read() as session:
+            rows, cursor = await contracts.list_orders(session, decision, request)
+        return pb.ListOrdersResponse(
+            items=[contracts.order_pb(o, decision) for o in rows], next_cursor=cursor
+        )
+
+    # ------------------------------------------------------------ collection
+
+    async def CreatePaymentPlan(self, request, context):
+        await authorize(self.policies, "payment", "create")
+        async with self.db.unit_of_work() as uow:
+            plan = await contracts.create_plan(
+                uow, await self._decide("order"), await self._decide("contract"), request
+            )
+            message = await contracts.plan_pb(uow.session, plan)
+        return pb.CreatePaymentPlanResponse(plan=message)
+
+    async def GetPaymentPlan(self, request, context):
+        decision = await authorize(self.policies, "payment", "read")
+        async with self.db.read() as session:
+            plan = await contracts.get_plan(session, decision, request.id)
+            return pb.GetPaymentPlanResponse(plan=await contracts.plan_pb(session, plan))
+
+    async def ListPaymentPlans(self, request, context):
+        decision = await authorize(self.policies, "payment", "read")
+        async with self.db.read() as session:
+            rows, cursor = await contracts.list_plans(session, decision, request)
+            items = [await contracts.plan_pb(session, p) for p in rows]
+        return pb.ListPaymentPlansResponse(items=items, next_cursor=cursor)
+
+    async def RecordPayment(self, request, context):
+        decision = await authorize(self.policies, "payment", "create")
+        async with self.db.unit_of_work() as uow:
+            payment, inst = await contracts.record_payment(uow, decision, request, now=self.clock.now())
+        return pb.RecordPaymentResponse(
+            payment=contracts.payment_pb(payment), instalment=contracts.instalment_pb(inst)
+        )
+
+    async def ListPayments(self, request, context):
+        decision = await authorize(self.policies, "payment", "read")
+        async with self.db.read() as session:
+            rows, cursor = await contracts.list_payments(session, decision, request)
+        return pb.ListPaymentsResponse(items=[contracts.payment_pb(p) for p in rows], next_cursor=cursor)
+
+    async def GetReceivables(self, request, context):
+        decision = await authorize(self.policies, "payment", "read")
+        async with self.db.read() as session:
+            totals, open_rows = await contracts.receivables(
+                session, decision, request.account_id, today=self.clock.now().date()
+            )
+        return pb.GetReceivablesResponse(
+            account_id=request.account_id,
+            totals=totals,
+            open_instalments=[contracts.instalment_pb(i) for i in open_rows],
+        )
+
+    async def RunCollectionJobs(self, request, context):
+        await authorize(self.policies, "payment", "update")
+        now = from_ts(request.now, request.HasField("now")) or self.clock.now()
+        overdue = reminders = 0
+        while True:
+            async with self.db.unit_of_work() as uow:
+                o, r = await contracts.run_jobs(uow, now=now, tenant_id=caller().tenant_id)
+            overdue, reminders = overdue + o, reminders + r
+            if o < 500 and r < 500:
+                break
+        return pb.RunCollectionJobsResponse(overdue=overdue, renewal_reminders=reminders)
