@@ -57,7 +57,7 @@ run: bootstrap
 	$(PY) crm-dev
 
 bench: bootstrap
-	$(PY) python -m tests.bench
+	$(PY) python -m tests.bench $(BENCH)
 
 clean:
 	rm -rf .venv .tools .crm-data

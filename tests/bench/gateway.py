@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -154,3 +156,11 @@ async def measure(
         hello.wait(10)
         stack.stop_all()
         stack.drop_databases()
+
+
+async def run(*, admin_dsn: str, nats_url: str) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="crm-bench-gateway-"))
+    try:
+        return await measure(admin_dsn, nats_url, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
