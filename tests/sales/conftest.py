@@ -8,7 +8,27 @@ from crm.sales.v1 import leads_pb2_grpc, pipelines_pb2_grpc
 
 
 @pytest.fixture(scope="session")
-async def sales_service(test_infra, identity_service):
+async def customers_for_sales(test_infra, identity_service):
+    """The real customers service, for lead conversion (its own database, apart from tests/customers)."""
+    from crm_customers.app import SPEC
+    from crm_customers.settings import CustomersSettings
+    from crm_kit.testing import running_service
+
+    settings = CustomersSettings(
+        environment="test",
+        database_url=await test_infra.database("sales_customers"),
+        nats_url=test_infra.nats_url,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        migrate_on_start=True,
+        identity_service_addr=identity_service.address,
+    )
+    async with running_service(SPEC, settings) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+async def sales_service(test_infra, identity_service, customers_for_sales):
     from crm_kit.testing import running_service
     from crm_sales.app import SPEC
     from crm_sales.settings import SalesSettings
@@ -21,7 +41,7 @@ async def sales_service(test_infra, identity_service):
         grpc_port=0,
         migrate_on_start=True,
         identity_service_addr=identity_service.address,
-        customers_service_addr="127.0.0.1:1",
+        customers_service_addr=customers_for_sales.address,
         reclaim_interval_seconds=0,
         database_pool_size=20,
     )
@@ -65,3 +85,9 @@ def contracts(sales_channel):
     from crm.sales.v1 import contracts_pb2_grpc
 
     return contracts_pb2_grpc.ContractsServiceStub(sales_channel)
+
+
+@pytest.fixture(scope="session")
+async def customers_channel(customers_for_sales):
+    async with grpc.aio.insecure_channel(customers_for_sales.address) as channel:
+        yield channel

@@ -11,7 +11,7 @@ from tests.identity.helpers import Company, auth, invite_and_join, sign_up
 
 REP_PERMISSIONS = [
     ipb.Permission(object=obj, actions=["create", "read", "update"], data_scope=ipb.DATA_SCOPE_OWN)
-    for obj in ("lead", "opportunity", "quote", "contract", "order", "payment", "task")
+    for obj in ("lead", "opportunity", "quote", "contract", "order", "payment", "task", "account", "contact")
 ] + [
     ipb.Permission(object=obj, actions=["read"], data_scope=ipb.DATA_SCOPE_ALL)
     for obj in ("pipeline", "lead_pool", "product", "price_book", "forecast")

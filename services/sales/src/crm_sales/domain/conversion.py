@@ -18,12 +18,39 @@ from crm.sales.v1 import leads_pb2 as pb
 from crm.sales.v1 import pipelines_pb2
 from crm_kit import grpc_client
 from crm_kit.db import Database
-from crm_kit.errors import Conflict, InvalidArgument
+from crm_kit.errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    from_rpc_error,
+)
 from crm_kit.policy import Decision
 
 from crm_sales import models
 from crm_sales.domain import leads, opportunities
 from crm_sales.domain.common import People
+
+REMOTE = {
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: Conflict,
+}
+
+
+def _as_domain_error(exc: grpc.aio.AioRpcError) -> Exception:
+    """The customers service's refusal, passed on to our caller as the same kind of problem (a 403 stays a 403,
+    a blocked duplicate a 409); anything else (unavailable, timeout) is raised as it is."""
+    cls = REMOTE.get(exc.code())
+    if cls is None:
+        return exc
+    details = from_rpc_error(exc)
+    return cls(
+        f"customers: {details.message}", reason=details.reason or None, field_errors=details.field_errors
+    )
 
 
 @dataclass
@@ -113,7 +140,7 @@ class Converter:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND and request.account_id:
                 raise InvalidArgument.for_field("account_id", "no such account") from None
-            raise
+            raise _as_domain_error(exc) from None
         async with self.db.unit_of_work() as uow:
             lead = await leads.get(uow.session, decision, request.id, lock=True)
             opportunity_id = ""
