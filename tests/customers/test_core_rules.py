@@ -260,3 +260,28 @@ def test_search_columns_hold_names_pinyin_grams_and_digits():
     assert search.extra_text(["+8613800138000"], ["A@B.com"], []) == "8613800138000 | a@b.com"
     assert search.normalize_query(" 138-0013 8000 ") == "13800138000"
     assert search.normalize_query("ＨＵＡＷＥＩ") == "huawei"
+
+
+async def test_account_timeline_can_include_its_contacts_and_contacts_have_a_graph(capi):  # noqa: F811
+    company = await sign_up(capi)
+    h = company.headers
+    account = await create_account(capi, h, name="宁德时代新能源科技股份有限公司")
+    person = await capi.post(
+        "/api/v1/contacts", json={"contact": {"name": "曾毓群", "account_ids": [account["id"]]}}, headers=h
+    )
+    pid = person.json()["id"]
+    note = await capi.post(
+        "/api/v1/interactions",
+        json={"interaction": {"kind": "INTERACTION_KIND_NOTE", "subject": "私下沟通", "contact_ids": [pid]}},
+        headers=h,
+    )
+    assert note.status_code == 201, note.text
+    own = await capi.get(f"/api/v1/accounts/{account['id']}/timeline", headers=h)
+    assert own.json()["items"] == []
+    with_people = await capi.get(
+        f"/api/v1/accounts/{account['id']}/timeline", params={"include_contacts": "true"}, headers=h
+    )
+    assert [i["id"] for i in with_people.json()["items"]] == [note.json()["id"]]
+    graph = await capi.get(f"/api/v1/contacts/{pid}/graph", headers=h)
+    assert graph.status_code == 200, graph.text
+    assert [(e["type"], e["target"]["id"]) for e in graph.json()["edges"]] == [("works_at", account["id"])]
