@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -210,3 +211,7 @@ def run(spec: ServiceSpec, argv: list[str] | None = None) -> None:
 
         uvloop.install()
     asyncio.run(serve(spec) if args.command == "serve" else migrate(spec))
+    # All stopped and flushed. What is left is the interpreter's teardown, whose garbage collection passes over
+    # the whole heap took 2-3 s of a 5 s grace period on a busy 2-core machine; they skip frozen objects.
+    # atexit handlers (logging's flush among them) still run.
+    gc.freeze()
