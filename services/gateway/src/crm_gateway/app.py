@@ -45,6 +45,9 @@ Numbers of 64 bits (e.g. `version`) are JSON strings; enums are their names; tim
 """
 
 
+REQUIRED_FOR_READINESS = frozenset({"identity"})
+
+
 def create_app(
     settings: GatewaySettings | None = None,
     services: Sequence[ServiceRoutes] = SERVICES,
@@ -97,12 +100,14 @@ def create_app(
     @app.get(
         "/readyz",
         tags=["operations"],
-        summary="Every service behind the gateway answers its gRPC health check",
+        summary="Identity answers (every request's credential depends on it); every service's state is listed",
         operation_id="readyz",
     )
     async def readyz() -> Response:
+        # Only identity gates readiness: with another service down, only its routes answer 503, rather than
+        # the whole API leaving the load balancer.
         states = await gateway.ready()
-        ok = all(s == "SERVING" for s in states.values())
+        ok = all(state == "SERVING" for name, state in states.items() if name in REQUIRED_FOR_READINESS)
         return Response(
             orjson.dumps({"status": "ready" if ok else "not_ready", "services": states}),
             status_code=200 if ok else 503,
