@@ -91,3 +91,38 @@ def contracts(sales_channel):
 async def customers_channel(customers_for_sales):
     async with grpc.aio.insecure_channel(customers_for_sales.address) as channel:
         yield channel
+
+
+@pytest.fixture(scope="session")
+def activities(sales_channel):
+    from crm.sales.v1 import activities_pb2_grpc
+
+    return activities_pb2_grpc.ActivitiesServiceStub(sales_channel)
+
+
+@pytest.fixture(scope="session")
+def forecasts(sales_channel):
+    from crm.sales.v1 import forecasts_pb2_grpc
+
+    return forecasts_pb2_grpc.ForecastsServiceStub(sales_channel)
+
+
+@pytest.fixture
+def outbox(sales_service):
+    """The event types the sales service recorded for an aggregate (what the relay publishes)."""
+    from crm.common.v1 import event_pb2
+    from crm_kit.events.outbox import OutboxEvent
+    from sqlalchemy import select
+
+    async def events(aggregate_id: str) -> list[event_pb2.EventEnvelope]:
+        async with sales_service.runtime.db.read() as session:
+            rows = (
+                await session.scalars(
+                    select(OutboxEvent.envelope)
+                    .where(OutboxEvent.aggregate_id == aggregate_id)
+                    .order_by(OutboxEvent.seq)
+                )
+            ).all()
+        return [event_pb2.EventEnvelope.FromString(r) for r in rows]
+
+    return events

@@ -209,3 +209,58 @@ async def test_an_approved_quote_downloads_as_a_pdf_through_the_api(api, identit
     assert "北京智联网络有限公司" in text and "企业资源计划软件许可" in text and "248,040.00" in text
     (tmp_path / "quote.pdf").write_bytes(pdf.content)
     assert_problem(await api.get(f"/api/v1/quotes/{qid}/pdf"), 401)
+
+
+async def test_collection_tasks_and_the_forecast_through_the_api(api, identity):
+    company, _ = await team(identity, 0)
+    admin = bearer(company.token)
+    contract = await api.post(
+        "/api/v1/contracts",
+        json={"title": "维保合同", "account_id": company.tenant.id, "amount": "1000.00", "currency": "CNY"},
+        headers=admin,
+    )
+    assert contract.status_code == 201, contract.text
+    cid = contract.json()["id"]
+    submitted = await api.post(f"/api/v1/contracts/{cid}/submit", json={}, headers=admin)
+    assert submitted.json()["contract"]["status"] == "CONTRACT_STATUS_APPROVED", submitted.text
+    plan = await api.post(
+        "/api/v1/payment-plans",
+        json={
+            "contract_id": cid,
+            "instalments": [
+                {"due_date": "2020-01-31", "amount": "400.00"},
+                {"due_date": "2099-01-31", "amount": "600.00"},
+            ],
+        },
+        headers=admin,
+    )
+    assert plan.status_code == 201, plan.text
+    first = plan.json()["instalments"][0]["id"]
+    paid = await api.post(
+        "/api/v1/payments", json={"instalment_id": first, "amount": "150.50"}, headers=admin
+    )
+    assert paid.status_code == 201 and paid.json()["instalment"]["outstanding_amount"] == "249.50", paid.text
+    jobs = await api.post("/api/v1/payments/jobs", json={}, headers=admin)
+    assert jobs.json()["overdue"] == 1, jobs.text
+    owed = await api.get(f"/api/v1/accounts/{company.tenant.id}/receivables", headers=admin)
+    assert owed.json()["totals"] == [
+        {
+            "currency": "CNY",
+            "planned": "1000.00",
+            "paid": "150.50",
+            "outstanding": "849.50",
+            "overdue": "249.50",
+        }
+    ]
+    task = await api.post(
+        "/api/v1/tasks",
+        json={"title": "催收首期款", "related_type": "contract", "related_id": cid},
+        headers=admin,
+    )
+    assert task.status_code == 201 and task.json()["assignee_id"] == company.admin.id, task.text
+    listed = await api.get("/api/v1/tasks", params={"related_id": cid}, headers=admin)
+    assert [t["title"] for t in listed.json()["items"]] == ["催收首期款"]
+    forecast = await api.get("/api/v1/forecasts", params={"period": "2020-01"}, headers=admin)
+    assert forecast.status_code == 200, forecast.text
+    assert forecast.json()["figures"][0]["collected"] == "150.50"
+    assert_problem(await api.get("/api/v1/forecasts", params={"period": "next month"}, headers=admin), 422)

@@ -9,17 +9,25 @@ import logging
 from pathlib import Path
 
 from crm.customers.v1 import customers_pb2
-from crm.sales.v1 import contracts_pb2_grpc, leads_pb2_grpc, pipelines_pb2_grpc, quotes_pb2_grpc
+from crm.sales.v1 import (
+    activities_pb2_grpc,
+    contracts_pb2_grpc,
+    forecasts_pb2_grpc,
+    leads_pb2_grpc,
+    pipelines_pb2_grpc,
+    quotes_pb2_grpc,
+)
 from crm_kit.db import Database
 from crm_kit.grpc_server import Servicer
 from crm_kit.service import Parts, Runtime, ServiceSpec
 
+from crm_sales.api import activities as activities_api
 from crm_sales.api import contracts as contracts_api
 from crm_sales.api import leads as leads_api
 from crm_sales.api import pipelines as pipelines_api
 from crm_sales.api import quotes as quotes_api
 from crm_sales.clock import Clock
-from crm_sales.domain import contracts, leads
+from crm_sales.domain import activities, contracts, leads
 from crm_sales.domain.common import People
 from crm_sales.domain.conversion import Converter
 from crm_sales.settings import SalesSettings
@@ -31,7 +39,13 @@ log = logging.getLogger("crm.sales")
 async def run_jobs_once(db: Database, clock: Clock) -> dict[str, int]:
     """One run of the periodic jobs over every tenant, in batches (each its own transaction): lead reclaim
     and warnings, overdue instalments, contract renewal reminders."""
-    counts = {"reclaimed": 0, "warned": 0, "overdue": 0, "renewal_reminders": 0}
+    counts = {"reclaimed": 0, "warned": 0, "overdue": 0, "renewal_reminders": 0, "task_reminders": 0}
+    while True:
+        async with db.unit_of_work() as uow:
+            n = await activities.send_reminders(uow, now=clock.now(), tenant_id=None)
+        counts["task_reminders"] += n
+        if n < 500:
+            break
     while True:
         async with db.unit_of_work() as uow:
             r, w = await leads.reclaim(uow, now=clock.now(), tenant_id=None)
@@ -94,6 +108,16 @@ async def build(runtime: Runtime) -> Parts:
                 contracts_pb2_grpc.add_ContractsServiceServicer_to_server,
                 contracts_api.ContractsApi(db=runtime.db, policies=policies, clock=clock),
                 contracts_api.SERVICE.full_name,
+            ),
+            Servicer(
+                activities_pb2_grpc.add_ActivitiesServiceServicer_to_server,
+                activities_api.ActivitiesApi(db=runtime.db, policies=policies, clock=clock, people=people),
+                activities_api.SERVICE.full_name,
+            ),
+            Servicer(
+                forecasts_pb2_grpc.add_ForecastsServiceServicer_to_server,
+                activities_api.ForecastsApi(db=runtime.db, policies=policies),
+                activities_api.FORECASTS.full_name,
             ),
         ],
         public_methods=leads_api.PUBLIC_METHODS,

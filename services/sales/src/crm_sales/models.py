@@ -487,3 +487,59 @@ class Payment(TenantOwned, Timestamped, Base):
     reference: Mapped[str] = mapped_column(String(200), default="")
     recorded_by: Mapped[str] = mapped_column(String(64))
     owner_id: Mapped[str] = mapped_column(String(36))
+
+
+# ---------------------------------------------------------------- tasks, activities, forecast targets
+
+
+class Task(TenantOwned, Timestamped, Versioned, Base):
+    __tablename__ = "tasks"
+    id: Mapped[str] = _id()
+    title: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    related_type: Mapped[str] = mapped_column(String(20), default="")
+    related_id: Mapped[str] = mapped_column(String(36), default="")
+    assignee_id: Mapped[str] = mapped_column(String(36))
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    due_at: Mapped[dt.datetime | None] = _ts()
+    remind_at: Mapped[dt.datetime | None] = _ts()
+    reminded_at: Mapped[dt.datetime | None] = _ts()
+    status: Mapped[str] = mapped_column(String(10), default="open")
+    priority: Mapped[str] = mapped_column(String(10), default="normal")
+    mentioned_user_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    created_by: Mapped[str] = mapped_column(String(64))
+    completed_at: Mapped[dt.datetime | None] = _ts()
+
+    __table_args__ = (
+        Index("ix_tasks_tenant_assignee", "tenant_id", "assignee_id", "id"),
+        Index("ix_tasks_related", "tenant_id", "related_id"),
+        Index("ix_tasks_reminders", "remind_at", postgresql_where="status = 'open' AND reminded_at IS NULL"),
+    )
+
+
+class Activity(TenantOwned, Base):
+    __tablename__ = "activities"
+    id: Mapped[str] = _id()
+    related_type: Mapped[str] = mapped_column(String(20))
+    related_id: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(20))
+    content: Mapped[str] = mapped_column(Text)
+    mentioned_user_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    author_id: Mapped[str] = mapped_column(String(64))
+    department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_activities_related", "tenant_id", "related_id", "id"),)
+
+
+class ForecastTarget(TenantOwned, Versioned, Base):
+    __tablename__ = "forecast_targets"
+    id: Mapped[str] = _id()
+    period: Mapped[str] = mapped_column(String(10))
+    owner_id: Mapped[str] = mapped_column(String(36), default="")
+    department_id: Mapped[str] = mapped_column(String(36), default="")
+    currency: Mapped[str] = mapped_column(String(3))
+    revenue_target: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+    collection_target: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
+
+    __table_args__ = (UniqueConstraint("tenant_id", "period", "owner_id", "department_id", "currency"),)

@@ -1,7 +1,7 @@
 """Sales' REST face: leads and lead pools, web forms (with the public submit), pipelines, opportunities and
 the kanban board. Fields, types and schemas come from protos/crm/sales/v1/*.proto."""
 
-from crm.sales.v1 import contracts_pb2, leads_pb2, pipelines_pb2, quotes_pb2
+from crm.sales.v1 import activities_pb2, contracts_pb2, forecasts_pb2, leads_pb2, pipelines_pb2, quotes_pb2
 
 from crm_gateway.routing import Route, ServiceRoutes
 
@@ -276,4 +276,56 @@ CONTRACTS = ServiceRoutes(
     ],
 )
 
-SALES = [LEADS, PIPELINES, QUOTES, CONTRACTS]
+ACTIVITIES = ServiceRoutes(
+    name="sales",
+    service=activities_pb2.DESCRIPTOR.services_by_name["ActivitiesService"],
+    routes=[
+        Route("POST", "/tasks", "CreateTask", status=201, unwrap="task", location="/tasks/{id}"),
+        Route("GET", "/tasks", "ListTasks"),
+        Route("GET", "/tasks/{id}", "GetTask", unwrap="task"),
+        Route(
+            "PATCH",
+            "/tasks/{id}",
+            "UpdateTask",
+            unwrap="task",
+            read_only=(
+                "related_type",
+                "related_id",
+                "status",
+                "created_by",
+                "completed_at",
+                "reminded_at",
+                "department_id",
+            ),
+        ),
+        Route("POST", "/tasks/{id}/complete", "CompleteTask", unwrap="task"),
+        Route(
+            "POST",
+            "/tasks/reminders",
+            "RunTaskReminders",
+            summary="Send due task reminders for my tenant now (or as of `now`)",
+        ),
+        Route(
+            "POST",
+            "/activities",
+            "CreateActivity",
+            status=201,
+            unwrap="activity",
+            summary="Record a follow-up on a lead, opportunity, account or contact",
+        ),
+        Route("GET", "/activities", "ListActivities"),
+    ],
+)
+
+FORECASTS = ServiceRoutes(
+    name="sales",
+    service=forecasts_pb2.DESCRIPTOR.services_by_name["ForecastsService"],
+    routes=[
+        Route(
+            "GET", "/forecasts", "GetForecast", summary="Weighted pipeline, commit, best case and collection"
+        ),
+        Route("PATCH", "/forecast-targets", "SetForecastTarget", unwrap="target", tag="forecasts"),
+    ],
+)
+
+SALES = [LEADS, PIPELINES, QUOTES, CONTRACTS, ACTIVITIES, FORECASTS]

@@ -536,10 +536,12 @@ async def list_plans(
     return page.split(rows, lambda r: [r.id])
 
 
-def _instalment_status(i: models.Instalment, today: dt.date) -> str:
+def _instalment_status(i: models.Instalment) -> str:
+    """After a payment. Only the overdue job marks an instalment overdue (and says so with an event); a
+    payment on an overdue instalment leaves it overdue until it is paid in full."""
     if i.paid_amount >= i.amount:
         return "paid"
-    if i.due_date < today:
+    if i.status == "overdue":
         return "overdue"
     return "partially_paid" if i.paid_amount > 0 else "pending"
 
@@ -580,7 +582,7 @@ async def record_payment(
     )
     session.add(payment)
     inst.paid_amount = inst.paid_amount + amount
-    inst.status = _instalment_status(inst, now.date())
+    inst.status = _instalment_status(inst)
     await session.flush()
     await session.refresh(payment)
     _emit(

@@ -4,7 +4,9 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from crm.sales.v1 import activities_pb2 as _activities_pb2
 from crm.sales.v1 import contracts_pb2 as _contracts_pb2
+from crm.sales.v1 import forecasts_pb2 as _forecasts_pb2
 from crm.sales.v1 import leads_pb2 as _leads_pb2
 from crm.sales.v1 import pipelines_pb2 as _pipelines_pb2
 from crm.sales.v1 import quotes_pb2 as _quotes_pb2
@@ -785,3 +787,145 @@ class InstalmentOverdue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstalmentOverdue: _TypeAlias = InstalmentOverdue  # noqa: Y015
+
+@_typing.final
+class TaskCreated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> _activities_pb2.Task: ...
+    def __init__(
+        self,
+        *,
+        task: _activities_pb2.Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskCreated: _TypeAlias = TaskCreated  # noqa: Y015
+
+@_typing.final
+class TaskUpdated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> _activities_pb2.Task: ...
+    def __init__(
+        self,
+        *,
+        task: _activities_pb2.Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskUpdated: _TypeAlias = TaskUpdated  # noqa: Y015
+
+@_typing.final
+class TaskReminder(_message.Message):
+    """The task's reminder time came; notifications tells the assignee."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> _activities_pb2.Task: ...
+    def __init__(
+        self,
+        *,
+        task: _activities_pb2.Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskReminder: _TypeAlias = TaskReminder  # noqa: Y015
+
+@_typing.final
+class UserMentioned(_message.Message):
+    """Someone was @mentioned in a task or a follow-up record; notifications tells them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    BY_USER_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    RELATED_TYPE_FIELD_NUMBER: _builtins.int
+    RELATED_ID_FIELD_NUMBER: _builtins.int
+    EXCERPT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    by_user_id: _builtins.str
+    source_type: _builtins.str
+    """"task" or "activity", and its id; what it is about."""
+    source_id: _builtins.str
+    related_type: _builtins.str
+    related_id: _builtins.str
+    excerpt: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        by_user_id: _builtins.str = ...,
+        source_type: _builtins.str = ...,
+        source_id: _builtins.str = ...,
+        related_type: _builtins.str = ...,
+        related_id: _builtins.str = ...,
+        excerpt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_user_id", b"by_user_id", "excerpt", b"excerpt", "related_id", b"related_id", "related_type", b"related_type", "source_id", b"source_id", "source_type", b"source_type", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserMentioned: _TypeAlias = UserMentioned  # noqa: Y015
+
+@_typing.final
+class ActivityRecorded(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVITY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def activity(self) -> _activities_pb2.Activity: ...
+    def __init__(
+        self,
+        *,
+        activity: _activities_pb2.Activity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivityRecorded: _TypeAlias = ActivityRecorded  # noqa: Y015
+
+@_typing.final
+class ForecastTargetSet(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def target(self) -> _forecasts_pb2.ForecastTarget: ...
+    def __init__(
+        self,
+        *,
+        target: _forecasts_pb2.ForecastTarget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForecastTargetSet: _TypeAlias = ForecastTargetSet  # noqa: Y015
