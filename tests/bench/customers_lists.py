@@ -253,12 +253,13 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
                     tenant_name="基准测试有限公司", email=email, password=PASSWORD, name="王小明"
                 )
             )
-            token = (await ids.CreateToken(ipb.CreateTokenRequest(email=email, password=PASSWORD))).token
-            md = (("authorization", f"Bearer {token.access_token}"),)
             dsn = infra.sqlalchemy_url(admin_dsn, customers_db).replace(
                 "postgresql+asyncpg://", "postgresql://"
             )
             fill_seconds = await _fill(dsn, signed.tenant.id, signed.user.id, n)
+            # Signed in after the load: an access token lives 5 minutes.
+            token = (await ids.CreateToken(ipb.CreateTokenRequest(email=email, password=PASSWORD))).token
+            md = (("authorization", f"Bearer {token.access_token}"),)
 
             assert customers.runtime is not None
             captured = Captured(customers.runtime.db.engine)
