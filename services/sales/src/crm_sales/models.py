@@ -252,6 +252,7 @@ class Opportunity(TenantOwned, Timestamped, Versioned, Base):
 
     __table_args__ = (
         # The board: one pipeline's open opportunities per stage, newest move first.
+        # Covering, so the stage totals are an index-only scan (after autovacuum has seen the pages).
         Index(
             "ix_opportunities_board",
             "tenant_id",
@@ -259,6 +260,7 @@ class Opportunity(TenantOwned, Timestamped, Versioned, Base):
             "stage_id",
             "stage_entered_at",
             postgresql_where="status = 'open'",
+            postgresql_include=["currency", "amount", "probability", "owner_id", "department_id"],
         ),
         Index("ix_opportunities_tenant_owner", "tenant_id", "owner_id", "id"),
     )

@@ -63,8 +63,7 @@ class PipelinesApi(pipelines_pb2_grpc.PipelinesServiceServicer):
         await authorize(self.policies, "pipeline", "read")
         decision = await authorize(self.policies, "opportunity", "read")
         async with self.db.read() as session:
-            p, columns = await pipelines.board(session, decision, request, now=self.clock.now())
-            message = await pipelines.pipeline_pb(session, p)
+            message, columns = await pipelines.board(session, decision, request, now=self.clock.now())
         return pb.GetBoardResponse(pipeline=message, columns=columns)
 
     # ------------------------------------------------------------ opportunities

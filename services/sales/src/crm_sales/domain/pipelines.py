@@ -14,7 +14,7 @@ from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 from crm_kit.validation import Check
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import and_, func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_sales import models
@@ -285,7 +285,7 @@ async def board(
     request: pb.GetBoardRequest,
     *,
     now: dt.datetime,
-) -> tuple[models.Pipeline, list[pb.BoardColumn]]:
+) -> tuple[pb.Pipeline, list[pb.BoardColumn]]:
     """Per stage: count, amount and weighted amount per currency over every open opportunity the caller sees,
     and the first cards. Two statements, both served by the partial board index."""
     pipeline = await get(session, request.id)
@@ -310,15 +310,15 @@ async def board(
                 Opp.currency,
                 func.count(),
                 func.coalesce(func.sum(Opp.amount), 0),
-                func.coalesce(func.sum(Opp.amount * Opp.probability), 0),
             )
             .where(scope)
             .group_by(Opp.stage_id, Opp.currency)
         )
     ).all()
     cards: list[Any] = []
-    if limit:
-        ranked = (
+    if limit and stages:
+        # Per stage its newest cards: one index range scan with LIMIT each, however many cards a column holds.
+        per_stage = [
             select(
                 Opp.id,
                 Opp.name,
@@ -330,24 +330,29 @@ async def board(
                 Opp.stage_id,
                 Opp.stage_entered_at,
                 Opp.version,
-                func.row_number()
-                .over(partition_by=Opp.stage_id, order_by=(Opp.stage_entered_at.desc(), Opp.id.desc()))
-                .label("rank"),
             )
-            .where(scope)
-            .subquery()
-        )
-        cards = (await session.execute(select(ranked).where(ranked.c.rank <= limit))).all()
+            .where(scope, Opp.stage_id == st.id)
+            .order_by(Opp.stage_entered_at.desc(), Opp.id.desc())
+            .limit(limit)
+            for st in stages
+            if st.kind == "open"
+        ]
+        if per_stage:
+            cards = (await session.execute(union_all(*per_stage))).all()
     columns = []
     by_stage: dict[str, pb.BoardColumn] = {}
     for s in stages:
         col = pb.BoardColumn(stage=stage_pb(s))
         columns.append(col)
         by_stage[s.id] = col
-    for stage_id, currency, count, amount, weighted in totals:
+    probability = {st.id: st.probability for st in stages}
+    for stage_id, currency, count, amount in totals:
         col = by_stage.get(stage_id)
         if col is None:
             continue
+        # An open opportunity's probability is always its stage's (kept so on moves and stage edits), so the
+        # weighted total is the stage's sum times its probability: one multiplication, not one per row.
+        weighted = Decimal(amount) * probability[stage_id]
         col.count += count
         col.totals.append(
             pb.CurrencyTotal(
@@ -357,7 +362,7 @@ async def board(
                 count=count,
             )
         )
-    for c in sorted(cards, key=lambda c: (c.stage_id, c.rank)):
+    for c in cards:
         col = by_stage.get(c.stage_id)
         if col is None:
             continue
@@ -377,4 +382,4 @@ async def board(
         )
     for col in columns:
         col.totals.sort(key=lambda t: t.currency)
-    return pipeline, columns
+    return to_message(pipeline, pb.Pipeline, stages=[col.stage for col in columns]), columns
