@@ -69,8 +69,8 @@ class Cluster:
         return process
 
     async def start_gateway(self) -> Process:
-        """A gateway, ready once identity answers behind it. (Its /readyz also wants the services these tests
-        do not start, and stays 503.)"""
+        """A gateway, ready once identity answers behind it (the one service these tests start), read from the
+        per-service states /readyz reports whatever its overall verdict."""
         process = await asyncio.to_thread(self.stack.start, GATEWAY)
         deadline = time.monotonic() + 90
         async with httpx.AsyncClient(base_url=self.url(process), timeout=2) as client:
