@@ -233,3 +233,21 @@ async def test_another_tenants_contracts_orders_and_plans_are_not_found(identity
         contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=beta.md),
     ):
         assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_unpaid_order_is_cancelled_with_a_reason_once(identity, quotes, contracts):
+    company, _ = await team(identity, 0)
+    q = await accepted_quote(quotes, company, str(uuid.uuid4()))
+    order = (await contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=company.md)).order
+    no_reason = await rpc_error(
+        contracts.CancelOrder(cpb.CancelOrderRequest(id=order.id), metadata=company.md)
+    )
+    assert [f.field for f in from_rpc_error(no_reason).field_errors] == ["reason"]
+    cancelled = (
+        await contracts.CancelOrder(
+            cpb.CancelOrderRequest(id=order.id, reason="客户预算冻结"), metadata=company.md
+        )
+    ).order
+    assert cancelled.status == cpb.ORDER_STATUS_CANCELLED
+    twice = await rpc_error(contracts.FulfilOrder(cpb.FulfilOrderRequest(id=order.id), metadata=company.md))
+    assert from_rpc_error(twice).reason == "order_closed"

@@ -242,6 +242,8 @@ CONTRACTS = ServiceRoutes(
         Route("POST", "/orders", "CreateOrder", status=201, unwrap="order", location="/orders/{id}"),
         Route("GET", "/orders", "ListOrders"),
         Route("GET", "/orders/{id}", "GetOrder", unwrap="order"),
+        Route("POST", "/orders/{id}/fulfil", "FulfilOrder", unwrap="order"),
+        Route("POST", "/orders/{id}/cancel", "CancelOrder", unwrap="order"),
         Route(
             "POST",
             "/payment-plans",

@@ -100,6 +100,20 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
             items=[contracts.order_pb(o, decision) for o in rows], next_cursor=cursor
         )
 
+    async def FulfilOrder(self, request, context):
+        decision = await authorize(self.policies, "order", "update")
+        async with self.db.unit_of_work() as uow:
+            o = await contracts.close_order(uow, decision, request.id, status="fulfilled")
+        return pb.FulfilOrderResponse(order=contracts.order_pb(o, decision))
+
+    async def CancelOrder(self, request, context):
+        decision = await authorize(self.policies, "order", "update")
+        async with self.db.unit_of_work() as uow:
+            o = await contracts.close_order(
+                uow, decision, request.id, status="cancelled", reason=request.reason
+            )
+        return pb.CancelOrderResponse(order=contracts.order_pb(o, decision))
+
     # ------------------------------------------------------------ collection
 
     async def CreatePaymentPlan(self, request, context):

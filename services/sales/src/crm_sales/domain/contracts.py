@@ -421,6 +421,44 @@ async def list_orders(
     return page.split(rows, lambda r: [r.id])
 
 
+async def close_order(
+    uow: UnitOfWork, decision: Decision, order_id: str, *, status: str, reason: str = ""
+) -> models.Order:
+    o = await get_owned(
+        uow.session, models.Order, "order", order_id, lock=True, visible=scoped(decision, models.Order)
+    )
+    if o.status != "open":
+        raise Conflict(f"the order is already {o.status}", reason="order_closed")
+    if status == "cancelled":
+        if not reason.strip():
+            raise InvalidArgument.for_field("reason", "say why the order is cancelled")
+        paid = await uow.session.scalar(
+            select(func.count())
+            .select_from(models.Payment)
+            .join(models.PaymentPlan, models.PaymentPlan.id == models.Payment.plan_id)
+            .where(models.PaymentPlan.order_id == o.id)
+        )
+        if paid:
+            raise Conflict(
+                "payments were recorded for this order; it cannot be cancelled", reason="order_paid"
+            )
+    previous = o.status
+    o.status = status
+    o.version += 1
+    await uow.session.flush()
+    await uow.session.refresh(o)
+    _emit(
+        uow,
+        events_pb2.OrderStatusChanged(order=order_pb(o), previous_status=previous, reason=reason.strip()),
+        "order",
+        o,
+        status,
+        before={"status": previous},
+        after={"status": status},
+    )
+    return o
+
+
 # ---------------------------------------------------------------- payment plans and payments
 
 

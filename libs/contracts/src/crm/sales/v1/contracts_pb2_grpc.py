@@ -86,6 +86,16 @@ class ContractsServiceStub:
                 request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListOrdersRequest.SerializeToString,
                 response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListOrdersResponse.FromString,
                 _registered_method=True)
+        self.FulfilOrder = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/FulfilOrder',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.FulfilOrderRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.FulfilOrderResponse.FromString,
+                _registered_method=True)
+        self.CancelOrder = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/CancelOrder',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CancelOrderRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CancelOrderResponse.FromString,
+                _registered_method=True)
         self.CreatePaymentPlan = channel.unary_unary(
                 '/crm.sales.v1.ContractsService/CreatePaymentPlan',
                 request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreatePaymentPlanRequest.SerializeToString,
@@ -190,6 +200,19 @@ class ContractsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FulfilOrder(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOrder(self, request, context):
+        """Only an order nothing was paid for yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreatePaymentPlan(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -288,6 +311,16 @@ def add_ContractsServiceServicer_to_server(servicer, server):
                     servicer.ListOrders,
                     request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListOrdersRequest.FromString,
                     response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListOrdersResponse.SerializeToString,
+            ),
+            'FulfilOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.FulfilOrder,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.FulfilOrderRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.FulfilOrderResponse.SerializeToString,
+            ),
+            'CancelOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOrder,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CancelOrderRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CancelOrderResponse.SerializeToString,
             ),
             'CreatePaymentPlan': grpc.unary_unary_rpc_method_handler(
                     servicer.CreatePaymentPlan,
@@ -597,6 +630,60 @@ class ContractsService:
             '/crm.sales.v1.ContractsService/ListOrders',
             crm_dot_sales_dot_v1_dot_contracts__pb2.ListOrdersRequest.SerializeToString,
             crm_dot_sales_dot_v1_dot_contracts__pb2.ListOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FulfilOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.sales.v1.ContractsService/FulfilOrder',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.FulfilOrderRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.FulfilOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.sales.v1.ContractsService/CancelOrder',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.CancelOrderRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.CancelOrderResponse.FromString,
             options,
             channel_credentials,
             insecure,

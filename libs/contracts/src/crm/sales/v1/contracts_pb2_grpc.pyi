@@ -47,6 +47,9 @@ class ContractsServiceStub:
     CreateOrder: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreateOrderRequest, _contracts_pb2.CreateOrderResponse]
     GetOrder: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetOrderRequest, _contracts_pb2.GetOrderResponse]
     ListOrders: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListOrdersRequest, _contracts_pb2.ListOrdersResponse]
+    FulfilOrder: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.FulfilOrderRequest, _contracts_pb2.FulfilOrderResponse]
+    CancelOrder: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CancelOrderRequest, _contracts_pb2.CancelOrderResponse]
+    """Only an order nothing was paid for yet."""
     CreatePaymentPlan: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentPlanRequest, _contracts_pb2.CreatePaymentPlanResponse]
     GetPaymentPlan: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetPaymentPlanRequest, _contracts_pb2.GetPaymentPlanResponse]
     ListPaymentPlans: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentPlansRequest, _contracts_pb2.ListPaymentPlansResponse]
@@ -79,6 +82,9 @@ class ContractsServiceAsyncStub(ContractsServiceStub):
     CreateOrder: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreateOrderRequest, _contracts_pb2.CreateOrderResponse]  # type: ignore[assignment]
     GetOrder: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetOrderRequest, _contracts_pb2.GetOrderResponse]  # type: ignore[assignment]
     ListOrders: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListOrdersRequest, _contracts_pb2.ListOrdersResponse]  # type: ignore[assignment]
+    FulfilOrder: _aio.UnaryUnaryMultiCallable[_contracts_pb2.FulfilOrderRequest, _contracts_pb2.FulfilOrderResponse]  # type: ignore[assignment]
+    CancelOrder: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CancelOrderRequest, _contracts_pb2.CancelOrderResponse]  # type: ignore[assignment]
+    """Only an order nothing was paid for yet."""
     CreatePaymentPlan: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentPlanRequest, _contracts_pb2.CreatePaymentPlanResponse]  # type: ignore[assignment]
     GetPaymentPlan: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetPaymentPlanRequest, _contracts_pb2.GetPaymentPlanResponse]  # type: ignore[assignment]
     ListPaymentPlans: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentPlansRequest, _contracts_pb2.ListPaymentPlansResponse]  # type: ignore[assignment]
@@ -168,6 +174,21 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _contracts_pb2.ListOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_contracts_pb2.ListOrdersResponse, _abc.Awaitable[_contracts_pb2.ListOrdersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def FulfilOrder(
+        self,
+        request: _contracts_pb2.FulfilOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.FulfilOrderResponse, _abc.Awaitable[_contracts_pb2.FulfilOrderResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelOrder(
+        self,
+        request: _contracts_pb2.CancelOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.CancelOrderResponse, _abc.Awaitable[_contracts_pb2.CancelOrderResponse]]:
+        """Only an order nothing was paid for yet."""
 
     @_abc_1.abstractmethod
     def CreatePaymentPlan(

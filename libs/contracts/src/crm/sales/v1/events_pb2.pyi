@@ -717,6 +717,34 @@ class OrderCreated(_message.Message):
 Global___OrderCreated: _TypeAlias = OrderCreated  # noqa: Y015
 
 @_typing.final
+class OrderStatusChanged(_message.Message):
+    """Fulfilled or cancelled: `order.status` says which."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    previous_status: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def order(self) -> _contracts_pb2.Order: ...
+    def __init__(
+        self,
+        *,
+        order: _contracts_pb2.Order | None = ...,
+        previous_status: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "previous_status", b"previous_status", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrderStatusChanged: _TypeAlias = OrderStatusChanged  # noqa: Y015
+
+@_typing.final
 class PaymentPlanCreated(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
