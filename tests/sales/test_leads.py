@@ -187,3 +187,40 @@ async def test_another_tenants_leads_pools_and_forms_are_not_found(identity, lea
         assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
     err = await rpc_error(leads.CreateLead(pb.CreateLeadRequest(name="x", pool_id=pool.id), metadata=beta.md))
     assert [f.field for f in from_rpc_error(err).field_errors] == ["pool_id"]
+
+
+async def test_a_manager_with_the_department_tree_scope_sees_the_teams_leads_only(identity, leads):
+    from tests.identity.helpers import invite_and_join
+    from tests.sales.helpers import Rep, rep_role
+
+    company, (outsider,) = await team(identity, 1)
+    sales = (
+        await identity.CreateDepartment(ipb.CreateDepartmentRequest(name="销售部"), metadata=company.md)
+    ).department
+    east = (
+        await identity.CreateDepartment(
+            ipb.CreateDepartmentRequest(name="华东组", parent_id=sales.id), metadata=company.md
+        )
+    ).department
+    manager_role = await rep_role(
+        identity,
+        company,
+        name="销售经理",
+        permissions=[
+            ipb.Permission(
+                object="lead", actions=["read", "create"], data_scope=ipb.DATA_SCOPE_DEPARTMENT_TREE
+            )
+        ],
+    )
+    rep_role_ = await rep_role(identity, company, name="华东销售")
+    manager = Rep(
+        *await invite_and_join(identity, company, role_ids=[manager_role.id], department_id=sales.id)
+    )
+    rep = Rep(*await invite_and_join(identity, company, role_ids=[rep_role_.id], department_id=east.id))
+    team_lead = (await leads.CreateLead(pb.CreateLeadRequest(name="华东客户"), metadata=rep.md)).lead
+    assert team_lead.department_id == east.id
+    other = (await leads.CreateLead(pb.CreateLeadRequest(name="散客"), metadata=outsider.md)).lead
+    seen = {lead.id for lead in (await leads.ListLeads(pb.ListLeadsRequest(), metadata=manager.md)).items}
+    assert team_lead.id in seen and other.id not in seen
+    err = await rpc_error(leads.GetLead(pb.GetLeadRequest(id=other.id), metadata=manager.md))
+    assert err.code() == grpc.StatusCode.NOT_FOUND

@@ -210,3 +210,23 @@ async def test_another_tenants_pipeline_and_opportunity_are_not_found(identity, 
         ),
     ):
         assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_team_members_and_followers_see_an_opportunity_others_do_not(identity, pipelines):
+    company, (owner, member, follower, outsider) = await team(identity, 4)
+    await pipelines.CreatePipeline(pb.CreatePipelineRequest(name="P"), metadata=company.md)
+    o = (
+        await pipelines.CreateOpportunity(
+            pb.CreateOpportunityRequest(
+                name="联合投标", team_member_ids=[member.id], follower_ids=[follower.id]
+            ),
+            metadata=owner.md,
+        )
+    ).opportunity
+    for rep in (owner, member, follower):
+        seen = (
+            await pipelines.GetOpportunity(pb.GetOpportunityRequest(id=o.id), metadata=rep.md)
+        ).opportunity
+        assert seen.id == o.id
+    err = await rpc_error(pipelines.GetOpportunity(pb.GetOpportunityRequest(id=o.id), metadata=outsider.md))
+    assert err.code() == grpc.StatusCode.NOT_FOUND

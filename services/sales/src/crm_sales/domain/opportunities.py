@@ -15,7 +15,7 @@ from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 from crm_kit.validation import Check
-from sqlalchemy import any_, select
+from sqlalchemy import any_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_sales import models
@@ -68,8 +68,11 @@ def change_pb(c: models.StageChange, now: dt.datetime) -> pb.StageChange:
 def visible(decision: Decision) -> Any:
     principal = caller()
     Opp = models.Opportunity
-    return decision.row_filter(principal, owner_column=Opp.owner_id, department_column=Opp.department_id) | (
-        any_(Opp.team_member_ids) == principal.actor_id
+    # Beyond the data scope: the opportunity's team members and its followers (关注人) see it too.
+    return or_(
+        decision.row_filter(principal, owner_column=Opp.owner_id, department_column=Opp.department_id),
+        any_(Opp.team_member_ids) == principal.actor_id,
+        any_(Opp.follower_ids) == principal.actor_id,
     )
 
 
