@@ -78,6 +78,7 @@ class Database:
                 async with session.begin():
                     yield uow
                     await session.flush()
+                    await _mark_idempotent_request(session)
             except IntegrityError as exc:
                 raise integrity_error(exc) from exc
             except DBAPIError as exc:
@@ -97,6 +98,18 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def _mark_idempotent_request(session: AsyncSession) -> None:
+    """When the call carries an idempotency key, the first unit of work that commits records it, in the same
+    transaction as the write (see crm_kit.idempotency)."""
+    from crm_kit import context, idempotency
+
+    extra = context.current().extra
+    key = extra.get("idempotency_key")
+    if key and not extra.get("idempotency_marked"):
+        await idempotency.mark(session, key, extra.get("rpc_method", ""))
+        extra["idempotency_marked"] = "1"
 
 
 class UnitOfWork:

@@ -15,8 +15,9 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from crm_kit import context
+from crm_kit import context, idempotency
 from crm_kit.auth import JwtVerifier
+from crm_kit.db import Database
 from crm_kit.errors import DomainError, Unauthenticated, to_status
 from crm_kit.ids import new_id
 from crm_kit.telemetry import tracing_enabled
@@ -42,9 +43,12 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
     Methods in `public_methods` (full names, "/pkg.Service/Method") may be called without a credential.
     """
 
-    def __init__(self, verifier: JwtVerifier | None, public_methods: Iterable[str] = ()):
+    def __init__(
+        self, verifier: JwtVerifier | None, public_methods: Iterable[str] = (), db: Database | None = None
+    ):
         self.verifier = verifier
         self.public = frozenset(public_methods)
+        self.db = db
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -55,6 +59,8 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
             return handler
         is_public = method in self.public
         verifier = self.verifier
+        db = self.db
+        serialize = handler.response_serializer
 
         async def enter(ctx: grpc.aio.ServicerContext) -> Any:
             """Bind the request context and verify the credential (raises Unauthenticated)."""
@@ -73,6 +79,10 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
                     request_ctx.extra["access_token"] = access_token
                 elif not is_public:
                     raise Unauthenticated("a credential is required", reason="missing_credential")
+                key = metadata.get(idempotency.METADATA_KEY, "")
+                if key and db is not None:
+                    request_ctx.extra["idempotency_key"] = key[:64]
+                    request_ctx.extra["rpc_method"] = method
             except BaseException:
                 context.reset(token)
                 raise
@@ -86,13 +96,37 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
             log.error("unhandled error in %s", method, exc_info=exc)
             await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
 
+        async def once(inner: Callable[..., Any], request: Any, ctx: grpc.aio.ServicerContext) -> Any:
+            """Run a call that answers once; with an idempotency key, replay or record its answer."""
+            extra = context.current().extra
+            key = extra.get("idempotency_key")
+            if not key or db is None:
+                return await inner(request, ctx)
+            async with db.read() as session:
+                stored = await idempotency.previous(session, key, method)
+            if stored is not None:
+                return _Replayed(stored)
+            try:
+                response = await inner(request, ctx)
+            except BaseException:
+                if extra.get("idempotency_marked"):
+                    # A failure that still committed something (e.g. a sign-in's failure count): a retry may
+                    # run again rather than be told it was applied.
+                    async with db.sessions() as session, session.begin():
+                        await idempotency.forget(session, key)
+                raise
+            if extra.get("idempotency_marked"):
+                async with db.sessions() as session, session.begin():
+                    await idempotency.store(session, key, serialize(response))
+            return response
+
         def answers_once(inner: Callable[..., Any]) -> Callable[..., Any]:
             # Unary and client-streaming calls: one answer.
             async def behavior(request: Any, ctx: grpc.aio.ServicerContext) -> Any:
                 token = None
                 try:
                     token = await enter(ctx)
-                    return await inner(request, ctx)
+                    return await once(inner, request, ctx)
                 except Exception as exc:  # DomainError → status; AbortError re-raised; else INTERNAL
                     await fail(exc, ctx)
                 finally:
@@ -119,7 +153,9 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
 
         options = {
             "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
+            "response_serializer": (lambda r: r.data if isinstance(r, _Replayed) else serialize(r))
+            if serialize is not None
+            else None,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(answers_once(handler.unary_unary), **options)
@@ -128,6 +164,13 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(answers_stream(handler.unary_stream), **options)
         return handler  # bidirectional streams: none yet
+
+
+@dataclass(frozen=True, slots=True)
+class _Replayed:
+    """An answer stored by an earlier attempt of the same request, sent again as it was."""
+
+    data: bytes
 
 
 class GrpcServer:
@@ -139,8 +182,11 @@ class GrpcServer:
         public_methods: Iterable[str] = (),
         host: str = "0.0.0.0",
         port: int = 50051,
+        db: Database | None = None,
     ):
-        interceptors: list[grpc.aio.ServerInterceptor] = [CallContextInterceptor(verifier, public_methods)]
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            CallContextInterceptor(verifier, public_methods, db)
+        ]
         if tracing_enabled():
             interceptors.insert(0, aio_server_interceptor())
         self.server = grpc.aio.server(

@@ -155,6 +155,7 @@ class Service:
             public_methods=self.parts.public_methods,
             host=s.grpc_host,
             port=s.grpc_port,
+            db=self.runtime.db,
         )
         await self.server.start()
         log.info("%s serving gRPC on port %s", self.spec.name, self.server.port)

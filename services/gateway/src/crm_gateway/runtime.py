@@ -3,6 +3,7 @@ and `handle`, the one request path every route shares."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ import orjson
 from crm.identity.v1 import identity_pb2
 from crm_kit import context, grpc_client
 from crm_kit.auth import JwtVerifier
+from crm_kit.idempotency import METADATA_KEY as IDEMPOTENCY_METADATA
 from fastapi import Request
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -162,13 +164,16 @@ class Gateway:
                 scope = f"{principal.tenant_id}:{principal.actor_id}" if principal else "anonymous"
                 query = request.scope.get("query_string", b"").decode("latin-1")
                 target = path + ("?" + query if query else "")
+                # The service records this digest with its write, so a retry after a replica died mid-write
+                # is replayed or refused there instead of running twice (see crm_kit.idempotency).
+                digest = hashlib.sha256(f"{scope}\n{key}\n{plan.http_method}\n{target}".encode()).hexdigest()
                 reply = await self.idempotency.run(
                     scope=scope,
                     key=key,
                     method=plan.http_method,
                     target=target,
                     body=await request.body(),
-                    execute=lambda: self._execute(plan, message, path),
+                    execute=lambda: self._execute(plan, message, path, digest),
                 )
             else:
                 reply = await self._execute(plan, message, path)
@@ -195,12 +200,13 @@ class Gateway:
         )
         return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type=media)
 
-    async def _execute(self, plan: RoutePlan, message: Any, path: str) -> Reply:
+    async def _execute(self, plan: RoutePlan, message: Any, path: str, idempotency_digest: str = "") -> Reply:
         """Call the service; a failure becomes the problem reply (so an idempotent replay repeats it too)."""
+        metadata = grpc_client.outgoing_metadata()
+        if idempotency_digest:
+            metadata += ((IDEMPOTENCY_METADATA, idempotency_digest),)
         try:
-            response = await self._calls[plan.grpc_path](
-                message, timeout=self.timeout, metadata=grpc_client.outgoing_metadata()
-            )
+            response = await self._calls[plan.grpc_path](message, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as exc:
             problem = from_grpc(exc)
             rendered = render(problem, path)

@@ -76,6 +76,12 @@ PRUNE_INBOX = (
     "DELETE FROM inbox WHERE (consumer, event_id) IN (SELECT consumer, event_id FROM inbox "
     "WHERE handled_at < now() - make_interval(secs => $1) ORDER BY handled_at LIMIT $2)"
 )
+# Requests' idempotency records live as long as the gateway remembers keys (24 h) and a little more.
+PRUNE_IDEMPOTENT_REQUESTS = (
+    "DELETE FROM idempotent_requests WHERE key IN (SELECT key FROM idempotent_requests "
+    "WHERE created_at < now() - make_interval(secs => $1) ORDER BY created_at LIMIT $2)"
+)
+IDEMPOTENT_REQUEST_RETENTION = 48 * 3600.0
 PRUNE_BATCH = 5000
 
 
@@ -377,6 +383,7 @@ class OutboxRelay:
         for statement, retention in (
             (PRUNE_OUTBOX, self.settings.outbox_retention),
             (PRUNE_INBOX, self.settings.inbox_retention),
+            (PRUNE_IDEMPOTENT_REQUESTS, IDEMPOTENT_REQUEST_RETENTION),
         ):
             try:
                 while True:

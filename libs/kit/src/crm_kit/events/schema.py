@@ -20,7 +20,9 @@ from crm_kit.events.outbox import OUTBOX_NOTIFY_DDL, OutboxEvent
 
 
 def kit_tables() -> list[Table]:
-    return [OutboxEvent.__table__, InboxEntry.__table__]  # type: ignore[list-item]
+    from crm_kit.idempotency import IdempotentRequest
+
+    return [OutboxEvent.__table__, InboxEntry.__table__, IdempotentRequest.__table__]  # type: ignore[list-item]
 
 
 def create_tables(op: Any) -> None:

@@ -1,0 +1,77 @@
+"""Writes that happen once even when a client retries after a replica died mid-request.
+
+The gateway's Idempotency-Key store replays answers it has seen. What it cannot see is a write that committed
+in a replica killed before it answered: the gateway gets an error and frees the key, and the client's retry
+would run the write again. So the gateway also passes a digest of the key to the service (gRPC metadata
+`idempotency-key`), and the service records it in the same transaction as the write (`Database.unit_of_work`
+does this). A retry then finds the record: with the stored answer it is replayed; if the replica died between
+commit and storing its answer, the retry is told the request was already carried out (409
+`already_applied`) instead of doing it twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import DateTime, Index, LargeBinary, String, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from crm_kit.db import Base
+from crm_kit.errors import Conflict, InvalidArgument
+
+METADATA_KEY = "idempotency-key"
+
+
+class IdempotentRequest(Base):
+    __tablename__ = "idempotent_requests"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(200))
+    response: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("ix_idempotent_requests_created_at", "created_at"),)
+
+
+_TABLE = IdempotentRequest.__table__
+_MARK = insert(_TABLE).on_conflict_do_nothing(index_elements=[_TABLE.c.key]).returning(_TABLE.c.key)
+
+
+class AlreadyApplied(Conflict):
+    reason = "already_applied"
+
+
+async def previous(session: AsyncSession, key: str, method: str) -> bytes | None:
+    """The stored answer of an earlier attempt; None when there was none. Raises when the earlier attempt
+    committed but its answer was lost, or when the key was used for another method."""
+    row = (
+        await session.execute(select(_TABLE.c.method, _TABLE.c.response).where(_TABLE.c.key == key))
+    ).first()
+    if row is None:
+        return None
+    if row.method != method:
+        raise InvalidArgument(
+            "this Idempotency-Key was used for another request", reason="idempotency_key_reused"
+        )
+    if row.response is None:
+        raise AlreadyApplied(
+            "this request was already carried out, but its answer was lost; read the object to see the result"
+        )
+    return row.response
+
+
+async def mark(session: AsyncSession, key: str, method: str) -> None:
+    """Record the key in the write's own transaction. A concurrent attempt that got there first wins."""
+    inserted = (await session.execute(_MARK, {"key": key, "method": method})).scalar_one_or_none()
+    if inserted is None:
+        raise AlreadyApplied("this request is being or was already carried out by another attempt")
+
+
+async def store(session: AsyncSession, key: str, response: bytes) -> None:
+    await session.execute(update(_TABLE).where(_TABLE.c.key == key).values(response=response))
+
+
+async def forget(session: AsyncSession, key: str) -> None:
+    await session.execute(delete(_TABLE).where(_TABLE.c.key == key))

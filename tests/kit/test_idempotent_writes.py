@@ -1,0 +1,61 @@
+"""A write retried with the same idempotency key happens once, even when the first answer never arrived."""
+
+import uuid
+
+import asyncpg
+import grpc
+
+from crm.identity.v1 import identity_pb2 as pb
+from crm_kit.errors import from_rpc_error
+from tests.identity.helpers import rpc_error, sign_up
+
+
+def keyed(company, key):
+    return (*company.md, ("idempotency-key", key))
+
+
+async def test_a_retried_write_is_answered_from_the_first_attempt_and_creates_one_object(identity):
+    company = await sign_up(identity)
+    key = uuid.uuid4().hex
+    first = await identity.CreateDepartment(pb.CreateDepartmentRequest(name="华北区"), metadata=keyed(company, key))
+    again = await identity.CreateDepartment(pb.CreateDepartmentRequest(name="华北区"), metadata=keyed(company, key))
+    assert again.department.id == first.department.id
+    listed = await identity.ListDepartments(pb.ListDepartmentsRequest(), metadata=company.md)
+    assert [d.id for d in listed.items] == [first.department.id]
+
+
+async def test_a_write_whose_answer_was_lost_is_not_done_twice(identity, identity_service, test_infra):
+    company = await sign_up(identity)
+    key = uuid.uuid4().hex
+    await identity.CreateDepartment(pb.CreateDepartmentRequest(name="西南区"), metadata=keyed(company, key))
+    # As if the replica died after its commit and before it stored its answer.
+    conn = await asyncpg.connect(test_infra.asyncpg_dsn(identity_service.settings.database_url))
+    try:
+        await conn.execute("UPDATE idempotent_requests SET response = NULL")
+    finally:
+        await conn.close()
+    err = await rpc_error(
+        identity.CreateDepartment(pb.CreateDepartmentRequest(name="西南区"), metadata=keyed(company, key))
+    )
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert from_rpc_error(err).reason == "already_applied"
+    listed = await identity.ListDepartments(pb.ListDepartmentsRequest(), metadata=company.md)
+    assert len(listed.items) == 1
+
+
+async def test_a_key_cannot_be_reused_for_another_request(identity):
+    company = await sign_up(identity)
+    key = uuid.uuid4().hex
+    await identity.CreateDepartment(pb.CreateDepartmentRequest(name="东北区"), metadata=keyed(company, key))
+    err = await rpc_error(identity.CreateRole(pb.CreateRoleRequest(name="临时"), metadata=keyed(company, key)))
+    assert from_rpc_error(err).reason == "idempotency_key_reused"
+
+
+async def test_a_failed_call_that_committed_something_may_run_again(identity):
+    company = await sign_up(identity)
+    key = uuid.uuid4().hex
+    md = (("idempotency-key", key),)
+    wrong = pb.CreateTokenRequest(email=company.admin.email, password="not the password")
+    for _ in range(2):
+        err = await rpc_error(identity.CreateToken(wrong, metadata=md))
+        assert from_rpc_error(err).reason == "bad_credentials"
