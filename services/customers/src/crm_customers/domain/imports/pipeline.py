@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,27 +149,57 @@ DEFAULTS = {
 }
 
 
-def _copy_record(columns: tuple[str, ...], v: dict[str, Any]) -> tuple[Any, ...]:
-    out = []
-    for c in columns:
-        value = v.get(c)
-        if value is None:
-            if c in LISTS:
-                value = []
-            elif c in JSON:
-                value = JSON[c]
-            elif c in FALSE_DEFAULTS:
-                value = False
-            elif c in NULL_DEFAULTS:
-                value = None
-            elif c in DEFAULTS:
-                value = DEFAULTS[c]
-            else:
-                value = ""
-        elif c in JSON:
-            value = json.dumps(value, ensure_ascii=False)
-        out.append(value)
-    return tuple(out)
+def _esc(text_: str) -> str:
+    """A value in COPY's text format."""
+    if "\\" in text_ or "\t" in text_ or "\n" in text_ or "\r" in text_:
+        return text_.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return text_
+
+
+def _array(values: list[Any]) -> str:
+    if not values:
+        return "{}"
+    return _esc(
+        "{" + ",".join('"' + str(e).replace("\\", "\\\\").replace('"', '\\"') + '"' for e in values) + "}"
+    )
+
+
+def _default_text(c: str) -> str:
+    if c in LISTS:
+        return "{}"
+    if c in JSON:
+        return JSON[c]
+    if c in FALSE_DEFAULTS:
+        return "f"
+    if c in NULL_DEFAULTS:
+        return "\\N"
+    if c in DEFAULTS:
+        return str(DEFAULTS[c])
+    return ""
+
+
+def _encoder(c: str) -> Any:
+    if c in LISTS:
+        return _array
+    if c in JSON:
+        return lambda v: _esc(json.dumps(v, ensure_ascii=False))
+    if c in FALSE_DEFAULTS:
+        return lambda v: "t" if v else "f"
+    return lambda v: _esc(v) if isinstance(v, str) else str(v)
+
+
+def copy_line(columns: tuple[str, ...], v: dict[str, Any]) -> str:
+    """One row in COPY's text format (built where the row is converted: no per-value work on the event loop).
+    Columns the row does not fill take the table's own defaults."""
+    plan = _PLANS.get(columns)
+    if plan is None:
+        plan = _PLANS[columns] = [(c, _encoder(c), _default_text(c)) for c in columns]
+    get = v.get
+    out = [default if (value := get(c)) is None else encode(value) for c, encode, default in plan]
+    return "\t".join(out)
+
+
+_PLANS: dict[tuple[str, ...], list[tuple[str, Any, str]]] = {}
 
 
 @dataclass
@@ -177,6 +209,8 @@ class Row:
     # Decided per batch: "create", "update", "skip" or "failed".
     action: str = "create"
     duplicate_of: str = ""
+    # The row as COPY takes it (built with the conversion, off the event loop); None when values changed since.
+    record: str | None = None
     errors: list[tuple[str, str, str]] = field(default_factory=list)
 
 
@@ -211,6 +245,7 @@ class Batcher:
                 row.action = "failed"
             else:
                 converted.values["id"] = new_id()
+                row.record = copy_line(self.columns, converted.values)
             out.append(row)
         return out
 
@@ -268,12 +303,16 @@ class Batcher:
             if account_id not in ids:
                 ids.append(account_id)
             v.setdefault("primary_account_id", account_id)
+            r.record = None
 
     async def match_duplicates(self, session: Any, batch: list[Row]) -> None:
         """Apply the rules' import actions: against the table (set-based) and within the batch."""
         live = [r for r in batch if r.action != "failed"]
         if not self.rules or not live:
             return
+        # The table grows from empty during an import, faster than autovacuum's statistics: without this the
+        # planner would believe it tiny and scan it whole for every lookup. Every lookup here has its index.
+        await session.execute(text("SET LOCAL enable_seqscan = off"))
         hits: dict[int, dict[str, tuple[str, str]]] = {}  # row index → rule id → (record id, value)
         by_index = {i: r for i, r in enumerate(batch)}
         tenant = self.job.tenant_id
@@ -282,14 +321,30 @@ class Batcher:
             pairs: list[tuple[int, str]] = []
             if rule.match in ("phone", "email"):
                 column = "phones_normalized" if rule.match == "phone" else "emails_normalized"
+                wanted: dict[str, list[int]] = {}
                 for i, r in by_index.items():
                     if r.action != "failed":
-                        pairs.extend((i, value) for value in r.converted.values.get(column, []))
-                sql = (
-                    f"SELECT v.i, t.id, v.value FROM unnest(CAST(:idx AS int[]), CAST(:vals AS text[])) "
-                    f"AS v(i, value) JOIN {table} t ON t.tenant_id = :tenant AND t.deleted_at IS NULL "
-                    f"AND t.{column} @> ARRAY[v.value]"
-                )
+                        for value in r.converted.values.get(column, []):
+                            wanted.setdefault(value, []).append(i)
+                            pairs.append((i, value))
+                if wanted:
+                    # One GIN bitmap scan for the whole batch (`&&` with every value), not one per row.
+                    found = await session.execute(
+                        text(
+                            # Only the GIN index can serve the inner query (the tenant and liveness are checked
+                            # on its few rows), whatever the planner believes about the table's size.
+                            f"WITH m AS MATERIALIZED (SELECT id, tenant_id, deleted_at, {column} AS v FROM {table} "
+                            f"WHERE {column} && CAST(:vals AS text[])) "
+                            f"SELECT id, v FROM m WHERE tenant_id = :tenant AND deleted_at IS NULL"
+                        ),
+                        {"tenant": tenant, "vals": list(wanted)},
+                    )
+                    for record_id, values in found.all():
+                        for value in values:
+                            for i in wanted.get(value, ()):
+                                hits.setdefault(i, {}).setdefault(rule.id, (record_id, value))
+                self._within_batch(pairs, hits, rule)
+                continue
             elif rule.match == "credit_code" and table == "accounts":
                 pairs = [
                     (i, r.converted.values["credit_code"])
@@ -312,16 +367,38 @@ class Batcher:
                     "AND t.deleted_at IS NULL AND (t.name_key = v.value OR t.name_key % v.value) LIMIT 20) t ON true"
                 )
             elif rule.match == "person_name_and_company" and table == "contacts":
+                keyed: dict[str, list[int]] = {}
                 for i, r in by_index.items():
                     v = r.converted.values
-                    if r.action != "failed" and v.get("name_key"):
-                        pairs.extend((i, f"{a}\x1f{v['name_key']}") for a in v.get("account_ids", []))
-                sql = (
-                    "SELECT v.i, t.id, split_part(v.value, chr(31), 2) FROM unnest(CAST(:idx AS int[]), "
-                    "CAST(:vals AS text[])) AS v(i, value) JOIN contacts t ON t.tenant_id = :tenant "
-                    "AND t.deleted_at IS NULL AND t.account_ids @> ARRAY[split_part(v.value, chr(31), 1)] "
-                    "AND t.name_key = split_part(v.value, chr(31), 2)"
-                )
+                    if r.action != "failed" and v.get("name_key") and v.get("account_ids"):
+                        keyed.setdefault(v["name_key"], []).append(i)
+                        pairs.extend((i, f"{a}\x1f{v['name_key']}") for a in v["account_ids"])
+                if keyed:
+                    found = await session.execute(
+                        text(
+                            "SELECT id, name_key, account_ids FROM contacts WHERE tenant_id = :tenant "
+                            "AND deleted_at IS NULL AND name_key = ANY(CAST(:keys AS text[])) "
+                            "AND account_ids && CAST(:accounts AS text[])"
+                        ),
+                        {
+                            "tenant": tenant,
+                            "keys": list(keyed),
+                            "accounts": sorted(
+                                {
+                                    a
+                                    for idx in keyed.values()
+                                    for i in idx
+                                    for a in by_index[i].converted.values["account_ids"]
+                                }
+                            ),
+                        },
+                    )
+                    for record_id, key, account_ids in found.all():
+                        for i in keyed.get(key, ()):
+                            if set(account_ids) & set(by_index[i].converted.values["account_ids"]):
+                                hits.setdefault(i, {}).setdefault(rule.id, (record_id, key))
+                self._within_batch(pairs, hits, rule)
+                continue
             else:
                 continue
             if not pairs:
@@ -335,14 +412,7 @@ class Batcher:
                     if score < rule.threshold:
                         continue
                 hits.setdefault(i, {}).setdefault(rule.id, (record_id, value))
-            # Within the batch: a later row repeating an earlier row's value.
-            first: dict[str, int] = {}
-            for i, value in pairs:
-                key = value
-                if key in first and first[key] != i:
-                    hits.setdefault(i, {}).setdefault(rule.id, ("", value))
-                else:
-                    first.setdefault(key, i)
+            self._within_batch(pairs, hits, rule)
         rules_by_id = {r.id: r for r in self.rules}
         for i, found in hits.items():
             r = by_index[i]
@@ -363,6 +433,18 @@ class Batcher:
                 r.errors.append(("", value, f"skipped: duplicate of {target} ({matched})"))
             else:
                 r.action, r.duplicate_of = "update", record_id
+
+    @staticmethod
+    def _within_batch(
+        pairs: list[tuple[int, str]], hits: dict[int, dict[str, tuple[str, str]]], rule: Any
+    ) -> None:
+        """A later row repeating an earlier row's value (that earlier row is not in the table yet)."""
+        first: dict[str, int] = {}
+        for i, value in pairs:
+            if value in first and first[value] != i:
+                hits.setdefault(i, {}).setdefault(rule.id, ("", value))
+            else:
+                first.setdefault(value, i)
 
     async def update_existing(self, session: Any, r: Row) -> None:
         row = await session.get(self.model, r.duplicate_of, with_for_update=True, options=[undefer("*")])
@@ -386,6 +468,18 @@ class Batcher:
         _refresh_derived(self.record_type, row)
         row.version += 1
 
+    async def settle_indexes(self, session: Any) -> None:
+        """Merge the GIN pending lists of the indexes the rules search into their trees. New entries wait in a
+        pending list that every search scans in full; over a big import it would make each batch's lookups
+        slower than the last. Merging after every batch keeps lookups at tree speed (the merge is work the
+        index does anyway, at the 4 MB pending-list limit)."""
+        names = {
+            "phone": f"ix_{self.model.__tablename__}_phones",
+            "email": f"ix_{self.model.__tablename__}_emails",
+        }
+        for index in sorted({names[r.match] for r in self.rules if r.match in names}):
+            await session.execute(text("SELECT gin_clean_pending_list(CAST(:i AS regclass))"), {"i": index})
+
     async def write(self, session: Any, batch: list[Row]) -> None:
         """The batch's creates (COPY) and updates, in the caller's transaction."""
         for r in batch:
@@ -393,11 +487,13 @@ class Batcher:
                 await self.update_existing(session, r)
         creates = [r for r in batch if r.action == "create"]
         if creates:
+            lines = [r.record or copy_line(self.columns, r.converted.values) for r in creates]
             raw = await (await session.connection()).get_raw_connection()
-            await raw.driver_connection.copy_records_to_table(
+            await raw.driver_connection.copy_to_table(
                 self.model.__tablename__,
-                records=[_copy_record(self.columns, r.converted.values) for r in creates],
+                source=io.BytesIO(("\n".join(lines) + "\n").encode()),
                 columns=list(self.columns),
+                format="text",
             )
             if self.target == "accounts":
                 await session.execute(
@@ -595,7 +691,9 @@ async def _commit_batch(
             await batcher.write(session, batch)
             outcome = outcome_of(batch)
             await _checkpoint(session, job, claim, done_before, done_after, outcome)
-            return outcome
+        async with db.unit_of_work() as uow:
+            await batcher.settle_indexes(uow.session)
+        return outcome
     except LeaseLost:
         raise
     except REFUSALS as exc:
@@ -673,12 +771,25 @@ async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
         return
     batcher = await batcher_for(db, job)
     resume_after = job.rows_done
+    loop = asyncio.get_running_loop()
     queue: asyncio.Queue[list[Row] | BaseException | None] = asyncio.Queue(maxsize=2)
+    stop = threading.Event()
     totals = {"data_rows": 0}
 
     async with source.spooled(db, job.id, f".{job.format}") as path:
 
-        async def produce() -> None:
+        def produce() -> None:
+            """Parse and convert in a thread: the event loop stays free to feed PostgreSQL the previous batch
+            (the two interleave at the interpreter's switch interval, not a whole batch apart)."""
+
+            def hand_over(item: list[Row] | BaseException | None) -> None:
+                while not stop.is_set():
+                    try:
+                        asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=1)
+                        return
+                    except TimeoutError:
+                        continue
+
             try:
                 rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
                 index = 0
@@ -691,13 +802,15 @@ async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
                             yield item
 
                 for raw in batches(fresh(), BATCH_ROWS):
-                    await queue.put(batcher.convert(raw))
+                    if stop.is_set():
+                        return
+                    hand_over(batcher.convert(raw))
                 totals["data_rows"] = index
-                await queue.put(None)
-            except BaseException as exc:
-                await queue.put(exc)
+                hand_over(None)
+            except BaseException as exc:  # handed to the consumer, which fails the job
+                hand_over(exc)
 
-        producer = asyncio.create_task(produce())
+        producer = loop.run_in_executor(None, produce)
         done = resume_after
         try:
             while True:
@@ -711,7 +824,9 @@ async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
                 if job.cancel_requested:
                     break
         finally:
-            producer.cancel()
+            stop.set()
+            while not queue.empty():  # unblock a producer waiting to hand over
+                queue.get_nowait()
             with contextlib.suppress(BaseException):
                 await producer
     async with db.unit_of_work() as uow:
