@@ -82,10 +82,9 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         return pb.SignUpResponse(tenant=pb.Tenant(id=tenant.id, name=tenant.name), user=user_pb(user))
 
     async def CreateToken(self, request, context):
-        async with self.db.unit_of_work() as uow:
-            outcome = await self.sessions.login(
-                uow, email=request.email, password=request.password, totp_code=request.totp_code
-            )
+        outcome = await self.sessions.login(
+            self.db, email=request.email, password=request.password, totp_code=request.totp_code
+        )
         return pb.CreateTokenResponse(token=outcome.unwrap())
 
     async def RefreshToken(self, request, context):

@@ -15,7 +15,7 @@ from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.auth import TokenIssuer
 from crm_kit.context import Principal
-from crm_kit.db import UnitOfWork, utcnow
+from crm_kit.db import Database, UnitOfWork, utcnow
 from crm_kit.errors import DomainError, InvalidArgument, Unauthenticated
 from crm_kit.ids import new_id
 from crm_kit.validation import Check
@@ -100,18 +100,42 @@ class Sessions:
             after={"reason": reason},
         )
 
-    async def login(self, uow: UnitOfWork, *, email: str, password: str, totp_code: str) -> Outcome:
+    async def login(self, db: Database, *, email: str, password: str, totp_code: str) -> Outcome:
         check = Check()
         check.required("email", email)
         check.required("password", password)
         check.done()
         email = email.strip().lower()
+        # The password check (~25 ms of argon2) runs before the transaction: sign-ins of one account do not
+        # queue behind its row lock, and no connection sits idle in a transaction meanwhile.
+        async with db.read() as session:
+            seen = (
+                await session.execute(
+                    select(models.User.password_hash, models.User.locked_until).where(
+                        models.User.email == email
+                    )
+                )
+            ).first()
+        locked = seen is not None and seen.locked_until is not None and seen.locked_until > utcnow()
+        checked_hash = seen.password_hash if seen else None
+        password_ok = False if locked else await self.passwords.verify(checked_hash, password)
+        async with db.unit_of_work() as uow:
+            return await self._sign_in(uow, email, password, totp_code, password_ok, checked_hash)
+
+    async def _sign_in(
+        self,
+        uow: UnitOfWork,
+        email: str,
+        password: str,
+        totp_code: str,
+        password_ok: bool,
+        checked_hash: str | None,
+    ) -> Outcome:
         user = (
             await uow.session.execute(select(models.User).where(models.User.email == email).with_for_update())
         ).scalar_one_or_none()
         now = utcnow()
         if user is None:
-            await self.passwords.verify(None, password)
             self._failed(uow, None, email, "unknown_user")
             return Outcome(error=Unauthenticated(BAD_CREDENTIALS, reason="bad_credentials"))
         if user.locked_until and user.locked_until > now:
@@ -122,7 +146,9 @@ class Sessions:
                     reason="account_locked",
                 )
             )
-        password_ok = await self.passwords.verify(user.password_hash, password)
+        if user.password_hash != checked_hash:
+            # The password changed between the check and now: check against the current one.
+            password_ok = await self.passwords.verify(user.password_hash, password)
         if not password_ok:
             return self._count_failure(uow, user, email, "bad_password", BAD_CREDENTIALS, "bad_credentials")
         if user.status != "active":
