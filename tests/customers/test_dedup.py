@@ -11,6 +11,7 @@ from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import data_quality_pb2 as dq
 from crm.customers.v1 import data_quality_pb2_grpc, duplicates_pb2
 from google.protobuf import field_mask_pb2
+from sqlalchemy import text
 
 from tests.customers.helpers import credit_code, new_account, rpc_error, sign_up
 
@@ -196,7 +197,7 @@ async def test_a_scan_lists_groups_of_existing_duplicates_with_scores(identity, 
     assert by_members[frozenset({d.id, e.id})].members[0].matched_values == ["bd@alibaba.com"]
 
 
-async def test_rules_are_validated_and_belong_to_their_tenant(identity, data):
+async def test_rules_are_validated_audited_and_belong_to_their_tenant(identity, data, customers_service):
     mine, theirs = await sign_up(identity), await sign_up(identity, "腾讯")
     err = await rpc_error(
         data.CreateDuplicateRule(
@@ -240,3 +241,23 @@ async def test_rules_are_validated_and_belong_to_their_tenant(identity, data):
         )
     )
     assert stale.code() == grpc.StatusCode.ABORTED
+    await data.DeleteDuplicateRule(
+        dq.DeleteDuplicateRuleRequest(id=rule.id, expected_version=updated.duplicate_rule.version),
+        metadata=mine.md,
+    )
+    async with customers_service.runtime.db.read() as session:
+        subjects = (
+            (
+                await session.execute(
+                    text("SELECT subject FROM outbox_events WHERE aggregate_id = :id ORDER BY seq"),
+                    {"id": rule.id},
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [s.rsplit(".", 1)[1] for s in subjects] == [
+        "DuplicateRuleCreated",
+        "DuplicateRuleUpdated",
+        "DuplicateRuleDeleted",
+    ]

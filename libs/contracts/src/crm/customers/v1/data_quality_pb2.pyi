@@ -1721,3 +1721,63 @@ class ImportFinished(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportFinished: _TypeAlias = ImportFinished  # noqa: Y015
+
+@_typing.final
+class DuplicateRuleCreated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DUPLICATE_RULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def duplicate_rule(self) -> Global___DuplicateRule: ...
+    def __init__(
+        self,
+        *,
+        duplicate_rule: Global___DuplicateRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duplicate_rule", b"duplicate_rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_rule", b"duplicate_rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DuplicateRuleCreated: _TypeAlias = DuplicateRuleCreated  # noqa: Y015
+
+@_typing.final
+class DuplicateRuleUpdated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DUPLICATE_RULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def duplicate_rule(self) -> Global___DuplicateRule: ...
+    def __init__(
+        self,
+        *,
+        duplicate_rule: Global___DuplicateRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duplicate_rule", b"duplicate_rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_rule", b"duplicate_rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DuplicateRuleUpdated: _TypeAlias = DuplicateRuleUpdated  # noqa: Y015
+
+@_typing.final
+class DuplicateRuleDeleted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DUPLICATE_RULE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def duplicate_rule(self) -> Global___DuplicateRule: ...
+    def __init__(
+        self,
+        *,
+        duplicate_rule: Global___DuplicateRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duplicate_rule", b"duplicate_rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate_rule", b"duplicate_rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DuplicateRuleDeleted: _TypeAlias = DuplicateRuleDeleted  # noqa: Y015

@@ -118,6 +118,14 @@ async def create(uow: UnitOfWork, rule: pb.DuplicateRule) -> DuplicateRule:
     uow.session.add(row)
     await uow.session.flush()
     await uow.session.refresh(row)
+    uow.emit(
+        pb.DuplicateRuleCreated(duplicate_rule=rule_pb(row)),
+        aggregate_type="duplicate_rule",
+        aggregate_id=row.id,
+        aggregate_version=1,
+        action="created",
+        after=snapshot(row),
+    )
     return row
 
 
@@ -151,22 +159,38 @@ async def update(
     check = Check()
     values = _validate(check, rule, set(paths))
     check.done()
-    changed = False
+    before = snapshot(row)
     for name, value in values.items():
-        if getattr(row, name) != value:
-            setattr(row, name, value)
-            changed = True
-    if changed:
+        setattr(row, name, value)
+    if snapshot(row) != before:
         row.version += 1
         await uow.session.flush()
         await uow.session.refresh(row)
+        uow.emit(
+            pb.DuplicateRuleUpdated(duplicate_rule=rule_pb(row)),
+            aggregate_type="duplicate_rule",
+            aggregate_id=row.id,
+            aggregate_version=row.version,
+            action="updated",
+            before=before,
+            after=snapshot(row),
+        )
     return row
 
 
 async def delete(uow: UnitOfWork, *, rule_id: str, expected_version: int) -> None:
     row = await get_owned(uow.session, DuplicateRule, "duplicate_rule", rule_id, lock=True)
     expect_version(row, expected_version)
+    message, before = rule_pb(row), snapshot(row)
     await uow.session.delete(row)
+    uow.emit(
+        pb.DuplicateRuleDeleted(duplicate_rule=message),
+        aggregate_type="duplicate_rule",
+        aggregate_id=rule_id,
+        aggregate_version=row.version + 1,
+        action="deleted",
+        before=before,
+    )
 
 
 async def active_rules(session: AsyncSession, tenant_id: str, record_type: str) -> list[DuplicateRule]:
