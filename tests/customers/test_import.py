@@ -342,3 +342,48 @@ async def test_gb18030_csv_from_chinese_excel_is_read(identity, data):
     assert list(job.columns) == ["客户名称", "联系电话"]
     dry = await data.DryRunImport(dq.DryRunImportRequest(id=job.id), metadata=company.md)
     assert dry.import_job.rows_created == 1 and dry.preview[0]["name"] == "华为技术有限公司"
+
+
+async def test_relationships_are_imported_between_records_named_by_code_email_or_phone(
+    identity, customers, data
+):
+    company = await sign_up(identity)
+    huawei = await new_account(customers, company, "华为技术有限公司", credit_code=credit_code(41))
+    partner = await new_account(customers, company, "中软国际有限公司", credit_code=credit_code(42))
+    boss = (
+        await customers.CreateContact(
+            pb.CreateContactRequest(contact=pb.Contact(name="任正非", emails=["ren@huawei.com"])),
+            metadata=company.md,
+        )
+    ).contact
+    staff = (
+        await customers.CreateContact(
+            pb.CreateContactRequest(contact=pb.Contact(name="王小明", phones=["13800138000"])),
+            metadata=company.md,
+        )
+    ).contact
+    content = csv_bytes(
+        [
+            ["源", "目标", "关系类型", "备注"],
+            [credit_code(41), credit_code(42), "partner_of", "战略合作"],
+            ["138-0013-8000", "REN@huawei.com", "reports_to", ""],
+            ["nobody@example.com", credit_code(42), "partner_of", ""],
+            [credit_code(41), credit_code(42), "no_such_type", ""],
+        ]
+    )
+    job = await upload(data, company, content, target=dq.IMPORT_TARGET_RELATIONSHIPS, name="relations.csv")
+    assert {m.column: m.field for m in job.mapping} == {
+        "源": "source",
+        "目标": "target",
+        "关系类型": "type",
+        "备注": "note",
+    }
+    await data.StartImport(dq.StartImportRequest(id=job.id), metadata=company.md)
+    done = await run_to_end(data, company, job.id)
+    assert done.status == dq.JOB_STATUS_SUCCEEDED, done.error
+    assert (done.rows_total, done.rows_created, done.rows_failed) == (4, 2, 2)
+    errors = await errors_of(data, company, job.id)
+    assert [(e[0], e[1], e[2]) for e in errors] == [(4, "源", "nobody@example.com"), (5, "", "")]
+    edges = await customers.ListRelationships(pb.ListRelationshipsRequest(), metadata=company.md)
+    pairs = {(r.type, r.source.id, r.target.id) for r in edges.items}
+    assert pairs == {("partner_of", huawei.id, partner.id), ("reports_to", staff.id, boss.id)}
