@@ -13,7 +13,7 @@ from crm.customers.v1 import data_quality_pb2_grpc, duplicates_pb2
 from google.protobuf import field_mask_pb2
 from sqlalchemy import text
 
-from tests.customers.helpers import credit_code, new_account, rpc_error, sign_up
+from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, rpc_error, sign_up
 
 ACCOUNT, CONTACT = pb.RECORD_TYPE_ACCOUNT, pb.RECORD_TYPE_CONTACT
 BLOCK, WARN, ALLOW = (
@@ -86,7 +86,7 @@ async def test_a_blocking_phone_rule_refuses_the_same_number_written_differently
         )
     )
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert first.id in err.details() and "小米科技有限责任公司" in err.details()
+    assert first.id in err.details() and "小米科技有限责任公司" not in err.details()  # ids, never names
     listed = await customers.ListAccounts(pb.ListAccountsRequest(), metadata=company.md)
     assert [a.id for a in listed.items] == [first.id]  # nothing half-written
 
@@ -261,3 +261,22 @@ async def test_rules_are_validated_audited_and_belong_to_their_tenant(identity, 
         "DuplicateRuleUpdated",
         "DuplicateRuleDeleted",
     ]
+
+
+async def test_a_candidate_outside_the_callers_scope_is_named_by_id_only(identity, customers, data):
+    company = await sign_up(identity)
+    await add_rule(data, company, duplicates_pb2.DUPLICATE_MATCH_PHONE)
+    secret = await new_account(customers, company, "华为技术有限公司", phones=["13800138000"])
+    own = await role(
+        identity,
+        company,
+        "只看自己的",
+        [{"object": "account", "actions": ["read", "create"], "data_scope": "DATA_SCOPE_OWN"}],
+    )
+    _, token = await invite_and_join(identity, company, role_ids=[own])
+    request = dq.CheckDuplicatesRequest(record_type=ACCOUNT, account=pb.Account(phones=["138 0013 8000"]))
+    found = await data.CheckDuplicates(request, metadata=auth(token.access_token))
+    assert [c.id for c in found.candidates] == [secret.id]
+    assert found.candidates[0].name == "" and not found.candidates[0].matched_values
+    mine = await data.CheckDuplicates(request, metadata=company.md)
+    assert mine.candidates[0].name == "华为技术有限公司"

@@ -87,13 +87,17 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
 
     async def CheckDuplicates(self, request, context):
         kind = _object(request.record_type)
-        await self._authorize(kind, "read")
+        decision = await self._authorize(kind, "read")
         fields = request.account if kind == "account" else request.contact
         async with self.db.read() as session:
             result = await matching.check(session, kind, fields, mode="create", exclude_id=request.exclude_id)
-        return pb.CheckDuplicatesResponse(
-            candidates=result.to_pb(), action=ACTION_PB.get(result.action or "", 0)
-        )
+            seen = await _visible_ids(session, kind, decision, [c.id for c in result.candidates])
+        candidates = result.to_pb()
+        for c in candidates:  # outside the caller's scope: that it exists, not what it is
+            if c.id not in seen:
+                c.name = ""
+                del c.matched_values[:]
+        return pb.CheckDuplicatesResponse(candidates=candidates, action=ACTION_PB.get(result.action or "", 0))
 
     # ------------------------------------------------------------ scans
 
@@ -300,6 +304,19 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         reading = await self._authorize(kind, "read")
         async for part in export.stream(self.db, request=request, kind=kind, read=reading, export=exporting):
             yield part
+
+
+async def _visible_ids(session: Any, kind: str, decision: Decision, ids: list[str]) -> set[str]:
+    from sqlalchemy import select
+
+    from crm_customers import models
+    from crm_customers.domain.common import visible
+
+    if not ids:
+        return set()
+    model = models.Account if kind == "account" else models.Contact
+    rows = await session.scalars(select(model.id).where(model.id.in_(ids), visible(decision, model)))
+    return set(rows.all())
 
 
 def _visible(decision: Decision) -> Any:

@@ -78,17 +78,18 @@ class Result:
         return self.candidates if self.action == "warn" else []
 
     def raise_if_blocked(self) -> None:
-        """409 naming every candidate (problem `errors`: field `duplicates.<id>`, message what matched)."""
+        """409 naming every candidate by id and what matched (the caller's own values), never by name: a
+        candidate may be outside the caller's data scope (problem `errors`: field `duplicates.<id>`)."""
         if not self.blocked:
             return
-        shown = ", ".join(f"{c.name} ({c.id})" for c in self.candidates[:5])
+        shown = ", ".join(c.id for c in self.candidates[:5])
         raise AlreadyExists(
-            f"a duplicate rule blocks this: it matches {shown}",
+            f"a duplicate rule blocks this: it matches existing record(s) {shown}",
             reason="duplicate_found",
             field_errors=[
                 FieldError(
                     f"duplicates.{c.id}",
-                    f"{c.name}: {', '.join(c.matches)} {', '.join(c.matched_values)} (score {c.score:.2f})",
+                    f"matches on {', '.join(c.matches)} (score {c.score:.2f})",
                 )
                 for c in self.candidates
             ],
