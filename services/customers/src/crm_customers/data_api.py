@@ -130,13 +130,22 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         async with self.db.read() as session:
             if request.scan_id:
                 scan = await scans.get(session, request.scan_id)
-                await self._authorize(scan.record_type, "merge")
+                kind = scan.record_type
             else:
-                await self._authorize(_object(request.record_type), "merge")
+                kind = _object(request.record_type)
+            await self._authorize(kind, "merge")
+            read = await self._authorize(kind, "read")
             rows, cursor = await scans.list_groups(
                 session, page_request=request.page, scan_id=request.scan_id, record_type=request.record_type
             )
-        return pb.ListDuplicateGroupsResponse(items=[scans.group_pb(g) for g in rows], next_cursor=cursor)
+            items = [scans.group_pb(g) for g in rows]
+            seen = await _visible_ids(session, kind, read, [m.id for g in items for m in g.members])
+        for group in items:  # members outside the caller's scope: by id only
+            for m in group.members:
+                if m.id not in seen:
+                    m.name = ""
+                    del m.matched_values[:]
+        return pb.ListDuplicateGroupsResponse(items=items, next_cursor=cursor)
 
     # ------------------------------------------------------------ merges
 
