@@ -286,6 +286,28 @@ async def _move_scalar(
         moves.record(model.__tablename__, row_id, column, before, survivor)
 
 
+async def _move_participants(
+    session: AsyncSession, moves: Moves, tenant_id: str, merged: set[str], survivor: str
+) -> None:
+    """Interactions name their contact participants by id too ({"kind": "contact", "id": ...})."""
+    model = models.Interaction
+    rows = (
+        await session.execute(
+            select(model.id, model.participants)
+            .where(model.tenant_id == tenant_id, model.contact_ids.overlap(sorted(merged)))
+            .with_for_update()
+        )
+    ).all()
+    for row_id, before in rows:
+        after = [
+            {**p, "id": survivor} if p.get("kind") == "contact" and p.get("id") in merged else p
+            for p in before or []
+        ]
+        if after != before:
+            await session.execute(update(model).where(model.id == row_id).values(participants=after))
+            moves.record("interactions", row_id, "participants", before, after)
+
+
 async def _move_relationships(
     session: AsyncSession, moves: Moves, tenant_id: str, merged: set[str], survivor: str, now: dt.datetime
 ) -> None:
@@ -437,6 +459,7 @@ async def merge(
             session, moves, models.Account, "parent_id", tenant, merged_set, survivor_id, skip_ids=merged_set
         )
     else:
+        await _move_participants(session, moves, tenant, merged_set, survivor_id)
         await _move_array(session, moves, models.Interaction, "contact_ids", tenant, merged_set, survivor_id)
     await _move_relationships(session, moves, tenant, merged_set, survivor_id, now)
 
@@ -510,7 +533,11 @@ async def undo(uow: UnitOfWork, *, merge_id: str, visible: Any = None) -> tuple[
             await session.execute(select(col).where(table.id == move["id"]).with_for_update())
         ).scalar_one_or_none()
         before, after = move["before"], move["after"]
-        if isinstance(before, list):
+        if move["column"] == "participants":
+            if current != after:
+                continue  # changed since by someone else: theirs stands
+            value: Any = before
+        elif isinstance(before, list):
             if current is None:
                 continue
             # Undo only what the merge did: ids it removed come back, the survivor it added goes if it was new.
@@ -518,7 +545,7 @@ async def undo(uow: UnitOfWork, *, merge_id: str, visible: Any = None) -> tuple[
             for v in before:
                 if v in merged and v not in restored:
                     restored.append(v)
-            value: Any = restored
+            value = restored
         elif move["column"] == "deleted_at":
             value = None
         else:
