@@ -154,7 +154,9 @@ async def test_an_import_maps_chinese_headers_and_reports_each_bad_cell_exactly(
     assert len(rows) == 6
 
 
-async def test_duplicate_rules_decide_skip_update_or_create_on_import(identity, customers, data):
+async def test_duplicate_rules_decide_skip_update_or_create_on_import(
+    identity, customers, data, customers_service
+):
     company = await sign_up(identity)
     for match, action in (
         (duplicates_pb2.DUPLICATE_MATCH_CREDIT_CODE, dq.IMPORT_DUPLICATE_ACTION_UPDATE),
@@ -212,6 +214,17 @@ async def test_duplicate_rules_decide_skip_update_or_create_on_import(identity, 
         and list(updated.phones) == ["13800138000"]
     )
     assert updated.version == existing.version + 1
+    async with customers_service.runtime.db.read() as session:
+        subjects = (
+            (
+                await session.execute(
+                    text("SELECT subject FROM outbox_events WHERE aggregate_id = :id"), {"id": existing.id}
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert any(s.endswith("AccountUpdated") for s in subjects)  # an update by import is audited
     listed = await customers.ListAccounts(pb.ListAccountsRequest(query="字节跳动"), metadata=company.md)
     assert [a.name for a in listed.items] == ["字节跳动有限公司"]
     assert listed.items[0].lifecycle_stage == pb.LIFECYCLE_STAGE_PROSPECT

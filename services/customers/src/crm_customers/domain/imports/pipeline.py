@@ -448,11 +448,18 @@ class Batcher:
             else:
                 first.setdefault(value, i)
 
-    async def update_existing(self, session: Any, r: Row) -> None:
+    async def update_existing(self, session: Any, r: Row, uow: Any = None) -> None:
+        """The existing record takes the row's non-empty values (lists: added to), audited like any update."""
+        from crm.customers.v1 import events_pb2
+
+        from crm_customers.domain import accounts, contacts
+
         row = await session.get(self.model, r.duplicate_of, with_for_update=True, options=[undefer("*")])
         if row is None or row.deleted_at is not None:
             r.action = "create"
             return
+        domain: Any = accounts if self.record_type == "account" else contacts
+        before = domain.snapshot(row)
         for key, value in r.converted.values.items():
             if (
                 key in ("id", "tenant_id", "created_by", "owner_id", "department_id", "name_key")
@@ -468,7 +475,25 @@ class Batcher:
             elif value not in (None, ""):
                 setattr(row, key, value)
         _refresh_derived(self.record_type, row)
+        if domain.snapshot(row) == before:
+            return
         row.version += 1
+        await session.flush()
+        await session.refresh(row)
+        if uow is not None:
+            if self.record_type == "account":
+                payload: Any = events_pb2.AccountUpdated(account=accounts.account_pb(row))
+            else:
+                payload = events_pb2.ContactUpdated(contact=contacts.contact_pb(row))
+            uow.emit(
+                payload,
+                aggregate_type=self.record_type,
+                aggregate_id=row.id,
+                aggregate_version=row.version,
+                action="updated",
+                before=before,
+                after=domain.snapshot(row),
+            )
 
     async def settle_indexes(self, session: Any) -> None:
         """Merge the GIN pending lists of the indexes the rules search into their trees. New entries wait in a
@@ -484,11 +509,11 @@ class Batcher:
             calls = ", ".join(f"gin_clean_pending_list(CAST(:i{n} AS regclass))" for n in range(len(indexes)))
             await session.execute(text(f"SELECT {calls}"), {f"i{n}": ix for n, ix in enumerate(indexes)})
 
-    async def write(self, session: Any, batch: list[Row]) -> None:
+    async def write(self, session: Any, batch: list[Row], uow: Any = None) -> None:
         """The batch's creates (COPY) and updates, in the caller's transaction."""
         for r in batch:
             if r.action == "update":
-                await self.update_existing(session, r)
+                await self.update_existing(session, r, uow)
         creates = [r for r in batch if r.action == "create"]
         if creates:
             lines = [r.record or copy_line(self.columns, r.converted.values) for r in creates]
@@ -692,7 +717,7 @@ async def _commit_batch(
             if job.target == "contacts":
                 await batcher.resolve_accounts(session, batch)
             await batcher.match_duplicates(session, batch)
-            await batcher.write(session, batch)
+            await batcher.write(session, batch, uow)
             await batcher.settle_indexes(session)
             outcome = outcome_of(batch)
             await _checkpoint(session, job, claim, done_before, done_after, outcome)
@@ -719,7 +744,7 @@ async def _commit_batch(
                 continue
             try:
                 async with session.begin_nested():
-                    await batcher.write(session, [r])
+                    await batcher.write(session, [r], uow)
             except REFUSALS as exc:
                 reason = _reason(exc)
                 r.action = "failed"
