@@ -175,6 +175,12 @@ async def test_duplicate_rules_decide_skip_update_or_create_on_import(
             ),
             metadata=company.md,
         )
+    await customers.UpdateTierRules(
+        pb.UpdateTierRulesRequest(
+            rules=[pb.TierRule(tier="vip", filter=["industry:eq:互联网"])], default_tier="normal"
+        ),
+        metadata=company.md,
+    )
     existing = await new_account(customers, company, "小米科技有限责任公司", credit_code=credit_code(31))
     huawei = await new_account(customers, company, "华为技术有限公司")
     content = xlsx_bytes(
@@ -227,6 +233,7 @@ async def test_duplicate_rules_decide_skip_update_or_create_on_import(
     assert any(s.endswith("AccountUpdated") for s in subjects)  # an update by import is audited
     listed = await customers.ListAccounts(pb.ListAccountsRequest(query="字节跳动"), metadata=company.md)
     assert [a.name for a in listed.items] == ["字节跳动有限公司"]
+    assert listed.items[0].tier == "vip"  # the tenant's tier rules apply to imported accounts
     assert listed.items[0].lifecycle_stage == pb.LIFECYCLE_STAGE_PROSPECT
 
 

@@ -209,6 +209,8 @@ class Converter:
                     raise normalize.InvalidValue("is not a web address")
                 text = url
             v[f] = text
+            if f == "tier" and text:
+                v["tier_manual"] = True  # a tier a person gave stays (tier rules leave it alone)
         elif f == "phones":
             phones = split_list(text)[:MAX_LIST]
             v["phones"] = phones

@@ -871,6 +871,13 @@ async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
         current = await uow.session.get(ImportJob, job.id, with_for_update=True)
         if current is None or current.attempts != claim:
             raise LeaseLost(job.id)
+        if job.target == "accounts" and current.rows_created:
+            # The tenant's tier rules, set-based, once for the whole import (not per row).
+            from crm_customers.domain import accounts
+
+            rules, _ = await accounts.tier_rules(uow.session, job.tenant_id)
+            if rules.get("rules") or rules.get("default_tier"):
+                await accounts.reapply_tiers(uow, rules)
         current.status = "cancelled" if job.cancel_requested else "succeeded"
         current.rows_total = current.rows_done if job.cancel_requested else totals["data_rows"]
         current.finished_at = utcnow()
