@@ -407,3 +407,45 @@ async def test_relationships_are_imported_between_records_named_by_code_email_or
     edges = await customers.ListRelationships(pb.ListRelationshipsRequest(), metadata=company.md)
     pairs = {(r.type, r.source.id, r.target.id) for r in edges.items}
     assert pairs == {("partner_of", huawei.id, partner.id), ("reports_to", staff.id, boss.id)}
+
+
+async def test_an_import_updates_only_records_its_starter_may_see(identity, customers, data):
+    from tests.customers.helpers import auth, invite_and_join, role
+
+    company = await sign_up(identity)
+    await data.CreateDuplicateRule(
+        dq.CreateDuplicateRuleRequest(
+            duplicate_rule=dq.DuplicateRule(
+                name="code",
+                record_type=pb.RECORD_TYPE_ACCOUNT,
+                match=duplicates_pb2.DUPLICATE_MATCH_CREDIT_CODE,
+                on_import=dq.IMPORT_DUPLICATE_ACTION_UPDATE,
+            )
+        ),
+        metadata=company.md,
+    )
+    theirs = await new_account(customers, company, "华为技术有限公司", credit_code=credit_code(51))
+    own = await role(
+        identity,
+        company,
+        "销售",
+        [
+            {
+                "object": "account",
+                "actions": ["read", "create", "update", "import"],
+                "data_scope": "DATA_SCOPE_OWN",
+            }
+        ],
+    )
+    _, token = await invite_and_join(identity, company, role_ids=[own])
+    sales = type("Caller", (), {"md": auth(token.access_token)})()
+    job = await upload(
+        data, sales, csv_bytes([["名称", "信用代码", "行业"], ["华为", credit_code(51), "改掉"]]), ACCOUNTS
+    )
+    await data.StartImport(dq.StartImportRequest(id=job.id), metadata=sales.md)
+    done = await run_to_end(data, sales, job.id)
+    assert (done.rows_updated, done.rows_skipped) == (0, 1)
+    [(_, _, _, reason)] = await errors_of(data, sales, job.id)
+    assert reason == f"skipped: duplicate of record {theirs.id}, which you may not change"
+    got = (await customers.GetAccount(pb.GetAccountRequest(id=theirs.id), metadata=company.md)).account
+    assert got.industry == "" and got.name == "华为技术有限公司"

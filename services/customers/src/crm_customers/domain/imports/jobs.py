@@ -223,6 +223,12 @@ async def start(
     job.created_by = principal.actor_id
     job.role_ids = list(principal.role_ids)
     job.rows_done = job.rows_created = job.rows_updated = job.rows_skipped = job.rows_failed = 0
+    # The starter's data scope, for the worker: "update existing" only touches records they may see.
+    job.stats = {
+        **(job.stats or {}),
+        "scope": int(decision.scope),
+        "departments": sorted(decision.departments) if decision.departments is not None else None,
+    }
     await uow.session.flush()
     return job
 

@@ -448,6 +448,16 @@ class Batcher:
             else:
                 first.setdefault(value, i)
 
+    def may_change(self, row: Any) -> bool:
+        """The import's starter's data scope (kept on the job when it started) over an existing record."""
+        stats = self.job.stats or {}
+        scope = stats.get("scope", 4)
+        actor = self.job.created_by
+        if scope == 4 or row.owner_id == actor or actor in (getattr(row, "team_member_ids", None) or ()):
+            return True
+        departments = stats.get("departments")
+        return scope != 1 and bool(departments) and row.department_id in departments
+
     async def update_existing(self, session: Any, r: Row, uow: Any = None) -> None:
         """The existing record takes the row's non-empty values (lists: added to), audited like any update."""
         from crm.customers.v1 import events_pb2
@@ -457,6 +467,10 @@ class Batcher:
         row = await session.get(self.model, r.duplicate_of, with_for_update=True, options=[undefer("*")])
         if row is None or row.deleted_at is not None:
             r.action = "create"
+            return
+        if not self.may_change(row):
+            r.action = "skip"
+            r.errors.append(("", "", f"skipped: duplicate of record {row.id}, which you may not change"))
             return
         domain: Any = accounts if self.record_type == "account" else contacts
         before = domain.snapshot(row)
