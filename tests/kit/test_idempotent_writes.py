@@ -4,9 +4,9 @@ import uuid
 
 import asyncpg
 import grpc
-
 from crm.identity.v1 import identity_pb2 as pb
 from crm_kit.errors import from_rpc_error
+
 from tests.identity.helpers import rpc_error, sign_up
 
 
