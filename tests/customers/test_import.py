@@ -449,3 +449,16 @@ async def test_an_import_updates_only_records_its_starter_may_see(identity, cust
     assert reason == f"skipped: duplicate of record {theirs.id}, which you may not change"
     got = (await customers.GetAccount(pb.GetAccountRequest(id=theirs.id), metadata=company.md)).account
     assert got.industry == "" and got.name == "华为技术有限公司"
+
+
+async def test_a_cancelled_import_cannot_be_started(identity, data):
+    company = await sign_up(identity)
+    job = await upload(data, company, csv_bytes([["名称"], ["华为"]]), ACCOUNTS)
+    cancelled = (await data.CancelImport(dq.CancelImportRequest(id=job.id), metadata=company.md)).import_job
+    assert cancelled.status == dq.JOB_STATUS_CANCELLED and cancelled.finished_at.seconds
+    again = await rpc_error(data.StartImport(dq.StartImportRequest(id=job.id), metadata=company.md))
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+    twice = await rpc_error(data.CancelImport(dq.CancelImportRequest(id=job.id), metadata=company.md))
+    assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
+    listed = await data.ListImports(dq.ListImportsRequest(), metadata=company.md)
+    assert [j.id for j in listed.items] == [job.id]
