@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from crm_kit.errors import AlreadyExists, InvalidArgument
+from crm_kit.errors import AlreadyExists, InvalidArgument, VersionMismatch
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -46,6 +46,15 @@ class TenantOwned:
     """Every business row carries its tenant; every query filters on it (see `crm_kit.db.for_tenant`)."""
 
     tenant_id: Mapped[str] = mapped_column(String(36), index=True)
+
+
+def expect_version(row: Any, expected: int) -> None:
+    """Optimistic concurrency: the caller's If-Match (expected_version) must be the row's version; 0 skips."""
+    if expected and row.version != expected:
+        raise VersionMismatch(
+            f"the object changed since version {expected} (now {row.version}); reload and retry",
+            reason="version_mismatch",
+        )
 
 
 def for_tenant(stmt: Any, model: Any, tenant_id: str) -> Any:
@@ -167,6 +176,7 @@ __all__ = [
     "TenantOwned",
     "Timestamped",
     "UnitOfWork",
+    "expect_version",
     "for_tenant",
     "integrity_error",
     "utcnow",

@@ -10,7 +10,7 @@ from typing import Any
 from crm.identity.v1 import identity_pb2
 from crm_kit import context
 from crm_kit.context import Principal
-from crm_kit.errors import Unauthenticated, VersionMismatch, not_found
+from crm_kit.errors import Unauthenticated, not_found
 from crm_kit.policy import Decision, PolicyCache
 from google.protobuf import json_format, timestamp_pb2
 from sqlalchemy import select
@@ -60,15 +60,6 @@ async def get_owned(
     if row is None:
         raise not_found(object_type, object_id)
     return row
-
-
-def expect_version(row: Any, expected: int) -> None:
-    """Optimistic concurrency: the caller's If-Match (expected_version) must be the row's version; 0 skips."""
-    if expected and row.version != expected:
-        raise VersionMismatch(
-            f"the object changed since version {expected} (now {row.version}); reload and retry",
-            reason="version_mismatch",
-        )
 
 
 # ---------------------------------------------------------------- messages

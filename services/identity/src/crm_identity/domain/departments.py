@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crm.identity.v1 import events_pb2, identity_pb2
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
@@ -16,7 +16,6 @@ from crm_identity.domain.common import (
     caller,
     department_pb,
     department_snapshot,
-    expect_version,
     get_owned,
 )
 

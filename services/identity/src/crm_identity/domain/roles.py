@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from crm.identity.v1 import events_pb2, identity_pb2
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import AlreadyExists, Conflict
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
@@ -20,7 +20,6 @@ from crm_identity import models
 from crm_identity.domain.common import (
     caller,
     department_pb,
-    expect_version,
     get_owned,
     role_pb,
     role_snapshot,

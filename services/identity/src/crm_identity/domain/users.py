@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from crm.identity.v1 import events_pb2, identity_pb2
-from crm_kit.db import UnitOfWork, utcnow
+from crm_kit.db import UnitOfWork, expect_version, utcnow
 from crm_kit.errors import AlreadyExists, Conflict
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_identity import models
 from crm_identity.domain.common import (
     caller,
-    expect_version,
     get_owned,
     random_token,
     sha256,

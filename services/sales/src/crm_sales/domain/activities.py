@@ -9,12 +9,12 @@ from typing import Any
 from crm.common.v1 import event_pb2
 from crm.sales.v1 import activities_pb2 as pb
 from crm.sales.v1 import events_pb2
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import any_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,10 +23,8 @@ from crm_sales.domain.common import (
     People,
     caller,
     enum_name,
-    expect_version,
     from_ts,
     get_owned,
-    refuse_unknown_paths,
     snapshot,
     to_message,
 )
@@ -171,7 +169,7 @@ async def update_task(
     uow: UnitOfWork, decision: Decision, request: pb.UpdateTaskRequest, *, people: People
 ) -> models.Task:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, TASK_FIELDS)
+    updatable(paths, TASK_FIELDS)
     t = await get_task(uow.session, decision, request.id, lock=True)
     expect_version(t, request.expected_version)
     src = request.task

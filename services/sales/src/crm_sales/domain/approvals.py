@@ -10,7 +10,7 @@ from typing import Any
 
 from crm.sales.v1 import events_pb2
 from crm.sales.v1 import quotes_pb2 as pb
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, PermissionDenied
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
@@ -19,7 +19,13 @@ from sqlalchemy import any_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_sales import models
-from crm_sales.domain.common import caller, enum_name, expect_version, get_owned, parse_decimal, to_message
+from crm_sales.domain.common import (
+    caller,
+    enum_name,
+    get_owned,
+    parse_decimal,
+    to_message,
+)
 
 STATUS = pb.ApprovalStatus.DESCRIPTOR
 # object_type → what a final decision does to the object: f(uow, object_id, "approved" | "rejected", now).

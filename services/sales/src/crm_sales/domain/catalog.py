@@ -7,10 +7,10 @@ from typing import Any
 
 from crm.sales.v1 import events_pb2
 from crm.sales.v1 import quotes_pb2 as pb
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,10 +18,8 @@ from crm_sales import models
 from crm_sales.domain.common import (
     caller,
     currency_code,
-    expect_version,
     get_owned,
     parse_decimal,
-    refuse_unknown_paths,
     snapshot,
     to_message,
 )
@@ -94,7 +92,7 @@ async def list_products(session: AsyncSession, request: pb.ListProductsRequest) 
 
 async def update_product(uow: UnitOfWork, request: pb.UpdateProductRequest) -> models.Product:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, PRODUCT_FIELDS)
+    updatable(paths, PRODUCT_FIELDS)
     p = await get_owned(uow.session, models.Product, "product", request.id, lock=True)
     expect_version(p, request.expected_version)
     check = Check()
@@ -232,7 +230,7 @@ async def list_books(session: AsyncSession, request: pb.ListPriceBooksRequest) -
 
 async def update_book(uow: UnitOfWork, request: pb.UpdatePriceBookRequest) -> models.PriceBook:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, BOOK_FIELDS)
+    updatable(paths, BOOK_FIELDS)
     b = await get_owned(uow.session, models.PriceBook, "price_book", request.id, lock=True)
     expect_version(b, request.expected_version)
     src = request.price_book

@@ -9,7 +9,7 @@ from typing import Any
 
 from crm_kit import context
 from crm_kit.context import Principal
-from crm_kit.errors import FieldError, InvalidArgument, Unauthenticated, VersionMismatch, not_found
+from crm_kit.errors import InvalidArgument, Unauthenticated, not_found
 from crm_kit.ids import is_uuid
 from crm_kit.policy import Decision, PolicyCache
 from crm_kit.validation import Check
@@ -57,23 +57,6 @@ async def get_owned(
     if row is None:
         raise not_found(object_type, object_id)
     return row
-
-
-def expect_version(row: Any, expected: int) -> None:
-    if expected and row.version != expected:
-        raise VersionMismatch(
-            f"the object changed since version {expected} (now {row.version}); reload and retry",
-            reason="version_mismatch",
-        )
-
-
-def refuse_unknown_paths(paths: Iterable[str], allowed: Iterable[str]) -> None:
-    unknown = [p for p in paths if p not in set(allowed)]
-    if unknown:
-        raise InvalidArgument(
-            f"these fields cannot be changed here: {', '.join(unknown)}",
-            field_errors=[FieldError(p, "cannot be changed here") for p in unknown],
-        )
 
 
 # ---------------------------------------------------------------- decimals

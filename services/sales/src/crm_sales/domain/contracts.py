@@ -11,12 +11,12 @@ from typing import Any
 from crm.common.v1 import event_pb2
 from crm.sales.v1 import contracts_pb2 as pb
 from crm.sales.v1 import events_pb2
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,11 +26,9 @@ from crm_sales.domain.common import (
     caller,
     currency_code,
     enum_name,
-    expect_version,
     get_owned,
     parse_date,
     parse_decimal,
-    refuse_unknown_paths,
     snapshot,
     to_message,
 )
@@ -200,7 +198,7 @@ async def update_contract(
     uow: UnitOfWork, decision: Decision, request: pb.UpdateContractRequest
 ) -> models.Contract:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, CONTRACT_FIELDS)
+    updatable(paths, CONTRACT_FIELDS)
     c = await get_contract(uow.session, decision, request.id, lock=True)
     expect_version(c, request.expected_version)
     if c.status not in ("draft", "rejected") and set(paths) - {"renewal_reminder_days", "end_date"}:

@@ -14,11 +14,11 @@ from crm.sales.v1 import events_pb2
 from crm.sales.v1 import leads_pb2 as pb
 from crm_kit import context
 from crm_kit.context import Principal
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import NotFound, TooManyRequests
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,9 +26,7 @@ from crm_sales import models
 from crm_sales.domain import leads
 from crm_sales.domain.common import (
     caller,
-    expect_version,
     get_owned,
-    refuse_unknown_paths,
     snapshot,
     to_message,
 )
@@ -138,7 +136,7 @@ async def list_forms(session: AsyncSession, request: pb.ListWebFormsRequest) -> 
 
 async def update(uow: UnitOfWork, request: pb.UpdateWebFormRequest) -> models.WebForm:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, UPDATABLE)
+    updatable(paths, UPDATABLE)
     form = await get(uow.session, request.id, lock=True)
     expect_version(form, request.expected_version)
     values = {p: list(getattr(request.form, p)) if p == "fields" else getattr(request.form, p) for p in paths}

@@ -16,12 +16,12 @@ from crm.common.v1 import event_pb2
 from crm.sales.v1 import events_pb2
 from crm.sales.v1 import leads_pb2 as pb
 from crm_kit.context import SYSTEM
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, InvalidArgument, PermissionDenied
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import and_, any_, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,9 +30,7 @@ from crm_sales.domain.common import (
     People,
     caller,
     enum_name,
-    expect_version,
     get_owned,
-    refuse_unknown_paths,
     snapshot,
     to_message,
 )
@@ -363,7 +361,7 @@ async def list_leads(
 
 async def update_lead(uow: UnitOfWork, decision: Decision, request: pb.UpdateLeadRequest) -> models.Lead:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, UPDATABLE)
+    updatable(paths, UPDATABLE)
     lead = await get(uow.session, decision, request.id, lock=True)
     expect_version(lead, request.expected_version)
     new = request.lead

@@ -9,12 +9,12 @@ from typing import Any
 
 from crm.sales.v1 import events_pb2
 from crm.sales.v1 import pipelines_pb2 as pb
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import FieldError, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import any_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,11 +25,9 @@ from crm_sales.domain.common import (
     caller,
     currency_code,
     enum_name,
-    expect_version,
     get_owned,
     parse_date,
     parse_decimal,
-    refuse_unknown_paths,
     snapshot,
     to_message,
 )
@@ -257,7 +255,7 @@ async def update(
     uow: UnitOfWork, decision: Decision, request: pb.UpdateOpportunityRequest, *, people: People
 ) -> models.Opportunity:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, UPDATABLE)
+    updatable(paths, UPDATABLE)
     o = await get(uow.session, decision, request.id, lock=True)
     expect_version(o, request.expected_version)
     check = Check()

@@ -8,12 +8,12 @@ from typing import Any
 
 from crm.sales.v1 import events_pb2
 from crm.sales.v1 import pipelines_pb2 as pb
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import and_, func, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,10 +21,8 @@ from crm_sales import models
 from crm_sales.domain.common import (
     caller,
     enum_name,
-    expect_version,
     get_owned,
     money,
-    refuse_unknown_paths,
     to_message,
 )
 
@@ -209,7 +207,7 @@ async def list_pipelines(session: AsyncSession, request: pb.ListPipelinesRequest
 
 async def update(uow: UnitOfWork, request: pb.UpdatePipelineRequest) -> models.Pipeline:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, ("name", "stages"))
+    updatable(paths, ("name", "stages"))
     pipeline = await get(uow.session, request.id, lock=True)
     expect_version(pipeline, request.expected_version)
     check = Check()

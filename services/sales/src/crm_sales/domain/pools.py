@@ -7,20 +7,18 @@ from typing import Any
 
 from crm.sales.v1 import events_pb2
 from crm.sales.v1 import leads_pb2 as pb
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.validation import Check
+from crm_kit.validation import Check, updatable
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_sales import models
 from crm_sales.domain.common import (
     caller,
-    expect_version,
     get_owned,
-    refuse_unknown_paths,
     snapshot,
     to_message,
 )
@@ -126,7 +124,7 @@ async def list_pools(session: AsyncSession, request: pb.ListLeadPoolsRequest) ->
 
 async def update(uow: UnitOfWork, request: pb.UpdateLeadPoolRequest) -> models.LeadPool:
     paths = list(request.update_mask.paths)
-    refuse_unknown_paths(paths, UPDATABLE)
+    updatable(paths, UPDATABLE)
     pool = await get(uow.session, request.id, lock=True)
     expect_version(pool, request.expected_version)
     new = request.pool
