@@ -17,7 +17,8 @@ embedded ones):
 
 Figures: `ratio` = copy_seconds / import_seconds (the import's throughput as a share of raw COPY's; target
 >= 0.5), `ratio_with_upload` the same counting the upload, and `peak_rss_mb`: the customers process's peak
-resident memory (VmHWM) over the whole run (target < 300 MB).
+resident memory (VmHWM) over the whole run (target < 300 MB); files over 8 MiB are parsed in a child process
+of the service, whose own peak is `converter_process_peak_rss_mb`.
 """
 
 from __future__ import annotations
@@ -185,6 +186,10 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
             imported = await conn.fetchval(
                 "SELECT count(*) FROM contacts WHERE tenant_id = $1", signed.tenant.id
             )
+            stats = json.loads(
+                await conn.fetchval("SELECT stats FROM import_jobs WHERE id = $1", job.id) or "{}"
+            )
+            converter_rss = stats.get("converter_peak_rss_kib", 0) / 1024
             await conn.execute("TRUNCATE contacts")
             await conn.execute("CHECKPOINT")
             copied = time.perf_counter()
@@ -208,8 +213,13 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
             "ratio": round(ratio, 3),
             "ratio_with_upload": round(copy_seconds / (import_seconds + upload_seconds), 3),
             "peak_rss_mb": round(rss, 1),
+            # Files over 8 MiB are parsed and converted in a child process of the service: its own peak.
+            "converter_process_peak_rss_mb": round(converter_rss, 1),
             "target": f"ratio >= {TARGET_RATIO} and peak_rss_mb < {TARGET_RSS_MB}",
-            "met": ratio >= TARGET_RATIO and rss < TARGET_RSS_MB and imported == n - job.rows_skipped,
+            "met": ratio >= TARGET_RATIO
+            and rss < TARGET_RSS_MB
+            and converter_rss < TARGET_RSS_MB
+            and imported == n - job.rows_skipped,
         }
     finally:
         stack.stop_all()

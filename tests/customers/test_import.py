@@ -462,3 +462,33 @@ async def test_a_cancelled_import_cannot_be_started(identity, data):
     assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
     listed = await data.ListImports(dq.ListImportsRequest(), metadata=company.md)
     assert [j.id for j in listed.items] == [job.id]
+
+
+async def test_a_big_file_is_converted_in_a_child_process_with_the_same_result(
+    identity, customers, data, customers_service, monkeypatch
+):
+    from crm_customers.domain.imports import pipeline
+
+    monkeypatch.setattr(pipeline, "CHILD_PROCESS_BYTES", 0)  # every file counts as big here
+    company = await sign_up(identity)
+    await data.CreateDuplicateRule(
+        dq.CreateDuplicateRuleRequest(
+            duplicate_rule=dq.DuplicateRule(
+                name="phone", record_type=pb.RECORD_TYPE_CONTACT, match=duplicates_pb2.DUPLICATE_MATCH_PHONE
+            )
+        ),
+        metadata=company.md,
+    )
+    rows = [["姓名", "手机"]] + [[f"客户{i}", f"1390000{i:04d}"] for i in range(4500)]
+    rows[100] = ["坏号码", "12345"]
+    rows[4000] = ["重复", "13900000007"]
+    job = await upload(data, company, csv_bytes(rows), chunk=64 * 1024)
+    await data.StartImport(dq.StartImportRequest(id=job.id), metadata=company.md)
+    done = await run_to_end(data, company, job.id)
+    assert done.status == dq.JOB_STATUS_SUCCEEDED, done.error
+    assert (done.rows_total, done.rows_created, done.rows_skipped, done.rows_failed) == (4500, 4498 - 0, 1, 1)
+    errors = await errors_of(data, company, job.id)
+    assert [(e[0], e[1], e[2]) for e in errors] == [(101, "手机", "12345"), (4001, "", "+8613900000007")]
+    async with customers_service.runtime.db.read() as session:
+        stats = await session.scalar(text("SELECT stats FROM import_jobs WHERE id = :id"), {"id": job.id})
+    assert stats["converter_peak_rss_kib"] > 0

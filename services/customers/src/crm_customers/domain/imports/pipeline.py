@@ -22,9 +22,10 @@ import contextlib
 import io
 import json
 import logging
+import pickle
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +129,22 @@ ACCOUNT_COLUMNS = (
     "search_grams",
     "search_extra",
 )
+# What a converter needs of a custom field definition (sent to the child process as plain values).
+CUSTOM_FIELD_ATTRIBUTES = (
+    "key",
+    "record_type",
+    "label_zh",
+    "label_en",
+    "type",
+    "required",
+    "unique",
+    "searchable",
+    "options",
+    "pattern",
+    "min",
+    "max",
+    "max_length",
+)
 LISTS = {
     "titles",
     "phones",
@@ -224,6 +241,23 @@ class Outcome:
     errors: list[tuple[int, str, str, str]] = field(default_factory=list)
 
 
+def convert_rows(
+    converter: Converter, columns: tuple[str, ...], rows: list[tuple[int, list[str]]]
+) -> list[Row]:
+    """File rows → Rows with their values, errors, new id and COPY line (no database needed)."""
+    out = []
+    for number, cells in rows:
+        converted = converter.convert(cells)
+        row = Row(number, converted, errors=list(converted.errors))
+        if row.errors:
+            row.action = "failed"
+        else:
+            converted.values["id"] = new_id()
+            row.record = copy_line(columns, converted.values)
+        out.append(row)
+    return out
+
+
 class Batcher:
     """Everything one import needs across batches: the converter, the rules, the account lookup cache."""
 
@@ -238,17 +272,7 @@ class Batcher:
         self.accounts: dict[str, str | None] = {}
 
     def convert(self, rows: list[tuple[int, list[str]]]) -> list[Row]:
-        out = []
-        for number, cells in rows:
-            converted = self.converter.convert(cells)
-            row = Row(number, converted, errors=list(converted.errors))
-            if row.errors:
-                row.action = "failed"
-            else:
-                converted.values["id"] = new_id()
-                row.record = copy_line(self.columns, converted.values)
-            out.append(row)
-        return out
+        return convert_rows(self.converter, self.columns, rows)
 
     # ---------------------------------------------------------------- per batch, in a transaction
 
@@ -801,6 +825,128 @@ async def _checkpoint(
     job.cancel_requested = bool(row[0])
 
 
+# Files this large are converted in a child process (`converter_process`); smaller ones in a thread, which
+# starts at once (a child takes a second or two to import its modules).
+CHILD_PROCESS_BYTES = 8 << 20
+
+
+async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -> AsyncIterator[list[Row]]:
+    """Parse and convert in a thread: the event loop stays free to feed PostgreSQL the previous batch (the two
+    interleave at a 0.5 ms switch interval of the interpreter lock, not a whole batch apart)."""
+    job = batcher.job
+    resume_after = job.rows_done
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[Row] | BaseException | None] = asyncio.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def hand_over(item: list[Row] | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=1)
+                return
+            except TimeoutError:
+                continue
+
+    def produce() -> None:
+        try:
+            rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
+            index = 0
+
+            def fresh() -> Iterator[tuple[int, list[str]]]:
+                nonlocal index
+                for item in rows:
+                    index += 1
+                    if index > resume_after:
+                        yield item
+
+            for raw in batches(fresh(), BATCH_ROWS):
+                if stop.is_set():
+                    return
+                hand_over(batcher.convert(raw))
+            totals["data_rows"] = index
+            hand_over(None)
+        except BaseException as exc:  # handed to the consumer, which fails the job
+            hand_over(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, 0.0005))
+    producer = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while not queue.empty():  # unblock a producer waiting to hand over
+            queue.get_nowait()
+        with contextlib.suppress(BaseException):
+            await producer
+        sys.setswitchinterval(switch)
+
+
+async def _child_batches(batcher: Batcher, path: str, totals: dict[str, int]) -> AsyncIterator[list[Row]]:
+    """Parse and convert in a child process (see `converter_process`); batches come back pickled."""
+    from crm_customers.domain.imports.converter_process import FRAME
+
+    job = batcher.job
+    custom = {
+        k: {a: getattr(d, a) for a in CUSTOM_FIELD_ATTRIBUTES} for k, d in batcher.converter.defs.items()
+    }
+    spec = {
+        "path": path,
+        "format": job.format,
+        "encoding": job.stats.get("encoding") or "utf-8",
+        "resume_after": job.rows_done,
+        "batch_rows": BATCH_ROWS,
+        "target": job.target,
+        "columns": list(job.columns),
+        "mapping": [[m["column"], m["field"]] for m in job.mapping],
+        "defs": custom,
+        "tenant_id": job.tenant_id,
+        "owner_id": job.owner_id,
+        "department_id": job.department_id,
+        "created_by": job.created_by,
+        "record_columns": list(batcher.columns),
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "crm_customers.domain.imports.converter_process",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(json.dumps(spec, ensure_ascii=False, default=str).encode() + b"\n")
+        await child.stdin.drain()
+        child.stdin.close()
+        while True:
+            try:
+                (size,) = FRAME.unpack(await child.stdout.readexactly(FRAME.size))
+                # Frames come only from our own child process.
+                message = pickle.loads(await child.stdout.readexactly(size))
+            except asyncio.IncompleteReadError:
+                raise RuntimeError("the converter process ended without finishing") from None
+            if message[0] == "batch":
+                yield message[1]
+            elif message[0] == "done":
+                totals["data_rows"], totals["converter_peak_rss_kib"] = message[1], message[2]
+                return
+            elif message[1] == "bad_file":
+                raise source.BadFile(message[2])
+            else:
+                raise RuntimeError(f"the converter process failed: {message[1]}: {message[2]}")
+    finally:
+        if child.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.kill()
+            await child.wait()
+
+
 async def run(db: Database, job: ImportJob, *, claim: int) -> None:
     """Run (or resume) a claimed job to its end. The caller renews the lease meanwhile."""
     token = context.bind(context.RequestContext(principal=principal_of(job), request_id=f"import-{job.id}"))
@@ -817,70 +963,23 @@ async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
         await relationships.run(db, job, claim=claim)
         return
     batcher = await batcher_for(db, job)
-    resume_after = job.rows_done
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[list[Row] | BaseException | None] = asyncio.Queue(maxsize=2)
-    stop = threading.Event()
-    totals = {"data_rows": 0}
-
+    totals: dict[str, int] = {"data_rows": 0}
     async with source.spooled(db, job.id, f".{job.format}") as path:
-
-        def produce() -> None:
-            """Parse and convert in a thread: the event loop stays free to feed PostgreSQL the previous batch
-            (the two interleave at the interpreter's switch interval, not a whole batch apart)."""
-
-            def hand_over(item: list[Row] | BaseException | None) -> None:
-                while not stop.is_set():
-                    try:
-                        asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=1)
-                        return
-                    except TimeoutError:
-                        continue
-
-            try:
-                rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
-                index = 0
-
-                def fresh() -> Iterator[tuple[int, list[str]]]:
-                    nonlocal index
-                    for item in rows:
-                        index += 1
-                        if index > resume_after:
-                            yield item
-
-                for raw in batches(fresh(), BATCH_ROWS):
-                    if stop.is_set():
-                        return
-                    hand_over(batcher.convert(raw))
-                totals["data_rows"] = index
-                hand_over(None)
-            except BaseException as exc:  # handed to the consumer, which fails the job
-                hand_over(exc)
-
-        # The converting thread and the event loop share the GIL: hand it over every 0.5 ms rather than 5 ms,
-        # so the loop answers PostgreSQL promptly (each round trip otherwise waits up to a switch interval).
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(switch, 0.0005))
-        producer = loop.run_in_executor(None, produce)
-        done = resume_after
+        if job.size_bytes >= CHILD_PROCESS_BYTES:
+            produced = _child_batches(batcher, path, totals)
+        else:
+            produced = _thread_batches(batcher, path, totals)
+        done = job.rows_done
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in produced:
                 await _commit_batch(db, batcher, job, claim, item, done, done + len(item))
                 done += len(item)
                 if job.cancel_requested:
                     break
         finally:
-            stop.set()
-            while not queue.empty():  # unblock a producer waiting to hand over
-                queue.get_nowait()
-            with contextlib.suppress(BaseException):
-                await producer
-            sys.setswitchinterval(switch)
+            await produced.aclose()
+    if totals.get("converter_peak_rss_kib"):
+        log.info("import %s: converter peak RSS %s MiB", job.id, totals["converter_peak_rss_kib"] // 1024)
     async with db.unit_of_work() as uow:
         current = await uow.session.get(ImportJob, job.id, with_for_update=True)
         if current is None or current.attempts != claim:
@@ -894,6 +993,11 @@ async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
                 await accounts.reapply_tiers(uow, rules)
         current.status = "cancelled" if job.cancel_requested else "succeeded"
         current.rows_total = current.rows_done if job.cancel_requested else totals["data_rows"]
+        if totals.get("converter_peak_rss_kib"):
+            current.stats = {
+                **(current.stats or {}),
+                "converter_peak_rss_kib": totals["converter_peak_rss_kib"],
+            }
         current.finished_at = utcnow()
         current.lease_until = None
         uow.emit(
