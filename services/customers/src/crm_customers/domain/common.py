@@ -8,7 +8,8 @@ from typing import Any
 from crm.customers.v1 import customers_pb2 as pb
 from crm_kit import context
 from crm_kit.context import Principal
-from crm_kit.errors import PermissionDenied, Unauthenticated, VersionMismatch, not_found
+from crm_kit.db import expect_version as expect_version
+from crm_kit.errors import PermissionDenied, Unauthenticated, not_found
 from crm_kit.ids import is_uuid
 from crm_kit.policy import Decision, PolicyCache
 from google.protobuf import timestamp_pb2
@@ -77,14 +78,6 @@ async def get_owned(
     if row is None:
         raise not_found(object_type, object_id)
     return row
-
-
-def expect_version(row: Any, expected: int) -> None:
-    if expected and row.version != expected:
-        raise VersionMismatch(
-            f"the object changed since version {expected} (now {row.version}); reload and retry",
-            reason="version_mismatch",
-        )
 
 
 def rule_names(field: str) -> set[str]:

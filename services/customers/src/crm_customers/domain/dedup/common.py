@@ -8,7 +8,8 @@ from typing import Any
 from crm.customers.v1 import customers_pb2, data_quality_pb2, duplicates_pb2
 from crm_kit import context
 from crm_kit.context import Principal
-from crm_kit.errors import Unauthenticated, VersionMismatch, not_found
+from crm_kit.db import expect_version as expect_version
+from crm_kit.errors import Unauthenticated, not_found
 from crm_kit.ids import is_uuid
 from google.protobuf import timestamp_pb2
 from sqlalchemy import select
@@ -79,14 +80,6 @@ async def get_owned(
     if row is None:
         raise not_found(object_type, object_id)
     return row
-
-
-def expect_version(row: Any, expected: int) -> None:
-    if expected and row.version != expected:
-        raise VersionMismatch(
-            f"the object changed since version {expected} (now {row.version}); reload and retry",
-            reason="version_mismatch",
-        )
 
 
 def session_of(uow_or_session: Any) -> AsyncSession:
