@@ -115,21 +115,22 @@ class EmbeddedPostgres:
         return self.server.get_uri("postgres")
 
 
-def sqlalchemy_url(dsn: str, database: str) -> str:
-    """Turn an admin DSN (postgresql://… or with a ?host= socket) into a SQLAlchemy asyncpg URL for `database`."""
+def _database_url(scheme: str, dsn: str, database: str) -> str:
+    """`dsn` (postgresql://… or with a ?host= socket) pointed at `database`, with `scheme`."""
     base, _, query = dsn.partition("?")
-    _, _, rest = base.partition("://")
-    authority = rest.split("/", 1)[0]
-    url = f"postgresql+asyncpg://{authority}/{quote(database)}"
+    authority = base.partition("://")[2].split("/", 1)[0]
+    url = f"{scheme}://{authority}/{quote(database)}"
     return f"{url}?{query}" if query else url
+
+
+def sqlalchemy_url(dsn: str, database: str) -> str:
+    """A SQLAlchemy asyncpg URL for `database` on the server of the admin DSN."""
+    return _database_url("postgresql+asyncpg", dsn, database)
 
 
 def asyncpg_dsn(dsn: str, database: str) -> str:
-    base, _, query = dsn.partition("?")
-    _, _, rest = base.partition("://")
-    authority = rest.split("/", 1)[0]
-    url = f"postgresql://{authority}/{quote(database)}"
-    return f"{url}?{query}" if query else url
+    """A plain asyncpg DSN for `database` on the server of the admin DSN."""
+    return _database_url("postgresql", dsn, database)
 
 
 @retry(stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)

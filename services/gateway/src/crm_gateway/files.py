@@ -37,6 +37,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
 from crm_gateway.problems import ProblemError, from_grpc, internal_error, render
+from crm_gateway.routing import expand_template
 
 log = logging.getLogger("crm.gateway")
 
@@ -323,7 +324,7 @@ def _upload_endpoint(gateway: Any, plan: FilePlan) -> Any:
             )
             headers = dict(limit_headers)
             if route.location:
-                headers["Location"] = _expand(plan.service.prefix.rstrip("/") + route.location, answer)
+                headers["Location"] = expand_template(plan.service.prefix.rstrip("/") + route.location, answer)
             return Response(
                 orjson.dumps(answer), status_code=route.status, headers=headers, media_type="application/json"
             )
@@ -409,13 +410,3 @@ def _channel(gateway: Any, plan: FilePlan) -> grpc.aio.Channel:
     if target not in gateway.channels:
         gateway.channels[target] = grpc_client.channel(target, [plan.service.service])
     return gateway.channels[target]
-
-
-def _expand(template: str, answer: Any) -> str:
-    def lookup(m: re.Match[str]) -> str:
-        value = answer
-        for part in m.group(1).split("."):
-            value = value.get(part, "") if isinstance(value, dict) else ""
-        return str(value)
-
-    return re.sub(r"{([\w.]+)}", lookup, template)

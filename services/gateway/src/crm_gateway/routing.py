@@ -376,7 +376,7 @@ class RoutePlan:
             if version is not None:
                 headers["ETag"] = f'"{version}"'
         if self.location:
-            headers["Location"] = _expand(self.location, answer)
+            headers["Location"] = expand_template(self.location, answer)
         if self.route.cache_control:
             headers["Cache-Control"] = self.route.cache_control
         return Reply(self.status, orjson.dumps(answer), headers)
@@ -402,7 +402,7 @@ def parse_if_match(value: str) -> int:
     )
 
 
-def _expand(template: str, answer: Any) -> str:
+def expand_template(template: str, answer: Any) -> str:
     def lookup(m: re.Match[str]) -> str:
         value = answer
         for part in m.group(1).split("."):
