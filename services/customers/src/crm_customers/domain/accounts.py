@@ -38,6 +38,7 @@ from crm_customers.domain.common import (
     expect_version,
     get_owned,
     is_hidden,
+    soft_delete,
     ts,
     visible,
 )
@@ -843,19 +844,13 @@ async def delete(
         raise Conflict(
             "this account heads subsidiaries: move or delete them first", reason="account_has_subsidiaries"
         )
-    before = snapshot(row)
-    row.deleted_at = utcnow()
-    row.deleted_by = caller().actor_id
-    row.version += 1
-    await uow.session.flush()
-    await uow.session.refresh(row)
-    uow.emit(
-        events_pb2.AccountDeleted(account=account_pb(row)),
+    await soft_delete(
+        uow,
+        row,
+        before=snapshot(row),
+        event_of=lambda r: events_pb2.AccountDeleted(account=account_pb(r)),
         aggregate_type="account",
-        aggregate_id=row.id,
-        aggregate_version=row.version,
-        action="deleted",
-        before=before,
+        record_deleter=True,
     )
     return row
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm_kit import context
 from crm_kit.context import Principal
 from crm_kit.db import expect_version as expect_version
+from crm_kit.db import utcnow
 from crm_kit.errors import PermissionDenied, Unauthenticated, not_found
 from crm_kit.ids import is_uuid
 from crm_kit.policy import Decision, PolicyCache
@@ -166,3 +168,29 @@ RECORD_TYPES = EnumNames(pb.RecordType, "RECORD_TYPE_")
 INTERACTION_KINDS = EnumNames(pb.InteractionKind, "INTERACTION_KIND_")
 PARTICIPANT_KINDS = EnumNames(pb.ParticipantKind, "PARTICIPANT_KIND_")
 FIELD_TYPES = EnumNames(pb.CustomFieldType, "CUSTOM_FIELD_TYPE_")
+
+
+async def soft_delete(
+    uow: Any,
+    row: Any,
+    *,
+    before: dict[str, Any],
+    event_of: Callable[[Any], Any],
+    aggregate_type: str,
+    record_deleter: bool = False,
+) -> None:
+    """Move a row to the recycle bin: mark it deleted, bump its version, record the event with `before`."""
+    row.deleted_at = utcnow()
+    if record_deleter:
+        row.deleted_by = caller().actor_id
+    row.version += 1
+    await uow.session.flush()
+    await uow.session.refresh(row)
+    uow.emit(
+        event_of(row),
+        aggregate_type=aggregate_type,
+        aggregate_id=row.id,
+        aggregate_version=row.version,
+        action="deleted",
+        before=before,
+    )

@@ -26,7 +26,15 @@ from crm_customers.domain import custom_fields as cf
 from crm_customers.domain import dedup, search
 from crm_customers.domain import query as q
 from crm_customers.domain.accounts import DepartmentOf, _clean_list, _struct, redact, search_blocked
-from crm_customers.domain.common import BUYING_ROLES, caller, expect_version, get_owned, ts, visible
+from crm_customers.domain.common import (
+    BUYING_ROLES,
+    caller,
+    expect_version,
+    get_owned,
+    soft_delete,
+    ts,
+    visible,
+)
 from crm_customers.normalize import InvalidValue, normalize_email, normalize_phone, person_name_key
 
 WRITABLE = (
@@ -520,19 +528,13 @@ async def delete(
 ) -> models.Contact:
     row = await get_owned(uow.session, models.Contact, "contact", contact_id, decision=decision, lock=True)
     expect_version(row, expected_version)
-    before = snapshot(row)
-    row.deleted_at = utcnow()
-    row.deleted_by = caller().actor_id
-    row.version += 1
-    await uow.session.flush()
-    await uow.session.refresh(row)
-    uow.emit(
-        events_pb2.ContactDeleted(contact=contact_pb(row)),
+    await soft_delete(
+        uow,
+        row,
+        before=snapshot(row),
+        event_of=lambda r: events_pb2.ContactDeleted(contact=contact_pb(r)),
         aggregate_type="contact",
-        aggregate_id=row.id,
-        aggregate_version=row.version,
-        action="deleted",
-        before=before,
+        record_deleter=True,
     )
     return row
 

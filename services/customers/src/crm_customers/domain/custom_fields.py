@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import events_pb2
-from crm_kit.db import UnitOfWork, utcnow
+from crm_kit.db import UnitOfWork
 from crm_kit.errors import AlreadyExists, Conflict, FieldError, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
@@ -29,7 +29,15 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customers import models
-from crm_customers.domain.common import FIELD_TYPES, RECORD_TYPES, caller, expect_version, get_owned, ts
+from crm_customers.domain.common import (
+    FIELD_TYPES,
+    RECORD_TYPES,
+    caller,
+    expect_version,
+    get_owned,
+    soft_delete,
+    ts,
+)
 from crm_customers.normalize import InvalidValue, normalize_email, normalize_phone
 
 KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -300,8 +308,6 @@ async def delete(uow: UnitOfWork, field_id: str, expected_version: int) -> None:
     row = await get_owned(uow.session, models.CustomField, "custom_field", field_id, lock=True)
     expect_version(row, expected_version)
     before = snapshot(row)
-    row.deleted_at = utcnow()
-    row.version += 1
     # The values go with the definition (they stay in the records' event history).
     model = MODEL_OF[row.record_type]
     await uow.session.execute(
@@ -311,15 +317,12 @@ async def delete(uow: UnitOfWork, field_id: str, expected_version: int) -> None:
         .execution_options(synchronize_session=False),
         {"k": row.key},
     )
-    await uow.session.flush()
-    await uow.session.refresh(row)
-    uow.emit(
-        events_pb2.CustomFieldDeleted(custom_field=custom_field_pb(row)),
-        aggregate_type="custom_field",
-        aggregate_id=row.id,
-        aggregate_version=row.version,
-        action="deleted",
+    await soft_delete(
+        uow,
+        row,
         before=before,
+        event_of=lambda r: events_pb2.CustomFieldDeleted(custom_field=custom_field_pb(r)),
+        aggregate_type="custom_field",
     )
 
 

@@ -27,6 +27,7 @@ from crm_customers.domain.common import (
     caller,
     expect_version,
     get_owned,
+    soft_delete,
     ts,
     visible,
 )
@@ -311,16 +312,10 @@ async def delete(uow: UnitOfWork, interaction_id: str, expected_version: int, de
         uow.session, models.Interaction, "interaction", interaction_id, decision=decision, lock=True
     )
     expect_version(row, expected_version)
-    before = snapshot(row)
-    row.deleted_at = utcnow()
-    row.version += 1
-    await uow.session.flush()
-    await uow.session.refresh(row)
-    uow.emit(
-        events_pb2.InteractionDeleted(interaction=interaction_pb(row)),
+    await soft_delete(
+        uow,
+        row,
+        before=snapshot(row),
+        event_of=lambda r: events_pb2.InteractionDeleted(interaction=interaction_pb(r)),
         aggregate_type="interaction",
-        aggregate_id=row.id,
-        aggregate_version=row.version,
-        action="deleted",
-        before=before,
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import events_pb2
-from crm_kit.db import UnitOfWork, utcnow
+from crm_kit.db import UnitOfWork
 from crm_kit.errors import AlreadyExists, Conflict, FieldError, InvalidArgument, not_found
 from crm_kit.ids import is_uuid, new_id
 from crm_kit.paging import Page, SortKey
@@ -23,7 +23,15 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customers import models
-from crm_customers.domain.common import RECORD_TYPES, caller, expect_version, get_owned, ts, visible
+from crm_customers.domain.common import (
+    RECORD_TYPES,
+    caller,
+    expect_version,
+    get_owned,
+    soft_delete,
+    ts,
+    visible,
+)
 from crm_customers.domain.custom_fields import KEY
 
 MAX_NODES = 500
@@ -233,17 +241,12 @@ async def delete_type(uow: UnitOfWork, type_id: str, expected_version: int) -> N
         raise Conflict(
             "relationships of this type exist: delete them first", reason="relationship_type_in_use"
         )
-    row.deleted_at = utcnow()
-    row.version += 1
-    await uow.session.flush()
-    await uow.session.refresh(row)
-    uow.emit(
-        events_pb2.RelationshipTypeDeleted(relationship_type=type_pb(row)),
-        aggregate_type="relationship_type",
-        aggregate_id=row.id,
-        aggregate_version=row.version,
-        action="deleted",
+    await soft_delete(
+        uow,
+        row,
         before=type_snapshot(row),
+        event_of=lambda r: events_pb2.RelationshipTypeDeleted(relationship_type=type_pb(r)),
+        aggregate_type="relationship_type",
     )
 
 
@@ -394,17 +397,12 @@ async def delete(
 ) -> None:
     row = await get(uow.session, relationship_id, decisions, lock=True)
     expect_version(row, expected_version)
-    row.deleted_at = utcnow()
-    row.version += 1
-    await uow.session.flush()
-    await uow.session.refresh(row)
-    uow.emit(
-        events_pb2.RelationshipDeleted(relationship=relationship_pb(row)),
-        aggregate_type="relationship",
-        aggregate_id=row.id,
-        aggregate_version=row.version,
-        action="deleted",
+    await soft_delete(
+        uow,
+        row,
         before=relationship_snapshot(row),
+        event_of=lambda r: events_pb2.RelationshipDeleted(relationship=relationship_pb(r)),
+        aggregate_type="relationship",
     )
 
 
