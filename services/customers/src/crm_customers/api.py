@@ -93,7 +93,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 sort=sort,
                 deleted=request.deleted,
             )
-        items = [accounts.redact(decision, accounts.account_pb(r, subsidiaries=n)) for r, n in rows]
+        items = [accounts.redact(decision, accounts.account_pb(r, subsidiaries=r.subsidiary_count)) for r in rows]
         return pb.ListAccountsResponse(items=items, next_cursor=cursor)
 
     async def CountAccounts(self, request, context):

@@ -623,17 +623,14 @@ async def list_accounts(
     filters: list[str] | None = None,
     sort: str = "",
     deleted: bool = False,
-) -> tuple[list[tuple[models.Account, int]], str]:
-    """A page of accounts, each with its direct subsidiary count, and the next page's cursor."""
+) -> tuple[list[Any], str]:
+    """A page of account rows (columns by name, with `subsidiary_count`) and the next page's cursor."""
     stmt = filtered(decision, defs, query=query, filters=list(filters or []), deleted=deleted)
     ordering = q.parse_sort(fields_for(defs), sort, decision, default="-deleted_at" if deleted else "-id")
     paging = q.page_of(page, ordering)
     if query.strip():
         await search.prepare(session, query)
-    rows = (await session.execute(q.run_page(stmt, ordering, paging, extra=[SUBSIDIARY_COUNT]))).all()
-    counts = {r[0].id: r[-1] for r in rows}
-    accounts, cursor = q.split(rows, ordering, paging)
-    return [(a, counts[a.id]) for a in accounts], cursor
+    return await q.fetch_page(session, stmt, ordering, paging, extra=[SUBSIDIARY_COUNT])
 
 
 async def count_accounts(

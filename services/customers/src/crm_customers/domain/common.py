@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ from crm_kit.db import utcnow
 from crm_kit.errors import PermissionDenied, Unauthenticated, not_found
 from crm_kit.ids import is_uuid
 from crm_kit.policy import Decision, PolicyCache
-from google.protobuf import timestamp_pb2
+from crm_kit.timestamps import ts as ts  # re-exported: domain modules import it from here
 from sqlalchemy import and_, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -112,12 +111,6 @@ def check_writable(decision: Decision, fields: Any) -> None:
     decision.check_writable(names)
 
 
-def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def all_rows() -> Any:

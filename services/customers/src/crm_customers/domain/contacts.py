@@ -404,8 +404,7 @@ async def list_contacts(
     paging = q.page_of(page, ordering)
     if query.strip():
         await search.prepare(session, query)
-    rows = (await session.execute(q.run_page(stmt, ordering, paging))).all()
-    return q.split(rows, ordering, paging)
+    return await q.fetch_page(session, stmt, ordering, paging)
 
 
 async def count_contacts(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import secrets
 from typing import Any
@@ -12,7 +11,8 @@ from crm_kit import context
 from crm_kit.context import Principal
 from crm_kit.errors import Unauthenticated, not_found
 from crm_kit.policy import Decision, PolicyCache
-from google.protobuf import json_format, timestamp_pb2
+from crm_kit.timestamps import ts
+from google.protobuf import json_format
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,12 +21,6 @@ from crm_identity import models
 ADMIN_PERMISSIONS = [{"object": "*", "actions": ["*"], "data_scope": "DATA_SCOPE_ALL"}]
 
 
-def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def sha256(value: str) -> str:

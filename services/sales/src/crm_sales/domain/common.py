@@ -12,6 +12,7 @@ from crm_kit.context import Principal
 from crm_kit.errors import InvalidArgument, Unauthenticated, not_found
 from crm_kit.ids import is_uuid
 from crm_kit.policy import Decision, PolicyCache
+from crm_kit.timestamps import ts as ts  # re-exported: domain modules import it from here
 from crm_kit.validation import Check
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
@@ -153,12 +154,6 @@ def enum_name(enum_type: Any, number: int) -> str:
     return v.name.removeprefix(_prefix(enum_type)).lower() if v else ""
 
 
-def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def from_ts(value: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None:

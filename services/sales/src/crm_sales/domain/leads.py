@@ -33,6 +33,7 @@ from crm_sales.domain.common import (
     get_owned,
     snapshot,
     to_message,
+    ts,
 )
 
 SOURCE = pb.LeadSource.DESCRIPTOR
@@ -752,7 +753,7 @@ async def reclaim(
             await session.refresh(lead)
             uow.emit(
                 events_pb2.LeadReclaimWarning(
-                    lead=lead_pb(lead), owner_id=lead.owner_id or "", reclaim_at=_ts(due), reason=reason
+                    lead=lead_pb(lead), owner_id=lead.owner_id or "", reclaim_at=ts(due), reason=reason
                 ),
                 aggregate_type="lead",
                 aggregate_id=lead.id,
@@ -765,12 +766,6 @@ async def reclaim(
     return reclaimed, warned
 
 
-def _ts(value: dt.datetime) -> Any:
-    from google.protobuf import timestamp_pb2
-
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 # ---------------------------------------------------------------- conversion bookkeeping

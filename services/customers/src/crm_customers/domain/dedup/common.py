@@ -11,7 +11,7 @@ from crm_kit.context import Principal
 from crm_kit.db import expect_version as expect_version
 from crm_kit.errors import Unauthenticated, not_found
 from crm_kit.ids import is_uuid
-from google.protobuf import timestamp_pb2
+from crm_kit.timestamps import ts as ts  # re-exported: domain modules import it from here
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -52,12 +52,6 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    out = timestamp_pb2.Timestamp()
-    out.FromDatetime(value)
-    return out
 
 
 def caller() -> Principal:
