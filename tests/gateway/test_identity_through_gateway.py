@@ -12,7 +12,14 @@ import pyotp
 from crm_kit.auth import TokenIssuer
 from crm_kit.context import Principal
 
-from tests.gateway.conftest import PASSWORD, assert_problem, sign_up, unique_email
+from tests.gateway.conftest import (
+    PASSWORD,
+    assert_problem,
+    gateway_settings,
+    running_gateway,
+    sign_up,
+    unique_email,
+)
 
 
 async def admin_role_ids(api, company) -> list[str]:
@@ -374,6 +381,30 @@ async def test_a_partner_uses_an_api_key_until_it_is_revoked(api):
     await asyncio.sleep(0.7)
     assert_problem(await api.get("/api/v1/users", headers=partner), 401)
     assert_problem(await api.get("/api/v1/users", headers={"X-API-Key": "crm_nonsense"}), 401)
+
+
+async def test_a_revoked_api_key_stops_working_at_once_not_when_the_gateway_cache_expires(
+    api, test_infra, identity_service
+):
+    # A second gateway replica that would trust a verified key for ten minutes: only identity's ApiKeyRevoked
+    # event, which every replica follows, can make it refuse the key sooner.
+    settings = gateway_settings(test_infra, identity_service.address, api_key_cache_seconds=600)
+    async with running_gateway(settings) as replica:
+        company = await sign_up(api)
+        created = await api.post(
+            "/api/v1/api-keys",
+            json={"name": "财务系统", "role_ids": await admin_role_ids(api, company)},
+            headers=company.headers,
+        )
+        key_id, partner = created.json()["api_key"]["id"], {"X-API-Key": created.json()["secret"]}
+        assert (await replica.get("/api/v1/me", headers=partner)).status_code == 200  # now cached there
+
+        assert (await api.delete(f"/api/v1/api-keys/{key_id}", headers=company.headers)).status_code == 204
+        deadline = time.monotonic() + 10
+        while (answer := await replica.get("/api/v1/me", headers=partner)).status_code == 200:
+            assert time.monotonic() < deadline, "the replica still accepts a key revoked 10 s ago"
+            await asyncio.sleep(0.05)
+        assert_problem(answer, 401)
 
 
 async def test_an_api_key_is_held_to_its_own_rate_limit(api):

@@ -190,22 +190,12 @@ POLICY_EVENTS = frozenset(
 
 
 async def follow_policy_events(cache: PolicyCache, nc: Any, namespace: str = "") -> Any:
-    """Invalidate a tenant's cached policy as soon as identity publishes a role or department change.
+    """Invalidate a tenant's cached policy as soon as identity publishes a role or department change, on every
+    replica (`crm_kit.events.follow`). Returns the subscription."""
+    from crm_kit.events.follow import follow
 
-    A plain (not durable) subscription: every replica of every service must see every such event, whereas a
-    durable consumer would hand each event to one replica only. Returns the subscription.
-    """
-    from crm.common.v1 import event_pb2
-
-    from crm_kit.events.subjects import namespaced
-
-    async def on_event(msg: Any) -> None:
-        envelope = event_pb2.EventEnvelope()
-        try:
-            envelope.ParseFromString(msg.data)
-        except Exception:  # a foreign message on the subject is not ours to judge
-            return
+    def on_event(envelope: Any) -> None:
         if envelope.type in POLICY_EVENTS:
             cache.invalidate(envelope.tenant_id)
 
-    return await nc.subscribe(namespaced("crm.identity.v1.>", namespace), cb=on_event)
+    return await follow(nc, "crm.identity.v1.>", on_event, namespace)

@@ -33,6 +33,10 @@ def tracing_enabled() -> bool:
     return _exporting("TRACES")
 
 
+def metrics_enabled() -> bool:
+    return _exporting("METRICS")
+
+
 def setup_telemetry(service: str) -> None:
     global _configured
     if _configured:

@@ -12,7 +12,7 @@ from types import FrameType
 
 import uvicorn
 from crm_kit.logs import setup_logging
-from crm_kit.telemetry import setup_telemetry, shutdown_telemetry, tracing_enabled
+from crm_kit.telemetry import setup_telemetry, shutdown_telemetry
 
 from crm_gateway.app import create_app
 from crm_gateway.settings import GatewaySettings
@@ -28,12 +28,7 @@ def main() -> None:
     settings = GatewaySettings()
     setup_logging("gateway", level=settings.log_level, fmt=settings.log_format)
     setup_telemetry("gateway")
-    app = create_app(settings)
-    if tracing_enabled():
-        # Like the kit's gRPC interceptors: spans that nobody exports would cost every request for nothing.
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz")
+    app = create_app(settings)  # FastAPI traces its requests itself when an exporter is configured
     config = uvicorn.Config(
         app,
         host=settings.http_host,

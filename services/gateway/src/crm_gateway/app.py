@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from crm_kit.telemetry import metrics_enabled, tracing_enabled
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
@@ -75,6 +76,16 @@ def create_app(
         redoc_url="/redoc",
         openapi_url="/openapi.json",
         static_url="/docs-assets",
+        # FastAPI's own request spans and metrics follow the kit's exporter settings: the kit always installs a
+        # tracer provider (for trace ids), and spans or metrics that nobody exports would cost every request.
+        # Logs stay with the kit's JSON logging; probes are never traced.
+        telemetry={
+            "tracing": tracing_enabled(),
+            "operation_spans": tracing_enabled(),
+            "metrics": metrics_enabled(),
+            "logs": False,
+            "exclude": lambda scope: scope.get("path") in ("/healthz", "/readyz"),
+        },
     )
     app.state.gateway = gateway
     app.state.plans = plans

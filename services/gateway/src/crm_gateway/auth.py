@@ -4,9 +4,10 @@
   iss/aud/exp required; the key set is fetched through IdentityService.GetJwks, cached, and refetched when a
   token names an unknown `kid`). The same token is then forwarded to the services, which verify it again.
 - An API key is exchanged at IdentityService.AuthenticateApiKey for a short-lived access token, which is
-  forwarded the same way. The answer is cached for `api_key_cache_seconds` (30 s) under a SHA-256 of the key,
-  so a revoked or expired key keeps working for at most that long on each gateway replica. Keys identity
-  rejects are remembered for 5 s, so a client retrying a bad key does not reach identity every time.
+  forwarded the same way. The answer is cached for `api_key_cache_seconds` (30 s) under a SHA-256 of the key.
+  A revocation drops it at once on every gateway replica (they follow identity's ApiKeyRevoked events); only
+  while NATS is unreachable can a revoked key keep working, for at most that long. Keys identity rejects
+  are remembered for 5 s, so a client retrying a bad key does not reach identity every time.
 
 The tenant is always the credential's; nothing in the request can choose it.
 """
@@ -159,3 +160,11 @@ class Authenticator:
 
     def forget_api_keys(self) -> None:
         self._keys.clear()
+
+    def forget_api_key(self, api_key_id: str) -> None:
+        """Drop a key's cached exchange (it was revoked): its next request asks identity, which refuses it."""
+        self._keys = {
+            digest: entry
+            for digest, entry in self._keys.items()
+            if not (isinstance(entry[1], Caller) and entry[1].api_key_id == api_key_id)
+        }

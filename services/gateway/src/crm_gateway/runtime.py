@@ -3,6 +3,8 @@ and `handle`, the one request path every route shares."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -10,9 +12,12 @@ from typing import Any
 
 import grpc
 import orjson
+from crm.identity.v1 import events_pb2 as identity_events_pb2
 from crm.identity.v1 import identity_pb2
 from crm_kit import context, grpc_client
 from crm_kit.auth import JwtVerifier
+from crm_kit.events import EventSettings, connect_nats
+from crm_kit.events.follow import follow
 from crm_kit.idempotency import METADATA_KEY as IDEMPOTENCY_METADATA
 from fastapi import Request
 from google.protobuf import json_format
@@ -57,6 +62,8 @@ class Gateway:
             self.verifier, self._authenticate_api_key, api_key_ttl=settings.api_key_cache_seconds
         )
         self.timeout = settings.grpc_timeout_seconds
+        self._nc: Any = None
+        self._follower: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ life
 
@@ -68,12 +75,39 @@ class Gateway:
         for plan in self.plans:
             self._calls[plan.grpc_path] = self._multicallable(plan.service.name, plan.grpc_path, plan)
         await self.idempotency.start()
+        self._follower = asyncio.create_task(self._follow_identity(), name="follow identity events")
 
     async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        if self._nc is not None:
+            await self._nc.close()
         await self.idempotency.stop()
         for ch in self.channels.values():
             await ch.close()
         self.channels.clear()
+
+    async def _follow_identity(self) -> None:
+        """Follow identity's events so that a revoked API key stops working at once on this replica, not when
+        its cached exchange expires. NATS missing at start-up is retried in the background, forever: the
+        gateway serves without it, and the cache's lifetime still bounds a revoked key."""
+        settings = EventSettings(namespace=self.settings.events_namespace, connect_attempts=1)
+        wait = 0.5
+        while self._nc is None:
+            try:
+                self._nc = await connect_nats(self.settings.nats_url, settings, name="crm-gateway-follower")
+            except Exception as exc:
+                log.warning("cannot follow identity events yet (%s); retrying in %.0f s", exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 30.0)
+        await follow(self._nc, "crm.identity.v1.ApiKeyRevoked", self._on_api_key_revoked, settings.namespace)
+
+    def _on_api_key_revoked(self, envelope: Any) -> None:
+        revoked = identity_events_pb2.ApiKeyRevoked()
+        if envelope.payload.Unpack(revoked):
+            self.auth.forget_api_key(revoked.api_key.id)
 
     def _backends(self) -> list[ServiceRoutes]:
         names = {s.name for s in self.services}
