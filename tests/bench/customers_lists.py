@@ -5,6 +5,8 @@
     statement the service ran, replayed directly with asyncpg (target ≤ 1.5);
 (b) a page 900,000 rows deep (sorted by name, keyset cursor) the same way (target ≤ 1.5; with keyset pages
     it costs what the first page does);
+    Beside (a), the floor: the same answer's bytes from a bare gRPC server (no token, policy, SQL or
+    conversion), which any gRPC service pays on top of its SQL; (floor + SQL) / SQL is the best ratio reachable;
 (c) keyword search p95 through the service over a mix of 2-character Chinese keywords, longer Chinese
     substrings, pinyin and mistyped Latin names (target < 100 ms).
 
@@ -279,6 +281,7 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
                     return await stub.ListAccounts(first, metadata=md)
 
                 results["filtered_sorted_page"] = await _compare(service_first, captured, conn, runs)
+                results["filtered_sorted_page"]["floor"] = await _floor(service_first, captured, conn, runs)
 
                 # (b) a page 900,000 rows deep (or 90% deep for smaller N).
                 depth = min(900_000, int(n * 0.9))
@@ -338,6 +341,55 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
         await identity.stop(grace_seconds=1)
         await infra.drop_database(admin_dsn, customers_db)
         await infra.drop_database(admin_dsn, identity_db)
+
+
+async def _floor(
+    service_call: Any, captured: Captured, conn: asyncpg.Connection, runs: int
+) -> dict[str, Any]:
+    """The transport's share: the same page's bytes answered by a bare gRPC server that does nothing else
+    (no token, policy, SQL or conversion), fetched and decoded by the same client. Any gRPC service costs at
+    least this on top of its SQL, so (floor + SQL) / SQL is the best ratio a service could reach here."""
+    answer = (await service_call()).SerializeToString()
+    sql, params = await captured.capture(service_call)
+
+    async def list_accounts(request: bytes, context: Any) -> bytes:
+        return answer
+
+    server = grpc.aio.server()
+    handlers = {"ListAccounts": grpc.unary_unary_rpc_method_handler(list_accounts)}
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("crm.customers.v1.CustomersService", handlers)]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = customers_pb2_grpc.CustomersServiceStub(channel)
+            request = pb.ListAccountsRequest()
+
+            async def bare() -> Any:
+                return await stub.ListAccounts(request)
+
+            stmt = await conn.prepare(sql)
+
+            async def direct() -> Any:
+                return await stmt.fetch(*params)
+
+            for _ in range(20):
+                await bare()
+            floor_ms: list[float] = []
+            direct_ms: list[float] = []
+            for _ in range(max(1, runs // 20)):
+                floor_ms += await _timed(bare, 20)
+                direct_ms += await _timed(direct, 20)
+    finally:
+        await server.stop(None)
+    f, d = statistics.median(floor_ms), statistics.median(direct_ms)
+    return {
+        "bare_grpc_p50_ms": round(f, 3),
+        "direct_sql_p50_ms": round(d, 3),
+        "best_possible_ratio": round((f + d) / d, 2),
+    }
 
 
 async def _compare(

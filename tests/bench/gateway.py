@@ -2,6 +2,8 @@
 
 (a) an authenticated GET of a user through gateway → gRPC → PostgreSQL, against a bare uvicorn hello-world
     served with the same uvicorn settings (target: ≥ 0.25 of its req/s; p99 < 50 ms at 32 connections);
+    It also reports the floor: a bare ASGI app forwarding each request over one gRPC hop to a bare server
+    (tests.bench.floor), the best ratio any gateway in front of gRPC services could reach on this machine;
 (b) sign-in throughput through the gateway, against raw argon2id hashes per second with the same parameters
     on as many threads as cores (target: ≥ 0.9).
 """
@@ -69,14 +71,25 @@ def _wait_port(port: int, timeout: float = 20) -> None:
         time.sleep(0.05)
 
 
-def start_hello(port: int) -> subprocess.Popen[bytes]:
+def start_hello(
+    port: int, app: str = "tests.bench.hello:app", env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
-            sys.executable, "-m", "uvicorn", "tests.bench.hello:app", "--port", str(port), "--loop", "uvloop",
+            sys.executable, "-m", "uvicorn", app, "--port", str(port), "--loop", "uvloop",
             "--http", "httptools", "--no-access-log", "--log-level", "warning",
         ],
         cwd=Path(__file__).parents[2],
+        env={**os.environ, **(env or {})},
     )  # fmt: skip
+
+
+def start_floor(http_port: int, grpc_port: int) -> list[subprocess.Popen[bytes]]:
+    """The architecture's floor (tests.bench.floor): HTTP in, one gRPC hop to a bare server, fixed bytes out."""
+    root = Path(__file__).parents[2]
+    backend = subprocess.Popen([sys.executable, "-m", "tests.bench.floor", "grpc", str(grpc_port)], cwd=root)
+    front = start_hello(http_port, "tests.bench.floor:app", {"FLOOR_GRPC_TARGET": f"127.0.0.1:{grpc_port}"})
+    return [backend, front]
 
 
 async def measure(
@@ -97,6 +110,8 @@ async def measure(
     )
     hello_port = infra.free_port()
     hello = start_hello(hello_port)
+    floor_port = infra.free_port()
+    floor = start_floor(floor_port, infra.free_port())
     try:
         for app in SERVICES:
             stack.wait_serving(stack.start(app))
@@ -112,14 +127,17 @@ async def measure(
         user_url = f"{base}/api/v1/users/{signed['user']['id']}"
         auth = {"Authorization": f"Bearer {token}"}
         _wait_port(hello_port)
+        _wait_port(floor_port)
 
-        # (a) alternate the two servers so drift in the machine's load touches both alike.
+        # (a) alternate the servers so drift in the machine's load touches all alike.
         gets: list[LoadResult] = []
         hellos: list[LoadResult] = []
+        floors: list[LoadResult] = []
         for _ in range(rounds):
             hellos.append(await run_load(f"http://127.0.0.1:{hello_port}/", connections=32, seconds=seconds))
+            floors.append(await run_load(f"http://127.0.0.1:{floor_port}/", connections=32, seconds=seconds))
             gets.append(await run_load(user_url, connections=32, seconds=seconds, headers=auth))
-        get, hello_result = median_of(gets), median_of(hellos)
+        get, hello_result, floor_result = median_of(gets), median_of(hellos), median_of(floors)
 
         # (b) sign-ins against raw hashes on every core.
         threads = os.cpu_count() or 2
@@ -138,6 +156,10 @@ async def measure(
                 "gateway": get.summary(),
                 "hello_world": hello_result.summary(),
                 "ratio_rps": round(get.rps / hello_result.rps, 3),
+                # One bare gRPC hop and nothing else (tests.bench.floor): the best ratio any gateway in front of
+                # gRPC services could reach on this machine.
+                "floor_one_grpc_hop": floor_result.summary(),
+                "floor_ratio_rps": round(floor_result.rps / hello_result.rps, 3),
                 "target": "ratio >= 0.25 and gateway p99 < 50 ms",
                 "met": get.rps / hello_result.rps >= 0.25 and get.percentile(99) < 50 and get.errors == 0,
             },
@@ -152,8 +174,9 @@ async def measure(
             },
         }
     finally:
-        hello.terminate()
-        hello.wait(10)
+        for process in (hello, *floor):
+            process.terminate()
+            process.wait(10)
         stack.stop_all()
         stack.drop_databases()
 
