@@ -27,7 +27,7 @@ from crm_sales.api import leads as leads_api
 from crm_sales.api import pipelines as pipelines_api
 from crm_sales.api import quotes as quotes_api
 from crm_sales.clock import Clock
-from crm_sales.domain import activities, contracts, leads
+from crm_sales.domain import activities, contracts, leads, merges
 from crm_sales.domain.common import People
 from crm_sales.domain.conversion import Converter
 from crm_sales.settings import SalesSettings
@@ -118,6 +118,8 @@ async def build(runtime: Runtime) -> Parts:
             ),
         ],
         public_methods=leads_api.PUBLIC_METHODS,
+        # Customers' merges (and their undo) re-point sales' references to accounts and contacts.
+        consumers=[merges.CONSUMER],
     )
     parts.clock = clock  # type: ignore[attr-defined]  # tests move time with it
     if settings.reclaim_interval_seconds > 0:

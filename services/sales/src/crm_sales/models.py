@@ -545,3 +545,43 @@ class ForecastTarget(TenantOwned, Versioned, Base):
     collection_target: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
 
     __table_args__ = (UniqueConstraint("tenant_id", "period", "owner_id", "department_id", "currency"),)
+
+
+# ---------------------------------------------------------------- customers' merges, followed here
+
+
+class CustomerMerge(TenantOwned, Base):
+    """A customers merge as sales followed it: every reference it moved here, with its value before and after,
+    so that undoing the merge moves back exactly those (and only while they still name the survivor)."""
+
+    __tablename__ = "customer_merges"
+    # The customers service's merge id.
+    merge_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    record_type: Mapped[str] = mapped_column(String(10))
+    survivor_id: Mapped[str] = mapped_column(String(36))
+    merged_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    # "followed" (references moved to the survivor) or "undone" (moved back, or the undo came first).
+    status: Mapped[str] = mapped_column(String(10))
+    # [{"table", "id", "column", "object_type", "object_id", "before", "after"}]
+    moves: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    moved_back: Mapped[int] = mapped_column(Integer, default=0)
+    followed_at: Mapped[dt.datetime | None] = _ts()
+    undone_at: Mapped[dt.datetime | None] = _ts()
+
+
+# Merges re-point references by account or contact id (crm_sales.domain.merges): one index per reference.
+MERGE_REFERENCE_INDEXES = [
+    Index(f"ix_{model.__tablename__}_tenant_{column}", model.tenant_id, getattr(model, column))
+    for model, column in (
+        (Lead, "converted_account_id"),
+        (Lead, "converted_contact_id"),
+        (Opportunity, "account_id"),
+        (Opportunity, "contact_id"),
+        (Quote, "account_id"),
+        (Quote, "contact_id"),
+        (Contract, "account_id"),
+        (Order, "account_id"),
+        (PaymentPlan, "account_id"),
+        (Payment, "account_id"),
+    )
+]

@@ -957,3 +957,98 @@ class ForecastTargetSet(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForecastTargetSet: _TypeAlias = ForecastTargetSet  # noqa: Y015
+
+@_typing.final
+class CustomerReferencesMoved(_message.Message):
+    """A customers merge (crm.customers.v1.RecordsMerged) reached a sales record: its references to the merged
+    accounts or contacts now name the survivor. Or the merge was undone (crm.customers.v1.MergeUndone) and the
+    references it moved name the merged records again (`undone`). One event per sales record that changed; the
+    envelope's `changes` carry each moved field's before and after.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERGE_ID_FIELD_NUMBER: _builtins.int
+    RECORD_TYPE_FIELD_NUMBER: _builtins.int
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    MERGED_IDS_FIELD_NUMBER: _builtins.int
+    OBJECT_TYPE_FIELD_NUMBER: _builtins.int
+    OBJECT_ID_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
+    merge_id: _builtins.str
+    record_type: _builtins.str
+    """"account" or "contact"."""
+    survivor_id: _builtins.str
+    object_type: _builtins.str
+    """"lead", "opportunity", "quote", "contract", "order", "payment_plan", "payment", "task" or "activity"."""
+    object_id: _builtins.str
+    undone: _builtins.bool
+    """False: moved to the survivor (the merge); true: moved back (its undo)."""
+    @_builtins.property
+    def merged_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields that changed: "account_id", "contact_id", "converted_account_id", "related_id", …; a part of the
+        record as "<part>.<id>.<field>", e.g. "instalments.<id>.account_id" of a payment plan.
+        """
+
+    def __init__(
+        self,
+        *,
+        merge_id: _builtins.str = ...,
+        record_type: _builtins.str = ...,
+        survivor_id: _builtins.str = ...,
+        merged_ids: _abc.Iterable[_builtins.str] | None = ...,
+        object_type: _builtins.str = ...,
+        object_id: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        undone: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "merge_id", b"merge_id", "merged_ids", b"merged_ids", "object_id", b"object_id", "object_type", b"object_type", "record_type", b"record_type", "survivor_id", b"survivor_id", "undone", b"undone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerReferencesMoved: _TypeAlias = CustomerReferencesMoved  # noqa: Y015
+
+@_typing.final
+class CustomerMergeFollowed(_message.Message):
+    """Sales has followed a customers merge, or its undo: `references_moved` references changed (each with its own
+    CustomerReferencesMoved).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERGE_ID_FIELD_NUMBER: _builtins.int
+    RECORD_TYPE_FIELD_NUMBER: _builtins.int
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    MERGED_IDS_FIELD_NUMBER: _builtins.int
+    REFERENCES_MOVED_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
+    merge_id: _builtins.str
+    record_type: _builtins.str
+    """"account" or "contact"."""
+    survivor_id: _builtins.str
+    references_moved: _builtins.int
+    undone: _builtins.bool
+    @_builtins.property
+    def merged_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        merge_id: _builtins.str = ...,
+        record_type: _builtins.str = ...,
+        survivor_id: _builtins.str = ...,
+        merged_ids: _abc.Iterable[_builtins.str] | None = ...,
+        references_moved: _builtins.int = ...,
+        undone: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merge_id", b"merge_id", "merged_ids", b"merged_ids", "record_type", b"record_type", "references_moved", b"references_moved", "survivor_id", b"survivor_id", "undone", b"undone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerMergeFollowed: _TypeAlias = CustomerMergeFollowed  # noqa: Y015
