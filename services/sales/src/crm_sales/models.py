@@ -489,6 +489,7 @@ class Payment(TenantOwned, Timestamped, Base):
     reference: Mapped[str] = mapped_column(String(200), default="")
     recorded_by: Mapped[str] = mapped_column(String(64))
     owner_id: Mapped[str] = mapped_column(String(36))
+    refunded_amount: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
 
 
 # ---------------------------------------------------------------- tasks, activities, forecast targets
@@ -585,3 +586,24 @@ MERGE_REFERENCE_INDEXES = [
         (Payment, "account_id"),
     )
 ]
+
+
+class Refund(TenantOwned, Timestamped, Base):
+    """Money paid back against a payment (append-only); the payment's `refunded_amount` is their sum."""
+
+    __tablename__ = "refunds"
+    id: Mapped[str] = _id()
+    payment_id: Mapped[str] = mapped_column(String(36), index=True)
+    instalment_id: Mapped[str] = mapped_column(String(36))
+    plan_id: Mapped[str] = mapped_column(String(36), index=True)
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    currency: Mapped[str] = mapped_column(String(3))
+    refund_date: Mapped[dt.date] = mapped_column(Date)
+    reason: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(20))
+    reference: Mapped[str] = mapped_column(String(200), default="")
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(String(36))
+
+    __table_args__ = (Index("ix_refunds_tenant_account_id", "tenant_id", "account_id"),)

@@ -331,3 +331,28 @@ FORECASTS = ServiceRoutes(
 )
 
 SALES = [LEADS, PIPELINES, QUOTES, CONTRACTS, ACTIVITIES, FORECASTS]
+
+# Collection after the plan: re-scheduling and refunds.
+COLLECTION = ServiceRoutes(
+    name="sales",
+    service=contracts_pb2.DESCRIPTOR.services_by_name["ContractsService"],
+    routes=[
+        Route(
+            "PUT",
+            "/payment-plans/{id}/instalments",
+            "UpdatePaymentPlan",
+            unwrap="plan",
+            tag="payment-plans",
+            summary="Re-schedule a plan: its instalments after the change, all of them (same total)",
+        ),
+        Route(
+            "POST",
+            "/payments/{payment_id}/refunds",
+            "RefundPayment",
+            status=201,
+            summary="Pay back (part of) a payment: the instalment owes it again",
+        ),
+        Route("GET", "/refunds", "ListRefunds", tag="payments"),
+    ],
+)
+SALES.append(COLLECTION)

@@ -677,6 +677,16 @@ async def receivables(
             .order_by(I.currency)
         )
     ).all()
+    R = models.Refund
+    refunded = dict(
+        (
+            await session.execute(
+                select(R.currency, func.sum(R.amount))
+                .where(R.tenant_id == principal.tenant_id, R.plan_id.in_(visible_plans))
+                .group_by(R.currency)
+            )
+        ).all()
+    )
     totals = [
         pb.ReceivableTotal(
             currency=cur,
@@ -684,6 +694,7 @@ async def receivables(
             paid=format(paid, "f"),
             outstanding=format(planned - paid, "f"),
             overdue=format(Decimal(overdue), "f"),
+            refunded=format(refunded.get(cur, Decimal("0.00")), "f"),
         )
         for cur, planned, paid, overdue in rows
     ]
@@ -721,6 +732,21 @@ RENEWALS = text(
 )
 
 
+def emit_overdue(uow: UnitOfWork, inst: models.Instalment, *, actor: event_pb2.Actor | None = None) -> None:
+    """The instalment just became overdue (by the job, or at once by a refund or a re-schedule)."""
+    uow.emit(
+        events_pb2.InstalmentOverdue(
+            instalment=instalment_pb(inst), account_id=inst.account_id, owner_id=inst.owner_id
+        ),
+        aggregate_type="instalment",
+        aggregate_id=inst.id,
+        aggregate_version=1,
+        action="overdue",
+        tenant_id=inst.tenant_id,
+        actor=actor,
+    )
+
+
 async def run_jobs(
     uow: UnitOfWork, *, now: dt.datetime, tenant_id: str | None, limit: int = 500
 ) -> tuple[int, int]:
@@ -737,17 +763,7 @@ async def run_jobs(
         assert inst is not None
         inst.status = "overdue"
         await session.flush()
-        uow.emit(
-            events_pb2.InstalmentOverdue(
-                instalment=instalment_pb(inst), account_id=inst.account_id, owner_id=inst.owner_id
-            ),
-            aggregate_type="instalment",
-            aggregate_id=inst.id,
-            aggregate_version=1,
-            action="overdue",
-            tenant_id=inst.tenant_id,
-            actor=SYSTEM_ACTOR,
-        )
+        emit_overdue(uow, inst, actor=SYSTEM_ACTOR)
     renewal_ids = (
         (await session.execute(RENEWALS, {"today": today, "tenant": tenant_id, "limit": limit}))
         .scalars()

@@ -60,6 +60,7 @@ REFS: dict[str, tuple[Ref, ...]] = {
         Ref(models.PaymentPlan, "account_id", "payment_plan"),
         Ref(models.Instalment, "account_id", "payment_plan", aggregate_column="plan_id"),
         Ref(models.Payment, "account_id", "payment"),
+        Ref(models.Refund, "account_id", "payment", aggregate_column="payment_id"),
         Ref(models.Task, "related_id", "task", related=True),
         Ref(models.Activity, "related_id", "activity", related=True),
     ),
@@ -82,12 +83,6 @@ VERSIONED = {
     "payment_plan": models.PaymentPlan,
     "task": models.Task,
 }
-
-
-def register_ref(record_type: str, ref: Ref) -> None:
-    """Another domain module's table that names accounts or contacts (e.g. refunds) joins the merges."""
-    REFS[record_type] = (*REFS[record_type], ref)
-    TABLES[ref.model.__tablename__] = ref.model
 
 
 async def _move(

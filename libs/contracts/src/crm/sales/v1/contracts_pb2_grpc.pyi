@@ -62,6 +62,15 @@ class ContractsServiceStub:
     past due become overdue, contracts near their end get a renewal reminder. The service runs the same
     step periodically.
     """
+    UpdatePaymentPlan: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.UpdatePaymentPlanRequest, _contracts_pb2.UpdatePaymentPlanResponse]
+    """Re-schedule a plan that is not fully paid. The request lists the instalments after the change, all of
+    them: listed ids are kept (with the given due date and amount), entries without an id are added, the
+    others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
+    instalment keeps at least what was paid on it, and one with payments cannot be removed.
+    """
+    RefundPayment: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.RefundPaymentRequest, _contracts_pb2.RefundPaymentResponse]
+    """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
+    ListRefunds: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]
 
 @_typing.type_check_only
 class ContractsServiceAsyncStub(ContractsServiceStub):
@@ -97,6 +106,15 @@ class ContractsServiceAsyncStub(ContractsServiceStub):
     past due become overdue, contracts near their end get a renewal reminder. The service runs the same
     step periodically.
     """
+    UpdatePaymentPlan: _aio.UnaryUnaryMultiCallable[_contracts_pb2.UpdatePaymentPlanRequest, _contracts_pb2.UpdatePaymentPlanResponse]  # type: ignore[assignment]
+    """Re-schedule a plan that is not fully paid. The request lists the instalments after the change, all of
+    them: listed ids are kept (with the given due date and amount), entries without an id are added, the
+    others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
+    instalment keeps at least what was paid on it, and one with payments cannot be removed.
+    """
+    RefundPayment: _aio.UnaryUnaryMultiCallable[_contracts_pb2.RefundPaymentRequest, _contracts_pb2.RefundPaymentResponse]  # type: ignore[assignment]
+    """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
+    ListRefunds: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]  # type: ignore[assignment]
 
 class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Contracts (合同), orders (订单) and payment collection (回款): payment plans in instalments, payments (partial,
@@ -243,5 +261,32 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         past due become overdue, contracts near their end get a renewal reminder. The service runs the same
         step periodically.
         """
+
+    @_abc_1.abstractmethod
+    def UpdatePaymentPlan(
+        self,
+        request: _contracts_pb2.UpdatePaymentPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.UpdatePaymentPlanResponse, _abc.Awaitable[_contracts_pb2.UpdatePaymentPlanResponse]]:
+        """Re-schedule a plan that is not fully paid. The request lists the instalments after the change, all of
+        them: listed ids are kept (with the given due date and amount), entries without an id are added, the
+        others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
+        instalment keeps at least what was paid on it, and one with payments cannot be removed.
+        """
+
+    @_abc_1.abstractmethod
+    def RefundPayment(
+        self,
+        request: _contracts_pb2.RefundPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.RefundPaymentResponse, _abc.Awaitable[_contracts_pb2.RefundPaymentResponse]]:
+        """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
+
+    @_abc_1.abstractmethod
+    def ListRefunds(
+        self,
+        request: _contracts_pb2.ListRefundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.ListRefundsResponse, _abc.Awaitable[_contracts_pb2.ListRefundsResponse]]: ...
 
 def add_ContractsServiceServicer_to_server(servicer: ContractsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1052,3 +1052,61 @@ class CustomerMergeFollowed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustomerMergeFollowed: _TypeAlias = CustomerMergeFollowed  # noqa: Y015
+
+@_typing.final
+class PaymentPlanUpdated(_message.Message):
+    """A payment plan was re-scheduled (instalments added, changed or removed; the total stays). The envelope's
+    changes hold the instalments before and after.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    REMOVED_INSTALMENT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _contracts_pb2.PaymentPlan: ...
+    @_builtins.property
+    def removed_instalment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        plan: _contracts_pb2.PaymentPlan | None = ...,
+        removed_instalment_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "removed_instalment_ids", b"removed_instalment_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentPlanUpdated: _TypeAlias = PaymentPlanUpdated  # noqa: Y015
+
+@_typing.final
+class PaymentRefunded(_message.Message):
+    """Money was paid back against a payment; `instalment` owes it again (see InstalmentOverdue when past due)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUND_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    INSTALMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refund(self) -> _contracts_pb2.Refund: ...
+    @_builtins.property
+    def payment(self) -> _contracts_pb2.Payment: ...
+    @_builtins.property
+    def instalment(self) -> _contracts_pb2.Instalment: ...
+    def __init__(
+        self,
+        *,
+        refund: _contracts_pb2.Refund | None = ...,
+        payment: _contracts_pb2.Payment | None = ...,
+        instalment: _contracts_pb2.Instalment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment", "payment", b"payment", "refund", b"refund"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment", "payment", b"payment", "refund", b"refund"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentRefunded: _TypeAlias = PaymentRefunded  # noqa: Y015
