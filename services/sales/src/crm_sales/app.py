@@ -15,6 +15,7 @@ from crm.sales.v1 import (
     leads_pb2_grpc,
     pipelines_pb2_grpc,
     quotes_pb2_grpc,
+    settings_pb2_grpc,
 )
 from crm_kit.db import Database
 from crm_kit.grpc_server import Servicer
@@ -26,6 +27,7 @@ from crm_sales.api import contracts as contracts_api
 from crm_sales.api import leads as leads_api
 from crm_sales.api import pipelines as pipelines_api
 from crm_sales.api import quotes as quotes_api
+from crm_sales.api import settings as settings_api
 from crm_sales.clock import Clock
 from crm_sales.domain import activities, contracts, leads, merges
 from crm_sales.domain.common import People
@@ -115,6 +117,11 @@ async def build(runtime: Runtime) -> Parts:
                 forecasts_pb2_grpc.add_ForecastsServiceServicer_to_server,
                 activities_api.ForecastsApi(db=runtime.db, policies=policies),
                 activities_api.FORECASTS.full_name,
+            ),
+            Servicer(
+                settings_pb2_grpc.add_SalesSettingsServiceServicer_to_server,
+                settings_api.SalesSettingsApi(db=runtime.db, policies=policies),
+                settings_api.SERVICE.full_name,
             ),
         ],
         public_methods=leads_api.PUBLIC_METHODS,

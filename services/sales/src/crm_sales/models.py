@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -607,3 +608,22 @@ class Refund(TenantOwned, Timestamped, Base):
     owner_id: Mapped[str] = mapped_column(String(36))
 
     __table_args__ = (Index("ix_refunds_tenant_account_id", "tenant_id", "account_id"),)
+
+
+# ---------------------------------------------------------------- the tenant's sales settings
+
+
+class SalesSettings(TenantOwned, Timestamped, Versioned, Base):
+    """One row per tenant: the letterhead of quote and contract PDFs."""
+
+    __tablename__ = "sales_settings"
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    company_name: Mapped[str] = mapped_column(String(300), default="")
+    company_name_en: Mapped[str] = mapped_column(String(300), default="")
+    address: Mapped[str] = mapped_column(String(500), default="")
+    address_en: Mapped[str] = mapped_column(String(500), default="")
+    phone: Mapped[str] = mapped_column(String(50), default="")
+    tax_number: Mapped[str] = mapped_column(String(50), default="")
+    logo: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    logo_content_type: Mapped[str] = mapped_column(String(20), default="")
+    logo_sha256: Mapped[str] = mapped_column(String(64), default="")

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+
 from crm.sales.v1 import contracts_pb2 as pb
 from crm.sales.v1 import contracts_pb2_grpc
 from crm_kit.db import Database
 from crm_kit.policy import PolicyCache
 
+from crm_sales import pdf
 from crm_sales.clock import Clock
-from crm_sales.domain import approvals, collection, contracts
+from crm_sales.domain import approvals, collection, contracts, documents
 from crm_sales.domain.common import authorize, caller, from_ts
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ContractsService"]
@@ -202,3 +205,29 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
         async with self.db.read() as session:
             rows, cursor = await collection.list_refunds(session, decision, request)
         return pb.ListRefundsResponse(items=[collection.refund_pb(r) for r in rows], next_cursor=cursor)
+
+    # ------------------------------------------------------------ the contract PDF
+
+    async def GetContractPdf(self, request, context):
+        decision = await authorize(self.policies, "contract", "read")
+        async with self.db.read() as session:
+            document = await documents.contract_document(
+                session,
+                decision,
+                await self._decide("quote"),
+                await self._decide("payment"),
+                request.id,
+                request.locale,
+            )
+        # Rendering is CPU work: off the event loop.
+        content = await asyncio.to_thread(
+            pdf.render_contract,
+            document.contract,
+            locale=document.locale,
+            letterhead=document.letterhead,
+            lines=document.lines,
+            instalments=document.instalments,
+        )
+        return pb.GetContractPdfResponse(
+            content=content, content_type="application/pdf", filename=document.filename
+        )

@@ -1585,3 +1585,55 @@ class ListRefundsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRefundsResponse: _TypeAlias = ListRefundsResponse  # noqa: Y015
+
+@_typing.final
+class GetContractPdfRequest(_message.Message):
+    """---------------------------------------------------------------- the contract PDF"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    locale: _builtins.str
+    """"zh-CN" or "en"; empty: the language of the contract's quote, else "zh-CN"."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        locale: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "locale", b"locale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContractPdfRequest: _TypeAlias = GetContractPdfRequest  # noqa: Y015
+
+@_typing.final
+class GetContractPdfResponse(_message.Message):
+    """A file: the gateway answers with the bytes themselves."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    content_type: _builtins.str
+    filename: _builtins.str
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "filename", b"filename"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContractPdfResponse: _TypeAlias = GetContractPdfResponse  # noqa: Y015

@@ -146,6 +146,11 @@ class ContractsServiceStub:
                 request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsRequest.SerializeToString,
                 response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsResponse.FromString,
                 _registered_method=True)
+        self.GetContractPdf = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/GetContractPdf',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfResponse.FromString,
+                _registered_method=True)
 
 
 class ContractsServiceServicer:
@@ -297,6 +302,14 @@ class ContractsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetContractPdf(self, request, context):
+        """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
+        tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContractsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -409,6 +422,11 @@ def add_ContractsServiceServicer_to_server(servicer, server):
                     servicer.ListRefunds,
                     request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsRequest.FromString,
                     response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsResponse.SerializeToString,
+            ),
+            'GetContractPdf': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContractPdf,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1007,6 +1025,33 @@ class ContractsService:
             '/crm.sales.v1.ContractsService/ListRefunds',
             crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsRequest.SerializeToString,
             crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContractPdf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.sales.v1.ContractsService/GetContractPdf',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfResponse.FromString,
             options,
             channel_credentials,
             insecure,

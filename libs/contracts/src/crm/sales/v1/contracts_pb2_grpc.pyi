@@ -71,6 +71,10 @@ class ContractsServiceStub:
     RefundPayment: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.RefundPaymentRequest, _contracts_pb2.RefundPaymentResponse]
     """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
     ListRefunds: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]
+    GetContractPdf: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetContractPdfRequest, _contracts_pb2.GetContractPdfResponse]
+    """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
+    tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
+    """
 
 @_typing.type_check_only
 class ContractsServiceAsyncStub(ContractsServiceStub):
@@ -115,6 +119,10 @@ class ContractsServiceAsyncStub(ContractsServiceStub):
     RefundPayment: _aio.UnaryUnaryMultiCallable[_contracts_pb2.RefundPaymentRequest, _contracts_pb2.RefundPaymentResponse]  # type: ignore[assignment]
     """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
     ListRefunds: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]  # type: ignore[assignment]
+    GetContractPdf: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetContractPdfRequest, _contracts_pb2.GetContractPdfResponse]  # type: ignore[assignment]
+    """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
+    tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
+    """
 
 class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Contracts (合同), orders (订单) and payment collection (回款): payment plans in instalments, payments (partial,
@@ -288,5 +296,15 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _contracts_pb2.ListRefundsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_contracts_pb2.ListRefundsResponse, _abc.Awaitable[_contracts_pb2.ListRefundsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetContractPdf(
+        self,
+        request: _contracts_pb2.GetContractPdfRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.GetContractPdfResponse, _abc.Awaitable[_contracts_pb2.GetContractPdfResponse]]:
+        """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
+        tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
+        """
 
 def add_ContractsServiceServicer_to_server(servicer: ContractsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -10,6 +10,7 @@ from crm.sales.v1 import forecasts_pb2 as _forecasts_pb2
 from crm.sales.v1 import leads_pb2 as _leads_pb2
 from crm.sales.v1 import pipelines_pb2 as _pipelines_pb2
 from crm.sales.v1 import quotes_pb2 as _quotes_pb2
+from crm.sales.v1 import settings_pb2 as _settings_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -1110,3 +1111,25 @@ class PaymentRefunded(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PaymentRefunded: _TypeAlias = PaymentRefunded  # noqa: Y015
+
+@_typing.final
+class SalesSettingsUpdated(_message.Message):
+    """The tenant's sales settings (the letterhead) changed. The logo itself is left out (see logo_sha256)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _settings_pb2.SalesSettings: ...
+    def __init__(
+        self,
+        *,
+        settings: _settings_pb2.SalesSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SalesSettingsUpdated: _TypeAlias = SalesSettingsUpdated  # noqa: Y015
