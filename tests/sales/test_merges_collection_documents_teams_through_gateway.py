@@ -7,11 +7,13 @@ import base64
 import io
 
 import pytest
+from crm.identity.v1 import identity_pb2 as ipb
 from crm_kit.testing import eventually
 from pypdf import PdfReader
 
 from tests.gateway.conftest import assert_problem, gateway_settings, running_gateway
-from tests.sales.helpers import team
+from tests.identity.helpers import invite_and_join
+from tests.sales.helpers import REP_PERMISSIONS, Rep, rep_role, team
 from tests.sales.test_contract_pdf import TERMS, logo_png
 
 
@@ -228,6 +230,111 @@ async def test_an_admin_sets_the_letterhead_and_a_user_downloads_the_contract_pd
     # The rep may read only their own contracts: the admin's is not found for them.
     assert_problem(await api.get(f"/api/v1/contracts/{contract['id']}/pdf", headers=bearer(rep.token)), 404)
     assert_problem(await api.get(f"/api/v1/contracts/{contract['id']}/pdf"), 401)
+
+
+async def test_the_forecast_of_a_team_covers_its_department_and_those_below(api, identity):
+    company, _ = await team(identity, 0)
+    admin = bearer(company.token)
+
+    async def department(name: str, parent: str = "") -> str:
+        return (await created(api, "/api/v1/departments", {"name": name, "parent_id": parent}, admin))["id"]
+
+    east = await department("华东大区")
+    shanghai = await department("上海分部", east)
+    pudong = await department("浦东组", shanghai)
+    south = await department("华南大区")
+    role = await rep_role(identity, company, name="大区销售")
+    manager_role = await rep_role(
+        identity,
+        company,
+        name="区域经理",
+        permissions=[
+            ipb.Permission(
+                object=p.object, actions=list(p.actions), data_scope=ipb.DATA_SCOPE_DEPARTMENT_TREE
+            )
+            for p in REP_PERMISSIONS
+        ],
+    )
+
+    async def member(department_id: str, role_id: str = role.id) -> Rep:
+        user, token = await invite_and_join(
+            identity, company, role_ids=[role_id], department_id=department_id
+        )
+        return Rep(user, token)
+
+    reps = {d: await member(d) for d in (east, shanghai, pudong, south)}
+    sh_manager = await member(shanghai, manager_role.id)
+    await created(api, "/api/v1/pipelines", {"name": "分销"}, admin)
+    for (d, amount), due in zip(
+        ((east, "1000.00"), (shanghai, "200.00"), (pudong, "30.00"), (south, "4.00")),
+        ("01", "02", "03", "04"),
+        strict=True,
+    ):
+        who = bearer(reps[d].token)
+        await created(
+            api,
+            "/api/v1/opportunities",
+            {"name": f"商机-{amount}", "amount": amount, "close_date": "2031-05-20"},
+            who,
+        )
+        contract = await approved_contract(api, who, title="供货", amount=amount)
+        await created(
+            api,
+            "/api/v1/payment-plans",
+            {
+                "contract_id": contract["id"],
+                "instalments": [{"due_date": f"2031-05-{due}", "amount": amount}],
+            },
+            who,
+        )
+    target = await api.patch(
+        "/api/v1/forecast-targets",
+        json={"period": "2031-05", "department_id": shanghai, "currency": "CNY", "revenue_target": "1000"},
+        headers=admin,
+    )
+    assert target.status_code == 200, target.text
+
+    async def figures(headers: dict, department_id: str = "") -> tuple[str, ...] | None:
+        params = {"period": "2031-05", **({"department_id": department_id} if department_id else {})}
+        answer = await api.get("/api/v1/forecasts", params=params, headers=headers)
+        assert answer.status_code == 200, answer.text
+        items = answer.json()["figures"]
+        if not items:
+            return None
+        (f,) = items
+        return f["open_count"], f["pipeline_amount"], f["collection_due"], f["revenue_target"]
+
+    assert await figures(admin) == ("4", "1234.00", "1234.00", "0.00")
+    assert await figures(admin, east) == ("3", "1230.00", "1230.00", "0.00")
+    assert await figures(admin, shanghai) == ("2", "230.00", "230.00", "1000.00")
+    assert await figures(admin, pudong) == ("1", "30.00", "30.00", "0.00")
+    assert await figures(admin, south) == ("1", "4.00", "4.00", "0.00")
+    # A manager sees their own team and below, whatever team they ask for.
+    manager = bearer(sh_manager.token)
+    assert await figures(manager, shanghai) == ("2", "230.00", "230.00", "1000.00")
+    assert await figures(manager, east) == ("2", "230.00", "230.00", "0.00")
+    assert await figures(manager, south) is None
+    # A department made later counts for the teams above it (identity's event refreshes sales' policy).
+    lujiazui = await department("陆家嘴小组", pudong)
+    newcomer = bearer((await member(lujiazui)).token)
+    await created(
+        api,
+        "/api/v1/opportunities",
+        {"name": "新商机", "amount": "0.05", "close_date": "2031-05-31"},
+        newcomer,
+    )
+    assert await figures(admin, lujiazui) == ("1", "0.05", "0.00", "0.00")
+    await eventually(
+        lambda: _is(figures(admin, east), ("4", "1230.05", "1230.00", "0.00")), what="east grows"
+    )
+    # A department that is not the company's is refused, not silently empty.
+    beta, _ = await team(identity, 0, name="Beta Ltd")
+    beta_department = await created(api, "/api/v1/departments", {"name": "华北"}, bearer(beta.token))
+    for unknown in (beta_department["id"], "not-an-id"):
+        answer = await api.get(
+            "/api/v1/forecasts", params={"period": "2031-05", "department_id": unknown}, headers=admin
+        )
+        assert assert_problem(answer, 422)["errors"][0]["field"] == "department_id"
 
 
 async def _is(value, expected) -> bool:
