@@ -13,7 +13,7 @@ from crm.sales.v1 import events_pb2
 from crm_kit.errors import from_rpc_error
 
 from tests.identity.helpers import rpc_error
-from tests.sales.helpers import team
+from tests.sales.helpers import payloads, team
 
 
 async def contract_plan(
@@ -54,13 +54,14 @@ async def refused(call) -> tuple[grpc.StatusCode, str, list[str]]:
     return details.code, details.reason, [f.field for f in details.field_errors]
 
 
-def payloads(envelopes, cls):
-    out = []
-    for e in envelopes:
-        message = cls()
-        if e.payload.Unpack(message):
-            out.append((e, message))
-    return out
+async def rejected(contracts, who, plan_id: str, *changes: cpb.InstalmentChange, version: int = 0):
+    """How a re-schedule that must fail was refused: (code, reason, fields)."""
+    return await refused(
+        contracts.UpdatePaymentPlan(
+            cpb.UpdatePaymentPlanRequest(id=plan_id, instalments=list(changes), expected_version=version),
+            metadata=who.md,
+        )
+    )
 
 
 async def test_a_plan_is_rescheduled_while_not_paid_without_changing_its_total_or_losing_payments(
@@ -79,65 +80,42 @@ async def test_a_plan_is_rescheduled_while_not_paid_without_changing_its_total_o
     )
 
     # What cannot be: below what was paid, removing a paid-on instalment, another total, ids not of this plan.
-    assert await refused(
-        contracts.UpdatePaymentPlan(
-            cpb.UpdatePaymentPlanRequest(
-                id=plan.id,
-                instalments=[
-                    change(first.id, "2030-01-31", "99.99"),
-                    change(second.id, "2030-02-28", "500.01"),
-                    change(third.id, "2030-03-31", "400.00"),
-                ],
-            ),
-            metadata=company.md,
-        )
+    assert await rejected(
+        contracts,
+        company,
+        plan.id,
+        change(first.id, "2030-01-31", "99.99"),
+        change(second.id, "2030-02-28", "500.01"),
+        change(third.id, "2030-03-31", "400.00"),
     ) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument", ["instalments[0].amount"])
-    assert (
-        await refused(
-            contracts.UpdatePaymentPlan(
-                cpb.UpdatePaymentPlanRequest(
-                    id=plan.id,
-                    instalments=[
-                        change(second.id, "2030-02-28", "600.00"),
-                        change("", "2030-03-31", "400.00"),
-                    ],
-                ),
-                metadata=company.md,
-            )
-        )
-    )[2] == ["instalments"]
-    assert (
-        await refused(
-            contracts.UpdatePaymentPlan(
-                cpb.UpdatePaymentPlanRequest(
-                    id=plan.id,
-                    instalments=[
-                        change(first.id, "2030-01-31", "300.00"),
-                        change(second.id, "2030-02-28", "300.00"),
-                        change(third.id, "2030-03-31", "399.99"),
-                    ],
-                ),
-                metadata=company.md,
-            )
-        )
-    )[2] == ["instalments"]  # one cent short of the total
+    removed_paid = await rejected(
+        contracts,
+        company,
+        plan.id,
+        change(second.id, "2030-02-28", "600.00"),
+        change("", "2030-03-31", "400.00"),
+    )
+    assert removed_paid[2] == ["instalments"]
+    one_cent_short = await rejected(
+        contracts,
+        company,
+        plan.id,
+        change(first.id, "2030-01-31", "300.00"),
+        change(second.id, "2030-02-28", "300.00"),
+        change(third.id, "2030-03-31", "399.99"),
+    )
+    assert one_cent_short[2] == ["instalments"]
     other = await contract_plan(contracts, company, "5.00", [("2030-01-01", "5.00")])
-    assert (
-        await refused(
-            contracts.UpdatePaymentPlan(
-                cpb.UpdatePaymentPlanRequest(
-                    id=plan.id,
-                    instalments=[
-                        change(first.id, "2030-01-31", "300.00"),
-                        change(other.instalments[0].id, "2030-02-28", "300.00"),
-                        change(first.id, "2030-03-31", "0.001"),
-                        change("", "", "400.00"),
-                    ],
-                ),
-                metadata=company.md,
-            )
-        )
-    )[2] == [
+    not_these = await rejected(
+        contracts,
+        company,
+        plan.id,
+        change(first.id, "2030-01-31", "300.00"),
+        change(other.instalments[0].id, "2030-02-28", "300.00"),
+        change(first.id, "2030-03-31", "0.001"),
+        change("", "", "400.00"),
+    )
+    assert not_these[2] == [
         "instalments[1].id",
         "instalments[2].id",
         "instalments[2].amount",
@@ -167,15 +145,8 @@ async def test_a_plan_is_rescheduled_while_not_paid_without_changing_its_total_o
     assert list(event.removed_instalment_ids) == [third.id] and envelope.aggregate_version == updated.version
     (changed,) = envelope.changes
     assert changed.field == "instalments" and len(changed.before.list_value.values) == 3
-    stale = await refused(
-        contracts.UpdatePaymentPlan(
-            cpb.UpdatePaymentPlanRequest(
-                id=plan.id,
-                instalments=[change(first.id, "2030-01-31", "1000.00")],
-                expected_version=plan.version,
-            ),
-            metadata=company.md,
-        )
+    stale = await rejected(
+        contracts, company, plan.id, change(first.id, "2030-01-31", "1000.00"), version=plan.version
     )
     assert stale[0] == grpc.StatusCode.ABORTED
 
@@ -195,25 +166,13 @@ async def test_a_plan_is_rescheduled_while_not_paid_without_changing_its_total_o
     await contracts.RecordPayment(
         cpb.RecordPaymentRequest(instalment_id=other.instalments[0].id, amount="5.00"), metadata=company.md
     )
-    assert (
-        await refused(
-            contracts.UpdatePaymentPlan(
-                cpb.UpdatePaymentPlanRequest(
-                    id=other.id, instalments=[change(other.instalments[0].id, "2031-01-01", "5.00")]
-                ),
-                metadata=company.md,
-            )
-        )
-    )[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "payment_plan_paid")
+    paid_up = await rejected(
+        contracts, company, other.id, change(other.instalments[0].id, "2031-01-01", "5.00")
+    )
+    assert paid_up[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "payment_plan_paid")
     beta, _ = await team(identity, 0, name="Beta Ltd")
-    assert (
-        await refused(
-            contracts.UpdatePaymentPlan(
-                cpb.UpdatePaymentPlanRequest(id=plan.id, instalments=[change("", "2030-01-01", "1000.00")]),
-                metadata=beta.md,
-            )
-        )
-    )[0] == grpc.StatusCode.NOT_FOUND
+    elsewhere = await rejected(contracts, beta, plan.id, change("", "2030-01-01", "1000.00"))
+    assert elsewhere[0] == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_refund_makes_the_instalment_owe_the_money_again_and_receivables_follow(
@@ -310,16 +269,8 @@ async def test_a_refund_makes_the_instalment_owe_the_money_again_and_receivables
     by_account = await contracts.ListRefunds(cpb.ListRefundsRequest(account_id=account), metadata=company.md)
     assert len(by_account.items) == 3
     # An instalment with payments keeps them, even when all was paid back.
-    assert (
-        await refused(
-            contracts.UpdatePaymentPlan(
-                cpb.UpdatePaymentPlanRequest(
-                    id=plan.id, instalments=[change(later.id, "2099-01-31", "1000.00")]
-                ),
-                metadata=company.md,
-            )
-        )
-    )[2] == ["instalments"]
+    kept_payments = await rejected(contracts, company, plan.id, change(later.id, "2099-01-31", "1000.00"))
+    assert kept_payments[2] == ["instalments"]
 
     beta, _ = await team(identity, 0, name="Beta Ltd")
     assert (

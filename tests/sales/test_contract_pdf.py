@@ -16,7 +16,7 @@ from PIL import Image
 from pypdf import PdfReader
 
 from tests.identity.helpers import rpc_error
-from tests.sales.helpers import team
+from tests.sales.helpers import payloads, team
 from tests.sales.test_contracts_and_collection import accepted_quote
 
 TERMS = "一、甲方应于合同签订后十日内支付首期款。\n二、乙方负责软件的安装、调试与培训。"
@@ -73,11 +73,7 @@ async def test_the_letterhead_is_set_by_an_admin_and_printed_on_contract_and_quo
     ).settings
     assert saved.version == 1 and saved.logo == logo and saved.logo_content_type == "image/png"
     assert len(saved.logo_sha256) == 64
-    ((envelope, event),) = [
-        (e, m)
-        for e in await outbox(company.tenant.id)
-        if e.payload.Unpack(m := events_pb2.SalesSettingsUpdated())
-    ]
+    ((envelope, event),) = payloads(await outbox(company.tenant.id), events_pb2.SalesSettingsUpdated)
     assert event.settings.company_name == "北京智联网络有限公司" and not event.settings.logo
     assert {c.field for c in envelope.changes} >= {"company_name", "tax_number", "logo_sha256"}
     stale = await rpc_error(

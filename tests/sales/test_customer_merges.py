@@ -5,6 +5,7 @@ the merge moved."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import nats
 from crm.common.v1 import event_pb2
@@ -18,16 +19,27 @@ from crm.sales.v1 import leads_pb2 as lpb
 from crm.sales.v1 import pipelines_pb2 as ppb
 from crm.sales.v1 import quotes_pb2 as qpb
 from crm_kit.events.inbox import InboxEntry
-from crm_kit.events.outbox import OutboxEvent
 from crm_kit.events.subjects import namespaced, subject_for
 from crm_kit.testing import eventually
 from google.protobuf import field_mask_pb2
 from sqlalchemy import select
 
-from tests.sales.helpers import team
+from tests.sales.helpers import payloads, recorded_events, team
 from tests.sales.test_contracts_and_collection import accepted_quote
 
 ACCOUNT, CONTACT = cpb.RECORD_TYPE_ACCOUNT, cpb.RECORD_TYPE_CONTACT
+EVERYTHING = (
+    "lead",
+    "opportunity",
+    "second opportunity",
+    "quote",
+    "order",
+    "plan",
+    "payment",
+    "contract",
+    "task",
+    "follow-up",
+)
 
 
 async def convert(leads, rep, pipeline, *, name: str, company: str, email: str) -> lpb.ConvertLeadResponse:
@@ -45,25 +57,8 @@ async def opportunity(pipelines, who, opp_id: str) -> ppb.Opportunity:
     return (await pipelines.GetOpportunity(ppb.GetOpportunityRequest(id=opp_id), metadata=who.md)).opportunity
 
 
-async def events_of(
-    service, aggregate_id: str, payload: type
-) -> list[tuple[event_pb2.EventEnvelope, object]]:
-    """The events of `payload`'s type a service recorded for an aggregate, with their payloads."""
-    async with service.runtime.db.read() as session:
-        rows = (
-            await session.scalars(
-                select(OutboxEvent.envelope)
-                .where(OutboxEvent.aggregate_id == aggregate_id)
-                .order_by(OutboxEvent.seq)
-            )
-        ).all()
-    out = []
-    for raw in rows:
-        envelope = event_pb2.EventEnvelope.FromString(raw)
-        message = payload()
-        if envelope.payload.Unpack(message):
-            out.append((envelope, message))
-    return out
+async def events_of(service, aggregate_id: str, payload: type) -> list[tuple[event_pb2.EventEnvelope, Any]]:
+    return payloads(await recorded_events(service, aggregate_id), payload)
 
 
 async def replay_as_new_event(test_infra, customers_service, aggregate_id: str, payload: type) -> str:
@@ -144,12 +139,9 @@ async def test_a_merge_re_points_sales_once_and_its_undo_moves_back_exactly_what
             metadata=company.md,
         )
     ).plan
-    payment = (
-        await contracts.RecordPayment(
-            kpb.RecordPaymentRequest(instalment_id=plan.instalments[0].id, amount="20000.00"),
-            metadata=company.md,
-        )
-    ).payment
+    await contracts.RecordPayment(
+        kpb.RecordPaymentRequest(instalment_id=plan.instalments[0].id, amount="20000.00"), metadata=company.md
+    )
     contract = (
         await contracts.CreateContract(
             kpb.CreateContractRequest(title="软件许可合同", account_id=merged, amount="1000.00"),
@@ -190,35 +182,41 @@ async def test_a_merge_re_points_sales_once_and_its_undo_moves_back_exactly_what
     async def moved_to(account_id: str) -> bool:
         return (await opportunity(pipelines, rep, dup.opportunity_id)).account_id == account_id
 
+    async def accounts() -> dict[str, str]:
+        """The account each sales record names now."""
+        lead = (await leads.GetLead(lpb.GetLeadRequest(id=dup.lead.id), metadata=rep.md)).lead
+        md = company.md
+        (paid,) = (await contracts.ListPayments(kpb.ListPaymentsRequest(plan_id=plan.id), metadata=md)).items
+        notes = (
+            await activities.ListActivities(apb.ListActivitiesRequest(related_type="account"), metadata=md)
+        ).items
+        return {
+            "lead": lead.converted_account_id,
+            "opportunity": (await opportunity(pipelines, rep, dup.opportunity_id)).account_id,
+            "second opportunity": (await opportunity(pipelines, rep, second_opp.id)).account_id,
+            "quote": (await quotes.GetQuote(qpb.GetQuoteRequest(id=quote.id), metadata=md)).quote.account_id,
+            "order": (
+                await contracts.GetOrder(kpb.GetOrderRequest(id=order.id), metadata=md)
+            ).order.account_id,
+            "plan": (
+                await contracts.GetPaymentPlan(kpb.GetPaymentPlanRequest(id=plan.id), metadata=md)
+            ).plan.account_id,
+            "payment": paid.account_id,
+            "contract": (
+                await contracts.GetContract(kpb.GetContractRequest(id=contract.id), metadata=md)
+            ).contract.account_id,
+            "task": (await activities.GetTask(apb.GetTaskRequest(id=task.id), metadata=md)).task.related_id,
+            "follow-up": next(n.related_id for n in notes if n.id == note.id),
+        }
+
     await eventually(lambda: moved_to(survivor), what="sales follows the merge")
+    assert await accounts() == dict.fromkeys(EVERYTHING, survivor)
     opp = await opportunity(pipelines, rep, dup.opportunity_id)
     assert opp.version == before.version + 1 and opp.contact_id == dup.contact_id
-    lead = (await leads.GetLead(lpb.GetLeadRequest(id=dup.lead.id), metadata=rep.md)).lead
-    assert (lead.converted_account_id, lead.converted_contact_id) == (survivor, dup.contact_id)
-    assert (await opportunity(pipelines, rep, second_opp.id)).account_id == survivor
-    assert (
-        await quotes.GetQuote(qpb.GetQuoteRequest(id=quote.id), metadata=company.md)
-    ).quote.account_id == survivor
-    assert (
-        await contracts.GetOrder(kpb.GetOrderRequest(id=order.id), metadata=company.md)
-    ).order.account_id == (survivor)
     moved_plan = (
         await contracts.GetPaymentPlan(kpb.GetPaymentPlanRequest(id=plan.id), metadata=company.md)
     ).plan
-    assert moved_plan.account_id == survivor and moved_plan.version == plan.version + 1
-    (moved_payment,) = (
-        await contracts.ListPayments(kpb.ListPaymentsRequest(account_id=survivor), metadata=company.md)
-    ).items
-    assert moved_payment.id == payment.id
-    got = await contracts.GetContract(kpb.GetContractRequest(id=contract.id), metadata=rep.md)
-    assert got.contract.account_id == survivor
-    assert (
-        await activities.GetTask(apb.GetTaskRequest(id=task.id), metadata=rep.md)
-    ).task.related_id == survivor
-    notes = (
-        await activities.ListActivities(apb.ListActivitiesRequest(related_id=survivor), metadata=rep.md)
-    ).items
-    assert [n.id for n in notes] == [note.id]
+    assert moved_plan.version == plan.version + 1
     owed = await contracts.GetReceivables(kpb.GetReceivablesRequest(account_id=survivor), metadata=company.md)
     assert [(t.planned, t.paid) for t in owed.totals] == [("103959.98", "20000.00")]
     assert not (
@@ -266,21 +264,11 @@ async def test_a_merge_re_points_sales_once_and_its_undo_moves_back_exactly_what
     )
     await data.UndoMerge(dq.UndoMergeRequest(id=merge.id), metadata=company.md)
     await eventually(lambda: moved_to(merged), what="sales follows the undo")
-    assert (await opportunity(pipelines, rep, second_opp.id)).account_id == other
-    assert (
-        await contracts.GetOrder(kpb.GetOrderRequest(id=order.id), metadata=company.md)
-    ).order.account_id == (merged)
+    assert await accounts() == {**dict.fromkeys(EVERYTHING, merged), "second opportunity": other}
     back_plan = (
         await contracts.GetPaymentPlan(kpb.GetPaymentPlanRequest(id=plan.id), metadata=company.md)
     ).plan
-    assert back_plan.account_id == merged and back_plan.version == plan.version + 2
-    owed = await contracts.GetReceivables(kpb.GetReceivablesRequest(account_id=merged), metadata=company.md)
-    assert [(t.planned, t.paid) for t in owed.totals] == [("103959.98", "20000.00")]
-    assert (
-        await activities.GetTask(apb.GetTaskRequest(id=task.id), metadata=rep.md)
-    ).task.related_id == merged
-    lead = (await leads.GetLead(lpb.GetLeadRequest(id=dup.lead.id), metadata=rep.md)).lead
-    assert lead.converted_account_id == merged
+    assert back_plan.version == plan.version + 2
     summaries = await events_of(sales_service, merge.id, events_pb2.CustomerMergeFollowed)
     assert [(s.undone, s.references_moved) for _, s in summaries] == [(False, 12), (True, 11)]
     undo_events = await events_of(sales_service, opp.id, events_pb2.CustomerReferencesMoved)

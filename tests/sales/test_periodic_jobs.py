@@ -14,11 +14,10 @@ from crm_kit.leader import lock_key
 from crm_kit.service import Service
 from crm_kit.testing import eventually
 from crm_sales.app import JOBS_LOCK, SPEC
-from crm_sales.settings import SalesSettings
 from google.protobuf import timestamp_pb2
 from sqlalchemy import select
 
-from tests.sales.helpers import team
+from tests.sales.helpers import sales_settings, team
 
 LOCK_HOLDERS = """
 SELECT l.granted FROM pg_locks l JOIN pg_database d ON d.oid = l.database
@@ -54,16 +53,8 @@ async def test_two_replicas_run_the_jobs_in_one_at_a_time_and_the_other_takes_ov
     # Replicas of their own: their own database, and their own events namespace.
     monkeypatch.setenv("CRM_EVENTS_NAMESPACE", f"{test_infra.events_namespace}-jobs")
     url = await test_infra.database("sales_jobs")
-    settings = SalesSettings(
-        environment="test",
-        database_url=url,
-        nats_url=test_infra.nats_url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        migrate_on_start=True,
-        identity_service_addr=identity_service.address,
-        customers_service_addr=customers_for_sales.address,
-        reclaim_interval_seconds=0.05,
+    settings = sales_settings(
+        test_infra, url, identity_service, customers_for_sales, reclaim_interval_seconds=0.05
     )
     first = await Service(SPEC, settings).start()
     second = None

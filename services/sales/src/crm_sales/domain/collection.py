@@ -26,7 +26,6 @@ from crm.sales.v1 import events_pb2
 from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict
 from crm_kit.ids import new_id
-from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 from crm_kit.validation import Check
 from sqlalchemy import select
@@ -39,6 +38,7 @@ from crm_sales.domain.contracts import (
     emit_overdue,
     get_plan,
     instalment_pb,
+    list_in_visible_plans,
     payment_pb,
     plan_pb,
     scoped,
@@ -260,17 +260,6 @@ async def refund_payment(
 async def list_refunds(
     session: AsyncSession, decision: Decision, request: pb.ListRefundsRequest
 ) -> tuple[list[models.Refund], str]:
-    keys = [SortKey(models.Refund.id, descending=True)]
-    page = Page.of(request.page, len(keys))
-    principal = caller()
-    visible_plans = select(models.PaymentPlan.id).where(
-        models.PaymentPlan.tenant_id == principal.tenant_id, scoped(decision, models.PaymentPlan)
+    return await list_in_visible_plans(
+        session, decision, models.Refund, request, ("plan_id", "payment_id", "account_id")
     )
-    stmt = select(models.Refund).where(
-        models.Refund.tenant_id == principal.tenant_id, models.Refund.plan_id.in_(visible_plans)
-    )
-    for f in ("plan_id", "payment_id", "account_id"):
-        if getattr(request, f):
-            stmt = stmt.where(getattr(models.Refund, f) == getattr(request, f))
-    rows = (await session.scalars(page.apply(stmt, keys))).all()
-    return page.split(rows, lambda r: [r.id])

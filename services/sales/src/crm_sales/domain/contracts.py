@@ -632,24 +632,29 @@ async def record_payment(
     return payment, inst
 
 
-async def list_payments(
-    session: AsyncSession, decision: Decision, request: pb.ListPaymentsRequest
-) -> tuple[list[models.Payment], str]:
-    keys = [SortKey(models.Payment.id, descending=True)]
+async def list_in_visible_plans(
+    session: AsyncSession, decision: Decision, model: Any, request: Any, filters: tuple[str, ...]
+) -> tuple[list[Any], str]:
+    """Rows of `model` (payments, refunds) whose plan the caller may see, filtered by the request's `filters`
+    fields that are set; newest first."""
+    keys = [SortKey(model.id, descending=True)]
     page = Page.of(request.page, len(keys))
     principal = caller()
     visible_plans = select(models.PaymentPlan.id).where(
         models.PaymentPlan.tenant_id == principal.tenant_id, scoped(decision, models.PaymentPlan)
     )
-    stmt = select(models.Payment).where(
-        models.Payment.tenant_id == principal.tenant_id, models.Payment.plan_id.in_(visible_plans)
-    )
-    if request.plan_id:
-        stmt = stmt.where(models.Payment.plan_id == request.plan_id)
-    if request.account_id:
-        stmt = stmt.where(models.Payment.account_id == request.account_id)
+    stmt = select(model).where(model.tenant_id == principal.tenant_id, model.plan_id.in_(visible_plans))
+    for f in filters:
+        if getattr(request, f):
+            stmt = stmt.where(getattr(model, f) == getattr(request, f))
     rows = (await session.scalars(page.apply(stmt, keys))).all()
     return page.split(rows, lambda r: [r.id])
+
+
+async def list_payments(
+    session: AsyncSession, decision: Decision, request: pb.ListPaymentsRequest
+) -> tuple[list[models.Payment], str]:
+    return await list_in_visible_plans(session, decision, models.Payment, request, ("plan_id", "account_id"))
 
 
 async def receivables(
