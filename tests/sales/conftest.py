@@ -31,18 +31,14 @@ async def customers_for_sales(test_infra, identity_service):
 async def sales_service(test_infra, identity_service, customers_for_sales):
     from crm_kit.testing import running_service
     from crm_sales.app import SPEC
-    from crm_sales.settings import SalesSettings
 
-    settings = SalesSettings(
-        environment="test",
-        database_url=await test_infra.database("sales"),
-        nats_url=test_infra.nats_url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        migrate_on_start=True,
-        identity_service_addr=identity_service.address,
-        customers_service_addr=customers_for_sales.address,
-        reclaim_interval_seconds=0,
+    from tests.sales.helpers import sales_settings
+
+    settings = sales_settings(
+        test_infra,
+        await test_infra.database("sales"),
+        identity_service,
+        customers_for_sales,
         database_pool_size=20,
     )
     async with running_service(SPEC, settings) as service:
@@ -109,20 +105,9 @@ def forecasts(sales_channel):
 
 @pytest.fixture
 def outbox(sales_service):
-    """The event types the sales service recorded for an aggregate (what the relay publishes)."""
-    from crm.common.v1 import event_pb2
-    from crm_kit.events.outbox import OutboxEvent
-    from sqlalchemy import select
+    """The events the sales service recorded for an aggregate (what the relay publishes)."""
+    import functools
 
-    async def events(aggregate_id: str) -> list[event_pb2.EventEnvelope]:
-        async with sales_service.runtime.db.read() as session:
-            rows = (
-                await session.scalars(
-                    select(OutboxEvent.envelope)
-                    .where(OutboxEvent.aggregate_id == aggregate_id)
-                    .order_by(OutboxEvent.seq)
-                )
-            ).all()
-        return [event_pb2.EventEnvelope.FromString(r) for r in rows]
+    from tests.sales.helpers import recorded_events
 
-    return events
+    return functools.partial(recorded_events, sales_service)

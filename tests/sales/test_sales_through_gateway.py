@@ -250,6 +250,7 @@ async def test_collection_tasks_and_the_forecast_through_the_api(api, identity):
             "paid": "150.50",
             "outstanding": "849.50",
             "overdue": "249.50",
+            "refunded": "0.00",
         }
     ]
     task = await api.post(

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2
 from crm_kit.db import Database, UnitOfWork
 from crm_kit.events.outbox import OutboxEvent
+from crm_kit.testing import eventually  # noqa: F401  (the event tests import it from here)
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from sqlalchemy import func, select
@@ -61,26 +56,6 @@ async def unpublished(db: Database) -> int:
 
 async def all_published(db: Database) -> bool:
     return await unpublished(db) == 0
-
-
-async def eventually(
-    condition: Callable[[], Any | Awaitable[Any]],
-    *,
-    within: float = 15.0,
-    interval: float = 0.02,
-    what: str = "",
-) -> Any:
-    """Wait until `condition()` is truthy (it may be async); fail the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
-        await asyncio.sleep(interval)
 
 
 def versions_by_aggregate(envelopes: list[event_pb2.EventEnvelope]) -> dict[str, list[int]]:

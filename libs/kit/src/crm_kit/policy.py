@@ -84,6 +84,7 @@ class PolicyView:
     def __init__(self, policy: identity_pb2.Policy):
         self.tenant_id = policy.tenant_id
         self.roles = {r.id: r for r in policy.roles}
+        self.departments = frozenset(d.id for d in policy.departments)
         self.children: dict[str, list[str]] = {}
         for d in policy.departments:
             self.children.setdefault(d.parent_id, []).append(d.id)

@@ -11,9 +11,11 @@ Enable with `pytest_plugins = ["crm_kit.testing"]` in a conftest.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +89,27 @@ async def running_service(spec: Any, settings: Any) -> AsyncIterator[Any]:
         yield service
     finally:
         await service.stop(grace_seconds=1)
+
+
+async def eventually(
+    condition: Callable[[], Any | Awaitable[Any]],
+    *,
+    within: float = 15.0,
+    interval: float = 0.02,
+    what: str = "",
+) -> Any:
+    """Wait until `condition()` is truthy (it may be async) and return it; fail the test after `within`
+    seconds. For what happens in the background: events consumed, a standby taking over."""
+    deadline = time.monotonic() + within
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
+        await asyncio.sleep(interval)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,10 +1,9 @@
 """The sales service: what it adds to the kit's skeleton — its servicers, its public web-form methods, and
-the periodic lead reclaim job."""
+the periodic jobs (lead reclaim, overdue instalments, renewal and task reminders), run by one replica at a
+time."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -16,9 +15,11 @@ from crm.sales.v1 import (
     leads_pb2_grpc,
     pipelines_pb2_grpc,
     quotes_pb2_grpc,
+    settings_pb2_grpc,
 )
 from crm_kit.db import Database
 from crm_kit.grpc_server import Servicer
+from crm_kit.leader import PeriodicJob
 from crm_kit.service import Parts, Runtime, ServiceSpec
 
 from crm_sales.api import activities as activities_api
@@ -26,13 +27,16 @@ from crm_sales.api import contracts as contracts_api
 from crm_sales.api import leads as leads_api
 from crm_sales.api import pipelines as pipelines_api
 from crm_sales.api import quotes as quotes_api
+from crm_sales.api import settings as settings_api
 from crm_sales.clock import Clock
-from crm_sales.domain import activities, contracts, leads
+from crm_sales.domain import activities, contracts, leads, merges
 from crm_sales.domain.common import People
 from crm_sales.domain.conversion import Converter
 from crm_sales.settings import SalesSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The advisory lock whose holder runs the periodic jobs (see crm_kit.leader).
+JOBS_LOCK = "crm.sales.jobs"
 log = logging.getLogger("crm.sales")
 
 
@@ -62,15 +66,10 @@ async def run_jobs_once(db: Database, clock: Clock) -> dict[str, int]:
             return counts
 
 
-async def _jobs_forever(db: Database, clock: Clock, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            counts = await run_jobs_once(db, clock)
-            if any(counts.values()):
-                log.info("sales jobs: %s", counts)
-        except Exception:  # the next run tries again; one bad run must not stop the jobs
-            log.exception("sales jobs run failed")
+async def _run_and_log(db: Database, clock: Clock) -> None:
+    counts = await run_jobs_once(db, clock)
+    if any(counts.values()):
+        log.info("sales jobs: %s", counts)
 
 
 async def build(runtime: Runtime) -> Parts:
@@ -119,19 +118,28 @@ async def build(runtime: Runtime) -> Parts:
                 activities_api.ForecastsApi(db=runtime.db, policies=policies),
                 activities_api.FORECASTS.full_name,
             ),
+            Servicer(
+                settings_pb2_grpc.add_SalesSettingsServiceServicer_to_server,
+                settings_api.SalesSettingsApi(db=runtime.db, policies=policies),
+                settings_api.SERVICE.full_name,
+            ),
         ],
         public_methods=leads_api.PUBLIC_METHODS,
+        # Customers' merges (and their undo) re-point sales' references to accounts and contacts.
+        consumers=[merges.CONSUMER],
     )
     parts.clock = clock  # type: ignore[attr-defined]  # tests move time with it
     if settings.reclaim_interval_seconds > 0:
-        task = asyncio.create_task(_jobs_forever(runtime.db, clock, settings.reclaim_interval_seconds))
-
-        async def stop_reclaim() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        parts.on_stop.append(stop_reclaim)
+        # One replica at a time runs the jobs: the leader of the jobs lock on the sales database.
+        jobs = PeriodicJob(
+            runtime.db.url,
+            JOBS_LOCK,
+            lambda: _run_and_log(runtime.db, clock),
+            interval=settings.reclaim_interval_seconds,
+        )
+        await jobs.start()
+        parts.jobs = jobs  # type: ignore[attr-defined]  # tests watch which replica runs them
+        parts.on_stop.append(jobs.stop)
     return parts
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     Numeric,
     String,
     Text,
@@ -489,6 +490,7 @@ class Payment(TenantOwned, Timestamped, Base):
     reference: Mapped[str] = mapped_column(String(200), default="")
     recorded_by: Mapped[str] = mapped_column(String(64))
     owner_id: Mapped[str] = mapped_column(String(36))
+    refunded_amount: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
 
 
 # ---------------------------------------------------------------- tasks, activities, forecast targets
@@ -545,3 +547,83 @@ class ForecastTarget(TenantOwned, Versioned, Base):
     collection_target: Mapped[Decimal] = mapped_column(MONEY, default=Decimal(0))
 
     __table_args__ = (UniqueConstraint("tenant_id", "period", "owner_id", "department_id", "currency"),)
+
+
+# ---------------------------------------------------------------- customers' merges, followed here
+
+
+class CustomerMerge(TenantOwned, Base):
+    """A customers merge as sales followed it: every reference it moved here, with its value before and after,
+    so that undoing the merge moves back exactly those (and only while they still name the survivor)."""
+
+    __tablename__ = "customer_merges"
+    # The customers service's merge id.
+    merge_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    record_type: Mapped[str] = mapped_column(String(10))
+    survivor_id: Mapped[str] = mapped_column(String(36))
+    merged_ids: Mapped[list[str]] = mapped_column(ARRAY(String(36)), default=list)
+    # "followed" (references moved to the survivor) or "undone" (moved back, or the undo came first).
+    status: Mapped[str] = mapped_column(String(10))
+    # [{"table", "id", "column", "object_type", "object_id", "before", "after"}]
+    moves: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    moved_back: Mapped[int] = mapped_column(Integer, default=0)
+    followed_at: Mapped[dt.datetime | None] = _ts()
+    undone_at: Mapped[dt.datetime | None] = _ts()
+
+
+# Merges re-point references by account or contact id (crm_sales.domain.merges): one index per reference.
+MERGE_REFERENCE_INDEXES = [
+    Index(f"ix_{model.__tablename__}_tenant_{column}", model.tenant_id, getattr(model, column))
+    for model, column in (
+        (Lead, "converted_account_id"),
+        (Lead, "converted_contact_id"),
+        (Opportunity, "account_id"),
+        (Opportunity, "contact_id"),
+        (Quote, "account_id"),
+        (Quote, "contact_id"),
+        (Contract, "account_id"),
+        (Order, "account_id"),
+        (PaymentPlan, "account_id"),
+        (Payment, "account_id"),
+    )
+]
+
+
+class Refund(TenantOwned, Timestamped, Base):
+    """Money paid back against a payment (append-only); the payment's `refunded_amount` is their sum."""
+
+    __tablename__ = "refunds"
+    id: Mapped[str] = _id()
+    payment_id: Mapped[str] = mapped_column(String(36), index=True)
+    instalment_id: Mapped[str] = mapped_column(String(36))
+    plan_id: Mapped[str] = mapped_column(String(36), index=True)
+    account_id: Mapped[str] = mapped_column(String(36), default="")
+    amount: Mapped[Decimal] = mapped_column(MONEY)
+    currency: Mapped[str] = mapped_column(String(3))
+    refund_date: Mapped[dt.date] = mapped_column(Date)
+    reason: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(20))
+    reference: Mapped[str] = mapped_column(String(200), default="")
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(String(36))
+
+    __table_args__ = (Index("ix_refunds_tenant_account_id", "tenant_id", "account_id"),)
+
+
+# ---------------------------------------------------------------- the tenant's sales settings
+
+
+class SalesSettings(TenantOwned, Timestamped, Versioned, Base):
+    """One row per tenant: the letterhead of quote and contract PDFs."""
+
+    __tablename__ = "sales_settings"
+    tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    company_name: Mapped[str] = mapped_column(String(300), default="")
+    company_name_en: Mapped[str] = mapped_column(String(300), default="")
+    address: Mapped[str] = mapped_column(String(500), default="")
+    address_en: Mapped[str] = mapped_column(String(500), default="")
+    phone: Mapped[str] = mapped_column(String(50), default="")
+    tax_number: Mapped[str] = mapped_column(String(50), default="")
+    logo: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    logo_content_type: Mapped[str] = mapped_column(String(20), default="")
+    logo_sha256: Mapped[str] = mapped_column(String(64), default="")

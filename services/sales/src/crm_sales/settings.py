@@ -11,8 +11,9 @@ class SalesSettings(ServiceSettings):
     grpc_port: int = 50053
     # Signs the "form shown at" stamps of public web forms (time-to-submit check); the same on every replica.
     form_secret: str = LOCAL_FORM_SECRET
-    # How often each replica runs the periodic jobs: lead reclaim, overdue instalments, renewal reminders
-    # (0: never; operators can call RunLeadReclaim and RunCollectionJobs).
+    # How often the periodic jobs run: lead reclaim, overdue instalments, renewal and task reminders. They run
+    # in one replica at a time, the leader of an advisory lock on the sales database (0: never; operators can
+    # call RunLeadReclaim and RunCollectionJobs).
     reclaim_interval_seconds: float = 300.0
     customers_service_addr: str = Field(
         default="127.0.0.1:50052",

@@ -2,13 +2,12 @@
 
 Why it is built this way:
 
-- One active relay per database. Every replica of a service runs a relay, but only the one holding a
-  PostgreSQL advisory lock publishes; the others wait on that lock (`pg_advisory_lock`, blocking) on their own
-  dedicated connection. A session lock dies with its session, so when the active replica crashes, is killed or
-  loses its connection, PostgreSQL releases the lock and a standby acquires it at once: no lease to tune, no
-  row published by two relays at the same time, and a single publisher keeps `seq` order. The relay reads and
-  marks rows on the very connection that holds the lock, so a relay that lost its lock also fails its next query
-  and stops before it can publish again.
+- One active relay per database. Every replica of a service runs a relay, but only the leader of the
+  database's relay lock publishes (`crm_kit.leader.Leader`: a PostgreSQL session advisory lock on a dedicated
+  connection; standbys wait on it and take over at once when the active replica dies): no row published by two
+  relays at the same time, and a single publisher keeps `seq` order. The relay reads and marks rows on the very
+  connection that holds the lock, so a relay that lost its lock also fails its next query and stops before it
+  can publish again.
 - At least once, de-duplicated. Rows are marked only after JetStream acked them. A crash between the ack and the
   mark makes the next relay publish those rows again, with the same `Nats-Msg-Id` (the envelope id), and
   JetStream's duplicate window drops the copies; the ack says `duplicate` and the relay counts it as such.
@@ -47,13 +46,13 @@ import asyncpg
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
-from sqlalchemy.engine import make_url
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from crm_kit.db import Database
 from crm_kit.events.config import EventSettings
 from crm_kit.events.outbox import OUTBOX_CHANNEL
 from crm_kit.events.subjects import namespaced
+from crm_kit.leader import Leader, asyncpg_dsn
 
 log = logging.getLogger("crm.events.relay")
 
@@ -83,11 +82,6 @@ PRUNE_IDEMPOTENT_REQUESTS = (
 )
 IDEMPOTENT_REQUEST_RETENTION = 48 * 3600.0
 PRUNE_BATCH = 5000
-
-
-def asyncpg_dsn(sqlalchemy_url: str) -> str:
-    """`postgresql+asyncpg://…` -> `postgresql://…` (query, e.g. a unix socket `?host=`, kept)."""
-    return make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class _RecentSeqs:
@@ -146,19 +140,31 @@ class OutboxRelay:
         # Events this relay stored in JetStream first, and publishes JetStream reported as duplicates.
         self.published = 0
         self.duplicates = 0
-        # Set while this relay holds the lock and publishes; for health checks and tests.
-        self.active = asyncio.Event()
         # Set while the active relay waits for work (all caught up); for tests and health checks.
         self.idle = asyncio.Event()
-        self.backend_pid: int | None = None
         self._wake = asyncio.Event()
-        self._stop = asyncio.Event()
         self._retry = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._conn: asyncpg.Connection | None = None
         # Acked but not yet marked: marked by the next fetch, in the same round trip (see `_lead`).
         self._unmarked: list[int] = []
         self._seen = _RecentSeqs()
+        self.leader = Leader(
+            self.dsn,
+            RELAY_LOCK,
+            self._lead_and_reset,
+            name=name,
+            server_settings={"synchronous_commit": "off"},
+            max_backoff=self.settings.relay_max_backoff,
+            wake=self.wake,
+        )
+
+    @property
+    def active(self) -> asyncio.Event:
+        """Set while this relay holds the lock and publishes; for health checks and tests."""
+        return self.leader.active
+
+    @property
+    def backend_pid(self) -> int | None:
+        return self.leader.backend_pid
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -171,92 +177,27 @@ class OutboxRelay:
         self._retry.set()
 
     async def start(self) -> None:
-        if self._task is not None:
-            return
-        self._stop.clear()
-        self.database.after_commit_hooks.append(self.wake)
-        self._task = asyncio.create_task(self._run(), name=self.name)
+        if self.wake not in self.database.after_commit_hooks:
+            self.database.after_commit_hooks.append(self.wake)
+        await self.leader.start()
 
     async def stop(self) -> None:
         """Finish the batch in flight (its acks and its mark), release the lock, return."""
-        if self._task is None:
-            return
-        self._stop.set()
-        self._wake.set()
         with contextlib.suppress(ValueError):
             self.database.after_commit_hooks.remove(self.wake)
-        try:
-            await self._task
-        finally:
-            self._task = None
+        await self.leader.stop()
 
     # -- the loop --------------------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                conn = await asyncpg.connect(
-                    self.dsn,
-                    server_settings={
-                        "application_name": self.name,
-                        "synchronous_commit": "off",
-                        # Notice a dead peer within ~30 s over TCP, so its lock is freed for a standby.
-                        "tcp_keepalives_idle": "10",
-                        "tcp_keepalives_interval": "5",
-                        "tcp_keepalives_count": "3",
-                    },
-                )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                failures += 1
-                log.warning("relay cannot reach PostgreSQL (attempt %s): %s", failures, exc)
-                if not await self._pause(self._backoff(failures)):
-                    return
-                continue
-            self._conn = conn
-            self.backend_pid = conn.get_server_pid()
-            try:
-                if not await self._acquire(conn):
-                    return
-                failures = 0
-                self.active.set()
-                log.info("relay %s is now the active relay of its database", self.name)
-                await self._lead(conn)
-            except _Stopped:
-                return
-            except Exception as exc:
-                if self._stop.is_set():
-                    return
-                failures += 1
-                if isinstance(exc, OSError | asyncpg.PostgresError | asyncpg.InterfaceError | TimeoutError):
-                    log.warning("relay lost its PostgreSQL connection, stepping down: %s", exc)
-                else:
-                    log.exception("relay failed unexpectedly, stepping down")
-            finally:
-                # Closing the session releases the lock, so a standby takes over while this one backs off.
-                self.active.clear()
-                self.idle.clear()
-                self._unmarked.clear()
-                self._seen.clear()
-                self._conn = None
-                await self._close(conn)
-            if not await self._pause(self._backoff(failures)):
-                return
-
-    async def _acquire(self, conn: asyncpg.Connection) -> bool:
-        """Block until this relay holds the lock (True) or stop() is called (False)."""
-        lock = asyncio.ensure_future(conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK))
-        stopped = asyncio.ensure_future(self._stop.wait())
+    async def _lead_and_reset(self, conn: asyncpg.Connection) -> None:
         try:
-            await asyncio.wait({lock, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await self._lead(conn)
+        except _Stopped:
+            return
         finally:
-            stopped.cancel()
-        if not lock.done():
-            lock.cancel()
-            conn.terminate()
-            return False
-        lock.result()
-        return not self._stop.is_set()
+            self.idle.clear()
+            self._unmarked.clear()
+            self._seen.clear()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         """Publish while holding the lock.
@@ -272,7 +213,7 @@ class OutboxRelay:
         next_prune = 0.0
         batch_size = self.settings.relay_batch_size
         try:
-            while not self._stop.is_set():
+            while not self.leader.stopping.is_set():
                 self._wake.clear()
                 marking, self._unmarked = self._unmarked, []
                 rows = await fetch.fetch(batch_size, marking)
@@ -388,39 +329,18 @@ class OutboxRelay:
             try:
                 while True:
                     status = await conn.execute(statement, retention, PRUNE_BATCH)
-                    if int(status.split()[-1]) < PRUNE_BATCH or self._stop.is_set():
+                    if int(status.split()[-1]) < PRUNE_BATCH or self.leader.stopping.is_set():
                         break
             except asyncpg.UndefinedTableError:
                 log.warning("cannot prune: %s", statement.split()[2])
 
     # -- waiting ---------------------------------------------------------------------------------------------
 
-    def _backoff(self, failures: int) -> float:
-        return min(self.settings.relay_max_backoff, 0.05 * 2 ** min(failures, 16))
-
-    async def _pause(self, seconds: float, *events: asyncio.Event) -> bool:
-        """Sleep until `seconds` pass, stop() is called, or one of `events` is set; False when stopped."""
-        waiters = [asyncio.ensure_future(e.wait()) for e in (self._stop, *events)]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-        return not self._stop.is_set()
-
     async def _sleep(self, seconds: float) -> None:
         """tenacity's sleep between publish attempts: cut short by stop() or a NATS reconnect."""
-        if not await self._pause(seconds, self._retry):
+        if not await self.leader.pause(seconds, self._retry):
             raise _Stopped
 
     def _log_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning("relay publish attempt %s failed, retrying: %s", state.attempt_number, exc)
-
-    @staticmethod
-    async def _close(conn: asyncpg.Connection) -> None:
-        try:
-            async with asyncio.timeout(2):
-                await conn.close()
-        except Exception:
-            conn.terminate()

@@ -1,7 +1,15 @@
 """Sales' REST face: leads and lead pools, web forms (with the public submit), pipelines, opportunities and
 the kanban board. Fields, types and schemas come from protos/crm/sales/v1/*.proto."""
 
-from crm.sales.v1 import activities_pb2, contracts_pb2, forecasts_pb2, leads_pb2, pipelines_pb2, quotes_pb2
+from crm.sales.v1 import (
+    activities_pb2,
+    contracts_pb2,
+    forecasts_pb2,
+    leads_pb2,
+    pipelines_pb2,
+    quotes_pb2,
+    settings_pb2,
+)
 
 from crm_gateway.routing import Route, ServiceRoutes
 
@@ -331,3 +339,60 @@ FORECASTS = ServiceRoutes(
 )
 
 SALES = [LEADS, PIPELINES, QUOTES, CONTRACTS, ACTIVITIES, FORECASTS]
+
+# Collection after the plan: re-scheduling and refunds.
+COLLECTION = ServiceRoutes(
+    name="sales",
+    service=contracts_pb2.DESCRIPTOR.services_by_name["ContractsService"],
+    routes=[
+        Route(
+            "PUT",
+            "/payment-plans/{id}/instalments",
+            "UpdatePaymentPlan",
+            unwrap="plan",
+            tag="payment-plans",
+            summary="Re-schedule a plan: its instalments after the change, all of them (same total)",
+        ),
+        Route(
+            "POST",
+            "/payments/{payment_id}/refunds",
+            "RefundPayment",
+            status=201,
+            summary="Pay back (part of) a payment: the instalment owes it again",
+        ),
+        Route("GET", "/refunds", "ListRefunds", tag="payments"),
+    ],
+)
+SALES.append(COLLECTION)
+
+# The contract PDF and the tenant's letterhead (sales settings) on quote and contract PDFs.
+DOCUMENTS = ServiceRoutes(
+    name="sales",
+    service=contracts_pb2.DESCRIPTOR.services_by_name["ContractsService"],
+    routes=[
+        Route(
+            "GET",
+            "/contracts/{id}/pdf",
+            "GetContractPdf",
+            binary="application/pdf",
+            tag="contracts",
+            summary="The contract as a PDF (Chinese or English, fonts embedded, with the letterhead)",
+        ),
+    ],
+)
+SALES_SETTINGS = ServiceRoutes(
+    name="sales",
+    service=settings_pb2.DESCRIPTOR.services_by_name["SalesSettingsService"],
+    routes=[
+        Route("GET", "/sales-settings", "GetSalesSettings", unwrap="settings"),
+        Route(
+            "PATCH",
+            "/sales-settings",
+            "UpdateSalesSettings",
+            unwrap="settings",
+            read_only=("logo_content_type", "logo_sha256"),
+            summary="Change the letterhead of quote and contract PDFs (administrators)",
+        ),
+    ],
+)
+SALES.extend([DOCUMENTS, SALES_SETTINGS])

@@ -90,7 +90,7 @@ class ForecastsApi(forecasts_pb2_grpc.ForecastsServiceServicer):
         pay = await self.policies.decide(principal, "payment", "read")
         team = None
         if request.department_id:
-            team = (await self.policies.get(principal.tenant_id)).subtree(request.department_id)
+            team = await forecasts.team(self.policies, principal.tenant_id, request.department_id)
         async with self.db.read() as session:
             return await forecasts.forecast(session, opp, pay, request, team=team)
 

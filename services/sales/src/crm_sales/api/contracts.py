@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+
 from crm.sales.v1 import contracts_pb2 as pb
 from crm.sales.v1 import contracts_pb2_grpc
 from crm_kit.db import Database
 from crm_kit.policy import PolicyCache
 
+from crm_sales import pdf
 from crm_sales.clock import Clock
-from crm_sales.domain import approvals, contracts
+from crm_sales.domain import approvals, collection, contracts, documents
 from crm_sales.domain.common import authorize, caller, from_ts
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ContractsService"]
@@ -175,3 +178,56 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
             if o < 500 and r < 500:
                 break
         return pb.RunCollectionJobsResponse(overdue=overdue, renewal_reminders=reminders)
+
+    # ------------------------------------------------------------ re-scheduling and refunds
+
+    async def UpdatePaymentPlan(self, request, context):
+        decision = await authorize(self.policies, "payment", "update")
+        async with self.db.unit_of_work() as uow:
+            plan = await collection.update_plan(uow, decision, request, now=self.clock.now())
+            message = await contracts.plan_pb(uow.session, plan)
+        return pb.UpdatePaymentPlanResponse(plan=message)
+
+    async def RefundPayment(self, request, context):
+        decision = await authorize(self.policies, "payment", "update")
+        async with self.db.unit_of_work() as uow:
+            refund, payment, inst = await collection.refund_payment(
+                uow, decision, request, now=self.clock.now()
+            )
+        return pb.RefundPaymentResponse(
+            refund=collection.refund_pb(refund),
+            payment=contracts.payment_pb(payment),
+            instalment=contracts.instalment_pb(inst),
+        )
+
+    async def ListRefunds(self, request, context):
+        decision = await authorize(self.policies, "payment", "read")
+        async with self.db.read() as session:
+            rows, cursor = await collection.list_refunds(session, decision, request)
+        return pb.ListRefundsResponse(items=[collection.refund_pb(r) for r in rows], next_cursor=cursor)
+
+    # ------------------------------------------------------------ the contract PDF
+
+    async def GetContractPdf(self, request, context):
+        decision = await authorize(self.policies, "contract", "read")
+        async with self.db.read() as session:
+            document = await documents.contract_document(
+                session,
+                decision,
+                await self._decide("quote"),
+                await self._decide("payment"),
+                request.id,
+                request.locale,
+            )
+        # Rendering is CPU work: off the event loop.
+        content = await asyncio.to_thread(
+            pdf.render_contract,
+            document.contract,
+            locale=document.locale,
+            letterhead=document.letterhead,
+            lines=document.lines,
+            instalments=document.instalments,
+        )
+        return pb.GetContractPdfResponse(
+            content=content, content_type="application/pdf", filename=document.filename
+        )

@@ -10,7 +10,7 @@ from crm_kit.policy import PolicyCache
 
 from crm_sales import models, pdf
 from crm_sales.clock import Clock
-from crm_sales.domain import approvals, catalog, quotes
+from crm_sales.domain import approvals, catalog, documents, quotes
 from crm_sales.domain.common import People, authorize, caller
 
 SERVICE = pb.DESCRIPTOR.services_by_name["QuotesService"]
@@ -148,10 +148,11 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
         decision = await authorize(self.policies, "quote", "read")
         async with self.db.read() as session:
             q = await quotes.get(session, decision, request.id)
+            letterhead = await documents.letterhead(session, q.tenant_id, q.locale)
         if q.status not in ("approved", "accepted"):
             raise Conflict("only an approved quote renders to a PDF", reason="quote_not_approved")
         # Rendering is CPU work: off the event loop.
-        content = await asyncio.to_thread(pdf.render_quote, q)
+        content = await asyncio.to_thread(pdf.render_quote, q, letterhead)
         return pb.GetQuotePdfResponse(
             content=content, content_type="application/pdf", filename=f"{q.number}-v{q.revision}.pdf"
         )

@@ -632,24 +632,29 @@ async def record_payment(
     return payment, inst
 
 
-async def list_payments(
-    session: AsyncSession, decision: Decision, request: pb.ListPaymentsRequest
-) -> tuple[list[models.Payment], str]:
-    keys = [SortKey(models.Payment.id, descending=True)]
+async def list_in_visible_plans(
+    session: AsyncSession, decision: Decision, model: Any, request: Any, filters: tuple[str, ...]
+) -> tuple[list[Any], str]:
+    """Rows of `model` (payments, refunds) whose plan the caller may see, filtered by the request's `filters`
+    fields that are set; newest first."""
+    keys = [SortKey(model.id, descending=True)]
     page = Page.of(request.page, len(keys))
     principal = caller()
     visible_plans = select(models.PaymentPlan.id).where(
         models.PaymentPlan.tenant_id == principal.tenant_id, scoped(decision, models.PaymentPlan)
     )
-    stmt = select(models.Payment).where(
-        models.Payment.tenant_id == principal.tenant_id, models.Payment.plan_id.in_(visible_plans)
-    )
-    if request.plan_id:
-        stmt = stmt.where(models.Payment.plan_id == request.plan_id)
-    if request.account_id:
-        stmt = stmt.where(models.Payment.account_id == request.account_id)
+    stmt = select(model).where(model.tenant_id == principal.tenant_id, model.plan_id.in_(visible_plans))
+    for f in filters:
+        if getattr(request, f):
+            stmt = stmt.where(getattr(model, f) == getattr(request, f))
     rows = (await session.scalars(page.apply(stmt, keys))).all()
     return page.split(rows, lambda r: [r.id])
+
+
+async def list_payments(
+    session: AsyncSession, decision: Decision, request: pb.ListPaymentsRequest
+) -> tuple[list[models.Payment], str]:
+    return await list_in_visible_plans(session, decision, models.Payment, request, ("plan_id", "account_id"))
 
 
 async def receivables(
@@ -677,6 +682,16 @@ async def receivables(
             .order_by(I.currency)
         )
     ).all()
+    R = models.Refund
+    refunded = dict(
+        (
+            await session.execute(
+                select(R.currency, func.sum(R.amount))
+                .where(R.tenant_id == principal.tenant_id, R.plan_id.in_(visible_plans))
+                .group_by(R.currency)
+            )
+        ).all()
+    )
     totals = [
         pb.ReceivableTotal(
             currency=cur,
@@ -684,6 +699,7 @@ async def receivables(
             paid=format(paid, "f"),
             outstanding=format(planned - paid, "f"),
             overdue=format(Decimal(overdue), "f"),
+            refunded=format(refunded.get(cur, Decimal("0.00")), "f"),
         )
         for cur, planned, paid, overdue in rows
     ]
@@ -721,6 +737,21 @@ RENEWALS = text(
 )
 
 
+def emit_overdue(uow: UnitOfWork, inst: models.Instalment, *, actor: event_pb2.Actor | None = None) -> None:
+    """The instalment just became overdue (by the job, or at once by a refund or a re-schedule)."""
+    uow.emit(
+        events_pb2.InstalmentOverdue(
+            instalment=instalment_pb(inst), account_id=inst.account_id, owner_id=inst.owner_id
+        ),
+        aggregate_type="instalment",
+        aggregate_id=inst.id,
+        aggregate_version=1,
+        action="overdue",
+        tenant_id=inst.tenant_id,
+        actor=actor,
+    )
+
+
 async def run_jobs(
     uow: UnitOfWork, *, now: dt.datetime, tenant_id: str | None, limit: int = 500
 ) -> tuple[int, int]:
@@ -737,17 +768,7 @@ async def run_jobs(
         assert inst is not None
         inst.status = "overdue"
         await session.flush()
-        uow.emit(
-            events_pb2.InstalmentOverdue(
-                instalment=instalment_pb(inst), account_id=inst.account_id, owner_id=inst.owner_id
-            ),
-            aggregate_type="instalment",
-            aggregate_id=inst.id,
-            aggregate_version=1,
-            action="overdue",
-            tenant_id=inst.tenant_id,
-            actor=SYSTEM_ACTOR,
-        )
+        emit_overdue(uow, inst, actor=SYSTEM_ACTOR)
     renewal_ids = (
         (await session.execute(RENEWALS, {"today": today, "tenant": tenant_id, "limit": limit}))
         .scalars()

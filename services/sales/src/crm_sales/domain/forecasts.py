@@ -16,7 +16,7 @@ from crm.sales.v1 import forecasts_pb2 as pb
 from crm_kit.db import UnitOfWork
 from crm_kit.errors import InvalidArgument
 from crm_kit.ids import new_id
-from crm_kit.policy import Decision
+from crm_kit.policy import Decision, PolicyCache
 from crm_kit.validation import Check
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,6 +44,18 @@ def period_range(period: str) -> tuple[dt.date, dt.date]:
         first, last = 3 * q - 2, 3 * q
         return dt.date(year, first, 1), dt.date(year, last, calendar.monthrange(year, last)[1])
     return dt.date(year, 1, 1), dt.date(year, 12, 31)
+
+
+async def team(policies: PolicyCache, tenant_id: str, department_id: str) -> frozenset[str]:
+    """The team: the department and every department below it. One that is not the tenant's is a 422."""
+    view = await policies.get(tenant_id)
+    if department_id not in view.departments:
+        # Made a moment ago, before identity's event reached this replica: look again once.
+        policies.invalidate(tenant_id)
+        view = await policies.get(tenant_id)
+    if department_id not in view.departments:
+        raise InvalidArgument.for_field("department_id", "no such department")
+    return view.subtree(department_id)
 
 
 def _s(d: Any) -> str:

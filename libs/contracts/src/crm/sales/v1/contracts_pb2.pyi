@@ -345,6 +345,7 @@ class Payment(_message.Message):
     REFERENCE_FIELD_NUMBER: _builtins.int
     RECORDED_BY_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    REFUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     instalment_id: _builtins.str
     plan_id: _builtins.str
@@ -357,6 +358,8 @@ class Payment(_message.Message):
     """"bank_transfer", "cash", "cheque", "alipay", "wechat_pay", "card", "other"."""
     reference: _builtins.str
     recorded_by: _builtins.str
+    refunded_amount: _builtins.str
+    """What was paid back of it so far (see Refund)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -373,10 +376,11 @@ class Payment(_message.Message):
         reference: _builtins.str = ...,
         recorded_by: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        refunded_amount: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "created_at", b"created_at", "currency", b"currency", "id", b"id", "instalment_id", b"instalment_id", "method", b"method", "paid_date", b"paid_date", "plan_id", b"plan_id", "recorded_by", b"recorded_by", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "created_at", b"created_at", "currency", b"currency", "id", b"id", "instalment_id", b"instalment_id", "method", b"method", "paid_date", b"paid_date", "plan_id", b"plan_id", "recorded_by", b"recorded_by", "reference", b"reference", "refunded_amount", b"refunded_amount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -391,11 +395,14 @@ class ReceivableTotal(_message.Message):
     PAID_FIELD_NUMBER: _builtins.int
     OUTSTANDING_FIELD_NUMBER: _builtins.int
     OVERDUE_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
     planned: _builtins.str
     paid: _builtins.str
     outstanding: _builtins.str
     overdue: _builtins.str
+    refunded: _builtins.str
+    """Paid back (refunds); `paid` is already net of it."""
     def __init__(
         self,
         *,
@@ -404,10 +411,11 @@ class ReceivableTotal(_message.Message):
         paid: _builtins.str = ...,
         outstanding: _builtins.str = ...,
         overdue: _builtins.str = ...,
+        refunded: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "outstanding", b"outstanding", "overdue", b"overdue", "paid", b"paid", "planned", b"planned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "outstanding", b"outstanding", "overdue", b"overdue", "paid", b"paid", "planned", b"planned", "refunded", b"refunded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1319,3 +1327,313 @@ class RunCollectionJobsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunCollectionJobsResponse: _TypeAlias = RunCollectionJobsResponse  # noqa: Y015
+
+@_typing.final
+class InstalmentChange(_message.Message):
+    """---------------------------------------------------------------- re-scheduling and refunds"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """An instalment of the plan to keep; empty: a new instalment."""
+    due_date: _builtins.str
+    """"YYYY-MM-DD"."""
+    amount: _builtins.str
+    """Exact decimal, more than 0 and at least what was paid on the instalment."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        due_date: _builtins.str = ...,
+        amount: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "due_date", b"due_date", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstalmentChange: _TypeAlias = InstalmentChange  # noqa: Y015
+
+@_typing.final
+class UpdatePaymentPlanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    INSTALMENTS_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    expected_version: _builtins.int
+    """The plan's version the caller saw (If-Match); 0: no check."""
+    @_builtins.property
+    def instalments(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstalmentChange]:
+        """All the plan's instalments after the change (see UpdatePaymentPlan)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        instalments: _abc.Iterable[Global___InstalmentChange] | None = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "id", b"id", "instalments", b"instalments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePaymentPlanRequest: _TypeAlias = UpdatePaymentPlanRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePaymentPlanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___PaymentPlan: ...
+    def __init__(
+        self,
+        *,
+        plan: Global___PaymentPlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePaymentPlanResponse: _TypeAlias = UpdatePaymentPlanResponse  # noqa: Y015
+
+@_typing.final
+class Refund(_message.Message):
+    """Money paid back to the customer against one payment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    INSTALMENT_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    REFUND_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    payment_id: _builtins.str
+    instalment_id: _builtins.str
+    plan_id: _builtins.str
+    account_id: _builtins.str
+    amount: _builtins.str
+    """Exact decimal."""
+    currency: _builtins.str
+    refund_date: _builtins.str
+    """"YYYY-MM-DD"."""
+    reason: _builtins.str
+    method: _builtins.str
+    """As for payments: "bank_transfer", "cash", "cheque", "alipay", "wechat_pay", "card", "other"."""
+    reference: _builtins.str
+    recorded_by: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        payment_id: _builtins.str = ...,
+        instalment_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        refund_date: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        method: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        recorded_by: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "created_at", b"created_at", "currency", b"currency", "id", b"id", "instalment_id", b"instalment_id", "method", b"method", "payment_id", b"payment_id", "plan_id", b"plan_id", "reason", b"reason", "recorded_by", b"recorded_by", "reference", b"reference", "refund_date", b"refund_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Refund: _TypeAlias = Refund  # noqa: Y015
+
+@_typing.final
+class RefundPaymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REFUND_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    amount: _builtins.str
+    """Exact decimal, more than 0 and at most what is left of the payment after earlier refunds."""
+    refund_date: _builtins.str
+    """"YYYY-MM-DD", not before the payment; empty: today."""
+    reason: _builtins.str
+    """Why the money goes back (required)."""
+    method: _builtins.str
+    """Empty: the payment's method."""
+    reference: _builtins.str
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        refund_date: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        method: _builtins.str = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "method", b"method", "payment_id", b"payment_id", "reason", b"reason", "reference", b"reference", "refund_date", b"refund_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundPaymentRequest: _TypeAlias = RefundPaymentRequest  # noqa: Y015
+
+@_typing.final
+class RefundPaymentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUND_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    INSTALMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refund(self) -> Global___Refund: ...
+    @_builtins.property
+    def payment(self) -> Global___Payment: ...
+    @_builtins.property
+    def instalment(self) -> Global___Instalment: ...
+    def __init__(
+        self,
+        *,
+        refund: Global___Refund | None = ...,
+        payment: Global___Payment | None = ...,
+        instalment: Global___Instalment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment", "payment", b"payment", "refund", b"refund"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment", "payment", b"payment", "refund", b"refund"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundPaymentResponse: _TypeAlias = RefundPaymentResponse  # noqa: Y015
+
+@_typing.final
+class ListRefundsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    payment_id: _builtins.str
+    account_id: _builtins.str
+    @_builtins.property
+    def page(self) -> _paging_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        page: _paging_pb2.PageRequest | None = ...,
+        plan_id: _builtins.str = ...,
+        payment_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page", b"page", "payment_id", b"payment_id", "plan_id", b"plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefundsRequest: _TypeAlias = ListRefundsRequest  # noqa: Y015
+
+@_typing.final
+class ListRefundsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Refund]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___Refund] | None = ...,
+        next_cursor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_cursor", b"next_cursor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefundsResponse: _TypeAlias = ListRefundsResponse  # noqa: Y015
+
+@_typing.final
+class GetContractPdfRequest(_message.Message):
+    """---------------------------------------------------------------- the contract PDF"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    locale: _builtins.str
+    """"zh-CN" or "en"; empty: the language of the contract's quote, else "zh-CN"."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        locale: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "locale", b"locale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContractPdfRequest: _TypeAlias = GetContractPdfRequest  # noqa: Y015
+
+@_typing.final
+class GetContractPdfResponse(_message.Message):
+    """A file: the gateway answers with the bytes themselves."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    content_type: _builtins.str
+    filename: _builtins.str
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "filename", b"filename"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContractPdfResponse: _TypeAlias = GetContractPdfResponse  # noqa: Y015

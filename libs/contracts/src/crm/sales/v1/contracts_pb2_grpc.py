@@ -131,6 +131,26 @@ class ContractsServiceStub:
                 request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RunCollectionJobsRequest.SerializeToString,
                 response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RunCollectionJobsResponse.FromString,
                 _registered_method=True)
+        self.UpdatePaymentPlan = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/UpdatePaymentPlan',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanResponse.FromString,
+                _registered_method=True)
+        self.RefundPayment = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/RefundPayment',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentResponse.FromString,
+                _registered_method=True)
+        self.ListRefunds = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/ListRefunds',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsResponse.FromString,
+                _registered_method=True)
+        self.GetContractPdf = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/GetContractPdf',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfResponse.FromString,
+                _registered_method=True)
 
 
 class ContractsServiceServicer:
@@ -259,6 +279,37 @@ class ContractsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdatePaymentPlan(self, request, context):
+        """Re-schedule a plan that is not fully paid. The request lists the instalments after the change, all of
+        them: listed ids are kept (with the given due date and amount), entries without an id are added, the
+        others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
+        instalment keeps at least what was paid on it, and one with payments cannot be removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundPayment(self, request, context):
+        """Money paid back against a payment: the instalment owes it again (overdue at once when past due).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRefunds(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContractPdf(self, request, context):
+        """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
+        tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContractsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -356,6 +407,26 @@ def add_ContractsServiceServicer_to_server(servicer, server):
                     servicer.RunCollectionJobs,
                     request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RunCollectionJobsRequest.FromString,
                     response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RunCollectionJobsResponse.SerializeToString,
+            ),
+            'UpdatePaymentPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePaymentPlan,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanResponse.SerializeToString,
+            ),
+            'RefundPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundPayment,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentResponse.SerializeToString,
+            ),
+            'ListRefunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRefunds,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsResponse.SerializeToString,
+            ),
+            'GetContractPdf': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContractPdf,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -873,6 +944,114 @@ class ContractsService:
             '/crm.sales.v1.ContractsService/RunCollectionJobs',
             crm_dot_sales_dot_v1_dot_contracts__pb2.RunCollectionJobsRequest.SerializeToString,
             crm_dot_sales_dot_v1_dot_contracts__pb2.RunCollectionJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePaymentPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.sales.v1.ContractsService/UpdatePaymentPlan',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.sales.v1.ContractsService/RefundPayment',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRefunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.sales.v1.ContractsService/ListRefunds',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.ListRefundsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContractPdf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.sales.v1.ContractsService/GetContractPdf',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.GetContractPdfResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,19 @@ class ContractsServiceStub:
     past due become overdue, contracts near their end get a renewal reminder. The service runs the same
     step periodically.
     """
+    UpdatePaymentPlan: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.UpdatePaymentPlanRequest, _contracts_pb2.UpdatePaymentPlanResponse]
+    """Re-schedule a plan that is not fully paid. The request lists the instalments after the change, all of
+    them: listed ids are kept (with the given due date and amount), entries without an id are added, the
+    others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
+    instalment keeps at least what was paid on it, and one with payments cannot be removed.
+    """
+    RefundPayment: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.RefundPaymentRequest, _contracts_pb2.RefundPaymentResponse]
+    """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
+    ListRefunds: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]
+    GetContractPdf: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetContractPdfRequest, _contracts_pb2.GetContractPdfResponse]
+    """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
+    tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
+    """
 
 @_typing.type_check_only
 class ContractsServiceAsyncStub(ContractsServiceStub):
@@ -96,6 +109,19 @@ class ContractsServiceAsyncStub(ContractsServiceStub):
     """One step of the daily jobs for the caller's tenant at `now` (default: the service clock): instalments
     past due become overdue, contracts near their end get a renewal reminder. The service runs the same
     step periodically.
+    """
+    UpdatePaymentPlan: _aio.UnaryUnaryMultiCallable[_contracts_pb2.UpdatePaymentPlanRequest, _contracts_pb2.UpdatePaymentPlanResponse]  # type: ignore[assignment]
+    """Re-schedule a plan that is not fully paid. The request lists the instalments after the change, all of
+    them: listed ids are kept (with the given due date and amount), entries without an id are added, the
+    others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
+    instalment keeps at least what was paid on it, and one with payments cannot be removed.
+    """
+    RefundPayment: _aio.UnaryUnaryMultiCallable[_contracts_pb2.RefundPaymentRequest, _contracts_pb2.RefundPaymentResponse]  # type: ignore[assignment]
+    """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
+    ListRefunds: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]  # type: ignore[assignment]
+    GetContractPdf: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetContractPdfRequest, _contracts_pb2.GetContractPdfResponse]  # type: ignore[assignment]
+    """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
+    tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
     """
 
 class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -242,6 +268,43 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         """One step of the daily jobs for the caller's tenant at `now` (default: the service clock): instalments
         past due become overdue, contracts near their end get a renewal reminder. The service runs the same
         step periodically.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdatePaymentPlan(
+        self,
+        request: _contracts_pb2.UpdatePaymentPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.UpdatePaymentPlanResponse, _abc.Awaitable[_contracts_pb2.UpdatePaymentPlanResponse]]:
+        """Re-schedule a plan that is not fully paid. The request lists the instalments after the change, all of
+        them: listed ids are kept (with the given due date and amount), entries without an id are added, the
+        others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
+        instalment keeps at least what was paid on it, and one with payments cannot be removed.
+        """
+
+    @_abc_1.abstractmethod
+    def RefundPayment(
+        self,
+        request: _contracts_pb2.RefundPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.RefundPaymentResponse, _abc.Awaitable[_contracts_pb2.RefundPaymentResponse]]:
+        """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
+
+    @_abc_1.abstractmethod
+    def ListRefunds(
+        self,
+        request: _contracts_pb2.ListRefundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.ListRefundsResponse, _abc.Awaitable[_contracts_pb2.ListRefundsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetContractPdf(
+        self,
+        request: _contracts_pb2.GetContractPdfRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contracts_pb2.GetContractPdfResponse, _abc.Awaitable[_contracts_pb2.GetContractPdfResponse]]:
+        """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
+        tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
         """
 
 def add_ContractsServiceServicer_to_server(servicer: ContractsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

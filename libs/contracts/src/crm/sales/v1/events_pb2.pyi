@@ -10,6 +10,7 @@ from crm.sales.v1 import forecasts_pb2 as _forecasts_pb2
 from crm.sales.v1 import leads_pb2 as _leads_pb2
 from crm.sales.v1 import pipelines_pb2 as _pipelines_pb2
 from crm.sales.v1 import quotes_pb2 as _quotes_pb2
+from crm.sales.v1 import settings_pb2 as _settings_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -957,3 +958,178 @@ class ForecastTargetSet(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForecastTargetSet: _TypeAlias = ForecastTargetSet  # noqa: Y015
+
+@_typing.final
+class CustomerReferencesMoved(_message.Message):
+    """A customers merge (crm.customers.v1.RecordsMerged) reached a sales record: its references to the merged
+    accounts or contacts now name the survivor. Or the merge was undone (crm.customers.v1.MergeUndone) and the
+    references it moved name the merged records again (`undone`). One event per sales record that changed; the
+    envelope's `changes` carry each moved field's before and after.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERGE_ID_FIELD_NUMBER: _builtins.int
+    RECORD_TYPE_FIELD_NUMBER: _builtins.int
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    MERGED_IDS_FIELD_NUMBER: _builtins.int
+    OBJECT_TYPE_FIELD_NUMBER: _builtins.int
+    OBJECT_ID_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
+    merge_id: _builtins.str
+    record_type: _builtins.str
+    """"account" or "contact"."""
+    survivor_id: _builtins.str
+    object_type: _builtins.str
+    """"lead", "opportunity", "quote", "contract", "order", "payment_plan", "payment", "task" or "activity"."""
+    object_id: _builtins.str
+    undone: _builtins.bool
+    """False: moved to the survivor (the merge); true: moved back (its undo)."""
+    @_builtins.property
+    def merged_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The fields that changed: "account_id", "contact_id", "converted_account_id", "related_id", …; a part of the
+        record as "<part>.<id>.<field>", e.g. "instalments.<id>.account_id" of a payment plan.
+        """
+
+    def __init__(
+        self,
+        *,
+        merge_id: _builtins.str = ...,
+        record_type: _builtins.str = ...,
+        survivor_id: _builtins.str = ...,
+        merged_ids: _abc.Iterable[_builtins.str] | None = ...,
+        object_type: _builtins.str = ...,
+        object_id: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+        undone: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "merge_id", b"merge_id", "merged_ids", b"merged_ids", "object_id", b"object_id", "object_type", b"object_type", "record_type", b"record_type", "survivor_id", b"survivor_id", "undone", b"undone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerReferencesMoved: _TypeAlias = CustomerReferencesMoved  # noqa: Y015
+
+@_typing.final
+class CustomerMergeFollowed(_message.Message):
+    """Sales has followed a customers merge, or its undo: `references_moved` references changed (each with its own
+    CustomerReferencesMoved).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MERGE_ID_FIELD_NUMBER: _builtins.int
+    RECORD_TYPE_FIELD_NUMBER: _builtins.int
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    MERGED_IDS_FIELD_NUMBER: _builtins.int
+    REFERENCES_MOVED_FIELD_NUMBER: _builtins.int
+    UNDONE_FIELD_NUMBER: _builtins.int
+    merge_id: _builtins.str
+    record_type: _builtins.str
+    """"account" or "contact"."""
+    survivor_id: _builtins.str
+    references_moved: _builtins.int
+    undone: _builtins.bool
+    @_builtins.property
+    def merged_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        merge_id: _builtins.str = ...,
+        record_type: _builtins.str = ...,
+        survivor_id: _builtins.str = ...,
+        merged_ids: _abc.Iterable[_builtins.str] | None = ...,
+        references_moved: _builtins.int = ...,
+        undone: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["merge_id", b"merge_id", "merged_ids", b"merged_ids", "record_type", b"record_type", "references_moved", b"references_moved", "survivor_id", b"survivor_id", "undone", b"undone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomerMergeFollowed: _TypeAlias = CustomerMergeFollowed  # noqa: Y015
+
+@_typing.final
+class PaymentPlanUpdated(_message.Message):
+    """A payment plan was re-scheduled (instalments added, changed or removed; the total stays). The envelope's
+    changes hold the instalments before and after.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    REMOVED_INSTALMENT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> _contracts_pb2.PaymentPlan: ...
+    @_builtins.property
+    def removed_instalment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        plan: _contracts_pb2.PaymentPlan | None = ...,
+        removed_instalment_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "removed_instalment_ids", b"removed_instalment_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentPlanUpdated: _TypeAlias = PaymentPlanUpdated  # noqa: Y015
+
+@_typing.final
+class PaymentRefunded(_message.Message):
+    """Money was paid back against a payment; `instalment` owes it again (see InstalmentOverdue when past due)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUND_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    INSTALMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def refund(self) -> _contracts_pb2.Refund: ...
+    @_builtins.property
+    def payment(self) -> _contracts_pb2.Payment: ...
+    @_builtins.property
+    def instalment(self) -> _contracts_pb2.Instalment: ...
+    def __init__(
+        self,
+        *,
+        refund: _contracts_pb2.Refund | None = ...,
+        payment: _contracts_pb2.Payment | None = ...,
+        instalment: _contracts_pb2.Instalment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment", "payment", b"payment", "refund", b"refund"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instalment", b"instalment", "payment", b"payment", "refund", b"refund"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentRefunded: _TypeAlias = PaymentRefunded  # noqa: Y015
+
+@_typing.final
+class SalesSettingsUpdated(_message.Message):
+    """The tenant's sales settings (the letterhead) changed. The logo itself is left out (see logo_sha256)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _settings_pb2.SalesSettings: ...
+    def __init__(
+        self,
+        *,
+        settings: _settings_pb2.SalesSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SalesSettingsUpdated: _TypeAlias = SalesSettingsUpdated  # noqa: Y015
