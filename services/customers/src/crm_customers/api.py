@@ -14,7 +14,7 @@ from crm_kit.policy import Decision, PolicyCache
 from sqlalchemy import select
 
 from crm_customers import models
-from crm_customers.domain import accounts, contacts, finder, interactions, relationships, saved_views
+from crm_customers.domain import accounts, contacts, dedup, finder, interactions, relationships, saved_views
 from crm_customers.domain import custom_fields as cf
 from crm_customers.domain.common import RECORD_TYPES, authorize, caller, check_writable, get_owned
 
@@ -49,6 +49,10 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
     async def _read_decision(self, obj: str) -> Decision:
         return await authorize(self.policies, obj, "read")
 
+    async def _sees(self, obj: str) -> Decision:
+        """The caller's read decision, allowed or not (what duplicate candidates may show of records)."""
+        return await self.policies.decide(caller(), obj, "read")
+
     # ------------------------------------------------------------ accounts
 
     async def _account_out(self, row: models.Account, *, rollups: bool = True) -> pb.Account:
@@ -64,8 +68,16 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         check_writable(decision, accounts.given_fields(request.account))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "account")
-            row = await accounts.create(uow, request.account, defs=defs, department_of=self.department_of)
-        return pb.CreateAccountResponse(account=await self._account_out(row, rollups=False))
+            row = await accounts.create(
+                uow,
+                request.account,
+                defs=defs,
+                department_of=self.department_of,
+                read=await self._sees("account"),
+            )
+        return pb.CreateAccountResponse(
+            account=await self._account_out(row, rollups=False), duplicates=dedup.warnings_of(row)
+        )
 
     async def GetAccount(self, request, context):
         decision = await self._read_decision("account")
@@ -113,8 +125,17 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         check_writable(decision, accounts.writable_paths(paths, request.account))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "account")
-            row = await accounts.update(uow, request, decision, defs=defs, department_of=self.department_of)
-        return pb.UpdateAccountResponse(account=await self._account_out(row))
+            row = await accounts.update(
+                uow,
+                request,
+                decision,
+                defs=defs,
+                department_of=self.department_of,
+                read=await self._sees("account"),
+            )
+        return pb.UpdateAccountResponse(
+            account=await self._account_out(row), duplicates=dedup.warnings_of(row)
+        )
 
     async def DeleteAccount(self, request, context):
         decision = await authorize(self.policies, "account", "delete")
@@ -171,8 +192,16 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         check_writable(decision, contacts.given_fields(request.contact))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "contact")
-            row = await contacts.create(uow, request.contact, defs=defs, department_of=self.department_of)
-        return pb.CreateContactResponse(contact=await self._contact_out(row))
+            row = await contacts.create(
+                uow,
+                request.contact,
+                defs=defs,
+                department_of=self.department_of,
+                read=await self._sees("contact"),
+            )
+        return pb.CreateContactResponse(
+            contact=await self._contact_out(row), duplicates=dedup.warnings_of(row)
+        )
 
     async def GetContact(self, request, context):
         decision = await self._read_decision("contact")
@@ -222,8 +251,17 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         check_writable(decision, contacts.writable_paths(paths, request.contact))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "contact")
-            row = await contacts.update(uow, request, decision, defs=defs, department_of=self.department_of)
-        return pb.UpdateContactResponse(contact=await self._contact_out(row))
+            row = await contacts.update(
+                uow,
+                request,
+                decision,
+                defs=defs,
+                department_of=self.department_of,
+                read=await self._sees("contact"),
+            )
+        return pb.UpdateContactResponse(
+            contact=await self._contact_out(row), duplicates=dedup.warnings_of(row)
+        )
 
     async def DeleteContact(self, request, context):
         decision = await authorize(self.policies, "contact", "delete")

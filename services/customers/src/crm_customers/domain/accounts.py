@@ -481,10 +481,16 @@ async def insert(uow: UnitOfWork, row: models.Account) -> models.Account:
 
 
 async def create(
-    uow: UnitOfWork, src: pb.Account, *, defs: dict[str, models.CustomField], department_of: DepartmentOf
+    uow: UnitOfWork,
+    src: pb.Account,
+    *,
+    defs: dict[str, models.CustomField],
+    department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Account:
+    """`read`: the caller's read decision, which says what the duplicate candidates may show (see dedup)."""
     row = await prepare(uow.session, src, defs=defs, department_of=department_of)
-    await dedup.enforce(uow, "account", row, mode="create")  # duplicate rules: 409 when blocked
+    await dedup.enforce(uow, "account", row, mode="create", read=read)  # duplicate rules: 409 when blocked
     return await insert(uow, row)
 
 
@@ -721,6 +727,7 @@ async def apply_update(
     *,
     defs: dict[str, models.CustomField],
     department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Account:
     """Change the fields in `paths` of a loaded (locked) row; emits the events when anything changed."""
     check_mask(paths)
@@ -750,7 +757,7 @@ async def apply_update(
     check.done()
     refresh_derived(row, defs)
     if set(paths) & set(DEDUP_FIELDS):
-        await dedup.enforce(uow, "account", row, mode="update")  # duplicate rules: 409 when blocked
+        await dedup.enforce(uow, "account", row, mode="update", read=read)  # 409 when blocked
     await _apply_tier(uow.session, row)
     after = snapshot(row)
     if after == before:
@@ -817,12 +824,15 @@ async def update(
     *,
     defs: dict[str, models.CustomField],
     department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Account:
     paths = list(request.update_mask.paths)
     check_mask(paths)
     row = await get_owned(uow.session, models.Account, "account", request.id, decision=decision, lock=True)
     expect_version(row, request.expected_version)
-    return await apply_update(uow, row, request.account, paths, defs=defs, department_of=department_of)
+    return await apply_update(
+        uow, row, request.account, paths, defs=defs, department_of=department_of, read=read
+    )
 
 
 async def delete(

@@ -345,10 +345,16 @@ async def insert(uow: UnitOfWork, row: models.Contact) -> models.Contact:
 
 
 async def create(
-    uow: UnitOfWork, src: pb.Contact, *, defs: dict[str, models.CustomField], department_of: DepartmentOf
+    uow: UnitOfWork,
+    src: pb.Contact,
+    *,
+    defs: dict[str, models.CustomField],
+    department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Contact:
+    """`read`: the caller's read decision, which says what the duplicate candidates may show (see dedup)."""
     row = await prepare(uow.session, src, defs=defs, department_of=department_of)
-    await dedup.enforce(uow, "contact", row, mode="create")  # duplicate rules: 409 when blocked
+    await dedup.enforce(uow, "contact", row, mode="create", read=read)  # duplicate rules: 409 when blocked
     return await insert(uow, row)
 
 
@@ -463,6 +469,7 @@ async def apply_update(
     *,
     defs: dict[str, models.CustomField],
     department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Contact:
     check_mask(paths)
     before = snapshot(row)
@@ -488,7 +495,7 @@ async def apply_update(
     check.done()
     refresh_derived(row, defs)
     if set(paths) & set(DEDUP_FIELDS):
-        await dedup.enforce(uow, "contact", row, mode="update")  # duplicate rules: 409 when blocked
+        await dedup.enforce(uow, "contact", row, mode="update", read=read)  # 409 when blocked
     after = snapshot(row)
     if after == before:
         return row
@@ -515,12 +522,15 @@ async def update(
     *,
     defs: dict[str, models.CustomField],
     department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Contact:
     paths = list(request.update_mask.paths)
     check_mask(paths)
     row = await get_owned(uow.session, models.Contact, "contact", request.id, decision=decision, lock=True)
     expect_version(row, request.expected_version)
-    return await apply_update(uow, row, request.contact, paths, defs=defs, department_of=department_of)
+    return await apply_update(
+        uow, row, request.contact, paths, defs=defs, department_of=department_of, read=read
+    )
 
 
 async def delete(

@@ -1,7 +1,9 @@
 """Customers' REST face: accounts, contacts, the hierarchy, relationships and the graph, interactions and the
 timeline, custom fields, saved views, search, and the recycle bin.
 
-Fields, types and schemas come from customers.proto. Custom fields travel as the `custom_fields` object of an
+Fields, types and schemas come from customers.proto. Creating or changing an account or contact answers the
+record with `duplicates`: what the tenant's "warn" duplicate rules found (a "block" rule answers 409
+`duplicate_found` with the same list in the problem's `duplicates`). Custom fields travel as the `custom_fields` object of an
 account or contact (typed per tenant: GET /custom-fields describes each key's type, options and rules).
 Lists take `filter=field:op:value` (repeatable), `sort=-field,field`, `q=` (keyword), `view_id=` (a saved view)
 and `deleted=true` (the recycle bin).
@@ -24,6 +26,7 @@ CUSTOMERS = ServiceRoutes(
             "CreateAccount",
             status=201,
             unwrap="account",
+            also=("duplicates",),
             location="/accounts/{id}",
             tag="accounts",
             summary='Create an account (company); the body is {"account": {...}}',
@@ -50,6 +53,7 @@ CUSTOMERS = ServiceRoutes(
             "/accounts/{id}",
             "UpdateAccount",
             unwrap="account",
+            also=("duplicates",),
             read_only=_SERVER_SET,
             tag="accounts",
         ),
@@ -112,6 +116,7 @@ CUSTOMERS = ServiceRoutes(
             "CreateContact",
             status=201,
             unwrap="contact",
+            also=("duplicates",),
             location="/contacts/{id}",
             tag="contacts",
             summary='Create a contact (person); the body is {"contact": {...}}',
@@ -124,6 +129,7 @@ CUSTOMERS = ServiceRoutes(
             "/contacts/{id}",
             "UpdateContact",
             unwrap="contact",
+            also=("duplicates",),
             read_only=("department_id", "created_by", "deleted_at"),
             tag="contacts",
         ),

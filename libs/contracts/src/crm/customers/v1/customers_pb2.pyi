@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from crm.common.v1 import paging_pb2 as _paging_pb2
+from crm.customers.v1 import duplicates_pb2 as _duplicates_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
@@ -394,16 +395,25 @@ class CreateAccountResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> Global___Account: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
+        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
+        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
+        """
+
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "duplicates", b"duplicates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,16 +611,25 @@ class UpdateAccountResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> Global___Account: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
+        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
+        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
+        """
+
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "duplicates", b"duplicates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1183,16 +1202,25 @@ class CreateContactResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def contact(self) -> Global___Contact: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
+        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
+        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
+        """
+
     def __init__(
         self,
         *,
         contact: Global___Contact | None = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "duplicates", b"duplicates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1389,16 +1417,25 @@ class UpdateContactResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def contact(self) -> Global___Contact: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
+        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
+        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
+        """
+
     def __init__(
         self,
         *,
         contact: Global___Contact | None = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "duplicates", b"duplicates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
