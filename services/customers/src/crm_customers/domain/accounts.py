@@ -229,6 +229,28 @@ def redact(decision: Decision, message: Any) -> Any:
     return message
 
 
+# The names a keyword search looks at, per table (both live in the one `search_name` column).
+NAME_FIELDS = {"accounts": ("name", "alt_name"), "contacts": ("name", "name_latin")}
+
+
+def searchable_names(decision: Decision, model: Any) -> list[Any] | None:
+    """None when the caller sees every name of `model`'s records, else the name columns they see."""
+    fields = NAME_FIELDS[model.__tablename__]
+    shown = [getattr(model, f) for f in fields if not is_hidden(decision, f)]
+    return None if len(shown) == len(fields) else shown
+
+
+def keyword(decision: Decision, defs: dict[str, models.CustomField], model: Any, query: str) -> Any:
+    """The keyword clause for this caller: it never matches on a value hidden from them (a hidden name, phone,
+    e-mail or searchable custom field), so which records match reveals nothing they may not see."""
+    return search.clause(
+        model,
+        query,
+        include_extra=not search_blocked(decision, defs),
+        names=searchable_names(decision, model),
+    )
+
+
 def search_blocked(decision: Decision, defs: dict[str, models.CustomField]) -> bool:
     """Phones, e-mails or a searchable custom field hidden: search the names only."""
     hidden = decision.hidden
@@ -588,9 +610,7 @@ def filtered(
     for clause in q.parse_filters(fields_for(defs), filters, decision):
         stmt = stmt.where(clause)
     if query.strip():
-        stmt = stmt.where(
-            search.clause(models.Account, query, include_extra=not search_blocked(decision, defs))
-        )
+        stmt = stmt.where(keyword(decision, defs, models.Account, query))
     return stmt
 
 

@@ -25,10 +25,11 @@ from crm_customers import models
 from crm_customers.domain import custom_fields as cf
 from crm_customers.domain import dedup, search
 from crm_customers.domain import query as q
-from crm_customers.domain.accounts import DepartmentOf, _clean_list, _struct, redact, search_blocked
+from crm_customers.domain.accounts import DepartmentOf, _clean_list, _struct, keyword, redact
 from crm_customers.domain.common import (
     BUYING_ROLES,
     caller,
+    check_hidden,
     expect_version,
     get_owned,
     soft_delete,
@@ -383,11 +384,12 @@ def filtered(
     stmt = stmt.where(C.deleted_at.is_not(None) if deleted else C.deleted_at.is_(None))
     stmt = stmt.where(visible(decision, C))
     if account_id:
+        check_hidden(decision, ["account_ids"])  # the answer would reveal whom the contacts work for
         stmt = stmt.where(C.account_ids.contains([account_id]))
     for clause in q.parse_filters(fields_for(defs), filters, decision):
         stmt = stmt.where(clause)
     if query.strip():
-        stmt = stmt.where(search.clause(C, query, include_extra=not search_blocked(decision, defs)))
+        stmt = stmt.where(keyword(decision, defs, C, query))
     return stmt
 
 
