@@ -110,19 +110,6 @@ def forecasts(sales_channel):
 @pytest.fixture
 def outbox(sales_service):
     """The event types the sales service recorded for an aggregate (what the relay publishes)."""
-    from crm.common.v1 import event_pb2
-    from crm_kit.events.outbox import OutboxEvent
-    from sqlalchemy import select
+    from crm_kit.testing import recorded_events
 
-    async def events(aggregate_id: str) -> list[event_pb2.EventEnvelope]:
-        async with sales_service.runtime.db.read() as session:
-            rows = (
-                await session.scalars(
-                    select(OutboxEvent.envelope)
-                    .where(OutboxEvent.aggregate_id == aggregate_id)
-                    .order_by(OutboxEvent.seq)
-                )
-            ).all()
-        return [event_pb2.EventEnvelope.FromString(r) for r in rows]
-
-    return events
+    return lambda aggregate_id: recorded_events(sales_service.runtime.db, aggregate_id)

@@ -89,6 +89,25 @@ async def running_service(spec: Any, settings: Any) -> AsyncIterator[Any]:
         await service.stop(grace_seconds=1)
 
 
+async def recorded_events(db: Any, aggregate_id: str) -> list[Any]:
+    """The events a service recorded in its outbox for one aggregate, oldest first (what the relay publishes),
+    as `EventEnvelope`s; `db` is the service's `Database` (`service.runtime.db`)."""
+    from crm.common.v1 import event_pb2
+    from sqlalchemy import select
+
+    from crm_kit.events.outbox import OutboxEvent
+
+    async with db.read() as session:
+        rows = (
+            await session.scalars(
+                select(OutboxEvent.envelope)
+                .where(OutboxEvent.aggregate_id == aggregate_id)
+                .order_by(OutboxEvent.seq)
+            )
+        ).all()
+    return [event_pb2.EventEnvelope.FromString(r) for r in rows]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _events_namespace(test_infra_namespace: str) -> Iterator[None]:
     """Every service started by this run publishes and consumes under the run's own namespace."""
