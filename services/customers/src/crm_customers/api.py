@@ -14,7 +14,16 @@ from crm_kit.policy import Decision, PolicyCache
 from sqlalchemy import select
 
 from crm_customers import models
-from crm_customers.domain import accounts, contacts, dedup, finder, interactions, relationships, saved_views
+from crm_customers.domain import (
+    accounts,
+    contacts,
+    dedup,
+    finder,
+    interactions,
+    recycle_bin,
+    relationships,
+    saved_views,
+)
 from crm_customers.domain import custom_fields as cf
 from crm_customers.domain.common import RECORD_TYPES, authorize, caller, check_writable, get_owned
 
@@ -535,6 +544,34 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         async with self.db.unit_of_work() as uow:
             await saved_views.delete(uow, request.id, request.expected_version)
         return pb.DeleteSavedViewResponse()
+
+    # ------------------------------------------------------------ the recycle bin
+
+    async def GetRecycleBinSettings(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.read() as session:
+            answer = await recycle_bin.get_settings(session, caller().tenant_id)
+        return pb.GetRecycleBinSettingsResponse(recycle_bin_settings=answer)
+
+    async def UpdateRecycleBinSettings(self, request, context):
+        await authorize(self.policies, "recycle_bin", "update")
+        async with self.db.unit_of_work() as uow:
+            answer = await recycle_bin.set_retention(uow, request.retention_days, request.expected_version)
+        return pb.UpdateRecycleBinSettingsResponse(recycle_bin_settings=answer)
+
+    async def _purge(self, kind: str, record_id: str) -> None:
+        decision = await authorize(self.policies, kind, "delete")
+        await authorize(self.policies, "recycle_bin", "delete")
+        async with self.db.unit_of_work() as uow:
+            await recycle_bin.purge_now(uow, kind, record_id, decision)
+
+    async def PurgeAccount(self, request, context):
+        await self._purge("account", request.id)
+        return pb.PurgeAccountResponse()
+
+    async def PurgeContact(self, request, context):
+        await self._purge("contact", request.id)
+        return pb.PurgeContactResponse()
 
     # ------------------------------------------------------------ search
 

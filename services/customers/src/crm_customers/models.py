@@ -203,13 +203,17 @@ class AccountStageChange(TenantOwned, Base):
 
 
 class TenantSettings(Base):
-    """Per-tenant settings of this service (tier rules)."""
+    """Per-tenant settings of this service (tier rules, the recycle bin's retention)."""
 
     __tablename__ = "tenant_settings"
     tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     # {"rules": [{"tier": "vip", "filter": ["registered_capital:gte:10000000"]}], "default_tier": "normal"}
     tier_rules: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+    # The tier rules' version.
     version: Mapped[int] = mapped_column(BigInteger, default=1)
+    # Days a deleted account or contact stays restorable; NULL: the default (domain/recycle_bin.py).
+    recycle_bin_retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    recycle_bin_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Contact(TenantOwned, Timestamped, Versioned, SoftDeleted, Searchable, Base):

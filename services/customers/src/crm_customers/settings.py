@@ -5,3 +5,5 @@ from crm_kit.settings import ServiceSettings
 
 class CustomersSettings(ServiceSettings):
     service_name: str = "customers"
+    # How often the recycle bin purge runs (on one replica at a time); 0 turns it off.
+    recycle_bin_purge_interval_seconds: float = 3600.0

@@ -74,6 +74,14 @@ CUSTOMERS = ServiceRoutes(
             summary="Bring an account back from the recycle bin",
         ),
         Route(
+            "POST",
+            "/accounts/{id}/purge",
+            "PurgeAccount",
+            status=204,
+            tag="accounts",
+            summary="Purge an account from the recycle bin now, for good (needs delete on recycle_bin)",
+        ),
+        Route(
             "GET",
             "/accounts/{id}/lifecycle-history",
             "ListAccountStageChanges",
@@ -135,6 +143,14 @@ CUSTOMERS = ServiceRoutes(
         ),
         Route("DELETE", "/contacts/{id}", "DeleteContact", status=204, tag="contacts"),
         Route("POST", "/contacts/{id}/restore", "RestoreContact", unwrap="contact", tag="contacts"),
+        Route(
+            "POST",
+            "/contacts/{id}/purge",
+            "PurgeContact",
+            status=204,
+            tag="contacts",
+            summary="Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)",
+        ),
         Route("GET", "/contacts/{id}/timeline", "ListContactTimeline", tag="timeline"),
         Route("GET", "/contacts/{id}/graph", "GetContactGraph", tag="graph"),
         # Interactions.
@@ -244,6 +260,23 @@ CUSTOMERS = ServiceRoutes(
             tag="saved views",
         ),
         Route("DELETE", "/saved-views/{id}", "DeleteSavedView", status=204, tag="saved views"),
+        # The recycle bin.
+        Route(
+            "GET",
+            "/recycle-bin/settings",
+            "GetRecycleBinSettings",
+            unwrap="recycle_bin_settings",
+            tag="recycle bin",
+            summary="How many days deleted accounts and contacts stay restorable before they are purged",
+        ),
+        Route(
+            "PUT",
+            "/recycle-bin/settings",
+            "UpdateRecycleBinSettings",
+            unwrap="recycle_bin_settings",
+            tag="recycle bin",
+            summary="Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)",
+        ),
         # Search.
         Route(
             "GET",

@@ -3429,3 +3429,182 @@ class SearchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class RecycleBinSettings(_message.Message):
+    """---------------------------------------------------------------- the recycle bin
+
+    How long deleted accounts and contacts stay in the recycle bin (restorable). Once a record has been deleted
+    longer than this, a periodic job purges it for good, with what belongs to it alone (its relationships, its
+    own interactions, its history); records of a merge that can still be undone wait until the undo period ends.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    retention_days: _builtins.int
+    """1..3650 days; 30 until the tenant sets it."""
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        retention_days: _builtins.int = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retention_days", b"retention_days", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecycleBinSettings: _TypeAlias = RecycleBinSettings  # noqa: Y015
+
+@_typing.final
+class GetRecycleBinSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecycleBinSettingsRequest: _TypeAlias = GetRecycleBinSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetRecycleBinSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECYCLE_BIN_SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recycle_bin_settings(self) -> Global___RecycleBinSettings: ...
+    def __init__(
+        self,
+        *,
+        recycle_bin_settings: Global___RecycleBinSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecycleBinSettingsResponse: _TypeAlias = GetRecycleBinSettingsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateRecycleBinSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    retention_days: _builtins.int
+    expected_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        retention_days: _builtins.int = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "retention_days", b"retention_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRecycleBinSettingsRequest: _TypeAlias = UpdateRecycleBinSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRecycleBinSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECYCLE_BIN_SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recycle_bin_settings(self) -> Global___RecycleBinSettings: ...
+    def __init__(
+        self,
+        *,
+        recycle_bin_settings: Global___RecycleBinSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRecycleBinSettingsResponse: _TypeAlias = UpdateRecycleBinSettingsResponse  # noqa: Y015
+
+@_typing.final
+class PurgeAccountRequest(_message.Message):
+    """Purges an account from the recycle bin now, for good (e.g. an erasure request): only a deleted account, and
+    only for a caller who may delete accounts and delete from the recycle bin (object "recycle_bin").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeAccountRequest: _TypeAlias = PurgeAccountRequest  # noqa: Y015
+
+@_typing.final
+class PurgeAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeAccountResponse: _TypeAlias = PurgeAccountResponse  # noqa: Y015
+
+@_typing.final
+class PurgeContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeContactRequest: _TypeAlias = PurgeContactRequest  # noqa: Y015
+
+@_typing.final
+class PurgeContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeContactResponse: _TypeAlias = PurgeContactResponse  # noqa: Y015
