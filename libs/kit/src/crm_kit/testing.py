@@ -51,6 +51,20 @@ class TestInfra:
     def asyncpg_dsn(self, sqlalchemy_url: str) -> str:
         return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
+    async def service_settings(self, settings_cls: Any, database: str, **overrides: Any) -> Any:
+        """A service's settings for a test run: its own new database, this run's NATS, gRPC on a free port,
+        migrations at start; `overrides` add or change fields (e.g. other services' addresses)."""
+        values: dict[str, Any] = {
+            "environment": "test",
+            "database_url": await self.database(database),
+            "nats_url": self.nats_url,
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "migrate_on_start": True,
+            **overrides,
+        }
+        return settings_cls(**values)
+
 
 @pytest.fixture(scope="session")
 def _infra_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
