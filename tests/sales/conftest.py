@@ -14,14 +14,12 @@ async def customers_for_sales(test_infra, identity_service):
     from crm_customers.settings import CustomersSettings
     from crm_kit.testing import running_service
 
-    settings = CustomersSettings(
-        environment="test",
-        database_url=await test_infra.database("sales_customers"),
-        nats_url=test_infra.nats_url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        migrate_on_start=True,
+    settings = await test_infra.service_settings(
+        CustomersSettings,
+        "sales_customers",
         identity_service_addr=identity_service.address,
+        # Its own durable consumer of sales events: tests/customers runs another customers on this namespace.
+        sales_timeline_consumer="customers-sales-timeline-sales-tests",
     )
     async with running_service(SPEC, settings) as service:
         yield service
@@ -33,13 +31,9 @@ async def sales_service(test_infra, identity_service, customers_for_sales):
     from crm_sales.app import SPEC
     from crm_sales.settings import SalesSettings
 
-    settings = SalesSettings(
-        environment="test",
-        database_url=await test_infra.database("sales"),
-        nats_url=test_infra.nats_url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        migrate_on_start=True,
+    settings = await test_infra.service_settings(
+        SalesSettings,
+        "sales",
         identity_service_addr=identity_service.address,
         customers_service_addr=customers_for_sales.address,
         reclaim_interval_seconds=0,

@@ -22,6 +22,7 @@ from crm_customers.domain import (
     interactions,
     recycle_bin,
     relationships,
+    sales_timeline,
     saved_views,
 )
 from crm_customers.domain import custom_fields as cf
@@ -379,12 +380,24 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 except NotFound as exc:
                     raise InvalidArgument.for_field(f"{obj}_ids[{n}]", "no such record") from exc
 
-    async def _timeline_out(self, rows) -> list[pb.TimelineItem]:  # type: ignore[no-untyped-def]
+    async def _timeline_out(self, rows, locale: str) -> list[pb.TimelineItem]:  # type: ignore[no-untyped-def]
         decision = await self.policies.decide(caller(), "interaction", "read")
-        items = [interactions.timeline_item(r) for r in rows]
-        for item in items:
-            decision.redact_message(item.interaction)
+        locale = "en" if locale == "en" else "zh-CN"
+        items = []
+        for r in rows:
+            if isinstance(r, models.TimelineEntry):
+                items.append(sales_timeline.item(r, locale))
+            else:
+                items.append(interactions.timeline_item(r, locale))
+                decision.redact_message(items[-1].interaction)
         return items
+
+    async def _sales_entries(self):  # type: ignore[no-untyped-def]
+        """The sales entries the caller may see: per sales object, its read decision and data scope."""
+        principal = caller()
+        return sales_timeline.visible(
+            {obj: await self.policies.decide(principal, obj, "read") for obj in sales_timeline.OBJECTS}
+        )
 
     async def ListAccountTimeline(self, request, context):
         decision = await self._read_decision("account")
@@ -405,9 +418,15 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                     ).all()
                 )
             rows, cursor = await interactions.timeline(
-                session, account_ids=[account.id], contact_ids=contact_ids, page_request=request.page
+                session,
+                account_ids=[account.id],
+                contact_ids=contact_ids,
+                page_request=request.page,
+                entries=await self._sales_entries(),
             )
-        return pb.ListAccountTimelineResponse(items=await self._timeline_out(rows), next_cursor=cursor)
+        return pb.ListAccountTimelineResponse(
+            items=await self._timeline_out(rows, request.locale), next_cursor=cursor
+        )
 
     async def ListContactTimeline(self, request, context):
         decision = await self._read_decision("contact")
@@ -416,7 +435,9 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
             rows, cursor = await interactions.timeline(
                 session, account_ids=[], contact_ids=[contact.id], page_request=request.page
             )
-        return pb.ListContactTimelineResponse(items=await self._timeline_out(rows), next_cursor=cursor)
+        return pb.ListContactTimelineResponse(
+            items=await self._timeline_out(rows, request.locale), next_cursor=cursor
+        )
 
     # ------------------------------------------------------------ relationships and the graph
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from crm.customers.v1 import customers_pb2_grpc
+from crm_kit.events.consumer import Consumer
 from crm_kit.grpc_server import Servicer
 from crm_kit.jobs import PeriodicJob
 from crm_kit.service import Parts, Runtime, ServiceSpec
 
 from crm_customers.api import SERVICE, CustomersApi
 from crm_customers.data_api import DataParts
-from crm_customers.domain import recycle_bin
+from crm_customers.domain import recycle_bin, sales_timeline
 from crm_customers.settings import CustomersSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -33,7 +34,15 @@ async def build(runtime: Runtime) -> Parts:
     )
     if settings.recycle_bin_purge_interval_seconds > 0:
         purge.start()
-    parts = Parts(servicers=[*servicers, data.servicer], on_stop=[data.stop, purge.stop])
+    # Sales events that belong on an account's timeline (opportunities, quotes, contracts, orders, payments).
+    timeline = Consumer(
+        name=settings.sales_timeline_consumer,
+        filter_subjects=list(sales_timeline.EVENTS),
+        handler=sales_timeline.record,
+    )
+    parts = Parts(
+        servicers=[*servicers, data.servicer], consumers=[timeline], on_stop=[data.stop, purge.stop]
+    )
     parts.recycle_bin_purge = purge  # type: ignore[attr-defined]  # operators' and tests' handle on the job
     return parts
 

@@ -143,6 +143,12 @@ async def purge(uow: UnitOfWork, spec: Kind, row: Any, *, reason: str) -> events
             )
         )
         summary.history_removed += stages.rowcount or 0
+        entries = await session.execute(
+            delete(models.TimelineEntry).where(
+                models.TimelineEntry.tenant_id == tenant, models.TimelineEntry.account_id == rid
+            )
+        )
+        summary.history_removed += entries.rowcount or 0
     await _forget_in_scans(session, spec, tenant, rid)
     summary.merge_ids_closed.extend(await _close_merges(session, spec, tenant, rid))
     deleted_at, deleted_by, version = row.deleted_at, row.deleted_by or "", row.version

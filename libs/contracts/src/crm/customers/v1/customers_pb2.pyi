@@ -1888,8 +1888,8 @@ Global___DeleteInteractionResponse: _TypeAlias = DeleteInteractionResponse  # no
 
 @_typing.final
 class TimelineItem(_message.Message):
-    """One entry of a record's timeline, newest first. Other services add kinds of their own later (a won deal,
-    a ticket); `kind` and `title` let a client show any entry, the typed part gives the details.
+    """One entry of a record's timeline, newest first. Other services add kinds of their own (a won deal, a
+    payment, later a ticket); `kind` and `title` let a client show any entry, the typed part gives the details.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1900,15 +1900,19 @@ class TimelineItem(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     INTERACTION_FIELD_NUMBER: _builtins.int
+    SALES_EVENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
-    """"interaction.call", "interaction.meeting", ..., later e.g. "sales.deal_won"."""
+    """"interaction.call", "interaction.meeting", ..., "sales.opportunity_won", "sales.payment_recorded", ..."""
     title: _builtins.str
+    """In the language the list asked for (`locale`)."""
     summary: _builtins.str
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def interaction(self) -> Global___Interaction: ...
+    @_builtins.property
+    def sales_event(self) -> Global___SalesEvent: ...
     def __init__(
         self,
         *,
@@ -1918,16 +1922,74 @@ class TimelineItem(_message.Message):
         title: _builtins.str = ...,
         summary: _builtins.str = ...,
         interaction: Global___Interaction | None = ...,
+        sales_event: Global___SalesEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "interaction", b"interaction", "occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "interaction", b"interaction", "occurred_at", b"occurred_at", "sales_event", b"sales_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "id", b"id", "interaction", b"interaction", "kind", b"kind", "occurred_at", b"occurred_at", "summary", b"summary", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "id", b"id", "interaction", b"interaction", "kind", b"kind", "occurred_at", b"occurred_at", "sales_event", b"sales_event", "summary", b"summary", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["interaction"]  # noqa: Y015
+    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["interaction", "sales_event"]  # noqa: Y015
     _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 
 Global___TimelineItem: _TypeAlias = TimelineItem  # noqa: Y015
+
+@_typing.final
+class SalesEvent(_message.Message):
+    """Something the sales service did for the account (from its events): an opportunity created, won or lost, a
+    quote, a contract, an order, a payment plan, a payment, an overdue instalment, a converted lead. Shown to
+    whoever may read both the account and that sales object (its data scope included).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_TYPE_FIELD_NUMBER: _builtins.int
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    TITLE_ZH_FIELD_NUMBER: _builtins.int
+    TITLE_EN_FIELD_NUMBER: _builtins.int
+    SUMMARY_ZH_FIELD_NUMBER: _builtins.int
+    SUMMARY_EN_FIELD_NUMBER: _builtins.int
+    link_type: _builtins.str
+    """What the entry links to in the sales API: "opportunity", "quote", "contract", "order", "payment_plan",
+    "payment" or "lead", and its id (e.g. GET /api/v1/opportunities/{link_id}).
+    """
+    link_id: _builtins.str
+    event_type: _builtins.str
+    """The sales event it came from, e.g. "crm.sales.v1.OpportunityWon", and its id."""
+    event_id: _builtins.str
+    amount: _builtins.str
+    """The amount it is about (a decimal string) and its currency, when it is about money."""
+    currency: _builtins.str
+    title_zh: _builtins.str
+    """The title and summary in both languages."""
+    title_en: _builtins.str
+    summary_zh: _builtins.str
+    summary_en: _builtins.str
+    def __init__(
+        self,
+        *,
+        link_type: _builtins.str = ...,
+        link_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        title_zh: _builtins.str = ...,
+        title_en: _builtins.str = ...,
+        summary_zh: _builtins.str = ...,
+        summary_en: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "currency", b"currency", "event_id", b"event_id", "event_type", b"event_type", "link_id", b"link_id", "link_type", b"link_type", "summary_en", b"summary_en", "summary_zh", b"summary_zh", "title_en", b"title_en", "title_zh", b"title_zh"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SalesEvent: _TypeAlias = SalesEvent  # noqa: Y015
 
 @_typing.final
 class ListAccountTimelineRequest(_message.Message):
@@ -1936,9 +1998,12 @@ class ListAccountTimelineRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     INCLUDE_CONTACTS_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     include_contacts: _builtins.bool
     """Include the interactions of the account's contacts too."""
+    locale: _builtins.str
+    """The language of titles and summaries: "zh-CN" (the default) or "en"."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -1947,10 +2012,11 @@ class ListAccountTimelineRequest(_message.Message):
         page: _paging_pb2.PageRequest | None = ...,
         id: _builtins.str = ...,
         include_contacts: _builtins.bool = ...,
+        locale: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "include_contacts", b"include_contacts", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "include_contacts", b"include_contacts", "locale", b"locale", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1985,7 +2051,10 @@ class ListContactTimelineRequest(_message.Message):
 
     PAGE_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    locale: _builtins.str
+    """The language of titles and summaries: "zh-CN" (the default) or "en"."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -1993,10 +2062,11 @@ class ListContactTimelineRequest(_message.Message):
         *,
         page: _paging_pb2.PageRequest | None = ...,
         id: _builtins.str = ...,
+        locale: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "locale", b"locale", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
