@@ -207,6 +207,20 @@ class SchemaRegistry:
             self._namespace[name] = model
         return self._models[key]
 
+    def models_of(self, full_names: set[str]) -> list[tuple[str, str, str]]:
+        """The models built so far from these messages: (model name, message, kind), kind being "output"
+        (answers), "input" (create bodies) or "update" (PATCH bodies). Pages refer to their items' models."""
+        out = []
+        for (full_name, mode, _), model in self._models.items():
+            if full_name not in full_names or mode == "page":
+                continue
+            if mode.startswith(OUTPUT):
+                kind = "output"
+            else:
+                kind = "update" if mode.endswith("Update") else "input"
+            out.append((model.__name__, full_name, kind))
+        return out
+
     def page(self, item_desc: Descriptor) -> type[BaseModel]:
         """`{"items": [Item], "next_cursor": str | null}` for a list route."""
         key = (item_desc.full_name, "page", frozenset())
