@@ -14,14 +14,8 @@ async def customers_service(test_infra, identity_service):
     from crm_customers.settings import CustomersSettings
     from crm_kit.testing import running_service
 
-    settings = CustomersSettings(
-        environment="test",
-        database_url=await test_infra.database("customers"),
-        nats_url=test_infra.nats_url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        migrate_on_start=True,
-        identity_service_addr=identity_service.address,
+    settings = await test_infra.service_settings(
+        CustomersSettings, "customers", identity_service_addr=identity_service.address
     )
     async with running_service(SPEC, settings) as service:
         yield service

@@ -14,14 +14,12 @@ async def customers_for_sales(test_infra, identity_service):
     from crm_customers.settings import CustomersSettings
     from crm_kit.testing import running_service
 
-    settings = CustomersSettings(
-        environment="test",
-        database_url=await test_infra.database("sales_customers"),
-        nats_url=test_infra.nats_url,
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        migrate_on_start=True,
+    settings = await test_infra.service_settings(
+        CustomersSettings,
+        "sales_customers",
         identity_service_addr=identity_service.address,
+        # Its own durable consumer of sales events: tests/customers runs another customers on this namespace.
+        sales_timeline_consumer="customers-sales-timeline-sales-tests",
     )
     async with running_service(SPEC, settings) as service:
         yield service
@@ -31,14 +29,14 @@ async def customers_for_sales(test_infra, identity_service):
 async def sales_service(test_infra, identity_service, customers_for_sales):
     from crm_kit.testing import running_service
     from crm_sales.app import SPEC
+    from crm_sales.settings import SalesSettings
 
-    from tests.sales.helpers import sales_settings
-
-    settings = sales_settings(
-        test_infra,
-        await test_infra.database("sales"),
-        identity_service,
-        customers_for_sales,
+    settings = await test_infra.service_settings(
+        SalesSettings,
+        "sales",
+        identity_service_addr=identity_service.address,
+        customers_service_addr=customers_for_sales.address,
+        reclaim_interval_seconds=0,
         database_pool_size=20,
     )
     async with running_service(SPEC, settings) as service:
@@ -105,9 +103,7 @@ def forecasts(sales_channel):
 
 @pytest.fixture
 def outbox(sales_service):
-    """The events the sales service recorded for an aggregate (what the relay publishes)."""
-    import functools
+    """The event types the sales service recorded for an aggregate (what the relay publishes)."""
+    from crm_kit.testing import recorded_events
 
-    from tests.sales.helpers import recorded_events
-
-    return functools.partial(recorded_events, sales_service)
+    return lambda aggregate_id: recorded_events(sales_service.runtime.db, aggregate_id)

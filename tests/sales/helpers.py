@@ -58,41 +58,6 @@ async def team(
     return company, reps
 
 
-def sales_settings(test_infra, database_url: str, identity_service, customers_service, **overrides: Any):  # type: ignore[no-untyped-def]
-    """Settings of a sales service in this test run, next to the running identity and customers services."""
-    from crm_sales.settings import SalesSettings
-
-    values: dict[str, Any] = {
-        "environment": "test",
-        "database_url": database_url,
-        "nats_url": test_infra.nats_url,
-        "grpc_host": "127.0.0.1",
-        "grpc_port": 0,
-        "migrate_on_start": True,
-        "identity_service_addr": identity_service.address,
-        "customers_service_addr": customers_service.address,
-        "reclaim_interval_seconds": 0,
-        **overrides,
-    }
-    return SalesSettings(**values)
-
-
-async def recorded_events(service, aggregate_id: str) -> list[event_pb2.EventEnvelope]:  # type: ignore[no-untyped-def]
-    """The events a running service recorded in its outbox for an aggregate, oldest first."""
-    from crm_kit.events.outbox import OutboxEvent
-    from sqlalchemy import select
-
-    async with service.runtime.db.read() as session:
-        rows = (
-            await session.scalars(
-                select(OutboxEvent.envelope)
-                .where(OutboxEvent.aggregate_id == aggregate_id)
-                .order_by(OutboxEvent.seq)
-            )
-        ).all()
-    return [event_pb2.EventEnvelope.FromString(r) for r in rows]
-
-
 def payloads(
     envelopes: list[event_pb2.EventEnvelope], cls: type
 ) -> list[tuple[event_pb2.EventEnvelope, Any]]:

@@ -20,11 +20,11 @@ from crm.sales.v1 import pipelines_pb2 as ppb
 from crm.sales.v1 import quotes_pb2 as qpb
 from crm_kit.events.inbox import InboxEntry
 from crm_kit.events.subjects import namespaced, subject_for
-from crm_kit.testing import eventually
+from crm_kit.testing import eventually, recorded_events
 from google.protobuf import field_mask_pb2
 from sqlalchemy import select
 
-from tests.sales.helpers import payloads, recorded_events, team
+from tests.sales.helpers import payloads, team
 from tests.sales.test_contracts_and_collection import accepted_quote
 
 ACCOUNT, CONTACT = cpb.RECORD_TYPE_ACCOUNT, cpb.RECORD_TYPE_CONTACT
@@ -58,7 +58,7 @@ async def opportunity(pipelines, who, opp_id: str) -> ppb.Opportunity:
 
 
 async def events_of(service, aggregate_id: str, payload: type) -> list[tuple[event_pb2.EventEnvelope, Any]]:
-    return payloads(await recorded_events(service, aggregate_id), payload)
+    return payloads(await recorded_events(service.runtime.db, aggregate_id), payload)
 
 
 async def replay_as_new_event(test_infra, customers_service, aggregate_id: str, payload: type) -> str:

@@ -14,10 +14,11 @@ from crm_kit.leader import lock_key
 from crm_kit.service import Service
 from crm_kit.testing import eventually
 from crm_sales.app import JOBS_LOCK, SPEC
+from crm_sales.settings import SalesSettings
 from google.protobuf import timestamp_pb2
 from sqlalchemy import select
 
-from tests.sales.helpers import sales_settings, team
+from tests.sales.helpers import team
 
 LOCK_HOLDERS = """
 SELECT l.granted FROM pg_locks l JOIN pg_database d ON d.oid = l.database
@@ -52,10 +53,14 @@ async def test_two_replicas_run_the_jobs_in_one_at_a_time_and_the_other_takes_ov
 ):
     # Replicas of their own: their own database, and their own events namespace.
     monkeypatch.setenv("CRM_EVENTS_NAMESPACE", f"{test_infra.events_namespace}-jobs")
-    url = await test_infra.database("sales_jobs")
-    settings = sales_settings(
-        test_infra, url, identity_service, customers_for_sales, reclaim_interval_seconds=0.05
+    settings = await test_infra.service_settings(
+        SalesSettings,
+        "sales_jobs",
+        identity_service_addr=identity_service.address,
+        customers_service_addr=customers_for_sales.address,
+        reclaim_interval_seconds=0.05,
     )
+    url = settings.database_url
     first = await Service(SPEC, settings).start()
     second = None
     admin = await asyncpg.connect(test_infra.asyncpg_dsn(url))

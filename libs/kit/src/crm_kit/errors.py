@@ -6,9 +6,11 @@ turns that status into an RFC 9457 problem. Nothing else in the system invents e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -22,19 +24,29 @@ class FieldError:
 
 
 class DomainError(Exception):
-    """Base of every error a caller may see. `reason` is a stable machine-readable code."""
+    """Base of every error a caller may see. `reason` is a stable machine-readable code.
+
+    `extensions` are more members of the problem a client gets (RFC 9457 extension members), JSON values by
+    name, e.g. `{"duplicates": [...]}` on a duplicate refused: they travel as a `google.protobuf.Struct` in the
+    status details, and the gateway adds them to the problem document beside the standard members."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "internal"
 
     def __init__(
-        self, message: str, *, reason: str | None = None, field_errors: list[FieldError] | None = None
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        field_errors: list[FieldError] | None = None,
+        extensions: dict[str, Any] | None = None,
     ):
         super().__init__(message)
         self.message = message
         if reason:
             self.reason = reason
         self.field_errors = field_errors or []
+        self.extensions = extensions or {}
 
 
 class InvalidArgument(DomainError):
@@ -102,6 +114,10 @@ def to_status(error: DomainError) -> grpc.Status:
             ]
         )
         status.details.add().Pack(bad)
+    if error.extensions:
+        extra = struct_pb2.Struct()
+        extra.update(error.extensions)
+        status.details.add().Pack(extra)
     return rpc_status.to_status(status)
 
 
@@ -113,6 +129,8 @@ class StatusDetails:
     message: str
     reason: str
     field_errors: list[FieldError]
+    # The error's extension members (see DomainError).
+    extensions: dict[str, Any] = field(default_factory=dict)
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> StatusDetails:
@@ -120,6 +138,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> StatusDetails:
     message = err.details() if callable(getattr(err, "details", None)) else str(err)
     reason = ""
     fields: list[FieldError] = []
+    extensions: dict[str, Any] = {}
     status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
     if status is not None:
         for detail in status.details:
@@ -131,7 +150,13 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> StatusDetails:
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 fields = [FieldError(v.field, v.description) for v in bad.field_violations]
-    return StatusDetails(code=code, message=message or "", reason=reason, field_errors=fields)
+            elif detail.Is(struct_pb2.Struct.DESCRIPTOR):
+                extra = struct_pb2.Struct()
+                detail.Unpack(extra)
+                extensions.update(json_format.MessageToDict(extra))
+    return StatusDetails(
+        code=code, message=message or "", reason=reason, field_errors=fields, extensions=extensions
+    )
 
 
 __all__ = [

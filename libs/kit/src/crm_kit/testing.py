@@ -53,6 +53,20 @@ class TestInfra:
     def asyncpg_dsn(self, sqlalchemy_url: str) -> str:
         return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
+    async def service_settings(self, settings_cls: Any, database: str, **overrides: Any) -> Any:
+        """A service's settings for a test run: its own new database, this run's NATS, gRPC on a free port,
+        migrations at start; `overrides` add or change fields (e.g. other services' addresses)."""
+        values: dict[str, Any] = {
+            "environment": "test",
+            "database_url": await self.database(database),
+            "nats_url": self.nats_url,
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "migrate_on_start": True,
+            **overrides,
+        }
+        return settings_cls(**values)
+
 
 @pytest.fixture(scope="session")
 def _infra_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
@@ -110,6 +124,25 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
         await asyncio.sleep(interval)
+
+
+async def recorded_events(db: Any, aggregate_id: str) -> list[Any]:
+    """The events a service recorded in its outbox for one aggregate, oldest first (what the relay publishes),
+    as `EventEnvelope`s; `db` is the service's `Database` (`service.runtime.db`)."""
+    from crm.common.v1 import event_pb2
+    from sqlalchemy import select
+
+    from crm_kit.events.outbox import OutboxEvent
+
+    async with db.read() as session:
+        rows = (
+            await session.scalars(
+                select(OutboxEvent.envelope)
+                .where(OutboxEvent.aggregate_id == aggregate_id)
+                .order_by(OutboxEvent.seq)
+            )
+        ).all()
+    return [event_pb2.EventEnvelope.FromString(r) for r in rows]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,7 +14,17 @@ from crm_kit.policy import Decision, PolicyCache
 from sqlalchemy import select
 
 from crm_customers import models
-from crm_customers.domain import accounts, contacts, finder, interactions, relationships, saved_views
+from crm_customers.domain import (
+    accounts,
+    contacts,
+    dedup,
+    finder,
+    interactions,
+    recycle_bin,
+    relationships,
+    sales_timeline,
+    saved_views,
+)
 from crm_customers.domain import custom_fields as cf
 from crm_customers.domain.common import RECORD_TYPES, authorize, caller, check_writable, get_owned
 
@@ -49,6 +59,10 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
     async def _read_decision(self, obj: str) -> Decision:
         return await authorize(self.policies, obj, "read")
 
+    async def _sees(self, obj: str) -> Decision:
+        """The caller's read decision, allowed or not (what duplicate candidates may show of records)."""
+        return await self.policies.decide(caller(), obj, "read")
+
     # ------------------------------------------------------------ accounts
 
     async def _account_out(self, row: models.Account, *, rollups: bool = True) -> pb.Account:
@@ -64,8 +78,16 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         check_writable(decision, accounts.given_fields(request.account))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "account")
-            row = await accounts.create(uow, request.account, defs=defs, department_of=self.department_of)
-        return pb.CreateAccountResponse(account=await self._account_out(row, rollups=False))
+            row = await accounts.create(
+                uow,
+                request.account,
+                defs=defs,
+                department_of=self.department_of,
+                read=await self._sees("account"),
+            )
+        return pb.CreateAccountResponse(
+            account=await self._account_out(row, rollups=False), duplicates=dedup.warnings_of(row)
+        )
 
     async def GetAccount(self, request, context):
         decision = await self._read_decision("account")
@@ -113,8 +135,17 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         check_writable(decision, accounts.writable_paths(paths, request.account))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "account")
-            row = await accounts.update(uow, request, decision, defs=defs, department_of=self.department_of)
-        return pb.UpdateAccountResponse(account=await self._account_out(row))
+            row = await accounts.update(
+                uow,
+                request,
+                decision,
+                defs=defs,
+                department_of=self.department_of,
+                read=await self._sees("account"),
+            )
+        return pb.UpdateAccountResponse(
+            account=await self._account_out(row), duplicates=dedup.warnings_of(row)
+        )
 
     async def DeleteAccount(self, request, context):
         decision = await authorize(self.policies, "account", "delete")
@@ -171,8 +202,16 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         check_writable(decision, contacts.given_fields(request.contact))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "contact")
-            row = await contacts.create(uow, request.contact, defs=defs, department_of=self.department_of)
-        return pb.CreateContactResponse(contact=await self._contact_out(row))
+            row = await contacts.create(
+                uow,
+                request.contact,
+                defs=defs,
+                department_of=self.department_of,
+                read=await self._sees("contact"),
+            )
+        return pb.CreateContactResponse(
+            contact=await self._contact_out(row), duplicates=dedup.warnings_of(row)
+        )
 
     async def GetContact(self, request, context):
         decision = await self._read_decision("contact")
@@ -222,8 +261,17 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         check_writable(decision, contacts.writable_paths(paths, request.contact))
         async with self.db.unit_of_work() as uow:
             defs = await self._defs(uow.session, "contact")
-            row = await contacts.update(uow, request, decision, defs=defs, department_of=self.department_of)
-        return pb.UpdateContactResponse(contact=await self._contact_out(row))
+            row = await contacts.update(
+                uow,
+                request,
+                decision,
+                defs=defs,
+                department_of=self.department_of,
+                read=await self._sees("contact"),
+            )
+        return pb.UpdateContactResponse(
+            contact=await self._contact_out(row), duplicates=dedup.warnings_of(row)
+        )
 
     async def DeleteContact(self, request, context):
         decision = await authorize(self.policies, "contact", "delete")
@@ -332,12 +380,24 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 except NotFound as exc:
                     raise InvalidArgument.for_field(f"{obj}_ids[{n}]", "no such record") from exc
 
-    async def _timeline_out(self, rows) -> list[pb.TimelineItem]:  # type: ignore[no-untyped-def]
+    async def _timeline_out(self, rows, locale: str) -> list[pb.TimelineItem]:  # type: ignore[no-untyped-def]
         decision = await self.policies.decide(caller(), "interaction", "read")
-        items = [interactions.timeline_item(r) for r in rows]
-        for item in items:
-            decision.redact_message(item.interaction)
+        locale = "en" if locale == "en" else "zh-CN"
+        items = []
+        for r in rows:
+            if isinstance(r, models.TimelineEntry):
+                items.append(sales_timeline.item(r, locale))
+            else:
+                items.append(interactions.timeline_item(r, locale))
+                decision.redact_message(items[-1].interaction)
         return items
+
+    async def _sales_entries(self):  # type: ignore[no-untyped-def]
+        """The sales entries the caller may see: per sales object, its read decision and data scope."""
+        principal = caller()
+        return sales_timeline.visible(
+            {obj: await self.policies.decide(principal, obj, "read") for obj in sales_timeline.OBJECTS}
+        )
 
     async def ListAccountTimeline(self, request, context):
         decision = await self._read_decision("account")
@@ -358,9 +418,15 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                     ).all()
                 )
             rows, cursor = await interactions.timeline(
-                session, account_ids=[account.id], contact_ids=contact_ids, page_request=request.page
+                session,
+                account_ids=[account.id],
+                contact_ids=contact_ids,
+                page_request=request.page,
+                entries=await self._sales_entries(),
             )
-        return pb.ListAccountTimelineResponse(items=await self._timeline_out(rows), next_cursor=cursor)
+        return pb.ListAccountTimelineResponse(
+            items=await self._timeline_out(rows, request.locale), next_cursor=cursor
+        )
 
     async def ListContactTimeline(self, request, context):
         decision = await self._read_decision("contact")
@@ -369,7 +435,9 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
             rows, cursor = await interactions.timeline(
                 session, account_ids=[], contact_ids=[contact.id], page_request=request.page
             )
-        return pb.ListContactTimelineResponse(items=await self._timeline_out(rows), next_cursor=cursor)
+        return pb.ListContactTimelineResponse(
+            items=await self._timeline_out(rows, request.locale), next_cursor=cursor
+        )
 
     # ------------------------------------------------------------ relationships and the graph
 
@@ -497,6 +565,34 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         async with self.db.unit_of_work() as uow:
             await saved_views.delete(uow, request.id, request.expected_version)
         return pb.DeleteSavedViewResponse()
+
+    # ------------------------------------------------------------ the recycle bin
+
+    async def GetRecycleBinSettings(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.read() as session:
+            answer = await recycle_bin.get_settings(session, caller().tenant_id)
+        return pb.GetRecycleBinSettingsResponse(recycle_bin_settings=answer)
+
+    async def UpdateRecycleBinSettings(self, request, context):
+        await authorize(self.policies, "recycle_bin", "update")
+        async with self.db.unit_of_work() as uow:
+            answer = await recycle_bin.set_retention(uow, request.retention_days, request.expected_version)
+        return pb.UpdateRecycleBinSettingsResponse(recycle_bin_settings=answer)
+
+    async def _purge(self, kind: str, record_id: str) -> None:
+        decision = await authorize(self.policies, kind, "delete")
+        await authorize(self.policies, "recycle_bin", "delete")
+        async with self.db.unit_of_work() as uow:
+            await recycle_bin.purge_now(uow, kind, record_id, decision)
+
+    async def PurgeAccount(self, request, context):
+        await self._purge("account", request.id)
+        return pb.PurgeAccountResponse()
+
+    async def PurgeContact(self, request, context):
+        await self._purge("contact", request.id)
+        return pb.PurgeContactResponse()
 
     # ------------------------------------------------------------ search
 

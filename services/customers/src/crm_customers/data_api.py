@@ -91,12 +91,8 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         fields = request.account if kind == "account" else request.contact
         async with self.db.read() as session:
             result = await matching.check(session, kind, fields, mode="create", exclude_id=request.exclude_id)
-            seen = await _visible_ids(session, kind, decision, [c.id for c in result.candidates])
-        candidates = result.to_pb()
-        for c in candidates:  # outside the caller's scope: that it exists, not what it is
-            if c.id not in seen:
-                c.name = ""
-                del c.matched_values[:]
+            # Outside the caller's scope: that it exists, not what it is.
+            candidates = await matching.conceal(session, kind, decision, result.to_pb())
         return pb.CheckDuplicatesResponse(candidates=candidates, action=ACTION_PB.get(result.action or "", 0))
 
     # ------------------------------------------------------------ scans
@@ -139,12 +135,8 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
                 session, page_request=request.page, scan_id=request.scan_id, record_type=request.record_type
             )
             items = [scans.group_pb(g) for g in rows]
-            seen = await _visible_ids(session, kind, read, [m.id for g in items for m in g.members])
-        for group in items:  # members outside the caller's scope: by id only
-            for m in group.members:
-                if m.id not in seen:
-                    m.name = ""
-                    del m.matched_values[:]
+            # Members outside the caller's scope: by id only.
+            await matching.conceal(session, kind, read, [m for g in items for m in g.members])
         return pb.ListDuplicateGroupsResponse(items=items, next_cursor=cursor)
 
     # ------------------------------------------------------------ merges
@@ -313,19 +305,6 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         reading = await self._authorize(kind, "read")
         async for part in export.stream(self.db, request=request, kind=kind, read=reading, export=exporting):
             yield part
-
-
-async def _visible_ids(session: Any, kind: str, decision: Decision, ids: list[str]) -> set[str]:
-    from sqlalchemy import select
-
-    from crm_customers import models
-    from crm_customers.domain.common import visible
-
-    if not ids:
-        return set()
-    model = models.Account if kind == "account" else models.Contact
-    rows = await session.scalars(select(model.id).where(model.id.in_(ids), visible(decision, model)))
-    return set(rows.all())
 
 
 def _visible(decision: Decision) -> Any:

@@ -203,13 +203,17 @@ class AccountStageChange(TenantOwned, Base):
 
 
 class TenantSettings(Base):
-    """Per-tenant settings of this service (tier rules)."""
+    """Per-tenant settings of this service (tier rules, the recycle bin's retention)."""
 
     __tablename__ = "tenant_settings"
     tenant_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     # {"rules": [{"tier": "vip", "filter": ["registered_capital:gte:10000000"]}], "default_tier": "normal"}
     tier_rules: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict, server_default="{}")
+    # The tier rules' version.
     version: Mapped[int] = mapped_column(BigInteger, default=1)
+    # Days a deleted account or contact stays restorable; NULL: the default (domain/recycle_bin.py).
+    recycle_bin_retention_days: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    recycle_bin_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Contact(TenantOwned, Timestamped, Versioned, SoftDeleted, Searchable, Base):
@@ -309,6 +313,40 @@ class Interaction(TenantOwned, Timestamped, Versioned, Base):
         Index("ix_interactions_tenant_time", "tenant_id", "occurred_at", "id", postgresql_where=LIVE),
         Index("ix_interactions_accounts", "account_ids", postgresql_using="gin"),
         Index("ix_interactions_contacts", "contact_ids", postgresql_using="gin"),
+    )
+
+
+class TimelineEntry(TenantOwned, Base):
+    """An entry other services' events put on an account's timeline (sales: opportunities, quotes, contracts,
+    orders, payments, converted leads); written by a consumer, one per event (`event_id` is unique)."""
+
+    __tablename__ = "timeline_entries"
+    id: Mapped[str] = _id()
+    account_id: Mapped[str] = mapped_column(String(36))
+    # "sales.opportunity_won", ...
+    kind: Mapped[str] = mapped_column(String(60))
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    title_zh: Mapped[str] = _str(300)
+    title_en: Mapped[str] = _str(300)
+    summary_zh: Mapped[str] = _str(500)
+    summary_en: Mapped[str] = _str(500)
+    # The permission object whose "read" (and data scope, on owner_id / department_id) shows the entry.
+    object_type: Mapped[str] = mapped_column(String(30))
+    owner_id: Mapped[str] = _str(36)
+    department_id: Mapped[str] = _str(36)
+    # What it links to in the other service.
+    link_type: Mapped[str] = mapped_column(String(30))
+    link_id: Mapped[str] = mapped_column(String(36))
+    amount: Mapped[str] = _str(40)
+    currency: Mapped[str] = _str(3)
+    event_type: Mapped[str] = mapped_column(String(100))
+    event_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))
+
+    __table_args__ = (
+        Index("ix_timeline_entries_account", "tenant_id", "account_id", "occurred_at", "id"),
+        Index("ix_timeline_entries_link", "tenant_id", "link_id"),
+        Index("uq_timeline_entries_event", "event_id", unique=True),
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import grpc
 import orjson
 from crm_kit.telemetry import metrics_enabled, tracing_enabled
 from fastapi import FastAPI, Request
@@ -20,6 +21,7 @@ from crm_gateway.routing import RoutePlan, ServiceRoutes, compile_routes
 from crm_gateway.runtime import Gateway
 from crm_gateway.services import FILE_SERVICES, SERVICES
 from crm_gateway.settings import GatewaySettings
+from crm_gateway.tenant_schema import TenantDocuments
 
 DESCRIPTION = """\
 The public REST API of the CRM. JSON in and out, field names in snake_case, ids are strings.
@@ -43,10 +45,17 @@ get 412 instead of overwriting someone else's change. Without If-Match the chang
 `RateLimit-Remaining`, `RateLimit-Reset`, and a refused one is a 429 with `Retry-After`.
 
 Numbers of 64 bits (e.g. `version`) are JSON strings; enums are their names; times are RFC 3339.
+
+**Custom fields**: in this document `custom_fields` of accounts and contacts is an open object (each company
+defines its own); `GET /api/v1/openapi.json` is the caller's company's document, with them typed.
 """
 
 
 REQUIRED_FOR_READINESS = frozenset({"identity"})
+# The tenant's own OpenAPI document (authenticated), beside the public /openapi.json.
+TENANT_OPENAPI = "/api/v1/openapi.json"
+# Operations outside the route table that take no credential.
+PUBLIC_OPERATIONS = frozenset({"healthz", "readyz"})
 
 
 def create_app(
@@ -126,6 +135,32 @@ def create_app(
         )
 
     app.openapi = lambda: _openapi(app, plans)  # type: ignore[method-assign]
+    documents = app.state.tenant_documents = TenantDocuments(gateway, app.openapi)
+
+    @app.get(
+        TENANT_OPENAPI,
+        tags=["operations"],
+        summary="This API's OpenAPI document for the caller's tenant: `custom_fields` typed by its custom fields",
+        description="The document of `/openapi.json`, in which the `custom_fields` of accounts and contacts "
+        "(answers, create and PATCH bodies) have a property per custom field of the caller's tenant, typed "
+        "(text, number, decimal string, date, date-time, boolean, enum, array of enum, uri, email, phone) "
+        "with its labels and the required ones. Changes to custom fields show within 30 seconds.",
+        operation_id="get_tenant_openapi",
+    )
+    async def tenant_openapi(request: Request) -> Response:
+        path = request.scope["path"]
+        limit_headers: dict[str, str] = {}
+        try:
+            caller, limit_headers = await gateway.admit(request, public=False)
+            assert caller is not None
+            body = await documents.document(caller.principal)
+        except problems.ProblemError as exc:
+            return problems.render(exc, path, limit_headers)
+        except grpc.RpcError as exc:
+            return problems.render(problems.from_grpc(exc), path, limit_headers)
+        headers = {**limit_headers, "Cache-Control": "private, max-age=30"}
+        return Response(body, media_type="application/json", headers=headers)
+
     # Uploads and downloads (imports, exports, reports) stream in chunks beside the JSON routes.
     file_plans = files.mount(app, gateway, file_services)
     app.add_middleware(
@@ -251,8 +286,16 @@ def _openapi(app: FastAPI, plans: Sequence[RoutePlan]) -> dict[str, Any]:
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
             plan = by_id.get(op.get("operationId", ""))
-            if plan is None:  # health
-                op["security"] = []
+            if plan is None:  # health, the tenant document
+                if op.get("operationId") in PUBLIC_OPERATIONS:
+                    op["security"] = []
+                else:
+                    for code, text in (
+                        ("401", "Missing, invalid or expired credential."),
+                        ("429", "Rate limit reached."),
+                        ("503", "A service behind the gateway is unavailable; retry later."),
+                    ):
+                        responses[code] = _problem_response(text)
                 continue
             if plan.public:
                 op["security"] = []

@@ -5,7 +5,8 @@
      "errors": [{"field": "email", "message": "…"}]}          # errors only for validation problems
 
 `code` is the stable machine-readable reason (the service's google.rpc.ErrorInfo reason, or the gateway's own);
-`type` is derived from it. Services never invent HTTP errors: they raise crm_kit.errors.DomainError, the kit
+`type` is derived from it. A problem may carry more members that its `code` documents (RFC 9457 extension
+members, e.g. `duplicates` on `duplicate_found`); they come from the service's error (`DomainError.extensions`). Services never invent HTTP errors: they raise crm_kit.errors.DomainError, the kit
 turns that into a gRPC status with details, and `from_rpc_error` here turns the status into a problem.
 """
 
@@ -21,7 +22,7 @@ from crm_kit import context
 from crm_kit.errors import from_rpc_error
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -37,7 +38,10 @@ class FieldIssue(BaseModel):
 
 
 class Problem(BaseModel):
-    """An RFC 9457 problem; every error response of the API has this shape."""
+    """An RFC 9457 problem; every error response of the API has this shape. Some codes add members of their
+    own, e.g. `duplicate_found` (409) lists the existing records in `duplicates` (DuplicateCandidate objects)."""
+
+    model_config = ConfigDict(extra="allow")
 
     type: str = Field(description="URI naming the kind of problem: `urn:crm:problem:<code>`.")
     title: str = Field(description="The HTTP status phrase.")
@@ -62,6 +66,7 @@ class ProblemError(Exception):
         *,
         errors: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
+        extensions: dict[str, Any] | None = None,
     ):
         super().__init__(detail)
         self.status = status
@@ -69,6 +74,7 @@ class ProblemError(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+        self.extensions = extensions or {}
 
 
 def render(problem: ProblemError, instance: str, extra_headers: dict[str, str] | None = None) -> Response:
@@ -83,6 +89,8 @@ def render(problem: ProblemError, instance: str, extra_headers: dict[str, str] |
     }
     if problem.errors is not None:
         body["errors"] = problem.errors
+    for name, value in problem.extensions.items():
+        body.setdefault(name, value)  # never instead of a standard member
     headers = {**problem.headers, **(extra_headers or {})}
     return Response(orjson.dumps(body), status_code=problem.status, media_type=MEDIA_TYPE, headers=headers)
 
@@ -140,6 +148,7 @@ def from_grpc(err: grpc.RpcError) -> ProblemError:
         details.message or _phrase(status),
         errors=errors if status == 422 else None,
         headers=headers,
+        extensions=details.extensions,
     )
 
 

@@ -27,7 +27,8 @@ Everything else follows from the request and response messages:
 - Other request fields are query parameters on GET and DELETE (named as in the proto, renamed by `query`),
   and the JSON body on POST/PUT.
 - The answer is the response message, or only its field `unwrap`; a single object with a `version` field gets
-  `ETag: "<version>"`; `status=204` answers no body.
+  `ETag: "<version>"`; `status=204` answers no body. `also` names response fields shown beside an unwrapped
+  object's own, e.g. `also=("duplicates",)` answers the account with its `duplicates` next to its fields.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class Route:
     status: int = 200
     # Answer with only this field of the response, e.g. "user" → the User object.
     unwrap: str | None = None
+    # With `unwrap`: other fields of the response, shown as members of the unwrapped object's JSON.
+    also: Sequence[str] = ()
     # Public query parameter name → request field, for names that read better in a URL ("q" → "query").
     query: Mapping[str, str] = field(default_factory=dict)
     # PATCH only: fields of the object a client may not change, beyond id/version/created_at/updated_at.
@@ -194,6 +197,7 @@ class RoutePlan:
         # The answer.
         self.response_model: Any = None
         self.unwrap = route.unwrap
+        self.also = tuple(route.also)
         self.binary = bool(route.binary)
         if self.binary:
             out = method.output_type.fields_by_name
@@ -219,6 +223,17 @@ class RoutePlan:
                 )
             wkt = schema.WELL_KNOWN_OUTPUT.get(f.message_type.full_name)
             self.response_model = wkt if wkt is not None else schema.REGISTRY.output(f.message_type)
+            if self.also:
+                out = method.output_type.fields_by_name
+                for name in self.also:
+                    if name not in out or name == self.unwrap or name in f.message_type.fields_by_name:
+                        raise ValueError(
+                            f"{route.rpc}: also={name!r} must be another field of the response, and not a "
+                            f"field of {f.message_type.name}"
+                        )
+                self.response_model = schema.REGISTRY.output_with(
+                    f.message_type, [out[name] for name in self.also]
+                )
         else:
             self.response_model = schema.REGISTRY.output(method.output_type)
         answer_desc = (
@@ -368,6 +383,9 @@ class RoutePlan:
             answer: Any = {"items": data.get("items", []), "next_cursor": data.get("next_cursor") or None}
         elif self.unwrap:
             answer = json_format.MessageToDict(getattr(response, self.unwrap), **TO_DICT)
+            if self.also:
+                whole = json_format.MessageToDict(response, **TO_DICT)
+                answer.update({name: whole[name] for name in self.also if name in whole})
         else:
             answer = json_format.MessageToDict(response, **TO_DICT)
         headers: dict[str, str] = {}

@@ -168,23 +168,38 @@ class Gateway:
 
     # ------------------------------------------------------------ the request path
 
-    async def handle(self, plan: RoutePlan, request: Request, values: dict[str, Any]) -> Response:
+    async def admit(self, request: Request, *, public: bool) -> tuple[Caller | None, dict[str, str]]:
+        """Who calls (None on a public route) and the rate-limit headers of the answer; raises a problem when
+        the credential is missing or bad, or a limit is reached. The caller's credential is set on the
+        request context, so calls to services made for this request carry it."""
+        if public:
+            client = request.client
+            return None, await self.limits.check_public(client.host if client else "unknown")
+        headers = request.headers
+        caller = await self.auth.authenticate(headers.get("authorization"), headers.get("x-api-key"))
         ctx = context.current()
+        ctx.principal = caller.principal
+        ctx.extra["access_token"] = caller.token
+        limit_headers = await self.limits.check(
+            caller.principal.tenant_id, caller.api_key_id, caller.api_key_rate_limit_per_minute
+        )
+        return caller, limit_headers
+
+    async def call(self, grpc_path: str, message: Any) -> Any:
+        """A unary call of a routed RPC for the current request, with the caller's credential."""
+        return await self._calls[grpc_path](
+            message, timeout=self.timeout, metadata=grpc_client.outgoing_metadata()
+        )
+
+    def routes(self, grpc_path: str) -> bool:
+        return grpc_path in self._calls
+
+    async def handle(self, plan: RoutePlan, request: Request, values: dict[str, Any]) -> Response:
         path = request.scope["path"]
         limit_headers: dict[str, str] = {}
         try:
             headers = request.headers
-            if plan.public:
-                client = request.client
-                limit_headers = await self.limits.check_public(client.host if client else "unknown")
-                caller: Caller | None = None
-            else:
-                caller = await self.auth.authenticate(headers.get("authorization"), headers.get("x-api-key"))
-                ctx.principal = caller.principal
-                ctx.extra["access_token"] = caller.token
-                limit_headers = await self.limits.check(
-                    caller.principal.tenant_id, caller.api_key_id, caller.api_key_rate_limit_per_minute
-                )
+            caller, limit_headers = await self.admit(request, public=plan.public)
             if not plan.if_match and "if-match" in headers and plan.http_method in ("PATCH", "PUT", "DELETE"):
                 raise ProblemError(
                     400, "if_match_unsupported", "this resource does not support conditional changes yet"

@@ -188,6 +188,39 @@ class SchemaRegistry:
         """The input model of `desc`, without the fields in `exclude` (e.g. ones taken from the path)."""
         return self._build(desc, INPUT, exclude=exclude, suffix=suffix)
 
+    def output_with(self, desc: Descriptor, extra: list[FieldDescriptor]) -> type[BaseModel]:
+        """The output model of `desc` plus fields of another message (see `Route.also`), e.g.
+        `AccountWithDuplicates`: an account with the `duplicates` of its create answer."""
+        key = (desc.full_name, OUTPUT + "+" + ",".join(f.full_name for f in extra), frozenset())
+        if key not in self._models:
+            self.output(desc)
+            name = self._name(desc, "With" + "".join(_camel(f.name) for f in extra), key)
+            fields = {_python_name(f.name): self._field(f, OUTPUT) for f in (*desc.fields, *extra)}
+            model = create_model(
+                name,
+                __config__=ConfigDict(title=name, extra="ignore", populate_by_name=True),
+                __doc__=f"protobuf `{desc.full_name}` with "
+                + ", ".join(f"`{f.name}` of `{f.containing_type.full_name}`" for f in extra),
+                **fields,
+            )
+            self._models[key] = model
+            self._namespace[name] = model
+        return self._models[key]
+
+    def models_of(self, full_names: set[str]) -> list[tuple[str, str, str]]:
+        """The models built so far from these messages: (model name, message, kind), kind being "output"
+        (answers), "input" (create bodies) or "update" (PATCH bodies). Pages refer to their items' models."""
+        out = []
+        for (full_name, mode, _), model in self._models.items():
+            if full_name not in full_names or mode == "page":
+                continue
+            if mode.startswith(OUTPUT):
+                kind = "output"
+            else:
+                kind = "update" if mode.endswith("Update") else "input"
+            out.append((model.__name__, full_name, kind))
+        return out
+
     def page(self, item_desc: Descriptor) -> type[BaseModel]:
         """`{"items": [Item], "next_cursor": str | null}` for a list route."""
         key = (item_desc.full_name, "page", frozenset())

@@ -229,6 +229,28 @@ def redact(decision: Decision, message: Any) -> Any:
     return message
 
 
+# The names a keyword search looks at, per table (both live in the one `search_name` column).
+NAME_FIELDS = {"accounts": ("name", "alt_name"), "contacts": ("name", "name_latin")}
+
+
+def searchable_names(decision: Decision, model: Any) -> list[Any] | None:
+    """None when the caller sees every name of `model`'s records, else the name columns they see."""
+    fields = NAME_FIELDS[model.__tablename__]
+    shown = [getattr(model, f) for f in fields if not is_hidden(decision, f)]
+    return None if len(shown) == len(fields) else shown
+
+
+def keyword(decision: Decision, defs: dict[str, models.CustomField], model: Any, query: str) -> Any:
+    """The keyword clause for this caller: it never matches on a value hidden from them (a hidden name, phone,
+    e-mail or searchable custom field), so which records match reveals nothing they may not see."""
+    return search.clause(
+        model,
+        query,
+        include_extra=not search_blocked(decision, defs),
+        names=searchable_names(decision, model),
+    )
+
+
 def search_blocked(decision: Decision, defs: dict[str, models.CustomField]) -> bool:
     """Phones, e-mails or a searchable custom field hidden: search the names only."""
     hidden = decision.hidden
@@ -481,10 +503,16 @@ async def insert(uow: UnitOfWork, row: models.Account) -> models.Account:
 
 
 async def create(
-    uow: UnitOfWork, src: pb.Account, *, defs: dict[str, models.CustomField], department_of: DepartmentOf
+    uow: UnitOfWork,
+    src: pb.Account,
+    *,
+    defs: dict[str, models.CustomField],
+    department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Account:
+    """`read`: the caller's read decision, which says what the duplicate candidates may show (see dedup)."""
     row = await prepare(uow.session, src, defs=defs, department_of=department_of)
-    await dedup.enforce(uow, "account", row, mode="create")  # duplicate rules: 409 when blocked
+    await dedup.enforce(uow, "account", row, mode="create", read=read)  # duplicate rules: 409 when blocked
     return await insert(uow, row)
 
 
@@ -582,9 +610,7 @@ def filtered(
     for clause in q.parse_filters(fields_for(defs), filters, decision):
         stmt = stmt.where(clause)
     if query.strip():
-        stmt = stmt.where(
-            search.clause(models.Account, query, include_extra=not search_blocked(decision, defs))
-        )
+        stmt = stmt.where(keyword(decision, defs, models.Account, query))
     return stmt
 
 
@@ -718,6 +744,7 @@ async def apply_update(
     *,
     defs: dict[str, models.CustomField],
     department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Account:
     """Change the fields in `paths` of a loaded (locked) row; emits the events when anything changed."""
     check_mask(paths)
@@ -747,7 +774,7 @@ async def apply_update(
     check.done()
     refresh_derived(row, defs)
     if set(paths) & set(DEDUP_FIELDS):
-        await dedup.enforce(uow, "account", row, mode="update")  # duplicate rules: 409 when blocked
+        await dedup.enforce(uow, "account", row, mode="update", read=read)  # 409 when blocked
     await _apply_tier(uow.session, row)
     after = snapshot(row)
     if after == before:
@@ -814,12 +841,15 @@ async def update(
     *,
     defs: dict[str, models.CustomField],
     department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Account:
     paths = list(request.update_mask.paths)
     check_mask(paths)
     row = await get_owned(uow.session, models.Account, "account", request.id, decision=decision, lock=True)
     expect_version(row, request.expected_version)
-    return await apply_update(uow, row, request.account, paths, defs=defs, department_of=department_of)
+    return await apply_update(
+        uow, row, request.account, paths, defs=defs, department_of=department_of, read=read
+    )
 
 
 async def delete(

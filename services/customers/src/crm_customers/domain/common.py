@@ -83,10 +83,13 @@ async def get_owned(
 
 def rule_names(field: str) -> set[str]:
     """The names a field rule (from identity) may give a field. A custom field `custom_fields.<key>` is named
-    `custom_<key>` in rules (identity's field names are identifiers), or `custom_fields` for all of them."""
+    `custom_<key>` in rules (identity's field names are identifiers), or `custom_fields` for all of them; a part
+    of a field (`consent.email`) is covered by the rule on the whole field (`consent`)."""
     if field.startswith("custom_fields."):
         key = field.split(".", 1)[1]
         return {field, f"custom_{key}", "custom_fields"}
+    if "." in field:
+        return {field, field.split(".", 1)[0]}
     return {field}
 
 

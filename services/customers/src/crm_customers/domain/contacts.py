@@ -25,10 +25,11 @@ from crm_customers import models
 from crm_customers.domain import custom_fields as cf
 from crm_customers.domain import dedup, search
 from crm_customers.domain import query as q
-from crm_customers.domain.accounts import DepartmentOf, _clean_list, _struct, redact, search_blocked
+from crm_customers.domain.accounts import DepartmentOf, _clean_list, _struct, keyword, redact
 from crm_customers.domain.common import (
     BUYING_ROLES,
     caller,
+    check_hidden,
     expect_version,
     get_owned,
     soft_delete,
@@ -345,10 +346,16 @@ async def insert(uow: UnitOfWork, row: models.Contact) -> models.Contact:
 
 
 async def create(
-    uow: UnitOfWork, src: pb.Contact, *, defs: dict[str, models.CustomField], department_of: DepartmentOf
+    uow: UnitOfWork,
+    src: pb.Contact,
+    *,
+    defs: dict[str, models.CustomField],
+    department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Contact:
+    """`read`: the caller's read decision, which says what the duplicate candidates may show (see dedup)."""
     row = await prepare(uow.session, src, defs=defs, department_of=department_of)
-    await dedup.enforce(uow, "contact", row, mode="create")  # duplicate rules: 409 when blocked
+    await dedup.enforce(uow, "contact", row, mode="create", read=read)  # duplicate rules: 409 when blocked
     return await insert(uow, row)
 
 
@@ -377,11 +384,12 @@ def filtered(
     stmt = stmt.where(C.deleted_at.is_not(None) if deleted else C.deleted_at.is_(None))
     stmt = stmt.where(visible(decision, C))
     if account_id:
+        check_hidden(decision, ["account_ids"])  # the answer would reveal whom the contacts work for
         stmt = stmt.where(C.account_ids.contains([account_id]))
     for clause in q.parse_filters(fields_for(defs), filters, decision):
         stmt = stmt.where(clause)
     if query.strip():
-        stmt = stmt.where(search.clause(C, query, include_extra=not search_blocked(decision, defs)))
+        stmt = stmt.where(keyword(decision, defs, C, query))
     return stmt
 
 
@@ -462,6 +470,7 @@ async def apply_update(
     *,
     defs: dict[str, models.CustomField],
     department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Contact:
     check_mask(paths)
     before = snapshot(row)
@@ -487,7 +496,7 @@ async def apply_update(
     check.done()
     refresh_derived(row, defs)
     if set(paths) & set(DEDUP_FIELDS):
-        await dedup.enforce(uow, "contact", row, mode="update")  # duplicate rules: 409 when blocked
+        await dedup.enforce(uow, "contact", row, mode="update", read=read)  # 409 when blocked
     after = snapshot(row)
     if after == before:
         return row
@@ -514,12 +523,15 @@ async def update(
     *,
     defs: dict[str, models.CustomField],
     department_of: DepartmentOf,
+    read: Decision | None = None,
 ) -> models.Contact:
     paths = list(request.update_mask.paths)
     check_mask(paths)
     row = await get_owned(uow.session, models.Contact, "contact", request.id, decision=decision, lock=True)
     expect_version(row, request.expected_version)
-    return await apply_update(uow, row, request.contact, paths, defs=defs, department_of=department_of)
+    return await apply_update(
+        uow, row, request.contact, paths, defs=defs, department_of=department_of, read=read
+    )
 
 
 async def delete(

@@ -7,17 +7,19 @@ similarity to the names, then shorter names. Bounded work per query, however com
 
 from __future__ import annotations
 
+from typing import Any
+
 from crm.customers.v1 import customers_pb2 as pb
 from crm_kit.errors import InvalidArgument
 from crm_kit.policy import Decision
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customers import models
 from crm_customers.domain import custom_fields as cf
 from crm_customers.domain import search
-from crm_customers.domain.accounts import search_blocked
-from crm_customers.domain.common import RECORD_TYPES, caller, visible
+from crm_customers.domain.accounts import keyword, searchable_names
+from crm_customers.domain.common import RECORD_TYPES, caller, is_hidden, visible
 
 CANDIDATES = 200
 DEFAULT_LIMIT = 20
@@ -49,25 +51,26 @@ async def find(
                 model.tenant_id == tenant_id,
                 model.deleted_at.is_(None),
                 visible(decision, model),
-                search.clause(model, request.query, include_extra=not search_blocked(decision, defs)),
+                keyword(decision, defs, model, request.query),
             )
             .limit(CANDIDATES)
             .subquery()
         )
         detail_fields = ("city", "industry") if kind == "account" else ("titles",)
-        prefix = case((model.search_name.startswith(q), 1.0), else_=0.0)
-        score = func.word_similarity(q, model.search_name)
+        rank = _rank(model, q, searchable_names(decision, model))
+        name_hidden = is_hidden(decision, "name")
+        # The order may not tell anything of a hidden name either (its likeness to the keyword, its length).
+        order = [rank.desc()] + ([] if name_hidden else [func.length(model.name)]) + [model.id]
         rows = await session.execute(
-            select(model.id, model.name, prefix + score, *(getattr(model, f) for f in detail_fields))
+            select(model.id, model.name, rank, *(getattr(model, f) for f in detail_fields))
             .where(model.id.in_(select(matches.c.id)))
-            .order_by((prefix + score).desc(), func.length(model.name), model.id)
+            .order_by(*order)
             .limit(limit)
         )
-        name_hidden = "name" in decision.hidden
         for rid, name, rank, *details in rows:
             shown = []
             for f, value in zip(detail_fields, details, strict=True):
-                if f not in decision.hidden and value:
+                if not is_hidden(decision, f) and value:
                     shown.append(" / ".join(value) if isinstance(value, list) else value)
             extra = " · ".join(shown)
             hits.append(
@@ -81,3 +84,17 @@ async def find(
             )
     hits.sort(key=lambda h: -h.score)
     return hits[:limit]
+
+
+def _rank(model: Any, q: str, names: list[Any] | None) -> Any:
+    """Names that start with the keyword first, then word similarity: over the names the caller sees only."""
+    if names is None:
+        prefix = case((model.search_name.startswith(q), 1.0), else_=0.0)
+        return prefix + func.word_similarity(q, model.search_name)
+    if not names:
+        return literal(0.0)
+    parts = [
+        case((search.folded(c).startswith(q), 1.0), else_=0.0) + func.word_similarity(q, search.folded(c))
+        for c in names
+    ]
+    return parts[0] if len(parts) == 1 else func.greatest(*parts)

@@ -17,7 +17,7 @@ from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 from crm_kit.validation import Check
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_customers import models
@@ -95,7 +95,7 @@ def snapshot(i: models.Interaction) -> dict[str, Any]:
 
 def timeline_item(i: models.Interaction, locale: str = "zh-CN") -> pb.TimelineItem:
     zh, en = KIND_TITLES.get(i.kind, (i.kind, i.kind))
-    label = zh if locale.startswith("zh") else en
+    label = en if locale == "en" else zh
     return pb.TimelineItem(
         id=i.id,
         kind=f"interaction.{i.kind}",
@@ -248,11 +248,18 @@ async def list_interactions(
 
 
 async def timeline(
-    session: AsyncSession, *, account_ids: list[str], contact_ids: list[str], page_request: Any
-) -> tuple[list[models.Interaction], str]:
-    """Interactions on any of these records, newest first (the caller has checked it may read the records)."""
-    I = models.Interaction  # noqa: E741
-    keys = [SortKey(I.occurred_at, descending=True), SortKey(I.id, descending=True)]
+    session: AsyncSession,
+    *,
+    account_ids: list[str],
+    contact_ids: list[str],
+    page_request: Any,
+    entries: Any = None,
+) -> tuple[list[models.Interaction | models.TimelineEntry], str]:
+    """Interactions on any of these records and, when `entries` (a WHERE clause on timeline entries: those the
+    caller may see) is given, the accounts' timeline entries from other services; newest first, one keyset
+    over both (the caller has checked it may read the records)."""
+    I, E = models.Interaction, models.TimelineEntry  # noqa: E741
+    tenant_id = caller().tenant_id
     page = Page.of(page_request, 2)
     if page.cursor_values:
         try:
@@ -264,9 +271,28 @@ async def timeline(
         on.append(I.account_ids.overlap(account_ids))
     if contact_ids:
         on.append(I.contact_ids.overlap(contact_ids))
-    stmt = select(I).where(I.tenant_id == caller().tenant_id, I.deleted_at.is_(None), or_(*on))
-    rows = (await session.scalars(page.apply(stmt, keys))).all()
-    return page.split(rows, lambda r: [r.occurred_at.isoformat(), r.id])
+    branches = [
+        select(I.occurred_at.label("at"), I.id.label("id")).where(
+            I.tenant_id == tenant_id, I.deleted_at.is_(None), or_(*on)
+        )
+    ]
+    if entries is not None and account_ids:
+        branches.append(
+            select(E.occurred_at.label("at"), E.id.label("id")).where(
+                E.tenant_id == tenant_id, E.account_id.in_(account_ids), entries
+            )
+        )
+    merged = union_all(*branches).subquery()
+    keys = [SortKey(merged.c.at, descending=True), SortKey(merged.c.id, descending=True)]
+    ids = (await session.execute(page.apply(select(merged.c.at, merged.c.id), keys))).all()
+    ids, cursor = page.split(ids, lambda r: [r.at.isoformat(), r.id])
+    wanted = [r.id for r in ids]
+    found: dict[str, Any] = {}
+    if wanted:
+        found.update({i.id: i for i in (await session.scalars(select(I).where(I.id.in_(wanted)))).all()})
+        if len(branches) > 1 and len(found) < len(wanted):
+            found.update({e.id: e for e in (await session.scalars(select(E).where(E.id.in_(wanted)))).all()})
+    return [found[i] for i in wanted if i in found], cursor
 
 
 async def update(

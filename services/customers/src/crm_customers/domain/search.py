@@ -8,16 +8,20 @@ Three columns per record, written on every create and update:
   Chinese keywords are two ("华为"): those queries look the piece up in this array (GIN, `@>`).
 - `search_extra`: phone digits, e-mails and searchable custom field values (trigram GIN). A caller for whom
   any of these is hidden searches names only, so a search can never reveal a hidden value.
+
+Names are one column for both names of a record (name and alt/Latin name). A caller for whom one of them is
+hidden searches the other only: the indexes still narrow the rows, and a recheck on the visible name's own
+column (folded the same way, no pinyin) decides; for a caller who sees neither, names are not searched.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, literal, or_, text
+from sqlalchemy import and_, false, func, literal, literal_column, or_, text
 
 from crm_customers.normalize import to_pinyin
 
@@ -71,20 +75,35 @@ def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
 
 
-def clause(model: Any, query: str, *, include_extra: bool) -> Any:
-    """Rows matching the keyword (the caller adds tenant, scope and liveness)."""
+def folded(column: Any) -> Any:
+    """`fold` in SQL (NFKC, lower case), for a recheck on one name column."""
+    return func.lower(func.normalize(column, literal_column("NFKC")))
+
+
+def clause(model: Any, query: str, *, include_extra: bool, names: Sequence[Any] | None = None) -> Any:
+    """Rows matching the keyword (the caller adds tenant, scope and liveness). `names`: None, every name may be
+    searched; else the name columns the caller may see (possibly none), which the match must come from."""
     q = normalize_query(query)
     if not q:
         return literal(True)
-    if len(q) < 3:
-        return model.search_grams.contains([q])
     like = f"%{_escape_like(q)}%"
-    conditions = [model.search_name.like(like)]
-    if not _has_han(q):
-        conditions.append(literal(q).op("<%")(model.search_name))
-    if include_extra:
+    conditions = []
+    if names is None or names:
+        if len(q) < 3:
+            by_name = model.search_grams.contains([q])
+        else:
+            by_name = model.search_name.like(like)
+            if not _has_han(q):
+                by_name = or_(by_name, literal(q).op("<%")(model.search_name))
+        if names:
+            rechecks = [folded(c).like(like) for c in names]
+            if len(q) >= 3 and not _has_han(q):
+                rechecks.extend(literal(q).op("<%")(folded(c)) for c in names)
+            by_name = and_(by_name, or_(*rechecks))
+        conditions.append(by_name)
+    if include_extra and len(q) >= 3:
         conditions.append(model.search_extra.like(like))
-    return or_(*conditions)
+    return or_(*conditions) if conditions else false()
 
 
 # pg_trgm's default word-similarity threshold (0.6) misses one-letter typos in short names ("Alibba" scores

@@ -1,7 +1,9 @@
 """Customers' REST face: accounts, contacts, the hierarchy, relationships and the graph, interactions and the
 timeline, custom fields, saved views, search, and the recycle bin.
 
-Fields, types and schemas come from customers.proto. Custom fields travel as the `custom_fields` object of an
+Fields, types and schemas come from customers.proto. Creating or changing an account or contact answers the
+record with `duplicates`: what the tenant's "warn" duplicate rules found (a "block" rule answers 409
+`duplicate_found` with the same list in the problem's `duplicates`). Custom fields travel as the `custom_fields` object of an
 account or contact (typed per tenant: GET /custom-fields describes each key's type, options and rules).
 Lists take `filter=field:op:value` (repeatable), `sort=-field,field`, `q=` (keyword), `view_id=` (a saved view)
 and `deleted=true` (the recycle bin).
@@ -24,6 +26,7 @@ CUSTOMERS = ServiceRoutes(
             "CreateAccount",
             status=201,
             unwrap="account",
+            also=("duplicates",),
             location="/accounts/{id}",
             tag="accounts",
             summary='Create an account (company); the body is {"account": {...}}',
@@ -50,6 +53,7 @@ CUSTOMERS = ServiceRoutes(
             "/accounts/{id}",
             "UpdateAccount",
             unwrap="account",
+            also=("duplicates",),
             read_only=_SERVER_SET,
             tag="accounts",
         ),
@@ -68,6 +72,14 @@ CUSTOMERS = ServiceRoutes(
             unwrap="account",
             tag="accounts",
             summary="Bring an account back from the recycle bin",
+        ),
+        Route(
+            "POST",
+            "/accounts/{id}/purge",
+            "PurgeAccount",
+            status=204,
+            tag="accounts",
+            summary="Purge an account from the recycle bin now, for good (needs delete on recycle_bin)",
         ),
         Route(
             "GET",
@@ -112,6 +124,7 @@ CUSTOMERS = ServiceRoutes(
             "CreateContact",
             status=201,
             unwrap="contact",
+            also=("duplicates",),
             location="/contacts/{id}",
             tag="contacts",
             summary='Create a contact (person); the body is {"contact": {...}}',
@@ -124,11 +137,20 @@ CUSTOMERS = ServiceRoutes(
             "/contacts/{id}",
             "UpdateContact",
             unwrap="contact",
+            also=("duplicates",),
             read_only=("department_id", "created_by", "deleted_at"),
             tag="contacts",
         ),
         Route("DELETE", "/contacts/{id}", "DeleteContact", status=204, tag="contacts"),
         Route("POST", "/contacts/{id}/restore", "RestoreContact", unwrap="contact", tag="contacts"),
+        Route(
+            "POST",
+            "/contacts/{id}/purge",
+            "PurgeContact",
+            status=204,
+            tag="contacts",
+            summary="Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)",
+        ),
         Route("GET", "/contacts/{id}/timeline", "ListContactTimeline", tag="timeline"),
         Route("GET", "/contacts/{id}/graph", "GetContactGraph", tag="graph"),
         # Interactions.
@@ -238,6 +260,23 @@ CUSTOMERS = ServiceRoutes(
             tag="saved views",
         ),
         Route("DELETE", "/saved-views/{id}", "DeleteSavedView", status=204, tag="saved views"),
+        # The recycle bin.
+        Route(
+            "GET",
+            "/recycle-bin/settings",
+            "GetRecycleBinSettings",
+            unwrap="recycle_bin_settings",
+            tag="recycle bin",
+            summary="How many days deleted accounts and contacts stay restorable before they are purged",
+        ),
+        Route(
+            "PUT",
+            "/recycle-bin/settings",
+            "UpdateRecycleBinSettings",
+            unwrap="recycle_bin_settings",
+            tag="recycle bin",
+            summary="Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)",
+        ),
         # Search.
         Route(
             "GET",

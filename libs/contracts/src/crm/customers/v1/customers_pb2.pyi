@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from crm.common.v1 import paging_pb2 as _paging_pb2
+from crm.customers.v1 import duplicates_pb2 as _duplicates_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
@@ -394,16 +395,25 @@ class CreateAccountResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> Global___Account: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
+        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
+        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
+        """
+
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "duplicates", b"duplicates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,16 +611,25 @@ class UpdateAccountResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> Global___Account: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
+        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
+        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
+        """
+
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "duplicates", b"duplicates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1183,16 +1202,25 @@ class CreateContactResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def contact(self) -> Global___Contact: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
+        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
+        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
+        """
+
     def __init__(
         self,
         *,
         contact: Global___Contact | None = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "duplicates", b"duplicates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1389,16 +1417,25 @@ class UpdateContactResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def contact(self) -> Global___Contact: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
+        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
+        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
+        """
+
     def __init__(
         self,
         *,
         contact: Global___Contact | None = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "duplicates", b"duplicates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1851,8 +1888,8 @@ Global___DeleteInteractionResponse: _TypeAlias = DeleteInteractionResponse  # no
 
 @_typing.final
 class TimelineItem(_message.Message):
-    """One entry of a record's timeline, newest first. Other services add kinds of their own later (a won deal,
-    a ticket); `kind` and `title` let a client show any entry, the typed part gives the details.
+    """One entry of a record's timeline, newest first. Other services add kinds of their own (a won deal, a
+    payment, later a ticket); `kind` and `title` let a client show any entry, the typed part gives the details.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1863,15 +1900,19 @@ class TimelineItem(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     INTERACTION_FIELD_NUMBER: _builtins.int
+    SALES_EVENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
-    """"interaction.call", "interaction.meeting", ..., later e.g. "sales.deal_won"."""
+    """"interaction.call", "interaction.meeting", ..., "sales.opportunity_won", "sales.payment_recorded", ..."""
     title: _builtins.str
+    """In the language the list asked for (`locale`)."""
     summary: _builtins.str
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def interaction(self) -> Global___Interaction: ...
+    @_builtins.property
+    def sales_event(self) -> Global___SalesEvent: ...
     def __init__(
         self,
         *,
@@ -1881,16 +1922,74 @@ class TimelineItem(_message.Message):
         title: _builtins.str = ...,
         summary: _builtins.str = ...,
         interaction: Global___Interaction | None = ...,
+        sales_event: Global___SalesEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "interaction", b"interaction", "occurred_at", b"occurred_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "interaction", b"interaction", "occurred_at", b"occurred_at", "sales_event", b"sales_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "id", b"id", "interaction", b"interaction", "kind", b"kind", "occurred_at", b"occurred_at", "summary", b"summary", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "id", b"id", "interaction", b"interaction", "kind", b"kind", "occurred_at", b"occurred_at", "sales_event", b"sales_event", "summary", b"summary", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["interaction"]  # noqa: Y015
+    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["interaction", "sales_event"]  # noqa: Y015
     _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 
 Global___TimelineItem: _TypeAlias = TimelineItem  # noqa: Y015
+
+@_typing.final
+class SalesEvent(_message.Message):
+    """Something the sales service did for the account (from its events): an opportunity created, won or lost, a
+    quote, a contract, an order, a payment plan, a payment, an overdue instalment, a converted lead. Shown to
+    whoever may read both the account and that sales object (its data scope included).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_TYPE_FIELD_NUMBER: _builtins.int
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPE_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    TITLE_ZH_FIELD_NUMBER: _builtins.int
+    TITLE_EN_FIELD_NUMBER: _builtins.int
+    SUMMARY_ZH_FIELD_NUMBER: _builtins.int
+    SUMMARY_EN_FIELD_NUMBER: _builtins.int
+    link_type: _builtins.str
+    """What the entry links to in the sales API: "opportunity", "quote", "contract", "order", "payment_plan",
+    "payment" or "lead", and its id (e.g. GET /api/v1/opportunities/{link_id}).
+    """
+    link_id: _builtins.str
+    event_type: _builtins.str
+    """The sales event it came from, e.g. "crm.sales.v1.OpportunityWon", and its id."""
+    event_id: _builtins.str
+    amount: _builtins.str
+    """The amount it is about (a decimal string) and its currency, when it is about money."""
+    currency: _builtins.str
+    title_zh: _builtins.str
+    """The title and summary in both languages."""
+    title_en: _builtins.str
+    summary_zh: _builtins.str
+    summary_en: _builtins.str
+    def __init__(
+        self,
+        *,
+        link_type: _builtins.str = ...,
+        link_id: _builtins.str = ...,
+        event_type: _builtins.str = ...,
+        event_id: _builtins.str = ...,
+        amount: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        title_zh: _builtins.str = ...,
+        title_en: _builtins.str = ...,
+        summary_zh: _builtins.str = ...,
+        summary_en: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "currency", b"currency", "event_id", b"event_id", "event_type", b"event_type", "link_id", b"link_id", "link_type", b"link_type", "summary_en", b"summary_en", "summary_zh", b"summary_zh", "title_en", b"title_en", "title_zh", b"title_zh"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SalesEvent: _TypeAlias = SalesEvent  # noqa: Y015
 
 @_typing.final
 class ListAccountTimelineRequest(_message.Message):
@@ -1899,9 +1998,12 @@ class ListAccountTimelineRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     INCLUDE_CONTACTS_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     include_contacts: _builtins.bool
     """Include the interactions of the account's contacts too."""
+    locale: _builtins.str
+    """The language of titles and summaries: "zh-CN" (the default) or "en"."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -1910,10 +2012,11 @@ class ListAccountTimelineRequest(_message.Message):
         page: _paging_pb2.PageRequest | None = ...,
         id: _builtins.str = ...,
         include_contacts: _builtins.bool = ...,
+        locale: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "include_contacts", b"include_contacts", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "include_contacts", b"include_contacts", "locale", b"locale", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1948,7 +2051,10 @@ class ListContactTimelineRequest(_message.Message):
 
     PAGE_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    locale: _builtins.str
+    """The language of titles and summaries: "zh-CN" (the default) or "en"."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -1956,10 +2062,11 @@ class ListContactTimelineRequest(_message.Message):
         *,
         page: _paging_pb2.PageRequest | None = ...,
         id: _builtins.str = ...,
+        locale: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "locale", b"locale", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3392,3 +3499,182 @@ class SearchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchResponse: _TypeAlias = SearchResponse  # noqa: Y015
+
+@_typing.final
+class RecycleBinSettings(_message.Message):
+    """---------------------------------------------------------------- the recycle bin
+
+    How long deleted accounts and contacts stay in the recycle bin (restorable). Once a record has been deleted
+    longer than this, a periodic job purges it for good, with what belongs to it alone (its relationships, its
+    own interactions, its history); records of a merge that can still be undone wait until the undo period ends.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    retention_days: _builtins.int
+    """1..3650 days; 30 until the tenant sets it."""
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        retention_days: _builtins.int = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["retention_days", b"retention_days", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecycleBinSettings: _TypeAlias = RecycleBinSettings  # noqa: Y015
+
+@_typing.final
+class GetRecycleBinSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecycleBinSettingsRequest: _TypeAlias = GetRecycleBinSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetRecycleBinSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECYCLE_BIN_SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recycle_bin_settings(self) -> Global___RecycleBinSettings: ...
+    def __init__(
+        self,
+        *,
+        recycle_bin_settings: Global___RecycleBinSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecycleBinSettingsResponse: _TypeAlias = GetRecycleBinSettingsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateRecycleBinSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    retention_days: _builtins.int
+    expected_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        retention_days: _builtins.int = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_version", b"expected_version", "retention_days", b"retention_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRecycleBinSettingsRequest: _TypeAlias = UpdateRecycleBinSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRecycleBinSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECYCLE_BIN_SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recycle_bin_settings(self) -> Global___RecycleBinSettings: ...
+    def __init__(
+        self,
+        *,
+        recycle_bin_settings: Global___RecycleBinSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRecycleBinSettingsResponse: _TypeAlias = UpdateRecycleBinSettingsResponse  # noqa: Y015
+
+@_typing.final
+class PurgeAccountRequest(_message.Message):
+    """Purges an account from the recycle bin now, for good (e.g. an erasure request): only a deleted account, and
+    only for a caller who may delete accounts and delete from the recycle bin (object "recycle_bin").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeAccountRequest: _TypeAlias = PurgeAccountRequest  # noqa: Y015
+
+@_typing.final
+class PurgeAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeAccountResponse: _TypeAlias = PurgeAccountResponse  # noqa: Y015
+
+@_typing.final
+class PurgeContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeContactRequest: _TypeAlias = PurgeContactRequest  # noqa: Y015
+
+@_typing.final
+class PurgeContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeContactResponse: _TypeAlias = PurgeContactResponse  # noqa: Y015

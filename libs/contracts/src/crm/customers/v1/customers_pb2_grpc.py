@@ -279,6 +279,26 @@ class CustomersServiceStub:
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.SearchRequest.SerializeToString,
                 response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.GetRecycleBinSettings = channel.unary_unary(
+                '/crm.customers.v1.CustomersService/GetRecycleBinSettings',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetRecycleBinSettingsRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetRecycleBinSettingsResponse.FromString,
+                _registered_method=True)
+        self.UpdateRecycleBinSettings = channel.unary_unary(
+                '/crm.customers.v1.CustomersService/UpdateRecycleBinSettings',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.UpdateRecycleBinSettingsRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.UpdateRecycleBinSettingsResponse.FromString,
+                _registered_method=True)
+        self.PurgeAccount = channel.unary_unary(
+                '/crm.customers.v1.CustomersService/PurgeAccount',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.PurgeAccountRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.PurgeAccountResponse.FromString,
+                _registered_method=True)
+        self.PurgeContact = channel.unary_unary(
+                '/crm.customers.v1.CustomersService/PurgeContact',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.PurgeContactRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.PurgeContactResponse.FromString,
+                _registered_method=True)
 
 
 class CustomersServiceServicer:
@@ -584,6 +604,32 @@ class CustomersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRecycleBinSettings(self, request, context):
+        """The recycle bin: how long deleted records stay restorable (after which a periodic job purges them for
+        good), and purging one record now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRecycleBinSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeAccount(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CustomersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -821,6 +867,26 @@ def add_CustomersServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.SearchRequest.FromString,
                     response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.SearchResponse.SerializeToString,
+            ),
+            'GetRecycleBinSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecycleBinSettings,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetRecycleBinSettingsRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetRecycleBinSettingsResponse.SerializeToString,
+            ),
+            'UpdateRecycleBinSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRecycleBinSettings,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.UpdateRecycleBinSettingsRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.UpdateRecycleBinSettingsResponse.SerializeToString,
+            ),
+            'PurgeAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeAccount,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.PurgeAccountRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.PurgeAccountResponse.SerializeToString,
+            ),
+            'PurgeContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeContact,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.PurgeContactRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.PurgeContactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2102,6 +2168,114 @@ class CustomersService:
             '/crm.customers.v1.CustomersService/Search',
             crm_dot_customers_dot_v1_dot_customers__pb2.SearchRequest.SerializeToString,
             crm_dot_customers_dot_v1_dot_customers__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecycleBinSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.CustomersService/GetRecycleBinSettings',
+            crm_dot_customers_dot_v1_dot_customers__pb2.GetRecycleBinSettingsRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.GetRecycleBinSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRecycleBinSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.CustomersService/UpdateRecycleBinSettings',
+            crm_dot_customers_dot_v1_dot_customers__pb2.UpdateRecycleBinSettingsRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.UpdateRecycleBinSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.CustomersService/PurgeAccount',
+            crm_dot_customers_dot_v1_dot_customers__pb2.PurgeAccountRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.PurgeAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.CustomersService/PurgeContact',
+            crm_dot_customers_dot_v1_dot_customers__pb2.PurgeContactRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.PurgeContactResponse.FromString,
             options,
             channel_credentials,
             insecure,

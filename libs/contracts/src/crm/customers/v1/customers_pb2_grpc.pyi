@@ -98,6 +98,13 @@ class CustomersServiceStub:
     DeleteSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteSavedViewRequest, _customers_pb2.DeleteSavedViewResponse]
     Search: _grpc.UnaryUnaryMultiCallable[_customers_pb2.SearchRequest, _customers_pb2.SearchResponse]
     """Keyword search over accounts and contacts."""
+    GetRecycleBinSettings: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetRecycleBinSettingsRequest, _customers_pb2.GetRecycleBinSettingsResponse]
+    """The recycle bin: how long deleted records stay restorable (after which a periodic job purges them for
+    good), and purging one record now.
+    """
+    UpdateRecycleBinSettings: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateRecycleBinSettingsRequest, _customers_pb2.UpdateRecycleBinSettingsResponse]
+    PurgeAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.PurgeAccountRequest, _customers_pb2.PurgeAccountResponse]
+    PurgeContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.PurgeContactRequest, _customers_pb2.PurgeContactResponse]
 
 @_typing.type_check_only
 class CustomersServiceAsyncStub(CustomersServiceStub):
@@ -169,6 +176,13 @@ class CustomersServiceAsyncStub(CustomersServiceStub):
     DeleteSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteSavedViewRequest, _customers_pb2.DeleteSavedViewResponse]  # type: ignore[assignment]
     Search: _aio.UnaryUnaryMultiCallable[_customers_pb2.SearchRequest, _customers_pb2.SearchResponse]  # type: ignore[assignment]
     """Keyword search over accounts and contacts."""
+    GetRecycleBinSettings: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetRecycleBinSettingsRequest, _customers_pb2.GetRecycleBinSettingsResponse]  # type: ignore[assignment]
+    """The recycle bin: how long deleted records stay restorable (after which a periodic job purges them for
+    good), and purging one record now.
+    """
+    UpdateRecycleBinSettings: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateRecycleBinSettingsRequest, _customers_pb2.UpdateRecycleBinSettingsResponse]  # type: ignore[assignment]
+    PurgeAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.PurgeAccountRequest, _customers_pb2.PurgeAccountResponse]  # type: ignore[assignment]
+    PurgeContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.PurgeContactRequest, _customers_pb2.PurgeContactResponse]  # type: ignore[assignment]
 
 class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
     """Customers: the 360° record every other service points at — accounts (companies) and contacts (people),
@@ -519,5 +533,36 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.SearchResponse, _abc.Awaitable[_customers_pb2.SearchResponse]]:
         """Keyword search over accounts and contacts."""
+
+    @_abc_1.abstractmethod
+    def GetRecycleBinSettings(
+        self,
+        request: _customers_pb2.GetRecycleBinSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.GetRecycleBinSettingsResponse, _abc.Awaitable[_customers_pb2.GetRecycleBinSettingsResponse]]:
+        """The recycle bin: how long deleted records stay restorable (after which a periodic job purges them for
+        good), and purging one record now.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateRecycleBinSettings(
+        self,
+        request: _customers_pb2.UpdateRecycleBinSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.UpdateRecycleBinSettingsResponse, _abc.Awaitable[_customers_pb2.UpdateRecycleBinSettingsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PurgeAccount(
+        self,
+        request: _customers_pb2.PurgeAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.PurgeAccountResponse, _abc.Awaitable[_customers_pb2.PurgeAccountResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PurgeContact(
+        self,
+        request: _customers_pb2.PurgeContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.PurgeContactResponse, _abc.Awaitable[_customers_pb2.PurgeContactResponse]]: ...
 
 def add_CustomersServiceServicer_to_server(servicer: CustomersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

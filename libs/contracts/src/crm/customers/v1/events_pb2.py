@@ -23,65 +23,74 @@ _sym_db = _symbol_database.Default()
 
 
 from crm.customers.v1 import customers_pb2 as crm_dot_customers_dot_v1_dot_customers__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63rm/customers/v1/events.proto\x12\x10\x63rm.customers.v1\x1a crm/customers/v1/customers.proto\"<\n\x0e\x41\x63\x63ountCreated\x12*\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Account\"<\n\x0e\x41\x63\x63ountUpdated\x12*\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Account\"<\n\x0e\x41\x63\x63ountDeleted\x12*\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Account\"=\n\x0f\x41\x63\x63ountRestored\x12*\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Account\"\x93\x01\n\x13\x41\x63\x63ountStageChanged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x34\n\nfrom_stage\x18\x02 \x01(\x0e\x32 .crm.customers.v1.LifecycleStage\x12\x32\n\x08to_stage\x18\x03 \x01(\x0e\x32 .crm.customers.v1.LifecycleStage\"U\n\x13\x41\x63\x63ountOwnerChanged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rfrom_owner_id\x18\x02 \x01(\t\x12\x13\n\x0bto_owner_id\x18\x03 \x01(\t\"X\n\x14\x41\x63\x63ountParentChanged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66rom_parent_id\x18\x02 \x01(\t\x12\x14\n\x0cto_parent_id\x18\x03 \x01(\t\"C\n\x10TierRulesUpdated\x12/\n\ntier_rules\x18\x01 \x01(\x0b\x32\x1b.crm.customers.v1.TierRules\"<\n\x0e\x43ontactCreated\x12*\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Contact\"<\n\x0e\x43ontactUpdated\x12*\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Contact\"<\n\x0e\x43ontactDeleted\x12*\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Contact\"=\n\x0f\x43ontactRestored\x12*\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Contact\"H\n\x12InteractionCreated\x12\x32\n\x0binteraction\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.Interaction\"H\n\x12InteractionUpdated\x12\x32\n\x0binteraction\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.Interaction\"H\n\x12InteractionDeleted\x12\x32\n\x0binteraction\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.Interaction\"X\n\x17RelationshipTypeCreated\x12=\n\x11relationship_type\x18\x01 \x01(\x0b\x32\".crm.customers.v1.RelationshipType\"X\n\x17RelationshipTypeUpdated\x12=\n\x11relationship_type\x18\x01 \x01(\x0b\x32\".crm.customers.v1.RelationshipType\"X\n\x17RelationshipTypeDeleted\x12=\n\x11relationship_type\x18\x01 \x01(\x0b\x32\".crm.customers.v1.RelationshipType\"K\n\x13RelationshipCreated\x12\x34\n\x0crelationship\x18\x01 \x01(\x0b\x32\x1e.crm.customers.v1.Relationship\"K\n\x13RelationshipDeleted\x12\x34\n\x0crelationship\x18\x01 \x01(\x0b\x32\x1e.crm.customers.v1.Relationship\"I\n\x12\x43ustomFieldCreated\x12\x33\n\x0c\x63ustom_field\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.CustomField\"I\n\x12\x43ustomFieldUpdated\x12\x33\n\x0c\x63ustom_field\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.CustomField\"I\n\x12\x43ustomFieldDeleted\x12\x33\n\x0c\x63ustom_field\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.CustomField\"C\n\x10SavedViewCreated\x12/\n\nsaved_view\x18\x01 \x01(\x0b\x32\x1b.crm.customers.v1.SavedView\"C\n\x10SavedViewUpdated\x12/\n\nsaved_view\x18\x01 \x01(\x0b\x32\x1b.crm.customers.v1.SavedView\"C\n\x10SavedViewDeleted\x12/\n\nsaved_view\x18\x01 \x01(\x0b\x32\x1b.crm.customers.v1.SavedViewb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63rm/customers/v1/events.proto\x12\x10\x63rm.customers.v1\x1a crm/customers/v1/customers.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"<\n\x0e\x41\x63\x63ountCreated\x12*\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Account\"<\n\x0e\x41\x63\x63ountUpdated\x12*\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Account\"<\n\x0e\x41\x63\x63ountDeleted\x12*\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Account\"=\n\x0f\x41\x63\x63ountRestored\x12*\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Account\"\x93\x01\n\x13\x41\x63\x63ountStageChanged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x34\n\nfrom_stage\x18\x02 \x01(\x0e\x32 .crm.customers.v1.LifecycleStage\x12\x32\n\x08to_stage\x18\x03 \x01(\x0e\x32 .crm.customers.v1.LifecycleStage\"U\n\x13\x41\x63\x63ountOwnerChanged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rfrom_owner_id\x18\x02 \x01(\t\x12\x13\n\x0bto_owner_id\x18\x03 \x01(\t\"X\n\x14\x41\x63\x63ountParentChanged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66rom_parent_id\x18\x02 \x01(\t\x12\x14\n\x0cto_parent_id\x18\x03 \x01(\t\"C\n\x10TierRulesUpdated\x12/\n\ntier_rules\x18\x01 \x01(\x0b\x32\x1b.crm.customers.v1.TierRules\"<\n\x0e\x43ontactCreated\x12*\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Contact\"<\n\x0e\x43ontactUpdated\x12*\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Contact\"<\n\x0e\x43ontactDeleted\x12*\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Contact\"=\n\x0f\x43ontactRestored\x12*\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x19.crm.customers.v1.Contact\"H\n\x12InteractionCreated\x12\x32\n\x0binteraction\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.Interaction\"H\n\x12InteractionUpdated\x12\x32\n\x0binteraction\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.Interaction\"H\n\x12InteractionDeleted\x12\x32\n\x0binteraction\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.Interaction\"X\n\x17RelationshipTypeCreated\x12=\n\x11relationship_type\x18\x01 \x01(\x0b\x32\".crm.customers.v1.RelationshipType\"X\n\x17RelationshipTypeUpdated\x12=\n\x11relationship_type\x18\x01 \x01(\x0b\x32\".crm.customers.v1.RelationshipType\"X\n\x17RelationshipTypeDeleted\x12=\n\x11relationship_type\x18\x01 \x01(\x0b\x32\".crm.customers.v1.RelationshipType\"K\n\x13RelationshipCreated\x12\x34\n\x0crelationship\x18\x01 \x01(\x0b\x32\x1e.crm.customers.v1.Relationship\"K\n\x13RelationshipDeleted\x12\x34\n\x0crelationship\x18\x01 \x01(\x0b\x32\x1e.crm.customers.v1.Relationship\"I\n\x12\x43ustomFieldCreated\x12\x33\n\x0c\x63ustom_field\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.CustomField\"I\n\x12\x43ustomFieldUpdated\x12\x33\n\x0c\x63ustom_field\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.CustomField\"I\n\x12\x43ustomFieldDeleted\x12\x33\n\x0c\x63ustom_field\x18\x01 \x01(\x0b\x32\x1d.crm.customers.v1.CustomField\"C\n\x10SavedViewCreated\x12/\n\nsaved_view\x18\x01 \x01(\x0b\x32\x1b.crm.customers.v1.SavedView\"C\n\x10SavedViewUpdated\x12/\n\nsaved_view\x18\x01 \x01(\x0b\x32\x1b.crm.customers.v1.SavedView\"C\n\x10SavedViewDeleted\x12/\n\nsaved_view\x18\x01 \x01(\x0b\x32\x1b.crm.customers.v1.SavedView\"\x94\x01\n\rAccountPurged\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12.\n\ndeleted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x07summary\x18\x04 \x01(\x0b\x32\x1e.crm.customers.v1.PurgeSummary\"\x94\x01\n\rContactPurged\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12.\n\ndeleted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12/\n\x07summary\x18\x04 \x01(\x0b\x32\x1e.crm.customers.v1.PurgeSummary\"\xbb\x01\n\x0cPurgeSummary\x12\x1d\n\x15relationships_removed\x18\x01 \x01(\x03\x12\x1c\n\x14interactions_removed\x18\x02 \x01(\x03\x12\x1d\n\x15interactions_unlinked\x18\x03 \x01(\x03\x12\x1c\n\x14\x63ontact_ids_unlinked\x18\x04 \x03(\t\x12\x17\n\x0fhistory_removed\x18\x05 \x01(\x03\x12\x18\n\x10merge_ids_closed\x18\x06 \x03(\t\"_\n\x19RecycleBinSettingsUpdated\x12\x42\n\x14recycle_bin_settings\x18\x01 \x01(\x0b\x32$.crm.customers.v1.RecycleBinSettingsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.customers.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTCREATED']._serialized_start=85
-  _globals['_ACCOUNTCREATED']._serialized_end=145
-  _globals['_ACCOUNTUPDATED']._serialized_start=147
-  _globals['_ACCOUNTUPDATED']._serialized_end=207
-  _globals['_ACCOUNTDELETED']._serialized_start=209
-  _globals['_ACCOUNTDELETED']._serialized_end=269
-  _globals['_ACCOUNTRESTORED']._serialized_start=271
-  _globals['_ACCOUNTRESTORED']._serialized_end=332
-  _globals['_ACCOUNTSTAGECHANGED']._serialized_start=335
-  _globals['_ACCOUNTSTAGECHANGED']._serialized_end=482
-  _globals['_ACCOUNTOWNERCHANGED']._serialized_start=484
-  _globals['_ACCOUNTOWNERCHANGED']._serialized_end=569
-  _globals['_ACCOUNTPARENTCHANGED']._serialized_start=571
-  _globals['_ACCOUNTPARENTCHANGED']._serialized_end=659
-  _globals['_TIERRULESUPDATED']._serialized_start=661
-  _globals['_TIERRULESUPDATED']._serialized_end=728
-  _globals['_CONTACTCREATED']._serialized_start=730
-  _globals['_CONTACTCREATED']._serialized_end=790
-  _globals['_CONTACTUPDATED']._serialized_start=792
-  _globals['_CONTACTUPDATED']._serialized_end=852
-  _globals['_CONTACTDELETED']._serialized_start=854
-  _globals['_CONTACTDELETED']._serialized_end=914
-  _globals['_CONTACTRESTORED']._serialized_start=916
-  _globals['_CONTACTRESTORED']._serialized_end=977
-  _globals['_INTERACTIONCREATED']._serialized_start=979
-  _globals['_INTERACTIONCREATED']._serialized_end=1051
-  _globals['_INTERACTIONUPDATED']._serialized_start=1053
-  _globals['_INTERACTIONUPDATED']._serialized_end=1125
-  _globals['_INTERACTIONDELETED']._serialized_start=1127
-  _globals['_INTERACTIONDELETED']._serialized_end=1199
-  _globals['_RELATIONSHIPTYPECREATED']._serialized_start=1201
-  _globals['_RELATIONSHIPTYPECREATED']._serialized_end=1289
-  _globals['_RELATIONSHIPTYPEUPDATED']._serialized_start=1291
-  _globals['_RELATIONSHIPTYPEUPDATED']._serialized_end=1379
-  _globals['_RELATIONSHIPTYPEDELETED']._serialized_start=1381
-  _globals['_RELATIONSHIPTYPEDELETED']._serialized_end=1469
-  _globals['_RELATIONSHIPCREATED']._serialized_start=1471
-  _globals['_RELATIONSHIPCREATED']._serialized_end=1546
-  _globals['_RELATIONSHIPDELETED']._serialized_start=1548
-  _globals['_RELATIONSHIPDELETED']._serialized_end=1623
-  _globals['_CUSTOMFIELDCREATED']._serialized_start=1625
-  _globals['_CUSTOMFIELDCREATED']._serialized_end=1698
-  _globals['_CUSTOMFIELDUPDATED']._serialized_start=1700
-  _globals['_CUSTOMFIELDUPDATED']._serialized_end=1773
-  _globals['_CUSTOMFIELDDELETED']._serialized_start=1775
-  _globals['_CUSTOMFIELDDELETED']._serialized_end=1848
-  _globals['_SAVEDVIEWCREATED']._serialized_start=1850
-  _globals['_SAVEDVIEWCREATED']._serialized_end=1917
-  _globals['_SAVEDVIEWUPDATED']._serialized_start=1919
-  _globals['_SAVEDVIEWUPDATED']._serialized_end=1986
-  _globals['_SAVEDVIEWDELETED']._serialized_start=1988
-  _globals['_SAVEDVIEWDELETED']._serialized_end=2055
+  _globals['_ACCOUNTCREATED']._serialized_start=118
+  _globals['_ACCOUNTCREATED']._serialized_end=178
+  _globals['_ACCOUNTUPDATED']._serialized_start=180
+  _globals['_ACCOUNTUPDATED']._serialized_end=240
+  _globals['_ACCOUNTDELETED']._serialized_start=242
+  _globals['_ACCOUNTDELETED']._serialized_end=302
+  _globals['_ACCOUNTRESTORED']._serialized_start=304
+  _globals['_ACCOUNTRESTORED']._serialized_end=365
+  _globals['_ACCOUNTSTAGECHANGED']._serialized_start=368
+  _globals['_ACCOUNTSTAGECHANGED']._serialized_end=515
+  _globals['_ACCOUNTOWNERCHANGED']._serialized_start=517
+  _globals['_ACCOUNTOWNERCHANGED']._serialized_end=602
+  _globals['_ACCOUNTPARENTCHANGED']._serialized_start=604
+  _globals['_ACCOUNTPARENTCHANGED']._serialized_end=692
+  _globals['_TIERRULESUPDATED']._serialized_start=694
+  _globals['_TIERRULESUPDATED']._serialized_end=761
+  _globals['_CONTACTCREATED']._serialized_start=763
+  _globals['_CONTACTCREATED']._serialized_end=823
+  _globals['_CONTACTUPDATED']._serialized_start=825
+  _globals['_CONTACTUPDATED']._serialized_end=885
+  _globals['_CONTACTDELETED']._serialized_start=887
+  _globals['_CONTACTDELETED']._serialized_end=947
+  _globals['_CONTACTRESTORED']._serialized_start=949
+  _globals['_CONTACTRESTORED']._serialized_end=1010
+  _globals['_INTERACTIONCREATED']._serialized_start=1012
+  _globals['_INTERACTIONCREATED']._serialized_end=1084
+  _globals['_INTERACTIONUPDATED']._serialized_start=1086
+  _globals['_INTERACTIONUPDATED']._serialized_end=1158
+  _globals['_INTERACTIONDELETED']._serialized_start=1160
+  _globals['_INTERACTIONDELETED']._serialized_end=1232
+  _globals['_RELATIONSHIPTYPECREATED']._serialized_start=1234
+  _globals['_RELATIONSHIPTYPECREATED']._serialized_end=1322
+  _globals['_RELATIONSHIPTYPEUPDATED']._serialized_start=1324
+  _globals['_RELATIONSHIPTYPEUPDATED']._serialized_end=1412
+  _globals['_RELATIONSHIPTYPEDELETED']._serialized_start=1414
+  _globals['_RELATIONSHIPTYPEDELETED']._serialized_end=1502
+  _globals['_RELATIONSHIPCREATED']._serialized_start=1504
+  _globals['_RELATIONSHIPCREATED']._serialized_end=1579
+  _globals['_RELATIONSHIPDELETED']._serialized_start=1581
+  _globals['_RELATIONSHIPDELETED']._serialized_end=1656
+  _globals['_CUSTOMFIELDCREATED']._serialized_start=1658
+  _globals['_CUSTOMFIELDCREATED']._serialized_end=1731
+  _globals['_CUSTOMFIELDUPDATED']._serialized_start=1733
+  _globals['_CUSTOMFIELDUPDATED']._serialized_end=1806
+  _globals['_CUSTOMFIELDDELETED']._serialized_start=1808
+  _globals['_CUSTOMFIELDDELETED']._serialized_end=1881
+  _globals['_SAVEDVIEWCREATED']._serialized_start=1883
+  _globals['_SAVEDVIEWCREATED']._serialized_end=1950
+  _globals['_SAVEDVIEWUPDATED']._serialized_start=1952
+  _globals['_SAVEDVIEWUPDATED']._serialized_end=2019
+  _globals['_SAVEDVIEWDELETED']._serialized_start=2021
+  _globals['_SAVEDVIEWDELETED']._serialized_end=2088
+  _globals['_ACCOUNTPURGED']._serialized_start=2091
+  _globals['_ACCOUNTPURGED']._serialized_end=2239
+  _globals['_CONTACTPURGED']._serialized_start=2242
+  _globals['_CONTACTPURGED']._serialized_end=2390
+  _globals['_PURGESUMMARY']._serialized_start=2393
+  _globals['_PURGESUMMARY']._serialized_end=2580
+  _globals['_RECYCLEBINSETTINGSUPDATED']._serialized_start=2582
+  _globals['_RECYCLEBINSETTINGSUPDATED']._serialized_end=2677
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from crm.customers.v1 import customers_pb2 as _customers_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -558,3 +561,133 @@ class SavedViewDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SavedViewDeleted: _TypeAlias = SavedViewDeleted  # noqa: Y015
+
+@_typing.final
+class AccountPurged(_message.Message):
+    """Removed for good from the recycle bin: nothing of it can be restored. The event carries no field values
+    (earlier events keep the record's history); it says what went with the record.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    DELETED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    reason: _builtins.str
+    """"retention" (the periodic job, after the tenant's retention) or "manual" (PurgeAccount)."""
+    @_builtins.property
+    def deleted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def summary(self) -> Global___PurgeSummary: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        deleted_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        summary: Global___PurgeSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "deleted_at", b"deleted_at", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountPurged: _TypeAlias = AccountPurged  # noqa: Y015
+
+@_typing.final
+class ContactPurged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    DELETED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def deleted_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def summary(self) -> Global___PurgeSummary: ...
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        deleted_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        summary: Global___PurgeSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted_at", b"deleted_at", "summary", b"summary"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "deleted_at", b"deleted_at", "reason", b"reason", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactPurged: _TypeAlias = ContactPurged  # noqa: Y015
+
+@_typing.final
+class PurgeSummary(_message.Message):
+    """What went with a purged record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELATIONSHIPS_REMOVED_FIELD_NUMBER: _builtins.int
+    INTERACTIONS_REMOVED_FIELD_NUMBER: _builtins.int
+    INTERACTIONS_UNLINKED_FIELD_NUMBER: _builtins.int
+    CONTACT_IDS_UNLINKED_FIELD_NUMBER: _builtins.int
+    HISTORY_REMOVED_FIELD_NUMBER: _builtins.int
+    MERGE_IDS_CLOSED_FIELD_NUMBER: _builtins.int
+    relationships_removed: _builtins.int
+    """Relationships from or to the record, deleted."""
+    interactions_removed: _builtins.int
+    """Interactions that belonged to the record alone, deleted; those shared with other records only lose it."""
+    interactions_unlinked: _builtins.int
+    history_removed: _builtins.int
+    """Timeline entries and lifecycle history of the record, deleted."""
+    @_builtins.property
+    def contact_ids_unlinked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Contacts that listed the purged account (each also gets a ContactUpdated)."""
+
+    @_builtins.property
+    def merge_ids_closed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Merges that could still be undone and no longer can (a manual purge of one of their records)."""
+
+    def __init__(
+        self,
+        *,
+        relationships_removed: _builtins.int = ...,
+        interactions_removed: _builtins.int = ...,
+        interactions_unlinked: _builtins.int = ...,
+        contact_ids_unlinked: _abc.Iterable[_builtins.str] | None = ...,
+        history_removed: _builtins.int = ...,
+        merge_ids_closed: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_ids_unlinked", b"contact_ids_unlinked", "history_removed", b"history_removed", "interactions_removed", b"interactions_removed", "interactions_unlinked", b"interactions_unlinked", "merge_ids_closed", b"merge_ids_closed", "relationships_removed", b"relationships_removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeSummary: _TypeAlias = PurgeSummary  # noqa: Y015
+
+@_typing.final
+class RecycleBinSettingsUpdated(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECYCLE_BIN_SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recycle_bin_settings(self) -> _customers_pb2.RecycleBinSettings: ...
+    def __init__(
+        self,
+        *,
+        recycle_bin_settings: _customers_pb2.RecycleBinSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recycle_bin_settings", b"recycle_bin_settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecycleBinSettingsUpdated: _TypeAlias = RecycleBinSettingsUpdated  # noqa: Y015

@@ -15,10 +15,13 @@ from typing import Any
 
 from crm.customers.v1 import duplicates_pb2
 from crm_kit.errors import AlreadyExists, FieldError
+from crm_kit.policy import Decision
+from google.protobuf import json_format
 from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from crm_customers import models, normalize
+from crm_customers.domain.common import is_hidden, visible
 from crm_customers.domain.dedup.common import MATCH_PB, caller, session_of
 from crm_customers.domain.dedup.models import DuplicateRule
 from crm_customers.domain.dedup.rules import active_rules
@@ -77,14 +80,17 @@ class Result:
     def warnings(self) -> list[Candidate]:
         return self.candidates if self.action == "warn" else []
 
-    def raise_if_blocked(self) -> None:
-        """409 naming every candidate by id and what matched (the caller's own values), never by name: a
-        candidate may be outside the caller's data scope (problem `errors`: field `duplicates.<id>`)."""
+    def raise_if_blocked(self, shown: list[duplicates_pb2.DuplicateCandidate] | None = None) -> None:
+        """409 `duplicate_found`. The message and the field errors (`duplicates.<id>`: what matched) name the
+        candidates by id only; the problem's `duplicates` member lists them as `shown` (what the caller may
+        see of them, see `conceal`), or by id, score, rules and matches when not given."""
         if not self.blocked:
             return
-        shown = ", ".join(c.id for c in self.candidates[:5])
+        if shown is None:
+            shown = [bare(c.to_pb()) for c in self.candidates]
+        ids = ", ".join(c.id for c in self.candidates[:5])
         raise AlreadyExists(
-            f"a duplicate rule blocks this: it matches existing record(s) {shown}",
+            f"a duplicate rule blocks this: it matches existing record(s) {ids}",
             reason="duplicate_found",
             field_errors=[
                 FieldError(
@@ -93,6 +99,7 @@ class Result:
                 )
                 for c in self.candidates
             ],
+            extensions={"duplicates": [candidate_json(c) for c in shown]},
         )
 
     def to_pb(self) -> list[duplicates_pb2.DuplicateCandidate]:
@@ -325,3 +332,54 @@ async def check(
     )
     candidates = sorted(found.values(), key=lambda c: (-c.score, c.id))[:MAX_CANDIDATES]
     return Result(candidates, decide(found, rules, mode), rules)
+
+
+# ---------------------------------------------------------------- what a caller may see of candidates
+
+# The record field each match compares: when the caller may not see it, the matched values are not shown.
+MATCHED_FIELD = {
+    duplicates_pb2.DUPLICATE_MATCH_PHONE: "phones",
+    duplicates_pb2.DUPLICATE_MATCH_EMAIL: "emails",
+    duplicates_pb2.DUPLICATE_MATCH_CREDIT_CODE: "credit_code",
+    duplicates_pb2.DUPLICATE_MATCH_COMPANY_NAME: "name",
+    duplicates_pb2.DUPLICATE_MATCH_PERSON_NAME_AND_COMPANY: "name",
+}
+
+
+def bare(c: duplicates_pb2.DuplicateCandidate) -> duplicates_pb2.DuplicateCandidate:
+    """That it exists, not what it is: id, type, score, rules and matches."""
+    c.name = ""
+    del c.matched_values[:]
+    return c
+
+
+def candidate_json(c: duplicates_pb2.DuplicateCandidate) -> dict[str, Any]:
+    """A candidate as the REST API shows it (proto JSON, field names as in the proto)."""
+    return json_format.MessageToDict(
+        c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+async def conceal(
+    session: Any, record_type: str, decision: Decision, candidates: list[duplicates_pb2.DuplicateCandidate]
+) -> list[duplicates_pb2.DuplicateCandidate]:
+    """Blank, in place, what `decision` (the caller's "read" on `record_type`) does not show: a candidate
+    outside the caller's data scope keeps only id, score, rules and matches; within the scope, a hidden name is
+    blank, and matched values are dropped when a field they come from is hidden. Returns `candidates`."""
+    if not candidates:
+        return candidates
+    model = _model(record_type)
+    ids = [c.id for c in candidates]
+    seen = set(
+        (await session.scalars(select(model.id).where(model.id.in_(ids), visible(decision, model)))).all()
+    )
+    name_hidden = is_hidden(decision, "name")
+    for c in candidates:
+        if c.id not in seen:
+            bare(c)
+            continue
+        if name_hidden:
+            c.name = ""
+        if any(is_hidden(decision, MATCHED_FIELD.get(m, "name")) for m in c.matches):
+            del c.matched_values[:]
+    return candidates

@@ -360,6 +360,7 @@ TABLES = {
     "accounts": models.Account,
     "interactions": models.Interaction,
     "relationships": models.Relationship,
+    "timeline_entries": models.TimelineEntry,
 }
 
 
@@ -457,6 +458,9 @@ async def merge(
         await _move_array(session, moves, models.Interaction, "account_ids", tenant, merged_set, survivor_id)
         await _move_scalar(
             session, moves, models.Account, "parent_id", tenant, merged_set, survivor_id, skip_ids=merged_set
+        )
+        await _move_scalar(
+            session, moves, models.TimelineEntry, "account_id", tenant, merged_set, survivor_id
         )
     else:
         await _move_participants(session, moves, tenant, merged_set, survivor_id)
