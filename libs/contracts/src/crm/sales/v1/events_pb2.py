@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from crm.common.v1 import imports_pb2 as crm_dot_common_dot_v1_dot_imports__pb2
 from crm.sales.v1 import activities_pb2 as crm_dot_sales_dot_v1_dot_activities__pb2
 from crm.sales.v1 import contracts_pb2 as crm_dot_sales_dot_v1_dot_contracts__pb2
 from crm.sales.v1 import forecasts_pb2 as crm_dot_sales_dot_v1_dot_forecasts__pb2
@@ -31,93 +32,95 @@ from crm.sales.v1 import quotes_pb2 as crm_dot_sales_dot_v1_dot_quotes__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63rm/sales/v1/events.proto\x12\x0c\x63rm.sales.v1\x1a\x1d\x63rm/sales/v1/activities.proto\x1a\x1c\x63rm/sales/v1/contracts.proto\x1a\x1c\x63rm/sales/v1/forecasts.proto\x1a\x18\x63rm/sales/v1/leads.proto\x1a\x1c\x63rm/sales/v1/pipelines.proto\x1a\x19\x63rm/sales/v1/quotes.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x0bLeadCreated\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\"/\n\x0bLeadUpdated\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\"/\n\x0bLeadDeleted\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\"a\n\x0eLeadFollowedUp\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\x12-\n\tfollow_up\x18\x02 \x01(\x0b\x32\x1a.crm.sales.v1.LeadFollowUp\"S\n\tLeadMoved\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\x12$\n\x04move\x18\x02 \x01(\x0b\x32\x16.crm.sales.v1.LeadMove\"\x88\x01\n\x12LeadReclaimWarning\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12.\n\nreclaim_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"q\n\rLeadConverted\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x16\n\x0eopportunity_id\x18\x04 \x01(\t\"<\n\x19WebFormSubmissionRejected\x12\x0f\n\x07\x66orm_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x0fLeadPoolChanged\x12$\n\x04pool\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.LeadPool\"5\n\x0eWebFormChanged\x12#\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x15.crm.sales.v1.WebForm\"0\n\x0fLeadRuleChanged\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\";\n\x0fPipelineChanged\x12(\n\x08pipeline\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Pipeline\"D\n\x12OpportunityCreated\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"D\n\x12OpportunityUpdated\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"D\n\x12OpportunityDeleted\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"t\n\x17OpportunityStageChanged\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\x12)\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x19.crm.sales.v1.StageChange\"@\n\x0eOpportunityWon\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"A\n\x0fOpportunityLost\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"8\n\x0eProductChanged\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.crm.sales.v1.Product\"?\n\x10PriceBookChanged\x12+\n\nprice_book\x18\x01 \x01(\x0b\x32\x17.crm.sales.v1.PriceBook\"E\n\x15\x41pprovalPolicyChanged\x12,\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.crm.sales.v1.ApprovalPolicy\"2\n\x0cQuoteCreated\x12\"\n\x05quote\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Quote\"2\n\x0cQuoteUpdated\x12\"\n\x05quote\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Quote\"Q\n\x12QuoteStatusChanged\x12\"\n\x05quote\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Quote\x12\x17\n\x0fprevious_status\x18\x02 \x01(\t\"S\n\x11\x41pprovalRequested\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Approval\x12\x14\n\x0c\x61pprover_ids\x18\x02 \x03(\t\"i\n\x0f\x41pprovalDecided\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Approval\x12,\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x1c.crm.sales.v1.ApprovalAction\";\n\x0f\x43ontractCreated\x12(\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Contract\";\n\x0f\x43ontractUpdated\x12(\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Contract\"Z\n\x15\x43ontractStatusChanged\x12(\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Contract\x12\x17\n\x0fprevious_status\x18\x02 \x01(\t\">\n\x12\x43ontractRenewalDue\x12(\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Contract\"2\n\x0cOrderCreated\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Order\"a\n\x12OrderStatusChanged\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Order\x12\x17\n\x0fprevious_status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\x12PaymentPlanCreated\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.PaymentPlan\"g\n\x0fPaymentRecorded\x12&\n\x07payment\x18\x01 \x01(\x0b\x32\x15.crm.sales.v1.Payment\x12,\n\ninstalment\x18\x02 \x01(\x0b\x32\x18.crm.sales.v1.Instalment\"g\n\x11InstalmentOverdue\x12,\n\ninstalment\x18\x01 \x01(\x0b\x32\x18.crm.sales.v1.Instalment\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"/\n\x0bTaskCreated\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"/\n\x0bTaskUpdated\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"0\n\x0cTaskReminder\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"\x97\x01\n\rUserMentioned\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nby_user_id\x18\x02 \x01(\t\x12\x13\n\x0bsource_type\x18\x03 \x01(\t\x12\x11\n\tsource_id\x18\x04 \x01(\t\x12\x14\n\x0crelated_type\x18\x05 \x01(\t\x12\x12\n\nrelated_id\x18\x06 \x01(\t\x12\x0f\n\x07\x65xcerpt\x18\x07 \x01(\t\"<\n\x10\x41\x63tivityRecorded\x12(\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Activity\"A\n\x11\x46orecastTargetSet\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.crm.sales.v1.ForecastTargetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63rm/sales/v1/events.proto\x12\x0c\x63rm.sales.v1\x1a\x1b\x63rm/common/v1/imports.proto\x1a\x1d\x63rm/sales/v1/activities.proto\x1a\x1c\x63rm/sales/v1/contracts.proto\x1a\x1c\x63rm/sales/v1/forecasts.proto\x1a\x18\x63rm/sales/v1/leads.proto\x1a\x1c\x63rm/sales/v1/pipelines.proto\x1a\x19\x63rm/sales/v1/quotes.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x0bLeadCreated\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\"/\n\x0bLeadUpdated\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\"/\n\x0bLeadDeleted\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\"B\n\x12LeadImportFinished\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"a\n\x0eLeadFollowedUp\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\x12-\n\tfollow_up\x18\x02 \x01(\x0b\x32\x1a.crm.sales.v1.LeadFollowUp\"S\n\tLeadMoved\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\x12$\n\x04move\x18\x02 \x01(\x0b\x32\x16.crm.sales.v1.LeadMove\"\x88\x01\n\x12LeadReclaimWarning\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12.\n\nreclaim_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\"q\n\rLeadConverted\x12 \n\x04lead\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Lead\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x16\n\x0eopportunity_id\x18\x04 \x01(\t\"<\n\x19WebFormSubmissionRejected\x12\x0f\n\x07\x66orm_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x0fLeadPoolChanged\x12$\n\x04pool\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.LeadPool\"5\n\x0eWebFormChanged\x12#\n\x04\x66orm\x18\x01 \x01(\x0b\x32\x15.crm.sales.v1.WebForm\"0\n\x0fLeadRuleChanged\x12\x0f\n\x07rule_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\";\n\x0fPipelineChanged\x12(\n\x08pipeline\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Pipeline\"D\n\x12OpportunityCreated\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"D\n\x12OpportunityUpdated\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"D\n\x12OpportunityDeleted\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"t\n\x17OpportunityStageChanged\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\x12)\n\x06\x63hange\x18\x02 \x01(\x0b\x32\x19.crm.sales.v1.StageChange\"@\n\x0eOpportunityWon\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"A\n\x0fOpportunityLost\x12.\n\x0bopportunity\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.Opportunity\"8\n\x0eProductChanged\x12&\n\x07product\x18\x01 \x01(\x0b\x32\x15.crm.sales.v1.Product\"?\n\x10PriceBookChanged\x12+\n\nprice_book\x18\x01 \x01(\x0b\x32\x17.crm.sales.v1.PriceBook\"E\n\x15\x41pprovalPolicyChanged\x12,\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.crm.sales.v1.ApprovalPolicy\"2\n\x0cQuoteCreated\x12\"\n\x05quote\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Quote\"2\n\x0cQuoteUpdated\x12\"\n\x05quote\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Quote\"Q\n\x12QuoteStatusChanged\x12\"\n\x05quote\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Quote\x12\x17\n\x0fprevious_status\x18\x02 \x01(\t\"S\n\x11\x41pprovalRequested\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Approval\x12\x14\n\x0c\x61pprover_ids\x18\x02 \x03(\t\"i\n\x0f\x41pprovalDecided\x12(\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Approval\x12,\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x1c.crm.sales.v1.ApprovalAction\";\n\x0f\x43ontractCreated\x12(\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Contract\";\n\x0f\x43ontractUpdated\x12(\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Contract\"Z\n\x15\x43ontractStatusChanged\x12(\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Contract\x12\x17\n\x0fprevious_status\x18\x02 \x01(\t\">\n\x12\x43ontractRenewalDue\x12(\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Contract\"2\n\x0cOrderCreated\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Order\"a\n\x12OrderStatusChanged\x12\"\n\x05order\x18\x01 \x01(\x0b\x32\x13.crm.sales.v1.Order\x12\x17\n\x0fprevious_status\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"=\n\x12PaymentPlanCreated\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.crm.sales.v1.PaymentPlan\"g\n\x0fPaymentRecorded\x12&\n\x07payment\x18\x01 \x01(\x0b\x32\x15.crm.sales.v1.Payment\x12,\n\ninstalment\x18\x02 \x01(\x0b\x32\x18.crm.sales.v1.Instalment\"g\n\x11InstalmentOverdue\x12,\n\ninstalment\x18\x01 \x01(\x0b\x32\x18.crm.sales.v1.Instalment\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08owner_id\x18\x03 \x01(\t\"/\n\x0bTaskCreated\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"/\n\x0bTaskUpdated\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"0\n\x0cTaskReminder\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"\x97\x01\n\rUserMentioned\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nby_user_id\x18\x02 \x01(\t\x12\x13\n\x0bsource_type\x18\x03 \x01(\t\x12\x11\n\tsource_id\x18\x04 \x01(\t\x12\x14\n\x0crelated_type\x18\x05 \x01(\t\x12\x12\n\nrelated_id\x18\x06 \x01(\t\x12\x0f\n\x07\x65xcerpt\x18\x07 \x01(\t\"<\n\x10\x41\x63tivityRecorded\x12(\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Activity\"A\n\x11\x46orecastTargetSet\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.crm.sales.v1.ForecastTargetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.sales.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEADCREATED']._serialized_start=250
-  _globals['_LEADCREATED']._serialized_end=297
-  _globals['_LEADUPDATED']._serialized_start=299
-  _globals['_LEADUPDATED']._serialized_end=346
-  _globals['_LEADDELETED']._serialized_start=348
-  _globals['_LEADDELETED']._serialized_end=395
-  _globals['_LEADFOLLOWEDUP']._serialized_start=397
-  _globals['_LEADFOLLOWEDUP']._serialized_end=494
-  _globals['_LEADMOVED']._serialized_start=496
-  _globals['_LEADMOVED']._serialized_end=579
-  _globals['_LEADRECLAIMWARNING']._serialized_start=582
-  _globals['_LEADRECLAIMWARNING']._serialized_end=718
-  _globals['_LEADCONVERTED']._serialized_start=720
-  _globals['_LEADCONVERTED']._serialized_end=833
-  _globals['_WEBFORMSUBMISSIONREJECTED']._serialized_start=835
-  _globals['_WEBFORMSUBMISSIONREJECTED']._serialized_end=895
-  _globals['_LEADPOOLCHANGED']._serialized_start=897
-  _globals['_LEADPOOLCHANGED']._serialized_end=952
-  _globals['_WEBFORMCHANGED']._serialized_start=954
-  _globals['_WEBFORMCHANGED']._serialized_end=1007
-  _globals['_LEADRULECHANGED']._serialized_start=1009
-  _globals['_LEADRULECHANGED']._serialized_end=1057
-  _globals['_PIPELINECHANGED']._serialized_start=1059
-  _globals['_PIPELINECHANGED']._serialized_end=1118
-  _globals['_OPPORTUNITYCREATED']._serialized_start=1120
-  _globals['_OPPORTUNITYCREATED']._serialized_end=1188
-  _globals['_OPPORTUNITYUPDATED']._serialized_start=1190
-  _globals['_OPPORTUNITYUPDATED']._serialized_end=1258
-  _globals['_OPPORTUNITYDELETED']._serialized_start=1260
-  _globals['_OPPORTUNITYDELETED']._serialized_end=1328
-  _globals['_OPPORTUNITYSTAGECHANGED']._serialized_start=1330
-  _globals['_OPPORTUNITYSTAGECHANGED']._serialized_end=1446
-  _globals['_OPPORTUNITYWON']._serialized_start=1448
-  _globals['_OPPORTUNITYWON']._serialized_end=1512
-  _globals['_OPPORTUNITYLOST']._serialized_start=1514
-  _globals['_OPPORTUNITYLOST']._serialized_end=1579
-  _globals['_PRODUCTCHANGED']._serialized_start=1581
-  _globals['_PRODUCTCHANGED']._serialized_end=1637
-  _globals['_PRICEBOOKCHANGED']._serialized_start=1639
-  _globals['_PRICEBOOKCHANGED']._serialized_end=1702
-  _globals['_APPROVALPOLICYCHANGED']._serialized_start=1704
-  _globals['_APPROVALPOLICYCHANGED']._serialized_end=1773
-  _globals['_QUOTECREATED']._serialized_start=1775
-  _globals['_QUOTECREATED']._serialized_end=1825
-  _globals['_QUOTEUPDATED']._serialized_start=1827
-  _globals['_QUOTEUPDATED']._serialized_end=1877
-  _globals['_QUOTESTATUSCHANGED']._serialized_start=1879
-  _globals['_QUOTESTATUSCHANGED']._serialized_end=1960
-  _globals['_APPROVALREQUESTED']._serialized_start=1962
-  _globals['_APPROVALREQUESTED']._serialized_end=2045
-  _globals['_APPROVALDECIDED']._serialized_start=2047
-  _globals['_APPROVALDECIDED']._serialized_end=2152
-  _globals['_CONTRACTCREATED']._serialized_start=2154
-  _globals['_CONTRACTCREATED']._serialized_end=2213
-  _globals['_CONTRACTUPDATED']._serialized_start=2215
-  _globals['_CONTRACTUPDATED']._serialized_end=2274
-  _globals['_CONTRACTSTATUSCHANGED']._serialized_start=2276
-  _globals['_CONTRACTSTATUSCHANGED']._serialized_end=2366
-  _globals['_CONTRACTRENEWALDUE']._serialized_start=2368
-  _globals['_CONTRACTRENEWALDUE']._serialized_end=2430
-  _globals['_ORDERCREATED']._serialized_start=2432
-  _globals['_ORDERCREATED']._serialized_end=2482
-  _globals['_ORDERSTATUSCHANGED']._serialized_start=2484
-  _globals['_ORDERSTATUSCHANGED']._serialized_end=2581
-  _globals['_PAYMENTPLANCREATED']._serialized_start=2583
-  _globals['_PAYMENTPLANCREATED']._serialized_end=2644
-  _globals['_PAYMENTRECORDED']._serialized_start=2646
-  _globals['_PAYMENTRECORDED']._serialized_end=2749
-  _globals['_INSTALMENTOVERDUE']._serialized_start=2751
-  _globals['_INSTALMENTOVERDUE']._serialized_end=2854
-  _globals['_TASKCREATED']._serialized_start=2856
-  _globals['_TASKCREATED']._serialized_end=2903
-  _globals['_TASKUPDATED']._serialized_start=2905
-  _globals['_TASKUPDATED']._serialized_end=2952
-  _globals['_TASKREMINDER']._serialized_start=2954
-  _globals['_TASKREMINDER']._serialized_end=3002
-  _globals['_USERMENTIONED']._serialized_start=3005
-  _globals['_USERMENTIONED']._serialized_end=3156
-  _globals['_ACTIVITYRECORDED']._serialized_start=3158
-  _globals['_ACTIVITYRECORDED']._serialized_end=3218
-  _globals['_FORECASTTARGETSET']._serialized_start=3220
-  _globals['_FORECASTTARGETSET']._serialized_end=3285
+  _globals['_LEADCREATED']._serialized_start=279
+  _globals['_LEADCREATED']._serialized_end=326
+  _globals['_LEADUPDATED']._serialized_start=328
+  _globals['_LEADUPDATED']._serialized_end=375
+  _globals['_LEADDELETED']._serialized_start=377
+  _globals['_LEADDELETED']._serialized_end=424
+  _globals['_LEADIMPORTFINISHED']._serialized_start=426
+  _globals['_LEADIMPORTFINISHED']._serialized_end=492
+  _globals['_LEADFOLLOWEDUP']._serialized_start=494
+  _globals['_LEADFOLLOWEDUP']._serialized_end=591
+  _globals['_LEADMOVED']._serialized_start=593
+  _globals['_LEADMOVED']._serialized_end=676
+  _globals['_LEADRECLAIMWARNING']._serialized_start=679
+  _globals['_LEADRECLAIMWARNING']._serialized_end=815
+  _globals['_LEADCONVERTED']._serialized_start=817
+  _globals['_LEADCONVERTED']._serialized_end=930
+  _globals['_WEBFORMSUBMISSIONREJECTED']._serialized_start=932
+  _globals['_WEBFORMSUBMISSIONREJECTED']._serialized_end=992
+  _globals['_LEADPOOLCHANGED']._serialized_start=994
+  _globals['_LEADPOOLCHANGED']._serialized_end=1049
+  _globals['_WEBFORMCHANGED']._serialized_start=1051
+  _globals['_WEBFORMCHANGED']._serialized_end=1104
+  _globals['_LEADRULECHANGED']._serialized_start=1106
+  _globals['_LEADRULECHANGED']._serialized_end=1154
+  _globals['_PIPELINECHANGED']._serialized_start=1156
+  _globals['_PIPELINECHANGED']._serialized_end=1215
+  _globals['_OPPORTUNITYCREATED']._serialized_start=1217
+  _globals['_OPPORTUNITYCREATED']._serialized_end=1285
+  _globals['_OPPORTUNITYUPDATED']._serialized_start=1287
+  _globals['_OPPORTUNITYUPDATED']._serialized_end=1355
+  _globals['_OPPORTUNITYDELETED']._serialized_start=1357
+  _globals['_OPPORTUNITYDELETED']._serialized_end=1425
+  _globals['_OPPORTUNITYSTAGECHANGED']._serialized_start=1427
+  _globals['_OPPORTUNITYSTAGECHANGED']._serialized_end=1543
+  _globals['_OPPORTUNITYWON']._serialized_start=1545
+  _globals['_OPPORTUNITYWON']._serialized_end=1609
+  _globals['_OPPORTUNITYLOST']._serialized_start=1611
+  _globals['_OPPORTUNITYLOST']._serialized_end=1676
+  _globals['_PRODUCTCHANGED']._serialized_start=1678
+  _globals['_PRODUCTCHANGED']._serialized_end=1734
+  _globals['_PRICEBOOKCHANGED']._serialized_start=1736
+  _globals['_PRICEBOOKCHANGED']._serialized_end=1799
+  _globals['_APPROVALPOLICYCHANGED']._serialized_start=1801
+  _globals['_APPROVALPOLICYCHANGED']._serialized_end=1870
+  _globals['_QUOTECREATED']._serialized_start=1872
+  _globals['_QUOTECREATED']._serialized_end=1922
+  _globals['_QUOTEUPDATED']._serialized_start=1924
+  _globals['_QUOTEUPDATED']._serialized_end=1974
+  _globals['_QUOTESTATUSCHANGED']._serialized_start=1976
+  _globals['_QUOTESTATUSCHANGED']._serialized_end=2057
+  _globals['_APPROVALREQUESTED']._serialized_start=2059
+  _globals['_APPROVALREQUESTED']._serialized_end=2142
+  _globals['_APPROVALDECIDED']._serialized_start=2144
+  _globals['_APPROVALDECIDED']._serialized_end=2249
+  _globals['_CONTRACTCREATED']._serialized_start=2251
+  _globals['_CONTRACTCREATED']._serialized_end=2310
+  _globals['_CONTRACTUPDATED']._serialized_start=2312
+  _globals['_CONTRACTUPDATED']._serialized_end=2371
+  _globals['_CONTRACTSTATUSCHANGED']._serialized_start=2373
+  _globals['_CONTRACTSTATUSCHANGED']._serialized_end=2463
+  _globals['_CONTRACTRENEWALDUE']._serialized_start=2465
+  _globals['_CONTRACTRENEWALDUE']._serialized_end=2527
+  _globals['_ORDERCREATED']._serialized_start=2529
+  _globals['_ORDERCREATED']._serialized_end=2579
+  _globals['_ORDERSTATUSCHANGED']._serialized_start=2581
+  _globals['_ORDERSTATUSCHANGED']._serialized_end=2678
+  _globals['_PAYMENTPLANCREATED']._serialized_start=2680
+  _globals['_PAYMENTPLANCREATED']._serialized_end=2741
+  _globals['_PAYMENTRECORDED']._serialized_start=2743
+  _globals['_PAYMENTRECORDED']._serialized_end=2846
+  _globals['_INSTALMENTOVERDUE']._serialized_start=2848
+  _globals['_INSTALMENTOVERDUE']._serialized_end=2951
+  _globals['_TASKCREATED']._serialized_start=2953
+  _globals['_TASKCREATED']._serialized_end=3000
+  _globals['_TASKUPDATED']._serialized_start=3002
+  _globals['_TASKUPDATED']._serialized_end=3049
+  _globals['_TASKREMINDER']._serialized_start=3051
+  _globals['_TASKREMINDER']._serialized_end=3099
+  _globals['_USERMENTIONED']._serialized_start=3102
+  _globals['_USERMENTIONED']._serialized_end=3253
+  _globals['_ACTIVITYRECORDED']._serialized_start=3255
+  _globals['_ACTIVITYRECORDED']._serialized_end=3315
+  _globals['_FORECASTTARGETSET']._serialized_start=3317
+  _globals['_FORECASTTARGETSET']._serialized_end=3382
 # @@protoc_insertion_point(module_scope)
