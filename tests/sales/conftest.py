@@ -69,6 +69,13 @@ def leads(sales_channel):
 
 
 @pytest.fixture(scope="session")
+def lead_imports(sales_channel):
+    from crm.sales.v1 import lead_imports_pb2_grpc
+
+    return lead_imports_pb2_grpc.LeadImportsServiceStub(sales_channel)
+
+
+@pytest.fixture(scope="session")
 def pipelines(sales_channel):
     return pipelines_pb2_grpc.PipelinesServiceStub(sales_channel)
 
