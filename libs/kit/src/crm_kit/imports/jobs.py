@@ -153,25 +153,20 @@ def expect_uploaded(job: ImportJob, what: str) -> None:
 
 
 async def choose(
-    db: Database,
-    importer: Importer,
-    *,
-    job_id: str,
-    mapping: list[tuple[str, str]],
-    owner_id: str,
-    decision: Decision,
-    request: Any,
-    what: str,
+    db: Database, importer: Importer, *, request: Any, decision: Decision, what: str
 ) -> tuple[ImportJob, dict[str, str], dict[str, Any]]:
-    """What a dry run and a start share: the job (still uploaded), its mapping and owner as chosen (set on the
-    returned, unsaved job), the mapping allowed for the caller, and the importer's options."""
+    """What a dry run and a start share. `request` is a dry run's or a start's: the job's `id`, the chosen
+    `mapping` (empty: the job's current one) and `owner_id`, and the importer's own options. Returns the job
+    (still uploaded; its mapping and owner as chosen, unsaved), once the mapping is checked and allowed for
+    the caller, with the importer's options."""
     async with db.read() as session:
-        job = await get(session, job_id)
+        job = await get(session, request.id)
         expect_uploaded(job, what)
-        chosen = await chosen_mapping(session, importer, job, mapping)
+        given = [(m.column, m.field) for m in request.mapping]
+        chosen = await chosen_mapping(session, importer, job, given)
     importer.check_writable(decision, [f for _, f in chosen if f])
     job.mapping = [{"column": c, "field": f} for c, f in chosen]
-    owner_of(job, owner_id)
+    owner_of(job, request.owner_id)
     options, prepared = await importer.prepare(db, job, request, decision)
     return job, options, prepared
 
@@ -185,30 +180,14 @@ def apply_choice(
     job.stats = {**(job.stats or {}), "prepared": prepared}
 
 
-async def start(
-    db: Database,
-    importer: Importer,
-    *,
-    job_id: str,
-    mapping: list[tuple[str, str]],
-    owner_id: str,
-    decision: Decision,
-    request: Any,
-) -> ImportJob:
-    chosen, options, prepared = await choose(
-        db,
-        importer,
-        job_id=job_id,
-        mapping=mapping,
-        owner_id=owner_id,
-        decision=decision,
-        request=request,
-        what="only an uploaded file can be started",
-    )
+async def start(db: Database, importer: Importer, *, request: Any, decision: Decision) -> ImportJob:
+    """Queue the job with the choices of `request` (see `choose`) for the worker."""
+    what = "only an uploaded file can be started"
+    chosen, options, prepared = await choose(db, importer, request=request, decision=decision, what=what)
     principal = caller()
     async with db.unit_of_work() as uow:
-        job = await get(uow.session, job_id, lock=True)
-        expect_uploaded(job, "only an uploaded file can be started")
+        job = await get(uow.session, request.id, lock=True)
+        expect_uploaded(job, what)
         apply_choice(job, chosen, options, prepared)
         job.status = "queued"
         job.created_by = principal.actor_id

@@ -367,28 +367,11 @@ class DryRun:
     preview: list[dict[str, Any]] = field(default_factory=list)
 
 
-async def dry_run(
-    db: Database,
-    importer: Importer,
-    *,
-    job_id: str,
-    mapping: list[tuple[str, str]],
-    owner_id: str,
-    decision: Decision,
-    request: Any,
-) -> DryRun:
+async def dry_run(db: Database, importer: Importer, *, request: Any, decision: Decision) -> DryRun:
     """Everything but the writes, over the first DRY_RUN_ROWS rows: the counts, the first problems, a preview.
-    The mapping, owner and options are kept on the job (a start without them uses these)."""
-    chosen, options, prepared = await jobs.choose(
-        db,
-        importer,
-        job_id=job_id,
-        mapping=mapping,
-        owner_id=owner_id,
-        decision=decision,
-        request=request,
-        what="a dry run needs an uploaded file",
-    )
+    The choices of `request` (see `jobs.choose`) are kept on the job (a start without them uses these)."""
+    what = "a dry run needs an uploaded file"
+    chosen, options, prepared = await jobs.choose(db, importer, request=request, decision=decision, what=what)
     chosen.options, chosen.stats = options, {**(chosen.stats or {}), "prepared": prepared}
     batcher = await importer.batcher(db, chosen)
     totals = Outcome()
@@ -417,8 +400,8 @@ async def dry_run(
         except source.BadFile as exc:
             raise InvalidArgument.for_field("file", str(exc)) from exc
     async with db.unit_of_work() as uow:
-        job = await jobs.get(uow.session, job_id, lock=True)
-        jobs.expect_uploaded(job, "a dry run needs an uploaded file")
+        job = await jobs.get(uow.session, request.id, lock=True)
+        jobs.expect_uploaded(job, what)
         jobs.apply_choice(job, chosen, options, prepared)
         job.rows_total = seen if complete else 0
         job.stats = {**(job.stats or {}), "dry_run": {"rows": seen, "complete": complete}}

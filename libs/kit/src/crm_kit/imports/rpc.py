@@ -98,21 +98,9 @@ class ImportRpcs:
                 self._job_message(answer.items.add(), job)
         return answer
 
-    @staticmethod
-    def _mapping(request: Any) -> list[tuple[str, str]]:
-        return [(m.column, m.field) for m in request.mapping]
-
     async def dry_run(self, request: Any, response_cls: Any) -> Any:
         _, importer, decision = await self._job(request.id)
-        found = await pipeline.dry_run(
-            self.db,
-            importer,
-            job_id=request.id,
-            mapping=self._mapping(request),
-            owner_id=request.owner_id,
-            decision=decision,
-            request=request,
-        )
+        found = await pipeline.dry_run(self.db, importer, request=request, decision=decision)
         answer = self._answer(response_cls, found.job)
         job, totals = answer.import_job, found.outcome
         job.rows_done = found.rows
@@ -126,15 +114,7 @@ class ImportRpcs:
 
     async def start(self, request: Any, response_cls: Any) -> Any:
         _, importer, decision = await self._job(request.id)
-        job = await jobs.start(
-            self.db,
-            importer,
-            job_id=request.id,
-            mapping=self._mapping(request),
-            owner_id=request.owner_id,
-            decision=decision,
-            request=request,
-        )
+        job = await jobs.start(self.db, importer, request=request, decision=decision)
         self._wake()
         return self._answer(response_cls, job)
 
