@@ -14,6 +14,25 @@ from collections.abc import Iterable, Mapping
 
 from crm_kit.errors import FieldError, InvalidArgument
 
+# Header words every vocabulary with phones or e-mails takes (a service adds its own).
+PHONE_WORDS = (
+    "电话",
+    "联系电话",
+    "手机",
+    "手机号",
+    "手机号码",
+    "座机",
+    "电话号码",
+    "phone",
+    "mobile",
+    "tel",
+    "telephone",
+    "phonenumber",
+    "mobilephone",
+    "cellphone",
+)
+EMAIL_WORDS = ("邮箱", "电子邮箱", "邮件", "电子邮件", "email", "e-mail", "emailaddress", "mail")
+
 _NOISE = re.compile(r"[\s_\-:：/()（）\[\]【】*＊.]+")
 MAX_CUSTOM_KEY = 100
 

@@ -35,7 +35,7 @@ from crm_kit.ids import is_uuid, new_id
 from crm_kit.imports import jobs as import_jobs
 from crm_kit.imports import source
 from crm_kit.imports.importer import Batcher, Converted, Importer, Row, new_row
-from crm_kit.imports.mapping import Vocabulary, fold
+from crm_kit.imports.mapping import EMAIL_WORDS, PHONE_WORDS, Vocabulary, fold
 from crm_kit.imports.models import ImportJob
 from crm_kit.normalize import InvalidValue, normalize_email
 from crm_kit.policy import Decision
@@ -80,23 +80,8 @@ LEAD_FIELDS: dict[str, tuple[str, ...]] = {
         "employer",
     ),
     "title": ("职位", "职务", "头衔", "岗位", "jobtitle", "position", "role"),
-    "phone": (
-        "电话",
-        "手机",
-        "手机号",
-        "手机号码",
-        "联系电话",
-        "电话号码",
-        "座机",
-        "联系方式",
-        "mobile",
-        "tel",
-        "telephone",
-        "phonenumber",
-        "mobilephone",
-        "cellphone",
-    ),
-    "email": ("邮箱", "电子邮箱", "邮件", "电子邮件", "邮箱地址", "e-mail", "emailaddress", "mail"),
+    "phone": (*PHONE_WORDS, "联系方式"),
+    "email": (*EMAIL_WORDS, "邮箱地址"),
     "source": ("来源", "线索来源", "来源类型", "来源渠道", "leadsource", "sourcetype"),
     "channel": ("渠道", "推广渠道", "获客渠道", "medium"),
     "source_detail": (

@@ -3,7 +3,7 @@ that suggest each; suggestion and checking are `crm_kit.imports.mapping.Vocabula
 
 from __future__ import annotations
 
-from crm_kit.imports.mapping import Vocabulary
+from crm_kit.imports.mapping import EMAIL_WORDS, PHONE_WORDS, Vocabulary
 
 # Field → header words people use for it (compared folded: NFKC, lower case, no spaces or punctuation).
 ACCOUNT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -69,24 +69,8 @@ ACCOUNT_FIELDS: dict[str, tuple[str, ...]] = {
     "district": ("district", "区县", "区", "县"),
     "address": ("address", "地址", "详细地址", "公司地址", "注册地址", "street", "streetaddress"),
     "website": ("website", "网站", "官网", "网址", "url", "web", "homepage"),
-    "phones": (
-        "phones",
-        "电话",
-        "联系电话",
-        "手机",
-        "手机号",
-        "手机号码",
-        "座机",
-        "电话号码",
-        "phone",
-        "mobile",
-        "tel",
-        "telephone",
-        "phonenumber",
-        "mobilephone",
-        "cellphone",
-    ),
-    "emails": ("emails", "邮箱", "电子邮箱", "邮件", "电子邮件", "email", "e-mail", "emailaddress", "mail"),
+    "phones": ("phones", *PHONE_WORDS),
+    "emails": ("emails", *EMAIL_WORDS),
     "source": ("source", "来源", "客户来源", "leadsource"),
     "tier": ("tier", "等级", "客户等级", "级别", "level", "customertier"),
     "lifecycle_stage": (
