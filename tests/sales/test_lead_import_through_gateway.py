@@ -8,24 +8,10 @@ import asyncio
 import csv
 import io
 
-import pytest
 from openpyxl import load_workbook
 
-from tests.gateway.conftest import assert_problem, gateway_settings, running_gateway
-from tests.sales.helpers import team
-
-
-@pytest.fixture(scope="module")
-async def api(test_infra, identity_service, sales_service):
-    settings = gateway_settings(
-        test_infra, identity_service.address, sales_service_addr=sales_service.address
-    )
-    async with running_gateway(settings) as client:
-        yield client
-
-
-def bearer(token) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token.access_token}"}
+from tests.gateway.conftest import assert_problem
+from tests.sales.helpers import bearer, team
 
 
 def csv_file(rows: list[list[str]]) -> bytes:
