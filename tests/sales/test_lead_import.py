@@ -94,6 +94,47 @@ async def report(lead_imports, who, job_id, **kw):
     return header, data
 
 
+def test_a_row_becomes_a_lead_with_the_apis_checks_and_each_problem_names_its_cell():
+    from crm_sales.domain.lead_imports import VOCABULARY, LeadConverter
+
+    columns = ["姓名", "Lead Source", "省份", "城市", "负责人邮箱", "规模", "邮箱", "Campaign ID"]
+    mapping = VOCABULARY.suggest(columns)
+    assert [f for _, f in mapping] == [
+        "name",
+        "source",
+        "province",
+        "city",
+        "owner_email",
+        "",
+        "email",
+        "campaign_id",
+    ]
+    mapping[5] = ("规模", "attributes.规模")
+    convert = LeadConverter(columns=columns, mapping=mapping, owners={"li.lei@example.cn": "u-1"}).convert
+    good = convert(["周杰", "转介绍", "江苏", "苏州", " Li.Lei@Example.cn ", "200", "zj@example.cn", "c-1"])
+    assert good.errors == [] and good.owner_id == "u-1"
+    assert good.values == {
+        "name": "周杰",
+        "source": "referral",
+        "email": "zj@example.cn",
+        "campaign_id": "c-1",
+        "region": "江苏",  # the province, when the row names no region
+        "phone_key": "",
+        "email_key": "zj@example.cn",
+    }
+    assert good.attributes == {"province": "江苏", "city": "苏州", "规模": "200"}
+    bad = convert(["", "百度", "x" * 101, "", "wang@example.cn", "y" * 2001, "no-at", "c" * 37])
+    assert [(c, v[:5], why.split(":")[0]) for c, v, why in bad.errors] == [
+        ("Lead Source", "百度", "is not a lead source"),
+        ("负责人邮箱", "wang@", "no active user of your company has this e-mail"),
+        ("姓名", "", "is required"),
+        ("省份", "xxxxx", "must be 0 to 100 characters"),  # as the region it would give
+        ("邮箱", "no-at", "is not a valid email address"),
+        ("Campaign ID", "ccccc", "must be 0 to 36 characters"),
+        ("规模", "yyyyy", "keys are 1..100 and values at most 2000 characters"),
+    ]
+
+
 async def test_chinese_headers_are_mapped_a_dry_run_writes_nothing_and_the_job_reports_each_bad_cell(
     identity, leads, lead_imports, outbox
 ):

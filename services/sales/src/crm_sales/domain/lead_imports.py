@@ -171,6 +171,16 @@ SOURCE_WORDS = {
     "导入": "import",
     "接口": "api",
 }
+SOURCE_NAMES = {
+    fold(spelling): v.name.removeprefix("LEAD_SOURCE_").lower()
+    for v in leads.SOURCE.values
+    if v.number
+    for spelling in (v.name, v.name.removeprefix("LEAD_SOURCE_"))
+}
+_SOURCE_HELP = (
+    "is not a lead source: use one of manual, web_form, campaign, event, referral, partner, import, api "
+    "(or 手工, 网站, 市场活动, 展会, 转介绍, 合作伙伴, …); map the column to source_detail to keep free text"
+)
 DUPLICATE = lead_imports_pb2.LeadDuplicateAction.DESCRIPTOR
 OPEN_STATUSES = leads.OPEN_STATUSES
 MAX_OWNERS = 1000
@@ -178,12 +188,8 @@ MAX_OWNERS = 1000
 
 def source_of(text: str) -> str:
     """A lead source's short name from what a cell says ("展会", "Event", "LEAD_SOURCE_EVENT"), or ""."""
-    names = [v.name.removeprefix("LEAD_SOURCE_").lower() for v in leads.SOURCE.values if v.number]
     word = fold(text)
-    for name in names:
-        if word in (fold(name), fold(f"lead_source_{name}")):
-            return name
-    return SOURCE_WORDS.get(word, "")
+    return SOURCE_NAMES.get(word) or SOURCE_WORDS.get(word, "")
 
 
 @dataclass
@@ -264,12 +270,6 @@ class LeadConverter:
             out.errors.append((column, text, e.message))
         v["phone_key"], v["email_key"] = leads.contact_keys(v.get("phone", ""), v.get("email", ""))
         return out
-
-
-_SOURCE_HELP = (
-    "is not a lead source: use one of manual, web_form, campaign, event, referral, partner, import, api "
-    "(or 手工, 网站, 市场活动, 展会, 转介绍, 合作伙伴, …); map the column to source_detail to keep free text"
-)
 
 
 def batch_converter(params: dict[str, Any]) -> Any:
