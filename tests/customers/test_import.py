@@ -278,7 +278,10 @@ async def test_a_row_the_database_refuses_leaves_nothing_behind(identity, custom
 
 
 async def test_a_crashed_import_resumes_after_its_checkpoint(identity, customers, data, customers_service):
-    from crm_customers.domain.imports import pipeline, worker
+    from crm_customers.domain.imports import worker
+    from crm_customers.domain.imports.importers import IMPORTERS
+    from crm_kit.imports import pipeline
+    from crm_kit.imports.importer import BATCH_ROWS
 
     company = await sign_up(identity)
     rows = [["姓名", "手机"]] + [[f"客户{i}", f"1380000{i:04d}"] for i in range(2500)]
@@ -296,21 +299,21 @@ async def test_a_crashed_import_resumes_after_its_checkpoint(identity, customers
                 "m": '[{"column": "姓名", "field": "name"}, {"column": "手机", "field": "phones"}]',
             },
         )
-    from crm_customers.domain.imports.models import ImportJob
+    from crm_kit.imports.models import ImportJob
 
     async with runtime.db.read() as session:
         claimed = await session.get(ImportJob, job.id)
-    batcher = await pipeline.batcher_for(runtime.db, claimed)
-    first = batcher.convert([(n + 2, r) for n, r in enumerate(rows[1 : 1 + pipeline.BATCH_ROWS])])
+    batcher = await IMPORTERS["contacts"].batcher(runtime.db, claimed)
+    first = batcher.convert([(n + 2, r) for n, r in enumerate(rows[1 : 1 + BATCH_ROWS])])
     from crm_kit import context
 
     token = context.bind(context.RequestContext(principal=pipeline.principal_of(claimed)))
     try:
-        await pipeline._commit_batch(runtime.db, batcher, claimed, 1, first, 0, len(first))
+        await pipeline.commit_batch(runtime.db, batcher, claimed, 1, first, 0, len(first))
     finally:
         context.reset(token)
     mid = (await data.GetImport(dq.GetImportRequest(id=job.id), metadata=company.md)).import_job
-    assert mid.rows_done == pipeline.BATCH_ROWS and mid.status == dq.JOB_STATUS_RUNNING
+    assert mid.rows_done == BATCH_ROWS and mid.status == dq.JOB_STATUS_RUNNING
 
     # Its lease has run out: the service's worker takes it over and finishes from the checkpoint.
     done = await run_to_end(data, company, job.id)
@@ -467,7 +470,7 @@ async def test_a_cancelled_import_cannot_be_started(identity, data):
 async def test_a_big_file_is_converted_in_a_child_process_with_the_same_result(
     identity, customers, data, customers_service, monkeypatch
 ):
-    from crm_customers.domain.imports import pipeline
+    from crm_kit.imports import pipeline
 
     monkeypatch.setattr(pipeline, "CHILD_PROCESS_BYTES", 0)  # every file counts as big here
     company = await sign_up(identity)

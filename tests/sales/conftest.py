@@ -43,6 +43,18 @@ async def sales_service(test_infra, identity_service, customers_for_sales):
         yield service
 
 
+@pytest.fixture(scope="module")
+async def api(test_infra, identity_service, sales_service):
+    """The gateway in front of sales and identity, spoken to as a web client would (end-to-end tests)."""
+    from tests.gateway.conftest import gateway_settings, running_gateway
+
+    settings = gateway_settings(
+        test_infra, identity_service.address, sales_service_addr=sales_service.address
+    )
+    async with running_gateway(settings) as client:
+        yield client
+
+
 @pytest.fixture
 def clock(sales_service):
     """The service's clock; a test may move it forward, and it is put back afterwards."""
@@ -60,6 +72,13 @@ async def sales_channel(sales_service):
 @pytest.fixture(scope="session")
 def leads(sales_channel):
     return leads_pb2_grpc.LeadsServiceStub(sales_channel)
+
+
+@pytest.fixture(scope="session")
+def lead_imports(sales_channel):
+    from crm.sales.v1 import lead_imports_pb2_grpc
+
+    return lead_imports_pb2_grpc.LeadImportsServiceStub(sales_channel)
 
 
 @pytest.fixture(scope="session")

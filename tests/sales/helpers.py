@@ -34,6 +34,11 @@ class Rep:
         return auth(self.token.access_token)
 
 
+def bearer(token: ipb.TokenPair) -> dict[str, str]:
+    """The REST header of a signed-in user's access token."""
+    return {"Authorization": f"Bearer {token.access_token}"}
+
+
 async def rep_role(identity, company: Company, name: str = "销售代表", permissions=None) -> ipb.Role:
     return (
         await identity.CreateRole(

@@ -4,23 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
-
-from tests.gateway.conftest import assert_problem, gateway_settings, running_gateway
-from tests.sales.helpers import team
-
-
-@pytest.fixture(scope="module")
-async def api(test_infra, identity_service, sales_service):
-    settings = gateway_settings(
-        test_infra, identity_service.address, sales_service_addr=sales_service.address
-    )
-    async with running_gateway(settings) as client:
-        yield client
-
-
-def bearer(token) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token.access_token}"}
+from tests.gateway.conftest import assert_problem
+from tests.sales.helpers import bearer, team
 
 
 async def test_a_rep_claims_follows_up_and_returns_a_pool_lead_through_the_api(api, identity, clock):

@@ -60,3 +60,13 @@ def bind(ctx: RequestContext) -> contextvars.Token[RequestContext]:
 
 def reset(token: contextvars.Token[RequestContext]) -> None:
     _current.reset(token)
+
+
+def caller() -> Principal:
+    """The current call's principal; a call without one is unauthenticated (401)."""
+    from crm_kit.errors import Unauthenticated
+
+    principal = current().principal
+    if principal is None:
+        raise Unauthenticated("a credential is required", reason="missing_credential")
+    return principal

@@ -7,13 +7,16 @@ starting at once are safe: migrations run under a PostgreSQL advisory lock.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from alembic import command, context
 from alembic.config import Config
-from sqlalchemy import MetaData, pool, text
+from sqlalchemy import MetaData, Table, pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.schema import CreateIndex, CreateTable, DropTable
 
 MIGRATION_LOCK = 0x43524D  # "CRM"
 
@@ -28,6 +31,21 @@ def alembic_config(migrations_dir: Path, database_url: str) -> Config:
 async def upgrade(migrations_dir: Path, database_url: str, revision: str = "head") -> None:
     """Run from async code: alembic itself is synchronous and runs its env.py in a worker thread."""
     await asyncio.to_thread(command.upgrade, alembic_config(migrations_dir, database_url), revision)
+
+
+def create_tables(op: Any, tables: Iterable[Table]) -> None:
+    """Create kit-owned tables and their indexes from their SQLAlchemy models, from a service's migration.
+    Rendered through `op.execute`, so offline (`--sql`) mode works too and the DDL cannot drift from the models;
+    `IF NOT EXISTS` makes a re-run harmless."""
+    for table in tables:
+        op.execute(CreateTable(table, if_not_exists=True))
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            op.execute(CreateIndex(index, if_not_exists=True))
+
+
+def drop_tables(op: Any, tables: Iterable[Table]) -> None:
+    for table in reversed(list(tables)):
+        op.execute(DropTable(table, if_exists=True))
 
 
 def _run(connection: Connection, metadata: MetaData) -> None:

@@ -7,19 +7,20 @@ Permissions: rules are the object "duplicate_rule"; scans and merges need "merge
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from crm.customers.v1 import data_quality_pb2 as pb
 from crm.customers.v1 import data_quality_pb2_grpc
 from crm_kit.db import Database
 from crm_kit.errors import InvalidArgument
+from crm_kit.imports.rpc import ImportRpcs
 from crm_kit.policy import Decision, PolicyCache
 
 from crm_customers.domain.dedup import matching, rules
 from crm_customers.domain.dedup import merge as merges
 from crm_customers.domain.dedup import scan as scans
 from crm_customers.domain.dedup.common import ACTION_PB, RECORD_TYPES, caller
+from crm_customers.domain.imports.importers import IMPORTERS, target_name
 
 SERVICE = pb.DESCRIPTOR.services_by_name["CustomersDataService"]
 
@@ -37,6 +38,7 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         self.policies = policies
         self.worker = worker
         self.undo_days = undo_days
+        self.imports = ImportRpcs(db=db, policies=policies, importers=IMPORTERS, worker=worker)
 
     async def _authorize(self, obj: str, action: str) -> Decision:
         return (await self.policies.decide(caller(), obj, action)).require()
@@ -191,108 +193,33 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
             record, _ = await merges.undo(uow, merge_id=request.id, visible=_visible(read))
         return pb.UndoMergeResponse(merge=merges.merge_pb(record))
 
-    # ------------------------------------------------------------ imports
+    # ------------------------------------------------------------ imports (crm_kit.imports.rpc)
 
     async def UploadImportFile(self, request_iterator, context):
-        from crm_customers.domain.imports import jobs
-
-        stream = request_iterator.__aiter__()
-        first = await anext(stream, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidArgument.for_field("header", "the first message must be the file's header")
-        header = first.header
-        target = jobs.target_name(header.target)
-        await self._authorize(jobs.OBJECT_OF[target], "import")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in stream:
-                if message.WhichOneof("part") != "chunk":
-                    raise InvalidArgument.for_field("chunk", "after the header come only chunks")
-                yield message.chunk
-
-        job = await jobs.upload(self.db, target=target, file=header.file, chunks=chunks())
-        return pb.UploadImportFileResponse(import_job=jobs.job_pb(job))
+        return await self.imports.upload(
+            request_iterator, pb.UploadImportFileResponse, target=lambda header: target_name(header.target)
+        )
 
     async def GetImport(self, request, context):
-        from crm_customers.domain.imports import jobs
-
-        async with self.db.read() as session:
-            job = await jobs.get(session, request.id)
-        await self._authorize(jobs.OBJECT_OF[job.target], "import")
-        return pb.GetImportResponse(import_job=jobs.job_pb(job))
+        return await self.imports.get(request, pb.GetImportResponse)
 
     async def ListImports(self, request, context):
-        from crm_customers.domain.imports import jobs
-
-        async with self.db.read() as session:
-            rows, cursor = await jobs.list_jobs(session, page_request=request.page)
-        allowed = {
-            t: (await self.policies.decide(caller(), o, "import")).allowed for t, o in jobs.OBJECT_OF.items()
-        }
-        if not any(allowed.values()):
-            await self._authorize("account", "import")
-        return pb.ListImportsResponse(
-            items=[jobs.job_pb(j) for j in rows if allowed[j.target]], next_cursor=cursor
-        )
+        return await self.imports.list(request, pb.ListImportsResponse)
 
     async def DryRunImport(self, request, context):
-        from crm_customers.domain.imports import jobs, pipeline
-
-        async with self.db.read() as session:
-            job = await jobs.get(session, request.id)
-        decision = await self._authorize(jobs.OBJECT_OF[job.target], "import")
-        answer, errors, preview = await pipeline.dry_run(
-            self.db,
-            job_id=request.id,
-            mapping=[(m.column, m.field) for m in request.mapping],
-            owner_id=request.owner_id,
-            decision=decision,
-        )
-        return pb.DryRunImportResponse(import_job=answer, errors=errors, preview=preview)
+        return await self.imports.dry_run(request, pb.DryRunImportResponse)
 
     async def StartImport(self, request, context):
-        from crm_customers.domain.imports import jobs
-
-        async with self.db.read() as session:
-            job = await jobs.get(session, request.id)
-        decision = await self._authorize(jobs.OBJECT_OF[job.target], "import")
-        async with self.db.unit_of_work() as uow:
-            job = await jobs.start(
-                uow,
-                job_id=request.id,
-                mapping=[(m.column, m.field) for m in request.mapping],
-                owner_id=request.owner_id,
-                decision=decision,
-            )
-        self._wake()
-        return pb.StartImportResponse(import_job=jobs.job_pb(job))
+        return await self.imports.start(request, pb.StartImportResponse)
 
     async def CancelImport(self, request, context):
-        from crm_customers.domain.imports import jobs
-
-        async with self.db.read() as session:
-            job = await jobs.get(session, request.id)
-        await self._authorize(jobs.OBJECT_OF[job.target], "import")
-        async with self.db.unit_of_work() as uow:
-            job = await jobs.cancel(uow, job_id=request.id)
-        return pb.CancelImportResponse(import_job=jobs.job_pb(job))
+        return await self.imports.cancel(request, pb.CancelImportResponse)
 
     async def ListImportErrors(self, request, context):
-        from crm_customers.domain.imports import jobs
-
-        async with self.db.read() as session:
-            job = await jobs.get(session, request.id)
-            await self._authorize(jobs.OBJECT_OF[job.target], "import")
-            rows, cursor = await jobs.list_errors(session, job_id=job.id, page_request=request.page)
-        return pb.ListImportErrorsResponse(items=[jobs.error_pb(e) for e in rows], next_cursor=cursor)
+        return await self.imports.list_errors(request, pb.ListImportErrorsResponse)
 
     async def DownloadImportErrors(self, request, context):
-        from crm_customers.domain.imports import jobs
-
-        async with self.db.read() as session:
-            job = await jobs.get(session, request.id)
-        await self._authorize(jobs.OBJECT_OF[job.target], "import")
-        async for part in jobs.error_report(self.db, job=job, file_format=request.format):
+        async for part in self.imports.download_errors(request, pb.DownloadImportErrorsResponse):
             yield part
 
     # ------------------------------------------------------------ exports

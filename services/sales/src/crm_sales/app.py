@@ -1,6 +1,6 @@
-"""The sales service: what it adds to the kit's skeleton — its servicers, its public web-form methods, and
-the periodic jobs (lead reclaim, overdue instalments, renewal and task reminders), run by one replica at a
-time."""
+"""The sales service: what it adds to the kit's skeleton — its servicers, its public web-form methods, the
+periodic jobs (lead reclaim, overdue instalments, renewal and task reminders), run by one replica at a time,
+and the lead import worker."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from crm.sales.v1 import (
     activities_pb2_grpc,
     contracts_pb2_grpc,
     forecasts_pb2_grpc,
+    lead_imports_pb2_grpc,
     leads_pb2_grpc,
     pipelines_pb2_grpc,
     quotes_pb2_grpc,
@@ -24,6 +25,7 @@ from crm_kit.service import Parts, Runtime, ServiceSpec
 
 from crm_sales.api import activities as activities_api
 from crm_sales.api import contracts as contracts_api
+from crm_sales.api import lead_imports as lead_imports_api
 from crm_sales.api import leads as leads_api
 from crm_sales.api import pipelines as pipelines_api
 from crm_sales.api import quotes as quotes_api
@@ -85,6 +87,9 @@ async def build(runtime: Runtime) -> Parts:
     leads_servicer = leads_api.LeadsApi(
         db=runtime.db, policies=policies, clock=clock, people=people, settings=settings, converter=converter
     )
+    lead_imports = lead_imports_api.LeadImportsApi(
+        db=runtime.db, policies=policies, people=people, clock=clock
+    )
     pipelines_servicer = pipelines_api.PipelinesApi(
         db=runtime.db, policies=policies, clock=clock, people=people
     )
@@ -92,6 +97,11 @@ async def build(runtime: Runtime) -> Parts:
         servicers=[
             Servicer(
                 leads_pb2_grpc.add_LeadsServiceServicer_to_server, leads_servicer, leads_api.SERVICE.full_name
+            ),
+            Servicer(
+                lead_imports_pb2_grpc.add_LeadImportsServiceServicer_to_server,
+                lead_imports,
+                lead_imports_api.SERVICE.full_name,
             ),
             Servicer(
                 pipelines_pb2_grpc.add_PipelinesServiceServicer_to_server,
@@ -129,6 +139,8 @@ async def build(runtime: Runtime) -> Parts:
         consumers=[merges.CONSUMER],
     )
     parts.clock = clock  # type: ignore[attr-defined]  # tests move time with it
+    lead_imports.worker.start()
+    parts.on_stop.append(lead_imports.worker.stop)
     if settings.reclaim_interval_seconds > 0:
         # One replica at a time runs the jobs: the leader of the jobs lock on the sales database.
         jobs = PeriodicJob(

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -38,6 +39,11 @@ def _id() -> Mapped[str]:
 
 def _ts(nullable: bool = True) -> Mapped[dt.datetime | None]:
     return mapped_column(DateTime(timezone=True), nullable=nullable)
+
+
+def _open_with(column: str) -> Any:
+    """Open leads (new, working, qualified) with the column filled: what duplicate lookups search."""
+    return text(f"{column} <> '' AND status IN ('new', 'working', 'qualified')")
 
 
 class Versioned:
@@ -102,11 +108,17 @@ class Lead(TenantOwned, Timestamped, Versioned, Base):
     converted_contact_id: Mapped[str] = mapped_column(String(36), default="")
     converted_opportunity_id: Mapped[str] = mapped_column(String(36), default="")
     converted_at: Mapped[dt.datetime | None] = _ts()
+    # The phone (E.164) and e-mail (lower case) in their normal forms ("" when absent or not valid), written
+    # with the lead: an import finds the open leads a row duplicates by them.
+    phone_key: Mapped[str] = mapped_column(String(50), default="", server_default="")
+    email_key: Mapped[str] = mapped_column(String(320), default="", server_default="")
 
     __table_args__ = (
         Index("ix_leads_tenant_owner", "tenant_id", "owner_id", "id"),
         # The pool's waiting leads, and the reclaim job's scan of held pool leads.
         Index("ix_leads_tenant_pool_owner", "tenant_id", "pool_id", "owner_id"),
+        Index("ix_leads_open_phone", "tenant_id", "phone_key", postgresql_where=_open_with("phone_key")),
+        Index("ix_leads_open_email", "tenant_id", "email_key", postgresql_where=_open_with("email_key")),
     )
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.schema import CreateIndex, CreateTable, DropTable
 
+from crm_kit import migrations
 from crm_kit.db import Base
 from crm_kit.events.inbox import InboxEntry
 from crm_kit.events.outbox import OUTBOX_NOTIFY_DDL, OutboxEvent
@@ -27,18 +27,14 @@ def kit_tables() -> list[Table]:
 
 def create_tables(op: Any) -> None:
     """Create the kit tables, their indexes and the outbox NOTIFY trigger; call from an Alembic `upgrade()`."""
-    for table in kit_tables():
-        op.execute(CreateTable(table, if_not_exists=True))
-        for index in sorted(table.indexes, key=lambda i: i.name or ""):
-            op.execute(CreateIndex(index, if_not_exists=True))
+    migrations.create_tables(op, kit_tables())
     for statement in OUTBOX_NOTIFY_DDL:
         op.execute(statement)
 
 
 def drop_tables(op: Any) -> None:
     """The reverse of `create_tables`; call from an Alembic `downgrade()`."""
-    for table in reversed(kit_tables()):
-        op.execute(DropTable(table, if_exists=True))
+    migrations.drop_tables(op, kit_tables())
     op.execute("DROP FUNCTION IF EXISTS crm_outbox_notify()")
 
 

@@ -5,12 +5,14 @@ from crm.sales.v1 import (
     activities_pb2,
     contracts_pb2,
     forecasts_pb2,
+    lead_imports_pb2,
     leads_pb2,
     pipelines_pb2,
     quotes_pb2,
     settings_pb2,
 )
 
+from crm_gateway.files import Download, FileRoutes, Upload
 from crm_gateway.routing import Route, ServiceRoutes
 
 LEADS = ServiceRoutes(
@@ -396,3 +398,56 @@ SALES_SETTINGS = ServiceRoutes(
     ],
 )
 SALES.extend([DOCUMENTS, SALES_SETTINGS])
+
+# Lead import: the same routes and shapes as customers' /imports (customers_data.py), under /lead-imports.
+LEAD_IMPORTS_SERVICE = lead_imports_pb2.DESCRIPTOR.services_by_name["LeadImportsService"]
+LEAD_IMPORTS = ServiceRoutes(
+    name="sales",
+    service=LEAD_IMPORTS_SERVICE,
+    routes=[
+        Route("GET", "/lead-imports", "ListLeadImports"),
+        Route(
+            "GET",
+            "/lead-imports/{id}",
+            "GetLeadImport",
+            unwrap="import_job",
+            summary="A lead import and its progress",
+        ),
+        Route(
+            "POST",
+            "/lead-imports/{id}/dry-run",
+            "DryRunLeadImport",
+            summary="Check a lead import without writing: counts, first problems, a preview",
+        ),
+        Route(
+            "POST",
+            "/lead-imports/{id}/start",
+            "StartLeadImport",
+            status=202,
+            unwrap="import_job",
+            summary="Start a lead import (runs in the background)",
+        ),
+        Route("POST", "/lead-imports/{id}/cancel", "CancelLeadImport", unwrap="import_job"),
+        Route("GET", "/lead-imports/{id}/errors", "ListLeadImportErrors"),
+    ],
+)
+LEAD_IMPORT_FILES = FileRoutes(
+    name="sales",
+    service=LEAD_IMPORTS_SERVICE,
+    routes=[
+        Upload(
+            "/lead-imports",
+            "UploadLeadImportFile",
+            unwrap="import_job",
+            location="/lead-imports/{id}",
+            summary="Upload a CSV or XLSX file of leads to import (multipart: `file`)",
+            tag="lead-imports",
+        ),
+        Download(
+            "/lead-imports/{id}/errors/report",
+            "DownloadLeadImportErrors",
+            summary="The error report of a lead import (row, column, value, reason) as CSV or XLSX",
+            tag="lead-imports",
+        ),
+    ],
+)

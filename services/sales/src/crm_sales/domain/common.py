@@ -265,3 +265,33 @@ class People:
         department = answer.user.department_id or None
         self._cache[key] = (time.monotonic(), department)
         return department
+
+    async def active_users_by_email(self, emails: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Active users of the caller's tenant by e-mail (lower case): e-mail → (user id, department id). An
+        e-mail no active user has is left out. Refused (403) when the caller may not read users."""
+        import grpc
+        from crm.identity.v1 import identity_pb2
+        from crm_kit import grpc_client
+        from crm_kit.errors import PermissionDenied
+
+        found: dict[str, tuple[str, str]] = {}
+        for email in sorted(set(emails)):
+            try:
+                answer = await self.identity.ListUsers(
+                    identity_pb2.ListUsersRequest(
+                        query=email, status=identity_pb2.USER_STATUS_ACTIVE, page={"limit": 200}
+                    ),
+                    metadata=grpc_client.outgoing_metadata(),
+                    timeout=5,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    raise PermissionDenied(
+                        "naming owners by e-mail needs the permission to read users",
+                        reason="permission_denied",
+                    ) from None
+                raise
+            for user in answer.items:
+                if user.email.strip().lower() == email:
+                    found[email] = (user.id, user.department_id)
+        return found

@@ -19,6 +19,7 @@ from crm_kit.context import SYSTEM
 from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, InvalidArgument, PermissionDenied
 from crm_kit.ids import new_id
+from crm_kit.normalize import InvalidValue, normalize_email, normalize_phone
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 from crm_kit.validation import Check, updatable
@@ -177,13 +178,20 @@ def rule_matches(operator: str, actual: str, expected: str) -> bool:
     return False
 
 
-async def score(session: AsyncSession, lead: models.Lead) -> int:
-    rules = (
-        await session.scalars(
-            select(models.ScoringRule).where(models.ScoringRule.tenant_id == lead.tenant_id)
-        )
-    ).all()
+async def scoring_rules(session: AsyncSession, tenant_id: str) -> list[models.ScoringRule]:
+    return list(
+        (
+            await session.scalars(select(models.ScoringRule).where(models.ScoringRule.tenant_id == tenant_id))
+        ).all()
+    )
+
+
+def score_of(lead: models.Lead, rules: list[models.ScoringRule]) -> int:
     return sum(r.points for r in rules if rule_matches(r.operator, _field_value(lead, r.field), r.value))
+
+
+async def score(session: AsyncSession, lead: models.Lead) -> int:
+    return score_of(lead, await scoring_rules(session, lead.tenant_id))
 
 
 async def held_count(session: AsyncSession, tenant_id: str, user_id: str, pool_id: str | None = None) -> int:
@@ -197,15 +205,25 @@ async def held_count(session: AsyncSession, tenant_id: str, user_id: str, pool_i
     return int(await session.scalar(stmt) or 0)
 
 
-async def apply_assignment_rules(session: AsyncSession, lead: models.Lead) -> tuple[str | None, str | None]:
+async def assignment_rules(session: AsyncSession, tenant_id: str) -> list[models.AssignmentRule]:
+    """The tenant's assignment rules in the order they are tried."""
+    return list(
+        (
+            await session.scalars(
+                select(models.AssignmentRule)
+                .where(models.AssignmentRule.tenant_id == tenant_id)
+                .order_by(models.AssignmentRule.priority, models.AssignmentRule.id)
+            )
+        ).all()
+    )
+
+
+async def apply_assignment_rules(
+    session: AsyncSession, lead: models.Lead, rules: list[models.AssignmentRule] | None = None
+) -> tuple[str | None, str | None]:
     """(owner, pool) from the first matching rule in priority order, or (None, None)."""
-    rules = (
-        await session.scalars(
-            select(models.AssignmentRule)
-            .where(models.AssignmentRule.tenant_id == lead.tenant_id)
-            .order_by(models.AssignmentRule.priority, models.AssignmentRule.id)
-        )
-    ).all()
+    if rules is None:
+        rules = await assignment_rules(session, lead.tenant_id)
     for rule in rules:
         conditions = [
             (rule.regions, lead.region),
@@ -226,9 +244,13 @@ async def apply_assignment_rules(session: AsyncSession, lead: models.Lead) -> tu
             ]
             return min(counts)[2], None
         # Round robin: the rule row is locked, so concurrent leads take consecutive turns.
+        # populate_existing: the turn as committed when the lock was granted, not as first read.
         locked = (
             await session.execute(
-                select(models.AssignmentRule).where(models.AssignmentRule.id == rule.id).with_for_update()
+                select(models.AssignmentRule)
+                .where(models.AssignmentRule.id == rule.id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
             )
         ).scalar_one()
         owner = locked.assignee_ids[locked.handed_out % len(locked.assignee_ids)]
@@ -246,14 +268,104 @@ def _check_values(check: Check, values: dict[str, str]) -> None:
             check.length(name, values[name], max_len=max_len)
     if values.get("email"):
         check.email("email", values["email"])
+    if "campaign_id" in values:
+        check.length("campaign_id", values["campaign_id"], max_len=36)
 
 
-def _check_attributes(check: Check, attributes: dict[str, str]) -> None:
+def check_attributes(check: Check, attributes: dict[str, str]) -> None:
     if len(attributes) > MAX_ATTRIBUTES:
         check.fail("attributes", f"at most {MAX_ATTRIBUTES} attributes")
     for k, v in attributes.items():
         if not k or len(k) > 100 or len(v) > 2000:
             check.fail(f"attributes.{k[:100]}", "keys are 1..100 and values at most 2000 characters")
+
+
+def check_new(check: Check, values: dict[str, str], attributes: dict[str, str]) -> None:
+    """What a new lead's values must be, wherever it comes from (API, web form, import)."""
+    check.required("name", values.get("name", ""))
+    _check_values(check, values)
+    check_attributes(check, attributes)
+
+
+def contact_keys(phone: str, email: str) -> tuple[str, str]:
+    """The phone (E.164) and e-mail (lower case) in their normal forms, for duplicate lookups ("" when absent
+    or not valid)."""
+    return _key(normalize_phone, phone), _key(normalize_email, email)
+
+
+def refresh_keys(lead: models.Lead) -> None:
+    lead.phone_key, lead.email_key = contact_keys(lead.phone, lead.email)
+
+
+def _key(normalize: Any, raw: str) -> str:
+    try:
+        return normalize(raw) if raw and raw.strip() else ""
+    except InvalidValue:
+        return ""
+
+
+async def place(
+    session: AsyncSession,
+    lead: models.Lead,
+    *,
+    owner_id: str | None,
+    pool_id: str | None,
+    fallback_owner: str | None,
+    people: Any,
+    now: dt.datetime,
+    rules: list[models.AssignmentRule] | None = None,
+) -> None:
+    """Who gets a new lead: the given pool or owner; else the assignment rules; else `fallback_owner`. The
+    owner's department files it for data scopes (`people.department_of`)."""
+    owner, pool = (owner_id or None), (pool_id or None)
+    if not owner and not pool:
+        owner, pool = await apply_assignment_rules(session, lead, rules)
+        if not owner and not pool:
+            owner = fallback_owner
+    department = None
+    if owner and people is not None:
+        department = await people.department_of("owner_id", owner)
+    lead.owner_id, lead.pool_id, lead.department_id = owner, pool, department
+    if owner and pool:
+        lead.claimed_at = now
+
+
+def record_created(uow: UnitOfWork, lead: models.Lead, *, now: dt.datetime, reason: str = "") -> None:
+    """The lead's first move and its LeadCreated event, in the caller's transaction."""
+    uow.session.add(
+        models.LeadMove(
+            id=new_id(),
+            tenant_id=lead.tenant_id,
+            lead_id=lead.id,
+            action="created",
+            to_owner_id=lead.owner_id or "",
+            pool_id=lead.pool_id or "",
+            reason=reason,
+            actor_id=caller().actor_id,
+            occurred_at=now,
+        )
+    )
+    _emit(uow, events_pb2.LeadCreated(lead=lead_pb(lead)), lead, "created", after=snapshot(lead, AUDITED))
+
+
+async def save_changes(
+    uow: UnitOfWork,
+    lead: models.Lead,
+    before: dict[str, Any],
+    *,
+    scoring: list[models.ScoringRule] | None = None,
+) -> None:
+    """After a lead's fields changed: its keys and score again, and — if anything audited changed — a new
+    version and a LeadUpdated event with the before and after."""
+    refresh_keys(lead)
+    lead.score = score_of(lead, scoring) if scoring is not None else await score(uow.session, lead)
+    after = snapshot(lead, AUDITED)
+    if after == before:
+        return
+    lead.version += 1
+    await uow.session.flush()
+    await uow.session.refresh(lead)
+    _emit(uow, events_pb2.LeadUpdated(lead=lead_pb(lead)), lead, "updated", before=before, after=after)
 
 
 async def create(
@@ -274,9 +386,7 @@ async def create(
     principal = caller()
     session = uow.session
     check = Check()
-    check.required("name", values.get("name", ""))
-    _check_values(check, values)
-    _check_attributes(check, attributes)
+    check_new(check, values, attributes)
     if pool_id:
         check.uuid("pool_id", pool_id)
         if not check.errors and not await session.scalar(
@@ -297,34 +407,21 @@ async def create(
         attributes=dict(attributes),
         version=1,
     )
-    owner, pool = (owner_id or None), (pool_id or None)
-    if not owner and not pool:
-        owner, pool = await apply_assignment_rules(session, lead)
-        if not owner and not pool:
-            owner = fallback_owner
-    department = None
-    if owner and people is not None:
-        department = await people.department_of("owner_id", owner)
-    lead.owner_id, lead.pool_id, lead.department_id = owner, pool, department
-    if owner and pool:
-        lead.claimed_at = now
+    await place(
+        session,
+        lead,
+        owner_id=owner_id,
+        pool_id=pool_id,
+        fallback_owner=fallback_owner,
+        people=people,
+        now=now,
+    )
+    refresh_keys(lead)
     lead.score = await score(session, lead)
     session.add(lead)
     await session.flush()
     await session.refresh(lead)
-    session.add(
-        models.LeadMove(
-            id=new_id(),
-            tenant_id=lead.tenant_id,
-            lead_id=lead.id,
-            action="created",
-            to_owner_id=owner or "",
-            pool_id=pool or "",
-            actor_id=principal.actor_id,
-            occurred_at=now,
-        )
-    )
-    _emit(uow, events_pb2.LeadCreated(lead=lead_pb(lead)), lead, "created", after=snapshot(lead, AUDITED))
+    record_created(uow, lead, now=now)
     return lead
 
 
@@ -372,7 +469,7 @@ async def update_lead(uow: UnitOfWork, decision: Decision, request: pb.UpdateLea
         check.required("name", new.name)
     _check_values(check, values)
     if "attributes" in paths:
-        _check_attributes(check, dict(new.attributes))
+        check_attributes(check, dict(new.attributes))
     status = enum_name(STATUS, new.status) if "status" in paths else None
     if status is not None:
         if status in ("", "converted"):
@@ -391,14 +488,7 @@ async def update_lead(uow: UnitOfWork, decision: Decision, request: pb.UpdateLea
         lead.attributes = dict(new.attributes)
     if status:
         lead.status = status
-    lead.score = await score(uow.session, lead)
-    after = snapshot(lead, AUDITED)
-    if after == before:
-        return lead
-    lead.version += 1
-    await uow.session.flush()
-    await uow.session.refresh(lead)
-    _emit(uow, events_pb2.LeadUpdated(lead=lead_pb(lead)), lead, "updated", before=before, after=after)
+    await save_changes(uow, lead, before)
     return lead
 
 

@@ -1540,18 +1540,22 @@ class DownloadImportErrorsRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     format: Global___FileFormat.ValueType
     """CSV (the default) or XLSX."""
+    locale: _builtins.str
+    """The header row in this language: "zh-CN" or "en" (the default)."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         format: Global___FileFormat.ValueType = ...,
+        locale: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "id", b"id", "locale", b"locale"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from crm.common.v1 import imports_pb2 as _imports_pb2
 from crm.sales.v1 import activities_pb2 as _activities_pb2
 from crm.sales.v1 import contracts_pb2 as _contracts_pb2
 from crm.sales.v1 import forecasts_pb2 as _forecasts_pb2
@@ -89,6 +90,30 @@ class LeadDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeadDeleted: _TypeAlias = LeadDeleted  # noqa: Y015
+
+@_typing.final
+class LeadImportFinished(_message.Message):
+    """A lead import (LeadImportsService) ended, succeeded or cancelled: its counts, for the audit trail. Each lead
+    it created or updated has its own LeadCreated / LeadUpdated.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMPORT_JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def import_job(self) -> _imports_pb2.ImportJob: ...
+    def __init__(
+        self,
+        *,
+        import_job: _imports_pb2.ImportJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["import_job", b"import_job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["import_job", b"import_job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeadImportFinished: _TypeAlias = LeadImportFinished  # noqa: Y015
 
 @_typing.final
 class LeadFollowedUp(_message.Message):

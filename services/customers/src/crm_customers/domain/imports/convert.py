@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
+
+from crm_kit.imports import importer
 
 from crm_customers import normalize
 from crm_customers.domain import custom_fields as cf
@@ -67,17 +70,32 @@ ROLE_WORDS = {
 }
 SIZE_WORDS: dict[str, str] = {}
 
+# What a converter needs of a custom field definition (sent to the child process as plain values).
+CUSTOM_FIELD_ATTRIBUTES = (
+    "key",
+    "record_type",
+    "label_zh",
+    "label_en",
+    "type",
+    "required",
+    "unique",
+    "searchable",
+    "options",
+    "pattern",
+    "min",
+    "max",
+    "max_length",
+)
+
 
 class RowError(Exception):
     pass
 
 
 @dataclass
-class Converted:
+class Converted(importer.Converted):
     """A row's values by column name of the table, and (column, value, reason) of each problem."""
 
-    values: dict[str, Any] = field(default_factory=dict)
-    errors: list[tuple[str, str, str]] = field(default_factory=list)
     # Contacts: the company named in the row (resolved to account ids per batch).
     account_ref: str = ""
     account_ref_column: str = ""
@@ -158,6 +176,8 @@ class Converter:
         read_only: frozenset[str] = frozenset(),
     ):
         self.target = target
+        self.columns = list(columns)
+        self.mapping = list(mapping)
         self.defs = defs
         self.tenant_id = tenant_id
         self.owner_id = owner_id
@@ -166,6 +186,32 @@ class Converter:
         # (cell index, column name, field) of every mapped column.
         self.cells = [(i, c, f) for i, (c, f) in enumerate(mapping) if f and i < len(columns)]
         self.read_only = read_only
+
+    def spec(self) -> dict[str, Any]:
+        """What a child process needs to make the same converter (plain values; see `batch_converter`)."""
+        return {
+            "target": self.target,
+            "columns": self.columns,
+            "mapping": [list(m) for m in self.mapping],
+            "defs": {k: {a: getattr(d, a) for a in CUSTOM_FIELD_ATTRIBUTES} for k, d in self.defs.items()},
+            "tenant_id": self.tenant_id,
+            "owner_id": self.owner_id,
+            "department_id": self.department_id,
+            "created_by": self.created_by,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Converter:
+        return cls(
+            target=spec["target"],
+            columns=spec["columns"],
+            mapping=[tuple(m) for m in spec["mapping"]],
+            defs={k: SimpleNamespace(**v) for k, v in spec["defs"].items()},
+            tenant_id=spec["tenant_id"],
+            owner_id=spec["owner_id"],
+            department_id=spec["department_id"],
+            created_by=spec["created_by"],
+        )
 
     def convert(self, row: list[str]) -> Converted:
         out = Converted()
@@ -313,3 +359,12 @@ class Converter:
         v["department_id"] = self.department_id if v["owner_id"] == self.owner_id else ""
         v["created_by"] = self.created_by
         v["tenant_id"] = self.tenant_id
+
+
+def batch_converter(params: dict[str, Any]) -> Any:
+    """The converter of a child process (`crm_kit.imports.converter_process`), from `Converter.spec()` and the
+    record's COPY columns: rows → Rows, as `RecordBatcher.convert` makes them."""
+    from crm_customers.domain.imports.pipeline import convert_rows
+
+    converter, columns = Converter.from_spec(params), tuple(params["record_columns"])
+    return lambda rows: convert_rows(converter, columns, rows)

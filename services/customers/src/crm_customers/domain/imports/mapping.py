@@ -1,12 +1,9 @@
-"""Which column fills which field: suggested from the header (Chinese or English), checked when chosen."""
+"""The fields an import of accounts, contacts or relationships fills, and the header words (Chinese and English)
+that suggest each; suggestion and checking are `crm_kit.imports.mapping.Vocabulary`'s."""
 
 from __future__ import annotations
 
-import re
-import unicodedata
-from collections.abc import Iterable
-
-from crm_kit.errors import FieldError, InvalidArgument
+from crm_kit.imports.mapping import EMAIL_WORDS, PHONE_WORDS, Vocabulary
 
 # Field → header words people use for it (compared folded: NFKC, lower case, no spaces or punctuation).
 ACCOUNT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -72,24 +69,8 @@ ACCOUNT_FIELDS: dict[str, tuple[str, ...]] = {
     "district": ("district", "区县", "区", "县"),
     "address": ("address", "地址", "详细地址", "公司地址", "注册地址", "street", "streetaddress"),
     "website": ("website", "网站", "官网", "网址", "url", "web", "homepage"),
-    "phones": (
-        "phones",
-        "电话",
-        "联系电话",
-        "手机",
-        "手机号",
-        "手机号码",
-        "座机",
-        "电话号码",
-        "phone",
-        "mobile",
-        "tel",
-        "telephone",
-        "phonenumber",
-        "mobilephone",
-        "cellphone",
-    ),
-    "emails": ("emails", "邮箱", "电子邮箱", "邮件", "电子邮件", "email", "e-mail", "emailaddress", "mail"),
+    "phones": ("phones", *PHONE_WORDS),
+    "emails": ("emails", *EMAIL_WORDS),
     "source": ("source", "来源", "客户来源", "leadsource"),
     "tier": ("tier", "等级", "客户等级", "级别", "level", "customertier"),
     "lifecycle_stage": (
@@ -155,63 +136,9 @@ RELATIONSHIP_FIELDS: dict[str, tuple[str, ...]] = {
     "type": ("type", "关系", "关系类型", "类型", "relationship", "relationshiptype", "kind"),
     "note": ("note", "备注", "说明", "notes", "remarks"),
 }
-FIELDS = {"accounts": ACCOUNT_FIELDS, "contacts": CONTACT_FIELDS, "relationships": RELATIONSHIP_FIELDS}
 
-_NOISE = re.compile(r"[\s_\-:：/()（）\[\]【】*＊.]+")
-
-
-def fold(header: str) -> str:
-    return _NOISE.sub("", unicodedata.normalize("NFKC", header or "").lower())
-
-
-def suggest(
-    target: str, columns: Iterable[str], custom_keys: Iterable[tuple[str, str, str]] = ()
-) -> list[tuple[str, str]]:
-    """(column, field) for every column; "" when nothing fits. Each field is suggested once (first column wins).
-    `custom_keys`: (key, label_zh, label_en) of the tenant's custom fields → "custom_fields.<key>"."""
-    table: dict[str, str] = {}
-    for field, words in FIELDS[target].items():
-        for w in words:
-            table.setdefault(fold(w), field)
-    for key, zh, en in custom_keys:
-        for w in (key, zh, en, f"custom_fields.{key}"):
-            if w:
-                table.setdefault(fold(w), f"custom_fields.{key}")
-    used: set[str] = set()
-    out = []
-    for column in columns:
-        field = table.get(fold(column), "")
-        if field in used:
-            field = ""
-        if field:
-            used.add(field)
-        out.append((column, field))
-    return out
-
-
-def check(
-    target: str, columns: list[str], mapping: list[tuple[str, str]], custom_keys: Iterable[str] = ()
-) -> list[tuple[str, str]]:
-    """The chosen mapping, complete (unnamed columns are ignored) and valid, or 422 naming each problem."""
-    allowed = set(FIELDS[target]) | {f"custom_fields.{k}" for k in custom_keys}
-    chosen = dict(mapping)
-    errors = []
-    for column, field in mapping:
-        if column not in columns:
-            errors.append(FieldError(f"mapping.{column}", "is not a column of the file"))
-        elif field and field not in allowed:
-            errors.append(FieldError(f"mapping.{column}", f"{field} is not a field of {target}"))
-    fields = [f for f in chosen.values() if f]
-    for f in set(fields):
-        if fields.count(f) > 1:
-            errors.append(FieldError("mapping", f"{f} is filled by more than one column"))
-    required = {"accounts": ("name",), "contacts": ("name",), "relationships": ("source", "target", "type")}[
-        target
-    ]
-    for f in required:
-        if f not in fields:
-            errors.append(FieldError("mapping", f"no column fills {f}, which is required"))
-    if errors:
-        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
-        raise InvalidArgument(f"the column mapping is not usable: {detail}", field_errors=errors)
-    return [(c, chosen.get(c, "")) for c in columns]
+VOCABULARIES = {
+    "accounts": Vocabulary("accounts", ACCOUNT_FIELDS, required=("name",)),
+    "contacts": Vocabulary("contacts", CONTACT_FIELDS, required=("name",)),
+    "relationships": Vocabulary("relationships", RELATIONSHIP_FIELDS, required=("source", "target", "type")),
+}

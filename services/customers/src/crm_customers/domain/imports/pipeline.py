@@ -1,63 +1,28 @@
-"""The import itself: file rows → converted records → duplicate rules → COPY into the table, in batches.
-
-    spool file from PostgreSQL to a temp file ──► parse + convert a batch (Python) ──► queue (2 batches)
-                                                                                      │
-        one transaction per batch: resolve accounts, match duplicates (set-based), ◄──┘
-        COPY the new rows, update the duplicates, COPY the errors, move the checkpoint
-
-- Flat memory: the file streams from disk; at most three batches are in memory.
-- Parsing overlaps the database: the converter fills the next batch while a batch's statements run.
-- A failed row never leaves half a record: a batch is one transaction; if it fails as a whole (a row the
-  checks let through is refused by a constraint), it is rolled back and retried row by row, each in a
-  savepoint, and the refused rows go to the error report with the database's reason.
-- Checkpoint: `rows_done` moves in the same transaction as the batch's rows. A worker that dies loses at most
-  the batch in flight; the job's lease runs out and another worker resumes after the last committed row. The
-  worker's claim number (`attempts`) fences a worker that lost its lease: its next commit matches no row.
+"""Importing accounts and contacts (the kit's `crm_kit.imports.pipeline` runs it): converted rows become COPY
+lines where they are converted (a thread or a child process, off the event loop); per batch, contacts' company
+cells are resolved to accounts, the tenant's duplicate rules decide each row in set-based lookups (one GIN scan
+per rule and batch), creates are COPied and duplicates to update go through the record's own update (audited).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import io
 import json
-import logging
-import pickle
-import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-from crm.customers.v1 import data_quality_pb2 as pb
-from crm_kit import context
-from crm_kit.context import Principal
-from crm_kit.db import Database, utcnow
-from crm_kit.errors import AlreadyExists, InvalidArgument
 from crm_kit.ids import new_id
-from crm_kit.policy import Decision
-from google.protobuf import struct_pb2
-from sqlalchemy import Text, bindparam, select, text, update
+from crm_kit.imports.importer import Batcher, Row
+from crm_kit.imports.jobs import may_change
+from crm_kit.imports.models import ImportJob
+from crm_kit.imports.pipeline import copy_text
+from sqlalchemy import Text, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import undefer
 
 from crm_customers import models, normalize
-from crm_customers.domain.common import check_writable
 from crm_customers.domain.dedup.matching import IMPORT_STRICTNESS
 from crm_customers.domain.dedup.merge import _refresh_derived
-from crm_customers.domain.dedup.rules import active_rules
-from crm_customers.domain.imports import jobs, source
-from crm_customers.domain.imports.convert import Converted, Converter
-from crm_customers.domain.imports.models import ImportJob
-
-log = logging.getLogger("crm.customers.imports")
-
-BATCH_ROWS = 2000
-DRY_RUN_ROWS = 10_000
-DRY_RUN_ERRORS = 100
-PREVIEW_ROWS = 5
+from crm_customers.domain.imports.convert import Converter
 
 CONTACT_COLUMNS = (
     "id",
@@ -129,22 +94,6 @@ ACCOUNT_COLUMNS = (
     "search_grams",
     "search_extra",
 )
-# What a converter needs of a custom field definition (sent to the child process as plain values).
-CUSTOM_FIELD_ATTRIBUTES = (
-    "key",
-    "record_type",
-    "label_zh",
-    "label_en",
-    "type",
-    "required",
-    "unique",
-    "searchable",
-    "options",
-    "pattern",
-    "min",
-    "max",
-    "max_length",
-)
 LISTS = {
     "titles",
     "phones",
@@ -167,17 +116,10 @@ DEFAULTS = {
 }
 
 
-def _esc(text_: str) -> str:
-    """A value in COPY's text format."""
-    if "\\" in text_ or "\t" in text_ or "\n" in text_ or "\r" in text_:
-        return text_.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return text_
-
-
 def _array(values: list[Any]) -> str:
     if not values:
         return "{}"
-    return _esc(
+    return copy_text(
         "{" + ",".join('"' + str(e).replace("\\", "\\\\").replace('"', '\\"') + '"' for e in values) + "}"
     )
 
@@ -200,10 +142,10 @@ def _encoder(c: str) -> Any:
     if c in LISTS:
         return _array
     if c in JSON:
-        return lambda v: _esc(json.dumps(v, ensure_ascii=False))
+        return lambda v: copy_text(json.dumps(v, ensure_ascii=False))
     if c in FALSE_DEFAULTS:
         return lambda v: "t" if v else "f"
-    return lambda v: _esc(v) if isinstance(v, str) else str(v)
+    return lambda v: copy_text(v) if isinstance(v, str) else str(v)
 
 
 def copy_line(columns: tuple[str, ...], v: dict[str, Any]) -> str:
@@ -218,27 +160,6 @@ def copy_line(columns: tuple[str, ...], v: dict[str, Any]) -> str:
 
 
 _PLANS: dict[tuple[str, ...], list[tuple[str, Any, str]]] = {}
-
-
-@dataclass
-class Row:
-    number: int
-    converted: Converted
-    # Decided per batch: "create", "update", "skip" or "failed".
-    action: str = "create"
-    duplicate_of: str = ""
-    # The row as COPY takes it (built with the conversion, off the event loop); None when values changed since.
-    record: str | None = None
-    errors: list[tuple[str, str, str]] = field(default_factory=list)
-
-
-@dataclass
-class Outcome:
-    created: int = 0
-    updated: int = 0
-    skipped: int = 0
-    failed: int = 0
-    errors: list[tuple[int, str, str, str]] = field(default_factory=list)
 
 
 def convert_rows(
@@ -258,11 +179,13 @@ def convert_rows(
     return out
 
 
-class Batcher:
-    """Everything one import needs across batches: the converter, the rules, the account lookup cache."""
+class RecordBatcher(Batcher):
+    """An import of accounts or contacts: converted rows become COPY lines; the tenant's duplicate rules decide
+    each row (set-based, per batch); creates are COPied, updates go through the record's own update.
+    Holds what the run needs across batches: the converter, the rules, the account lookup cache."""
 
     def __init__(self, *, job: ImportJob, converter: Converter, rules: list[Any]):
-        self.job = job
+        super().__init__(job)
         self.target = job.target
         self.record_type = "account" if job.target == "accounts" else "contact"
         self.model = models.Account if job.target == "accounts" else models.Contact
@@ -273,6 +196,26 @@ class Batcher:
 
     def convert(self, rows: list[tuple[int, list[str]]]) -> list[Row]:
         return convert_rows(self.converter, self.columns, rows)
+
+    def child_spec(self) -> tuple[str, dict[str, Any]]:
+        return "crm_customers.domain.imports.convert:batch_converter", {
+            **self.converter.spec(),
+            "record_columns": list(self.columns),
+        }
+
+    async def check(self, session: Any, batch: list[Row]) -> None:
+        if self.target == "contacts":
+            await self.resolve_accounts(session, batch)
+        await self.match_duplicates(session, batch)
+
+    async def finish(self, uow: Any, job: ImportJob) -> None:
+        if self.target == "accounts" and job.rows_created:
+            # The tenant's tier rules, set-based, once for the whole import (not per row).
+            from crm_customers.domain import accounts
+
+            rules, _ = await accounts.tier_rules(uow.session, job.tenant_id)
+            if rules.get("rules") or rules.get("default_tier"):
+                await accounts.reapply_tiers(uow, rules)
 
     # ---------------------------------------------------------------- per batch, in a transaction
 
@@ -472,16 +415,6 @@ class Batcher:
             else:
                 first.setdefault(value, i)
 
-    def may_change(self, row: Any) -> bool:
-        """The import's starter's data scope (kept on the job when it started) over an existing record."""
-        stats = self.job.stats or {}
-        scope = stats.get("scope", 4)
-        actor = self.job.created_by
-        if scope == 4 or row.owner_id == actor or actor in (getattr(row, "team_member_ids", None) or ()):
-            return True
-        departments = stats.get("departments")
-        return scope != 1 and bool(departments) and row.department_id in departments
-
     async def update_existing(self, session: Any, r: Row, uow: Any = None) -> None:
         """The existing record takes the row's non-empty values (lists: added to), audited like any update."""
         from crm.customers.v1 import events_pb2
@@ -492,7 +425,7 @@ class Batcher:
         if row is None or row.deleted_at is not None:
             r.action = "create"
             return
-        if not self.may_change(row):
+        if not may_change(self.job, row.owner_id, row.department_id, getattr(row, "team_member_ids", None)):
             r.action = "skip"
             r.errors.append(("", "", f"skipped: duplicate of record {row.id}, which you may not change"))
             return
@@ -533,7 +466,7 @@ class Batcher:
                 after=domain.snapshot(row),
             )
 
-    async def settle_indexes(self, session: Any) -> None:
+    async def settle(self, session: Any) -> None:
         """Merge the GIN pending lists of the indexes the rules search into their trees. New entries wait in a
         pending list that every search scans in full; over a big import it would make each batch's lookups
         slower than the last. Merging after every batch keeps lookups at tree speed (the merge is work the
@@ -575,443 +508,3 @@ class Batcher:
                         "ids": [r.converted.values["id"] for r in creates],
                     },
                 )
-
-
-def outcome_of(batch: list[Row]) -> Outcome:
-    out = Outcome()
-    for r in batch:
-        if r.action == "create":
-            out.created += 1
-        elif r.action == "update":
-            out.updated += 1
-        elif r.action == "skip":
-            out.skipped += 1
-        else:
-            out.failed += 1
-        out.errors.extend((r.number, c, v, reason) for c, v, reason in r.errors)
-    return out
-
-
-# ---------------------------------------------------------------- setting up a run
-
-
-def principal_of(job: ImportJob) -> Principal:
-    return Principal(
-        tenant_id=job.tenant_id,
-        actor_id=job.created_by,
-        role_ids=tuple(job.role_ids or ()),
-        department_id=job.department_id if job.owner_id == job.created_by else "",
-    )
-
-
-async def batcher_for(db: Database, job: ImportJob) -> Batcher:
-    async with db.read() as session:
-        defs = await jobs.custom_definitions(session, job.tenant_id, job.target)
-        rules = (
-            await active_rules(session, job.tenant_id, "account" if job.target == "accounts" else "contact")
-            if job.target != "relationships"
-            else []
-        )
-    converter = Converter(
-        target=job.target,
-        columns=list(job.columns),
-        mapping=[(m["column"], m["field"]) for m in job.mapping],
-        defs=defs,
-        tenant_id=job.tenant_id,
-        owner_id=job.owner_id,
-        department_id=job.department_id,
-        created_by=job.created_by,
-    )
-    return Batcher(job=job, converter=converter, rules=rules)
-
-
-def batches(rows: Iterator[tuple[int, list[str]]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
-    batch: list[tuple[int, list[str]]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-# ---------------------------------------------------------------- dry run
-
-
-async def dry_run(
-    db: Database, *, job_id: str, mapping: list[tuple[str, str]], owner_id: str, decision: Decision
-) -> tuple[pb.ImportJob, list[pb.ImportError], list[struct_pb2.Struct]]:
-    """Everything but the writes, over the first DRY_RUN_ROWS rows: the counts, the first problems, a preview."""
-    async with db.unit_of_work() as uow:
-        job = await jobs.get(uow.session, job_id)
-        if job.status != "uploaded":
-            from crm_kit.errors import Conflict
-
-            raise Conflict(
-                f"the import is {job.status}; a dry run needs an uploaded file", reason="import_started"
-            )
-        chosen = await jobs.chosen_mapping(uow.session, job, mapping)
-        check_writable(decision, [jobs.IMPORT_ONLY_FIELDS.get(f, f) for _, f in chosen if f])
-        job.mapping = [{"column": c, "field": f} for c, f in chosen]
-        jobs.owner_of(job, owner_id)
-    batcher = await batcher_for(db, job)
-    totals = Outcome()
-    preview: list[struct_pb2.Struct] = []
-    seen = 0
-    complete = True
-    async with source.spooled(db, job.id, f".{job.format}") as path:
-        rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
-        try:
-            for raw in batches(rows, BATCH_ROWS):
-                if seen >= DRY_RUN_ROWS:
-                    complete = False
-                    break
-                raw = raw[: DRY_RUN_ROWS - seen]
-                seen += len(raw)
-                batch = batcher.convert(raw)
-                async with db.read() as session:
-                    if job.target == "contacts":
-                        await batcher.resolve_accounts(session, batch)
-                    await batcher.match_duplicates(session, batch)
-                for r in batch:
-                    if len(preview) < PREVIEW_ROWS and r.action != "failed":
-                        s = struct_pb2.Struct()
-                        s.update(
-                            {
-                                k: _jsonable(v)
-                                for k, v in r.converted.values.items()
-                                if k not in ("id", "tenant_id", "created_by") and not k.startswith("search_")
-                            }
-                        )
-                        preview.append(s)
-                got = outcome_of(batch)
-                totals.created += got.created
-                totals.updated += got.updated
-                totals.skipped += got.skipped
-                totals.failed += got.failed
-                totals.errors.extend(got.errors[: max(0, DRY_RUN_ERRORS - len(totals.errors))])
-                await asyncio.sleep(0)
-        except source.BadFile as exc:
-            from crm_kit.errors import InvalidArgument
-
-            raise InvalidArgument.for_field("file", str(exc)) from exc
-    async with db.unit_of_work() as uow:
-        job = await jobs.get(uow.session, job_id)
-        job.mapping = [{"column": c, "field": f} for c, f in chosen]
-        jobs.owner_of(job, owner_id)
-        job.rows_total = seen if complete else 0
-        job.stats = {**(job.stats or {}), "dry_run": {"rows": seen, "complete": complete}}
-    answer = jobs.job_pb(job)
-    answer.rows_done = seen
-    answer.rows_created, answer.rows_updated = totals.created, totals.updated
-    answer.rows_skipped, answer.rows_failed = totals.skipped, totals.failed
-    errors = [pb.ImportError(row=n, column=c, value=v, reason=why) for n, c, v, why in totals.errors]
-    return answer, errors, preview
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, bool | str | int | float):
-        return value
-    return str(value)
-
-
-# ---------------------------------------------------------------- the run
-
-
-# What a database refusal of a row looks like: raw asyncpg errors (COPY), SQLAlchemy's, or the unit of
-# work's translation of an integrity error.
-REFUSALS = (DBAPIError, asyncpg.PostgresError, InvalidArgument, AlreadyExists)
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        exc = exc.orig  # type: ignore[assignment]
-    text_ = getattr(exc, "message", None) or str(exc)
-    return (text_.splitlines() or [""])[0][:300]
-
-
-class LeaseLost(Exception):
-    """Another worker took the job over (this one was too slow to renew its lease)."""
-
-
-async def _commit_batch(
-    db: Database,
-    batcher: Batcher,
-    job: ImportJob,
-    claim: int,
-    batch: list[Row],
-    done_before: int,
-    done_after: int,
-) -> Outcome:
-    """The batch and its checkpoint, in one transaction; on a database refusal, row by row in savepoints."""
-    try:
-        async with db.unit_of_work() as uow:
-            session = uow.session
-            if job.target == "contacts":
-                await batcher.resolve_accounts(session, batch)
-            await batcher.match_duplicates(session, batch)
-            await batcher.write(session, batch, uow)
-            await batcher.settle_indexes(session)
-            outcome = outcome_of(batch)
-            await _checkpoint(session, job, claim, done_before, done_after, outcome)
-        return outcome
-    except LeaseLost:
-        raise
-    except REFUSALS as exc:
-        log.info(
-            "import %s: batch ending at row %s refused (%s); retrying row by row",
-            job.id,
-            batch[-1].number if batch else 0,
-            _reason(exc),
-        )
-    for r in batch:  # the first attempt's decisions are recomputed
-        r.errors, r.duplicate_of = list(r.converted.errors), ""
-        r.action = "failed" if r.errors else "create"
-    async with db.unit_of_work() as uow:
-        session = uow.session
-        if job.target == "contacts":
-            await batcher.resolve_accounts(session, batch)
-        await batcher.match_duplicates(session, batch)
-        for r in batch:
-            if r.action not in ("create", "update"):
-                continue
-            try:
-                async with session.begin_nested():
-                    await batcher.write(session, [r], uow)
-            except REFUSALS as exc:
-                reason = _reason(exc)
-                r.action = "failed"
-                r.errors.append(("", "", f"refused by the database: {reason}"))
-        outcome = outcome_of(batch)
-        await _checkpoint(session, job, claim, done_before, done_after, outcome)
-        return outcome
-
-
-async def _checkpoint(
-    session: Any, job: ImportJob, claim: int, done_before: int, done_after: int, outcome: Outcome
-) -> None:
-    result = await session.execute(
-        update(ImportJob)
-        .where(ImportJob.id == job.id, ImportJob.attempts == claim, ImportJob.rows_done == done_before)
-        .values(
-            rows_done=done_after,
-            rows_created=ImportJob.rows_created + outcome.created,
-            rows_updated=ImportJob.rows_updated + outcome.updated,
-            rows_skipped=ImportJob.rows_skipped + outcome.skipped,
-            rows_failed=ImportJob.rows_failed + outcome.failed,
-        )
-        .returning(ImportJob.cancel_requested)
-    )
-    row = result.first()
-    if row is None:
-        raise LeaseLost(job.id)
-    if outcome.errors:
-        lines = "".join(
-            f"{job.tenant_id}\t{job.id}\t{n}\t{_esc(c)}\t{_esc(v[:1000])}\t{_esc(why)}\n"
-            for n, c, v, why in outcome.errors
-        )
-        raw = await (await session.connection()).get_raw_connection()
-        await raw.driver_connection.copy_to_table(
-            "import_errors",
-            source=io.BytesIO(lines.encode()),
-            columns=["tenant_id", "job_id", "row", "column", "value", "reason"],
-            format="text",
-        )
-    job.cancel_requested = bool(row[0])
-
-
-# Files this large are converted in a child process (`converter_process`); smaller ones in a thread, which
-# starts at once (a child takes a second or two to import its modules).
-CHILD_PROCESS_BYTES = 8 << 20
-
-
-async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -> AsyncIterator[list[Row]]:
-    """Parse and convert in a thread: the event loop stays free to feed PostgreSQL the previous batch (the two
-    interleave at a 0.5 ms switch interval of the interpreter lock, not a whole batch apart)."""
-    job = batcher.job
-    resume_after = job.rows_done
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[list[Row] | BaseException | None] = asyncio.Queue(maxsize=2)
-    stop = threading.Event()
-
-    def hand_over(item: list[Row] | BaseException | None) -> None:
-        while not stop.is_set():
-            try:
-                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=1)
-                return
-            except TimeoutError:
-                continue
-
-    def produce() -> None:
-        try:
-            rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
-            index = 0
-
-            def fresh() -> Iterator[tuple[int, list[str]]]:
-                nonlocal index
-                for item in rows:
-                    index += 1
-                    if index > resume_after:
-                        yield item
-
-            for raw in batches(fresh(), BATCH_ROWS):
-                if stop.is_set():
-                    return
-                hand_over(batcher.convert(raw))
-            totals["data_rows"] = index
-            hand_over(None)
-        except BaseException as exc:  # handed to the consumer, which fails the job
-            hand_over(exc)
-
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, 0.0005))
-    producer = loop.run_in_executor(None, produce)
-    try:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while not queue.empty():  # unblock a producer waiting to hand over
-            queue.get_nowait()
-        with contextlib.suppress(BaseException):
-            await producer
-        sys.setswitchinterval(switch)
-
-
-async def _child_batches(batcher: Batcher, path: str, totals: dict[str, int]) -> AsyncIterator[list[Row]]:
-    """Parse and convert in a child process (see `converter_process`); batches come back pickled."""
-    from crm_customers.domain.imports.converter_process import FRAME
-
-    job = batcher.job
-    custom = {
-        k: {a: getattr(d, a) for a in CUSTOM_FIELD_ATTRIBUTES} for k, d in batcher.converter.defs.items()
-    }
-    spec = {
-        "path": path,
-        "format": job.format,
-        "encoding": job.stats.get("encoding") or "utf-8",
-        "resume_after": job.rows_done,
-        "batch_rows": BATCH_ROWS,
-        "target": job.target,
-        "columns": list(job.columns),
-        "mapping": [[m["column"], m["field"]] for m in job.mapping],
-        "defs": custom,
-        "tenant_id": job.tenant_id,
-        "owner_id": job.owner_id,
-        "department_id": job.department_id,
-        "created_by": job.created_by,
-        "record_columns": list(batcher.columns),
-    }
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "crm_customers.domain.imports.converter_process",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert child.stdin is not None and child.stdout is not None
-        child.stdin.write(json.dumps(spec, ensure_ascii=False, default=str).encode() + b"\n")
-        await child.stdin.drain()
-        child.stdin.close()
-        while True:
-            try:
-                (size,) = FRAME.unpack(await child.stdout.readexactly(FRAME.size))
-                # Frames come only from our own child process.
-                message = pickle.loads(await child.stdout.readexactly(size))
-            except asyncio.IncompleteReadError:
-                raise RuntimeError("the converter process ended without finishing") from None
-            if message[0] == "batch":
-                yield message[1]
-            elif message[0] == "done":
-                totals["data_rows"], totals["converter_peak_rss_kib"] = message[1], message[2]
-                return
-            elif message[1] == "bad_file":
-                raise source.BadFile(message[2])
-            else:
-                raise RuntimeError(f"the converter process failed: {message[1]}: {message[2]}")
-    finally:
-        if child.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            await child.wait()
-
-
-async def run(db: Database, job: ImportJob, *, claim: int) -> None:
-    """Run (or resume) a claimed job to its end. The caller renews the lease meanwhile."""
-    token = context.bind(context.RequestContext(principal=principal_of(job), request_id=f"import-{job.id}"))
-    try:
-        await _run(db, job, claim=claim)
-    finally:
-        context.reset(token)
-
-
-async def _run(db: Database, job: ImportJob, *, claim: int) -> None:
-    if job.target == "relationships":
-        from crm_customers.domain.imports import relationships
-
-        await relationships.run(db, job, claim=claim)
-        return
-    batcher = await batcher_for(db, job)
-    totals: dict[str, int] = {"data_rows": 0}
-    async with source.spooled(db, job.id, f".{job.format}") as path:
-        if job.size_bytes >= CHILD_PROCESS_BYTES:
-            produced = _child_batches(batcher, path, totals)
-        else:
-            produced = _thread_batches(batcher, path, totals)
-        done = job.rows_done
-        try:
-            async for item in produced:
-                await _commit_batch(db, batcher, job, claim, item, done, done + len(item))
-                done += len(item)
-                if job.cancel_requested:
-                    break
-        finally:
-            await produced.aclose()
-    if totals.get("converter_peak_rss_kib"):
-        log.info("import %s: converter peak RSS %s MiB", job.id, totals["converter_peak_rss_kib"] // 1024)
-    async with db.unit_of_work() as uow:
-        current = await uow.session.get(ImportJob, job.id, with_for_update=True)
-        if current is None or current.attempts != claim:
-            raise LeaseLost(job.id)
-        if job.target == "accounts" and current.rows_created:
-            # The tenant's tier rules, set-based, once for the whole import (not per row).
-            from crm_customers.domain import accounts
-
-            rules, _ = await accounts.tier_rules(uow.session, job.tenant_id)
-            if rules.get("rules") or rules.get("default_tier"):
-                await accounts.reapply_tiers(uow, rules)
-        current.status = "cancelled" if job.cancel_requested else "succeeded"
-        current.rows_total = current.rows_done if job.cancel_requested else totals["data_rows"]
-        if totals.get("converter_peak_rss_kib"):
-            current.stats = {
-                **(current.stats or {}),
-                "converter_peak_rss_kib": totals["converter_peak_rss_kib"],
-            }
-        current.finished_at = utcnow()
-        current.lease_until = None
-        uow.emit(
-            pb.ImportFinished(import_job=jobs.job_pb(current)),
-            aggregate_type="import",
-            aggregate_id=current.id,
-            action="finished",
-            after={
-                "target": current.target,
-                "file_name": current.file_name,
-                "status": current.status,
-                "rows_created": current.rows_created,
-                "rows_updated": current.rows_updated,
-                "rows_skipped": current.rows_skipped,
-                "rows_failed": current.rows_failed,
-            },
-        )

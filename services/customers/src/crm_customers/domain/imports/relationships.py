@@ -1,6 +1,7 @@
 """Importing relationships between existing records: each row names a source, a target (by id, credit code,
 e-mail or phone) and a relationship type (its key). Rows are few compared with records, so each is written in
-its own savepoint through the relationships domain's own checks."""
+its own savepoint through the relationships domain's own checks (the kit retries a batch the database refuses
+row by row, so one refused row never takes its batch with it)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,16 @@ from typing import Any
 
 from crm.customers.v1 import customers_pb2
 from crm.identity.v1 import identity_pb2
-from crm_kit.db import Database, utcnow
 from crm_kit.errors import DomainError
 from crm_kit.ids import is_uuid
+from crm_kit.imports.importer import Batcher, Row, new_row
+from crm_kit.imports.models import ImportJob
 from crm_kit.policy import Decision
 from sqlalchemy import or_, select
 
 from crm_customers import models, normalize
-from crm_customers.domain.imports import pipeline, source
-from crm_customers.domain.imports.models import ImportJob
+from crm_customers.domain.imports.convert import Converter
 
-BATCH = 200
 # Ends are looked up tenant-wide: importing is a tenant-level data operation (the "import" permission).
 EVERYWHERE = {k: Decision(k, "read", True, scope=identity_pb2.DATA_SCOPE_ALL) for k in ("account", "contact")}
 
@@ -59,81 +59,67 @@ async def _resolve(session: Any, tenant: str, ref: str) -> tuple[int, str] | Non
     return None
 
 
-async def run(db: Database, job: ImportJob, *, claim: int) -> None:
-    from crm_customers.domain import relationships as domain
+class RelationshipBatcher(Batcher):
+    batch_rows = 200
 
-    columns = {m["field"]: i for i, m in enumerate(job.mapping) if m["field"]}
-    names = {m["field"]: m["column"] for m in job.mapping if m["field"]}
-    done = job.rows_done
-    index = 0
-    total = 0
-    async with source.spooled(db, job.id, f".{job.format}") as path:
-        rows = source.data_rows(path, job.format, job.stats.get("encoding") or "utf-8")
-        batch: list[tuple[int, list[str]]] = []
+    def __init__(self, *, job: ImportJob, converter: Converter):
+        super().__init__(job)
+        self.converter = converter
+        self.names = {m["field"]: m["column"] for m in job.mapping if m["field"]}
 
-        async def flush(batch: list[tuple[int, list[str]]]) -> None:
-            nonlocal done
-            outcome = pipeline.Outcome()
-            async with db.unit_of_work() as uow:
-                for number, cells in batch:
+    def convert(self, rows: list[tuple[int, list[str]]]) -> list[Row]:
+        return [new_row(number, self.converter.convert(cells)) for number, cells in rows]
 
-                    def cell(f: str, cells: list[str] = cells) -> str:
-                        i = columns.get(f)
-                        return cells[i].strip() if i is not None and i < len(cells) else ""
+    def child_spec(self) -> tuple[str, dict[str, Any]]:
+        return "crm_customers.domain.imports.relationships:batch_converter", self.converter.spec()
 
-                    errors = []
-                    refs = {}
-                    for f in ("source", "target"):
-                        found = await _resolve(uow.session, job.tenant_id, cell(f))
-                        if found is None:
-                            errors.append(
-                                (
-                                    names[f],
-                                    cell(f),
-                                    "matches no record (or more than one) by id, credit code, e-mail or phone",
-                                )
-                            )
-                        refs[f] = found
-                    if not cell("type"):
-                        errors.append((names["type"], "", "is required"))
-                    if errors:
-                        outcome.failed += 1
-                        outcome.errors.extend((number, c, v, r) for c, v, r in errors)
-                        continue
-                    request = customers_pb2.CreateRelationshipRequest(
-                        type=cell("type"),
-                        source=customers_pb2.RecordRef(type=refs["source"][0], id=refs["source"][1]),
-                        target=customers_pb2.RecordRef(type=refs["target"][0], id=refs["target"][1]),
-                        note=cell("note"),
-                    )
-                    try:
-                        async with uow.session.begin_nested():
-                            await domain.create(uow, request, EVERYWHERE)
-                        outcome.created += 1
-                    except DomainError as exc:
-                        outcome.failed += 1
-                        outcome.errors.append((number, "", "", exc.message))
-                await pipeline._checkpoint(uow.session, job, claim, done, done + len(batch), outcome)
-            done += len(batch)
-
-        for item in rows:
-            index += 1
-            if index <= job.rows_done:
+    async def check(self, session: Any, batch: list[Row]) -> None:
+        """Both ends must name exactly one record; the type is required (the domain checks it further)."""
+        for r in batch:
+            if r.action == "failed":
                 continue
-            batch.append(item)
-            if len(batch) >= BATCH:
-                await flush(batch)
-                batch = []
-        if batch:
-            await flush(batch)
-        total = index
-    async with db.unit_of_work() as uow:
-        current = await uow.session.get(ImportJob, job.id, with_for_update=True)
-        if current is None or current.attempts != claim:
-            raise pipeline.LeaseLost(job.id)
-        current.status, current.rows_total, current.finished_at, current.lease_until = (
-            "succeeded",
-            total,
-            utcnow(),
-            None,
-        )
+            v = r.converted.values
+            refs = {}
+            for f in ("source", "target"):
+                found = await _resolve(session, self.job.tenant_id, v.get(f, ""))
+                if found is None:
+                    r.errors.append(
+                        (
+                            self.names[f],
+                            v.get(f, ""),
+                            "matches no record (or more than one) by id, credit code, e-mail or phone",
+                        )
+                    )
+                refs[f] = found
+            if not v.get("type"):
+                r.errors.append((self.names["type"], "", "is required"))
+            if r.errors:
+                r.action = "failed"
+            else:
+                r.record = refs
+
+    async def write(self, session: Any, batch: list[Row], uow: Any) -> None:
+        from crm_customers.domain import relationships as domain
+
+        for r in batch:
+            if r.action != "create":
+                continue
+            v, refs = r.converted.values, r.record
+            request = customers_pb2.CreateRelationshipRequest(
+                type=v["type"],
+                source=customers_pb2.RecordRef(type=refs["source"][0], id=refs["source"][1]),
+                target=customers_pb2.RecordRef(type=refs["target"][0], id=refs["target"][1]),
+                note=v.get("note", ""),
+            )
+            try:
+                async with session.begin_nested():
+                    await domain.create(uow, request, EVERYWHERE)
+            except DomainError as exc:
+                r.action = "failed"
+                r.errors.append(("", "", exc.message))
+
+
+def batch_converter(params: dict[str, Any]) -> Any:
+    """The converter of a child process (`crm_kit.imports.converter_process`), from `Converter.spec()`."""
+    converter = Converter.from_spec(params)
+    return lambda rows: [new_row(number, converter.convert(cells)) for number, cells in rows]

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from crm_customers.domain.imports.models import ImportFileChunk
+from crm_kit.imports.models import ImportFileChunk
 
 CHUNK_BYTES = 1 << 20
 XLSX_MAGIC = b"PK\x03\x04"
@@ -163,3 +163,16 @@ def data_rows(path: str, file_format: str, encoding: str) -> Iterator[tuple[int,
         if not any(c.strip() for c in row):
             continue
         yield number, row
+
+
+def distinct_values(path: str, file_format: str, encoding: str, index: int, limit: int) -> set[str]:
+    """The different non-empty values of one column (by position), trimmed; BadFile past `limit` of them.
+    For what an import must look up before it runs (e.g. the owners a file names)."""
+    values: set[str] = set()
+    for _, row in data_rows(path, file_format, encoding):
+        value = row[index].strip() if index < len(row) else ""
+        if value and value not in values:
+            values.add(value)
+            if len(values) > limit:
+                raise BadFile(f"the column names more than {limit} different values")
+    return values

@@ -1,8 +1,10 @@
 """Parsing and converting a big import in a child process, so the service's event loop (which feeds PostgreSQL
 the batches) never waits for the interpreter lock held by a converting thread.
 
-    python -m crm_customers.domain.imports.converter_process   # reads one JSON line (the job) on stdin
+    python -m crm_kit.imports.converter_process   # reads one JSON line (the order) on stdin
 
+The order names the file, where to resume, the batch size and the service's converter: "factory" is a
+"module:function" that takes "params" (plain values) and returns the batcher's `convert` (rows → Rows).
 It writes frames on stdout, each an 8-byte big-endian length and a pickle: ("batch", [Row, ...]) for every
 batch, then ("done", data_rows, peak_rss_kib), or ("failed", kind, message) — kind "bad_file" for a file that
 cannot be read, else the exception's type. The pipe's buffer is the back-pressure: the child converts at most
@@ -11,11 +13,11 @@ one batch ahead of the service.
 
 from __future__ import annotations
 
+import importlib
 import json
 import pickle
 import struct
 import sys
-from types import SimpleNamespace
 from typing import Any
 
 FRAME = struct.Struct(">Q")
@@ -40,39 +42,19 @@ def _write(out: Any, message: Any) -> None:
 
 
 def main() -> None:
-    from crm_customers.domain.imports import source
-    from crm_customers.domain.imports.convert import Converter
-    from crm_customers.domain.imports.pipeline import batches, convert_rows
+    from crm_kit.imports import source
+    from crm_kit.imports.pipeline import batches, fresh_rows
 
-    spec = json.loads(sys.stdin.readline())
+    order = json.loads(sys.stdin.readline())
     out = sys.stdout.buffer
     try:
-        defs = {k: SimpleNamespace(**v) for k, v in spec["defs"].items()}
-        converter = Converter(
-            target=spec["target"],
-            columns=spec["columns"],
-            mapping=[tuple(m) for m in spec["mapping"]],
-            defs=defs,
-            tenant_id=spec["tenant_id"],
-            owner_id=spec["owner_id"],
-            department_id=spec["department_id"],
-            created_by=spec["created_by"],
-        )
-        record_columns = tuple(spec["record_columns"])
-        rows = source.data_rows(spec["path"], spec["format"], spec["encoding"])
-        index = 0
-        resume_after = spec["resume_after"]
-
-        def fresh() -> Any:
-            nonlocal index
-            for item in rows:
-                index += 1
-                if index > resume_after:
-                    yield item
-
-        for raw in batches(fresh(), spec["batch_rows"]):
-            _write(out, ("batch", convert_rows(converter, record_columns, raw)))
-        _write(out, ("done", index, _peak_rss_kib()))
+        module, function = order["factory"].split(":")
+        convert = getattr(importlib.import_module(module), function)(order["params"])
+        rows = source.data_rows(order["path"], order["format"], order["encoding"])
+        seen = [0]
+        for raw in batches(fresh_rows(rows, order["resume_after"], seen), order["batch_rows"]):
+            _write(out, ("batch", convert(raw)))
+        _write(out, ("done", seen[0], _peak_rss_kib()))
     except source.BadFile as exc:
         _write(out, ("failed", "bad_file", str(exc)))
     except BrokenPipeError:  # the service stopped reading (cancelled, or it stopped)

@@ -1,13 +1,12 @@
-"""Tables of the import domain: jobs (with a checkpoint for resuming), the uploaded file in chunks, and the
-error report."""
+"""The tables of a service's imports: jobs (with their checkpoint, lease and the importer's choices), the
+uploaded file in chunks, and the error report. Every service that imports owns these three tables in its own
+database; its migration creates them with `crm_kit.imports.schema.create_tables(op)`."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from crm_kit.db import Base, TenantOwned
-from crm_kit.ids import new_id
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -19,15 +18,19 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
+
+from crm_kit.db import Base, TenantOwned
+from crm_kit.ids import new_id
 
 
 class ImportJob(TenantOwned, Base):
     __tablename__ = "import_jobs"
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    # "accounts" | "contacts" | "relationships"
+    # What the rows become, the service's word for it: "accounts", "contacts", "leads", ...
     target: Mapped[str] = mapped_column(String(20))
     # "uploaded" | "queued" | "running" | "succeeded" | "failed" | "cancelled"
     status: Mapped[str] = mapped_column(String(10))
@@ -58,11 +61,14 @@ class ImportJob(TenantOwned, Base):
     lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What the worker needs beyond the mapping (encoding, the starter's data scope, the importer's own data).
     stats: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # What the person chose beside the mapping (e.g. leads: the pool, what to do with duplicates), as shown.
+    options: Mapped[dict[str, str]] = mapped_column(JSONB, default=dict, server_default=text("'{}'::jsonb"))
 
     __table_args__ = (
         Index("ix_import_jobs_tenant", "tenant_id", "id"),
-        Index("ix_import_jobs_pending", "status", postgresql_where="status IN ('queued', 'running')"),
+        Index("ix_import_jobs_pending", "status", postgresql_where=text("status IN ('queued', 'running')")),
     )
 
 

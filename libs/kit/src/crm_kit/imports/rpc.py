@@ -1,0 +1,145 @@
+"""The import RPCs, written once for every service: a service's servicer method is one line that hands its
+request and its response class to one of these. Messages are filled by field name, so a service may use
+crm.common.v1's import messages or its own with the same field names (customers' older ones).
+
+Permissions: every call needs the "import" action on the importer's object (for a job: its target's);
+another tenant's job is a 404 like a missing one. Listing shows the jobs of the targets the caller may import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from crm_kit.context import caller
+from crm_kit.db import Database
+from crm_kit.errors import InvalidArgument, not_found
+from crm_kit.imports import jobs, pipeline, report
+from crm_kit.imports.importer import Importer
+from crm_kit.imports.models import ImportJob
+from crm_kit.policy import Decision, PolicyCache
+
+
+class ImportRpcs:
+    def __init__(
+        self, *, db: Database, policies: PolicyCache, importers: Mapping[str, Importer], worker: Any = None
+    ):
+        self.db = db
+        self.policies = policies
+        self.importers = importers
+        self.worker = worker
+
+    async def _authorize(self, importer: Importer) -> Decision:
+        return (await self.policies.decide(caller(), importer.object, "import")).require()
+
+    async def _job(self, job_id: str) -> tuple[ImportJob, Importer, Decision]:
+        async with self.db.read() as session:
+            job = await jobs.get(session, job_id)
+        importer = self.importers.get(job.target)
+        if importer is None:  # a target this service no longer imports
+            raise not_found("import", job_id)
+        return job, importer, await self._authorize(importer)
+
+    def _job_message(self, message: Any, job: ImportJob) -> Any:
+        importer = self.importers.get(job.target)
+        return jobs.fill_job(message, job, **(importer.message_fields(job) if importer else {}))
+
+    def _answer(self, response_cls: Any, job: ImportJob) -> Any:
+        answer = response_cls()
+        self._job_message(answer.import_job, job)
+        return answer
+
+    def _wake(self) -> None:
+        if self.worker is not None:
+            self.worker.wake()
+
+    async def upload(self, request_iterator: Any, response_cls: Any, *, target: Callable[[Any], str]) -> Any:
+        """A client stream: the header (the file's name and type, and what `target` reads from it), then the
+        file's bytes in chunks."""
+        stream = request_iterator.__aiter__()
+        first = await anext(stream, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument.for_field("header", "the first message must be the file's header")
+        header = first.header
+        importer = self.importers[target(header)]
+        await self._authorize(importer)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for message in stream:
+                if message.WhichOneof("part") != "chunk":
+                    raise InvalidArgument.for_field("chunk", "after the header come only chunks")
+                yield message.chunk
+
+        job = await jobs.upload(
+            self.db,
+            importer,
+            file_name=header.file.file_name,
+            content_type=header.file.content_type,
+            chunks=chunks(),
+        )
+        return self._answer(response_cls, job)
+
+    async def get(self, request: Any, response_cls: Any) -> Any:
+        job, _, _ = await self._job(request.id)
+        return self._answer(response_cls, job)
+
+    async def list(self, request: Any, response_cls: Any) -> Any:
+        async with self.db.read() as session:
+            rows, cursor = await jobs.list_jobs(session, page_request=request.page)
+        allowed = {
+            t: (await self.policies.decide(caller(), i.object, "import")).allowed
+            for t, i in self.importers.items()
+        }
+        if not any(allowed.values()):
+            await self._authorize(next(iter(self.importers.values())))
+        answer = response_cls(next_cursor=cursor)
+        for job in rows:
+            if allowed.get(job.target):
+                self._job_message(answer.items.add(), job)
+        return answer
+
+    async def dry_run(self, request: Any, response_cls: Any) -> Any:
+        _, importer, decision = await self._job(request.id)
+        found = await pipeline.dry_run(self.db, importer, request=request, decision=decision)
+        answer = self._answer(response_cls, found.job)
+        job, totals = answer.import_job, found.outcome
+        job.rows_done = found.rows
+        job.rows_created, job.rows_updated = totals.created, totals.updated
+        job.rows_skipped, job.rows_failed = totals.skipped, totals.failed
+        for n, c, v, why in totals.errors:
+            answer.errors.add(row=n, column=c, value=v, reason=why)
+        for values in found.preview:
+            answer.preview.add().update(values)
+        return answer
+
+    async def start(self, request: Any, response_cls: Any) -> Any:
+        _, importer, decision = await self._job(request.id)
+        job = await jobs.start(self.db, importer, request=request, decision=decision)
+        self._wake()
+        return self._answer(response_cls, job)
+
+    async def cancel(self, request: Any, response_cls: Any) -> Any:
+        await self._job(request.id)
+        return self._answer(response_cls, await jobs.cancel(self.db, job_id=request.id))
+
+    async def list_errors(self, request: Any, response_cls: Any) -> Any:
+        job, _, _ = await self._job(request.id)
+        async with self.db.read() as session:
+            rows, cursor = await report.list_errors(session, job_id=job.id, page_request=request.page)
+        answer = response_cls(next_cursor=cursor)
+        for e in rows:
+            answer.items.add(row=e.row, column=e.column, value=e.value, reason=e.reason)
+        return answer
+
+    async def download_errors(self, request: Any, response_cls: Any) -> AsyncIterator[Any]:
+        """The error report, streamed: the header (file name and type) first, then chunks."""
+        job, _, _ = await self._job(request.id)
+        formats = request.DESCRIPTOR.fields_by_name["format"].enum_type.values_by_number
+        xlsx = request.format in formats and formats[request.format].name.endswith("_XLSX")
+        locale = getattr(request, "locale", "") if "locale" in request.DESCRIPTOR.fields_by_name else ""
+        file = report.error_report(self.db, job=job, xlsx=xlsx, locale=locale)
+        first = response_cls()
+        first.header.file_name, first.header.content_type = file.file_name, file.content_type
+        yield first
+        async for chunk in file.chunks:
+            yield response_cls(chunk=chunk)
