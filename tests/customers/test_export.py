@@ -325,3 +325,34 @@ async def test_an_upload_over_the_limit_is_refused_before_it_reaches_the_service
             headers={**company.headers, "content-type": "multipart/form-data; boundary=b"},
         )
         assert_problem(streamed, 413, "body_too_large")
+
+
+async def test_a_retried_upload_with_its_idempotency_key_gets_the_first_job_back(dapi):
+    company = await sign_up(dapi)
+    h = company.headers
+    content = csv_file([["客户名称", "行业"], ["美的集团股份有限公司", "家电"]])
+
+    async def upload(key: str, data: bytes, target: str = "accounts") -> httpx.Response:
+        return await dapi.post(
+            "/api/v1/imports",
+            files={"file": ("客户.csv", data, "text/csv")},
+            data={"target": target},
+            headers={**h, "Idempotency-Key": key},
+        )
+
+    first = await upload("upload-1", content)
+    assert first.status_code == 201, first.text
+    again = await upload("upload-1", content)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    # The same key with another file or another target is a different request: refused, nothing made.
+    assert_problem(await upload("upload-1", content + "格力电器,家电\r\n".encode()), 422, "idempotency_key_reused")
+    assert_problem(await upload("upload-1", content, target="contacts"), 422, "idempotency_key_reused")
+    # A refusal is remembered too: the retry of a bad upload is the same 422, not a second attempt.
+    bad = await upload("upload-2", content, target="nonsense")
+    assert_problem(bad, 422)
+    assert_problem(await upload("upload-2", content, target="nonsense"), 422)
+
+    jobs = (await dapi.get("/api/v1/imports", headers=h)).json()["items"]
+    assert [j["id"] for j in jobs] == [first.json()["id"]]

@@ -20,6 +20,7 @@ upload routes is CRM_MAX_UPLOAD_BYTES instead of CRM_MAX_BODY_BYTES (see `middle
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -30,20 +31,21 @@ from urllib.parse import quote
 import grpc
 import orjson
 from crm_kit import context, grpc_client
+from crm_kit.idempotency import METADATA_KEY as IDEMPOTENCY_METADATA
 from fastapi import FastAPI, Request
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
+from crm_gateway.idempotency import Reply
 from crm_gateway.problems import ProblemError, from_grpc, internal_error, render
-from crm_gateway.routing import expand_template
+from crm_gateway.routing import TO_DICT, expand_template
 
 log = logging.getLogger("crm.gateway")
 
 FD = FieldDescriptor
 CHUNK_BYTES = 256 * 1024
-TO_DICT = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,16 @@ class FilePlan:
             for name, f in self.form_fields.items():
                 props[name] = _schema(f)
             return {
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "Any unique string (e.g. a UUID): a retry with the same key and the same "
+                        "upload gets the first response again instead of a second import. Kept 24 h.",
+                    }
+                ],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -290,44 +302,28 @@ def _upload_endpoint(gateway: Any, plan: FilePlan) -> Any:
                         "the form needs a `file` part",
                         errors=[{"field": "file", "message": "is required"}],
                     )
-                header = plan.request_cls()
-                head = getattr(header, plan.header_field.name)
-                head.file.file_name = upload.filename or "upload"
-                head.file.content_type = upload.content_type or ""
-                head.file.size_bytes = upload.size or 0
-                for name, f in plan.form_fields.items():
-                    value = form.get(name)
-                    if isinstance(value, str) and value != "":
-                        _set_scalar(head, f, value)
-
-                async def parts() -> AsyncIterator[Any]:
-                    yield header
-                    while chunk := await upload.read(CHUNK_BYTES):
-                        yield plan.request_cls(chunk=chunk)
-
-                call = _channel(gateway, plan).stream_unary(
-                    plan.grpc_path,
-                    request_serializer=plan.request_cls.SerializeToString,
-                    response_deserializer=plan.response_cls.FromString,
-                )
-                response = await call(
-                    parts(),
-                    timeout=gateway.settings.file_timeout_seconds,
-                    metadata=grpc_client.outgoing_metadata(),
-                )
+                key = request.headers.get("idempotency-key")
+                if key is None:
+                    reply = await _forward_upload(gateway, plan, form, upload, path)
+                else:
+                    # Like every POST (crm_gateway.runtime): the same key and the same upload (file and form
+                    # fields) replay the first answer; the same key with another upload is a 422.
+                    principal = context.current().principal
+                    scope = f"{principal.tenant_id}:{principal.actor_id}" if principal else "anonymous"
+                    digest = hashlib.sha256(f"{scope}\n{key}\nPOST\n{path}".encode()).hexdigest()
+                    reply = await gateway.idempotency.run(
+                        scope=scope,
+                        key=key,
+                        method="POST",
+                        target=path,
+                        body=await _upload_fingerprint(form, upload),
+                        execute=lambda: _forward_upload(gateway, plan, form, upload, path, digest),
+                    )
             finally:
                 await form.close()
-            route = plan.route
-            assert isinstance(route, Upload)
-            answer = json_format.MessageToDict(
-                getattr(response, route.unwrap) if route.unwrap else response, **TO_DICT
-            )
-            headers = dict(limit_headers)
-            if route.location:
-                headers["Location"] = expand_template(plan.service.prefix.rstrip("/") + route.location, answer)
-            return Response(
-                orjson.dumps(answer), status_code=route.status, headers=headers, media_type="application/json"
-            )
+            headers = {**reply.headers, **limit_headers}
+            media = headers.pop("content-type", None) or "application/json"
+            return Response(reply.body, status_code=reply.status, headers=headers, media_type=media)
         except ProblemError as exc:
             return render(exc, path, limit_headers)
         except grpc.RpcError as exc:
@@ -338,6 +334,61 @@ def _upload_endpoint(gateway: Any, plan: FilePlan) -> Any:
 
     endpoint.__name__ = plan.operation_id
     return endpoint
+
+
+async def _upload_fingerprint(form: Any, upload: UploadFile) -> bytes:
+    """What makes two uploads the same request: the file's name and bytes and the form's other fields."""
+    digest = hashlib.sha256()
+    digest.update((upload.filename or "").encode() + b"\0")
+    for name, value in sorted((k, v) for k, v in form.multi_items() if isinstance(v, str)):
+        digest.update(f"{name}={value}".encode() + b"\0")
+    while chunk := await upload.read(CHUNK_BYTES):
+        digest.update(chunk)
+    await upload.seek(0)
+    return digest.digest()
+
+
+async def _forward_upload(
+    gateway: Any, plan: FilePlan, form: Any, upload: UploadFile, path: str, idempotency_digest: str = ""
+) -> Reply:
+    """Stream the upload to the service; its answer, or the problem it raised, as a reply (so a replay of an
+    idempotent upload repeats a refusal too)."""
+    header = plan.request_cls()
+    head = getattr(header, plan.header_field.name)
+    head.file.file_name = upload.filename or "upload"
+    head.file.content_type = upload.content_type or ""
+    head.file.size_bytes = upload.size or 0
+    for name, f in plan.form_fields.items():
+        value = form.get(name)
+        if isinstance(value, str) and value != "":
+            _set_scalar(head, f, value)
+
+    async def parts() -> AsyncIterator[Any]:
+        yield header
+        while chunk := await upload.read(CHUNK_BYTES):
+            yield plan.request_cls(chunk=chunk)
+
+    call = _channel(gateway, plan).stream_unary(
+        plan.grpc_path,
+        request_serializer=plan.request_cls.SerializeToString,
+        response_deserializer=plan.response_cls.FromString,
+    )
+    metadata = grpc_client.outgoing_metadata()
+    if idempotency_digest:
+        metadata += ((IDEMPOTENCY_METADATA, idempotency_digest),)
+    try:
+        response = await call(parts(), timeout=gateway.settings.file_timeout_seconds, metadata=metadata)
+    except grpc.RpcError as exc:
+        rendered = render(from_grpc(exc), path)
+        headers = {k: v for k, v in rendered.headers.items() if k.lower() != "content-length"}
+        return Reply(rendered.status_code, bytes(rendered.body), headers)
+    route = plan.route
+    assert isinstance(route, Upload)
+    answer = json_format.MessageToDict(getattr(response, route.unwrap) if route.unwrap else response, **TO_DICT)
+    headers = {}
+    if route.location:
+        headers["Location"] = expand_template(plan.service.prefix.rstrip("/") + route.location, answer)
+    return Reply(route.status, orjson.dumps(answer), headers)
 
 
 def _download_endpoint(gateway: Any, plan: FilePlan) -> Any:
