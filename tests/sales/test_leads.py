@@ -224,3 +224,38 @@ async def test_a_manager_with_the_department_tree_scope_sees_the_teams_leads_onl
     assert team_lead.id in seen and other.id not in seen
     err = await rpc_error(leads.GetLead(pb.GetLeadRequest(id=other.id), metadata=manager.md))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_new_lead_comes_back_with_the_open_leads_it_may_duplicate(identity, leads):
+    company, (rep, other) = await team(identity, 2)
+    mine = (
+        await leads.CreateLead(
+            pb.CreateLeadRequest(name="王芳", phone="138-0013-8000", email="wang.fang@example.cn"), metadata=rep.md
+        )
+    ).lead
+    theirs = (
+        await leads.CreateLead(
+            pb.CreateLeadRequest(name="王芳（展会）", email="Wang.Fang@Example.cn"), metadata=other.md
+        )
+    )
+    # The second lead matched the first on its e-mail; the other rep may not read it (own scope): id only.
+    assert [(d.lead_id, d.matched_on, d.name, d.owner_id) for d in theirs.duplicates] == [
+        (mine.id, "email", "", "")
+    ]
+
+    # The admin sees everything: names and owners, phone matched in another notation, oldest first.
+    answer = await leads.CreateLead(
+        pb.CreateLeadRequest(name="王芳", phone="+86 138 0013 8000", email="wang.fang@example.cn"),
+        metadata=company.md,
+    )
+    assert [(d.lead_id, d.matched_on, d.name, d.owner_id) for d in answer.duplicates] == [
+        (mine.id, "phone", "王芳", rep.id),
+        (theirs.lead.id, "email", "王芳（展会）", other.id),
+    ]
+    # Another tenant's leads are never candidates, and a lead without phone or e-mail has none.
+    stranger, _ = await team(identity, 0, name="别家公司")
+    alone = await leads.CreateLead(
+        pb.CreateLeadRequest(name="王芳", email="wang.fang@example.cn"), metadata=stranger.md
+    )
+    assert list(alone.duplicates) == []
+    assert list((await leads.CreateLead(pb.CreateLeadRequest(name="无名"), metadata=company.md)).duplicates) == []

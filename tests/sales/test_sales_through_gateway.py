@@ -36,6 +36,17 @@ async def test_a_rep_claims_follows_up_and_returns_a_pool_lead_through_the_api(a
     )
     assert lead.status_code == 201, lead.text
     lead_id = lead.json()["id"]
+    assert lead.json()["duplicates"] == []
+    twin = await api.post(
+        "/api/v1/leads",
+        json={"name": "周杰", "company": "深圳星河电子", "phone": "+86 139 0000 1111"},
+        headers=admin,
+    )
+    again = await api.post("/api/v1/leads", json={"name": "周杰伦", "phone": "13900001111"}, headers=admin)
+    assert again.status_code == 201, again.text
+    assert again.json()["duplicates"] == [
+        {"lead_id": twin.json()["id"], "matched_on": "phone", "name": "周杰", "owner_id": company.admin.id}
+    ]
 
     claimed = await api.post(f"/api/v1/leads/{lead_id}/claim", json={}, headers=bearer(rep.token))
     assert claimed.status_code == 200, claimed.text

@@ -19,7 +19,15 @@ LEADS = ServiceRoutes(
     name="sales",
     service=leads_pb2.DESCRIPTOR.services_by_name["LeadsService"],
     routes=[
-        Route("POST", "/leads", "CreateLead", status=201, unwrap="lead", location="/leads/{id}"),
+        Route(
+            "POST",
+            "/leads",
+            "CreateLead",
+            status=201,
+            unwrap="lead",
+            location="/leads/{id}",
+            also=("duplicates",),
+        ),
         Route("GET", "/leads", "ListLeads", query={"q": "query"}),
         Route("GET", "/leads/{id}", "GetLead", unwrap="lead"),
         Route(

@@ -58,7 +58,9 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
                 people=self.people,
                 now=self.clock.now(),
             )
-        return pb.CreateLeadResponse(lead=await self._lead(lead))
+            reading = await self.policies.decide(principal, "lead", "read")
+            duplicates = await leads.open_duplicates(uow.session, lead, reading)
+        return pb.CreateLeadResponse(lead=await self._lead(lead), duplicates=duplicates)
 
     async def GetLead(self, request, context):
         decision = await authorize(self.policies, "lead", "read")

@@ -23,7 +23,7 @@ from crm_kit.normalize import InvalidValue, normalize_email, normalize_phone
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 from crm_kit.validation import Check, updatable
-from sqlalchemy import and_, any_, func, or_, select, text, update
+from sqlalchemy import and_, any_, false, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_sales import models
@@ -291,6 +291,44 @@ def contact_keys(phone: str, email: str) -> tuple[str, str]:
     """The phone (E.164) and e-mail (lower case) in their normal forms, for duplicate lookups ("" when absent
     or not valid)."""
     return _key(normalize_phone, phone), _key(normalize_email, email)
+
+
+MAX_DUPLICATES = 10
+
+
+async def open_duplicates(
+    session: AsyncSession, lead: models.Lead, decision: Decision
+) -> list[pb.LeadDuplicate]:
+    """Other open leads of the tenant with the same phone or e-mail as `lead`, oldest first. Of those the
+    caller may read (`decision`: reading leads) the name and owner come along, unless hidden from them; of
+    the others only the id and what matched, so a warning never shows what the caller's scope keeps back."""
+    L = models.Lead
+    matches = [(kind, column, key) for kind, column, key in (
+        ("phone", L.phone_key, lead.phone_key), ("email", L.email_key, lead.email_key)
+    ) if key]  # fmt: skip
+    if not matches:
+        return []
+    seen = visible(decision) if decision.allowed else false()
+    rows = await session.execute(
+        select(L.id, L.name, L.owner_id, L.phone_key, L.email_key, seen.label("seen"))
+        .where(
+            L.tenant_id == lead.tenant_id,
+            L.id != lead.id,
+            L.status.in_(OPEN_STATUSES),
+            or_(*(column == key for _, column, key in matches)),
+        )
+        .order_by(L.id)
+        .limit(MAX_DUPLICATES)
+    )
+    out = []
+    for row in rows:
+        kind = "phone" if lead.phone_key and row.phone_key == lead.phone_key else "email"
+        found = pb.LeadDuplicate(lead_id=row.id, matched_on=kind)
+        if row.seen:
+            found.name = "" if "name" in decision.hidden else row.name
+            found.owner_id = "" if "owner_id" in decision.hidden else (row.owner_id or "")
+        out.append(found)
+    return out
 
 
 def refresh_keys(lead: models.Lead) -> None:

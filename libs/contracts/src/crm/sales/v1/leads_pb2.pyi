@@ -640,20 +640,60 @@ class CreateLeadResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEAD_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def lead(self) -> Global___Lead: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeadDuplicate]:
+        """Open leads with the same phone or e-mail: possible duplicates for the caller to look at (the lead is
+        created all the same; imports choose skip, update or create instead).
+        """
+
     def __init__(
         self,
         *,
         lead: Global___Lead | None = ...,
+        duplicates: _abc.Iterable[Global___LeadDuplicate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lead", b"lead"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lead", b"lead"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "lead", b"lead"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateLeadResponse: _TypeAlias = CreateLeadResponse  # noqa: Y015
+
+@_typing.final
+class LeadDuplicate(_message.Message):
+    """An open lead of the tenant with the same phone or e-mail (normal forms) as another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAD_ID_FIELD_NUMBER: _builtins.int
+    MATCHED_ON_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    lead_id: _builtins.str
+    matched_on: _builtins.str
+    """"phone" or "email"."""
+    name: _builtins.str
+    """Its name and owner, when the caller may read that lead and those fields; otherwise empty."""
+    owner_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        lead_id: _builtins.str = ...,
+        matched_on: _builtins.str = ...,
+        name: _builtins.str = ...,
+        owner_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lead_id", b"lead_id", "matched_on", b"matched_on", "name", b"name", "owner_id", b"owner_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeadDuplicate: _TypeAlias = LeadDuplicate  # noqa: Y015
 
 @_typing.final
 class GetLeadRequest(_message.Message):
