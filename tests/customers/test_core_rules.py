@@ -282,6 +282,21 @@ async def test_account_timeline_can_include_its_contacts_and_contacts_have_a_gra
         f"/api/v1/accounts/{account['id']}/timeline", params={"include_contacts": "true"}, headers=h
     )
     assert [i["id"] for i in with_people.json()["items"]] == [note.json()["id"]]
+    # Someone who reads every account but only their own contacts: the admin's contact's note stays out.
+    reader = await member(
+        capi,
+        company,
+        [
+            {"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"},
+            {"object": "contact", "actions": ["read"], "data_scope": "DATA_SCOPE_OWN"},
+            {"object": "interaction", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"},
+        ],
+    )
+    theirs = await capi.get(
+        f"/api/v1/accounts/{account['id']}/timeline", params={"include_contacts": "true"}, headers=reader
+    )
+    assert theirs.status_code == 200, theirs.text
+    assert theirs.json()["items"] == []
     graph = await capi.get(f"/api/v1/contacts/{pid}/graph", headers=h)
     assert graph.status_code == 200, graph.text
     assert [(e["type"], e["target"]["id"]) for e in graph.json()["edges"]] == [("works_at", account["id"])]

@@ -26,7 +26,14 @@ from crm_customers.domain import (
     saved_views,
 )
 from crm_customers.domain import custom_fields as cf
-from crm_customers.domain.common import RECORD_TYPES, authorize, caller, check_writable, get_owned
+from crm_customers.domain.common import (
+    RECORD_TYPES,
+    authorize,
+    caller,
+    check_writable,
+    get_owned,
+    visible,
+)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["CustomersService"]
 
@@ -404,7 +411,9 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         async with self.db.read() as session:
             account = await accounts.get(session, request.id, decision, deleted=None)
             contact_ids: list[str] = []
-            if request.include_contacts:
+            people = await self._sees("contact")
+            if request.include_contacts and people.allowed:
+                # Only the contacts the caller may read: the others' interactions stay out of the timeline.
                 contact_ids = list(
                     (
                         await session.scalars(
@@ -412,6 +421,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                             .where(
                                 models.Contact.tenant_id == account.tenant_id,
                                 models.Contact.account_ids.contains([account.id]),
+                                visible(people, models.Contact),
                             )
                             .limit(1000)
                         )
