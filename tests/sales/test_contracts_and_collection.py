@@ -251,3 +251,36 @@ async def test_an_unpaid_order_is_cancelled_with_a_reason_once(identity, quotes,
     assert cancelled.status == cpb.ORDER_STATUS_CANCELLED
     twice = await rpc_error(contracts.FulfilOrder(cpb.FulfilOrderRequest(id=order.id), metadata=company.md))
     assert from_rpc_error(twice).reason == "order_closed"
+
+
+async def test_a_paid_order_is_cancelled_only_once_the_money_went_back(identity, quotes, contracts):
+    company, _ = await team(identity, 0)
+    q = await accepted_quote(quotes, company, str(uuid.uuid4()))
+    order = (await contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=company.md)).order
+    plan = (
+        await contracts.CreatePaymentPlan(
+            cpb.CreatePaymentPlanRequest(
+                order_id=order.id,
+                instalments=[cpb.InstalmentInput(due_date="2099-01-31", amount=order.total)],
+            ),
+            metadata=company.md,
+        )
+    ).plan
+    paid = await contracts.RecordPayment(
+        cpb.RecordPaymentRequest(instalment_id=plan.instalments[0].id, amount="1000.00"), metadata=company.md
+    )
+    cancel = cpb.CancelOrderRequest(id=order.id, reason="客户取消订单")
+    refused = await rpc_error(contracts.CancelOrder(cancel, metadata=company.md))
+    assert from_rpc_error(refused).reason == "order_paid"
+    await contracts.RefundPayment(
+        cpb.RefundPaymentRequest(payment_id=paid.payment.id, amount="999.99", reason="部分退款"),
+        metadata=company.md,
+    )
+    still = await rpc_error(contracts.CancelOrder(cancel, metadata=company.md))
+    assert from_rpc_error(still).reason == "order_paid"  # one cent is still the customer's
+    await contracts.RefundPayment(
+        cpb.RefundPaymentRequest(payment_id=paid.payment.id, amount="0.01", reason="全部退款"),
+        metadata=company.md,
+    )
+    cancelled = (await contracts.CancelOrder(cancel, metadata=company.md)).order
+    assert cancelled.status == cpb.ORDER_STATUS_CANCELLED

@@ -430,15 +430,16 @@ async def close_order(
     if status == "cancelled":
         if not reason.strip():
             raise InvalidArgument.for_field("reason", "say why the order is cancelled")
-        paid = await uow.session.scalar(
-            select(func.count())
-            .select_from(models.Payment)
+        # What the customer has paid and not been refunded: an order paid back in full may be cancelled.
+        kept = await uow.session.scalar(
+            select(func.coalesce(func.sum(models.Payment.amount - models.Payment.refunded_amount), 0))
             .join(models.PaymentPlan, models.PaymentPlan.id == models.Payment.plan_id)
             .where(models.PaymentPlan.order_id == o.id)
         )
-        if paid:
+        if kept:
             raise Conflict(
-                "payments were recorded for this order; it cannot be cancelled", reason="order_paid"
+                "money was received for this order and not refunded; refund it before cancelling",
+                reason="order_paid",
             )
     previous = o.status
     o.status = status
