@@ -50,7 +50,7 @@ async def test_a_file_of_leads_is_uploaded_dry_run_imported_and_its_error_report
                 rep.user.email,
                 "要样品",
             ],
-            ["", "无名公司", "", "", "", "", ""],
+            ["", "无名公司", "", "=HYPERLINK(\"http://evil.example\")", "", "", ""],
             ["林芳", "", "13800138000", "", "", "", "同一个手机"],
         ]
     )
@@ -76,7 +76,7 @@ async def test_a_file_of_leads_is_uploaded_dry_run_imported_and_its_error_report
     dry = await api.post(f"/api/v1/lead-imports/{job['id']}/dry-run", json={}, headers=h)
     assert dry.status_code == 200, dry.text
     assert dry.json()["import_job"]["rows_failed"] == "1" and dry.json()["import_job"]["rows_skipped"] == "1"
-    assert [e["row"] for e in dry.json()["errors"]] == ["3", "4"]
+    assert [e["row"] for e in dry.json()["errors"]] == ["3", "3", "4"]
     assert dry.json()["preview"][0]["name"] == "周杰"
     assert (await api.get("/api/v1/leads", headers=h)).json()["items"] == []
 
@@ -96,8 +96,10 @@ async def test_a_file_of_leads_is_uploaded_dry_run_imported_and_its_error_report
     )
 
     errors = (await api.get(f"/api/v1/lead-imports/{job['id']}/errors", headers=h)).json()["items"]
+    not_an_email = "is not a valid email address: An email address must have an @-sign."
     assert [(e["row"], e["column"], e["value"], e["reason"]) for e in errors] == [
         ("3", "客户姓名", "", "is required"),
+        ("3", "电子邮箱", '=HYPERLINK("http://evil.example")', not_an_email),
         ("4", "手机号码", "13800138000", "skipped: duplicate of an earlier row of this file (phone)"),
     ]
     report = await api.get(f"/api/v1/lead-imports/{job['id']}/errors/report", headers=h)
@@ -109,6 +111,8 @@ async def test_a_file_of_leads_is_uploaded_dry_run_imported_and_its_error_report
     assert list(csv.reader(io.StringIO(report.content.decode("utf-8-sig")))) == [
         ["row", "column", "value", "reason"],
         ["3", "客户姓名", "", "is required"],
+        # A value a spreadsheet would run as a formula comes back quoted (CSV injection).
+        ["3", "电子邮箱", '\'=HYPERLINK("http://evil.example")', not_an_email],
         ["4", "手机号码", "13800138000", "skipped: duplicate of an earlier row of this file (phone)"],
     ]
     xlsx = await api.get(
@@ -118,7 +122,8 @@ async def test_a_file_of_leads_is_uploaded_dry_run_imported_and_its_error_report
     )
     sheet = load_workbook(io.BytesIO(xlsx.content), read_only=True).worksheets[0]
     sheet_rows = [list(r) for r in sheet.iter_rows(values_only=True)]
-    assert sheet_rows[0] == ["行", "列", "值", "原因"] and sheet_rows[2][:3] == [4, "手机号码", "13800138000"]
+    assert sheet_rows[0] == ["行", "列", "值", "原因"] and sheet_rows[3][:3] == [4, "手机号码", "13800138000"]
+    assert sheet_rows[2][2] == '\'=HYPERLINK("http://evil.example")'
 
     (lead,) = (await api.get("/api/v1/leads", headers=h)).json()["items"]
     assert (lead["name"], lead["owner_id"], lead["score"]) == ("周杰", rep.id, 30)

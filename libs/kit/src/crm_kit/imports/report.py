@@ -3,8 +3,6 @@ downloaded as CSV (UTF-8 with a BOM, so Excel shows the Chinese) or XLSX, stream
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_kit.db import Database
 from crm_kit.imports.models import ImportErrorRow, ImportJob
 from crm_kit.paging import Page, SortKey
+from crm_kit.sheets import CsvWriter, XlsxWriter
 
 REPORT_HEADER = {"en": ("row", "column", "value", "reason"), "zh-CN": ("行", "列", "值", "原因")}
-CSV_TYPE = "text/csv; charset=utf-8"
-XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+CSV_TYPE = CsvWriter.content_type
+XLSX_TYPE = XlsxWriter.content_type
 
 
 @dataclass
@@ -73,26 +72,11 @@ def error_report(db: Database, *, job: ImportJob, xlsx: bool, locale: str = "") 
     stem = job.file_name.rsplit(".", 1)[0]
     header = REPORT_HEADER.get(locale or "en", REPORT_HEADER["en"])
     name = f"{stem}-errors.{'xlsx' if xlsx else 'csv'}"
-    if xlsx:
-        from crm_kit.sheets import XlsxWriter
-
-        return ReportFile(name, XLSX_TYPE, XlsxWriter().stream(_as_lists(header, error_rows(db, job.id))))
-    return ReportFile(name, CSV_TYPE, _csv(header, error_rows(db, job.id)))
-
-
-async def _csv(header: Any, rows: AsyncIterator[tuple[int, str, str, str]]) -> AsyncIterator[bytes]:
-    buffer = io.StringIO()
-    out = csv.writer(buffer)
-    buffer.write("\ufeff")
-    out.writerow(header)
-    async for row in rows:
-        out.writerow(row)
-        if buffer.tell() > 256 * 1024:
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
-    if buffer.tell():
-        yield buffer.getvalue().encode()
+    # The sheets' writers: cells that a spreadsheet would run as formulas are quoted (CSV injection).
+    writer = XlsxWriter() if xlsx else CsvWriter()
+    return ReportFile(
+        name, XLSX_TYPE if xlsx else CSV_TYPE, writer.stream(_as_lists(header, error_rows(db, job.id)))
+    )
 
 
 async def _as_lists(header: Any, rows: AsyncIterator[Any]) -> AsyncIterator[list[Any]]:
