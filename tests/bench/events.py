@@ -11,7 +11,9 @@ set, else testcontainers or the embedded servers, via `crm_kit.infra.provide`):
     handler writes an effect row in its own unit of work; measured from just before the writer's commit to
     the commit of the effect, sequential, one event in flight at a time;
 
-and reports the ratios (b)/(a) at p50 and p99. Targets: p50 <= 10x, p99 <= 25x. The two are interleaved (four
+and reports the ratios (b)/(a) at p50 and p99. Targets: p50 <= 10x, p99 <= 25x. Beside them, the floor: the
+same path done by hand on raw asyncpg and nats-py (two durable commits and one publish), the ratio the backbone
+could reach on this machine. The two are interleaved (four
 publishes, one event, …) so that other load on the machine weighs on both alike.
 """
 
@@ -29,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import nats
 import nats.js.errors
 from crm.common.v1 import event_pb2
@@ -170,6 +173,55 @@ async def measure(
         await consumer_db.dispose()
 
 
+async def measure_floor(dsn: str, nats_url: str, settings: EventSettings, *, events: int) -> list[float]:
+    """The same path done by hand, without the kit: a transaction commits a row (durably, as any write does),
+    the bytes are published to JetStream and acked, a plain subscriber receives them, and a second transaction
+    commits an inbox row and an effect row; all on raw asyncpg and nats-py, one event at a time. Two durable
+    commits and one publish are what commit → effect needs at the least, so this is the ratio the event
+    backbone could reach on this machine."""
+    conn_w = await asyncpg.connect(dsn)
+    conn_c = await asyncpg.connect(dsn)
+    nc = await nats.connect(nats_url)
+    try:
+        for conn in (conn_w, conn_c):
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS floor_rows (id text PRIMARY KEY, payload bytea);"
+                "CREATE TABLE IF NOT EXISTS floor_inbox (event_id text PRIMARY KEY);"
+                "CREATE TABLE IF NOT EXISTS floor_effects (id serial PRIMARY KEY, event_id text)"
+            )
+        js = nc.jetstream()
+        await ensure_streams(js, ["benchfloor"], settings)
+        subject = namespaced("crm.benchfloor.v1.Floor", settings.namespace)
+        received: asyncio.Queue[Any] = asyncio.Queue()
+        await nc.subscribe(subject, cb=received.put)
+        write = await conn_w.prepare("INSERT INTO floor_rows VALUES ($1, $2)")
+        claim = await conn_c.prepare(
+            "INSERT INTO floor_inbox VALUES ($1) ON CONFLICT DO NOTHING RETURNING event_id"
+        )
+        effect = await conn_c.prepare("INSERT INTO floor_effects (event_id) VALUES ($1)")
+        payload = os.urandom(200)
+        out: list[float] = []
+        for i in range(events + 50):
+            event_id = new_id()
+            await conn_w.execute("BEGIN")
+            await write.fetch(event_id, payload)
+            start = time.perf_counter()
+            await conn_w.execute("COMMIT")
+            await js.publish(subject, payload, headers={"Nats-Msg-Id": event_id})
+            await received.get()
+            await conn_c.execute("BEGIN")
+            await claim.fetch(event_id)
+            await effect.fetch(event_id)
+            await conn_c.execute("COMMIT")
+            if i >= 50:
+                out.append(time.perf_counter() - start)
+        return out
+    finally:
+        await nc.close()
+        await conn_w.close()
+        await conn_c.close()
+
+
 async def _delete_streams(nats_url: str, settings: EventSettings) -> None:
     nc = await nats.connect(nats_url)
     try:
@@ -211,6 +263,7 @@ async def _run(admin_dsn: str, nats_url: str, source: str, *, publishes: int, ev
         await create_all(setup.engine)
         await setup.dispose()
         raw, effect = await measure(url, nats_url, settings, publishes=publishes, events=events)
+        floor = await measure_floor(infra.asyncpg_dsn(admin_dsn, db_name), nats_url, settings, events=events)
     finally:
         await _delete_streams(nats_url, settings)
         await infra.drop_database(admin_dsn, db_name)
@@ -223,6 +276,9 @@ async def _run(admin_dsn: str, nats_url: str, source: str, *, publishes: int, ev
         "ratio_p50": round(b["p50_ms"] / a["p50_ms"], 2),
         "ratio_p99": round(b["p99_ms"] / a["p99_ms"], 2),
         "targets": {"ratio_p50": TARGET_P50, "ratio_p99": TARGET_P99},
+        # The path by hand on raw asyncpg and nats-py (measure_floor): what the backbone could reach here.
+        "floor_by_hand": (f := summary(floor)),
+        "floor_ratio_p50": round(f["p50_ms"] / a["p50_ms"], 2),
     }
 
 
