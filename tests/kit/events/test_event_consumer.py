@@ -386,3 +386,32 @@ def test_consumer_declaration_refuses_what_jetstream_would():
         Consumer(name="x", filter_subjects=[events_pb2.UserInvited], handler=record_effect, max_deliver=2)
     with pytest.raises(ValueError, match="plain token"):
         Consumer(name="a.b", filter_subjects=[events_pb2.UserInvited], handler=record_effect)
+
+
+def test_a_consumer_decodes_another_services_events_it_never_imported():
+    """Identity's audit trail reads every service's stream but imports none of their event modules: in a process
+    of its own (a fresh interpreter here, as in a deployment) the payload's module is found by its package."""
+    import base64
+    import subprocess
+    import sys
+
+    from crm.sales.v1 import events_pb2 as sales_events
+
+    envelope = event_pb2.EventEnvelope(id=new_id(), type="crm.sales.v1.LeadCreated", tenant_id="t1")
+    envelope.payload.Pack(sales_events.LeadCreated())
+    code = (
+        "import base64, sys\n"
+        "from crm.common.v1 import event_pb2\n"
+        "from crm_kit.events.consumer import unpack_payload\n"
+        "assert 'crm.sales.v1.events_pb2' not in sys.modules\n"
+        "envelope = event_pb2.EventEnvelope.FromString(base64.b64decode(sys.argv[1]))\n"
+        "print(type(unpack_payload(envelope)).DESCRIPTOR.full_name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, base64.b64encode(envelope.SerializeToString()).decode()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "crm.sales.v1.LeadCreated"

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
+import pkgutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -142,19 +144,39 @@ def subject_matches(pattern: str, subject: str) -> bool:
 def unpack_payload(envelope: event_pb2.EventEnvelope) -> Message:
     """The payload as its generated class, looked up by the Any's type name in the default descriptor pool.
 
-    The class is known once its `_pb2` module is imported, which declaring the consumer with the message class
-    guarantees. An unknown type is a `PermanentError`: the event is kept in the dead-letter stream, to replay
-    after a deploy that knows it.
+    The class is known once its `_pb2` module is imported. A consumer of another service's events by subject
+    (identity's audit trail reads every stream) may never have imported it, so an unknown type's package is
+    imported from the contracts first (`crm.sales.v1.LeadCreated` → `crm.sales.v1.events_pb2`, then the
+    package's other `_pb2` modules). A type that is still unknown is a `PermanentError`: the event is kept in
+    the dead-letter stream, to replay after a deploy that knows it.
     """
     name = envelope.payload.TypeName()
     try:
-        descriptor = descriptor_pool.Default().FindMessageTypeByName(name)
+        descriptor = _message_type(name)
     except KeyError as exc:
         raise PermanentError(f"unknown payload type {name!r}") from exc
     payload = message_factory.GetMessageClass(descriptor)()
     if not envelope.payload.Unpack(payload):
         raise PermanentError(f"payload does not unpack as {name}")
     return payload
+
+
+def _message_type(name: str) -> Any:
+    pool = descriptor_pool.Default()
+    try:
+        return pool.FindMessageTypeByName(name)
+    except KeyError:
+        pass
+    package = name.rpartition(".")[0]
+    with contextlib.suppress(ImportError):
+        importlib.import_module(f"{package}.events_pb2")  # where a context's events live, by convention
+    with contextlib.suppress(KeyError):
+        return pool.FindMessageTypeByName(name)
+    with contextlib.suppress(ImportError):
+        for module in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            if module.name.endswith("_pb2"):
+                importlib.import_module(f"{package}.{module.name}")
+    return pool.FindMessageTypeByName(name)
 
 
 def _header_value(text: str, limit: int = 1000) -> str:
