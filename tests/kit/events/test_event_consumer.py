@@ -415,3 +415,36 @@ def test_a_consumer_decodes_another_services_events_it_never_imported():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "crm.sales.v1.LeadCreated"
+
+
+async def test_waiting_events_share_a_transaction_and_a_failing_one_is_handled_alone(
+    test_infra, with_effects, settings, nc
+):
+    """`per_transaction`: events already waiting are handled in one unit of work; one bad event rolls its batch
+    back, and then each is handled on its own, so the others have one effect each and it alone is retried."""
+    db = with_effects
+    attempts: dict[str, int] = {}
+
+    async def record(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload) -> None:
+        attempts[envelope.aggregate_id] = attempts.get(envelope.aggregate_id, 0) + 1
+        await record_effect(uow, envelope, payload)
+        if envelope.aggregate_id == "poison":
+            raise PermanentError("cannot be recorded")
+
+    consumer = Consumer(
+        name="audit", filter_subjects=[events_pb2.UserInvited], handler=record, per_transaction=50
+    )
+    # Queued before the consumer starts, so they arrive together.
+    await write_invites(db, 20, aggregate_id="first")
+    await write_invites(db, 1, aggregate_id="poison")
+    await write_invites(db, 20, aggregate_id="second")
+    js = nc.jetstream()
+    async with bus_for(test_infra, db, settings, consumer) as bus:
+        runner = bus.runners["audit"]
+        await eventually(lambda: runner.handled == 40, what="forty events handled")
+        await eventually(lambda: stream_count(js, dead_letter_stream(settings.namespace)), what="a dead letter")
+    assert await effect_count(db) == 40  # the failed batches left nothing; every good event once
+    assert runner.transactions < 40  # batches, not one transaction per event
+    assert attempts["poison"] >= 2  # in its batch, then alone (a permanent error is not retried further)
+    async with db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(InboxEntry)) == 40

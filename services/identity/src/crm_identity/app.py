@@ -34,8 +34,15 @@ async def _record_audit(uow, envelope, payload) -> None:  # type: ignore[no-unty
     await audit.record(uow.session, envelope)
 
 
+# Audit records are only written, never decided on: events waiting together share a transaction.
 AUDIT_CONSUMERS = [
-    Consumer(name=f"identity-audit-{service}", filter_subjects=[f"crm.{service}.>"], handler=_record_audit)
+    Consumer(
+        name=f"identity-audit-{service}",
+        filter_subjects=[f"crm.{service}.>"],
+        handler=_record_audit,
+        per_transaction=100,
+        batch=100,
+    )
     for service in AUDITED_SERVICES
 ]
 
