@@ -448,3 +448,16 @@ async def test_waiting_events_share_a_transaction_and_a_failing_one_is_handled_a
     assert attempts["poison"] >= 2  # in its batch, then alone (a permanent error is not retried further)
     async with db.read() as session:
         assert await session.scalar(select(func.count()).select_from(InboxEntry)) == 40
+
+    # The consumer is reset and the stream replayed in batches: the inbox recognises all forty, and the event
+    # that failed has its one effect now that it can be recorded.
+    await js.delete_consumer(stream_for_context("identity", settings.namespace), "audit")
+    fixed = Consumer(
+        name="audit", filter_subjects=[events_pb2.UserInvited], handler=record_effect, per_transaction=50
+    )
+    async with bus_for(test_infra, db, settings, fixed) as bus:
+        again = bus.runners["audit"]
+        await eventually(lambda: again.duplicates + again.handled == 41, what="the replay handled")
+    assert (again.handled, again.duplicates) == (1, 40)
+    assert again.transactions < 41
+    assert await effect_count(db) == 41

@@ -454,12 +454,16 @@ class ConsumerRunner:
     async def _apply_batch(self, ready: list[tuple[Msg, event_pb2.EventEnvelope, Message]]) -> None:
         handled = duplicates = 0
         async with self._unit_of_work() as uow:
+            new = await inbox.claim_many(
+                uow.session, consumer=self.consumer.name, event_ids=[e.id for _, e, _ in ready]
+            )
             for _, envelope, payload in ready:
+                if envelope.id not in new:  # handled before, or twice in this batch
+                    duplicates += 1
+                    continue
+                new.discard(envelope.id)
                 token = context.bind(self._context_of(envelope, envelope.trace_id))
                 try:
-                    if not await inbox.claim(uow.session, consumer=self.consumer.name, event_id=envelope.id):
-                        duplicates += 1
-                        continue
                     await self.consumer.handler(uow, envelope, payload)
                     handled += 1
                 finally:
