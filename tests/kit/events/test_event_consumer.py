@@ -119,7 +119,12 @@ async def test_handler_that_keeps_failing_ends_in_the_dead_letter_stream_after_b
         await eventually(lambda: stream_count(js, dlq), what="a dead letter")
         await eventually(lambda: bus.runners["welcome"].handled == 1, what="the next event handled meanwhile")
         runner = bus.runners["welcome"]
-        info = await js.consumer_info(stream_for_context("identity", settings.namespace), "welcome")
+
+        async def settled():  # the dead letter is published just before the poison event is terminated
+            info = await js.consumer_info(stream_for_context("identity", settings.namespace), "welcome")
+            return info if info.num_ack_pending == 0 and info.num_pending == 0 else None
+
+        info = await eventually(settled, what="nothing left pending")
 
     assert attempts == {"poison": 3, "fine": 1}
     assert (runner.retried, runner.dead_lettered) == (2, 1)
