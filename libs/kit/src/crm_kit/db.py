@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, String, func
+from sqlalchemy import DateTime, MetaData, String, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from crm_kit.errors import AlreadyExists, InvalidArgument, VersionMismatch
+from crm_kit.context import caller
+from crm_kit.errors import AlreadyExists, InvalidArgument, VersionMismatch, not_found
+from crm_kit.ids import is_uuid
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -181,3 +183,27 @@ __all__ = [
     "integrity_error",
     "utcnow",
 ]
+
+
+async def get_owned(
+    session: AsyncSession,
+    model: Any,
+    object_type: str,
+    object_id: str,
+    *,
+    lock: bool = False,
+    visible: Any = None,
+) -> Any:
+    """A row of the caller's tenant by id, inside `visible` (a WHERE clause, e.g. the caller's data scope) when
+    given. Another tenant's id, a malformed id, a missing id and a row outside `visible` are the same 404."""
+    if not object_id or not is_uuid(object_id):
+        raise not_found(object_type, object_id)
+    stmt = select(model).where(model.id == object_id, model.tenant_id == caller().tenant_id)
+    if visible is not None:
+        stmt = stmt.where(visible)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await session.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise not_found(object_type, object_id)
+    return row

@@ -20,7 +20,7 @@ from crm.identity.v1 import identity_pb2
 from sqlalchemy import false, or_, true
 from sqlalchemy.sql import ColumnElement
 
-from crm_kit.context import Principal
+from crm_kit.context import Principal, caller
 from crm_kit.errors import PermissionDenied
 
 OWN = identity_pb2.DATA_SCOPE_OWN
@@ -200,3 +200,8 @@ async def follow_policy_events(cache: PolicyCache, nc: Any, namespace: str = "")
             cache.invalidate(envelope.tenant_id)
 
     return await follow(nc, "crm.identity.v1.>", on_event, namespace)
+
+
+async def authorize(policies: PolicyCache, obj: str, action: str) -> Decision:
+    """The caller's decision for `action` on `obj`; a 403 when they may not."""
+    return (await policies.decide(caller(), obj, action)).require()

@@ -6,27 +6,16 @@ from collections.abc import Callable
 from typing import Any
 
 from crm.customers.v1 import customers_pb2 as pb
-from crm_kit import context
-from crm_kit.context import Principal
+from crm_kit.context import caller as caller  # re-exported, like authorize
 from crm_kit.db import expect_version as expect_version
+from crm_kit.db import get_owned as kit_get_owned
 from crm_kit.db import utcnow
-from crm_kit.errors import PermissionDenied, Unauthenticated, not_found
-from crm_kit.ids import is_uuid
-from crm_kit.policy import Decision, PolicyCache
+from crm_kit.errors import PermissionDenied
+from crm_kit.policy import Decision
+from crm_kit.policy import authorize as authorize
 from crm_kit.timestamps import ts as ts  # re-exported: domain modules import it from here
-from sqlalchemy import and_, or_, select, true
+from sqlalchemy import and_, or_, true
 from sqlalchemy.ext.asyncio import AsyncSession
-
-
-def caller() -> Principal:
-    principal = context.current().principal
-    if principal is None:
-        raise Unauthenticated("a credential is required", reason="missing_credential")
-    return principal
-
-
-async def authorize(policies: PolicyCache, obj: str, action: str) -> Decision:
-    return (await policies.decide(caller(), obj, action)).require()
 
 
 def visible(decision: Decision, model: Any) -> Any:
@@ -66,19 +55,14 @@ async def get_owned(
     """A row of the caller's tenant by id, inside the caller's data scope when a decision is given. Another
     tenant's id, a malformed id, a missing id and a record outside the scope are the same 404.
     `deleted`: False (default) live rows only, True recycle-bin rows only, None either."""
-    if not object_id or not is_uuid(object_id):
-        raise not_found(object_type, object_id)
-    stmt = select(model).where(model.id == object_id, model.tenant_id == caller().tenant_id)
+    clauses = []
     if deleted is not None and hasattr(model, "deleted_at"):
-        stmt = stmt.where(model.deleted_at.is_not(None) if deleted else model.deleted_at.is_(None))
+        clauses.append(model.deleted_at.is_not(None) if deleted else model.deleted_at.is_(None))
     if decision is not None:
-        stmt = stmt.where(visible(decision, model))
-    if lock:
-        stmt = stmt.with_for_update()
-    row = (await session.execute(stmt)).scalar_one_or_none()
-    if row is None:
-        raise not_found(object_type, object_id)
-    return row
+        clauses.append(visible(decision, model))
+    return await kit_get_owned(
+        session, model, object_type, object_id, lock=lock, visible=and_(*clauses) if clauses else None
+    )
 
 
 def rule_names(field: str) -> set[str]:

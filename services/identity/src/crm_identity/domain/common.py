@@ -7,14 +7,11 @@ import secrets
 from typing import Any
 
 from crm.identity.v1 import identity_pb2
-from crm_kit import context
-from crm_kit.context import Principal
-from crm_kit.errors import Unauthenticated, not_found
-from crm_kit.policy import Decision, PolicyCache
+from crm_kit.context import caller as caller  # re-exported, like the two below
+from crm_kit.db import get_owned as get_owned
+from crm_kit.policy import authorize as authorize
 from crm_kit.timestamps import ts
 from google.protobuf import json_format
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_identity import models
 
@@ -29,31 +26,6 @@ def sha256(value: str) -> str:
 
 def random_token(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
-
-
-def caller() -> Principal:
-    principal = context.current().principal
-    if principal is None:
-        raise Unauthenticated("a credential is required", reason="missing_credential")
-    return principal
-
-
-async def authorize(policies: PolicyCache, obj: str, action: str) -> Decision:
-    principal = caller()
-    return (await policies.decide(principal, obj, action)).require()
-
-
-async def get_owned(
-    session: AsyncSession, model: Any, object_type: str, object_id: str, *, lock: bool = False
-) -> Any:
-    """A row of the caller's tenant by id; any other tenant's id (or a malformed one) is simply not found."""
-    stmt = select(model).where(model.id == object_id, model.tenant_id == caller().tenant_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    row = (await session.execute(stmt)).scalar_one_or_none() if len(object_id) <= 36 else None
-    if row is None:
-        raise not_found(object_type, object_id)
-    return row
 
 
 # ---------------------------------------------------------------- messages

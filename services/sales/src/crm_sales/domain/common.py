@@ -7,57 +7,20 @@ from collections.abc import Iterable
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from crm_kit import context
-from crm_kit.context import Principal
-from crm_kit.errors import InvalidArgument, Unauthenticated, not_found
+from crm_kit.context import caller as caller  # re-exported, like the two below
+from crm_kit.db import get_owned as get_owned
+from crm_kit.errors import InvalidArgument
 from crm_kit.ids import is_uuid
-from crm_kit.policy import Decision, PolicyCache
+from crm_kit.policy import authorize as authorize
 from crm_kit.timestamps import ts as ts  # re-exported: domain modules import it from here
 from crm_kit.validation import Check
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 FD = FieldDescriptor
 CENT = Decimal("0.01")
 MAX_MONEY = Decimal("1e17")
-
-
-def caller() -> Principal:
-    principal = context.current().principal
-    if principal is None:
-        raise Unauthenticated("a credential is required", reason="missing_credential")
-    return principal
-
-
-async def authorize(policies: PolicyCache, obj: str, action: str) -> Decision:
-    return (await policies.decide(caller(), obj, action)).require()
-
-
-async def get_owned(
-    session: AsyncSession,
-    model: Any,
-    object_type: str,
-    object_id: str,
-    *,
-    lock: bool = False,
-    visible: Any = None,
-) -> Any:
-    """A row of the caller's tenant by id; another tenant's id, a malformed id or a row outside the caller's
-    data scope (`visible`, a WHERE clause) is simply not found."""
-    if not is_uuid(object_id):
-        raise not_found(object_type, object_id)
-    stmt = select(model).where(model.id == object_id, model.tenant_id == caller().tenant_id)
-    if visible is not None:
-        stmt = stmt.where(visible)
-    if lock:
-        stmt = stmt.with_for_update()
-    row = (await session.execute(stmt)).scalar_one_or_none()
-    if row is None:
-        raise not_found(object_type, object_id)
-    return row
 
 
 # ---------------------------------------------------------------- decimals
