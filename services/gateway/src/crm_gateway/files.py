@@ -379,9 +379,7 @@ async def _forward_upload(
     try:
         response = await call(parts(), timeout=gateway.settings.file_timeout_seconds, metadata=metadata)
     except grpc.RpcError as exc:
-        rendered = render(from_grpc(exc), path)
-        headers = {k: v for k, v in rendered.headers.items() if k.lower() != "content-length"}
-        return Reply(rendered.status_code, bytes(rendered.body), headers)
+        return Reply.of_rpc_error(exc, path)
     route = plan.route
     assert isinstance(route, Upload)
     answer = json_format.MessageToDict(getattr(response, route.unwrap) if route.unwrap else response, **TO_DICT)

@@ -34,13 +34,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import grpc
 import nats
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from crm_gateway.problems import ProblemError
+from crm_gateway.problems import ProblemError, from_grpc, render
 
 log = logging.getLogger("crm.gateway.idempotency")
 
@@ -55,6 +56,13 @@ class Reply:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_rpc_error(cls, exc: grpc.RpcError, path: str) -> Reply:
+        """A service's refusal as the problem+json answer (kept, so an idempotent replay repeats it too)."""
+        rendered = render(from_grpc(exc), path)
+        headers = {k: v for k, v in rendered.headers.items() if k.lower() != "content-length"}
+        return cls(rendered.status_code, bytes(rendered.body), headers)
 
 
 def bucket_name(namespace: str) -> str:

@@ -257,10 +257,7 @@ class Gateway:
         try:
             response = await self._calls[plan.grpc_path](message, timeout=self.timeout, metadata=metadata)
         except grpc.RpcError as exc:
-            problem = from_grpc(exc)
-            rendered = render(problem, path)
-            headers = {k: v for k, v in rendered.headers.items() if k.lower() not in ("content-length",)}
-            return Reply(problem.status, bytes(rendered.body), headers)
+            return Reply.of_rpc_error(exc, path)
         return plan.render(response)
 
 
