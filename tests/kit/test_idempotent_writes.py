@@ -17,8 +17,12 @@ def keyed(company, key):
 async def test_a_retried_write_is_answered_from_the_first_attempt_and_creates_one_object(identity):
     company = await sign_up(identity)
     key = uuid.uuid4().hex
-    first = await identity.CreateDepartment(pb.CreateDepartmentRequest(name="华北区"), metadata=keyed(company, key))
-    again = await identity.CreateDepartment(pb.CreateDepartmentRequest(name="华北区"), metadata=keyed(company, key))
+    first = await identity.CreateDepartment(
+        pb.CreateDepartmentRequest(name="华北区"), metadata=keyed(company, key)
+    )
+    again = await identity.CreateDepartment(
+        pb.CreateDepartmentRequest(name="华北区"), metadata=keyed(company, key)
+    )
     assert again.department.id == first.department.id
     listed = await identity.ListDepartments(pb.ListDepartmentsRequest(), metadata=company.md)
     assert [d.id for d in listed.items] == [first.department.id]
@@ -47,7 +51,9 @@ async def test_a_key_cannot_be_reused_for_another_request(identity):
     company = await sign_up(identity)
     key = uuid.uuid4().hex
     await identity.CreateDepartment(pb.CreateDepartmentRequest(name="东北区"), metadata=keyed(company, key))
-    err = await rpc_error(identity.CreateRole(pb.CreateRoleRequest(name="临时"), metadata=keyed(company, key)))
+    err = await rpc_error(
+        identity.CreateRole(pb.CreateRoleRequest(name="临时"), metadata=keyed(company, key))
+    )
     assert from_rpc_error(err).reason == "idempotency_key_reused"
 
 

@@ -389,8 +389,37 @@ def test_consumer_declaration_refuses_what_jetstream_would():
         )
     with pytest.raises(ValueError, match="max_deliver"):
         Consumer(name="x", filter_subjects=[events_pb2.UserInvited], handler=record_effect, max_deliver=2)
-    with pytest.raises(ValueError, match="plain token"):
-        Consumer(name="a.b", filter_subjects=[events_pb2.UserInvited], handler=record_effect)
+    for name in ("a.b", "a b", "it's", "a>", ""):
+        with pytest.raises(ValueError, match="letters, digits"):
+            Consumer(name=name, filter_subjects=[events_pb2.UserInvited], handler=record_effect)
+
+
+async def test_an_event_id_from_outside_the_kit_is_claimed_safely_and_once(
+    test_infra, with_effects, settings, nc
+):
+    """Ids the kit's outbox writes are UUIDs, claimed in the round trip of BEGIN; any other id (another
+    publisher's, or a hostile one) takes the parameterised path and is still handled once."""
+    db = with_effects
+    consumer = Consumer(name="welcome", filter_subjects=[events_pb2.UserInvited], handler=record_effect)
+    odd_ids = ["evt'); DELETE FROM effects; --", new_id().upper()]
+    async with bus_for(test_infra, db, settings, consumer) as bus:
+        js = nc.jetstream()
+        subject = namespaced("crm.identity.v1.UserInvited", settings.namespace)
+        for event_id in odd_ids:
+            envelope = event_pb2.EventEnvelope(id=event_id, type="crm.identity.v1.UserInvited", tenant_id="t")
+            envelope.payload.Pack(events_pb2.UserInvited(email="odd@example.com"))
+            for copy in ("first", "second"):
+                await js.publish(
+                    subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": event_id + copy}
+                )
+        await eventually(lambda: bus.runners["welcome"].acked == 4, what="four deliveries acked")
+        assert (bus.runners["welcome"].handled, bus.runners["welcome"].duplicates) == (2, 2)
+    assert await effect_count(db) == 2
+    async with db.read() as session:
+        claimed = set(
+            await session.scalars(select(InboxEntry.event_id).where(InboxEntry.consumer == "welcome"))
+        )
+    assert claimed == set(odd_ids)
 
 
 def test_a_consumer_decodes_another_services_events_it_never_imported():
@@ -447,7 +476,9 @@ async def test_waiting_events_share_a_transaction_and_a_failing_one_is_handled_a
     async with bus_for(test_infra, db, settings, consumer) as bus:
         runner = bus.runners["audit"]
         await eventually(lambda: runner.handled == 40, what="forty events handled")
-        await eventually(lambda: stream_count(js, dead_letter_stream(settings.namespace)), what="a dead letter")
+        await eventually(
+            lambda: stream_count(js, dead_letter_stream(settings.namespace)), what="a dead letter"
+        )
     assert await effect_count(db) == 40  # the failed batches left nothing; every good event once
     assert runner.transactions < 40  # batches, not one transaction per event
     assert attempts["poison"] >= 2  # in its batch, then alone (a permanent error is not retried further)

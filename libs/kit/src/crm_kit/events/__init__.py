@@ -8,7 +8,7 @@ from crm_kit.events.bus import EventBus, connect_nats
 from crm_kit.events.config import EventSettings
 from crm_kit.events.consumer import Consumer, PermanentError
 from crm_kit.events.inbox import InboxEntry
-from crm_kit.events.outbox import OutboxEvent, record
+from crm_kit.events.outbox import OutboxEvent
 from crm_kit.events.relay import OutboxRelay
 from crm_kit.events.schema import create_all, create_tables, drop_tables
 from crm_kit.events.streams import ensure_streams
@@ -26,5 +26,4 @@ __all__ = [
     "create_tables",
     "drop_tables",
     "ensure_streams",
-    "record",
 ]

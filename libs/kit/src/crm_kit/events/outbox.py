@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import asyncpg
 from crm.common.v1 import event_pb2
 from google.protobuf import any_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from opentelemetry import trace
 from sqlalchemy import DDL, BigInteger, DateTime, Identity, Index, LargeBinary, String, Text, event
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_kit import context
@@ -138,17 +138,29 @@ def build_envelope(
     )
 
 
-def record(session: AsyncSession, payload: Message, **kwargs: Any) -> event_pb2.EventEnvelope:
-    """Add the event to the session's transaction. Arguments as for `build_envelope`."""
-    envelope = build_envelope(payload, **kwargs)
-    session.add(
-        OutboxEvent(
-            id=envelope.id,
-            subject=subject_for(envelope.type),
-            tenant_id=envelope.tenant_id,
-            aggregate_id=envelope.aggregate_id,
-            envelope=envelope.SerializeToString(),
-            traceparent=current_traceparent(),
-        )
+def outbox_row(envelope: event_pb2.EventEnvelope) -> tuple[str, str, str, str, bytes, str]:
+    """The outbox columns of an event: id, subject, tenant, aggregate, envelope bytes, traceparent."""
+    return (
+        envelope.id,
+        subject_for(envelope.type),
+        envelope.tenant_id,
+        envelope.aggregate_id,
+        envelope.SerializeToString(),
+        current_traceparent(),
     )
-    return envelope
+
+
+# All events of a transaction in one statement, in the order they were emitted (`seq` follows it). Sent on the
+# driver at the end of the unit of work: one round trip and none of the ORM's flush, which measured about half
+# a millisecond of Python per event row.
+INSERT = (
+    "INSERT INTO outbox_events (id, subject, tenant_id, aggregate_id, envelope, traceparent, created_at) "
+    "SELECT id, subject, tenant_id, aggregate_id, envelope, traceparent, now() FROM "
+    "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[]) WITH ORDINALITY "
+    "AS e(id, subject, tenant_id, aggregate_id, envelope, traceparent, n) ORDER BY n"
+)
+
+
+async def write(driver: asyncpg.Connection, rows: list[tuple[str, str, str, str, bytes, str]]) -> None:
+    """Insert `rows` (from `outbox_row`) on the transaction's driver connection."""
+    await driver.execute(INSERT, *(list(column) for column in zip(*rows, strict=True)))
