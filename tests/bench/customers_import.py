@@ -224,6 +224,7 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
     finally:
         stack.stop_all()
         stack.drop_databases()
+        await infra.delete_streams(nats_url, stack.env["CRM_EVENTS_NAMESPACE"])
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -209,6 +209,7 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
     n = int(os.environ.get("CRM_BENCH_ACCOUNTS", "1000000"))
     runs = int(os.environ.get("CRM_BENCH_RUNS", "200"))
     tag = uuid.uuid4().hex[:6]
+    own_namespace = "CRM_EVENTS_NAMESPACE" not in os.environ
     os.environ.setdefault("CRM_EVENTS_NAMESPACE", f"bench{tag}")
     identity_db = f"bench{tag}_identity"
     customers_db = f"bench{tag}_customers"
@@ -341,6 +342,8 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
         await identity.stop(grace_seconds=1)
         await infra.drop_database(admin_dsn, customers_db)
         await infra.drop_database(admin_dsn, identity_db)
+        if own_namespace:
+            await infra.delete_streams(nats_url, f"bench{tag}")
 
 
 async def _floor(

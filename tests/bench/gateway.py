@@ -179,6 +179,7 @@ async def measure(
             process.wait(10)
         stack.stop_all()
         stack.drop_databases()
+        await infra.delete_streams(nats_url, stack.env["CRM_EVENTS_NAMESPACE"])
 
 
 async def run(*, admin_dsn: str, nats_url: str) -> dict:

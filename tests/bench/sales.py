@@ -290,6 +290,7 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
                 race = await claim_race(identity, leads_pb2_grpc.LeadsServiceStub(sales_channel))
         return {"board": board, "claim_race": race}
     finally:
+        await infra.delete_streams(nats_url, f"b{run_id}")
         if previous is None:
             os.environ.pop("CRM_EVENTS_NAMESPACE", None)
         else:

@@ -222,3 +222,21 @@ def provide(work_dir: Path) -> Iterator[tuple[str, str, str]]:
     finally:
         for cleanup in reversed(cleanups):
             cleanup()
+
+
+async def delete_streams(nats_url: str, namespace: str) -> int:
+    """Delete every JetStream stream of an events namespace (event streams, dead letters, key-value buckets):
+    what a test run or a benchmark made, once it is done. Returns how many went."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    deleted = 0
+    try:
+        js = nc.jetstream()
+        for stream in await js.streams_info():
+            if namespace in stream.config.name:
+                await js.delete_stream(stream.config.name)
+                deleted += 1
+    finally:
+        await nc.close()
+    return deleted

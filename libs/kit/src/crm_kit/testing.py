@@ -83,6 +83,8 @@ async def test_infra(_infra_sources: tuple[str, str, str]) -> AsyncIterator[Test
     await asyncio.gather(
         *(infra.drop_database(pg_dsn, name) for name in run.databases), return_exceptions=True
     )
+    # The run's streams go with it, so a NATS server that outlives many runs does not fill up with them.
+    await infra.delete_streams(nats_url, run.events_namespace)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
