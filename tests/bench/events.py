@@ -8,13 +8,14 @@ set, else testcontainers or the embedded servers, via `crm_kit.infra.provide`):
 (a) raw JetStream publish -> ack round trip, sequential (the floor any durable event pays), into a stream
     configured like the event streams;
 (b) event commit -> consumer effect: a unit of work commits an event; the relay publishes it; a consumer's
-    handler writes an effect row in its own unit of work; measured from just before the writer's commit to
-    the commit of the effect, sequential, one event in flight at a time;
+    handler, in a process of its own as a consuming service is, writes an effect row in its own unit of work;
+    measured from just before the writer's commit to the commit of the effect, sequential, one event in
+    flight at a time;
 
 and reports the ratios (b)/(a) at p50 and p99. Targets: p50 <= 10x, p99 <= 25x. Beside them, the floor: the
 same path done by hand on raw asyncpg and nats-py (two durable commits and one publish), the ratio the backbone
-could reach on this machine. The two are interleaved (four
-publishes, one event, …) so that other load on the machine weighs on both alike.
+could reach on this machine. (a) and (b) are interleaved (one publish, one event, …) so that other load on the
+machine weighs on both alike.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -41,9 +43,7 @@ from crm_kit.db import Database, UnitOfWork
 from crm_kit.events import Consumer, EventBus, EventSettings, create_all, ensure_streams
 from crm_kit.events.subjects import dead_letter_stream, namespaced, stream_for_context
 from crm_kit.ids import new_id
-from sqlalchemy import Column, Identity, Integer, MetaData, String, Table, event, insert
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy import Column, Identity, Integer, MetaData, String, Table, insert
 
 TARGET_P50 = 10.0
 TARGET_P99 = 25.0
@@ -72,56 +72,62 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-class _EffectSession(Session):
-    """Sessions of the consumer's database: note when a transaction that wrote an effect has committed."""
+CONSUMER = "bench-effects"
 
 
-committed: dict[str, asyncio.Future[float]] = {}
+async def consume(url: str, nats_url: str, namespace: str) -> None:
+    """The consuming service, in a process of its own (`python -m tests.bench.events consume ...`): handles the
+    events into effect rows and prints `<event id> <time>` for each, the time taken right after its commit."""
 
+    async def write_effect(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload: Any) -> None:
+        await uow.session.execute(insert(effects).values(event_id=envelope.id))
+        uow.on_commit(lambda: print(envelope.id, time.perf_counter(), flush=True))
 
-@event.listens_for(_EffectSession, "after_commit")
-def _after_commit(session: Session) -> None:
-    event_id = session.info.pop("bench_event", None)
-    if event_id is not None:
-        future = committed.get(event_id)
-        if future is not None and not future.done():
-            future.set_result(time.perf_counter())
-
-
-async def write_effect(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload: Any) -> None:
-    await uow.session.execute(insert(effects).values(event_id=envelope.id))
-    uow.session.sync_session.info["bench_event"] = envelope.id
+    database = Database(url, pool_size=4)
+    reactor = EventBus(
+        service="bench",
+        database=database,
+        nats_url=nats_url,
+        settings=EventSettings(namespace=namespace),
+        consumers=[Consumer(name=CONSUMER, filter_subjects=[events_pb2.UserInvited], handler=write_effect)],
+        relay=False,
+    )
+    await reactor.start()
+    print("ready", flush=True)
+    try:
+        # Until the measuring process closes our stdin.
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    finally:
+        await reactor.stop()
+        await database.dispose()
 
 
 async def measure(
-    url: str, nats_url: str, settings: EventSettings, *, publishes: int, events: int
+    url: str, nats_url: str, settings: EventSettings, *, events: int
 ) -> tuple[list[float], list[float]]:
-    """Both measurements, interleaved (a few raw publishes, then one event, and again), so that load from
-    anything else on the machine falls on both alike and the ratio stays meaningful."""
+    """Both measurements, interleaved (one raw publish, then one event, and again), so that load from anything
+    else on the machine falls on both alike and the ratio stays meaningful.
+
+    The writer and its relay run here; the consumer runs in a process of its own, as a consuming service does
+    (`consume`). Both take their times from the same monotonic clock (`time.perf_counter`, CLOCK_MONOTONIC,
+    the same in every process of the machine)."""
     writer_db = Database(url, pool_size=4)
-    consumer_db = Database(url, pool_size=4)
-    consumer_db.sessions = async_sessionmaker(
-        consumer_db.engine, expire_on_commit=False, sync_session_class=_EffectSession
-    )
-    async with consumer_db.engine.begin() as conn:
+    async with writer_db.engine.begin() as conn:
         await conn.run_sync(effects.metadata.create_all)
     producer = EventBus(service="identity", database=writer_db, nats_url=nats_url, settings=settings)
-    consumer = Consumer(name="bench-effects", filter_subjects=[events_pb2.UserInvited], handler=write_effect)
-    reactor = EventBus(
-        service="bench",
-        database=consumer_db,
-        nats_url=nats_url,
-        settings=settings,
-        consumers=[consumer],
-        relay=False,
-    )
     raw_client = await nats.connect(nats_url)
     await producer.start()
-    await reactor.start()
-    loop = asyncio.get_running_loop()
+    reactor = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.bench.events", "consume", url, nats_url, settings.namespace,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert reactor.stdout is not None and reactor.stdin is not None
     raw: list[float] = []
     effect: list[float] = []
     try:
+        ready = await asyncio.wait_for(reactor.stdout.readline(), 60)
+        if ready.strip() != b"ready":
+            raise RuntimeError(f"the consumer process did not start: {ready!r}")
         js = raw_client.jetstream()
         # Its own stream, configured as the event streams are (file storage, duplicate window).
         await ensure_streams(js, ["benchraw"], settings)
@@ -132,22 +138,20 @@ async def measure(
         payload = sample.SerializeToString()
         assert producer.relay is not None
         await asyncio.wait_for(producer.relay.active.wait(), 30)
+        stream = stream_for_context("identity", settings.namespace)
 
-        per_round = max(1, publishes // events)
         warmup = 50
-        runner = reactor.runners[consumer.name]
         for i in range(events + warmup):
             # Publish on a quiet system: the previous event's consumer has acked (the relay is idle by then).
-            while runner.acked < i:  # noqa: ASYNC110 - a bare yield; an Event would add a hop of its own
-                await asyncio.sleep(0)
-            for _ in range(per_round):
-                start = time.perf_counter()
-                await js.publish(raw_subject, payload, headers={"Nats-Msg-Id": new_id()})
-                if i >= warmup:
-                    raw.append(time.perf_counter() - start)
+            while (await js.consumer_info(stream, CONSUMER)).num_ack_pending:  # noqa: ASYNC110 - asks JetStream
+                await asyncio.sleep(0.0005)
+            start = time.perf_counter()
+            await js.publish(raw_subject, payload, headers={"Nats-Msg-Id": new_id()})
+            if i >= warmup:
+                raw.append(time.perf_counter() - start)
 
             async with writer_db.unit_of_work() as uow:
-                uow.emit(
+                pending = uow.emit(
                     events_pb2.UserInvited(email=f"bench-{i}@example.com"),
                     aggregate_type="user",
                     aggregate_id=f"user-{i % 10}",
@@ -155,22 +159,23 @@ async def measure(
                     action="invited",
                     tenant_id="bench",
                 )
-                [pending] = list(uow.session.new)
-                future: asyncio.Future[float] = loop.create_future()
-                committed[pending.id] = future
-                await uow.session.flush()
+                await uow.flush()
                 start = time.perf_counter()  # what is left is the commit
-            done = await asyncio.wait_for(future, 10)
-            committed.pop(pending.id, None)
+            event_id, done = (await asyncio.wait_for(reactor.stdout.readline(), 10)).split()
+            if event_id.decode() != pending.id:
+                raise RuntimeError(f"effect of {event_id.decode()} while waiting for {pending.id}")
             if i >= warmup:
-                effect.append(done - start)
+                effect.append(float(done) - start)
         return raw, effect
     finally:
-        await reactor.stop()
+        reactor.stdin.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reactor.wait(), 30)
+        if reactor.returncode is None:
+            reactor.kill()
         await producer.stop()
         await raw_client.close()
         await writer_db.dispose()
-        await consumer_db.dispose()
 
 
 async def measure_floor(dsn: str, nats_url: str, settings: EventSettings, *, events: int) -> list[float]:
@@ -228,6 +233,7 @@ async def _delete_streams(nats_url: str, settings: EventSettings) -> None:
         for stream in (
             stream_for_context("identity", settings.namespace),
             stream_for_context("benchraw", settings.namespace),
+            stream_for_context("benchfloor", settings.namespace),
             dead_letter_stream(settings.namespace),
         ):
             with contextlib.suppress(nats.js.errors.NotFoundError):
@@ -237,22 +243,22 @@ async def _delete_streams(nats_url: str, settings: EventSettings) -> None:
 
 
 async def run(
-    *, publishes: int = 2000, events: int = 500, admin_dsn: str | None = None, nats_url: str | None = None
+    *, events: int = 1000, admin_dsn: str | None = None, nats_url: str | None = None
 ) -> dict[str, Any]:
     """Measure and report. Pass `admin_dsn` and `nats_url` to reuse running infrastructure; else
     `crm_kit.infra.provide` supplies it (the environment's URLs, testcontainers, or the embedded servers)."""
     if admin_dsn and nats_url:
-        return await _run(admin_dsn, nats_url, "given", publishes=publishes, events=events)
+        return await _run(admin_dsn, nats_url, "given", events=events)
     work = Path(tempfile.mkdtemp(prefix="crm-bench-events-"))
     try:
         with infra.provide(work) as (admin_dsn, nats_url, source):
             await infra.wait_for_postgres(admin_dsn)
-            return await _run(admin_dsn, nats_url, source, publishes=publishes, events=events)
+            return await _run(admin_dsn, nats_url, source, events=events)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _run(admin_dsn: str, nats_url: str, source: str, *, publishes: int, events: int) -> dict[str, Any]:
+async def _run(admin_dsn: str, nats_url: str, source: str, *, events: int) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     db_name = f"crm_bench_{run_id}"
     settings = EventSettings(namespace=f"bench{run_id}")
@@ -262,7 +268,7 @@ async def _run(admin_dsn: str, nats_url: str, source: str, *, publishes: int, ev
         setup = Database(url, pool_size=1)
         await create_all(setup.engine)
         await setup.dispose()
-        raw, effect = await measure(url, nats_url, settings, publishes=publishes, events=events)
+        raw, effect = await measure(url, nats_url, settings, events=events)
         floor = await measure_floor(infra.asyncpg_dsn(admin_dsn, db_name), nats_url, settings, events=events)
     finally:
         await _delete_streams(nats_url, settings)
@@ -283,7 +289,10 @@ async def _run(admin_dsn: str, nats_url: str, source: str, *, publishes: int, ev
 
 
 def main() -> None:
-    print(json.dumps(asyncio.run(run()), indent=2))
+    if sys.argv[1:2] == ["consume"]:
+        asyncio.run(consume(*sys.argv[2:5]))
+    else:
+        print(json.dumps(asyncio.run(run()), indent=2))
 
 
 if __name__ == "__main__":
