@@ -134,7 +134,8 @@ async def transaction(
     cancellation) it rolls back; a connection whose rollback fails is invalidated, so no connection goes back
     to the pool inside a transaction.
     """
-    driver = (await connection.get_raw_connection()).driver_connection
+    # The connection is checked out and live, so its driver connection is at hand without a greenlet hop.
+    driver = connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
     status = await driver.execute(f"BEGIN; {then}" if then else "BEGIN")
     try:
         yield driver, status

@@ -261,7 +261,9 @@ class OutboxRelay:
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
         """Publish `rows` until JetStream acked every one; retried with backoff while NATS fails."""
-        remaining = list(rows)
+        remaining, _ = await self._publish_once(list(rows))
+        if not remaining:
+            return  # the usual case, without setting up the retry machinery
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Unpublished),
             wait=wait_exponential_jitter(multiplier=0.05, max=self.settings.relay_max_backoff, jitter=0.1),
