@@ -89,3 +89,22 @@ async def test_a_cancelled_unit_of_work_writes_nothing_and_leaves_its_connection
         await assert_no_transaction_left_open(db)
     finally:
         await db.dispose()
+
+
+async def test_a_failed_savepoint_takes_its_events_with_it(db_url):
+    db = Database(db_url, pool_size=1)
+    try:
+        async with db.unit_of_work() as uow:
+            emit_invite(uow, aggregate_id="kept-before", version=1)
+            with pytest.raises(RuntimeError):
+                async with uow.savepoint():
+                    emit_invite(uow, aggregate_id="refused", version=1)
+                    await uow.flush()
+                    raise RuntimeError("this row is refused")
+            async with uow.savepoint():
+                emit_invite(uow, aggregate_id="kept-after", version=1)
+        async with db.read() as session:
+            written = set(await session.scalars(select(OutboxEvent.aggregate_id)))
+        assert written == {"kept-before", "kept-after"}
+    finally:
+        await db.dispose()

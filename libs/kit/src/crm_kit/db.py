@@ -202,6 +202,21 @@ class UnitOfWork:
             await outbox.write(driver, self.events[self._written :])
             self._written = len(self.events)
 
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A part of the transaction that can fail alone (SAVEPOINT): when it raises, its changes and the events
+        it emitted are undone and the rest of the transaction goes on. Use this, not `session.begin_nested()`,
+        which would keep the failed part's events."""
+        emitted, written = len(self.events), self._written
+        try:
+            async with self.session.begin_nested():
+                yield
+        except BaseException:
+            # Rows written inside the savepoint are gone with it, earlier events among them.
+            del self.events[emitted:]
+            self._written = min(self._written, written)
+            raise
+
     async def flush(self) -> None:
         """Send everything pending now rather than at the end: the session's changes and the events emitted so
         far (for a constraint error to surface at this point, or for the rows to be seen by a raw query)."""

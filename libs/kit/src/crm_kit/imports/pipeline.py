@@ -142,7 +142,7 @@ async def commit_batch(
             if r.action not in ("create", "update"):
                 continue
             try:
-                async with session.begin_nested():
+                async with uow.savepoint():
                     await batcher.write(session, [r], uow)
             except REFUSALS as exc:
                 r.action = "failed"

@@ -112,7 +112,7 @@ class RelationshipBatcher(Batcher):
                 note=v.get("note", ""),
             )
             try:
-                async with session.begin_nested():
+                async with uow.savepoint():
                     await domain.create(uow, request, EVERYWHERE)
             except DomainError as exc:
                 r.action = "failed"
