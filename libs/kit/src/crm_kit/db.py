@@ -100,12 +100,8 @@ class Database:
                         await session.flush()
                         await _mark_idempotent_request(session)
                         await uow.write_events(driver)
-            except IntegrityError as exc:
-                raise integrity_error(exc) from exc
-            except DBAPIError as exc:
-                raise data_error(exc) or exc from exc
-            except asyncpg.IntegrityConstraintViolationError as exc:  # at COMMIT (deferred constraints)
-                raise integrity_error(exc) from exc
+            except (DBAPIError, asyncpg.PostgresError) as exc:
+                raise caller_error(exc) or exc from exc
             uow.committed(self.after_commit_hooks)
 
     @asynccontextmanager
@@ -121,6 +117,12 @@ class Database:
         await self.engine.dispose()
 
 
+def driver_of(connection: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a checked-out SQLAlchemy connection, for statements that skip SQLAlchemy
+    (the kit's transaction statements, COPY). It is live once checked out, so no greenlet hop is needed."""
+    return connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+
+
 @asynccontextmanager
 async def transaction(
     connection: AsyncConnection, *, then: str = ""
@@ -134,8 +136,7 @@ async def transaction(
     cancellation) it rolls back; a connection whose rollback fails is invalidated, so no connection goes back
     to the pool inside a transaction.
     """
-    # The connection is checked out and live, so its driver connection is at hand without a greenlet hop.
-    driver = connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+    driver = driver_of(connection)
     status = await driver.execute(f"BEGIN; {then}" if then else "BEGIN")
     try:
         yield driver, status
@@ -221,8 +222,7 @@ class UnitOfWork:
         """Send everything pending now rather than at the end: the session's changes and the events emitted so
         far (for a constraint error to surface at this point, or for the rows to be seen by a raw query)."""
         await self.session.flush()
-        driver = (await (await self.session.connection()).get_raw_connection()).driver_connection
-        await self.write_events(driver)
+        await self.write_events(driver_of(await self.session.connection()))
 
 
 # Values PostgreSQL cannot store or compare: the caller's input, not our fault (e.g. a NUL character).
@@ -244,10 +244,21 @@ def _sqlstate(exc: Exception) -> str | None:
     return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
 
 
-def data_error(exc: DBAPIError) -> Exception | None:
+def data_error(exc: DBAPIError | asyncpg.PostgresError) -> Exception | None:
     """A database error caused by bad input, as a 422; None for anything else (a real fault)."""
     message = BAD_INPUT_SQLSTATES.get(_sqlstate(exc) or "")
     return InvalidArgument(f"invalid input: {message}", reason="invalid_value") if message else None
+
+
+def caller_error(exc: BaseException) -> Exception | None:
+    """A database error the caller's input caused, as the domain error to answer with (409 or 422); None for
+    anything else (a real fault). Takes SQLAlchemy's wrapped errors and the driver's own (raised by statements
+    the kit sends on the driver, COMMIT among them)."""
+    if isinstance(exc, IntegrityError | asyncpg.IntegrityConstraintViolationError):
+        return integrity_error(exc)
+    if isinstance(exc, DBAPIError | asyncpg.PostgresError):
+        return data_error(exc)
+    return None
 
 
 def integrity_error(exc: IntegrityError | asyncpg.IntegrityConstraintViolationError) -> Exception:
@@ -267,6 +278,8 @@ __all__ = [
     "TenantOwned",
     "Timestamped",
     "UnitOfWork",
+    "caller_error",
+    "driver_of",
     "expect_version",
     "for_tenant",
     "integrity_error",

@@ -9,9 +9,10 @@ def new_id() -> str:
     return str(uuid_utils.uuid7())
 
 
-def is_uuid(value: str) -> bool:
+def is_uuid(value: str, *, canonical: bool = False) -> bool:
+    """Whether `value` is a UUID; with `canonical`, only in the form `new_id` writes (lower-case, hyphenated)."""
     try:
-        uuid.UUID(value)
+        parsed = uuid.UUID(value)
     except (ValueError, TypeError, AttributeError):
         return False
-    return True
+    return not canonical or str(parsed) == value

@@ -51,12 +51,11 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, TracerProvider
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from crm_kit import context
-from crm_kit.db import Database, UnitOfWork, integrity_error, transaction
+from crm_kit.db import Database, UnitOfWork, caller_error, driver_of, transaction
 from crm_kit.events import inbox
 from crm_kit.events.config import EventSettings
 from crm_kit.events.subjects import (
@@ -574,8 +573,9 @@ class ConsumerRunner:
             self._connection = None
             with contextlib.suppress(Exception):
                 await connection.close()
-            if isinstance(exc, IntegrityError | asyncpg.IntegrityConstraintViolationError):
-                raise integrity_error(exc) from exc
+            mapped = caller_error(exc)
+            if mapped is not None:
+                raise mapped from exc
             raise
         self.transactions += 1
         uow.committed(self.database.after_commit_hooks)
@@ -584,8 +584,7 @@ class ConsumerRunner:
         if self._connection is None or self._connection.closed:
             connection = await self._engine.connect()
             try:
-                driver = (await connection.get_raw_connection()).driver_connection
-                self._claim = await driver.prepare(inbox.CLAIM)
+                self._claim = await driver_of(connection).prepare(inbox.CLAIM)
             except BaseException:
                 await connection.close()
                 raise

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import uuid
 
 import asyncpg
 from sqlalchemy import DateTime, Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_kit.db import Base
+from crm_kit.ids import is_uuid
 
 
 class InboxEntry(Base):
@@ -57,7 +57,7 @@ def claim_with_begin(consumer: str, event_id: str) -> str:
     `then`), saving a round trip per event; its status is "INSERT 0 1" when claimed. "" when the values could
     need quoting: it takes only a consumer name of letters, digits, '-' and '_' and an event id in canonical
     UUID form (what the kit's outbox writes), so nothing from a message is ever spliced into SQL unchecked."""
-    if not (CONSUMER_NAME.fullmatch(consumer) and _canonical_uuid(event_id)):
+    if not (CONSUMER_NAME.fullmatch(consumer) and is_uuid(event_id, canonical=True)):
         return ""
     return (
         f"INSERT INTO inbox (consumer, event_id) VALUES ('{consumer}', '{event_id}') "
@@ -71,10 +71,3 @@ def claimed_with_begin(status: str) -> bool:
 
 # What a consumer may be called: also what JetStream accepts as a durable name.
 CONSUMER_NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
-
-
-def _canonical_uuid(value: str) -> bool:
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False

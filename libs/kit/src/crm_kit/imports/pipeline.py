@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 
 from crm_kit import context
 from crm_kit.context import Principal
-from crm_kit.db import Database, utcnow
+from crm_kit.db import Database, driver_of, utcnow
 from crm_kit.errors import AlreadyExists, InvalidArgument
 from crm_kit.imports import jobs, source
 from crm_kit.imports.importer import Batcher, Importer, Outcome, Row, outcome_of
@@ -175,8 +175,7 @@ async def _checkpoint(
             f"{job.tenant_id}\t{job.id}\t{n}\t{copy_text(c)}\t{copy_text(v[:1000])}\t{copy_text(why)}\n"
             for n, c, v, why in outcome.errors
         )
-        raw = await (await session.connection()).get_raw_connection()
-        await raw.driver_connection.copy_to_table(
+        await driver_of(await session.connection()).copy_to_table(
             "import_errors",
             source=io.BytesIO(lines.encode()),
             columns=["tenant_id", "job_id", "row", "column", "value", "reason"],
