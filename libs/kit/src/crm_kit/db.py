@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from crm_kit.context import caller
-from crm_kit.errors import AlreadyExists, InvalidArgument, VersionMismatch, not_found
+from crm_kit.errors import AlreadyExists, Conflict, InvalidArgument, VersionMismatch, not_found
 from crm_kit.ids import is_uuid
 
 NAMING = {
@@ -250,12 +250,18 @@ def data_error(exc: DBAPIError | asyncpg.PostgresError) -> Exception | None:
     return InvalidArgument(f"invalid input: {message}", reason="invalid_value") if message else None
 
 
+# A row lock taken with NOWAIT (`get_owned(..., lock="nowait")`) that another transaction holds.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
 def caller_error(exc: BaseException) -> Exception | None:
     """A database error the caller's input caused, as the domain error to answer with (409 or 422); None for
     anything else (a real fault). Takes SQLAlchemy's wrapped errors and the driver's own (raised by statements
     the kit sends on the driver, COMMIT among them)."""
     if isinstance(exc, IntegrityError | asyncpg.IntegrityConstraintViolationError):
         return integrity_error(exc)
+    if isinstance(exc, DBAPIError | asyncpg.PostgresError) and _sqlstate(exc) == LOCK_NOT_AVAILABLE:
+        return Conflict("another request is changing this object right now; try again", reason="locked")
     if isinstance(exc, DBAPIError | asyncpg.PostgresError):
         return data_error(exc)
     return None
@@ -294,18 +300,21 @@ async def get_owned(
     object_type: str,
     object_id: str,
     *,
-    lock: bool = False,
+    lock: bool | str = False,
     visible: Any = None,
 ) -> Any:
     """A row of the caller's tenant by id, inside `visible` (a WHERE clause, e.g. the caller's data scope) when
-    given. Another tenant's id, a malformed id, a missing id and a row outside `visible` are the same 404."""
+    given. Another tenant's id, a malformed id, a missing id and a row outside `visible` are the same 404.
+
+    `lock=True` takes the row lock (`FOR UPDATE`), waiting for a holder; `lock="nowait"` does not wait, and a
+    lock held by another transaction ends the unit of work with a 409 (reason `locked`, see `caller_error`)."""
     if not object_id or not is_uuid(object_id):
         raise not_found(object_type, object_id)
     stmt = select(model).where(model.id == object_id, model.tenant_id == caller().tenant_id)
     if visible is not None:
         stmt = stmt.where(visible)
     if lock:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(nowait=lock == "nowait")
     row = (await session.execute(stmt)).scalar_one_or_none()
     if row is None:
         raise not_found(object_type, object_id)
