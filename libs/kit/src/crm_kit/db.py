@@ -7,6 +7,7 @@ work commits both in one transaction (the transactional outbox). Domain function
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -77,8 +78,15 @@ class Database:
         self.url = url
         # No pre-ping (a round trip per checkout): connections are recycled hourly and a dead one fails its
         # statement, which is retried by the caller's own retry policy or surfaces as 503.
+        # hide_parameters: an error's text never carries the statement's values (personal data); see also
+        # crm_kit.errors.describe.
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, echo=echo
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_recycle=3600,
+            echo=echo,
+            hide_parameters=True,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLAlchemy in AUTOCOMMIT mode, so it issues no transaction statements of its own: reads need no
@@ -267,14 +275,27 @@ def caller_error(exc: BaseException) -> Exception | None:
     return None
 
 
+_KEY_COLUMNS = re.compile(r"Key \((.+?)\)=\(")
+
+
 def integrity_error(exc: IntegrityError | asyncpg.IntegrityConstraintViolationError) -> Exception:
-    """Unique violations are a caller's conflict (409), other integrity errors a bad request (422)."""
+    """Unique violations are a caller's conflict (409), other integrity errors a bad request (422).
+
+    The message names the columns or the constraint, never the values: the database's DETAIL line echoes them
+    (`Key (email)=(x@y) already exists`, `Failing row contains (...)`), and an error's text travels on to
+    logs, dead letters and other people's screens."""
     orig = exc if isinstance(exc, asyncpg.PostgresError) else getattr(exc, "orig", None)
     sqlstate = _sqlstate(exc)
-    detail = str(orig).split("DETAIL:")[-1].strip() if orig else str(exc)
+    # SQLAlchemy's asyncpg adapter keeps the driver's error as the cause of its own.
+    driver = orig if isinstance(orig, asyncpg.PostgresError) else getattr(orig, "__cause__", None)
+    detail = getattr(driver, "detail", None) or ""
+    columns = _KEY_COLUMNS.search(detail)
+    column = getattr(driver, "column_name", None)
+    constraint = getattr(driver, "constraint_name", None)
+    what = columns.group(1) if columns else column or constraint or "a constraint"
     if sqlstate == "23505":
-        return AlreadyExists(f"already exists: {detail}")
-    return InvalidArgument(f"rejected by a constraint: {detail}")
+        return AlreadyExists(f"already exists: the same {what}")
+    return InvalidArgument(f"rejected by a constraint: {what}")
 
 
 __all__ = [
