@@ -42,7 +42,15 @@ class _SafeRecordFactory:
 
     def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
         record = self.inner(*args, **kwargs)
-        scrub(record)
+        try:
+            scrub(record)
+        except Exception:  # an exception whose text cannot be had: its type, and the log line still written
+            exc = record.exc_info[1] if record.exc_info else None
+            record.exc_text, record.exc_info = (type(exc).__name__ if exc else None), None
+            if isinstance(record.args, tuple):
+                record.args = tuple(
+                    type(a).__name__ if isinstance(a, BaseException) else a for a in record.args
+                )
         return record
 
 
