@@ -38,12 +38,11 @@ from crm.customers.v1 import customers_pb2_grpc
 from crm.identity.v1 import identity_pb2 as ipb
 from crm.identity.v1 import identity_pb2_grpc
 from crm_customers.app import SPEC as CUSTOMERS
-from crm_customers.domain import query as q
 from crm_customers.domain import search
 from crm_customers.settings import CustomersSettings
 from crm_identity.app import SPEC as IDENTITY
 from crm_identity.settings import IdentitySettings
-from crm_kit import infra
+from crm_kit import infra, paging
 from crm_kit.ids import new_id
 from crm_kit.service import Service
 from sqlalchemy import event
@@ -294,7 +293,9 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
                 )
                 deep = pb.ListAccountsRequest(sort="name")
                 deep.page.limit = 50
-                deep.page.cursor = q.encode_cursor([row["name"], row["id"]])
+                deep.page.cursor = paging.encode_cursor(
+                    [row["name"], row["id"]], paging.list_tag("accounts:name:id")
+                )
 
                 async def service_deep() -> Any:
                     return await stub.ListAccounts(deep, metadata=md)

@@ -7,6 +7,7 @@ work commits both in one transaction (the transactional outbox). Domain function
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,7 +25,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from crm_kit.context import caller
-from crm_kit.errors import AlreadyExists, InvalidArgument, VersionMismatch, not_found
+from crm_kit.errors import AlreadyExists, Conflict, InvalidArgument, VersionMismatch, not_found
 from crm_kit.ids import is_uuid
 
 NAMING = {
@@ -77,8 +78,15 @@ class Database:
         self.url = url
         # No pre-ping (a round trip per checkout): connections are recycled hourly and a dead one fails its
         # statement, which is retried by the caller's own retry policy or surfaces as 503.
+        # hide_parameters: an error's text never carries the statement's values (personal data); see also
+        # crm_kit.errors.describe.
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=3600, echo=echo
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_recycle=3600,
+            echo=echo,
+            hide_parameters=True,
         )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLAlchemy in AUTOCOMMIT mode, so it issues no transaction statements of its own: reads need no
@@ -250,25 +258,44 @@ def data_error(exc: DBAPIError | asyncpg.PostgresError) -> Exception | None:
     return InvalidArgument(f"invalid input: {message}", reason="invalid_value") if message else None
 
 
+# A row lock taken with NOWAIT (`get_owned(..., lock="nowait")`) that another transaction holds.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
 def caller_error(exc: BaseException) -> Exception | None:
     """A database error the caller's input caused, as the domain error to answer with (409 or 422); None for
     anything else (a real fault). Takes SQLAlchemy's wrapped errors and the driver's own (raised by statements
     the kit sends on the driver, COMMIT among them)."""
     if isinstance(exc, IntegrityError | asyncpg.IntegrityConstraintViolationError):
         return integrity_error(exc)
+    if isinstance(exc, DBAPIError | asyncpg.PostgresError) and _sqlstate(exc) == LOCK_NOT_AVAILABLE:
+        return Conflict("another request is changing this object right now; try again", reason="locked")
     if isinstance(exc, DBAPIError | asyncpg.PostgresError):
         return data_error(exc)
     return None
 
 
+_KEY_COLUMNS = re.compile(r"Key \((.+?)\)=\(")
+
+
 def integrity_error(exc: IntegrityError | asyncpg.IntegrityConstraintViolationError) -> Exception:
-    """Unique violations are a caller's conflict (409), other integrity errors a bad request (422)."""
+    """Unique violations are a caller's conflict (409), other integrity errors a bad request (422).
+
+    The message names the columns or the constraint, never the values: the database's DETAIL line echoes them
+    (`Key (email)=(x@y) already exists`, `Failing row contains (...)`), and an error's text travels on to
+    logs, dead letters and other people's screens."""
     orig = exc if isinstance(exc, asyncpg.PostgresError) else getattr(exc, "orig", None)
     sqlstate = _sqlstate(exc)
-    detail = str(orig).split("DETAIL:")[-1].strip() if orig else str(exc)
+    # SQLAlchemy's asyncpg adapter keeps the driver's error as the cause of its own.
+    driver = orig if isinstance(orig, asyncpg.PostgresError) else getattr(orig, "__cause__", None)
+    detail = getattr(driver, "detail", None) or ""
+    columns = _KEY_COLUMNS.search(detail)
+    column = getattr(driver, "column_name", None)
+    constraint = getattr(driver, "constraint_name", None)
+    what = columns.group(1) if columns else column or constraint or "a constraint"
     if sqlstate == "23505":
-        return AlreadyExists(f"already exists: {detail}")
-    return InvalidArgument(f"rejected by a constraint: {detail}")
+        return AlreadyExists(f"already exists: the same {what}")
+    return InvalidArgument(f"rejected by a constraint: {what}")
 
 
 __all__ = [
@@ -294,18 +321,21 @@ async def get_owned(
     object_type: str,
     object_id: str,
     *,
-    lock: bool = False,
+    lock: bool | str = False,
     visible: Any = None,
 ) -> Any:
     """A row of the caller's tenant by id, inside `visible` (a WHERE clause, e.g. the caller's data scope) when
-    given. Another tenant's id, a malformed id, a missing id and a row outside `visible` are the same 404."""
+    given. Another tenant's id, a malformed id, a missing id and a row outside `visible` are the same 404.
+
+    `lock=True` takes the row lock (`FOR UPDATE`), waiting for a holder; `lock="nowait"` does not wait, and a
+    lock held by another transaction ends the unit of work with a 409 (reason `locked`, see `caller_error`)."""
     if not object_id or not is_uuid(object_id):
         raise not_found(object_type, object_id)
     stmt = select(model).where(model.id == object_id, model.tenant_id == caller().tenant_id)
     if visible is not None:
         stmt = stmt.where(visible)
     if lock:
-        stmt = stmt.with_for_update()
+        stmt = stmt.with_for_update(nowait=lock == "nowait")
     row = (await session.execute(stmt)).scalar_one_or_none()
     if row is None:
         raise not_found(object_type, object_id)

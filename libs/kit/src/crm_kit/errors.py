@@ -6,6 +6,8 @@ turns that status into an RFC 9457 problem. Nothing else in the system invents e
 
 from __future__ import annotations
 
+import re
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +161,87 @@ def from_rpc_error(err: grpc.aio.AioRpcError | grpc.RpcError) -> StatusDetails:
     )
 
 
+# ---------------------------------------------------------------- exceptions described without their data
+
+# A quoted value in a database error's message: `invalid input syntax for type uuid: "x@y"`, or a driver's
+# `invalid input for query argument $1: 'x@y'`.
+_QUOTED = re.compile(r"\"[^\"]*\"|'[^']*'")
+MAX_DESCRIPTION = 1000
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] in ("asyncpg", "sqlalchemy")
+
+
+def _masked(message: str, keep: set[str]) -> str:
+    """The message without quoted values, keeping the quoted names of database objects."""
+    return _QUOTED.sub(
+        lambda m: m.group(0) if m.group(0)[1:-1] in keep else m.group(0)[0] + "..." + m.group(0)[0], message
+    )
+
+
+def describe(exc: BaseException, *, with_type: bool = True) -> str:
+    """What an exception is, safe to log or to store where operators look (dead letters, job errors).
+
+    Database errors (SQLAlchemy's and asyncpg's) say their kind, SQLSTATE and the constraint, table and column
+    they name, and their message's first line with quoted values masked; never the statement's parameters,
+    the DETAIL line (`Key (email)=(x@y) already exists`, `Failing row contains (...)`) or a value echoed in the
+    message. Other exceptions are their type and message, quoted parts masked unless it is a DomainError (its
+    message is written for the caller). Use this, not `str(exc)`, wherever an error's text
+    leaves the request (crm_kit.logs applies it to every log record). `with_type=False` leaves out the outer
+    exception's type where it is recorded apart (a dead letter's error-type header)."""
+    orig = getattr(exc, "orig", None)
+    if _is_database_error(exc) and isinstance(orig, BaseException):
+        # SQLAlchemy's wrapper: its text carries the statement and its parameters; the driver's error is enough.
+        inner = describe(orig)
+        return (f"{type(exc).__name__}: {inner}" if with_type else inner)[:MAX_DESCRIPTION]
+    if _is_database_error(exc):
+        names = {
+            name: getattr(exc, attr, None)
+            for name, attr in (
+                ("SQLSTATE", "sqlstate"),
+                ("constraint", "constraint_name"),
+                ("table", "table_name"),
+                ("column", "column_name"),
+                ("type", "data_type_name"),
+            )
+        }
+        message = getattr(exc, "message", None) or (str(exc.args[0]) if exc.args else "")
+        keep = {str(v) for v in names.values() if v}
+        first = _masked(message.splitlines()[0] if message else "", keep)
+        where = ", ".join(f"{k} {v}" for k, v in names.items() if v)
+        return f"{type(exc).__name__}{f' ({where})' if where else ''}: {first}"[:MAX_DESCRIPTION]
+    # Our own errors say what we wrote for the caller; any other may quote a value it failed on (a driver's
+    # encoder raising `invalid UUID 'x@y'` under a database error, `int('…')`), so quoted parts are masked.
+    text = str(exc) if isinstance(exc, DomainError) else _masked(str(exc), set())
+    if not with_type and text:
+        return text[:MAX_DESCRIPTION]
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:MAX_DESCRIPTION]
+
+
+def format_exception(exc: BaseException) -> str:
+    """A traceback like Python's, each exception of the chain given by `describe`: the frames tell where, the
+    descriptions what, and no statement parameters or echoed values are in it."""
+    parts: list[str] = []
+    seen: set[int] = set()
+
+    def walk(e: BaseException) -> None:
+        seen.add(id(e))
+        if e.__cause__ is not None and id(e.__cause__) not in seen:
+            walk(e.__cause__)
+            parts.append("\nThe above exception was the direct cause of the following exception:\n\n")
+        elif e.__context__ is not None and not e.__suppress_context__ and id(e.__context__) not in seen:
+            walk(e.__context__)
+            parts.append("\nDuring handling of the above exception, another exception occurred:\n\n")
+        if e.__traceback__ is not None:
+            parts.append("Traceback (most recent call last):\n")
+            parts.extend(traceback.format_tb(e.__traceback__))
+        parts.append(describe(e) + "\n")
+
+    walk(exc)
+    return "".join(parts).rstrip("\n")
+
+
 __all__ = [
     "AlreadyExists",
     "Conflict",
@@ -172,6 +255,8 @@ __all__ = [
     "Unauthenticated",
     "VersionMismatch",
     "code_pb2",
+    "describe",
+    "format_exception",
     "from_rpc_error",
     "not_found",
     "to_status",

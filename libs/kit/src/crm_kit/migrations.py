@@ -58,7 +58,7 @@ def _run(connection: Connection, metadata: MetaData) -> None:
 
 async def _online(metadata: MetaData) -> None:
     url = context.config.get_main_option("sqlalchemy.url")
-    engine = create_async_engine(url, poolclass=pool.NullPool)
+    engine = create_async_engine(url, poolclass=pool.NullPool, hide_parameters=True)
     async with engine.connect() as connection:
         await connection.run_sync(_run, metadata)
         await connection.commit()

@@ -31,7 +31,7 @@ from crm_kit import grpc_client
 from crm_kit.auth import JwtVerifier
 from crm_kit.db import Database
 from crm_kit.grpc_server import GrpcServer, Servicer
-from crm_kit.logs import setup_logging
+from crm_kit.logs import scrub_exceptions, setup_logging
 from crm_kit.migrations import upgrade
 from crm_kit.policy import PolicyCache, PolicyLoader, follow_policy_events
 from crm_kit.settings import ServiceSettings
@@ -139,6 +139,7 @@ class Service:
     async def start(self) -> Service:
         s = self.settings
         setup_telemetry(self.spec.name)
+        scrub_exceptions()  # no log record of this process carries a database error's values
         db = Database(s.database_url, pool_size=s.database_pool_size)
         await _wait_for_database(db)
         if s.migrate_on_start and self.spec.migrations:

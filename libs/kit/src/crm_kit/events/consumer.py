@@ -56,6 +56,7 @@ from sqlalchemy.pool import NullPool
 
 from crm_kit import context
 from crm_kit.db import Database, UnitOfWork, caller_error, driver_of, transaction
+from crm_kit.errors import describe, format_exception
 from crm_kit.events import inbox
 from crm_kit.events.config import EventSettings
 from crm_kit.events.subjects import (
@@ -271,7 +272,7 @@ class ConsumerRunner:
     async def start(self) -> None:
         # AUTOCOMMIT: SQLAlchemy leaves transactions to the kit, which begins and commits on the driver.
         self._engine = create_async_engine(
-            self.database.url, poolclass=NullPool, isolation_level="AUTOCOMMIT"
+            self.database.url, poolclass=NullPool, isolation_level="AUTOCOMMIT", hide_parameters=True
         )
         await self.ensure_consumer()
         self._inbox = self.nc.new_inbox()
@@ -524,8 +525,11 @@ class ConsumerRunner:
                 async with asyncio.timeout(self.consumer.timeout):
                     await self._apply(envelope, payload)
             except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+                span.record_exception(
+                    exc,
+                    attributes={"exception.message": describe(exc), "exception.stacktrace": format_exception(exc)},
+                )
+                span.set_status(trace.Status(trace.StatusCode.ERROR, describe(exc)))
                 await self._failed(msg, exc, attempt)
                 return
             finally:
@@ -613,7 +617,8 @@ class ConsumerRunner:
         headers = {
             # One dead letter per consumer and stream message, however often or by whom this is retried.
             "Nats-Msg-Id": f"{self.consumer.name}:{self.stream}:{stream_seq}",
-            ERROR_HEADER: _header_value(str(exc) or repr(exc)),
+            # Described, not str(exc): a database error's text would carry the values it failed on.
+            ERROR_HEADER: _header_value(describe(exc, with_type=False)),
             ERROR_TYPE_HEADER: type(exc).__name__,
             CONSUMER_HEADER: f"{self.service}/{self.consumer.name}",
             ORIGINAL_SUBJECT_HEADER: subject,

@@ -230,8 +230,6 @@ async def list_interactions(
     I = models.Interaction  # noqa: E741
     keys = [SortKey(I.occurred_at, descending=True), SortKey(I.id, descending=True)]
     page = Page.of(request.page, 2)
-    if page.cursor_values:
-        page.cursor_values[0] = dt.datetime.fromisoformat(page.cursor_values[0])
     stmt = select(I).where(I.tenant_id == caller().tenant_id, I.deleted_at.is_(None), visible(decision, I))
     if request.account_id:
         stmt = stmt.where(I.account_ids.contains([request.account_id]))
@@ -261,11 +259,6 @@ async def timeline(
     I, E = models.Interaction, models.TimelineEntry  # noqa: E741
     tenant_id = caller().tenant_id
     page = Page.of(page_request, 2)
-    if page.cursor_values:
-        try:
-            page.cursor_values[0] = dt.datetime.fromisoformat(page.cursor_values[0])
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgument.for_field("cursor", "is not a cursor this list gave out") from exc
     on = []
     if account_ids:
         on.append(I.account_ids.overlap(account_ids))

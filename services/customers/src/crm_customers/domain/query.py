@@ -13,19 +13,33 @@ included.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from types import SimpleNamespace
 from typing import Any
 
+from crm_kit import paging
 from crm_kit.errors import InvalidArgument
 from crm_kit.paging import clamp_limit
 from crm_kit.policy import Decision
-from sqlalchemy import Numeric, and_, cast, false, func, literal, or_, select, tuple_
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Numeric,
+    String,
+    and_,
+    cast,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+)
 
 from crm_customers.domain.common import EnumNames, check_hidden
 from crm_customers.normalize import InvalidValue, normalize_email, normalize_phone
@@ -279,6 +293,11 @@ class Ordering:
     id_descending: bool
     encode: list[Callable[[Any], Any]] = field(default_factory=list)
 
+    def tag(self) -> str:
+        """Names this sort in its cursors: a cursor of another sort is refused, not misread."""
+        keys = ",".join(f"{'-' if k.descending else ''}{k.field.name}" for k in self.keys)
+        return paging.list_tag(f"{self.id_column.table.name}:{keys}:{'-' if self.id_descending else ''}id")
+
     def order_by(self) -> list[Any]:
         out = [k.field.column.desc() if k.descending else k.field.column.asc() for k in self.keys]
         out.append(self.id_column.desc() if self.id_descending else self.id_column.asc())
@@ -323,20 +342,9 @@ def _bind(f: Field, value: Any) -> Any:
 def _decode(f: Field, value: Any) -> Any:
     if value is None:
         return None
-    try:
-        if f.kind == "datetime":
-            return dt.datetime.fromisoformat(value)
-        if f.kind == "date":
-            return dt.date.fromisoformat(value)
-        if f.kind == "decimal":
-            return Decimal(value)
-        if f.kind == "int":
-            return int(value)
-        if f.kind == "bool":
-            return bool(value)
-    except (ValueError, InvalidOperation, TypeError) as exc:
-        raise InvalidArgument.for_field("cursor", "is not a cursor this list gave out") from exc
-    return str(value)
+    kind = {"datetime": DateTime(timezone=True), "date": Date(), "decimal": Numeric(), "int": BigInteger()}
+    kind.update(bool=Boolean())
+    return paging.coerce(literal(None, type_=kind.get(f.kind, String())), value)
 
 
 def _encode(value: Any) -> Any:
@@ -380,22 +388,18 @@ class PageOf:
 
 
 def page_of(request_page: Any, ordering: Ordering) -> PageOf:
+    """The page asked for; its cursor must be one this list gave out for this sort (crm_kit.paging), its
+    values of the sort fields' kinds (checked when the page is run, `Ordering.after`)."""
     limit = clamp_limit(request_page.limit)
     if not request_page.cursor:
         return PageOf(limit, None)
-    try:
-        raw = request_page.cursor
-        values = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument.for_field("cursor", "is not a cursor this list gave out") from exc
-    if not isinstance(values, list) or len(values) != len(ordering.keys) + 1:
-        raise InvalidArgument.for_field("cursor", "is not a cursor this list gave out (or the sort changed)")
+    values = paging.decode_cursor(request_page.cursor, len(ordering.keys) + 1, ordering.tag())
+    values[-1] = paging.coerce(ordering.id_column, values[-1])
     return PageOf(limit, values)
 
 
-def encode_cursor(values: list[Any]) -> str:
-    data = json.dumps([_encode(v) for v in values], separators=(",", ":"), default=str)
-    return base64.urlsafe_b64encode(data.encode()).decode().rstrip("=")
+def encode_cursor(values: list[Any], ordering: Ordering) -> str:
+    return paging.encode_cursor(values, ordering.tag())
 
 
 def run_page(stmt: Any, ordering: Ordering, page: PageOf, extra: Sequence[Any] = ()) -> Any:
@@ -427,7 +431,9 @@ async def fetch_page(
     cursor = ""
     if more and rows:
         last = rows[-1]
-        cursor = encode_cursor([*(getattr(last, f"_k{i}") for i in range(len(ordering.keys))), last.id])
+        cursor = encode_cursor(
+            [*(getattr(last, f"_k{i}") for i in range(len(ordering.keys))), last.id], ordering
+        )
     return rows, cursor
 
 
@@ -439,7 +445,7 @@ def split(rows: Sequence[Any], ordering: Ordering, page: PageOf) -> tuple[list[A
     cursor = ""
     if more and rows:
         last = rows[-1]
-        cursor = encode_cursor([*last[1 : 1 + len(ordering.keys)], last[0].id])
+        cursor = encode_cursor([*last[1 : 1 + len(ordering.keys)], last[0].id], ordering)
     return [r[0] for r in rows], cursor
 
 

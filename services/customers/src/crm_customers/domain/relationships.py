@@ -172,7 +172,7 @@ async def list_types(session: AsyncSession, page_request: Any) -> tuple[list[pb.
     """Built-in types first (on the first page), then the tenant's own by id."""
     page = Page.of(page_request, 1)
     out: list[pb.RelationshipType] = []
-    if page.cursor_values is None:
+    if not page.cursor:
         out = [built_in_pb(b) for b in BUILT_IN]
     stmt = select(models.RelationshipType).where(
         models.RelationshipType.tenant_id == caller().tenant_id, models.RelationshipType.deleted_at.is_(None)

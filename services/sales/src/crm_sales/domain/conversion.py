@@ -2,9 +2,14 @@
 duplicate rules (a lead whose company matches an existing account is converted into that account), and an
 opportunity here.
 
-The remote calls come first and are made with the caller's own credential (their permissions apply there);
-the lead is then marked converted in one local transaction with the opportunity. A lead already converted is
-refused before anything remote happens.
+The lead is locked first (`leads.take_for_conversion`, `FOR UPDATE NOWAIT` in the conversion's own
+transaction), so a concurrent conversion of the same lead is a 409 before anything remote happens. The remote
+writes are made with the caller's own credential (their permissions apply there) and each carries an
+idempotency key derived from the lead and its version (`leads.conversion_key`): the customers service records
+it with the record it creates (crm_kit.idempotency). The opportunity and the lead's new status are written in
+the same transaction that holds the lock. If anything after a remote create fails (a crash, a refused
+opportunity, the database), the transaction rolls back, the lead is unchanged, and a retry sends the same keys:
+the customers service answers with the account and contact it made the first time, so no record is orphaned.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 import grpc
 from crm.sales.v1 import leads_pb2 as pb
 from crm.sales.v1 import pipelines_pb2
-from crm_kit import grpc_client
+from crm_kit import grpc_client, idempotency
 from crm_kit.db import Database
 from crm_kit.errors import (
     AlreadyExists,
@@ -86,12 +91,47 @@ class Converter:
     async def convert(
         self, decision: Decision, request: pb.ConvertLeadRequest, *, now: dt.datetime
     ) -> Converted:
-        async with self.db.read() as session:
-            lead = await leads.get(session, decision, request.id)
-        if lead.status == "converted":
-            raise Conflict("the lead is already converted", reason="lead_converted")
+        async with self.db.unit_of_work() as uow:
+            lead = await leads.take_for_conversion(uow.session, decision, request.id)
+            account_id, contact_id, merged = await self._remote_records(lead, request)
+            opportunity_id = ""
+            if request.pipeline_id:
+                opp = await opportunities.create(
+                    uow,
+                    pipelines_pb2.CreateOpportunityRequest(
+                        name=request.opportunity_name or f"{lead.company or lead.name}",
+                        account_id=account_id,
+                        contact_id=contact_id,
+                        lead_id=lead.id,
+                        pipeline_id=request.pipeline_id,
+                        amount=request.amount,
+                        currency=request.currency,
+                        owner_id=lead.owner_id or "",
+                    ),
+                    people=self.people,
+                    now=now,
+                )
+                opportunity_id = opp.id
+            await leads.mark_converted(
+                uow,
+                lead,
+                account_id=account_id,
+                contact_id=contact_id,
+                opportunity_id=opportunity_id,
+                now=now,
+            )
+        return Converted(lead, account_id, contact_id, opportunity_id, merged)
+
+    async def _remote_records(
+        self, lead: models.Lead, request: pb.ConvertLeadRequest
+    ) -> tuple[str, str, bool]:
+        """The account (found, chosen or created) and the contact created at the customers service."""
         cpb, customers, dpb, data = self._stubs()
         md = grpc_client.outgoing_metadata()
+
+        def once(step: str) -> tuple[tuple[str, str], ...]:
+            return (*md, (idempotency.METADATA_KEY, leads.conversion_key(lead, step)))
+
         merged = False
         try:
             if request.account_id:
@@ -121,7 +161,7 @@ class Converter:
                 else:
                     account_id = (
                         await customers.CreateAccount(
-                            cpb.CreateAccountRequest(account=wanted), metadata=md, timeout=10
+                            cpb.CreateAccountRequest(account=wanted), metadata=once("account"), timeout=10
                         )
                     ).account.id
             contact = cpb.Contact(
@@ -134,39 +174,11 @@ class Converter:
             )
             contact_id = (
                 await customers.CreateContact(
-                    cpb.CreateContactRequest(contact=contact), metadata=md, timeout=10
+                    cpb.CreateContactRequest(contact=contact), metadata=once("contact"), timeout=10
                 )
             ).contact.id
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND and request.account_id:
                 raise InvalidArgument.for_field("account_id", "no such account") from None
             raise _as_domain_error(exc) from None
-        async with self.db.unit_of_work() as uow:
-            lead = await leads.get(uow.session, decision, request.id, lock=True)
-            opportunity_id = ""
-            if request.pipeline_id:
-                opp = await opportunities.create(
-                    uow,
-                    pipelines_pb2.CreateOpportunityRequest(
-                        name=request.opportunity_name or f"{lead.company or lead.name}",
-                        account_id=account_id,
-                        contact_id=contact_id,
-                        lead_id=lead.id,
-                        pipeline_id=request.pipeline_id,
-                        amount=request.amount,
-                        currency=request.currency,
-                        owner_id=lead.owner_id or "",
-                    ),
-                    people=self.people,
-                    now=now,
-                )
-                opportunity_id = opp.id
-            await leads.mark_converted(
-                uow,
-                lead,
-                account_id=account_id,
-                contact_id=contact_id,
-                opportunity_id=opportunity_id,
-                now=now,
-            )
-        return Converted(lead, account_id, contact_id, opportunity_id, merged)
+        return account_id, contact_id, merged

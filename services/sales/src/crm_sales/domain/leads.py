@@ -10,13 +10,14 @@ running the job at once never handle one lead twice.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 from crm.common.v1 import event_pb2
 from crm.sales.v1 import events_pb2
 from crm.sales.v1 import leads_pb2 as pb
 from crm_kit.context import SYSTEM
-from crm_kit.db import UnitOfWork, expect_version
+from crm_kit.db import DBAPIError, UnitOfWork, caller_error, expect_version
 from crm_kit.errors import Conflict, InvalidArgument, PermissionDenied
 from crm_kit.ids import new_id
 from crm_kit.normalize import InvalidValue, normalize_email, normalize_phone
@@ -463,7 +464,9 @@ async def create(
     return lead
 
 
-async def get(session: AsyncSession, decision: Decision, lead_id: str, *, lock: bool = False) -> models.Lead:
+async def get(
+    session: AsyncSession, decision: Decision, lead_id: str, *, lock: bool | str = False
+) -> models.Lead:
     return await get_owned(session, models.Lead, "lead", lead_id, lock=lock, visible=visible(decision))
 
 
@@ -897,6 +900,34 @@ async def reclaim(
 
 
 # ---------------------------------------------------------------- conversion bookkeeping
+
+
+async def take_for_conversion(session: AsyncSession, decision: Decision, lead_id: str) -> models.Lead:
+    """The lead, locked for the conversion's whole transaction (`FOR UPDATE NOWAIT`) and not converted yet.
+
+    A lead another request holds (a concurrent conversion) is a 409 at once rather than a wait: of N concurrent
+    conversions one goes on, the others are told another one is in progress."""
+    try:
+        lead = await get(session, decision, lead_id, lock="nowait")
+    except DBAPIError as exc:
+        if isinstance(caller_error(exc), Conflict):
+            raise Conflict(
+                "the lead is being converted or changed by another request; try again",
+                reason="lead_busy",
+            ) from None
+        raise
+    if lead.status == "converted":
+        raise Conflict("the lead is already converted", reason="lead_converted")
+    return lead
+
+
+def conversion_key(lead: models.Lead, step: str) -> str:
+    """The idempotency key of one remote write of a lead's conversion (`step`: "account", "contact").
+
+    Derived from the lead and its version: a conversion that failed or crashed after the customers service
+    created the account leaves the lead as it was (its transaction rolled back), so the retry sends the same key
+    and the customers service answers with the record it made the first time instead of making another."""
+    return hashlib.sha256(f"crm.sales.ConvertLead/{lead.id}/{lead.version}/{step}".encode()).hexdigest()
 
 
 async def mark_converted(
