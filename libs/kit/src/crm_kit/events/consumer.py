@@ -54,7 +54,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from crm_kit import context
+from crm_kit import context, telemetry
 from crm_kit.db import Database, UnitOfWork, caller_error, driver_of, transaction
 from crm_kit.events import inbox
 from crm_kit.events.config import EventSettings
@@ -78,6 +78,10 @@ CONSUMER_HEADER = "Crm-Consumer"
 ORIGINAL_SUBJECT_HEADER = "Crm-Original-Subject"
 ORIGINAL_SEQUENCE_HEADER = "Crm-Original-Sequence"
 DELIVERIES_HEADER = "Crm-Deliveries"
+ALERT_HEADER = "Crm-Alert"
+
+# Every event a consumer gives up on, by consumer and alert: what operators watch (with the dead-letter list).
+DEAD_LETTERS = telemetry.counter("crm.events.dead_letters", "events a consumer gave up on (dead-lettered)")
 
 
 class PermanentError(Exception):
@@ -109,6 +113,10 @@ class Consumer:
     # fails rolls back whole and its events are handled one by one, so retries and dead letters stay per
     # event. Batched events get no span of their own (their envelopes keep the trace id).
     per_transaction: int = 1
+    # For a consumer whose dead letter is an incident, not a chore (the audit trail: "audit_gap"): a dead
+    # letter is logged at error level with `alert` in the log record, carries it in the Crm-Alert header (the
+    # dead-letter list shows it) and is counted with it in `crm.events.dead_letters`.
+    alert: str = ""
     subjects: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -622,7 +630,21 @@ class ConsumerRunner:
         }
         if traceparent:
             headers["traceparent"] = traceparent
+        if self.consumer.alert:
+            headers[ALERT_HEADER] = self.consumer.alert
         return headers
+
+    def _gave_up(self, message: str, *args: Any) -> None:
+        """A dead letter is written: count it and say so at error level (with the alert marker, if any)."""
+        self.dead_lettered += 1
+        consumer = f"{self.service}/{self.consumer.name}"
+        DEAD_LETTERS.add(1, {"consumer": consumer, "alert": self.consumer.alert or "none"})
+        prefix = f"ALERT {self.consumer.alert}: " if self.consumer.alert else ""
+        log.error(
+            prefix + message,
+            *args,
+            extra={"alert": self.consumer.alert, "consumer": consumer} if self.consumer.alert else {},
+        )
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
         """JetStream gave up on an event whose last attempt never answered (the replica handling it died, or
@@ -645,8 +667,7 @@ class ConsumerRunner:
                 "consumer %s: cannot dead-letter after a max-deliveries advisory", self.consumer.name
             )
             return
-        self.dead_lettered += 1
-        log.error(
+        self._gave_up(
             "consumer %s: stream message %s exhausted its deliveries unanswered",
             self.consumer.name,
             stream_seq,
@@ -669,12 +690,11 @@ class ConsumerRunner:
                 "consumer %s: cannot dead-letter stream message %s", self.consumer.name, meta.sequence
             )
             return
-        log.error(
+        self._gave_up(
             "consumer %s: gave up on stream message %s after %s attempts: %r",
             self.consumer.name,
             meta.sequence.stream,
             meta.num_delivered,
             exc,
         )
-        self.dead_lettered += 1
         await msg.term()
