@@ -289,3 +289,17 @@ async def _letters_of(js, namespace: str, event_id: str) -> list[dead_letters.De
         js, namespace=namespace, consumer="identity/identity-audit-identity"
     )
     return [x for x in letters if x.event_id == event_id]
+
+
+def test_every_audit_column_holding_envelope_text_takes_the_kits_bound():
+    """The walk above covers every column: a text column of the audit trail holds an envelope field (sized
+    from the kit's bound) or something the trail derives itself."""
+    from crm_identity.models import AuditRecord
+    from sqlalchemy import String
+
+    text_columns = {
+        c.name: c.type.length for c in AuditRecord.__table__.columns if isinstance(c.type, String)
+    }
+    assert set(text_columns) - set(AUDIT_ENVELOPE_FIELDS) == {"id", "actor_type", "service"}
+    for column, path in AUDIT_ENVELOPE_FIELDS.items():
+        assert text_columns[column] >= ENVELOPE_TEXT_LIMITS[path], column

@@ -107,17 +107,20 @@ def _stuff(message, budget: int) -> int:  # type: ignore[no-untyped-def]
     return used
 
 
-@pytest.mark.parametrize("event_type", _event_types(), ids=lambda t: t.DESCRIPTOR.full_name)
-async def test_every_event_type_of_every_service_is_bounded_at_emit(database, event_type):
-    payload = event_type()
-    stuffed = _stuff(payload, MAX_EVENT_BYTES + 1)
-    # An event without text to fill grows through its changes, which the envelope carries too.
-    after = {"note": "长" * (MAX_EVENT_BYTES // 3 + 1)} if stuffed <= MAX_EVENT_BYTES else None
-    with pytest.raises(InvalidArgument) as refused:
-        async with database.unit_of_work() as uow:
-            uow.emit(payload, aggregate_type="x", aggregate_id="x-1", action="updated", after=after)
-    assert refused.value.reason == "event_too_large"
+async def test_every_event_type_of_every_service_is_bounded_at_emit(database):
+    refused_types = []
+    for event_type in _event_types():
+        payload = event_type()
+        stuffed = _stuff(payload, MAX_EVENT_BYTES + 1)
+        # An event without text to fill grows through its changes, which the envelope carries too.
+        after = {"note": "长" * (MAX_EVENT_BYTES // 3 + 1)} if stuffed <= MAX_EVENT_BYTES else None
+        with pytest.raises(InvalidArgument) as refused:
+            async with database.unit_of_work() as uow:
+                uow.emit(payload, aggregate_type="x", aggregate_id="x-1", action="updated", after=after)
+        assert refused.value.reason == "event_too_large", event_type.DESCRIPTOR.full_name
+        refused_types.append(event_type.DESCRIPTOR.full_name)
     assert await _counts(database) == (0, 0)
+    assert len(refused_types) > 50  # every service's events, not a handful
 
 
 def test_no_service_writes_the_outbox_around_the_bound():
@@ -263,3 +266,42 @@ async def test_a_service_refuses_to_start_against_a_nats_that_cannot_carry_its_l
             await bus.start()
     finally:
         server.stop()
+
+
+def test_every_text_field_of_the_envelope_has_a_bound():
+    """Walks the envelope's descriptor: each text field (and its actor's) is bounded by `build_envelope`, except
+    the id it makes itself; so whatever stores envelope fields can size itself from the kit."""
+    from crm_kit.events.outbox import ENVELOPE_TEXT_LIMITS
+
+    def text_fields(message: descriptor.Descriptor, prefix: str = "") -> set[str]:
+        out = set()
+        for field in message.fields:
+            if field.type == descriptor.FieldDescriptor.TYPE_STRING and not field.is_repeated:
+                out.add(prefix + field.name)
+            elif field.type == descriptor.FieldDescriptor.TYPE_MESSAGE and field.message_type.name == "Actor":
+                out |= text_fields(field.message_type, f"{field.name}.")
+        return out
+
+    assert text_fields(event_pb2.EventEnvelope.DESCRIPTOR) - set(ENVELOPE_TEXT_LIMITS) == {"id"}
+
+
+@pytest.mark.parametrize("path", ["aggregate_id", "aggregate_type", "action", "actor.id", "actor.name"])
+async def test_an_envelope_field_over_its_bound_is_refused_or_shortened_never_stored_whole(database, path):
+    from crm_kit.events.outbox import ENVELOPE_TEXT_LIMITS
+
+    too_long = "长" * (ENVELOPE_TEXT_LIMITS[path] + 1)
+    kwargs = {"aggregate_type": "user", "aggregate_id": "u-1", "action": "invited"}
+    actor = event_pb2.Actor(type=event_pb2.ACTOR_TYPE_USER, id="u-1", name="王")
+    if path.startswith("actor."):
+        setattr(actor, path.split(".")[1], too_long)
+    else:
+        kwargs[path] = too_long
+    if path == "actor.name":  # a display name: shortened to fit, the event kept
+        envelope = build_envelope(events_pb2.UserInvited(), actor=actor, **kwargs)
+        assert len(envelope.actor.name) == ENVELOPE_TEXT_LIMITS[path]
+        return
+    with pytest.raises(InvalidArgument) as refused:
+        async with database.unit_of_work() as uow:
+            uow.emit(events_pb2.UserInvited(), actor=actor, **kwargs)
+    assert refused.value.reason == "event_field_too_long"
+    assert await _counts(database) == (0, 0)
