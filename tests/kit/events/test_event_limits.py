@@ -7,6 +7,7 @@ stream's own limit) is parked, other aggregates flow, later events of its aggreg
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
 from pathlib import Path
@@ -305,3 +306,24 @@ async def test_an_envelope_field_over_its_bound_is_refused_or_shortened_never_st
             uow.emit(events_pb2.UserInvited(), actor=actor, **kwargs)
     assert refused.value.reason == "event_field_too_long"
     assert await _counts(database) == (0, 0)
+
+
+async def test_relay_waits_rather_than_parks_while_jetstream_cannot_take_events(
+    database, nc, settings, stream
+):
+    """No stream for the subject yet (JetStream answers "no responders"): an outage, not a refusal."""
+    await write_invites(database, 2, aggregate_id="a")
+    relay = OutboxRelay(database, nc, settings)
+    await relay.start()
+    try:
+        await eventually(lambda: relay.active.is_set(), what="the relay active")
+        await asyncio.sleep(2)  # several publish attempts and backoffs
+        assert (relay.published, relay.parked) == (0, 0)
+        js = nc.jetstream()
+        await ensure_streams(js, ["identity"], settings)
+        await eventually(lambda: relay.published == 2, what="both published once the stream exists")
+    finally:
+        await relay.stop()
+    assert relay.parked == 0
+    envelopes = [envelope_of(m) for m in await stream_messages(js, stream)]
+    assert versions_by_aggregate(envelopes) == {"a": [1, 2]}
