@@ -310,6 +310,7 @@ class ConsumerRunner:
         self._advisories: Subscription | None = None
         self._inbox = ""
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # ends a wait for the infrastructure at once
         self._task: asyncio.Task[None] | None = None
         self._engine: AsyncEngine
         self._connection: AsyncConnection | None = None
@@ -337,6 +338,7 @@ class ConsumerRunner:
         if self._task is None:
             return
         self._stopping = True
+        self._stop_requested.set()
         self._queue.put_nowait(_STOP)
         try:
             await self._task
@@ -679,7 +681,11 @@ class ConsumerRunner:
         delay = self._progress_interval
         try:
             while not self._stopping:
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop_requested.wait()
+                if self._stopping:
+                    break
                 delay = min(delay * 2, 5.0)
                 if await self._infrastructure_up():
                     log.info(
