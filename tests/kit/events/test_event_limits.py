@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import pkgutil
+import sys
 from pathlib import Path
 
 import asyncpg
@@ -198,6 +200,21 @@ async def test_relay_parks_an_event_over_the_servers_max_payload_and_goes_on_in_
         [row] = await _parked(db_url, test_infra)
         assert row.event_id == poisoned.id and row.aggregate == "user/poisoned" and row.waiting == 2
         assert "maximum payload" in row.error
+        # What an operator runs: the same, one JSON line per parked event.
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "crm_kit.events.parked",
+            "--database-url",
+            db_url,
+            "list",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await cli.communicate()
+        assert cli.returncode == 0, err
+        [line] = out.decode().splitlines()
+        assert json.loads(line)["event_id"] == poisoned.id and "1 parked event" in err.decode()
         envelopes = [envelope_of(m) for m in await stream_messages(js, stream)]
         assert versions_by_aggregate(envelopes) == {"a": [1], "b": [1, 2]}
     finally:
