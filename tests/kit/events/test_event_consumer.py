@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2
@@ -20,7 +21,7 @@ from crm_kit.events.consumer import (
     subject_matches,
 )
 from crm_kit.events.inbox import InboxEntry
-from crm_kit.events.subjects import dead_letter_stream, namespaced, stream_for_context
+from crm_kit.events.subjects import dead_letter_stream, namespaced, stream_for_context, subject_for
 from crm_kit.ids import new_id
 from eventsupport import emit_invite, eventually, stream_count, stream_messages, write_invites
 from google.protobuf import any_pb2
@@ -497,3 +498,67 @@ async def test_waiting_events_share_a_transaction_and_a_failing_one_is_handled_a
     assert (again.handled, again.duplicates) == (1, 40)
     assert again.transactions < 41
     assert await effect_count(db) == 41
+
+
+async def test_a_database_outage_longer_than_the_attempts_window_dead_letters_nothing(
+    test_infra, with_effects, db_url, settings, nc
+):
+    """The consumer's database refuses connections for far longer than its 5 attempts take (backoff of 0.2 s
+    here, about 156 s in production); every event delivered meanwhile is handled once afterwards, none is
+    dead-lettered, and no attempt was spent on the outage."""
+    from crm_kit.events.outbox import build_envelope
+    from sqlalchemy.engine import make_url
+
+    db = with_effects
+    consumer = Consumer(
+        name="outage",
+        filter_subjects=[events_pb2.UserInvited],
+        handler=record_effect,
+        backoff=(0.2, 0.2, 0.2, 0.2),
+        max_deliver=5,
+    )
+    js = nc.jetstream()
+    name = make_url(db_url).database
+    admin = await asyncpg.connect(test_infra.postgres_admin_dsn)
+
+    async def publish(n: int) -> None:
+        envelope = build_envelope(
+            events_pb2.UserInvited(email=f"o{n}@example.com"),
+            aggregate_type="user",
+            aggregate_id=f"user-{n}",
+            action="invited",
+            tenant_id="tenant-1",
+        )
+        subject = namespaced(subject_for(envelope.type), settings.namespace)
+        await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": envelope.id})
+
+    try:
+        async with bus_for(test_infra, db, settings, consumer, relay=False) as bus:
+            runner = bus.runners["outage"]
+            await publish(0)
+            await eventually(lambda: runner.handled == 1, what="the first event")
+
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            for n in range(1, 11):
+                await publish(n)
+            # Ten times the attempts window (4 x 0.2 s): the old rule had dead-lettered them all by now.
+            await asyncio.sleep(8)
+            assert runner.handled == 1 and runner.dead_lettered == 0
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+            await eventually(lambda: runner.handled == 11, within=30, what="every event after the outage")
+            assert (runner.dead_lettered, runner.retried) == (0, 0)
+            assert runner.infrastructure_waits >= 1
+            info = await js.consumer_info(stream_for_context("identity", settings.namespace), "outage")
+            assert info.num_ack_pending == 0
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    assert await stream_count(js, dead_letter_stream(settings.namespace)) == 0
+    await db.engine.dispose()  # its pooled connections were terminated with the others
+    async with db.read() as session:
+        emails = (await session.scalars(select(effects.c.email))).all()
+    assert sorted(emails) == sorted(f"o{n}@example.com" for n in range(11))

@@ -7,7 +7,7 @@ import uuid
 
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
-from crm_kit.events.schema import create_tables, drop_tables
+from crm_kit.events.schema import add_event_parking, create_tables, drop_event_parking, drop_tables
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -68,3 +68,23 @@ def test_alembic_helper_renders_sql_offline():
     assert "CREATE TABLE IF NOT EXISTS inbox" in sql
     assert "WHERE published_at IS NULL" in sql
     assert "CREATE TRIGGER outbox_events_notify" in sql
+
+
+async def test_parking_helper_brings_an_older_outbox_to_the_same_schema(database, test_infra):
+    async with database.engine.connect() as conn:
+        expected = await conn.run_sync(_schema)
+    url = await test_infra.database(f"mig{uuid.uuid4().hex[:8]}")
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate, create_tables)
+            await conn.run_sync(_migrate, drop_event_parking)  # an outbox made before parking existed
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_schema) != expected
+        async with engine.begin() as conn:
+            await conn.run_sync(_migrate, add_event_parking)
+            await conn.run_sync(_migrate, add_event_parking)  # a second run changes nothing
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_schema) == expected
+    finally:
+        await engine.dispose()

@@ -6,9 +6,25 @@ The tenant always comes from the verified credential, never from the request bod
 from __future__ import annotations
 
 import contextvars
+import re
 from dataclasses import dataclass, field
 
 from crm.common.v1 import event_pb2
+
+from crm_kit.ids import new_id
+
+# A request id a client may choose (the gateway's X-Request-ID, a service's `x-request-id` metadata): declared
+# once here. The gateway and the services accept one that matches and make a fresh one otherwise; events carry
+# it; the audit trail stores it. Every column that stores a request id takes REQUEST_ID_MAX characters.
+REQUEST_ID_MAX = 128
+REQUEST_ID = re.compile(rf"[A-Za-z0-9._:\-]{{1,{REQUEST_ID_MAX}}}\Z")
+# A trace id as events and logs carry it: 32 hex digits (W3C trace context).
+TRACE_ID_LENGTH = 32
+
+
+def request_id_or_new(value: str) -> str:
+    """`value` when it is an acceptable request id, else a fresh one."""
+    return value if REQUEST_ID.match(value) else new_id()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ from crm_kit import context, idempotency
 from crm_kit.auth import JwtVerifier
 from crm_kit.db import Database
 from crm_kit.errors import DomainError, Unauthenticated, to_status
-from crm_kit.ids import new_id
 from crm_kit.telemetry import tracing_enabled
 
 log = logging.getLogger("crm.grpc")
@@ -67,7 +66,7 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
             metadata = {k: v for k, v in (ctx.invocation_metadata() or ()) if isinstance(v, str)}
             span = trace.get_current_span().get_span_context()
             request_ctx = context.RequestContext(
-                request_id=metadata.get("x-request-id") or new_id(),
+                request_id=context.request_id_or_new(metadata.get("x-request-id", "")),
                 trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
             )
             token = context.bind(request_ctx)

@@ -60,6 +60,8 @@ class NatsServer:
     store_dir: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # Settings for a configuration file (e.g. {"max_payload": 65536}); none by default.
+    config: dict[str, int | str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -78,6 +80,7 @@ class NatsServer:
                 "-js",
                 "-sd",
                 str(self.store_dir),
+                *self._config_args(),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -88,6 +91,13 @@ class NatsServer:
                 raise RuntimeError(f"nats-server did not start; see {self.store_dir / 'nats-server.log'}")
             time.sleep(0.05)
         return self
+
+    def _config_args(self) -> list[str]:
+        if not self.config:
+            return []
+        path = self.store_dir / "nats-server.conf"
+        path.write_text("".join(f"{key}: {value}\n" for key, value in self.config.items()))
+        return ["-c", str(path)]
 
     def stop(self, *, kill: bool = False) -> None:
         if self.process and self.process.poll() is None:

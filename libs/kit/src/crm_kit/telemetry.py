@@ -66,3 +66,9 @@ def shutdown_telemetry() -> None:
     provider = trace.get_tracer_provider()
     if hasattr(provider, "shutdown"):
         provider.shutdown()
+
+
+def counter(name: str, description: str, unit: str = "1") -> metrics.Counter:
+    """A counter of the kit's meter, for what operators must see (dead letters, parked events). Exported with
+    the other metrics when OTEL_* says so; created before `setup_telemetry` it still reaches its provider."""
+    return metrics.get_meter("crm_kit").create_counter(name, unit=unit, description=description)

@@ -42,6 +42,8 @@ AUDIT_CONSUMERS = [
         handler=_record_audit,
         per_transaction=100,
         batch=100,
+        # An event the audit trail cannot store is a gap in it: an alert, never silent.
+        alert="audit_gap",
     )
     for service in AUDITED_SERVICES
 ]

@@ -8,7 +8,7 @@ from typing import Any
 from crm_kit.db import Base, TenantOwned, Timestamped
 
 # Kit tables (outbox, inbox) live on the same metadata.
-from crm_kit.events import outbox as _outbox  # noqa: F401
+from crm_kit.events import outbox as _outbox
 from crm_kit.ids import new_id
 from sqlalchemy import (
     ARRAY,
@@ -126,6 +126,26 @@ class RefreshToken(TenantOwned, Base):
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+# The audit trail's columns that hold an envelope's text, and the envelope field each holds. Their sizes are the
+# kit's bounds on those fields (`crm_kit.events.outbox.ENVELOPE_TEXT_LIMITS`), so every event the kit lets
+# through fits: a record the trail cannot store would be a gap in it.
+AUDIT_ENVELOPE_FIELDS = {
+    "tenant_id": "tenant_id",
+    "actor_id": "actor.id",
+    "actor_name": "actor.name",
+    "object_type": "aggregate_type",
+    "object_id": "aggregate_id",
+    "action": "action",
+    "event_type": "type",
+    "request_id": "request_id",
+    "trace_id": "trace_id",
+}
+
+
+def _envelope_text(column: str, **kwargs: Any) -> Mapped[str]:
+    return mapped_column(String(_outbox.ENVELOPE_TEXT_LIMITS[AUDIT_ENVELOPE_FIELDS[column]]), **kwargs)
+
+
 class AuditRecord(Base):
     """The system-wide audit trail, fed by every service's events. Append-only: a trigger refuses UPDATE and
     DELETE (see the migration)."""
@@ -134,19 +154,19 @@ class AuditRecord(Base):
     id: Mapped[str] = mapped_column(
         String(36), primary_key=True
     )  # the event id: a redelivery cannot duplicate
-    tenant_id: Mapped[str] = mapped_column(String(36))
+    tenant_id: Mapped[str] = _envelope_text("tenant_id")
     occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     actor_type: Mapped[str] = mapped_column(String(20))
-    actor_id: Mapped[str] = mapped_column(String(64))
-    actor_name: Mapped[str] = mapped_column(String(200), default="")
-    object_type: Mapped[str] = mapped_column(String(50))
-    object_id: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(50))
+    actor_id: Mapped[str] = _envelope_text("actor_id")
+    actor_name: Mapped[str] = _envelope_text("actor_name", default="")
+    object_type: Mapped[str] = _envelope_text("object_type")
+    object_id: Mapped[str] = _envelope_text("object_id")
+    action: Mapped[str] = _envelope_text("action")
     changes: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
-    event_type: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = _envelope_text("event_type")
     service: Mapped[str] = mapped_column(String(50))
-    request_id: Mapped[str] = mapped_column(String(64), default="")
-    trace_id: Mapped[str] = mapped_column(String(32), default="")
+    request_id: Mapped[str] = _envelope_text("request_id", default="")
+    trace_id: Mapped[str] = _envelope_text("trace_id", default="")
 
     __table_args__ = (
         Index("ix_audit_tenant_id", "tenant_id", "id"),

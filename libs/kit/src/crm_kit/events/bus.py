@@ -66,6 +66,18 @@ async def connect_nats(
     return nc
 
 
+def check_max_payload(nc: NATS) -> None:
+    """Refuse to run against a NATS server that cannot carry the largest event a unit of work may emit
+    (`crm_kit.events.outbox.MAX_EVENT_BYTES`) and its headers: a deployment error, surfaced at start-up."""
+    from crm_kit.events.outbox import HEADER_ALLOWANCE, MAX_EVENT_BYTES
+
+    if nc.max_payload < MAX_EVENT_BYTES + HEADER_ALLOWANCE:
+        raise RuntimeError(
+            f"NATS max_payload is {nc.max_payload} bytes; events may be up to {MAX_EVENT_BYTES} bytes plus "
+            f"{HEADER_ALLOWANCE} of headers: raise max_payload on the server"
+        )
+
+
 class EventBus:
     """What a service runs for events. `produces` names the contexts whose streams it publishes into (default:
     the service's own name); the streams of its consumers are ensured too, so start-up order does not matter."""
@@ -104,6 +116,7 @@ class EventBus:
             self.nats_url, self.settings, name=f"crm-{self.service}", reconnected=self._reconnected
         )
         try:
+            check_max_payload(self.nc)
             await self._ensure(self.produces)
             if self.run_relay:
                 assert self.database is not None

@@ -14,7 +14,13 @@ Failures: a handler that raises is retried: the kit naks with the delay `backoff
 redelivers; a consumer that dies mid-event gets it redelivered by JetStream after the same backoff. After
 `max_deliver` attempts, or at once when the handler raises `PermanentError` or the event cannot be decoded, the
 event goes to the dead-letter subject `dlq.<service>.<consumer>` with the error in the `Crm-Error` header, and is
-terminated, so one bad event does not block or loop forever. A handler is cancelled after `timeout` seconds. An
+terminated, so one bad event does not block or loop forever. A handler is cancelled after `timeout` seconds.
+
+Only a failure of the handler itself counts as an attempt. When the infrastructure is down (the database
+unreachable or refusing connections, NATS disconnected: the error is a connection error, or the database does
+not answer a probe right after the failure), the consumer keeps the event, tells JetStream it is still in
+progress (and so for the events it has buffered), waits until the database answers and NATS is connected, and
+handles the same delivery again: an outage of any length dead-letters nothing and costs no attempt. An
 event whose last attempt never answered at all (the replica died) is dead-lettered by the replicas still
 running, from JetStream's max-deliveries advisory.
 
@@ -54,7 +60,7 @@ from opentelemetry.trace import SpanKind, TracerProvider
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from crm_kit import context
+from crm_kit import context, telemetry
 from crm_kit.db import Database, UnitOfWork, caller_error, driver_of, transaction
 from crm_kit.errors import describe, format_exception
 from crm_kit.events import inbox
@@ -79,6 +85,10 @@ CONSUMER_HEADER = "Crm-Consumer"
 ORIGINAL_SUBJECT_HEADER = "Crm-Original-Subject"
 ORIGINAL_SEQUENCE_HEADER = "Crm-Original-Sequence"
 DELIVERIES_HEADER = "Crm-Deliveries"
+ALERT_HEADER = "Crm-Alert"
+
+# Every event a consumer gives up on, by consumer and alert: what operators watch (with the dead-letter list).
+DEAD_LETTERS = telemetry.counter("crm.events.dead_letters", "events a consumer gave up on (dead-lettered)")
 
 
 class PermanentError(Exception):
@@ -110,6 +120,10 @@ class Consumer:
     # fails rolls back whole and its events are handled one by one, so retries and dead letters stay per
     # event. Batched events get no span of their own (their envelopes keep the trace id).
     per_transaction: int = 1
+    # For a consumer whose dead letter is an incident, not a chore (the audit trail: "audit_gap"): a dead
+    # letter is logged at error level with `alert` in the log record, carries it in the Crm-Alert header (the
+    # dead-letter list shows it) and is counted with it in `crm.events.dead_letters`.
+    alert: str = ""
     subjects: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -189,6 +203,40 @@ def _header_value(text: str, limit: int = 1000) -> str:
     return " ".join(text.split())[:limit]
 
 
+# SQLSTATEs of a database that cannot be reached or is refusing work right now (connection exceptions,
+# operator intervention, too many connections, "database is not currently accepting connections").
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "53300", "55000")
+
+
+def infrastructure_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database or NATS is unreachable, rather than the handler failed.
+
+    Other errors, a socket error among them (a handler's mail server may be down), are decided by probing the
+    database and NATS (`ConsumerRunner._infrastructure_down`): the handler's own dependencies are its failure."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+            return True
+        if isinstance(
+            current,
+            nats.errors.ConnectionClosedError
+            | nats.errors.ConnectionReconnectingError
+            | nats.errors.NoServersError
+            | nats.errors.StaleConnectionError,
+        ):
+            return True
+        if isinstance(current, asyncpg.PostgresError) and (current.sqlstate or "").startswith(
+            _UNAVAILABLE_SQLSTATES
+        ):
+            return True
+        if getattr(current, "connection_invalidated", False):  # SQLAlchemy: the connection was lost
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
+
+
 _STOP = object()
 _PULL = object()
 
@@ -256,11 +304,14 @@ class ConsumerRunner:
         self.dead_lettered = 0
         self.acked = 0
         self.transactions = 0
+        # Outages waited out without counting an attempt.
+        self.infrastructure_waits = 0
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._sub: Subscription | None = None
         self._advisories: Subscription | None = None
         self._inbox = ""
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # ends a wait for the infrastructure at once
         self._task: asyncio.Task[None] | None = None
         self._engine: AsyncEngine
         self._connection: AsyncConnection | None = None
@@ -288,6 +339,7 @@ class ConsumerRunner:
         if self._task is None:
             return
         self._stopping = True
+        self._stop_requested.set()
         self._queue.put_nowait(_STOP)
         try:
             await self._task
@@ -522,16 +574,27 @@ class ConsumerRunner:
             )
             keepalive = _KeepAlive(msg, self._progress_interval)
             try:
-                async with asyncio.timeout(self.consumer.timeout):
-                    await self._apply(envelope, payload)
-            except Exception as exc:
-                span.record_exception(
-                    exc,
-                    attributes={"exception.message": describe(exc), "exception.stacktrace": format_exception(exc)},
-                )
-                span.set_status(trace.Status(trace.StatusCode.ERROR, describe(exc)))
-                await self._failed(msg, exc, attempt)
-                return
+                while True:
+                    try:
+                        async with asyncio.timeout(self.consumer.timeout):
+                            await self._apply(envelope, payload)
+                        break
+                    except Exception as exc:
+                        if await self._infrastructure_down(exc):
+                            if await self._wait_for_infrastructure(exc):
+                                continue  # the same delivery again: an outage costs no attempt
+                            await msg.nak()  # stopping: another replica takes it
+                            return
+                        span.record_exception(
+                            exc,
+                            attributes={
+                                "exception.message": describe(exc),
+                                "exception.stacktrace": format_exception(exc),
+                            },
+                        )
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, describe(exc)))
+                        await self._failed(msg, exc, attempt)
+                        return
             finally:
                 keepalive.cancel()
                 context.reset(token)
@@ -595,6 +658,64 @@ class ConsumerRunner:
             self._connection = connection
         return self._connection, self._claim
 
+    async def _infrastructure_down(self, exc: BaseException) -> bool:
+        """A failure that says nothing about the handler: a connection error, or a database or NATS that does
+        not answer right after it (the handler may have seen the outage as something else, a timeout say)."""
+        if isinstance(exc, PermanentError):
+            return False
+        return infrastructure_error(exc) or not await self._infrastructure_up()
+
+    async def _infrastructure_up(self) -> bool:
+        if not self.nc.is_connected:
+            return False
+        try:
+            async with asyncio.timeout(5.0), self._engine.connect() as connection:
+                await driver_of(connection).fetchval("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    async def _wait_for_infrastructure(self, exc: BaseException) -> bool:
+        """Hold the event in hand and the buffered ones (in progress, so JetStream neither redelivers nor counts
+        them) until the database answers and NATS is connected. False when the consumer is stopping."""
+        log.warning(
+            "consumer %s: infrastructure unavailable (%r); holding its events until it is back, no attempt counted",
+            self.consumer.name,
+            exc,
+        )
+        started = asyncio.get_running_loop().time()
+        holding = asyncio.create_task(self._hold_buffered())
+        delay = self._progress_interval
+        try:
+            while not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop_requested.wait()
+                if self._stopping:
+                    break
+                delay = min(delay * 2, 5.0)
+                if await self._infrastructure_up():
+                    log.info(
+                        "consumer %s: infrastructure back after %.1fs; resuming",
+                        self.consumer.name,
+                        asyncio.get_running_loop().time() - started,
+                    )
+                    self.infrastructure_waits += 1
+                    return True
+            return False
+        finally:
+            holding.cancel()
+
+    async def _hold_buffered(self) -> None:
+        """Tell JetStream the events buffered behind the one in hand are in progress, as `_KeepAlive` does for
+        that one, so their ack timers do not run out (and count deliveries) while the consumer waits."""
+        while True:
+            for item in list(self._queue._queue):  # type: ignore[attr-defined]  # a snapshot, not consumed
+                if isinstance(item, Msg) and item.reply:
+                    with contextlib.suppress(Exception):
+                        await item.in_progress()
+            await asyncio.sleep(self._progress_interval)
+
     async def _failed(self, msg: Msg, exc: Exception, attempt: int) -> None:
         if isinstance(exc, PermanentError) or attempt >= self.consumer.max_deliver:
             await self._dead_letter(msg, exc)
@@ -627,7 +748,21 @@ class ConsumerRunner:
         }
         if traceparent:
             headers["traceparent"] = traceparent
+        if self.consumer.alert:
+            headers[ALERT_HEADER] = self.consumer.alert
         return headers
+
+    def _gave_up(self, message: str, *args: Any) -> None:
+        """A dead letter is written: count it and say so at error level (with the alert marker, if any)."""
+        self.dead_lettered += 1
+        consumer = f"{self.service}/{self.consumer.name}"
+        DEAD_LETTERS.add(1, {"consumer": consumer, "alert": self.consumer.alert or "none"})
+        prefix = f"ALERT {self.consumer.alert}: " if self.consumer.alert else ""
+        log.error(
+            prefix + message,
+            *args,
+            extra={"alert": self.consumer.alert, "consumer": consumer} if self.consumer.alert else {},
+        )
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
         """JetStream gave up on an event whose last attempt never answered (the replica handling it died, or
@@ -650,8 +785,7 @@ class ConsumerRunner:
                 "consumer %s: cannot dead-letter after a max-deliveries advisory", self.consumer.name
             )
             return
-        self.dead_lettered += 1
-        log.error(
+        self._gave_up(
             "consumer %s: stream message %s exhausted its deliveries unanswered",
             self.consumer.name,
             stream_seq,
@@ -674,12 +808,11 @@ class ConsumerRunner:
                 "consumer %s: cannot dead-letter stream message %s", self.consumer.name, meta.sequence
             )
             return
-        log.error(
+        self._gave_up(
             "consumer %s: gave up on stream message %s after %s attempts: %r",
             self.consumer.name,
             meta.sequence.stream,
             meta.num_delivered,
             exc,
         )
-        self.dead_lettered += 1
         await msg.term()

@@ -32,6 +32,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ServerError
 
 from crm_kit.events.consumer import (
+    ALERT_HEADER,
     CONSUMER_HEADER,
     DELIVERIES_HEADER,
     ERROR_HEADER,
@@ -60,6 +61,7 @@ class DeadLetter:
     event_type: str
     tenant_id: str
     aggregate: str
+    alert: str = ""  # the consumer's alert marker ("audit_gap": an event the audit trail could not store)
 
 
 def _letter(seq: int, headers: dict[str, str], data: bytes) -> DeadLetter:
@@ -79,6 +81,7 @@ def _letter(seq: int, headers: dict[str, str], data: bytes) -> DeadLetter:
         event_type=envelope.type,
         tenant_id=envelope.tenant_id,
         aggregate=f"{envelope.aggregate_type}/{envelope.aggregate_id}" if envelope.aggregate_id else "",
+        alert=headers.get(ALERT_HEADER, ""),
     )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_kit import context
 from crm_kit.db import Base, utcnow
+from crm_kit.errors import InvalidArgument
 from crm_kit.events.subjects import event_type, subject_for
 from crm_kit.ids import new_id
 
@@ -33,13 +34,78 @@ class OutboxEvent(Base):
     traceparent: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     published_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set by the relay when NATS refused this one event for good (too large, bad subject...): the row waits
+    # for an operator (`python -m crm_kit.events.parked`), with later events of its aggregate behind it.
+    parked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    parked_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         # The relay's only query: the oldest unpublished rows. Partial, so it stays as small as the backlog.
         Index("ix_outbox_events_unpublished", "seq", postgresql_where="published_at IS NULL"),
         # Pruning of published rows after the retention period, without scanning the table.
         Index("ix_outbox_events_published_at", "published_at", postgresql_where="published_at IS NOT NULL"),
+        # What holds back the later events of an aggregate: the parked rows (normally none).
+        Index(
+            "ix_outbox_events_parked",
+            "tenant_id",
+            "aggregate_id",
+            "seq",
+            postgresql_where="parked_at IS NOT NULL",
+        ),
     )
+
+
+# The largest event (serialized envelope) a unit of work may emit. Well under NATS's max_payload (1 MiB by
+# default; `crm_kit.events.bus` refuses to start against a server whose limit is below this plus room for
+# headers): an event NATS cannot carry would stop its stream, so the write that makes it is refused instead
+# (422 `event_too_large`) and nothing of it is written. Bulk (files, long texts) belongs in a table the event
+# refers to, not in the event.
+MAX_EVENT_BYTES = 256 * 1024
+# What the relay's headers (Nats-Msg-Id, traceparent) and NATS's framing may add on top of the envelope.
+HEADER_ALLOWANCE = 4 * 1024
+
+# The most characters each identifying text field of an envelope holds ("actor.name" is the actor's `name`).
+# Declared once: `build_envelope` keeps every event within them, and whatever stores these fields (the audit
+# trail's columns) takes its sizes from here, so an event is never one its store refuses. A display name is
+# shortened to fit; any other field over its bound refuses the write (422 `event_field_too_long`).
+ENVELOPE_TEXT_LIMITS: dict[str, int] = {
+    "type": 200,
+    "tenant_id": 36,
+    "actor.id": 64,
+    "actor.name": 200,
+    "aggregate_type": 50,
+    "aggregate_id": 64,
+    "action": 50,
+    "request_id": context.REQUEST_ID_MAX,
+    "trace_id": context.TRACE_ID_LENGTH,
+}
+# Shortened rather than refused: a name shown to people (an unknown sign-in's actor is the address typed).
+_SHORTENED = {"actor.name"}
+
+
+def envelope_text(envelope: event_pb2.EventEnvelope, path: str) -> str:
+    """The envelope's text field at `path` ("actor.name")."""
+    value: Any = envelope
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _keep_to_limits(envelope: event_pb2.EventEnvelope) -> None:
+    for path, limit in ENVELOPE_TEXT_LIMITS.items():
+        value = envelope_text(envelope, path)
+        if len(value) <= limit:
+            continue
+        if path not in _SHORTENED:
+            raise InvalidArgument(
+                f"the change cannot be recorded: its event's {path} has {len(value)} characters, over {limit}",
+                reason="event_field_too_long",
+            )
+        *parents, name = path.split(".")
+        holder: Any = envelope
+        for part in parents:
+            holder = getattr(holder, part)
+        setattr(holder, name, value[: limit - 1] + "…")
 
 
 # Every committed insert wakes the active relay, even when it runs in another replica: the NOTIFY is sent at
@@ -121,7 +187,7 @@ def build_envelope(
     packed.Pack(payload)
     if actor is None:
         actor = principal.actor_message() if principal else context.SYSTEM.actor_message()
-    return event_pb2.EventEnvelope(
+    envelope = event_pb2.EventEnvelope(
         id=new_id(),
         type=event_type(payload),
         tenant_id=tenant_id if tenant_id is not None else (principal.tenant_id if principal else ""),
@@ -136,16 +202,26 @@ def build_envelope(
         trace_id=ctx.trace_id,
         payload=packed,
     )
+    _keep_to_limits(envelope)
+    return envelope
 
 
 def outbox_row(envelope: event_pb2.EventEnvelope) -> tuple[str, str, str, str, bytes, str]:
-    """The outbox columns of an event: id, subject, tenant, aggregate, envelope bytes, traceparent."""
+    """The outbox columns of an event: id, subject, tenant, aggregate, envelope bytes, traceparent. Refuses
+    (InvalidArgument, reason `event_too_large`) an envelope over `MAX_EVENT_BYTES`."""
+    data = envelope.SerializeToString()
+    if len(data) > MAX_EVENT_BYTES:
+        raise InvalidArgument(
+            f"the change is too large to record: its {envelope.type} event would be {len(data)} bytes, "
+            f"over the limit of {MAX_EVENT_BYTES}; shorten the longest values",
+            reason="event_too_large",
+        )
     return (
         envelope.id,
         subject_for(envelope.type),
         envelope.tenant_id,
         envelope.aggregate_id,
-        envelope.SerializeToString(),
+        data,
         current_traceparent(),
     )
 

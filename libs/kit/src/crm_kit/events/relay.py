@@ -27,6 +27,16 @@ Why it is built this way:
   debugging; inbox rows `inbox_retention` later (7 days, the stream's max age, so a replay of the whole stream
   is still de-duplicated). The active relay prunes both, in bounded batches.
 
+- A poisoned event does not stop the stream. An event NATS refuses for good (larger than the server's
+  max_payload, refused by the stream: anything but an outage) is parked: its row gets `parked_at` and the
+  error, an error-level log line says so, and the relay goes on with the rest. Later events of the same
+  aggregate (same tenant and aggregate id) wait behind it, so no consumer sees them out of order; other
+  aggregates flow. An operator lists, retries or discards parked events with `python -m crm_kit.events.parked`.
+  (Unit-of-work writes cannot make such an event: `MAX_EVENT_BYTES` refuses it at emit.) A NATS outage is not
+  a refusal: the relay waits and retries, as above. The size is checked against the server's max_payload
+  before sending; a refusal JetStream reports only in its ack (a stream's own limits) parks the event too,
+  but later events of its aggregate sent in the same batch are already out.
+
 Ordering: events of one aggregate are published in the order their transactions committed as long as writers
 of one aggregate serialize on it (SELECT … FOR UPDATE or a version check), which every aggregate write must do
 anyway. Events of different aggregates have no order between them.
@@ -44,10 +54,12 @@ from typing import Any
 
 import asyncpg
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js.api import PubAck
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
+from crm_kit import telemetry
 from crm_kit.db import Database
 from crm_kit.events.config import EventSettings
 from crm_kit.events.outbox import OUTBOX_CHANNEL
@@ -61,10 +73,18 @@ RELAY_LOCK = 0x43524D52454C
 
 # Marks the rows published since the last round trip ($2) and fetches the next batch, in one statement: the
 # SELECT sees the snapshot from before the UPDATE, hence the explicit exclusion.
+# Parked rows, and the later rows of their aggregates, are left out (an empty aggregate id is no aggregate).
 FETCH_AND_MARK = (
     "WITH marked AS (UPDATE outbox_events SET published_at = now() WHERE seq = any($2::bigint[])) "
-    "SELECT seq, id, subject, envelope, traceparent FROM outbox_events "
-    "WHERE published_at IS NULL AND NOT (seq = any($2::bigint[])) ORDER BY seq LIMIT $1"
+    "SELECT seq, id, subject, tenant_id, aggregate_id, envelope, traceparent FROM outbox_events e "
+    "WHERE published_at IS NULL AND parked_at IS NULL AND NOT (seq = any($2::bigint[])) "
+    "AND NOT EXISTS (SELECT 1 FROM outbox_events p WHERE p.parked_at IS NOT NULL AND e.aggregate_id <> '' "
+    "AND p.tenant_id = e.tenant_id AND p.aggregate_id = e.aggregate_id AND p.seq < e.seq) "
+    "ORDER BY seq LIMIT $1"
+)
+PARK = (
+    "UPDATE outbox_events o SET parked_at = now(), parked_error = p.error "
+    "FROM unnest($1::bigint[], $2::text[]) AS p(seq, error) WHERE o.seq = p.seq"
 )
 MARK = "UPDATE outbox_events SET published_at = now() WHERE seq = any($1::bigint[])"
 PRUNE_OUTBOX = (
@@ -82,6 +102,11 @@ PRUNE_IDEMPOTENT_REQUESTS = (
 )
 IDEMPOTENT_REQUEST_RETENTION = 48 * 3600.0
 PRUNE_BATCH = 5000
+
+# Events parked because NATS refused them for good: what operators watch (with `python -m crm_kit.events.parked`).
+PARKED = telemetry.counter(
+    "crm.events.parked", "outbox events NATS refused for good, waiting for an operator"
+)
 
 
 class _RecentSeqs:
@@ -120,6 +145,36 @@ class _Unpublished(Exception):
         self.cause = cause
 
 
+class _TooLarge(nats.errors.MaxPayloadError):
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"nats: maximum payload exceeded: {self.detail}"
+
+
+def refused_for_good(exc: BaseException | None) -> bool:
+    """Whether NATS refused this one message in a way a retry cannot change (as opposed to an outage, a
+    timeout or JetStream being unavailable, which the relay waits out)."""
+    if isinstance(
+        exc, nats.errors.MaxPayloadError | nats.errors.BadSubjectError | nats.errors.BadHeaderError
+    ):
+        return True
+    # JetStream's own refusals of a message (a 4xx: over the stream's max message size, wrong stream...);
+    # 503 (no JetStream, no stream yet) and timeouts are outages.
+    if isinstance(exc, nats.js.errors.APIError) and not isinstance(
+        exc, nats.js.errors.ServiceUnavailableError
+    ):
+        return exc.code is not None and 400 <= exc.code < 500 and exc.code not in (408, 429)
+    return False
+
+
+def _header_bytes(headers: dict[str, str]) -> int:
+    """The size of NATS's header block for `headers` (counted by the server against max_payload)."""
+    return len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in headers.items())
+
+
 class OutboxRelay:
     """Publishes a database's outbox. `start()`, then `stop()`; several per database are safe (one is active)."""
 
@@ -140,12 +195,15 @@ class OutboxRelay:
         # Events this relay stored in JetStream first, and publishes JetStream reported as duplicates.
         self.published = 0
         self.duplicates = 0
+        self.parked = 0
         # Set while the active relay waits for work (all caught up); for tests and health checks.
         self.idle = asyncio.Event()
         self._wake = asyncio.Event()
         self._retry = asyncio.Event()
         # Acked but not yet marked: marked by the next fetch, in the same round trip (see `_lead`).
         self._unmarked: list[int] = []
+        # Refused for good: (seq, error), parked by `_lead` before its next fetch.
+        self._to_park: list[tuple[int, str]] = []
         self._seen = _RecentSeqs()
         self.leader = Leader(
             self.dsn,
@@ -197,6 +255,7 @@ class OutboxRelay:
         finally:
             self.idle.clear()
             self._unmarked.clear()
+            self._to_park.clear()
             self._seen.clear()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
@@ -221,6 +280,8 @@ class OutboxRelay:
                     self._seen.add(row["seq"])
                 if rows:
                     await self._publish(rows)
+                    if self._to_park:
+                        await self._park(conn)
                     if len(rows) == batch_size:
                         continue
                     if not self._wake.is_set():
@@ -233,6 +294,9 @@ class OutboxRelay:
                     next_prune = time.monotonic() + self.settings.prune_interval
                 await self._wait_for_work()
         finally:
+            if self._to_park and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await self._park(conn)
             if self._unmarked and not conn.is_closed():
                 with contextlib.suppress(Exception):
                     await conn.execute(MARK, self._unmarked)
@@ -260,7 +324,11 @@ class OutboxRelay:
     # -- publishing ------------------------------------------------------------------------------------------
 
     async def _publish(self, rows: Sequence[asyncpg.Record]) -> None:
-        """Publish `rows` until JetStream acked every one; retried with backoff while NATS fails."""
+        """Publish `rows` until JetStream acked or refused every one; retried with backoff while NATS fails.
+
+        Retries go one event at a time, each waiting for its answer: nats-py's asynchronous publish reports
+        JetStream's refusal of a message only as a missing ack, which looks like an outage, while a plain
+        publish raises it, so the event is parked rather than retried forever."""
         remaining, _ = await self._publish_once(list(rows))
         if not remaining:
             return  # the usual case, without setting up the retry machinery
@@ -273,54 +341,98 @@ class OutboxRelay:
         )
         async for attempt in retrying:
             with attempt:
-                remaining, cause = await self._publish_once(remaining)
+                remaining, cause = await self._publish_once(remaining, one_by_one=True)
                 if remaining:
                     raise _Unpublished(len(remaining), cause)
 
     async def _publish_once(
-        self, rows: list[asyncpg.Record]
+        self, rows: list[asyncpg.Record], *, one_by_one: bool = False
     ) -> tuple[list[asyncpg.Record], BaseException | None]:
-        """One attempt: publish all, await all acks; queue the acked rows for marking; return the rest and why."""
+        """One attempt: publish all, await all acks; queue the acked rows for marking, park the refused ones;
+        return the rest and why."""
         self._retry.clear()
         if not self.nc.is_connected:
             # While reconnecting the client would buffer the publishes and flush stale copies later; just wait.
             return rows, nats.errors.ConnectionReconnectingError()
         namespace = self.settings.namespace
-        futures: list[asyncio.Future[PubAck]] = []
+        sent: list[tuple[asyncpg.Record, asyncio.Future[PubAck]]] = []
+        acked: list[tuple[asyncpg.Record, PubAck]] = []
+        # Aggregates with an event refused for good in this batch: their later events wait behind it.
+        held: set[tuple[str, str]] = set()
         cause: BaseException | None = None
-        try:
-            for row in rows:
-                headers = {"Nats-Msg-Id": row["id"]}
-                if row["traceparent"]:
-                    headers["traceparent"] = row["traceparent"]
-                future = await self.js.publish_async(
-                    namespaced(row["subject"], namespace), row["envelope"], headers=headers
-                )
-                futures.append(future)
-        except (nats.errors.Error, OSError) as exc:
-            cause = exc
-        if futures:
-            _, not_done = await asyncio.wait(futures, timeout=self.settings.relay_ack_timeout)
+        unsent = len(rows)
+        for i, row in enumerate(rows):
+            if (row["tenant_id"], row["aggregate_id"]) in held:
+                continue
+            headers = {"Nats-Msg-Id": row["id"]}
+            if row["traceparent"]:
+                headers["traceparent"] = row["traceparent"]
+            size = len(row["envelope"]) + _header_bytes(headers)
+            subject = namespaced(row["subject"], namespace)
+            try:
+                if size > self.nc.max_payload:  # checked here: nats-py would leave its ack future dangling
+                    raise _TooLarge(f"{size} bytes, over the server's max_payload of {self.nc.max_payload}")
+                if one_by_one:
+                    ack = await self.js.publish(
+                        subject, row["envelope"], headers=headers, timeout=self.settings.relay_ack_timeout
+                    )
+                    acked.append((row, ack))
+                else:
+                    sent.append((row, await self.js.publish_async(subject, row["envelope"], headers=headers)))
+            except (nats.errors.Error, OSError) as exc:
+                if not refused_for_good(exc):
+                    cause, unsent = exc, i
+                    break
+                self._refused(row, exc, held)
+        if sent:
+            _, not_done = await asyncio.wait([f for _, f in sent], timeout=self.settings.relay_ack_timeout)
             for future in not_done:
                 future.cancel()
-        acked: list[int] = []
         left: list[asyncpg.Record] = []
-        for row, future in zip(rows, futures, strict=False):
+        for row, future in sent:
             if future.cancelled():
                 cause = cause or TimeoutError("no ack from JetStream")
                 left.append(row)
             elif future.exception() is not None:
-                cause = cause or future.exception()
+                exc = future.exception()
+                if refused_for_good(exc):
+                    self._refused(row, exc, held)
+                    continue
+                cause = cause or exc
                 left.append(row)
             else:
-                acked.append(row["seq"])
-                if future.result().duplicate:
-                    self.duplicates += 1
-                else:
-                    self.published += 1
-        left.extend(rows[len(futures) :])
-        self._unmarked.extend(acked)
+                acked.append((row, future.result()))
+        for row, ack in acked:
+            self._unmarked.append(row["seq"])
+            if ack.duplicate:
+                self.duplicates += 1
+            else:
+                self.published += 1
+        left.extend(r for r in rows[unsent:] if (r["tenant_id"], r["aggregate_id"]) not in held)
         return left, cause
+
+    def _refused(self, row: asyncpg.Record, exc: BaseException, held: set[tuple[str, str]]) -> None:
+        """NATS refused `row` for good: park it (at `_lead`'s next step) and hold back its aggregate."""
+        error = f"{type(exc).__name__}: {exc}"[:1000]
+        self._to_park.append((row["seq"], error))
+        if row["aggregate_id"]:
+            held.add((row["tenant_id"], row["aggregate_id"]))
+        self.parked += 1
+        PARKED.add(1, {"subject": row["subject"]})
+        log.error(
+            "relay parked outbox event %s (seq %s, %s, aggregate %s): NATS refused it: %s; later events of "
+            "its aggregate wait until an operator retries or discards it (python -m crm_kit.events.parked)",
+            row["id"],
+            row["seq"],
+            row["subject"],
+            row["aggregate_id"] or "-",
+            error,
+            extra={"alert": "event_parked"},
+        )
+
+    async def _park(self, conn: asyncpg.Connection) -> None:
+        parking, self._to_park = self._to_park, []
+        await conn.execute(PARK, [seq for seq, _ in parking], [error for _, error in parking])
 
     async def _prune(self, conn: asyncpg.Connection) -> None:
         for statement, retention in (

@@ -38,6 +38,29 @@ def drop_tables(op: Any) -> None:
     op.execute("DROP FUNCTION IF EXISTS crm_outbox_notify()")
 
 
+# Parking of events NATS refused for good (`crm_kit.events.relay`): two columns and a partial index on the
+# outbox, for databases created before them. `IF NOT EXISTS` makes it a no-op where `create_tables` made them.
+PARKING_DDL = (
+    "ALTER TABLE outbox_events ADD COLUMN IF NOT EXISTS parked_at TIMESTAMP WITH TIME ZONE",
+    "ALTER TABLE outbox_events ADD COLUMN IF NOT EXISTS parked_error TEXT",
+    "CREATE INDEX IF NOT EXISTS ix_outbox_events_parked ON outbox_events (tenant_id, aggregate_id, seq) "
+    "WHERE parked_at IS NOT NULL",
+)
+
+
+def add_event_parking(op: Any) -> None:
+    """Add the outbox's parking columns to a database made before them; call from an Alembic `upgrade()`."""
+    for statement in PARKING_DDL:
+        op.execute(statement)
+
+
+def drop_event_parking(op: Any) -> None:
+    """The reverse of `add_event_parking`; call from an Alembic `downgrade()`."""
+    op.execute("DROP INDEX IF EXISTS ix_outbox_events_parked")
+    op.execute("ALTER TABLE outbox_events DROP COLUMN IF EXISTS parked_error")
+    op.execute("ALTER TABLE outbox_events DROP COLUMN IF EXISTS parked_at")
+
+
 async def create_all(engine: AsyncEngine) -> None:
     """Create the kit tables with metadata.create_all (tests, local tools); the trigger comes with the table."""
     async with engine.begin() as conn:

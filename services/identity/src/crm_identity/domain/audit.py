@@ -7,6 +7,7 @@ import datetime as dt
 
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import identity_pb2
+from crm_kit.events.outbox import envelope_text
 from crm_kit.events.subjects import context_of
 from crm_kit.paging import Page, SortKey
 from crm_kit.validation import Check
@@ -28,19 +29,13 @@ async def record(session: AsyncSession, envelope: event_pb2.EventEnvelope) -> No
         insert(models.AuditRecord)
         .values(
             id=envelope.id,
-            tenant_id=envelope.tenant_id,
             occurred_at=envelope.occurred_at.ToDatetime(tzinfo=dt.UTC),
             actor_type=ACTOR_TYPES.get(envelope.actor.type, "ACTOR_TYPE_UNSPECIFIED"),
-            actor_id=envelope.actor.id,
-            actor_name=envelope.actor.name,
-            object_type=envelope.aggregate_type,
-            object_id=envelope.aggregate_id,
-            action=envelope.action,
             changes=changes,
-            event_type=envelope.type,
             service=context_of(envelope.type),
-            request_id=envelope.request_id,
-            trace_id=envelope.trace_id,
+            **{
+                column: envelope_text(envelope, path) for column, path in models.AUDIT_ENVELOPE_FIELDS.items()
+            },
         )
         .on_conflict_do_nothing(index_elements=["id"])
     )
