@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_identity import models
 from crm_identity.domain.common import api_key_pb, api_key_snapshot, caller, get_owned, sha256
+from crm_identity.domain.grants import check_grant
 from crm_identity.domain.users import _check_references
 
 MAX_RATE = 100_000
@@ -38,6 +39,7 @@ async def create(
         check.fail("expires_at", "must be in the future")
     await _check_references(uow.session, check, principal.tenant_id, "", list(request.role_ids))
     check.done()
+    await check_grant(uow.session, role_ids=request.role_ids)
     secret, prefix = new_secret()
     key = models.ApiKey(
         id=new_id(),
