@@ -134,7 +134,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     async def StartTotpEnrollment(self, request, context):
         async with self.db.unit_of_work() as uow:
-            secret, uri = await self.sessions.start_totp(uow)
+            secret, uri = await self.sessions.start_totp(uow, code=request.code)
         return pb.StartTotpEnrollmentResponse(secret=secret, provisioning_uri=uri)
 
     async def ConfirmTotpEnrollment(self, request, context):
@@ -187,6 +187,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         async with self.db.unit_of_work() as uow:
             user = await users.set_active(uow, request.id, active=False)
             await self.sessions.revoke_all(uow, user.id)
+            await api_keys.revoke_created_by(uow, user.id)
         return pb.DeactivateUserResponse(user=await self._user_pb(user))
 
     # ------------------------------------------------------------ departments

@@ -84,8 +84,34 @@ async def list_keys(
 
 async def revoke(uow: UnitOfWork, key_id: str) -> models.ApiKey:
     key = await get_owned(uow.session, models.ApiKey, "api_key", key_id, lock=True)
-    if key.revoked_at is not None:
-        return key
+    if key.revoked_at is None:
+        _revoke(uow, key)
+    return key
+
+
+async def revoke_created_by(uow: UnitOfWork, user_id: str) -> None:
+    """A deactivated user's keys stop working with them, and the keys those keys made (each revoked with its
+    event, which the gateway follows to drop the key from its cache)."""
+    creators = [user_id]
+    while creators:
+        keys = (
+            await uow.session.scalars(
+                select(models.ApiKey)
+                .where(
+                    models.ApiKey.tenant_id == caller().tenant_id,
+                    models.ApiKey.created_by.in_(creators),
+                    models.ApiKey.revoked_at.is_(None),
+                )
+                .order_by(models.ApiKey.id)
+                .with_for_update()
+            )
+        ).all()
+        for key in keys:
+            _revoke(uow, key)
+        creators = [k.id for k in keys]
+
+
+def _revoke(uow: UnitOfWork, key: models.ApiKey) -> None:
     before = api_key_snapshot(key)
     key.revoked_at = utcnow()
     uow.emit(
@@ -97,4 +123,3 @@ async def revoke(uow: UnitOfWork, key_id: str) -> models.ApiKey:
         before=before,
         after=api_key_snapshot(key),
     )
-    return key

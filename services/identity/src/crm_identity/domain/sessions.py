@@ -344,8 +344,11 @@ class Sessions:
             raise Unauthenticated("unknown user", reason="invalid_token")
         return user
 
-    async def start_totp(self, uow: UnitOfWork) -> tuple[str, str]:
+    async def start_totp(self, uow: UnitOfWork, *, code: str = "") -> tuple[str, str]:
         user = await self._me(uow)
+        if user.totp_secret and not (code and self._accept_totp(user, user.totp_secret, code)):
+            # Replacing an active secret needs what disabling it needs: the current code.
+            raise InvalidArgument.for_field("code", "is not the current code of the authenticator app")
         secret = pyotp.random_base32()
         user.totp_pending_secret = secret
         return secret, pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=TOTP_ISSUER)

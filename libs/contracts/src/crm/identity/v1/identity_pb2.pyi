@@ -868,12 +868,19 @@ Global___GetPolicyResponse: _TypeAlias = GetPolicyResponse  # noqa: Y015
 class StartTotpEnrollmentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    CODE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """When two-factor sign-in is already on: the current code of the authenticator app, so a stolen session
+    cannot replace the secret.
+    """
     def __init__(
         self,
+        *,
+        code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
