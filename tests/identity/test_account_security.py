@@ -60,20 +60,21 @@ async def test_an_active_totp_secret_is_replaced_only_with_the_current_code(iden
         pb.ConfirmTotpEnrollmentRequest(code=totp.at(time.time() - 30)), metadata=md
     )
 
-    # Someone holding only the session (no authenticator) cannot put their own secret in.
+    # Someone holding only the session (no authenticator) cannot put their own secret in ...
+    err = await rpc_error(identity.StartTotpEnrollment(pb.StartTotpEnrollmentRequest(), metadata=md))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert from_rpc_error(err).reason == "totp_enabled"
     for code in ("", "000000"):
-        err = await rpc_error(
-            identity.StartTotpEnrollment(pb.StartTotpEnrollmentRequest(code=code), metadata=md)
-        )
+        err = await rpc_error(identity.DisableTotp(pb.DisableTotpRequest(code=code), metadata=md))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     sign_in = await identity.CreateToken(
         pb.CreateTokenRequest(email=email, password=PASSWORD, totp_code=totp.now())
     )
     assert sign_in.token.access_token  # the original secret still works
 
-    again = await identity.StartTotpEnrollment(
-        pb.StartTotpEnrollmentRequest(code=totp.at(time.time() + 30)), metadata=md
-    )
+    # ... the owner, with a current code, can.
+    await identity.DisableTotp(pb.DisableTotpRequest(code=totp.at(time.time() + 30)), metadata=md)
+    again = await identity.StartTotpEnrollment(pb.StartTotpEnrollmentRequest(), metadata=md)
     assert again.secret and again.secret != started.secret
 
 

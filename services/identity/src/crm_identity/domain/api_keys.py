@@ -89,16 +89,16 @@ async def revoke(uow: UnitOfWork, key_id: str) -> models.ApiKey:
     return key
 
 
-async def revoke_created_by(uow: UnitOfWork, user_id: str) -> None:
+async def revoke_created_by(uow: UnitOfWork, user: models.User) -> None:
     """A deactivated user's keys stop working with them, and the keys those keys made (each revoked with its
     event, which the gateway follows to drop the key from its cache)."""
-    creators = [user_id]
+    creators = [user.id]
     while creators:
         keys = (
             await uow.session.scalars(
                 select(models.ApiKey)
                 .where(
-                    models.ApiKey.tenant_id == caller().tenant_id,
+                    models.ApiKey.tenant_id == user.tenant_id,
                     models.ApiKey.created_by.in_(creators),
                     models.ApiKey.revoked_at.is_(None),
                 )

@@ -80,7 +80,18 @@ async def invite(
     )
     check.done()
     await check_grant(uow.session, role_ids=request.role_ids)
-    if await uow.session.scalar(select(models.User.id).where(models.User.email == email)):
+    # A verified holder keeps the address, and so does anyone of this company; an unverified sign-up elsewhere
+    # does not stop the invitation (accepting it proves the mailbox and releases that sign-up), nor do other
+    # companies' pending invitations.
+    if await uow.session.scalar(
+        select(models.User.id).where(
+            models.User.email == email,
+            or_(
+                (models.User.status != "invited") & models.User.email_verified_at.is_not(None),
+                models.User.tenant_id == principal.tenant_id,
+            ),
+        )
+    ):
         raise AlreadyExists("a user with this email already exists", reason="email_taken")
     token = random_token()
     user = models.User(
