@@ -188,3 +188,26 @@ async def test_an_unverified_sign_up_stops_signing_in_after_seven_days_and_frees
     )
     assert again.user.email == email
     assert await identity.CreateToken(pb.CreateTokenRequest(email=email, password="owner password"))
+
+
+async def test_counts_older_than_a_day_are_forgotten_and_cleared(identity, identity_service, test_infra):
+    company = await sign_up(identity)
+    attacker = new_ip()
+    for _ in range(6):
+        await failure(identity, company.admin.email, "wrong password!", attacker)
+    conn = await asyncpg.connect(test_infra.asyncpg_dsn(identity_service.settings.database_url))
+    try:
+        assert (await failure(identity, company.admin.email, PASSWORD, attacker))[2] == "bad_credentials"
+        await conn.execute(
+            "UPDATE login_throttles SET last_failure_at = last_failure_at - interval '25 hours'"
+        )
+        # Yesterday's failures no longer slow anyone down ...
+        assert await sign_in(identity, company.admin.email, PASSWORD, attacker)
+        # ... and the next failure anywhere clears them from the table.
+        await failure(identity, unique_email("any"), "wrong password!", new_ip())
+        left = await conn.fetchval(
+            "SELECT count(*) FROM login_throttles WHERE last_failure_at < now() - interval '1 day'"
+        )
+    finally:
+        await conn.close()
+    assert left == 0

@@ -31,8 +31,7 @@ from crm_identity.settings import IdentitySettings
 BAD_CREDENTIALS = "email or password is wrong, or too many attempts: wait a moment and try again"
 TOTP_ISSUER = "CRM"
 FORGET_FAILURES_AFTER = dt.timedelta(days=1)
-# The user that holds an address (pending invitations wait beside it).
-HOLDER = models.User.status != "invited"
+HOLDER = verification.HOLDER
 
 
 def bad_credentials() -> Unauthenticated:
@@ -279,6 +278,10 @@ class Sessions:
             },
         )
         await uow.session.execute(stmt)
+        forgotten = (
+            select(table.c.key).where(table.c.last_failure_at < now - FORGET_FAILURES_AFTER).limit(100)
+        )
+        await uow.session.execute(delete(table).where(table.c.key.in_(forgotten)))
         return Outcome(error=error)
 
     @staticmethod

@@ -21,6 +21,7 @@ from crm_identity import models
 from crm_identity.domain.api_keys import revoke_created_by
 from crm_identity.domain.common import random_token, sha256, user_snapshot
 
+# The user that holds an address (pending invitations wait beside it): one per address (a unique index).
 HOLDER = models.User.status != "invited"
 
 VERIFY_MAIL = {

@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("last_failure_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_login_throttles")),
     )
+    op.create_index("ix_login_throttles_last_failure_at", "login_throttles", ["last_failure_at"])
     op.drop_column("users", "failed_logins")
     op.drop_column("users", "locked_until")
     op.add_column("users", sa.Column("email_verified_at", sa.DateTime(timezone=True), nullable=True))
