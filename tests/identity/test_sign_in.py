@@ -43,19 +43,6 @@ async def test_an_email_signs_up_only_once(identity):
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
-async def test_five_wrong_passwords_lock_the_account_even_for_the_right_one(identity):
-    company = await sign_up(identity)
-    email = company.admin.email
-    for _ in range(5):
-        err = await rpc_error(
-            identity.CreateToken(pb.CreateTokenRequest(email=email, password="wrong password!"))
-        )
-        assert from_rpc_error(err).reason == "bad_credentials"
-    err = await rpc_error(identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD)))
-    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert from_rpc_error(err).reason == "account_locked"
-
-
 async def test_unknown_email_and_wrong_password_look_the_same(identity):
     company = await sign_up(identity)
     unknown = await rpc_error(

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,9 +26,14 @@ from crm_kit.context import Principal
 from crm_kit.errors import Unauthenticated
 from crm_kit.ids import new_id
 
+_log = logging.getLogger("crm.auth")
+
 ALGORITHM = "EdDSA"
 ALLOWED_ALGORITHMS = [ALGORITHM]
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "tid", "jti"]
+# How often a verifier refetches the key set at most (CRM_JWKS_REFRESH_SECONDS): the bound on how long a retired
+# signing key keeps verifying.
+DEFAULT_JWKS_REFRESH_SECONDS = 60.0
 ACTOR_TYPES = {"user": event_pb2.ACTOR_TYPE_USER, "api_key": event_pb2.ACTOR_TYPE_API_KEY}
 
 
@@ -125,18 +131,30 @@ JwksSource = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class JwtVerifier:
-    """Verifies access tokens against a key set; an unknown `kid` refetches the set (at most every 30 s)."""
+    """Verifies access tokens against a key set. The set is refetched every `refresh_seconds` (so a key identity
+    retired stops verifying within that time, cached verifications included) and for an unknown `kid` (at
+    most every 30 s, or `refresh_seconds` if shorter)."""
 
-    def __init__(self, jwks_source: JwksSource, *, issuer: str, audience: str, leeway_seconds: int = 5):
+    def __init__(
+        self,
+        jwks_source: JwksSource,
+        *,
+        issuer: str,
+        audience: str,
+        leeway_seconds: int = 5,
+        refresh_seconds: float = DEFAULT_JWKS_REFRESH_SECONDS,
+    ):
         self._source = jwks_source
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway_seconds
+        self.refresh_seconds = refresh_seconds
         self._keys: dict[str, Any] = {}
         self._fetched_at = 0.0
+        self._refresh_due = 0.0
         self._lock = asyncio.Lock()
-        # Verified tokens (insertion-ordered, oldest evicted first) with their expiry.
-        self._verified: dict[str, tuple[Principal, float]] = {}
+        # Verified tokens (insertion-ordered, oldest evicted first) with their expiry and key id.
+        self._verified: dict[str, tuple[Principal, float, str]] = {}
         self.cache_size = 10_000
 
     def load(self, jwks: dict[str, Any]) -> None:
@@ -146,13 +164,31 @@ class JwtVerifier:
                 keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm=ALGORITHM).key
         self._keys = keys
         self._fetched_at = time.monotonic()
+        self._refresh_due = self._fetched_at + self.refresh_seconds
+        # A token verified with a key that is gone is no longer trusted.
+        for token in [t for t, (_, _, kid) in self._verified.items() if kid not in keys]:
+            del self._verified[token]
+
+    async def _refresh_if_due(self) -> None:
+        if not self._keys or time.monotonic() < self._refresh_due:
+            return
+        async with self._lock:
+            if time.monotonic() < self._refresh_due:
+                return
+            try:
+                self.load(await self._source())
+            except Exception as exc:  # identity unreachable: keep the keys we have, try again soon
+                self._refresh_due = time.monotonic() + min(self.refresh_seconds, 5.0)
+                _log.warning("the signing key set could not be refreshed: %s", exc)
 
     async def _key_for(self, kid: str) -> Any:
         key = self._keys.get(kid)
         if key is not None:
             return key
         async with self._lock:
-            if kid not in self._keys and (not self._keys or time.monotonic() - self._fetched_at > 30):
+            if kid not in self._keys and (
+                not self._keys or time.monotonic() - self._fetched_at > min(30, self.refresh_seconds)
+            ):
                 self.load(await self._source())
         key = self._keys.get(kid)
         if key is None:
@@ -162,27 +198,28 @@ class JwtVerifier:
     async def verify(self, token: str) -> Principal:
         """The caller a token stands for. A token verified before is answered from a small cache until it
         expires, so a busy client does not pay a signature check per request."""
+        await self._refresh_if_due()
         cached = self._verified.get(token)
         if cached is not None:
-            principal, expires_at = cached
+            principal, expires_at, _ = cached
             if time.time() < expires_at:
                 return principal
             del self._verified[token]
-        principal, expires_at = await self._verify(token)
+        principal, expires_at, kid = await self._verify(token)
         if len(self._verified) >= self.cache_size:
             self._verified.pop(next(iter(self._verified)))
-        self._verified[token] = (principal, expires_at)
+        self._verified[token] = (principal, expires_at, kid)
         return principal
 
-    async def _verify(self, token: str) -> tuple[Principal, float]:
+    async def _verify(self, token: str) -> tuple[Principal, float, str]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise Unauthenticated("malformed token", reason="invalid_token") from exc
         if header.get("alg") not in ALLOWED_ALGORITHMS:
             raise Unauthenticated("token algorithm not allowed", reason="invalid_token")
-        key = await self._key_for(str(header.get("kid", "")))
-        return self.verify_with_key(token, key)
+        kid = str(header.get("kid", ""))
+        return (*self.verify_with_key(token, await self._key_for(kid)), kid)
 
     def verify_with_key(self, token: str, key: Any) -> tuple[Principal, float]:
         try:

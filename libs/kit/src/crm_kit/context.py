@@ -78,6 +78,15 @@ def reset(token: contextvars.Token[RequestContext]) -> None:
     _current.reset(token)
 
 
+# The gateway names the client's address (resolved through its trusted proxies) in this metadata key.
+CLIENT_IP_METADATA = "x-crm-client-ip"
+
+
+def client_ip() -> str:
+    """The address of the client behind the gateway, "" when the call did not come through it."""
+    return current().extra.get(CLIENT_IP_METADATA, "")
+
+
 def caller() -> Principal:
     """The current call's principal; a call without one is unauthenticated (401)."""
     from crm_kit.errors import Unauthenticated

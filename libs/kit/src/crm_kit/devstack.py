@@ -175,6 +175,30 @@ def _port(preferred: int) -> int:
     return preferred if not infra.port_open("127.0.0.1", preferred) else infra.free_port()
 
 
+def _mail_sink(directory: Path) -> Any:
+    """Mail the services send (sign-up verification...) lands in `directory` as .eml files, unless
+    CRM_SMTP_URL names a real server. Returns the running SMTP server (aiosmtpd, a dev dependency) or None."""
+    if os.environ.get("CRM_SMTP_URL"):
+        return None
+    try:
+        from aiosmtpd.controller import Controller
+    except ImportError:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            name = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**9}.eml"
+            (directory / name).write_bytes(envelope.content)
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=_port(1025))
+    controller.start()
+    os.environ["CRM_SMTP_URL"] = f"smtp://127.0.0.1:{controller.port}"
+    print(f"crm: mail to {directory}", flush=True)
+    return controller
+
+
 def main() -> None:
     data = Path(os.environ.get("CRM_DATA_DIR", ".crm-data")).resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -188,6 +212,7 @@ def main() -> None:
         nats_server = infra.NatsServer(data / "nats", port=_port(4223)).start()
         nats_url = nats_server.url
     print(f"crm: postgres {admin_dsn}\ncrm: nats {nats_url}", flush=True)
+    mail_sink = _mail_sink(data / "mail")
 
     stack = Stack(admin_dsn=admin_dsn, nats_url=nats_url, data_dir=data)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -211,6 +236,8 @@ def main() -> None:
         stack.stop_all()
         if nats_server:
             nats_server.stop()
+        if mail_sink:
+            mail_sink.stop()
         print("crm: stopped", flush=True)
 
 

@@ -70,6 +70,8 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
                 trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
             )
             token = context.bind(request_ctx)
+            if ip := metadata.get(context.CLIENT_IP_METADATA, ""):
+                request_ctx.extra[context.CLIENT_IP_METADATA] = ip[:64]
             auth = metadata.get("authorization", "")
             try:
                 if auth.lower().startswith("bearer ") and verifier is not None:

@@ -103,7 +103,12 @@ class Runtime:
             response = await stub.GetJwks(identity_pb2.GetJwksRequest(), timeout=5)
             return json_format.MessageToDict(response.jwks)
 
-        return JwtVerifier(jwks, issuer=self.settings.jwt_issuer, audience=self.settings.jwt_audience)
+        return JwtVerifier(
+            jwks,
+            issuer=self.settings.jwt_issuer,
+            audience=self.settings.jwt_audience,
+            refresh_seconds=self.settings.jwks_refresh_seconds,
+        )
 
 
 @retry(

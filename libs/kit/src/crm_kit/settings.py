@@ -34,6 +34,12 @@ class ServiceSettings(BaseSettings):
 
     jwt_issuer: str = "crm-identity"
     jwt_audience: str = "crm"
+    # How often token verifiers refetch identity's key set: a retired signing key stops verifying within it.
+    jwks_refresh_seconds: float = 60.0
+
+    # Outgoing mail (crm_kit.mail): smtp://user:password@host:587 or smtps://host:465; unset, nothing is sent.
+    smtp_url: str = ""
+    mail_from: str = "CRM <no-reply@crm.local>"
 
     identity_service_addr: str = Field(
         default="127.0.0.1:50051",

@@ -162,3 +162,45 @@ def _events_namespace(test_infra_namespace: str) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def test_infra_namespace() -> str:
     return f"t{_RUN_ID}"
+
+
+@dataclass
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on a free port that keeps every mail it receives."""
+
+    __test__ = False
+
+    url: str
+    messages: list[Any] = field(default_factory=list)
+
+    async def mail_to(self, address: str, *, within: float = 15.0) -> Any:
+        """The latest mail to `address` (an `email.message.EmailMessage`), waiting for it to arrive."""
+
+        def latest() -> Any:
+            return next((m for m in reversed(self.messages) if address in str(m["To"])), None)
+
+        return await eventually(latest, within=within, what=f"a mail to {address}")
+
+
+@pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[SmtpSink]:
+    """Point a service's `smtp_url` at `smtp_sink.url`; read what it sent with `await smtp_sink.mail_to(...)`."""
+    import email
+    import email.policy
+
+    from aiosmtpd.controller import Controller
+
+    port = infra.free_port()
+    sink = SmtpSink(url=f"smtp://127.0.0.1:{port}")
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            sink.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()

@@ -7,11 +7,12 @@ from crm.identity.v1 import identity_pb2 as pb
 from crm.identity.v1 import identity_pb2_grpc
 from crm_kit.auth import SigningKeys, TokenIssuer
 from crm_kit.db import Database
+from crm_kit.mail import Mailer
 from crm_kit.policy import PolicyCache
 from google.protobuf import struct_pb2
 
 from crm_identity import models
-from crm_identity.domain import api_keys, audit, departments, roles, tenants, users
+from crm_identity.domain import api_keys, audit, departments, roles, tenants, users, verification
 from crm_identity.domain.common import (
     api_key_pb,
     authorize,
@@ -33,6 +34,7 @@ PUBLIC_METHODS = {
         "RefreshToken",
         "RevokeToken",
         "AcceptInvitation",
+        "VerifyEmail",
         "AuthenticateApiKey",
         "GetJwks",
     )
@@ -54,6 +56,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         self.keys = keys
         self.policies = policies
         self.passwords = passwords
+        self.mailer = Mailer.from_settings(settings)
         issuer = TokenIssuer(
             keys,
             issuer=settings.jwt_issuer,
@@ -70,7 +73,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     async def SignUp(self, request, context):
         async with self.db.unit_of_work() as uow:
-            tenant, user = await tenants.sign_up(
+            tenant, user, token = await tenants.sign_up(
                 uow,
                 tenant_name=request.tenant_name,
                 email=request.email,
@@ -78,7 +81,19 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
                 name=request.name,
                 locale=request.locale,
                 passwords=self.passwords,
+                verification_days=self.settings.email_verification_days,
             )
+        # After the commit, and never failing the sign-up: a mail that cannot go is logged.
+        await self.mailer.send(
+            user.email,
+            verification.VERIFY_MAIL,
+            locale=user.locale,
+            name=user.name,
+            tenant=tenant.name,
+            token=token,
+            days=str(self.settings.email_verification_days),
+            link=f"{self.settings.verify_email_url}{token}\n\n" if self.settings.verify_email_url else "",
+        )
         return pb.SignUpResponse(tenant=pb.Tenant(id=tenant.id, name=tenant.name), user=user_pb(user))
 
     async def CreateToken(self, request, context):
@@ -103,6 +118,11 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
                 uow, invitation_token=request.invitation_token, password=request.password, name=request.name
             )
         return pb.AcceptInvitationResponse(user=user_pb(user))
+
+    async def VerifyEmail(self, request, context):
+        async with self.db.unit_of_work() as uow:
+            user = await verification.verify(uow, request.token)
+        return pb.VerifyEmailResponse(user=user_pb(user))
 
     async def AuthenticateApiKey(self, request, context):
         async with self.db.unit_of_work() as uow:
@@ -187,6 +207,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         async with self.db.unit_of_work() as uow:
             user = await users.set_active(uow, request.id, active=False)
             await self.sessions.revoke_all(uow, user.id)
+            await api_keys.revoke_created_by(uow, user)
         return pb.DeactivateUserResponse(user=await self._user_pb(user))
 
     # ------------------------------------------------------------ departments

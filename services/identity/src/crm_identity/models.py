@@ -44,8 +44,9 @@ class Tenant(Timestamped, Base):
 class User(TenantOwned, Timestamped, Versioned, Base):
     __tablename__ = "users"
     id: Mapped[str] = _id()
-    # Unique across tenants: signing in names no tenant.
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    # Held by one signed-up or joined user across tenants (signing in names no tenant); invitations of several
+    # companies may wait beside it (see the unique index below).
+    email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20))
     department_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
@@ -54,16 +55,34 @@ class User(TenantOwned, Timestamped, Versioned, Base):
     phone: Mapped[str] = mapped_column(String(50), default="")
     locale: Mapped[str] = mapped_column(String(10), default="zh-CN")
     password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     totp_pending_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
     totp_last_step: Mapped[int] = mapped_column(BigInteger, default=0)
     invitation_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
     invitation_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Set when the address is proven: the emailed link followed, or an invitation accepted.
+    email_verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    email_verification_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    email_verification_expires_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
 
-    __table_args__ = (Index("ix_users_tenant_department", "tenant_id", "department_id"),)
+    __table_args__ = (
+        Index("ix_users_tenant_department", "tenant_id", "department_id"),
+        Index("ix_users_email", "email"),
+        Index("uq_users_email_holder", "email", unique=True, postgresql_where=text("status <> 'invited'")),
+    )
+
+
+class LoginThrottle(Base):
+    """Failed sign-ins counted per account, per client address and per both (keys are hashes)."""
+
+    __tablename__ = "login_throttles"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    # Indexed: each failure also clears a few counts older than a day, so the table holds about a day of them.
+    last_failure_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class Department(TenantOwned, Timestamped, Versioned, Base):

@@ -16,8 +16,20 @@ class IdentitySettings(ServiceSettings):
     api_key_token_ttl_seconds: int = 300
     refresh_token_ttl_days: int = 30
     invitation_ttl_days: int = 7
-    lockout_threshold: int = 5
-    lockout_minutes: int = 15
+    # Sign-in throttling (OWASP): after the free attempts, each further failure doubles the wait (1 s, 2 s,
+    # 4 s, ...) up to the cap. Per account from one client address; per client address over all accounts;
+    # per account over all addresses (looser, with a short cap, so an outsider cannot keep the owner out).
+    login_free_attempts: int = 5
+    login_first_delay_seconds: float = 1.0
+    login_max_delay_seconds: int = 900
+    login_source_free_attempts: int = 20
+    login_account_free_attempts: int = 50
+    login_account_max_delay_seconds: int = 60
+    # A signed-up address must be verified within this; after it, the sign-up no longer signs in.
+    email_verification_days: int = 7
+    # Where the web app verifies an address; the token is appended (e.g. https://crm.example.com/verify?token=).
+    # Unset, the mail carries only the token (for POST /v1/auth/verify-email).
+    verify_email_url: str = ""
     default_api_key_rate_limit: int = 600
     # OWASP's argon2id baseline: 19 MiB, 2 iterations, 1 lane.
     argon2_memory_kib: int = 19456

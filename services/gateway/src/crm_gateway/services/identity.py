@@ -48,6 +48,14 @@ IDENTITY = ServiceRoutes(
             summary="Set a password with an invitation token",
         ),
         Route(
+            "POST",
+            "/auth/verify-email",
+            "VerifyEmail",
+            unwrap="user",
+            public=True,
+            summary="Prove a signed-up email address with the token mailed to it",
+        ),
+        Route(
             "GET",
             "/.well-known/jwks.json",
             "GetJwks",

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_identity import models
 from crm_identity.domain.common import api_key_pb, api_key_snapshot, caller, get_owned, sha256
+from crm_identity.domain.grants import check_grant
 from crm_identity.domain.users import _check_references
 
 MAX_RATE = 100_000
@@ -38,6 +39,7 @@ async def create(
         check.fail("expires_at", "must be in the future")
     await _check_references(uow.session, check, principal.tenant_id, "", list(request.role_ids))
     check.done()
+    await check_grant(uow.session, role_ids=request.role_ids)
     secret, prefix = new_secret()
     key = models.ApiKey(
         id=new_id(),
@@ -82,8 +84,34 @@ async def list_keys(
 
 async def revoke(uow: UnitOfWork, key_id: str) -> models.ApiKey:
     key = await get_owned(uow.session, models.ApiKey, "api_key", key_id, lock=True)
-    if key.revoked_at is not None:
-        return key
+    if key.revoked_at is None:
+        _revoke(uow, key)
+    return key
+
+
+async def revoke_created_by(uow: UnitOfWork, user: models.User) -> None:
+    """A deactivated user's keys stop working with them, and the keys those keys made (each revoked with its
+    event, which the gateway follows to drop the key from its cache)."""
+    creators = [user.id]
+    while creators:
+        keys = (
+            await uow.session.scalars(
+                select(models.ApiKey)
+                .where(
+                    models.ApiKey.tenant_id == user.tenant_id,
+                    models.ApiKey.created_by.in_(creators),
+                    models.ApiKey.revoked_at.is_(None),
+                )
+                .order_by(models.ApiKey.id)
+                .with_for_update()
+            )
+        ).all()
+        for key in keys:
+            _revoke(uow, key)
+        creators = [k.id for k in keys]
+
+
+def _revoke(uow: UnitOfWork, key: models.ApiKey) -> None:
     before = api_key_snapshot(key)
     key.revoked_at = utcnow()
     uow.emit(
@@ -95,4 +123,3 @@ async def revoke(uow: UnitOfWork, key_id: str) -> models.ApiKey:
         before=before,
         after=api_key_snapshot(key),
     )
-    return key

@@ -18,8 +18,6 @@ from crm_identity import models
 ADMIN_PERMISSIONS = [{"object": "*", "actions": ["*"], "data_scope": "DATA_SCOPE_ALL"}]
 
 
-
-
 def sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
@@ -54,6 +52,7 @@ def user_pb(u: models.User) -> identity_pb2.User:
         created_at=ts(u.created_at),
         updated_at=ts(u.updated_at),
         version=u.version,
+        email_verified=u.email_verified_at is not None,
     )
 
 
@@ -69,6 +68,7 @@ def user_snapshot(u: models.User) -> dict[str, Any]:
         "phone": u.phone or "",
         "locale": u.locale or "",
         "totp_enabled": bool(u.totp_secret),
+        "email_verified": u.email_verified_at is not None,
     }
 
 

@@ -60,6 +60,12 @@ def permissions_json(check: Check, permissions: Any) -> list[dict[str, Any]]:
     return out
 
 
+async def _check_grant(session: AsyncSession, permissions: Any) -> None:
+    from crm_identity.domain.grants import check_grant  # grants reads roles: imported here, not at the top
+
+    await check_grant(session, permissions=permissions)
+
+
 async def _name_taken(session: AsyncSession, tenant_id: str, name: str, exclude: str = "") -> bool:
     stmt = select(models.Role.id).where(models.Role.tenant_id == tenant_id, models.Role.name == name)
     if exclude:
@@ -75,6 +81,7 @@ async def create(uow: UnitOfWork, request: identity_pb2.CreateRoleRequest) -> mo
     check.length("description", request.description, max_len=2000)
     perms = permissions_json(check, request.permissions)
     check.done()
+    await _check_grant(uow.session, request.permissions)
     if await _name_taken(uow.session, tenant_id, request.name.strip()):
         raise AlreadyExists("a role with this name exists", reason="role_name_taken")
     role = models.Role(
@@ -128,6 +135,8 @@ async def update(uow: UnitOfWork, request: identity_pb2.UpdateRoleRequest) -> mo
         check.length("description", new.description, max_len=2000)
     perms = permissions_json(check, new.permissions) if "permissions" in paths else role.permissions
     check.done()
+    if "permissions" in paths:
+        await _check_grant(uow.session, new.permissions)
     if "name" in paths and await _name_taken(uow.session, role.tenant_id, new.name.strip(), exclude=role.id):
         raise AlreadyExists("a role with this name exists", reason="role_name_taken")
     before = role_snapshot(role)

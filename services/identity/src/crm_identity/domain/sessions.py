@@ -14,20 +14,51 @@ import pyotp
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.auth import TokenIssuer
-from crm_kit.context import Principal
+from crm_kit.context import Principal, client_ip
 from crm_kit.db import Database, UnitOfWork, utcnow
-from crm_kit.errors import DomainError, InvalidArgument, Unauthenticated
+from crm_kit.errors import Conflict, DomainError, InvalidArgument, Unauthenticated
 from crm_kit.ids import new_id
 from crm_kit.validation import Check
-from sqlalchemy import select, update
+from sqlalchemy import case, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from crm_identity import models
+from crm_identity.domain import verification
 from crm_identity.domain.common import caller, random_token, sha256, user_pb, user_snapshot
 from crm_identity.domain.passwords import Passwords, check_password
 from crm_identity.settings import IdentitySettings
 
-BAD_CREDENTIALS = "email or password is wrong"
+BAD_CREDENTIALS = "email or password is wrong, or too many attempts: wait a moment and try again"
 TOTP_ISSUER = "CRM"
+FORGET_FAILURES_AFTER = dt.timedelta(days=1)
+HOLDER = verification.HOLDER
+
+
+def bad_credentials() -> Unauthenticated:
+    """The one answer to an unknown email, a wrong password and a throttled attempt."""
+    return Unauthenticated(BAD_CREDENTIALS, reason="bad_credentials")
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """Progressive delay (OWASP): `free_attempts` failures cost nothing; from then on each failure doubles the
+    wait before the next attempt is looked at, up to `max_delay_seconds`. Nothing is locked."""
+
+    scope: str
+    free_attempts: int
+    max_delay_seconds: float
+    first_delay_seconds: float = 1.0
+
+    def delay(self, failures: int) -> float:
+        if failures < self.free_attempts:
+            return 0.0
+        doubled = self.first_delay_seconds * 2.0 ** min(failures - self.free_attempts, 30)
+        return min(doubled, self.max_delay_seconds)
+
+    def waiting(self, failures: int, last_failure_at: dt.datetime, now: dt.datetime) -> bool:
+        if now - last_failure_at > FORGET_FAILURES_AFTER:
+            return False
+        return now < last_failure_at + dt.timedelta(seconds=self.delay(failures))
 
 
 @dataclass
@@ -100,27 +131,54 @@ class Sessions:
             after={"reason": reason},
         )
 
+    def _throttles(self, email: str, ip: str) -> list[tuple[Throttle, str]]:
+        """The counters one sign-in attempt touches, with their keys (hashes: no address stored in clear).
+        A call that did not come through the gateway has no address: only the account's counters apply."""
+        s = self.settings
+        first = s.login_first_delay_seconds
+        pair = Throttle("account_source", s.login_free_attempts, s.login_max_delay_seconds, first)
+        source = Throttle("source", s.login_source_free_attempts, s.login_max_delay_seconds, first)
+        account = Throttle("account", s.login_account_free_attempts, s.login_account_max_delay_seconds, first)
+        keys = [(pair, sha256(f"{pair.scope}:{email}|{ip}")), (account, sha256(f"{account.scope}:{email}"))]
+        if ip:
+            keys.append((source, sha256(f"{source.scope}:{ip}")))
+        return keys
+
     async def login(self, db: Database, *, email: str, password: str, totp_code: str) -> Outcome:
         check = Check()
         check.required("email", email)
         check.required("password", password)
         check.done()
         email = email.strip().lower()
+        throttles = self._throttles(email, client_ip())
         # The password check (~25 ms of argon2) runs before the transaction: sign-ins of one account do not
         # queue behind its row lock, and no connection sits idle in a transaction meanwhile.
         async with db.read() as session:
-            seen = (
-                await session.execute(
-                    select(models.User.password_hash, models.User.locked_until).where(
-                        models.User.email == email
+            checked_hash = await session.scalar(
+                select(models.User.password_hash).where(models.User.email == email, HOLDER)
+            )
+            counted = {
+                row.key: row
+                for row in await session.scalars(
+                    select(models.LoginThrottle).where(
+                        models.LoginThrottle.key.in_([k for _, k in throttles])
                     )
                 )
-            ).first()
-        locked = seen is not None and seen.locked_until is not None and seen.locked_until > utcnow()
-        checked_hash = seen.password_hash if seen else None
-        password_ok = False if locked else await self.passwords.verify(checked_hash, password)
+            }
+        now = utcnow()
+        throttled = any(
+            (row := counted.get(key)) is not None and throttle.waiting(row.failures, row.last_failure_at, now)
+            for throttle, key in throttles
+        )
+        # Unknown, wrong and throttled all cost one argon2 check and get the same answer: nothing tells them
+        # apart from outside.
+        password_ok = await self.passwords.verify(None if throttled else checked_hash, password)
         async with db.unit_of_work() as uow:
-            return await self._sign_in(uow, email, password, totp_code, password_ok, checked_hash)
+            if throttled:
+                user = await uow.session.scalar(select(models.User).where(models.User.email == email, HOLDER))
+                self._failed(uow, user, email, "throttled")
+                return Outcome(error=bad_credentials())
+            return await self._sign_in(uow, email, password, totp_code, password_ok, checked_hash, throttles)
 
     async def _sign_in(
         self,
@@ -130,30 +188,35 @@ class Sessions:
         totp_code: str,
         password_ok: bool,
         checked_hash: str | None,
+        throttles: list[tuple[Throttle, str]],
     ) -> Outcome:
         user = (
-            await uow.session.execute(select(models.User).where(models.User.email == email).with_for_update())
+            await uow.session.execute(
+                select(models.User).where(models.User.email == email, HOLDER).with_for_update()
+            )
         ).scalar_one_or_none()
         now = utcnow()
         if user is None:
-            self._failed(uow, None, email, "unknown_user")
-            return Outcome(error=Unauthenticated(BAD_CREDENTIALS, reason="bad_credentials"))
-        if user.locked_until and user.locked_until > now:
-            self._failed(uow, user, email, "locked")
-            return Outcome(
-                error=Unauthenticated(
-                    f"too many failed attempts: try again after {user.locked_until.isoformat(timespec='seconds')}",
-                    reason="account_locked",
-                )
-            )
+            return await self._count_failure(uow, None, email, "unknown_user", throttles, bad_credentials())
         if user.password_hash != checked_hash:
             # The password changed between the check and now: check against the current one.
             password_ok = await self.passwords.verify(user.password_hash, password)
         if not password_ok:
-            return self._count_failure(uow, user, email, "bad_password", BAD_CREDENTIALS, "bad_credentials")
+            return await self._count_failure(uow, user, email, "bad_password", throttles, bad_credentials())
         if user.status != "active":
             self._failed(uow, user, email, "inactive")
             return Outcome(error=Unauthenticated("this account is not active", reason="account_inactive"))
+        if (
+            user.email_verified_at is None
+            and user.created_at + dt.timedelta(days=self.settings.email_verification_days) <= now
+        ):
+            self._failed(uow, user, email, "email_not_verified")
+            return Outcome(
+                error=Unauthenticated(
+                    "this address was never verified: sign up again to get a new verification mail",
+                    reason="email_not_verified",
+                )
+            )
         if user.totp_secret:
             if not totp_code:
                 self._failed(uow, user, email, "totp_required")
@@ -161,11 +224,20 @@ class Sessions:
                     error=Unauthenticated("a two-factor code is required (totp_code)", reason="totp_required")
                 )
             if not self._accept_totp(user, user.totp_secret, totp_code):
-                return self._count_failure(
-                    uow, user, email, "bad_totp", "the two-factor code is wrong", "bad_totp"
+                return await self._count_failure(
+                    uow,
+                    user,
+                    email,
+                    "bad_totp",
+                    throttles,
+                    Unauthenticated("the two-factor code is wrong", reason="bad_totp"),
                 )
-        user.failed_logins = 0
-        user.locked_until = None
+        # The account's own counters start again; the client address's (over all accounts) do not.
+        await uow.session.execute(
+            delete(models.LoginThrottle).where(
+                models.LoginThrottle.key.in_([k for t, k in throttles if t.scope != "source"])
+            )
+        )
         user.last_login_at = now
         if self.passwords.needs_rehash(user.password_hash or ""):
             user.password_hash = await self.passwords.hash(password)
@@ -179,24 +251,38 @@ class Sessions:
         )
         return Outcome(token=self._pair(uow, user, family_id=new_id()))
 
-    def _count_failure(
-        self, uow: UnitOfWork, user: models.User, email: str, reason: str, message: str, code: str
+    async def _count_failure(
+        self,
+        uow: UnitOfWork,
+        user: models.User | None,
+        email: str,
+        reason: str,
+        throttles: list[tuple[Throttle, str]],
+        error: DomainError,
     ) -> Outcome:
-        user.failed_logins += 1
         self._failed(uow, user, email, reason)
-        if user.failed_logins >= self.settings.lockout_threshold:
-            user.locked_until = utcnow() + dt.timedelta(minutes=self.settings.lockout_minutes)
-            user.failed_logins = 0
-            uow.emit(
-                events_pb2.UserLockedOut(user_id=user.id, failed_attempts=self.settings.lockout_threshold),
-                tenant_id=user.tenant_id,
-                actor=_user_actor(user),
-                aggregate_type="user",
-                aggregate_id=user.id,
-                action="locked_out",
-                after={"locked_until": user.locked_until.isoformat()},
-            )
-        return Outcome(error=Unauthenticated(message, reason=code))
+        now = utcnow()
+        table = models.LoginThrottle.__table__
+        stmt = pg_insert(table).values(
+            [{"key": k, "failures": 1, "last_failure_at": now} for _, k in throttles]
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.key],
+            set_={
+                # Failures long past are forgotten: the count starts again.
+                "failures": case(
+                    (table.c.last_failure_at < now - FORGET_FAILURES_AFTER, 1),
+                    else_=table.c.failures + 1,
+                ),
+                "last_failure_at": now,
+            },
+        )
+        await uow.session.execute(stmt)
+        forgotten = (
+            select(table.c.key).where(table.c.last_failure_at < now - FORGET_FAILURES_AFTER).limit(100)
+        )
+        await uow.session.execute(delete(table).where(table.c.key.in_(forgotten)))
+        return Outcome(error=error)
 
     @staticmethod
     def _accept_totp(user: models.User, secret: str, code: str) -> bool:
@@ -304,7 +390,12 @@ class Sessions:
             or user.invitation_expires_at <= utcnow()
         ):
             raise Unauthenticated("the invitation is not valid or has expired", reason="invalid_invitation")
+        # The invitee proves the mailbox: an unverified sign-up holding the address gives it up.
+        await verification.claim(
+            uow, user.email, release_fresh=True, days=self.settings.email_verification_days
+        )
         before = user_snapshot(user)
+        user.email_verified_at = utcnow()
         user.password_hash = await self.passwords.hash(password)
         user.status = "active"
         user.invitation_hash = None
@@ -346,6 +437,11 @@ class Sessions:
 
     async def start_totp(self, uow: UnitOfWork) -> tuple[str, str]:
         user = await self._me(uow)
+        if user.totp_secret:
+            # Replacing an active secret needs what turning it off needs: the current code (DisableTotp).
+            raise Conflict(
+                "two-factor sign-in is on: turn it off with a current code first", reason="totp_enabled"
+            )
         secret = pyotp.random_base32()
         user.totp_pending_secret = secret
         return secret, pyotp.TOTP(secret).provisioning_uri(name=user.email, issuer_name=TOTP_ISSUER)

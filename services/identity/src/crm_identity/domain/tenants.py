@@ -5,12 +5,11 @@ from __future__ import annotations
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork
-from crm_kit.errors import AlreadyExists
 from crm_kit.ids import new_id
 from crm_kit.validation import LOCALES, Check
-from sqlalchemy import select
 
 from crm_identity import models
+from crm_identity.domain import verification
 from crm_identity.domain.common import ADMIN_PERMISSIONS, role_pb, role_snapshot, user_pb, user_snapshot
 from crm_identity.domain.passwords import Passwords, check_password
 
@@ -26,7 +25,9 @@ async def sign_up(
     name: str,
     locale: str,
     passwords: Passwords,
-) -> tuple[models.Tenant, models.User]:
+    verification_days: int,
+) -> tuple[models.Tenant, models.User, str]:
+    """Returns the tenant, its first user and the user's email verification token (to be mailed)."""
     check = Check()
     check.required("tenant_name", tenant_name)
     check.length("tenant_name", tenant_name.strip(), max_len=200)
@@ -38,8 +39,7 @@ async def sign_up(
     check.done()
 
     session = uow.session
-    if (await session.execute(select(models.User.id).where(models.User.email == email))).first():
-        raise AlreadyExists("this email is already registered", reason="email_taken")
+    await verification.claim(uow, email, release_fresh=False, days=verification_days)
     tenant = models.Tenant(id=new_id(), name=tenant_name.strip())
     admin = models.Role(
         id=new_id(),
@@ -61,6 +61,7 @@ async def sign_up(
         password_hash=await passwords.hash(password),
         version=1,
     )
+    token = verification.start(user, days=verification_days)
     session.add_all([tenant, admin])
     await session.flush()
     session.add(user)
@@ -98,4 +99,4 @@ async def sign_up(
         after=user_snapshot(user),
         **common,
     )
-    return tenant, user
+    return tenant, user, token

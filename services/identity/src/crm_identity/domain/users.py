@@ -6,7 +6,7 @@ import datetime as dt
 
 from crm.identity.v1 import events_pb2, identity_pb2
 from crm_kit.db import UnitOfWork, expect_version, utcnow
-from crm_kit.errors import AlreadyExists, Conflict
+from crm_kit.errors import AlreadyExists, Conflict, PermissionDenied
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.validation import LOCALES, Check, updatable
@@ -22,6 +22,7 @@ from crm_identity.domain.common import (
     user_pb,
     user_snapshot,
 )
+from crm_identity.domain.grants import check_grant
 
 UPDATABLE = ("name", "department_id", "role_ids", "title", "phone", "locale")
 STATUS_NAMES = {v: k for k, v in {"invited": 1, "active": 2, "deactivated": 3}.items()}
@@ -78,7 +79,19 @@ async def invite(
         uow.session, check, principal.tenant_id, request.department_id, list(request.role_ids)
     )
     check.done()
-    if await uow.session.scalar(select(models.User.id).where(models.User.email == email)):
+    await check_grant(uow.session, role_ids=request.role_ids)
+    # A verified holder keeps the address, and so does anyone of this company; an unverified sign-up elsewhere
+    # does not stop the invitation (accepting it proves the mailbox and releases that sign-up), nor do other
+    # companies' pending invitations.
+    if await uow.session.scalar(
+        select(models.User.id).where(
+            models.User.email == email,
+            or_(
+                (models.User.status != "invited") & models.User.email_verified_at.is_not(None),
+                models.User.tenant_id == principal.tenant_id,
+            ),
+        )
+    ):
         raise AlreadyExists("a user with this email already exists", reason="email_taken")
     token = random_token()
     user = models.User(
@@ -156,6 +169,16 @@ async def update(uow: UnitOfWork, request: identity_pb2.UpdateUserRequest) -> mo
         list(new.role_ids) if "role_ids" in paths else [],
     )
     check.done()
+    if "role_ids" in paths:
+        old, wanted = list(user.role_ids or []), list(new.role_ids)
+        if set(old) != set(wanted):
+            if user.id == principal.actor_id:
+                raise PermissionDenied("you cannot change your own roles", reason="own_roles")
+            await check_grant(
+                uow.session,
+                role_ids=[r for r in wanted if r not in old],
+                removed_role_ids=[r for r in old if r not in wanted],
+            )
     before = user_snapshot(user)
     for path in paths:
         value = getattr(new, path)

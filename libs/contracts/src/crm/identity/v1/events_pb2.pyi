@@ -158,7 +158,7 @@ class LoginFailed(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     email: _builtins.str
     reason: _builtins.str
-    """"bad_password", "bad_totp", "locked", "inactive", "unknown_user"."""
+    """"bad_password", "bad_totp", "throttled", "inactive", "unknown_user", "email_not_verified"."""
     def __init__(
         self,
         *,
@@ -175,6 +175,8 @@ Global___LoginFailed: _TypeAlias = LoginFailed  # noqa: Y015
 
 @_typing.final
 class UserLockedOut(_message.Message):
+    """No longer emitted: sign-ins are throttled (progressive delays), accounts are not locked."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
@@ -194,6 +196,53 @@ class UserLockedOut(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserLockedOut: _TypeAlias = UserLockedOut  # noqa: Y015
+
+@_typing.final
+class EmailVerified(_message.Message):
+    """A signed-up user proved their address."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmailVerified: _TypeAlias = EmailVerified  # noqa: Y015
+
+@_typing.final
+class EmailReleased(_message.Message):
+    """An unverified sign-up gave up its address: someone proved the mailbox (accepted an invitation to it, or
+    signed up again after the verification window). The user is deactivated and its email replaced.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    email: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EmailReleased: _TypeAlias = EmailReleased  # noqa: Y015
 
 @_typing.final
 class RefreshTokenReuseDetected(_message.Message):

@@ -130,6 +130,7 @@ class User(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    EMAIL_VERIFIED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     email: _builtins.str
     name: _builtins.str
@@ -141,6 +142,8 @@ class User(_message.Message):
     """"zh-CN" or "en"."""
     totp_enabled: _builtins.bool
     version: _builtins.int
+    email_verified: _builtins.bool
+    """The address is proven (the mailed link followed, or an invitation accepted)."""
     @_builtins.property
     def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -166,10 +169,11 @@ class User(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        email_verified: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_login_at", b"last_login_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "department_id", b"department_id", "email", b"email", "id", b"id", "last_login_at", b"last_login_at", "locale", b"locale", "name", b"name", "phone", b"phone", "role_ids", b"role_ids", "status", b"status", "title", b"title", "totp_enabled", b"totp_enabled", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "department_id", b"department_id", "email", b"email", "email_verified", b"email_verified", "id", b"id", "last_login_at", b"last_login_at", "locale", b"locale", "name", b"name", "phone", b"phone", "role_ids", b"role_ids", "status", b"status", "title", b"title", "totp_enabled", b"totp_enabled", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -697,6 +701,45 @@ class AcceptInvitationResponse(_message.Message):
 Global___AcceptInvitationResponse: _TypeAlias = AcceptInvitationResponse  # noqa: Y015
 
 @_typing.final
+class VerifyEmailRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyEmailRequest: _TypeAlias = VerifyEmailRequest  # noqa: Y015
+
+@_typing.final
+class VerifyEmailResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyEmailResponse: _TypeAlias = VerifyEmailResponse  # noqa: Y015
+
+@_typing.final
 class AuthenticateApiKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -866,6 +909,10 @@ Global___GetPolicyResponse: _TypeAlias = GetPolicyResponse  # noqa: Y015
 
 @_typing.final
 class StartTotpEnrollmentRequest(_message.Message):
+    """Refused while two-factor sign-in is on: replacing the secret means turning it off first (DisableTotp, which
+    needs the current code), so a stolen session cannot put in its own secret.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(

@@ -61,6 +61,11 @@ class IdentityServiceStub:
                 request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationRequest.SerializeToString,
                 response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationResponse.FromString,
                 _registered_method=True)
+        self.VerifyEmail = channel.unary_unary(
+                '/crm.identity.v1.IdentityService/VerifyEmail',
+                request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailRequest.SerializeToString,
+                response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailResponse.FromString,
+                _registered_method=True)
         self.AuthenticateApiKey = channel.unary_unary(
                 '/crm.identity.v1.IdentityService/AuthenticateApiKey',
                 request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.AuthenticateApiKeyRequest.SerializeToString,
@@ -235,6 +240,13 @@ class IdentityServiceServicer:
 
     def AcceptInvitation(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyEmail(self, request, context):
+        """Prove a signed-up address with the token mailed to it (single use, valid 7 days).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -436,6 +448,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.AcceptInvitation,
                     request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationRequest.FromString,
                     response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationResponse.SerializeToString,
+            ),
+            'VerifyEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyEmail,
+                    request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailRequest.FromString,
+                    response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailResponse.SerializeToString,
             ),
             'AuthenticateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.AuthenticateApiKey,
@@ -715,6 +732,33 @@ class IdentityService:
             '/crm.identity.v1.IdentityService/AcceptInvitation',
             crm_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationRequest.SerializeToString,
             crm_dot_identity_dot_v1_dot_identity__pb2.AcceptInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.identity.v1.IdentityService/VerifyEmail',
+            crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailRequest.SerializeToString,
+            crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class IdentityServiceStub:
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RefreshTokenRequest, _identity_pb2.RefreshTokenResponse]
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeTokenRequest, _identity_pb2.RevokeTokenResponse]
     AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.AcceptInvitationResponse]
+    VerifyEmail: _grpc.UnaryUnaryMultiCallable[_identity_pb2.VerifyEmailRequest, _identity_pb2.VerifyEmailResponse]
+    """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
     AuthenticateApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateApiKeyRequest, _identity_pb2.AuthenticateApiKeyResponse]
     GetJwks: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetJwksRequest, _identity_pb2.GetJwksResponse]
     GetMe: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetMeRequest, _identity_pb2.GetMeResponse]
@@ -85,6 +87,8 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     RefreshToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.RefreshTokenRequest, _identity_pb2.RefreshTokenResponse]  # type: ignore[assignment]
     RevokeToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeTokenRequest, _identity_pb2.RevokeTokenResponse]  # type: ignore[assignment]
     AcceptInvitation: _aio.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.AcceptInvitationResponse]  # type: ignore[assignment]
+    VerifyEmail: _aio.UnaryUnaryMultiCallable[_identity_pb2.VerifyEmailRequest, _identity_pb2.VerifyEmailResponse]  # type: ignore[assignment]
+    """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
     AuthenticateApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateApiKeyRequest, _identity_pb2.AuthenticateApiKeyResponse]  # type: ignore[assignment]
     GetJwks: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetJwksRequest, _identity_pb2.GetJwksResponse]  # type: ignore[assignment]
     GetMe: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetMeRequest, _identity_pb2.GetMeResponse]  # type: ignore[assignment]
@@ -156,6 +160,14 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.AcceptInvitationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.AcceptInvitationResponse, _abc.Awaitable[_identity_pb2.AcceptInvitationResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def VerifyEmail(
+        self,
+        request: _identity_pb2.VerifyEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.VerifyEmailResponse, _abc.Awaitable[_identity_pb2.VerifyEmailResponse]]:
+        """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
 
     @_abc_1.abstractmethod
     def AuthenticateApiKey(

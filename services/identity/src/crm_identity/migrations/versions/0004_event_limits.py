@@ -2,7 +2,7 @@
 every envelope field the kit lets through (a request id of crm_kit.context.REQUEST_ID_MAX characters)
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ from crm_kit.context import REQUEST_ID_MAX
 from crm_kit.events.schema import add_event_parking, drop_event_parking
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

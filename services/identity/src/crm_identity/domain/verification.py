@@ -1,0 +1,140 @@
+"""Proving an address: sign-up mails a single-use token (stored hashed, valid `email_verification_days`);
+an accepted invitation proves the mailbox too.
+
+An unverified sign-up holds its address only weakly: invitations to it may still be sent, and accepting one
+(or signing up again once the verification window has passed) releases it — the unverified user is
+deactivated and its email replaced, so the address goes to whoever proved it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from crm.common.v1 import event_pb2
+from crm.identity.v1 import events_pb2
+from crm_kit.db import UnitOfWork, utcnow
+from crm_kit.errors import AlreadyExists, InvalidArgument, Unauthenticated
+from crm_kit.mail import MailText
+from sqlalchemy import select, update
+
+from crm_identity import models
+from crm_identity.domain.api_keys import revoke_created_by
+from crm_identity.domain.common import random_token, sha256, user_snapshot
+
+# The user that holds an address (pending invitations wait beside it): one per address (a unique index).
+HOLDER = models.User.status != "invited"
+
+VERIFY_MAIL = {
+    "zh-CN": MailText(
+        subject="请验证您的邮箱地址",
+        body=(
+            "{name}，您好：\n\n"
+            "您用这个邮箱注册了 CRM（{tenant}）。请用下面的验证码验证邮箱（{days} 天内有效，只能使用一次）：\n\n"
+            "{token}\n\n"
+            "{link}"
+            "如果不是您本人注册，请忽略这封邮件。\n"
+        ),
+    ),
+    "en": MailText(
+        subject="Verify your email address",
+        body=(
+            "Hello {name},\n\n"
+            "This address was used to sign up for CRM ({tenant}). Verify it with this token (valid {days} days, "
+            "usable once):\n\n"
+            "{token}\n\n"
+            "{link}"
+            "If you did not sign up, ignore this mail.\n"
+        ),
+    ),
+}
+
+
+def start(user: models.User, *, days: int) -> str:
+    """Give the user a new verification token (the previous one stops working); returns it."""
+    token = random_token()
+    user.email_verification_hash = sha256(token)
+    user.email_verification_expires_at = utcnow() + dt.timedelta(days=days)
+    return token
+
+
+def window_passed(user: models.User, *, days: int) -> bool:
+    return user.email_verified_at is None and user.created_at + dt.timedelta(days=days) <= utcnow()
+
+
+async def verify(uow: UnitOfWork, token: str) -> models.User:
+    if not token:
+        raise InvalidArgument.for_field("token", "is required")
+    if len(token) > 100:
+        raise Unauthenticated("the verification token is not valid or has expired", reason="invalid_token")
+    user = await uow.session.scalar(
+        select(models.User).where(models.User.email_verification_hash == sha256(token)).with_for_update()
+    )
+    if (
+        user is None
+        or user.email_verification_expires_at is None
+        or user.email_verification_expires_at <= utcnow()
+        or user.status != "active"
+    ):
+        raise Unauthenticated("the verification token is not valid or has expired", reason="invalid_token")
+    before = user_snapshot(user)
+    user.email_verified_at = utcnow()
+    user.email_verification_hash = None
+    user.email_verification_expires_at = None
+    user.version += 1
+    await uow.session.flush()
+    await uow.session.refresh(user)
+    uow.emit(
+        events_pb2.EmailVerified(user_id=user.id),
+        tenant_id=user.tenant_id,
+        actor=user_actor(user),
+        aggregate_type="user",
+        aggregate_id=user.id,
+        aggregate_version=user.version,
+        action="email_verified",
+        before=before,
+        after=user_snapshot(user),
+    )
+    return user
+
+
+async def claim(uow: UnitOfWork, email: str, *, release_fresh: bool, days: int) -> None:
+    """Make `email` free for someone who is about to hold it: a verified holder keeps it (409
+    `email_taken`); an unverified one is released — always when the claimant proved the mailbox
+    (`release_fresh`), otherwise only once its verification window has passed."""
+    holder = await uow.session.scalar(
+        select(models.User).where(models.User.email == email, HOLDER).with_for_update()
+    )
+    if holder is None:
+        return
+    if holder.email_verified_at is not None or not (release_fresh or window_passed(holder, days=days)):
+        raise AlreadyExists("this email is already registered", reason="email_taken")
+    before = user_snapshot(holder)
+    holder.email = f"released.{holder.id}@invalid"
+    holder.status = "deactivated"
+    holder.email_verification_hash = None
+    holder.email_verification_expires_at = None
+    holder.version += 1
+    await uow.session.execute(
+        update(models.RefreshToken)
+        .where(models.RefreshToken.user_id == holder.id, models.RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    # Flushed now, so the claimant's row takes the address in a later statement (one holder per address).
+    await uow.session.flush()
+    await uow.session.refresh(holder)
+    uow.emit(
+        events_pb2.EmailReleased(user_id=holder.id, email=email),
+        tenant_id=holder.tenant_id,
+        actor=user_actor(holder),
+        aggregate_type="user",
+        aggregate_id=holder.id,
+        aggregate_version=holder.version,
+        action="email_released",
+        before=before,
+        after=user_snapshot(holder),
+    )
+    await revoke_created_by(uow, holder)
+
+
+def user_actor(user: models.User) -> event_pb2.Actor:
+    return event_pb2.Actor(type=event_pb2.ACTOR_TYPE_USER, id=user.id, name=user.name)
