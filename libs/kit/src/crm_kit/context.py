@@ -42,6 +42,13 @@ class RequestContext:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+# The longest request id any layer accepts: the gateway keeps a client's X-Request-ID only up to this length,
+# and whatever stores request ids (events, the audit trail) holds at least this many characters.
+REQUEST_ID_MAX_LENGTH = 128
+# gRPC metadata carrying the caller's network address as the gateway resolved it (behind trusted proxies);
+# a service reads it with `client_ip()`, and passes it on in the calls it makes for the request.
+CLIENT_IP_METADATA = "x-crm-client-ip"
+
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("crm_request_context")
 
 
@@ -70,3 +77,9 @@ def caller() -> Principal:
     if principal is None:
         raise Unauthenticated("a credential is required", reason="missing_credential")
     return principal
+
+
+def client_ip() -> str:
+    """The address of the client the current request came from, as the gateway resolved it ("" when the call
+    did not come through the gateway)."""
+    return current().extra.get("client_ip", "")
