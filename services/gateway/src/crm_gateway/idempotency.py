@@ -40,12 +40,13 @@ import grpc
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from crm_gateway import bounds
 from crm_gateway.problems import ProblemError, from_grpc, render
 from crm_gateway.store import GatewayDatabase
 
 log = logging.getLogger("crm.gateway.idempotency")
 
-MAX_KEY_LENGTH = 255
+MAX_KEY_LENGTH = bounds.IDEMPOTENCY_KEY_MAX_LENGTH
 REPLAYED_HEADERS = ("location", "etag", "content-type")
 
 
@@ -87,7 +88,15 @@ def public_scope(body: bytes) -> str:
 
 
 def validate_key(key: str) -> None:
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable() or not key.isascii():
+    if len(key) > MAX_KEY_LENGTH:  # as the routes' declared header bound answers it
+        message = f"must be at most {MAX_KEY_LENGTH} characters"
+        raise ProblemError(
+            422,
+            "validation_failed",
+            f"Idempotency-Key {message}",
+            errors=[{"field": "Idempotency-Key", "message": message}],
+        )
+    if not key or not key.isprintable() or not key.isascii():
         raise ProblemError(
             400,
             "invalid_idempotency_key",
