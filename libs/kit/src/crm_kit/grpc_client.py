@@ -56,7 +56,7 @@ class Keepalive:
             ("grpc.keepalive_time_ms", self.time_ms),
             ("grpc.keepalive_timeout_ms", self.timeout_ms),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", self.server_min_ping_interval_ms),
+            # (gRPC's name for the least time between pings a server accepts; default 5 minutes)
             ("grpc.http2.min_ping_interval_without_data_ms", self.server_min_ping_interval_ms),
             ("grpc.http2.max_pings_without_data", 0),
         ]
