@@ -105,3 +105,24 @@ async def test_an_idle_connection_stays_up_when_both_sides_use_one_keepalive():
     # The same client against a server that allows pings only every 5 minutes (gRPC's default, what the
     # services had): the connection is closed. So the test above can fail.
     assert not await _connection_survives_idle_pings(grpc_client.Keepalive(time_ms=600_000))
+
+
+async def test_the_gateway_sets_a_deadline_and_sends_the_resolved_client_address(test_infra):
+    from tests.gateway.conftest import gateway_settings, running_gateway
+
+    identity = Recorder()
+    server = await _serve(identity)
+    try:
+        settings = gateway_settings(
+            test_infra, f"127.0.0.1:{server.port}", trusted_proxies="10.0.0.0/8", grpc_timeout_seconds=7
+        )
+        async with running_gateway(settings, client=("10.0.0.5", 1)) as api:
+            answer = await api.get(
+                "/.well-known/jwks.json", headers={"X-Forwarded-For": "192.0.2.1, 198.51.100.30"}
+            )
+            assert answer.status_code == 200, answer.text
+    finally:
+        await server.stop(0)
+    left, client_ip = identity.seen[-1]
+    assert left is not None and 0 < left <= 7
+    assert client_ip == "198.51.100.30"
