@@ -12,15 +12,28 @@ import httpx
 import pytest
 from crm_gateway.app import create_app
 from crm_gateway.settings import GatewaySettings
+from crm_kit import infra
 
 PASSWORD = "correct horse battery"
+
+
+def gateway_database(test_infra: Any) -> str:
+    """The URL of a new database for a gateway (created by `running_gateway`, dropped with the run's)."""
+    name = f"crm_t{test_infra.run_id}_gw_{uuid.uuid4().hex[:8]}"
+    test_infra.databases.append(name)
+    return infra.sqlalchemy_url(test_infra.postgres_admin_dsn, name)
 
 
 def gateway_settings(
     test_infra: Any, identity_address: str = "127.0.0.1:1", **overrides: Any
 ) -> GatewaySettings:
+    """A gateway of its own (with its own new database unless `database_url` is given: pass one gateway's
+    URL to another to make them replicas)."""
     values: dict[str, Any] = {
         "environment": "test",
+        "database_url": gateway_database(test_infra),
+        "migrate_on_start": True,
+        "database_pool_size": 3,
         "nats_url": test_infra.nats_url,
         "events_namespace": test_infra.events_namespace,
         "identity_service_addr": identity_address,
@@ -33,10 +46,17 @@ def gateway_settings(
 
 
 @asynccontextmanager
-async def running_gateway(settings: GatewaySettings) -> AsyncIterator[httpx.AsyncClient]:
+async def running_gateway(
+    settings: GatewaySettings, client: tuple[str, int] = ("203.0.113.7", 50000)
+) -> AsyncIterator[httpx.AsyncClient]:
+    name = settings.database_url.rsplit("/", 1)[1]
+    admin = infra.asyncpg_dsn(
+        settings.database_url.replace("postgresql+asyncpg://", "postgresql://"), "postgres"
+    )
+    await infra.create_database(admin, name, extensions=())
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        transport = httpx.ASGITransport(app=app, client=client)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client

@@ -81,8 +81,27 @@ async def test_a_bad_key_is_401_and_remembered_for_a_moment():
     assert identity.calls == 1
 
 
-async def test_rate_limits_per_key_and_per_tenant():
-    limits = RateLimits(per_tenant="3/minute", public="", api_key_default_per_minute=100)
+async def test_rate_limits_per_key_and_per_tenant(test_infra):
+    from crm_gateway.store import GatewayDatabase
+    from crm_kit import infra
+
+    from tests.gateway.conftest import gateway_database
+
+    url = gateway_database(test_infra)
+    await infra.create_database(test_infra.postgres_admin_dsn, url.rsplit("/", 1)[1], extensions=())
+    database = GatewayDatabase(url, migrate=True)
+    await database.start()
+    try:
+        await _limits(RateLimits(database, per_tenant="3/minute", public="", api_key_default_per_minute=100))
+    finally:
+        await database.stop()
+
+
+async def test_rate_limits_count_in_memory_while_the_database_is_down():
+    await _limits(RateLimits(None, per_tenant="3/minute", public="", api_key_default_per_minute=100))
+
+
+async def _limits(limits: RateLimits) -> None:
     headers = await limits.check("t1", "k1", 2)
     assert headers == {
         "RateLimit-Limit": "2",

@@ -1,32 +1,46 @@
-"""Idempotency-Key against the real NATS JetStream key-value store, as several gateway replicas share it."""
+"""Idempotency-Key against the gateway's real PostgreSQL database, as several gateway replicas share it."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import uuid
 
-import nats
-import orjson
+import asyncpg
 import pytest
-from crm_gateway.idempotency import IdempotencyStore, Reply, bucket_name
+from crm_gateway.idempotency import IdempotencyStore, Reply
 from crm_gateway.problems import ProblemError
+from crm_gateway.store import GatewayDatabase, asyncpg_dsn
+from crm_kit import infra
+
+from tests.gateway.conftest import gateway_database
 
 
 @pytest.fixture
-async def stores(test_infra):
-    """Two replicas' stores on one bucket."""
-    made = [
-        IdempotencyStore(
-            test_infra.nats_url, namespace=test_infra.events_namespace, secret="s" * 32, lock_seconds=5
-        )
-        for _ in range(2)
-    ]
-    for s in made:
-        await s.start()
+async def gateway_db(test_infra):
+    """The URL of a migrated gateway database."""
+    url = gateway_database(test_infra)
+    await infra.create_database(test_infra.postgres_admin_dsn, url.rsplit("/", 1)[1], extensions=())
+    db = GatewayDatabase(url, migrate=True)
+    await db.start()
+    await db.stop()
+    return url
+
+
+@pytest.fixture
+async def databases(gateway_db):
+    """Two replicas' connections to one gateway database."""
+    made = [GatewayDatabase(gateway_db) for _ in range(2)]
+    for db in made:
+        await db.start()
     yield made
-    for s in made:
-        await s.stop()
+    for db in made:
+        await db.stop()
+
+
+@pytest.fixture
+def stores(databases):
+    """Two replicas' stores on one database."""
+    return [IdempotencyStore(db, secret="s" * 32, lock_seconds=5) for db in databases]
 
 
 class Counter:
@@ -50,11 +64,6 @@ def request(store, execute, *, key, body=b'{"name":"x"}', scope="tenant1:user1")
     return store.run(
         scope=scope, key=key, method="POST", target="/api/v1/departments", body=body, execute=execute
     )
-
-
-async def test_the_bucket_is_named_after_the_namespace(stores, test_infra):
-    assert stores[0].bucket == f"{test_infra.events_namespace}_idempotency"
-    assert bucket_name("") == "crm_idempotency"
 
 
 async def test_a_retry_replays_the_first_reply_on_any_replica(stores):
@@ -126,50 +135,67 @@ async def test_a_client_error_is_remembered(stores):
     assert conflict.calls == 1
 
 
-async def test_a_claim_left_by_a_dead_replica_is_taken_over(test_infra):
-    store = IdempotencyStore(
-        test_infra.nats_url, namespace=test_infra.events_namespace, secret="s" * 32, lock_seconds=0.5
+async def test_a_claim_left_by_a_dead_replica_is_taken_over(databases, gateway_db):
+    store = IdempotencyStore(databases[0], secret="s" * 32, lock_seconds=0.5)
+    key = str(uuid.uuid4())
+    name = store.entry_name("tenant1:user1", key)
+    fp = store.fingerprint("tenant1:user1", "POST", "/api/v1/departments", b'{"name":"x"}')
+    await databases[0].pool.execute(  # claimed by a replica that died long ago
+        "INSERT INTO idempotency_keys (name, fingerprint, claim, done, claimed_at, expires_at) "
+        "VALUES ($1, $2, 'dead', false, now() - interval '1 hour', now() + interval '1 hour')",
+        name,
+        fp,
     )
-    await store.start()
-    try:
-        key = str(uuid.uuid4())
-        kv = await store._bucket()
-        name = store.entry_name("tenant1:user1", key)
-        fp = store.fingerprint("tenant1:user1", "POST", "/api/v1/departments", b'{"name":"x"}')
-        await kv.create(name, orjson.dumps({"state": "pending", "fp": fp, "at": 0}))  # died long ago
-        work = Counter()
-        assert (await request(store, work, key=key)).status == 201
-        assert work.calls == 1
-    finally:
-        await store.stop()
+    work = Counter()
+    assert (await request(store, work, key=key)).status == 201
+    assert work.calls == 1
 
 
-async def test_stored_replies_cannot_be_read_from_the_bucket(stores, test_infra):
+async def test_an_entry_lives_the_configured_time(databases):
+    store = IdempotencyStore(databases[0], secret="s" * 32, ttl_seconds=1)
+    key, work = str(uuid.uuid4()), Counter()
+    await request(store, work, key=key)
+    assert (await request(store, work, key=key)).headers["Idempotent-Replayed"] == "true"
+    await asyncio.sleep(1.2)
+    again = await request(store, work, key=key, body=b'{"name":"y"}')  # forgotten: a new request
+    assert work.calls == 2 and "Idempotent-Replayed" not in again.headers
+    await databases[0].purge()
+    assert (
+        await databases[0].pool.fetchval("SELECT count(*) FROM idempotency_keys WHERE expires_at < now()")
+        == 0
+    )
+
+
+async def test_stored_replies_cannot_be_read_from_the_database(stores, gateway_db):
     key = str(uuid.uuid4())
     secret_reply = Reply(201, b'{"secret":"crm_live_0123456789abcdef"}', {})
     await request(stores[0], Counter(reply=secret_reply), key=key)
-    nc = await nats.connect(test_infra.nats_url)
+    conn = await asyncpg.connect(asyncpg_dsn(gateway_db))
     try:
-        kv = await nc.jetstream().key_value(stores[0].bucket)
-        stored = (await kv.get(stores[0].entry_name("tenant1:user1", key))).value
-        assert b"crm_live" not in stored and key.encode() not in stored
-        assert b"crm_live" not in base64.b64decode(orjson.loads(stored)["reply"])
+        rows = await conn.fetch("SELECT * FROM idempotency_keys")
     finally:
-        await nc.close()
+        await conn.close()
+    stored = b"".join(bytes(r["reply"] or b"") + r["name"].encode() for r in rows)
+    assert rows and b"crm_live" not in stored and key.encode() not in stored
 
 
-async def test_without_nats_a_keyed_request_is_refused_not_run(test_infra):
-    store = IdempotencyStore("nats://127.0.0.1:1", namespace=test_infra.events_namespace, secret="s" * 32)
-    await store.start()  # does not raise: the gateway serves everything else
+async def test_without_its_database_a_keyed_request_is_refused_not_run(test_infra):
+    db = GatewayDatabase(gateway_database(test_infra))  # never started: nothing to talk to
+    store = IdempotencyStore(db, secret="s" * 32)
     work = Counter()
     with pytest.raises(ProblemError) as info:
         await request(store, work, key="k1")
     assert info.value.status == 503 and work.calls == 0
-    await store.stop()
 
 
-@pytest.mark.parametrize("key", ["", "x" * 256, "naïve", "tab\there"])
+@pytest.mark.parametrize("key", ["", "naïve", "tab\there"])
 async def test_malformed_keys_are_400(stores, key):
     with pytest.raises(ProblemError) as info:
         await request(stores[0], Counter(), key=key)
     assert info.value.status == 400
+
+
+async def test_an_over_long_key_is_422(stores):
+    with pytest.raises(ProblemError) as info:
+        await request(stores[0], Counter(), key="x" * 256)
+    assert info.value.status == 422

@@ -14,6 +14,8 @@ from crm.identity.v1 import identity_pb2_grpc
 from crm_kit import infra
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tests.gateway.conftest import gateway_database
+
 
 class SlowIdentity(identity_pb2_grpc.IdentityServiceServicer):
     """Signs in after a while, so a request is surely in flight when the gateway is told to stop."""
@@ -36,7 +38,11 @@ async def test_sigterm_lets_requests_in_flight_finish(test_infra):
     grpc_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     http_port = infra.free_port()
+    database_url = gateway_database(test_infra)
+    await infra.create_database(test_infra.postgres_admin_dsn, database_url.rsplit("/", 1)[1], extensions=())
     env = {
+        "CRM_DATABASE_URL": database_url,
+        "CRM_MIGRATE_ON_START": "true",
         **os.environ,
         "IDENTITY_SERVICE_ADDR": f"127.0.0.1:{grpc_port}",
         "CRM_HTTP_HOST": "127.0.0.1",
@@ -50,7 +56,7 @@ async def test_sigterm_lets_requests_in_flight_finish(test_infra):
     base = f"http://127.0.0.1:{http_port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
-            for _ in range(200):
+            for _ in range(600):  # the gateway migrates its database first
                 try:
                     if (await client.get("/healthz")).status_code == 200:
                         break

@@ -20,8 +20,26 @@ def test_defaults_and_service_addresses(monkeypatch):
         s.service_addr("reporting")
 
 
-def test_production_needs_a_real_idempotency_secret_but_no_database():
+PRODUCTION_DB = "postgresql://gateway:secret@postgres:5432/crm_gateway"
+
+
+def test_production_needs_a_real_idempotency_secret_and_its_database():
     with pytest.raises(ValidationError, match="CRM_IDEMPOTENCY_SECRET"):
-        GatewaySettings(environment="production", nats_url="nats://nats:4222")
-    s = GatewaySettings(environment="production", nats_url="nats://nats:4222", idempotency_secret="x" * 40)
+        GatewaySettings(environment="production", nats_url="nats://nats:4222", database_url=PRODUCTION_DB)
+    with pytest.raises(ValidationError, match="CRM_DATABASE_URL"):
+        GatewaySettings(environment="production", nats_url="nats://nats:4222", idempotency_secret="x" * 40)
+    s = GatewaySettings(
+        environment="production",
+        nats_url="nats://nats:4222",
+        idempotency_secret="x" * 40,
+        database_url=PRODUCTION_DB,
+        trusted_proxies="10.0.0.0/8",
+    )
     assert s.environment == "production"
+    with pytest.raises(ValidationError, match="CRM_TRUSTED_PROXIES"):
+        GatewaySettings(**{**s.model_dump(), "trusted_proxies": "*"})
+
+
+def test_trusted_proxies_keeps_its_former_name(monkeypatch):
+    monkeypatch.setenv("CRM_FORWARDED_ALLOW_IPS", "10.1.0.0/16")
+    assert [str(n) for n in GatewaySettings().trusted_proxy_networks] == ["10.1.0.0/16"]

@@ -7,7 +7,7 @@ import grpc
 from crm.identity.v1 import identity_pb2 as pb
 from crm_kit.errors import from_rpc_error
 
-from tests.identity.helpers import rpc_error, sign_up
+from tests.identity.helpers import PASSWORD, rpc_error, sign_up, unique_email
 
 
 def keyed(company, key):
@@ -65,3 +65,45 @@ async def test_a_failed_call_that_committed_something_may_run_again(identity):
     for _ in range(2):
         err = await rpc_error(identity.CreateToken(wrong, metadata=md))
         assert from_rpc_error(err).reason == "bad_credentials"
+
+
+async def test_another_request_under_the_same_key_never_gets_the_first_answer(identity):
+    """The reported attack at the service: a caller who knows (or guesses) the key of someone's sign-in sends
+    their own sign-in under it. The record is matched on the request too, so the first caller's tokens are never
+    the answer; the first caller's own retry still is."""
+    company = await sign_up(identity)
+    md = (("idempotency-key", uuid.uuid4().hex),)
+    mine = pb.CreateTokenRequest(email=company.admin.email, password=PASSWORD)
+    first = await identity.CreateToken(mine, metadata=md)
+    err = await rpc_error(
+        identity.CreateToken(pb.CreateTokenRequest(email=unique_email(), password="a guess"), metadata=md)
+    )
+    assert from_rpc_error(err).reason == "idempotency_key_reused"
+    again = await identity.CreateToken(mine, metadata=md)
+    assert again.token.access_token == first.token.access_token
+
+
+async def test_a_key_is_forgotten_after_the_idempotency_ttl_as_at_the_gateway(
+    identity, identity_service, test_infra
+):
+    """Both copies of a key live `idempotency_ttl_seconds` (one setting): a record older than that is never
+    replayed, however late pruning removes it."""
+    company = await sign_up(identity)
+    key = uuid.uuid4().hex
+    first = await identity.CreateDepartment(
+        pb.CreateDepartmentRequest(name="华东区"), metadata=keyed(company, key)
+    )
+    ttl = identity_service.settings.idempotency_ttl_seconds
+    conn = await asyncpg.connect(test_infra.asyncpg_dsn(identity_service.settings.database_url))
+    try:
+        await conn.execute(
+            "UPDATE idempotent_requests SET created_at = now() - make_interval(secs => $2) WHERE key = $1",
+            key,
+            ttl + 60.0,
+        )
+    finally:
+        await conn.close()
+    again = await identity.CreateDepartment(
+        pb.CreateDepartmentRequest(name="华东区二部"), metadata=keyed(company, key)
+    )
+    assert again.department.id != first.department.id and again.department.name == "华东区二部"

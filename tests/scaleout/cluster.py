@@ -16,7 +16,6 @@ import asyncpg
 import httpx
 import nats
 import nats.js.errors
-from crm_gateway.idempotency import bucket_name
 from crm_identity.app import AUDITED_SERVICES
 from crm_kit import infra
 from crm_kit.devstack import GATEWAY, SERVICES, Process, Stack
@@ -123,9 +122,9 @@ def cpu_seconds(process: Process) -> float:
 
 
 async def delete_namespace(nats_url: str, namespace: str) -> None:
-    """The streams and the idempotency bucket the processes created under `namespace`."""
+    """The streams the processes created under `namespace`."""
     names = [stream_for_context(s, namespace) for s in AUDITED_SERVICES]
-    names += [dead_letter_stream(namespace), f"KV_{bucket_name(namespace)}"]
+    names += [dead_letter_stream(namespace)]
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()

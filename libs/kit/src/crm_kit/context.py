@@ -58,6 +58,10 @@ class RequestContext:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+# gRPC metadata carrying the caller's network address as the gateway resolved it (behind trusted proxies);
+# a service reads it with `client_ip()`, and passes it on in the calls it makes for the request.
+CLIENT_IP_METADATA = "x-crm-client-ip"
+
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("crm_request_context")
 
 
@@ -78,15 +82,6 @@ def reset(token: contextvars.Token[RequestContext]) -> None:
     _current.reset(token)
 
 
-# The gateway names the client's address (resolved through its trusted proxies) in this metadata key.
-CLIENT_IP_METADATA = "x-crm-client-ip"
-
-
-def client_ip() -> str:
-    """The address of the client behind the gateway, "" when the call did not come through it."""
-    return current().extra.get(CLIENT_IP_METADATA, "")
-
-
 def caller() -> Principal:
     """The current call's principal; a call without one is unauthenticated (401)."""
     from crm_kit.errors import Unauthenticated
@@ -95,3 +90,9 @@ def caller() -> Principal:
     if principal is None:
         raise Unauthenticated("a credential is required", reason="missing_credential")
     return principal
+
+
+def client_ip() -> str:
+    """The address of the client the current request came from, as the gateway resolved it ("" when the call
+    did not come through the gateway)."""
+    return current().extra.get(CLIENT_IP_METADATA, "")

@@ -165,7 +165,8 @@ async def _mark_idempotent_request(session: AsyncSession) -> None:
     extra = context.current().extra
     key = extra.get("idempotency_key")
     if key and not extra.get("idempotency_marked"):
-        await idempotency.mark(session, key, extra.get("rpc_method", ""))
+        ttl = float(extra.get("idempotency_ttl") or idempotency.DEFAULT_TTL_SECONDS)
+        await idempotency.mark(session, key, extra.get("rpc_method", ""), ttl)
         extra["idempotency_marked"] = "1"
 
 

@@ -33,7 +33,8 @@ class App:
 
 # Every service that exists; adding a service here is all `make run` needs.
 SERVICES = [App("identity", "crm_identity"), App("customers", "crm_customers"), App("sales", "crm_sales")]
-GATEWAY = App("gateway", "crm_gateway", database=False)
+# The gateway has a database too: idempotency keys and rate-limit counters shared by its replicas.
+GATEWAY = App("gateway", "crm_gateway")
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from crm_kit import context, idempotency
+from crm_kit import context, grpc_client, idempotency
 from crm_kit.auth import JwtVerifier
 from crm_kit.db import Database
 from crm_kit.errors import DomainError, Unauthenticated, to_status
@@ -43,11 +44,16 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(
-        self, verifier: JwtVerifier | None, public_methods: Iterable[str] = (), db: Database | None = None
+        self,
+        verifier: JwtVerifier | None,
+        public_methods: Iterable[str] = (),
+        db: Database | None = None,
+        idempotency_ttl_seconds: float = idempotency.DEFAULT_TTL_SECONDS,
     ):
         self.verifier = verifier
         self.public = frozenset(public_methods)
         self.db = db
+        self.idempotency_ttl = idempotency_ttl_seconds
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -59,6 +65,7 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
         is_public = method in self.public
         verifier = self.verifier
         db = self.db
+        ttl = self.idempotency_ttl
         serialize = handler.response_serializer
 
         async def enter(ctx: grpc.aio.ServicerContext) -> Any:
@@ -70,8 +77,12 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
                 trace_id=f"{span.trace_id:032x}" if span.is_valid else "",
             )
             token = context.bind(request_ctx)
-            if ip := metadata.get(context.CLIENT_IP_METADATA, ""):
-                request_ctx.extra[context.CLIENT_IP_METADATA] = ip[:64]
+            left = ctx.time_remaining()
+            if left is not None:  # calls made for this one get no more than what is left (crm_kit.grpc_client)
+                request_ctx.extra[grpc_client.DEADLINE_KEY] = str(time.monotonic() + left)
+            client_ip = metadata.get(context.CLIENT_IP_METADATA, "")
+            if client_ip:
+                request_ctx.extra[context.CLIENT_IP_METADATA] = client_ip[:64]
             auth = metadata.get("authorization", "")
             try:
                 if auth.lower().startswith("bearer ") and verifier is not None:
@@ -84,6 +95,7 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
                 if key and db is not None:
                     request_ctx.extra["idempotency_key"] = key[:64]
                     request_ctx.extra["rpc_method"] = method
+                    request_ctx.extra["idempotency_ttl"] = str(ttl)
             except BaseException:
                 context.reset(token)
                 raise
@@ -103,8 +115,11 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
             key = extra.get("idempotency_key")
             if not key or db is None:
                 return await inner(request, ctx)
+            # The record names the request too (method and a hash of the message): the same key with another
+            # request is refused, never answered with the first one's reply.
+            extra["rpc_method"] = idempotency.request_name(method, request)
             async with db.read() as session:
-                stored = await idempotency.previous(session, key, method)
+                stored = await idempotency.previous(session, key, extra["rpc_method"], ttl)
             if stored is not None:
                 return _Replayed(stored)
             try:
@@ -184,23 +199,25 @@ class GrpcServer:
         host: str = "0.0.0.0",
         port: int = 50051,
         db: Database | None = None,
+        idempotency_ttl_seconds: float = idempotency.DEFAULT_TTL_SECONDS,
+        keepalive: grpc_client.Keepalive = grpc_client.KEEPALIVE,
     ):
         interceptors: list[grpc.aio.ServerInterceptor] = [
-            CallContextInterceptor(verifier, public_methods, db)
+            CallContextInterceptor(verifier, public_methods, db, idempotency_ttl_seconds)
         ]
         if tracing_enabled():
             interceptors.insert(0, aio_server_interceptor())
-        self.server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                # Clients re-resolve DNS only when a connection closes: cycling connections every few minutes
-                # lets callers find replicas added by a scale-out (calls in flight get the grace to finish).
-                ("grpc.max_connection_age_ms", 5 * 60 * 1000),
-                ("grpc.max_connection_age_grace_ms", 30 * 1000),
-            ],
-        )
+        self.options: list[tuple[str, Any]] = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Clients re-resolve DNS only when a connection closes: cycling connections every few minutes
+            # lets callers find replicas added by a scale-out (calls in flight get the grace to finish).
+            ("grpc.max_connection_age_ms", 5 * 60 * 1000),
+            ("grpc.max_connection_age_grace_ms", 30 * 1000),
+            # Accept the kit's clients' keepalive pings (the one declaration in crm_kit.grpc_client).
+            *keepalive.server_options(),
+        ]
+        self.server = grpc.aio.server(interceptors=interceptors, options=self.options)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.names = [s.service_name for s in servicers]

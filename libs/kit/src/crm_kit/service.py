@@ -162,6 +162,7 @@ class Service:
             host=s.grpc_host,
             port=s.grpc_port,
             db=self.runtime.db,
+            idempotency_ttl_seconds=s.idempotency_ttl_seconds,
         )
         await self.server.start()
         log.info("%s serving gRPC on port %s", self.spec.name, self.server.port)

@@ -32,6 +32,10 @@ class ServiceSettings(BaseSettings):
     # Run the service's migrations when it starts (local use); in Kubernetes a Job runs them before an upgrade.
     migrate_on_start: bool = False
 
+    # How long an Idempotency-Key is remembered: by the gateway, and by a service for the keyed writes it
+    # records (crm_kit.idempotency). One setting, so neither can answer a key the other has forgotten.
+    idempotency_ttl_seconds: int = 86_400  # crm_kit.idempotency.DEFAULT_TTL_SECONDS
+
     jwt_issuer: str = "crm-identity"
     jwt_audience: str = "crm"
     # How often token verifiers refetch identity's key set: a retired signing key stops verifying within it.

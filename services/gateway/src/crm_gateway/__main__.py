@@ -1,4 +1,5 @@
-"""`python -m crm_gateway`: serve the public API with uvicorn (uvloop + httptools).
+"""`python -m crm_gateway [serve|migrate]`: serve the public API with uvicorn (uvloop + httptools), or run the
+migrations of the gateway's database (what the Helm chart's migration Job runs).
 
 On SIGTERM uvicorn stops accepting connections and lets requests in flight finish for up to
 CRM_SHUTDOWN_GRACE_SECONDS, then the lifespan closes the gRPC channels and the NATS connection.
@@ -6,8 +7,11 @@ CRM_SHUTDOWN_GRACE_SECONDS, then the lifespan closes the gRPC channels and the N
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import logging
 import signal
+import sys
 from types import FrameType
 
 import uvicorn
@@ -16,6 +20,7 @@ from crm_kit.telemetry import setup_telemetry, shutdown_telemetry
 
 from crm_gateway.app import create_app
 from crm_gateway.settings import GatewaySettings
+from crm_gateway.store import migrate
 
 log = logging.getLogger("crm.gateway")
 
@@ -24,9 +29,16 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="crm_gateway")
+    parser.add_argument("command", nargs="?", default="serve", choices=["serve", "migrate"])
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     settings = GatewaySettings()
     setup_logging("gateway", level=settings.log_level, fmt=settings.log_format)
+    if args.command == "migrate":
+        asyncio.run(migrate(settings.database_url))
+        log.info("gateway migrated")
+        return
     setup_telemetry("gateway")
     app = create_app(settings)  # FastAPI traces its requests itself when an exporter is configured
     config = uvicorn.Config(
@@ -38,8 +50,8 @@ def main() -> None:
         lifespan="on",
         log_config=None,  # the kit's JSON logging is already on the root logger
         access_log=False,  # the gateway writes its own access line, with the request id
-        proxy_headers=True,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
+        # X-Forwarded-* are read by the gateway itself, from its trusted proxies only (crm_gateway.clientip).
+        proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )

@@ -134,7 +134,7 @@ def create_app(
             media_type="application/json",
         )
 
-    app.openapi = lambda: _openapi(app, plans)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, plans, settings.max_body_bytes)  # type: ignore[method-assign]
     documents = app.state.tenant_documents = TenantDocuments(gateway, app.openapi)
 
     @app.get(
@@ -169,6 +169,7 @@ def create_app(
         access_log=settings.access_log,
         uploads=[files.upload_pattern(p) for p in file_plans if p.upload],
         max_upload_bytes=settings.max_upload_bytes,
+        trusted_proxies=settings.trusted_proxy_networks,
     )
     if settings.cors_origin_list:
         from starlette.middleware.cors import CORSMiddleware
@@ -265,7 +266,7 @@ def _problem_response(description: str, headers: dict[str, Any] | None = None) -
     return response
 
 
-def _openapi(app: FastAPI, plans: Sequence[RoutePlan]) -> dict[str, Any]:
+def _openapi(app: FastAPI, plans: Sequence[RoutePlan], max_body_bytes: int) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -299,6 +300,9 @@ def _openapi(app: FastAPI, plans: Sequence[RoutePlan]) -> dict[str, Any]:
                 continue
             if plan.public:
                 op["security"] = []
+            if "requestBody" in op:  # every input is bounded: the body as a whole too (413 beyond)
+                op["requestBody"]["description"] = f"A JSON body of at most {max_body_bytes} bytes."
+                op["requestBody"]["x-max-body-bytes"] = max_body_bytes
             ok = responses.get(str(plan.status))
             if ok is not None and plan.binary:
                 ok["content"] = {plan.route.binary: {"schema": {"type": "string", "format": "binary"}}}

@@ -158,6 +158,11 @@ class Authenticator:
                 self._keys.clear()
         self._keys[digest] = (now + ttl, value)
 
+    def knows_api_key(self, key: str) -> bool:
+        """True when `key` has a cached, still valid exchange (it was accepted recently)."""
+        cached = self._keys.get(hashlib.sha256(key.strip().encode()).hexdigest())
+        return cached is not None and cached[0] > time.monotonic() and isinstance(cached[1], Caller)
+
     def forget_api_keys(self) -> None:
         self._keys.clear()
 

@@ -38,6 +38,7 @@ from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
+from crm_gateway import bounds
 from crm_gateway.idempotency import Reply
 from crm_gateway.problems import ProblemError, from_grpc, internal_error, render
 from crm_gateway.routing import TO_DICT, expand_template
@@ -109,6 +110,12 @@ def _enum_value(f: FieldDescriptor, raw: str) -> int:
 
 
 def _set_scalar(message: Any, f: FieldDescriptor, raw: str) -> None:
+    """One query parameter or form field into the request, within the edge's bounds (crm_gateway.bounds)."""
+    limit = bounds.QUERY_PARAM_MAX_LENGTH if f.type != FD.TYPE_STRING else bounds.string_max_length(f)
+    if len(raw) > limit:
+        raise _bound_problem(f.name, f"must be at most {limit} characters")
+    if f.is_repeated and len(getattr(message, f.name)) >= bounds.ARRAY_MAX_ITEMS:
+        raise _bound_problem(f.name, f"takes at most {bounds.ARRAY_MAX_ITEMS} values")
     try:
         if f.type == FD.TYPE_ENUM:
             value: Any = _enum_value(f, raw)
@@ -131,6 +138,12 @@ def _set_scalar(message: Any, f: FieldDescriptor, raw: str) -> None:
         getattr(message, f.name).append(value)
     else:
         setattr(message, f.name, value)
+
+
+def _bound_problem(name: str, message: str) -> ProblemError:
+    return ProblemError(
+        422, "validation_failed", f"{name} {message}", errors=[{"field": name, "message": message}]
+    )
 
 
 def content_disposition(file_name: str) -> str:
@@ -194,7 +207,7 @@ class FilePlan:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": False,
-                        "schema": {"type": "string"},
+                        "schema": {"type": "string", "maxLength": bounds.IDEMPOTENCY_KEY_MAX_LENGTH},
                         "description": "Any unique string (e.g. a UUID): a retry with the same key and the same "
                         "upload gets the first response again instead of a second import. Kept 24 h.",
                     }
@@ -241,8 +254,10 @@ def _schema(f: FieldDescriptor) -> dict[str, Any]:
     elif f.type in (FD.TYPE_INT32, FD.TYPE_INT64):
         single = {"type": "integer"}
     else:
-        single = {"type": "string"}
-    return {"type": "array", "items": single} if f.is_repeated else single
+        single = {"type": "string", "maxLength": bounds.string_max_length(f)}
+    if f.is_repeated:
+        return {"type": "array", "items": single, "maxItems": bounds.ARRAY_MAX_ITEMS}
+    return single
 
 
 def mount(app: FastAPI, gateway: Any, services: Sequence[FileRoutes]) -> list[FilePlan]:

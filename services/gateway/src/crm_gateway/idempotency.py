@@ -1,12 +1,16 @@
 """`Idempotency-Key` on POST: a retried request is answered with the first response, never run twice.
 
-Entries live in a NATS JetStream key-value bucket, `<CRM_EVENTS_NAMESPACE>_idempotency` (or `crm_idempotency`;
-24 h TTL), so every
-gateway replica sees the same ones. For a request with a key:
+Entries live in the gateway's own PostgreSQL database (table `idempotency_keys`, see `store.py`), so every
+replica sees the same ones and no write depends on NATS. They expire `idempotency_ttl_seconds` (24 h) after
+the first request; a service keeps its own copy of a keyed write exactly as long (the one kit setting,
+`crm_kit.idempotency`). For a request with a key:
 
-1. The entry name is an HMAC of (tenant, actor, key): keys are private to the credential that sent them.
-   The fingerprint is an HMAC of (method, path with query, body).
-2. `kv.create(entry, pending)` is atomic: exactly one request wins and runs.
+1. The entry name is an HMAC of (scope, key): keys are private to the caller that sent them. The scope of an
+   authenticated request is its credential's (tenant, actor). A public route has no credential, so its scope
+   is a hash of the request body: only a caller sending the very same request (the same password, refresh
+   token or invitation token in it) can ever be given its answer; anyone else with the same key is simply
+   another request. The fingerprint is an HMAC of (method, path with query, body).
+2. One `INSERT … ON CONFLICT` claims the entry atomically: exactly one request wins and runs.
 3. Any other request with the same key gets
    - the first response replayed (status, body, Location/ETag, plus `Idempotent-Replayed: true`) when it is
      done and the fingerprint matches;
@@ -16,36 +20,33 @@ gateway replica sees the same ones. For a request with a key:
 4. Responses below 500 are stored (a 409 or 422 stays the answer for that key); a 5xx or a crash deletes the
    entry so the client may retry with the same key.
 
-Stored bodies are encrypted (AES-GCM) with a key derived from the Idempotency-Key and the credential, so a
-one-time secret in a response (a new API key, an invitation token) cannot be read from the bucket by anyone
-who does not hold the request's own Idempotency-Key. If NATS is unreachable, a request *with* a key is refused
-with 503 rather than run without the guarantee; requests without a key are unaffected.
+Stored bodies are encrypted (AES-GCM) with a key derived from the Idempotency-Key and the scope, so a
+one-time secret in a response (a new API key, an invitation token, a public route's tokens) cannot be read
+from the table by anyone who does not hold the request's own Idempotency-Key (and, on a public route, its
+body). If the database is unreachable, a request *with* a key is refused with 503 rather than run without
+the guarantee; requests without a key are unaffected.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
 import hmac
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
-import nats
 import orjson
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
 
+from crm_gateway import bounds
 from crm_gateway.problems import ProblemError, from_grpc, render
+from crm_gateway.store import GatewayDatabase
 
 log = logging.getLogger("crm.gateway.idempotency")
 
-MAX_KEY_LENGTH = 255
+MAX_KEY_LENGTH = bounds.IDEMPOTENCY_KEY_MAX_LENGTH
 REPLAYED_HEADERS = ("location", "etag", "content-type")
 
 
@@ -65,12 +66,37 @@ class Reply:
         return cls(rendered.status_code, bytes(rendered.body), headers)
 
 
-def bucket_name(namespace: str) -> str:
-    return f"{namespace}_idempotency" if namespace else "crm_idempotency"
+# Claims the entry: a new one, one that expired, or one whose claimant died (same request, claimed long ago).
+CLAIM = """
+INSERT INTO idempotency_keys AS k (name, fingerprint, claim, done, claimed_at, expires_at)
+VALUES ($1, $2, $3, false, now(), now() + make_interval(secs => $4))
+ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint, claim = excluded.claim, done = false,
+    claimed_at = now(), expires_at = excluded.expires_at, reply = NULL
+WHERE k.expires_at <= now()
+   OR (NOT k.done AND k.fingerprint = excluded.fingerprint AND k.claimed_at < now() - make_interval(secs => $5))
+RETURNING claim
+"""
+EXISTING = "SELECT fingerprint, done, reply FROM idempotency_keys WHERE name = $1 AND expires_at > now()"
+FINISH = "UPDATE idempotency_keys SET done = true, reply = $3 WHERE name = $1 AND claim = $2"
+RELEASE = "DELETE FROM idempotency_keys WHERE name = $1 AND claim = $2"
+
+
+def public_scope(body: bytes) -> str:
+    """The scope of a request without a credential: its body. Whoever sends the same body already holds
+    whatever the answer could give them; anyone else never shares an entry with it."""
+    return "public:" + hashlib.sha256(body).hexdigest()
 
 
 def validate_key(key: str) -> None:
-    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable() or not key.isascii():
+    if len(key) > MAX_KEY_LENGTH:  # as the routes' declared header bound answers it
+        message = f"must be at most {MAX_KEY_LENGTH} characters"
+        raise ProblemError(
+            422,
+            "validation_failed",
+            f"Idempotency-Key {message}",
+            errors=[{"field": "Idempotency-Key", "message": message}],
+        )
+    if not key or not key.isprintable() or not key.isascii():
         raise ProblemError(
             400,
             "invalid_idempotency_key",
@@ -81,75 +107,16 @@ def validate_key(key: str) -> None:
 class IdempotencyStore:
     def __init__(
         self,
-        nats_url: str,
+        database: GatewayDatabase,
         *,
-        namespace: str,
         secret: str,
         ttl_seconds: int = 86_400,
         lock_seconds: float = 60.0,
     ):
-        self.nats_url = nats_url
-        self.bucket = bucket_name(namespace)
+        self.database = database
         self.secret = secret.encode()
         self.ttl = ttl_seconds
         self.lock_seconds = lock_seconds
-        self._nc: nats.NATS | None = None
-        self._kv: KeyValue | None = None
-        self._lock = asyncio.Lock()
-        self._last_attempt = 0.0
-
-    async def start(self) -> None:
-        """Connect now if NATS is there; otherwise the first request with a key tries again."""
-        try:
-            await self._connect()
-        except Exception as exc:  # the gateway serves everything else without NATS
-            log.warning("idempotency store unavailable at start (%s); will retry on use", exc)
-
-    async def stop(self) -> None:
-        if self._nc is not None:
-            await self._nc.close()
-        self._nc = self._kv = None
-
-    async def _connect(self) -> KeyValue:
-        async with self._lock:
-            if self._kv is not None:
-                return self._kv
-            self._last_attempt = time.monotonic()
-            if self._nc is None:
-
-                async def on_error(exc: Exception) -> None:
-                    log.warning("NATS: %s", exc or type(exc).__name__)
-
-                # One try now (a request is waiting); once connected, reconnect forever.
-                self._nc = await nats.connect(
-                    self.nats_url,
-                    name="crm-gateway",
-                    connect_timeout=2,
-                    max_reconnect_attempts=1,
-                    reconnect_time_wait=0.5,
-                    error_cb=on_error,
-                )
-                self._nc.options["max_reconnect_attempts"] = -1
-            js = self._nc.jetstream()
-            try:
-                self._kv = await js.key_value(self.bucket)
-            except BucketNotFoundError:
-                self._kv = await js.create_key_value(bucket=self.bucket, ttl=self.ttl, history=1)
-            return self._kv
-
-    async def _bucket(self) -> KeyValue:
-        if self._kv is not None:
-            return self._kv
-        if time.monotonic() - self._last_attempt < 2.0:
-            raise _unavailable()
-        try:
-            return await self._connect()
-        except Exception as exc:
-            if self._nc is not None and not self._nc.is_connected:
-                await self._nc.close()
-                self._nc = None
-            log.warning("idempotency store unavailable: %s", exc)
-            raise _unavailable() from None
 
     # ------------------------------------------------------------ keys and crypto
 
@@ -190,76 +157,58 @@ class IdempotencyStore:
     ) -> Reply:
         """Run `execute` once for (scope, key); replay its reply to every later request with the same key."""
         validate_key(key)
-        kv = await self._bucket()
         name = self.entry_name(scope, key)
         fp = self.fingerprint(scope, method, target, body)
-        pending = orjson.dumps({"state": "pending", "fp": fp, "at": time.time()})
+        claim = os.urandom(16).hex()
         try:
-            revision = await self._claim(kv, name, fp, pending, scope, key)
+            replayed = await self._claim(name, fp, claim, scope, key)
         except ProblemError:
             raise
-        except Exception as exc:  # NATS lost or slow: refuse rather than risk a double run
+        except Exception as exc:  # the database lost or slow: refuse rather than risk a double run
             log.warning("idempotency store failed: %s", exc)
             raise _unavailable() from None
-        if isinstance(revision, Reply):
-            return revision
+        if replayed is not None:
+            return replayed
         try:
             reply = await execute()
         except BaseException:
-            await self._release(kv, name, revision)
+            await self._release(name, claim)
             raise
         if reply.status >= 500:
-            await self._release(kv, name, revision)
+            await self._release(name, claim)
             return reply
-        done = {
-            "state": "done",
-            "fp": fp,
-            "at": time.time(),
-            "reply": base64.b64encode(
-                self._seal(scope, key, Reply(reply.status, reply.body, _replayable(reply.headers)))
-            ).decode(),
-        }
+        sealed = self._seal(scope, key, Reply(reply.status, reply.body, _replayable(reply.headers)))
         try:
-            await kv.update(name, orjson.dumps(done), last=revision)
+            await self.database.pool.execute(FINISH, name, claim, sealed)
         except Exception as exc:  # the work is done; answer it even if it cannot be remembered
             log.warning("could not store the idempotent reply: %s", exc)
         return reply
 
-    async def _claim(
-        self, kv: KeyValue, name: str, fp: str, pending: bytes, scope: str, key: str
-    ) -> int | Reply:
+    async def _claim(self, name: str, fp: str, claim: str, scope: str, key: str) -> Reply | None:
+        """None when this request holds the claim and must run; else the stored reply (or a problem)."""
+        pool = self.database.pool
         for _ in range(3):
-            try:
-                return await kv.create(name, pending)
-            except KeyWrongLastSequenceError:
-                pass
-            try:
-                entry = await kv.get(name)
-            except KeyNotFoundError:
+            if await pool.fetchval(CLAIM, name, fp, claim, float(self.ttl), self.lock_seconds) == claim:
+                return None
+            row = await pool.fetchrow(EXISTING, name)
+            if row is None:
                 continue  # expired or released meanwhile: try to claim it again
-            data = orjson.loads(entry.value or b"{}")
-            if data.get("fp") != fp:
+            if row["fingerprint"] != fp:
                 raise ProblemError(
                     422,
                     "idempotency_key_reused",
                     "this Idempotency-Key was already used with a different request; use a new key",
                 )
-            if data.get("state") == "done":
-                reply = self._open(scope, key, base64.b64decode(data["reply"]))
+            if row["done"]:
+                reply = self._open(scope, key, row["reply"])
                 reply.headers["Idempotent-Replayed"] = "true"
                 return reply
-            if time.time() - float(data.get("at", 0)) < self.lock_seconds:
-                raise ProblemError(
-                    409,
-                    "idempotency_in_progress",
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                    headers={"Retry-After": "1"},
-                )
-            try:  # the replica that claimed it died: take over, atomically
-                assert entry.revision is not None
-                return await kv.update(name, pending, last=entry.revision)
-            except KeyWrongLastSequenceError:
-                continue
+            raise ProblemError(
+                409,
+                "idempotency_in_progress",
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         raise ProblemError(
             409,
             "idempotency_in_progress",
@@ -267,10 +216,10 @@ class IdempotencyStore:
             headers={"Retry-After": "1"},
         )
 
-    async def _release(self, kv: KeyValue, name: str, revision: int) -> None:
+    async def _release(self, name: str, claim: str) -> None:
         try:
-            await kv.delete(name, last=revision)
-        except Exception as exc:  # the lock then lapses after lock_seconds
+            await self.database.pool.execute(RELEASE, name, claim)
+        except Exception as exc:  # the claim then lapses after lock_seconds
             log.warning("could not release an idempotency key: %s", exc)
 
 

@@ -1,7 +1,9 @@
 """The edge of every request, as plain ASGI (no per-request task or body copy on the hot path):
 
-- a request id (the client's `X-Request-ID` when it is sane, else a new one), bound to the log context and
-  echoed in the response;
+- the client's address, resolved behind trusted proxies (`clientip.py`), set as the scope's `client` and on
+  the request context (passed to services as `x-crm-client-ip`);
+- a request id (the client's `X-Request-ID` when it is sane and at most `REQUEST_ID_MAX` characters,
+  else a new one), bound to the log context and echoed in the response;
 - bodies: more than `max_body_bytes` → 413 before reading it; a non-empty body that is not JSON → 415;
   upload routes (`uploads`: path patterns of POST routes taking multipart/form-data) have their own limit,
   `max_upload_bytes`, and take multipart bodies instead of JSON;
@@ -21,6 +23,7 @@ from typing import Any
 from crm_kit import context
 from crm_kit.ids import new_id
 
+from crm_gateway import clientip
 from crm_gateway.problems import ProblemError, internal_error, render
 
 log = logging.getLogger("crm.gateway")
@@ -46,8 +49,10 @@ class EdgeMiddleware:
         access_log: str = "errors",
         uploads: Sequence[re.Pattern[str]] = (),
         max_upload_bytes: int = 0,
+        trusted_proxies: Sequence[clientip.Network] = (),
     ):
         self.app = app
+        self.trusted_proxies = tuple(trusted_proxies)
         self.max_body = max_body_bytes
         self.uploads = tuple(uploads)
         self.max_upload = max_upload_bytes
@@ -58,10 +63,14 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        client, scheme = clientip.resolve(scope, self.trusted_proxies)
+        scope = {**scope, "client": (client, (scope.get("client") or ("", 0))[1])}
+        if scheme:
+            scope["scheme"] = scheme
         headers: dict[bytes, bytes] = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if REQUEST_ID.match(incoming) else new_id()
-        token = context.bind(context.RequestContext(request_id=request_id))
+        token = context.bind(context.RequestContext(request_id=request_id, extra={context.CLIENT_IP_METADATA: client}))
         started = time.perf_counter()
         status = 0
         rid = request_id.encode()

@@ -37,16 +37,17 @@ import inspect
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, get_origin
 
 import orjson
+from annotated_types import MaxLen
 from fastapi import Body, Header, Path, Query, Request
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
-from crm_gateway import schema
+from crm_gateway import bounds, schema
 from crm_gateway.idempotency import Reply
 from crm_gateway.problems import ProblemError
 
@@ -58,8 +59,8 @@ TIMESTAMP = "google.protobuf.Timestamp"
 SERVER_OWNED = frozenset({"id", "version", "created_at", "updated_at"})
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-MAX_PATH_PARAM = 256
-MAX_QUERY_PARAM = 1024
+MAX_PATH_PARAM = bounds.PATH_PARAM_MAX_LENGTH
+MAX_QUERY_PARAM = bounds.QUERY_PARAM_MAX_LENGTH
 TO_DICT = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
 
@@ -302,6 +303,7 @@ class RoutePlan:
                     default=Header(
                         None,
                         alias="If-Match",
+                        max_length=bounds.IF_MATCH_MAX_LENGTH,
                         description='The ETag last seen, e.g. `"3"`: the change fails with 412 if the object '
                         "changed since. Absent (or `*`): no check.",
                     ),
@@ -316,6 +318,7 @@ class RoutePlan:
                     default=Header(
                         None,
                         alias="Idempotency-Key",
+                        max_length=bounds.IDEMPOTENCY_KEY_MAX_LENGTH,
                         description="Any unique string (e.g. a UUID): a retry with the same key and body gets the "
                         "first response again instead of running twice. Kept 24 h.",
                     ),
@@ -433,12 +436,12 @@ def expand_template(template: str, answer: Any) -> str:
 def _query_annotation(f: FieldDescriptor, route: Route) -> Any:
     if f.type == FD.TYPE_MESSAGE:
         if f.message_type.full_name == TIMESTAMP and not f.is_repeated:
-            return AwareDatetime
+            return schema.WELL_KNOWN_INPUT[TIMESTAMP]
         raise ValueError(f"{route.rpc}: request field {f.name} cannot be a query parameter")
     if f.type == FD.TYPE_ENUM:
         single = schema.enum_literal(f, skip_unspecified=True)
     elif f.type == FD.TYPE_STRING:
-        single = str
+        single = Annotated[str, MaxLen(MAX_QUERY_PARAM)] if f.is_repeated else str
     elif f.type == FD.TYPE_BOOL:
         single = bool
     elif f.type in schema.INT32_BOUNDS or f.type in schema.INT64_TYPES:
@@ -451,7 +454,11 @@ def _query_annotation(f: FieldDescriptor, route: Route) -> Any:
 
 
 def _query_limits(annotation: Any) -> dict[str, Any]:
-    return {"max_length": MAX_QUERY_PARAM} if annotation is str else {}
+    if annotation is str:
+        return {"max_length": MAX_QUERY_PARAM}
+    if get_origin(annotation) is list:
+        return {"max_length": bounds.ARRAY_MAX_ITEMS}
+    return {}
 
 
 def compile_routes(services: Sequence[ServiceRoutes]) -> list[RoutePlan]:

@@ -1,5 +1,11 @@
-"""The gateway at run time: one gRPC channel per service, the authenticator, limits and idempotency store,
-and `handle`, the one request path every route shares."""
+"""The gateway at run time: one gRPC channel per service, its database (idempotency entries and rate-limit
+counters, shared by every replica), the authenticator, and `handle`, the one request path every route shares.
+
+Every call to a service has a deadline (`CRM_GRPC_TIMEOUT_SECONDS` for routed calls), which the service passes
+on to the calls it makes in turn (crm_kit.grpc_client). A write carrying an Idempotency-Key whose call fails
+with UNAVAILABLE (the connection failed before an answer) is tried again within that deadline: the service's
+copy of the key (crm_kit.idempotency) makes a second attempt of a write that did arrive a replay, not a
+second write."""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,15 +32,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.responses import Response
 
 from crm_gateway.auth import Authenticator, Caller
-from crm_gateway.idempotency import IdempotencyStore, Reply
+from crm_gateway.idempotency import IdempotencyStore, Reply, public_scope
 from crm_gateway.problems import MEDIA_TYPE, ProblemError, from_grpc, internal_error, render
 from crm_gateway.ratelimit import RateLimits
 from crm_gateway.routing import RoutePlan, ServiceRoutes
 from crm_gateway.settings import GatewaySettings
+from crm_gateway.store import GatewayDatabase
 
 log = logging.getLogger("crm.gateway")
 
 IDENTITY = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"]
+# Attempts of a keyed write whose connection failed before an answer (within the call's deadline).
+WRITE_ATTEMPTS = 4
+WRITE_RETRY_BACKOFF = 0.1
+# The deadline of the calls the gateway makes to identity for credentials (key sets, API keys).
+CREDENTIAL_TIMEOUT = 5.0
 
 
 class Gateway:
@@ -45,19 +58,28 @@ class Gateway:
         self.plans = list(plans)
         self.channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[str, Any] = {}
+        self.database = GatewayDatabase(
+            settings.database_url, pool_size=settings.database_pool_size, migrate=settings.migrate_on_start
+        )
         self.limits = RateLimits(
+            self.database,
             per_tenant=settings.rate_limit_per_tenant,
             public=settings.rate_limit_public,
             api_key_default_per_minute=settings.api_key_default_rate_limit_per_minute,
+            invalid_api_keys=settings.rate_limit_invalid_api_keys,
         )
         self.idempotency = IdempotencyStore(
-            settings.nats_url,
-            namespace=settings.events_namespace,
+            self.database,
             secret=settings.idempotency_secret,
             ttl_seconds=settings.idempotency_ttl_seconds,
             lock_seconds=settings.idempotency_lock_seconds,
         )
-        self.verifier = JwtVerifier(self._jwks, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        self.verifier = JwtVerifier(
+            self._jwks,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            refresh_seconds=settings.jwks_refresh_seconds,
+        )
         self.auth = Authenticator(
             self.verifier, self._authenticate_api_key, api_key_ttl=settings.api_key_cache_seconds
         )
@@ -71,10 +93,10 @@ class Gateway:
         for service in self._backends():
             target = self.settings.service_addr(service.name)
             if target not in self.channels:
-                self.channels[target] = grpc_client.channel(target, [service.service])
+                self.channels[target] = grpc_client.channel(target, [service.service], pass_deadline=False)
         for plan in self.plans:
             self._calls[plan.grpc_path] = self._multicallable(plan.service.name, plan.grpc_path, plan)
-        await self.idempotency.start()
+        await self.database.start()
         self._follower = asyncio.create_task(self._follow_identity(), name="follow identity events")
 
     async def stop(self) -> None:
@@ -84,7 +106,7 @@ class Gateway:
                 await self._follower
         if self._nc is not None:
             await self._nc.close()
-        await self.idempotency.stop()
+        await self.database.stop()
         for ch in self.channels.values():
             await ch.close()
         self.channels.clear()
@@ -136,7 +158,9 @@ class Gateway:
             response_deserializer=identity_pb2.GetJwksResponse.FromString,
         )
         response = await stub(
-            identity_pb2.GetJwksRequest(), timeout=5, metadata=grpc_client.outgoing_metadata("")
+            identity_pb2.GetJwksRequest(),
+            timeout=CREDENTIAL_TIMEOUT,
+            metadata=grpc_client.outgoing_metadata(""),
         )
         return json_format.MessageToDict(response.jwks)
 
@@ -148,7 +172,7 @@ class Gateway:
         )
         return await stub(
             identity_pb2.AuthenticateApiKeyRequest(api_key=key),
-            timeout=5,
+            timeout=CREDENTIAL_TIMEOUT,
             metadata=grpc_client.outgoing_metadata(""),
         )
 
@@ -172,11 +196,21 @@ class Gateway:
         """Who calls (None on a public route) and the rate-limit headers of the answer; raises a problem when
         the credential is missing or bad, or a limit is reached. The caller's credential is set on the
         request context, so calls to services made for this request carry it."""
+        client_ip = request.client.host if request.client else "unknown"  # resolved by EdgeMiddleware
         if public:
-            client = request.client
-            return None, await self.limits.check_public(client.host if client else "unknown")
+            return None, await self.limits.check_public(client_ip)
         headers = request.headers
-        caller = await self.auth.authenticate(headers.get("authorization"), headers.get("x-api-key"))
+        api_key = headers.get("x-api-key")
+        if api_key and not self.auth.knows_api_key(api_key):
+            # A source that keeps sending keys identity refuses is stopped here, before it costs identity
+            # a lookup (and a transaction) per guess.
+            await self.limits.check_invalid_api_keys(client_ip)
+        try:
+            caller = await self.auth.authenticate(headers.get("authorization"), api_key)
+        except ProblemError as exc:
+            if api_key and exc.status == 401:
+                await self.limits.count_invalid_api_key(client_ip)
+            raise
         ctx = context.current()
         ctx.principal = caller.principal
         ctx.extra["access_token"] = caller.token
@@ -209,8 +243,11 @@ class Gateway:
             message = plan.build_request(values)
             key = values.get("header__idempotency_key")
             if key is not None:
+                body = await request.body()
                 principal = caller.principal if caller else None
-                scope = f"{principal.tenant_id}:{principal.actor_id}" if principal else "anonymous"
+                # A public route has no credential to scope the key by: its body is the scope, so an answer
+                # (tokens, say) is only ever replayed to a caller that sent the very same request.
+                scope = f"{principal.tenant_id}:{principal.actor_id}" if principal else public_scope(body)
                 query = request.scope.get("query_string", b"").decode("latin-1")
                 target = path + ("?" + query if query else "")
                 # The service records this digest with its write, so a retry after a replica died mid-write
@@ -221,7 +258,7 @@ class Gateway:
                     key=key,
                     method=plan.http_method,
                     target=target,
-                    body=await request.body(),
+                    body=body,
                     execute=lambda: self._execute(plan, message, path, digest),
                 )
             else:
@@ -252,13 +289,30 @@ class Gateway:
     async def _execute(self, plan: RoutePlan, message: Any, path: str, idempotency_digest: str = "") -> Reply:
         """Call the service; a failure becomes the problem reply (so an idempotent replay repeats it too)."""
         metadata = grpc_client.outgoing_metadata()
+        call = self._calls[plan.grpc_path]
+        deadline = time.monotonic() + self.timeout
+        attempts = WRITE_ATTEMPTS if idempotency_digest else 1
         if idempotency_digest:
             metadata += ((IDEMPOTENCY_METADATA, idempotency_digest),)
-        try:
-            response = await self._calls[plan.grpc_path](message, timeout=self.timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            return Reply.of_rpc_error(exc, path)
-        return plan.render(response)
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await call(message, timeout=deadline - time.monotonic(), metadata=metadata)
+            except grpc.RpcError as exc:
+                backoff = WRITE_RETRY_BACKOFF * 2 ** (attempt - 1)
+                if (
+                    attempt < attempts
+                    and isinstance(exc, grpc.aio.AioRpcError)
+                    and exc.code() == grpc.StatusCode.UNAVAILABLE
+                    and deadline - time.monotonic() > backoff + 0.1
+                ):
+                    # The connection failed before an answer. The key makes a second attempt safe: the
+                    # service replays or refuses a write that did arrive (crm_kit.idempotency).
+                    log.info("retrying a keyed write after %s (attempt %d)", exc.details(), attempt)
+                    await asyncio.sleep(backoff)
+                    continue
+                return Reply.of_rpc_error(exc, path)
+            return plan.render(response)
+        raise AssertionError("unreachable")
 
 
 def _refuse_nul(body: bytes) -> None:

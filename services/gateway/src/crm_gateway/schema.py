@@ -24,6 +24,9 @@ Two kinds of model exist for each message:
   checks what it needs and answers 422 with the fields named); unknown fields are refused (422 naming them);
   a `null` clears the field; at most one field of a oneof may be set.
 
+Input models bound every value (`bounds.py`): strings have a maxLength, arrays maxItems, maps and free-form
+objects maxProperties, by the field's kind; a value over its bound is a 422 naming the field.
+
 Models are built once per message (and kind) and cached: nothing is built on the request path.
 """
 
@@ -33,9 +36,10 @@ import datetime as dt
 import keyword
 from typing import Annotated, Any, ForwardRef, Literal
 
-from annotated_types import Ge, Le
+from annotated_types import Ge, Le, MaxLen
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -45,6 +49,8 @@ from pydantic import (
     create_model,
     model_validator,
 )
+
+from crm_gateway import bounds
 
 FD = FieldDescriptor
 
@@ -64,8 +70,12 @@ BYTES_SCHEMA = {"type": "string", "format": "byte"}
 DURATION_SCHEMA = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$", "examples": ["1.5s"]}
 
 
+def _bounded(schema: dict[str, Any], max_length: int) -> dict[str, Any]:
+    return {**schema, "maxLength": max_length}
+
+
 def _parse_int64(value: Any) -> Any:
-    if isinstance(value, str) and value.lstrip("-").isdigit():
+    if isinstance(value, str) and len(value) <= 21 and value.lstrip("-").isdigit():
         return int(value)
     return value
 
@@ -78,7 +88,23 @@ def _int64_input(ftype: int) -> Any:
     from pydantic import BeforeValidator
 
     low, high = INT64_BOUNDS.get(ftype, (-(2**63), 2**63 - 1))
-    return Annotated[int, BeforeValidator(_parse_int64), Ge(low), Le(high), WithJsonSchema(INT64_SCHEMA)]
+    return Annotated[
+        int,
+        BeforeValidator(_parse_int64),
+        Ge(low),
+        Le(high),
+        WithJsonSchema(_bounded(INT64_SCHEMA, bounds.SHAPED_STRING_MAX_LENGTH)),
+    ]
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[str, Strict(), MaxLen(max_length)]
+
+
+_JSON = AfterValidator(bounds.check_json)
+_BYTES_INPUT = Annotated[
+    str, MaxLen(bounds.BYTES_MAX_LENGTH), WithJsonSchema(_bounded(BYTES_SCHEMA, bounds.BYTES_MAX_LENGTH))
+]
 
 
 WELL_KNOWN_OUTPUT: dict[str, Any] = {
@@ -101,9 +127,27 @@ WELL_KNOWN_OUTPUT: dict[str, Any] = {
     "google.protobuf.BytesValue": Annotated[str, WithJsonSchema(BYTES_SCHEMA)] | None,
 }
 WELL_KNOWN_INPUT: dict[str, Any] = {
-    **WELL_KNOWN_OUTPUT,
-    "google.protobuf.Timestamp": AwareDatetime,
-    "google.protobuf.StringValue": Annotated[str, Strict()] | None,
+    "google.protobuf.Timestamp": Annotated[
+        AwareDatetime,
+        WithJsonSchema(
+            {"type": "string", "format": "date-time", "maxLength": bounds.SHAPED_STRING_MAX_LENGTH}
+        ),
+    ],
+    "google.protobuf.Duration": Annotated[
+        str,
+        MaxLen(bounds.SHAPED_STRING_MAX_LENGTH),
+        WithJsonSchema(_bounded(DURATION_SCHEMA, bounds.SHAPED_STRING_MAX_LENGTH)),
+    ],
+    "google.protobuf.Struct": Annotated[dict[str, Any], MaxLen(bounds.MAP_MAX_PROPERTIES), _JSON],
+    "google.protobuf.Value": Annotated[Any, _JSON],
+    "google.protobuf.ListValue": Annotated[list[Any], MaxLen(bounds.ARRAY_MAX_ITEMS), _JSON],
+    "google.protobuf.FieldMask": _text(bounds.FIELD_MASK_MAX_LENGTH),
+    "google.protobuf.Any": Annotated[dict[str, Any], MaxLen(bounds.MAP_MAX_PROPERTIES), _JSON],
+    "google.protobuf.Empty": Annotated[dict[str, Any], MaxLen(0)],
+    "google.protobuf.DoubleValue": float | None,
+    "google.protobuf.FloatValue": float | None,
+    "google.protobuf.BytesValue": _BYTES_INPUT | None,
+    "google.protobuf.StringValue": _text(bounds.STRING_MAX_LENGTH) | None,
     "google.protobuf.BoolValue": Annotated[bool, Strict()] | None,
     "google.protobuf.Int32Value": Annotated[int, Strict(), Ge(-(2**31)), Le(2**31 - 1)] | None,
     "google.protobuf.UInt32Value": Annotated[int, Strict(), Ge(0), Le(2**32 - 1)] | None,
@@ -242,9 +286,14 @@ class SchemaRegistry:
         """The Python type of one field's JSON value (not counting presence)."""
         if is_map(field):
             value_field = field.message_type.fields_by_name["value"]
-            return dict[str, self._single(value_field, mode)]  # type: ignore[misc]
+            if mode != INPUT:
+                return dict[str, self._single(value_field, mode)]  # type: ignore[misc]
+            key = _text(bounds.STRING_MAX_LENGTH)
+            return Annotated[dict[key, self._single(value_field, mode)], MaxLen(bounds.MAP_MAX_PROPERTIES)]  # type: ignore[misc,valid-type]
         single = self._single(field, mode)
         if is_repeated(field):
+            if mode == INPUT:
+                return Annotated[list[single], MaxLen(bounds.ARRAY_MAX_ITEMS)]  # type: ignore[valid-type]
             return list[single]  # type: ignore[valid-type]
         return single
 
@@ -260,11 +309,11 @@ class SchemaRegistry:
         if t == FD.TYPE_ENUM:
             return enum_literal(field)
         if t == FD.TYPE_STRING:
-            return Annotated[str, Strict()] if mode == INPUT else str
+            return _text(bounds.string_max_length(field)) if mode == INPUT else str
         if t == FD.TYPE_BOOL:
             return Annotated[bool, Strict()] if mode == INPUT else bool
         if t == FD.TYPE_BYTES:
-            return Annotated[str, WithJsonSchema(BYTES_SCHEMA)]
+            return _BYTES_INPUT if mode == INPUT else Annotated[str, WithJsonSchema(BYTES_SCHEMA)]
         if t in INT64_TYPES:
             return _int64_input(t) if mode == INPUT else _int64_output()
         if t in INT32_BOUNDS:

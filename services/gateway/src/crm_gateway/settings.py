@@ -1,7 +1,10 @@
-"""The gateway's settings: the kit's, plus HTTP, limits, idempotency and the address of every service it routes to."""
+"""The gateway's settings: the kit's (among them `CRM_DATABASE_URL`, the gateway's own database, and
+`CRM_IDEMPOTENCY_TTL_SECONDS`, shared with the services), plus HTTP, limits, idempotency and the address of every
+service it routes to."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Literal
 
@@ -16,8 +19,15 @@ class GatewaySettings(ServiceSettings):
 
     http_host: str = "0.0.0.0"
     http_port: int = 8000
-    # Trust X-Forwarded-For / -Proto from these addresses (the ingress), for client IPs in logs and limits.
-    forwarded_allow_ips: str = "127.0.0.1"
+    # The networks of the proxies in front of the gateway (the ingress controller's pods), comma-separated CIDRs.
+    # X-Forwarded-For / -Proto are honoured only from a peer in them; the client address is the first address
+    # in X-Forwarded-For, read from the right, that is not a trusted proxy (see `clientip.py`). That address is
+    # what per-source limits count and what services get as `x-crm-client-ip`. CRM_FORWARDED_ALLOW_IPS is the
+    # former name.
+    trusted_proxies: str = Field(
+        default="127.0.0.1/32,::1/128",
+        validation_alias=AliasChoices("CRM_TRUSTED_PROXIES", "CRM_FORWARDED_ALLOW_IPS", "trusted_proxies"),
+    )
     # Browser origins allowed to call the API (comma-separated); empty means no CORS headers at all.
     cors_origins: str = ""
     # One JSON line per request costs ~50 us of CPU (a tenth of a request): by default only failed (>= 400)
@@ -36,15 +46,18 @@ class GatewaySettings(ServiceSettings):
     rate_limit_per_tenant: str = "1200/minute"
     # Per client IP on the routes that take no credential (sign-up, token, refresh...); empty turns it off.
     rate_limit_public: str = "600/minute"
+    # Per client IP: API keys identity refused. Past it, unknown keys from that address are refused with 429
+    # before identity is asked (known good keys keep working from their cache).
+    rate_limit_invalid_api_keys: str = "30/minute"
     # Used for an API key whose own rate_limit_per_minute is 0.
     api_key_default_rate_limit_per_minute: int = 600
     # How long a verified API key is trusted without asking identity again: a revoked key stops within this.
     api_key_cache_seconds: float = 30.0
 
-    # The deployment's NATS namespace (shared with crm_kit.events): the idempotency bucket is
-    # "<namespace>_idempotency", or "crm_idempotency" without one.
+    # The deployment's NATS namespace (shared with crm_kit.events), for following identity's events.
     events_namespace: str = ""
-    idempotency_ttl_seconds: int = 86_400
+    # Idempotency-Key entries live in the gateway's database for `idempotency_ttl_seconds` (the kit's setting,
+    # which the services' own copy of each keyed write uses too).
     # A request holding an Idempotency-Key longer than this is taken to have died with its replica.
     idempotency_lock_seconds: float = 60.0
     # Keys the fingerprints and the encryption of stored responses; every replica must share it.
@@ -61,7 +74,9 @@ class GatewaySettings(ServiceSettings):
     )
 
     def production_problems(self) -> list[str]:
-        problems = [p for p in super().production_problems() if "DATABASE_URL" not in p]  # no database here
+        problems = super().production_problems()
+        if any(net.prefixlen == 0 for net in self.trusted_proxy_networks):
+            problems.append("CRM_TRUSTED_PROXIES must name the ingress's networks, not every address")
         if self.idempotency_secret == LOCAL_IDEMPOTENCY_SECRET or len(self.idempotency_secret) < 32:
             problems.append("CRM_IDEMPOTENCY_SECRET must be set to a random string of 32+ characters")
         return problems
@@ -72,6 +87,17 @@ class GatewaySettings(ServiceSettings):
         if not value:
             raise ValueError(f"no address for service {name!r}: set {name.upper()}_SERVICE_ADDR")
         return str(value)
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        nets = []
+        for part in self.trusted_proxies.split(","):
+            part = part.strip()
+            if part == "*":
+                nets += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+            elif part:
+                nets.append(ipaddress.ip_network(part, strict=False))
+        return nets
 
     @property
     def cors_origin_list(self) -> list[str]:
