@@ -33,6 +33,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import nats
@@ -83,12 +84,14 @@ class IdempotencyStore:
         self,
         nats_url: str,
         *,
+        connect_options: dict[str, Any] | None = None,
         namespace: str,
         secret: str,
         ttl_seconds: int = 86_400,
         lock_seconds: float = 60.0,
     ):
         self.nats_url = nats_url
+        self.connect_options = dict(connect_options or {})
         self.bucket = bucket_name(namespace)
         self.secret = secret.encode()
         self.ttl = ttl_seconds
@@ -128,6 +131,7 @@ class IdempotencyStore:
                     max_reconnect_attempts=1,
                     reconnect_time_wait=0.5,
                     error_cb=on_error,
+                    **self.connect_options,
                 )
                 self._nc.options["max_reconnect_attempts"] = -1
             js = self._nc.jetstream()

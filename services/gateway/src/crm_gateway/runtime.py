@@ -52,6 +52,7 @@ class Gateway:
         )
         self.idempotency = IdempotencyStore(
             settings.nats_url,
+            connect_options=settings.nats_options(),
             namespace=settings.events_namespace,
             secret=settings.idempotency_secret,
             ttl_seconds=settings.idempotency_ttl_seconds,
@@ -97,7 +98,12 @@ class Gateway:
         wait = 0.5
         while self._nc is None:
             try:
-                self._nc = await connect_nats(self.settings.nats_url, settings, name="crm-gateway-follower")
+                self._nc = await connect_nats(
+                    self.settings.nats_servers(),
+                    settings,
+                    name="crm-gateway-follower",
+                    options=self.settings.nats_options(),
+                )
             except Exception as exc:
                 log.warning("cannot follow identity events yet (%s); retrying in %.0f s", exc, wait)
                 await asyncio.sleep(wait)
