@@ -723,6 +723,25 @@ def external_targets(objects: list[dict[str, Any]], port: int) -> list[Endpoint]
     return targets
 
 
+def check_dev_postgres(docs: list[dict[str, Any]]) -> list[str]:
+    """The developers' PostgreSQL makes a role and database for, and lets in, exactly the services with one."""
+    problems = []
+    init = next((d for d in docs if d and d["kind"] == "ConfigMap"), {}).get("data", {})
+    script = "\n".join(init.values())
+    loop = re.search(r"for service in ([a-z ]+); do", script)
+    made = set(loop.group(1).split()) if loop else set()
+    if made != WITH_DATABASE:
+        problems.append(f"the development PostgreSQL makes databases for {sorted(made)}, not {sorted(WITH_DATABASE)}")
+    for policy in (d for d in docs if d and d["kind"] == "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress") or []:
+            for peer in rule.get("from") or []:
+                for expr in (peer.get("podSelector") or {}).get("matchExpressions") or []:
+                    if expr["key"] == "app.kubernetes.io/name" and set(expr["values"]) != WITH_DATABASE:
+                        problems.append(f"the development PostgreSQL lets in {sorted(expr['values'])}, "
+                                        f"not {sorted(WITH_DATABASE)}")
+    return problems
+
+
 def check_no_secrets_in_defaults(objects: list[dict[str, Any]]) -> list[str]:
     problems = [f"default values render a Secret: {o['metadata']['name']}" for o in objects if o["kind"] == "Secret"]
     text = yaml.safe_dump_all(objects)
@@ -1091,6 +1110,9 @@ def main(argv: list[str] | None = None) -> int:
                 list(yaml.safe_load_all(f.read_text()))
             except yaml.YAMLError as exc:
                 problems.append(f"{f.relative_to(ROOT)}: {exc}")
+
+    with report.step("deploy/local/postgres.yaml: a database and ingress for every service with one") as problems:
+        problems += check_dev_postgres(list(yaml.safe_load_all((DEPLOY / "local" / "postgres.yaml").read_text())))
 
     services_on_disk = {p.name for p in (ROOT / "services").iterdir() if (p / "pyproject.toml").exists()}
     for svc in sorted(services_on_disk - enabled):

@@ -255,3 +255,10 @@ def test_the_gateway_gets_its_database_as_the_services_do(production):
     job = _find(production, "Job", "crm-gateway-migrate")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "crm_gateway"
     assert check.check_design(production, _expect()) == []
+
+
+def test_the_development_postgres_serves_every_service_with_a_database():
+    docs = list(yaml.safe_load_all((ROOT / "deploy/local/postgres.yaml").read_text()))
+    assert check.check_dev_postgres(docs) == []
+    docs[0]["data"]["10-crm-databases.sh"] = docs[0]["data"]["10-crm-databases.sh"].replace("gateway ", "")
+    assert any("makes databases for" in p for p in check.check_dev_postgres(docs))
