@@ -431,3 +431,33 @@ def test_the_connection_options_carry_the_users_credentials_tls_and_inbox(tmp_pa
     assert "user" not in ServiceSettings(nats_url="nats://x:4222").nats_options()
     with pytest.raises(ValueError, match="go together"):
         ServiceSettings(nats_user="crm-sales")
+
+
+async def test_the_real_gateway_follows_key_revocations_under_its_own_nats_user(auth_nats, test_infra_namespace):
+    """The gateway's user may only follow what the gateway follows: a key revocation published by identity's
+    user reaches it, and it may publish nothing."""
+    from crm.common.v1 import event_pb2
+    from crm.identity.v1 import events_pb2 as identity_events_pb2
+    from crm_gateway.runtime import Gateway
+    from crm_gateway.settings import GatewaySettings
+
+    ns = test_infra_namespace
+    gateway = Gateway(auth_nats.settings("gateway", GatewaySettings, events_namespace=ns), [], [])
+    forgotten: list[str] = []
+    forget = gateway.auth.forget_api_key
+    gateway.auth.forget_api_key = lambda key_id: (forgotten.append(key_id), forget(key_id))  # type: ignore[method-assign]
+    await gateway._follow_identity()
+    try:
+        envelope = event_pb2.EventEnvelope(id="e1", type="crm.identity.v1.ApiKeyRevoked", tenant_id="t1")
+        revoked = identity_events_pb2.ApiKeyRevoked()
+        revoked.api_key.id = "key-1"
+        envelope.payload.Pack(revoked)
+        async with Probe(auth_nats.settings("identity")) as identity:
+            await identity.nc.publish(namespaced("crm.identity.v1.ApiKeyRevoked", ns), envelope.SerializeToString())
+            await identity.nc.flush()
+        await eventually(lambda: forgotten == ["key-1"], what="the gateway hearing of the revocation")
+        async with Probe(auth_nats.settings("gateway", GatewaySettings)) as probe:
+            assert await probe.refused("publish", namespaced("crm.identity.v1.ApiKeyRevoked", ns))
+            assert await probe.refused("subscribe", namespaced("crm.identity.v1.RoleCreated", ns))
+    finally:
+        await gateway._nc.close()
