@@ -20,8 +20,11 @@ def test_defaults_and_service_addresses(monkeypatch):
         s.service_addr("reporting")
 
 
+NATS = {"nats_url": "tls://nats:4222", "nats_user": "crm-gateway", "nats_password": "p" * 24}
+
+
 def test_production_needs_a_real_idempotency_secret_but_no_database():
     with pytest.raises(ValidationError, match="CRM_IDEMPOTENCY_SECRET"):
-        GatewaySettings(environment="production", nats_url="nats://nats:4222")
-    s = GatewaySettings(environment="production", nats_url="nats://nats:4222", idempotency_secret="x" * 40)
+        GatewaySettings(environment="production", **NATS)
+    s = GatewaySettings(environment="production", idempotency_secret="x" * 40, **NATS)
     assert s.environment == "production"
