@@ -417,7 +417,7 @@ ctx: (dict "root" $ "name" <service> "events" <services.<name>.events merged ove
 {{- toYaml (dict "publish" $publish "subscribe" $subscribe) }}
 {{- end -}}
 
-{{/* Volume mounts of a service's containers: /tmp, the spool (server only) and the NATS TLS files.
+{{/* Volume mounts of a service's containers: /tmp, the spool (CRM_SPOOL_DIR) and the NATS TLS files.
 ctx: (dict "root" $ "s" <resolved service> "spool" true|false) */}}
 {{- define "crm.volumeMounts" -}}
 - name: tmp
