@@ -428,6 +428,7 @@ def test_the_connection_options_carry_the_users_credentials_tls_and_inbox(tmp_pa
         "_INBOX.sales",
     )
     assert options["tls"].verify_mode.name == "CERT_REQUIRED"
+    assert options["tls_hostname"] == "a"  # the name the certificate has, not an address a cluster announces
     assert "user" not in ServiceSettings(nats_url="nats://x:4222").nats_options()
     with pytest.raises(ValueError, match="go together"):
         ServiceSettings(nats_user="crm-sales")

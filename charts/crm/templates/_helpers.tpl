@@ -171,7 +171,6 @@ secret, so a bad configuration never reaches the cluster.
 {{- $natsMissing = append $natsMissing (printf "services.%s.natsPassword.value or services.%s.natsPassword.existingSecret (CRM_NATS_PASSWORD: a random string of 24+ characters)" $name $name) }}
 {{- end }}
 {{- end }}
-{{- $_ := set $s "natsPermissions" (include "crm.natsPermissions" (dict "root" $root "name" $name "events" $s.events) | fromYaml) }}
 {{- /* Sizes: /tmp and the spool are emptyDirs; ephemeral-storage covers both plus the margin. */}}
 {{- $ephemeral := add (include "crm.mebibytes" $s.tmpSizeLimit) (include "crm.mebibytes" $s.spool.sizeLimit) (include "crm.mebibytes" $s.ephemeralStorageMargin) }}
 {{- $resources := deepCopy $s.resources }}

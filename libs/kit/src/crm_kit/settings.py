@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -121,4 +122,6 @@ class ServiceSettings(BaseSettings):
             if self.nats_tls_cert_file:
                 context.load_cert_chain(self.nats_tls_cert_file, self.nats_tls_key_file)
             options["tls"] = context
+            # Servers a cluster announces are addresses; the certificate names the service the URL names.
+            options["tls_hostname"] = urlsplit(self.nats_servers()[0]).hostname
         return options
