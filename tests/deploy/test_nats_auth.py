@@ -126,11 +126,12 @@ def auth_nats(tmp_path_factory: pytest.TempPathFactory, test_infra_namespace: st
         "include ./auth.conf\n"
     )
     users = check.parse_nats_auth(conf)
-    passwords = {user.removeprefix("crm-"): secrets.token_urlsafe(24) for user in users}
+    # As deploy/README.md makes them: "p" + hex (the server parses its environment's values as tokens).
+    passwords = {user.removeprefix("crm-"): "p" + secrets.token_hex(24) for user in users}
     env = {
         **os.environ,
         **{f"CRM_NATS_PASSWORD_{svc.upper()}": pw for svc, pw in passwords.items()},
-        "CRM_NATS_PASSWORD_ADMIN": secrets.token_urlsafe(24),
+        "CRM_NATS_PASSWORD_ADMIN": "p" + secrets.token_hex(24),
     }
     log = open(work / "nats-server.log", "wb")
     server = subprocess.Popen(
@@ -401,6 +402,8 @@ def test_every_service_refuses_production_nats_without_credentials_or_tls(settin
         ({"nats_user": "", "nats_password": ""}, "NATS needs credentials"),
         ({"nats_url": "nats://nats.nats.svc:4222"}, "must use tls://"),
         ({"nats_url": "tls://nats-0:4222,nats://nats-1:4222"}, "must use tls://"),
+        ({"nats_password": "-" + "1" * 30}, "start with a letter"),
+        ({"nats_password": "short1"}, "24\\+ characters"),
     ):
         with pytest.raises(ValueError, match=message):
             settings_cls(**{**secure, **insecure})

@@ -162,13 +162,13 @@ secret, so a bad configuration never reaches the cluster.
 {{- if $np.existingSecret }}
 {{- $secretEnv = append $secretEnv (dict "name" "CRM_NATS_PASSWORD" "secret" $np.existingSecret "key" ($np.existingSecretKey | default "nats-password")) }}
 {{- else if $np.value }}
-{{- if lt (len $np.value) 24 }}
-{{- fail (printf "services.%s.natsPassword.value must be at least 24 characters" $name) }}
+{{- if not (regexMatch "^[A-Za-z][A-Za-z0-9_+/=.-]{23,}$" $np.value) }}
+{{- fail (printf "services.%s.natsPassword.value must be 24+ characters, start with a letter, and hold only letters, digits and _ + / = . - (the NATS server reads it from its environment; p + openssl rand -hex 24 is one)" $name) }}
 {{- end }}
 {{- $_ := set $secretData "nats-password" $np.value }}
 {{- $secretEnv = append $secretEnv (dict "name" "CRM_NATS_PASSWORD" "secret" $fullname "key" "nats-password") }}
 {{- else }}
-{{- $natsMissing = append $natsMissing (printf "services.%s.natsPassword.value or services.%s.natsPassword.existingSecret (CRM_NATS_PASSWORD: a random string of 24+ characters)" $name $name) }}
+{{- $natsMissing = append $natsMissing (printf "services.%s.natsPassword.value or services.%s.natsPassword.existingSecret (CRM_NATS_PASSWORD: 24+ characters starting with a letter, e.g. p + openssl rand -hex 24)" $name $name) }}
 {{- end }}
 {{- end }}
 {{- /* Sizes: /tmp and the spool are emptyDirs; ephemeral-storage covers both plus the margin. */}}

@@ -6,6 +6,7 @@ sets (CRM_*, and <NAME>_SERVICE_ADDR for the services it calls).
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -14,6 +15,11 @@ from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOCAL_DATABASE_HINT = "postgresql+asyncpg://postgres@127.0.0.1:5432/"
+
+# A NATS password the NATS server can take from its environment as it is: the server parses a variable's value
+# as a configuration token, so it must start with a letter (not a number, a sign or true/false) and hold no
+# separators. "p" + `openssl rand -hex 24` is one.
+NATS_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9_+/=.-]{23,}$")
 
 
 class ServiceSettings(BaseSettings):
@@ -91,6 +97,11 @@ class ServiceSettings(BaseSettings):
         problems = []
         if not self.nats_creds_file and not (self.nats_user and self.nats_password):
             problems.append("NATS needs credentials: CRM_NATS_USER and CRM_NATS_PASSWORD, or CRM_NATS_CREDS_FILE")
+        elif self.nats_password and not NATS_PASSWORD.match(self.nats_password):
+            problems.append(
+                "CRM_NATS_PASSWORD must be 24+ characters, start with a letter, and hold only letters, digits and"
+                " _ + / = . - (the NATS server reads it from its environment)"
+            )
         if not self.nats_servers() or any(not s.startswith("tls://") for s in self.nats_servers()):
             problems.append("CRM_NATS_URL must use tls:// for every server (TLS is mandatory in production)")
         return problems
