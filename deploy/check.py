@@ -8,9 +8,12 @@ No cluster and no Docker engine are needed. What is checked:
    negative cases that must refuse to render (production without secrets, without ingress host or TLS,
    typos in values, unknown services);
 3. the design, read back from the rendered objects: every service has its objects, probes, security
-   context, drain timing, environment and command; the NetworkPolicies allow exactly the call graph of
-   the design (CALLS below) plus DNS, databases, NATS and the ingress controller; nothing secret in the
-   defaults;
+   context, drain timing, environment and command, a bounded spool volume (CRM_SPOOL_DIR) covered by its
+   ephemeral-storage request and limit; with NATS auth on, its own NATS user and password from a Secret,
+   and the NATS auth.conf holds a user per service whose permissions are exactly what
+   crm_kit.events.permissions derives (production: auth and TLS to NATS on); the NetworkPolicies allow
+   exactly the call graph of the design (CALLS below) plus DNS, databases, NATS and the ingress
+   controller; nothing secret in the defaults;
 4. kubernetes-validate --strict against Kubernetes 1.30 and the newest version it knows;
 5. checkov over the rendered manifests, the development PostgreSQL and the Dockerfile: no failed check,
    and every skip carries its reason;
@@ -67,8 +70,8 @@ CALLS: dict[str, set[str]] = {
     "notifications": {"identity"},
     "reporting": {"identity"},
 }
-WITH_DATABASE = set(SERVICES)
-WITH_NATS = {*SERVICES, "gateway"}  # the gateway keeps idempotency records in a JetStream KV bucket
+WITH_DATABASE = {*SERVICES, "gateway"}  # the gateway: idempotency records and shared rate-limit counters
+WITH_NATS = {*SERVICES, "gateway"}  # the gateway follows identity's API key revocations
 GRPC_PORT, HTTP_PORT, POSTGRES_PORT, NATS_PORT = 50051, 8000, 5432, 4222
 
 
@@ -316,6 +319,10 @@ class Expect:
     tls: bool = False
     otel: bool = False
     ingress: bool = True
+    nats_auth: bool = False  # each service its own NATS user; the auth.conf matches crm_kit's permissions
+    nats_tls: bool = False
+    values: list[Path] = field(default_factory=list)  # the case's values files, for the expected permissions
+    events_namespace: str = ""  # global.eventsNamespace set on the command line
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -500,7 +507,150 @@ def check_design(objects: list[dict[str, Any]], expect: Expect) -> list[str]:
     elif ingresses and "gateway" not in expect.services:
         problems.append("an Ingress without the gateway")
 
+    problems += check_spool(objects, expect)
+    problems += check_nats(objects, expect)
     problems += check_network(objects, expect)
+    return problems
+
+
+# ---- spool and NATS ------------------------------------------------------------------------------------
+
+_UNITS = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+
+
+def mebibytes(quantity: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(Ki|Mi|Gi|Ti)?", str(quantity))
+    if not match:
+        raise CheckFailed(f"cannot read the size {quantity!r}")
+    return float(match.group(1)) * (_UNITS[match.group(2)] if match.group(2) else 1 / (1024 * 1024))
+
+
+def check_spool(objects: list[dict[str, Any]], expect: Expect) -> list[str]:
+    """Uploads, imports and exports go to a spool of their own (CRM_SPOOL_DIR, an emptyDir with a size limit),
+    and the container's ephemeral-storage request and limit cover /tmp and the spool, so a large export is
+    bounded by the code and never gets the pod evicted."""
+    problems = []
+    for svc in sorted(expect.services):
+        name = f"{expect.prefix}-{svc}"
+        dep = by_kind(objects).get("Deployment", {}).get(name)
+        if not dep:
+            continue
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        spool_dir = env_of(c).get("CRM_SPOOL_DIR", {}).get("value")
+        vols = {v["name"]: v for v in pod.get("volumes", [])}
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        if not spool_dir:
+            problems.append(f"{name} has no CRM_SPOOL_DIR")
+            continue
+        spool = vols.get(mounts.get(spool_dir, ""), {}).get("emptyDir")
+        tmp = vols.get(mounts.get("/tmp", ""), {}).get("emptyDir")
+        if spool is None or not spool.get("sizeLimit"):
+            problems.append(f"{name}: CRM_SPOOL_DIR {spool_dir} is not an emptyDir with a sizeLimit")
+            continue
+        if spool_dir == "/tmp" or mounts.get(spool_dir) == mounts.get("/tmp"):
+            problems.append(f"{name}: the spool shares /tmp")
+        needed = mebibytes(spool["sizeLimit"]) + mebibytes((tmp or {}).get("sizeLimit", "0"))
+        for kind in ("requests", "limits"):
+            have = (c.get("resources", {}).get(kind) or {}).get("ephemeral-storage")
+            if have is None or mebibytes(have) < needed:
+                problems.append(f"{name}: ephemeral-storage {kind} {have} < /tmp + spool ({needed:.0f}Mi)")
+    return problems
+
+
+def nats_auth_conf(objects: list[dict[str, Any]]) -> str | None:
+    for o in objects:
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-nats-auth"):
+            return str(o["data"]["auth.conf"])
+    return None
+
+
+def parse_nats_auth(conf: str) -> dict[str, dict[str, list[str]]]:
+    """The users of the chart's auth.conf and their allow lists (a `deny: [">"]` publish is an empty list)."""
+    users: dict[str, dict[str, list[str]]] = {}
+    for block in re.split(r"\n\s*\{\s*\n", conf)[1:]:
+        user = re.search(r'user: "([^"]+)"', block)
+        if not user:
+            continue
+        lists = {}
+        for action in ("publish", "subscribe"):
+            allow = re.search(action + r": \{allow: (\[.*?\])\}", block)
+            lists[action] = json.loads(allow.group(1)) if allow else []
+        users[user.group(1)] = lists
+    return users
+
+
+def merged_values(files: Iterable[Path]) -> dict[str, Any]:
+    """charts/crm/values.yaml with the given values files over it (maps merged, everything else replaced)."""
+
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in over.items()}}
+        return over
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for f in files:
+        values = merge(values, yaml.safe_load(Path(f).read_text()) or {})
+    return values
+
+
+def service_events(values: dict[str, Any], svc: str) -> dict[str, Any]:
+    events = {**values["defaults"]["events"], **(values["services"][svc].get("events") or {})}
+    return {"produces": bool(events["produces"]), "consumes": list(events["consumes"]),
+            "follows": list(events["follows"])}
+
+
+def check_nats(objects: list[dict[str, Any]], expect: Expect) -> list[str]:
+    """Each service connects as its own NATS user (password from a Secret), over TLS where expected, and the
+    rendered auth.conf gives each service exactly the permissions crm_kit.events.permissions derives."""
+    problems: list[str] = []
+    k = by_kind(objects)
+    for svc in sorted(expect.services & WITH_NATS):
+        name = f"{expect.prefix}-{svc}"
+        dep = k.get("Deployment", {}).get(name)
+        if not dep:
+            continue
+        pod = dep["spec"]["template"]["spec"]
+        env = env_of(pod["containers"][0])
+        if expect.nats_auth:
+            if env.get("CRM_NATS_USER", {}).get("value") != name:
+                problems.append(f"{name} does not connect to NATS as its own user {name}")
+            if "secretKeyRef" not in env.get("CRM_NATS_PASSWORD", {}).get("valueFrom", {}):
+                problems.append(f"{name} CRM_NATS_PASSWORD is not from a Secret")
+        if expect.nats_tls:
+            url = env.get("CRM_NATS_URL", {})
+            if "value" in url and not url["value"].startswith("tls://"):
+                problems.append(f"{name} CRM_NATS_URL is not tls://")
+            ca = env.get("CRM_NATS_TLS_CA_FILE", {}).get("value", "")
+            mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0].get("volumeMounts", [])}
+            vols = {v["name"]: v for v in pod.get("volumes", [])}
+            mount = next((n for path, n in mounts.items() if ca.startswith(path.rstrip("/") + "/")), None)
+            if not ca or "secret" not in vols.get(mount or "", {}):
+                problems.append(f"{name} has no NATS CA (CRM_NATS_TLS_CA_FILE) mounted from a Secret")
+    if not expect.nats_auth:
+        return problems
+    conf = nats_auth_conf(objects)
+    if conf is None:
+        return [*problems, "no NATS auth.conf (ConfigMap <prefix>-nats-auth) rendered"]
+    from crm_kit.events.permissions import nats_permissions
+
+    users = parse_nats_auth(conf)
+    values = merged_values(expect.values)
+    enabled = {n for n, v in values["services"].items() if v.get("enabled") and v.get("nats")}
+    if set(users) - {f"{expect.prefix}-{s}" for s in enabled} - {values["nats"]["auth"].get("adminUser")}:
+        problems.append(f"auth.conf has users of no enabled service: {sorted(users)}")
+    for svc in sorted(enabled):
+        user = f"{expect.prefix}-{svc}"
+        if user not in users:
+            problems.append(f"auth.conf has no NATS user {user}")
+            continue
+        namespace = expect.events_namespace or values["global"].get("eventsNamespace", "")
+        want = nats_permissions(svc, namespace=namespace,
+                                **service_events(values, svc))
+        for action in ("publish", "subscribe"):
+            got = users[user][action]
+            if got != getattr(want, action):
+                problems.append(f"{user} may {action} {got}, crm_kit.events.permissions says {getattr(want, action)}")
     return problems
 
 
@@ -571,6 +721,25 @@ def external_targets(objects: list[dict[str, Any]], port: int) -> list[Endpoint]
                 ns = (ns_labels or {}).get("kubernetes.io/metadata.name", NAMESPACE)
                 targets.append(Endpoint.pod(labels, ns, ns_labels))
     return targets
+
+
+def check_dev_postgres(docs: list[dict[str, Any]]) -> list[str]:
+    """The developers' PostgreSQL makes a role and database for, and lets in, exactly the services with one."""
+    problems = []
+    init = next((d for d in docs if d and d["kind"] == "ConfigMap"), {}).get("data", {})
+    script = "\n".join(init.values())
+    loop = re.search(r"for service in ([a-z ]+); do", script)
+    made = set(loop.group(1).split()) if loop else set()
+    if made != WITH_DATABASE:
+        problems.append(f"the development PostgreSQL makes databases for {sorted(made)}, not {sorted(WITH_DATABASE)}")
+    for policy in (d for d in docs if d and d["kind"] == "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress") or []:
+            for peer in rule.get("from") or []:
+                for expr in (peer.get("podSelector") or {}).get("matchExpressions") or []:
+                    if expr["key"] == "app.kubernetes.io/name" and set(expr["values"]) != WITH_DATABASE:
+                        problems.append(f"the development PostgreSQL lets in {sorted(expr['values'])}, "
+                                        f"not {sorted(WITH_DATABASE)}")
+    return problems
 
 
 def check_no_secrets_in_defaults(objects: list[dict[str, Any]]) -> list[str]:
@@ -790,7 +959,12 @@ def main(argv: list[str] | None = None) -> int:
         (Case("default values"), Expect(enabled, "local")),
         (Case("values-local", [local]), Expect(enabled, "local")),
         (Case("production (all services, dummy secrets)", [production, production_secrets]),
-         Expect(all_services, "production", autoscaling=True, secrets_by_reference=True, tls=True, otel=True)),
+         Expect(all_services, "production", autoscaling=True, secrets_by_reference=True, tls=True, otel=True,
+                nats_auth=True, nats_tls=True, values=[production, production_secrets])),
+        (Case("production with an events namespace", [production, production_secrets],
+              ["global.eventsNamespace=staging"]),
+         Expect(all_services, "production", autoscaling=True, secrets_by_reference=True, tls=True, otel=True,
+                nats_auth=True, nats_tls=True, values=[production, production_secrets], events_namespace="staging")),
     ]
     for svc, doc in sorted(skaffold_modules(skaffold_docs).items()):
         positive.append((module_case(doc), Expect({svc}, "local")))
@@ -829,6 +1003,22 @@ def main(argv: list[str] | None = None) -> int:
          "production needs ingress.host"),
         (Case("production without TLS", [production, production_secrets], ["ingress.tls.enabled=false"]),
          "production needs ingress.tls.enabled=true"),
+        (Case("production without NATS users", [production, production_secrets], ["nats.auth.enabled=false"]),
+         "production needs nats.auth.enabled=true"),
+        (Case("production without TLS to NATS", [production, production_secrets], ["nats.tls.enabled=false"]),
+         "production needs nats.tls.enabled=true"),
+        (Case("TLS to NATS with a nats:// URL", [production, production_secrets], ["nats.url=nats://nats:4222"]),
+         "nats.tls.enabled needs a tls:// nats.url"),
+        (Case("NATS users without a service's password", [],
+              ["nats.auth.enabled=true", "services.identity.natsPassword.value=a-password-of-24-characters+",
+               "services.customers.natsPassword.existingSecret=crm-customers-nats"]),
+         ["nats.auth.enabled needs every service's NATS password; missing:",
+          "services.gateway.natsPassword.value or services.gateway.natsPassword.existingSecret",
+          "services.sales.natsPassword.value"]),
+        (Case("a spool size in an unknown unit", [], ["defaults.spool.sizeLimit=1G"]), "defaults.spool.sizeLimit"),
+        (Case("a NATS password the NATS server would misread", [production, production_secrets],
+              ["services.identity.natsPassword.value=1234567890123456789012345"]),
+         "services.identity.natsPassword.value must be 24+ characters, start with a letter"),
         (Case("a typo in a service's values", [], ["services.identty.enabled=true"]),
          "Additional property identty is not allowed"),
         (Case("an unknown callee", [], ["services.sales.enabled=true", "services.sales.calls[0]=billing"]),
@@ -923,6 +1113,9 @@ def main(argv: list[str] | None = None) -> int:
                 list(yaml.safe_load_all(f.read_text()))
             except yaml.YAMLError as exc:
                 problems.append(f"{f.relative_to(ROOT)}: {exc}")
+
+    with report.step("deploy/local/postgres.yaml: a database and ingress for every service with one") as problems:
+        problems += check_dev_postgres(list(yaml.safe_load_all((DEPLOY / "local" / "postgres.yaml").read_text())))
 
     services_on_disk = {p.name for p in (ROOT / "services").iterdir() if (p / "pyproject.toml").exists()}
     for svc in sorted(services_on_disk - enabled):

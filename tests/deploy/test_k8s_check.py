@@ -44,9 +44,12 @@ def production() -> list[dict[str, Any]]:
     return check.load_objects(check.helm_template(helm, case).stdout)
 
 
+PRODUCTION = [ROOT / "deploy/values-production.yaml", ROOT / "deploy/ci/production-secrets.yaml"]
+
+
 def _expect() -> Any:
     return check.Expect(set(check.CALLS), "production", autoscaling=True, secrets_by_reference=True, tls=True,
-                        otel=True)
+                        otel=True, nats_auth=True, nats_tls=True, values=PRODUCTION)
 
 
 def _find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -160,3 +163,102 @@ def test_the_dockerfile_contract_catches_a_fat_root_shell_image():
     assert any("copy only the venv" in p for p in problems)
     assert "runtime stage must run as a numeric non-root USER" in problems
     assert "ENTRYPOINT must be exec form" in problems
+
+
+def _set_auth_conf(objects: list[dict[str, Any]], edit) -> None:  # type: ignore[no-untyped-def]
+    cm = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "crm-nats-auth")
+    cm["data"]["auth.conf"] = edit(cm["data"]["auth.conf"])
+
+
+def test_every_service_has_its_nats_user_and_the_kits_permissions(production):
+    """Each deployed service (all of them in this render) has a user; the lists are the kit's."""
+    users = check.parse_nats_auth(check.nats_auth_conf(production) or "")
+    assert set(users) == {f"crm-{s}" for s in check.CALLS}
+    assert check.check_nats(production, _expect()) == []
+
+
+def test_a_service_granted_another_services_subjects_is_reported(production):
+    objects = copy.deepcopy(production)
+    _set_auth_conf(objects, lambda conf: conf.replace('"crm.sales.>"', '"crm.sales.>", "crm.identity.>"', 1))
+    problems = check.check_nats(objects, _expect())
+    assert any(p.startswith("crm-sales may publish") and "crm.identity.>" in p for p in problems)
+
+
+def test_a_missing_nats_user_and_a_shared_password_are_reported(production):
+    objects = copy.deepcopy(production)
+    _set_auth_conf(objects, lambda conf: conf.replace('user: "crm-reporting"', 'user: "crm-reporting-old"'))
+    c = _container(objects, "crm-customers")
+    for e in c["env"]:
+        if e["name"] == "CRM_NATS_USER":
+            e["value"] = "crm"
+        if e["name"] == "CRM_NATS_PASSWORD":
+            e.pop("valueFrom")
+            e["value"] = "shared-by-everyone-0123456789"
+    problems = check.check_nats(objects, _expect())
+    assert "auth.conf has no NATS user crm-reporting" in problems
+    assert "crm-customers does not connect to NATS as its own user crm-customers" in problems
+    assert "crm-customers CRM_NATS_PASSWORD is not from a Secret" in problems
+
+
+def test_nats_without_tls_is_reported(production):
+    objects = copy.deepcopy(production)
+    c = _container(objects, "crm-identity")
+    c["env"] = [e for e in c["env"] if e["name"] != "CRM_NATS_TLS_CA_FILE"]
+    for e in c["env"]:
+        if e["name"] == "CRM_NATS_URL":
+            e["value"] = "nats://nats.nats.svc:4222"
+    problems = check.check_nats(objects, _expect())
+    assert "crm-identity CRM_NATS_URL is not tls://" in problems
+    assert "crm-identity has no NATS CA (CRM_NATS_TLS_CA_FILE) mounted from a Secret" in problems
+
+
+def test_the_production_values_turn_nats_auth_and_tls_on():
+    values = check.merged_values([ROOT / "deploy/values-production.yaml"])
+    assert values["nats"]["auth"]["enabled"] is True
+    assert values["nats"]["tls"]["enabled"] is True
+    assert values["nats"]["url"].startswith("tls://")
+
+
+def test_a_spool_in_tmp_or_beyond_the_ephemeral_storage_is_reported(production):
+    objects = copy.deepcopy(production)
+    dep = _find(objects, "Deployment", "crm-gateway")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    c["resources"]["limits"]["ephemeral-storage"] = "512Mi"
+    sales = _container(objects, "crm-sales")
+    for e in sales["env"]:
+        if e["name"] == "CRM_SPOOL_DIR":
+            e["value"] = "/tmp"
+    customers = _container(objects, "crm-customers")
+    customers["env"] = [e for e in customers["env"] if e["name"] != "CRM_SPOOL_DIR"]
+    problems = check.check_spool(objects, _expect())
+    assert "crm-gateway: ephemeral-storage limits 512Mi < /tmp + spool (1088Mi)" in problems
+    assert (
+        "crm-sales: CRM_SPOOL_DIR /tmp is not an emptyDir with a sizeLimit" in problems
+        or "crm-sales: the spool shares /tmp" in problems
+    )
+    assert "crm-customers has no CRM_SPOOL_DIR" in problems
+
+
+def test_every_service_and_the_gateway_have_a_bounded_spool(production):
+    assert check.check_spool(production, _expect()) == []
+    for svc in check.CALLS:
+        c = _container(production, f"crm-{svc}")
+        env = check.env_of(c)
+        assert env["CRM_SPOOL_DIR"]["value"] == "/var/spool/crm"
+
+
+def test_the_gateway_gets_its_database_as_the_services_do(production):
+    """Secret-held URL, a migration Job before every install/upgrade, egress to PostgreSQL."""
+    assert "gateway" in check.WITH_DATABASE
+    env = check.env_of(_container(production, "crm-gateway"))
+    assert env["CRM_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "crm-gateway-database"
+    job = _find(production, "Job", "crm-gateway-migrate")
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "crm_gateway"
+    assert check.check_design(production, _expect()) == []
+
+
+def test_the_development_postgres_serves_every_service_with_a_database():
+    docs = list(yaml.safe_load_all((ROOT / "deploy/local/postgres.yaml").read_text()))
+    assert check.check_dev_postgres(docs) == []
+    docs[0]["data"]["10-crm-databases.sh"] = docs[0]["data"]["10-crm-databases.sh"].replace("gateway ", "")
+    assert any("makes databases for" in p for p in check.check_dev_postgres(docs))

@@ -21,19 +21,20 @@ def test_defaults_and_service_addresses(monkeypatch):
 
 
 PRODUCTION_DB = "postgresql://gateway:secret@postgres:5432/crm_gateway"
+NATS = {"nats_url": "tls://nats:4222", "nats_user": "crm-gateway", "nats_password": "p" * 24}
 
 
 def test_production_needs_a_real_idempotency_secret_and_its_database():
     with pytest.raises(ValidationError, match="CRM_IDEMPOTENCY_SECRET"):
-        GatewaySettings(environment="production", nats_url="nats://nats:4222", database_url=PRODUCTION_DB)
+        GatewaySettings(environment="production", database_url=PRODUCTION_DB, **NATS)
     with pytest.raises(ValidationError, match="CRM_DATABASE_URL"):
-        GatewaySettings(environment="production", nats_url="nats://nats:4222", idempotency_secret="x" * 40)
+        GatewaySettings(environment="production", idempotency_secret="x" * 40, **NATS)
     s = GatewaySettings(
         environment="production",
-        nats_url="nats://nats:4222",
         idempotency_secret="x" * 40,
         database_url=PRODUCTION_DB,
         trusted_proxies="10.0.0.0/8",
+        **NATS,
     )
     assert s.environment == "production"
     with pytest.raises(ValidationError, match="CRM_TRUSTED_PROXIES"):

@@ -70,6 +70,7 @@ secret, so a bad configuration never reaches the cluster.
 {{- end }}
 {{- $items := list -}}
 {{- $missing := list -}}
+{{- $natsMissing := list -}}
 {{- range $name := $known }}
 {{- $raw := index $root.Values.services $name }}
 {{- $selected := and $raw.enabled (or (empty $root.Values.global.onlyServices) (has $name $root.Values.global.onlyServices)) }}
@@ -153,6 +154,29 @@ secret, so a bad configuration never reaches the cluster.
 {{- $missing = append $missing (printf "%s.value or %s.existingSecret (%s: %s)" $where $where $sec.env $sec.description) }}
 {{- end }}
 {{- end }}
+{{- /* NATS: the service's own user (crm_kit.settings: CRM_NATS_USER / CRM_NATS_PASSWORD) and TLS. */}}
+{{- $natsAuth := $root.Values.nats.auth | default dict }}
+{{- if and $s.nats $natsAuth.enabled }}
+{{- $plainEnv = append $plainEnv (dict "name" "CRM_NATS_USER" "value" (include "crm.natsUser" (dict "root" $root "name" $name))) }}
+{{- $np := $s.natsPassword | default dict }}
+{{- if $np.existingSecret }}
+{{- $secretEnv = append $secretEnv (dict "name" "CRM_NATS_PASSWORD" "secret" $np.existingSecret "key" ($np.existingSecretKey | default "nats-password")) }}
+{{- else if $np.value }}
+{{- if not (regexMatch "^[A-Za-z][A-Za-z0-9_+/=.-]{23,}$" $np.value) }}
+{{- fail (printf "services.%s.natsPassword.value must be 24+ characters, start with a letter, and hold only letters, digits and _ + / = . - (the NATS server reads it from its environment; p + openssl rand -hex 24 is one)" $name) }}
+{{- end }}
+{{- $_ := set $secretData "nats-password" $np.value }}
+{{- $secretEnv = append $secretEnv (dict "name" "CRM_NATS_PASSWORD" "secret" $fullname "key" "nats-password") }}
+{{- else }}
+{{- $natsMissing = append $natsMissing (printf "services.%s.natsPassword.value or services.%s.natsPassword.existingSecret (CRM_NATS_PASSWORD: 24+ characters starting with a letter, e.g. p + openssl rand -hex 24)" $name $name) }}
+{{- end }}
+{{- end }}
+{{- /* Sizes: /tmp and the spool are emptyDirs; ephemeral-storage covers both plus the margin. */}}
+{{- $ephemeral := add (include "crm.mebibytes" $s.tmpSizeLimit) (include "crm.mebibytes" $s.spool.sizeLimit) (include "crm.mebibytes" $s.ephemeralStorageMargin) }}
+{{- $resources := deepCopy $s.resources }}
+{{- $_ := set (get $resources "requests") "ephemeral-storage" (printf "%dMi" $ephemeral) }}
+{{- $_ := set (get $resources "limits") "ephemeral-storage" (printf "%dMi" $ephemeral) }}
+{{- $_ := set $s "resources" $resources }}
 {{- if and $s.nats $root.Values.nats.existingSecret }}
 {{- $secretEnv = append $secretEnv (dict "name" "CRM_NATS_URL" "secret" $root.Values.nats.existingSecret "key" $root.Values.nats.existingSecretKey) }}
 {{- end }}
@@ -177,6 +201,21 @@ secret, so a bad configuration never reaches the cluster.
 {{- end }}
 {{- if $missing }}
 {{- fail (printf "production needs every secret; missing:\n  - %s" (join "\n  - " $missing)) }}
+{{- end }}
+{{- if $natsMissing }}
+{{- fail (printf "nats.auth.enabled needs every service's NATS password; missing:\n  - %s" (join "\n  - " $natsMissing)) }}
+{{- end }}
+{{- $nats := .Values.nats }}
+{{- if $production }}
+{{- if not $nats.auth.enabled }}
+{{- fail "production needs nats.auth.enabled=true: each service its own NATS user, limited to its subjects" }}
+{{- end }}
+{{- if not $nats.tls.enabled }}
+{{- fail "production needs nats.tls.enabled=true (and a tls:// nats.url): events carry every tenant's data" }}
+{{- end }}
+{{- end }}
+{{- if and $nats.tls.enabled (not $nats.existingSecret) (not (hasPrefix "tls://" $nats.url)) }}
+{{- fail (printf "nats.tls.enabled needs a tls:// nats.url, not %q" $nats.url) }}
 {{- end }}
 {{- toYaml (dict "items" $items) }}
 {{- end -}}
@@ -233,6 +272,8 @@ ctx: (dict "root" $ "s" <resolved service>)
   value: {{ $root.Values.shutdown.graceSeconds | quote }}
 - name: CRM_DATA_DIR
   value: /tmp/crm-data
+- name: CRM_SPOOL_DIR
+  value: {{ $s.spool.mountPath | quote }}
 {{- if eq $s.protocol "grpc" }}
 - name: CRM_GRPC_PORT
   value: "50051"
@@ -249,6 +290,18 @@ ctx: (dict "root" $ "s" <resolved service>)
   value: {{ $root.Values.global.eventsNamespace | quote }}
 - name: CRM_EVENTS_STREAM_REPLICAS
   value: {{ $root.Values.nats.streamReplicas | quote }}
+{{- if $root.Values.nats.tls.enabled }}
+{{- if $root.Values.nats.tls.caSecret }}
+- name: CRM_NATS_TLS_CA_FILE
+  value: /etc/crm/nats-tls/ca/{{ $root.Values.nats.tls.caKey }}
+{{- end }}
+{{- if $root.Values.nats.tls.clientCertSecret }}
+- name: CRM_NATS_TLS_CERT_FILE
+  value: /etc/crm/nats-tls/client/tls.crt
+- name: CRM_NATS_TLS_KEY_FILE
+  value: /etc/crm/nats-tls/client/tls.key
+{{- end }}
+{{- end }}
 {{- end }}
 {{- range $s.plainEnv }}
 - name: {{ .name }}
@@ -308,4 +361,150 @@ ctx: (dict "root" $ "s" <resolved service>)
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end -}}
+
+{{/* A size "64Mi" or "1Gi" in mebibytes (the schema allows only those two units). */}}
+{{- define "crm.mebibytes" -}}
+{{- $n := int (regexFind "^[0-9]+" .) -}}
+{{- if hasSuffix "Gi" . }}{{ mul $n 1024 }}{{ else }}{{ $n }}{{ end -}}
+{{- end -}}
+
+{{/* The NATS user of a service. ctx: (dict "root" $ "name" <service>) */}}
+{{- define "crm.natsUser" -}}
+{{- printf "%s-%s" (include "crm.prefix" .root) .name -}}
+{{- end -}}
+
+{{/*
+The NATS permissions of a service, as YAML {publish: [...], subscribe: [...]}: the same derivation as
+crm_kit.events.permissions.nats_permissions (deploy/check.py compares both for every service).
+ctx: (dict "root" $ "name" <service> "events" <services.<name>.events merged over defaults.events>)
+*/}}
+{{- define "crm.natsPermissions" -}}
+{{- $ns := .root.Values.global.eventsNamespace -}}
+{{- $name := .name -}}
+{{- $ev := .events | default dict -}}
+{{- $pre := ternary (printf "%s." $ns) "" (ne $ns "") -}}
+{{- $streamPre := ternary (printf "%s_" $ns) "" (ne $ns "") -}}
+{{- $consumed := list -}}
+{{- range ($ev.consumes | default list | uniq | sortAlpha) }}
+{{- $consumed = append $consumed (printf "%sCRM_%s" $streamPre (upper .)) }}
+{{- end }}
+{{- $ensured := list -}}
+{{- if $ev.produces }}{{ $ensured = append $ensured (printf "%sCRM_%s" $streamPre (upper $name)) }}{{ end }}
+{{- $ensured = concat $ensured $consumed | uniq -}}
+{{- $publish := list -}}
+{{- if $ev.produces }}
+{{- $publish = append $publish (printf "%scrm.%s.>" $pre $name) }}
+{{- $publish = append $publish (printf "%sdlq.%s.>" $pre $name) }}
+{{- end }}
+{{- if $ensured }}
+{{- $publish = append $publish "$JS.API.INFO" }}
+{{- range (append $ensured (printf "%sCRM_DEAD_LETTERS" $streamPre)) }}
+{{- $publish = concat $publish (list (printf "$JS.API.STREAM.CREATE.%s" .) (printf "$JS.API.STREAM.UPDATE.%s" .) (printf "$JS.API.STREAM.INFO.%s" .)) }}
+{{- end }}
+{{- end }}
+{{- range $consumed }}
+{{- $publish = concat $publish (list (printf "$JS.API.CONSUMER.CREATE.%s.>" .) (printf "$JS.API.CONSUMER.DURABLE.CREATE.%s.>" .) (printf "$JS.API.CONSUMER.INFO.%s.>" .) (printf "$JS.API.CONSUMER.MSG.NEXT.%s.>" .) (printf "$JS.API.STREAM.MSG.GET.%s" .) (printf "$JS.ACK.%s.>" .)) }}
+{{- end }}
+{{- $subscribe := list (printf "_INBOX.%s.>" $name) -}}
+{{- range ($ev.follows | default list | uniq | sortAlpha) }}
+{{- $subscribe = append $subscribe (printf "%s%s" $pre .) }}
+{{- end }}
+{{- range $consumed }}
+{{- $subscribe = append $subscribe (printf "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.>" .) }}
+{{- end }}
+{{- toYaml (dict "publish" $publish "subscribe" $subscribe) }}
+{{- end -}}
+
+{{/* Volume mounts of a service's containers: /tmp, the spool (CRM_SPOOL_DIR) and the NATS TLS files.
+ctx: (dict "root" $ "s" <resolved service> "spool" true|false) */}}
+{{- define "crm.volumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .spool }}
+- name: spool
+  mountPath: {{ .s.spool.mountPath }}
+{{- end }}
+{{- with .root.Values.nats.tls }}
+{{- if and .enabled $.s.nats }}
+{{- if .caSecret }}
+- name: nats-tls-ca
+  mountPath: /etc/crm/nats-tls/ca
+  readOnly: true
+{{- end }}
+{{- if .clientCertSecret }}
+- name: nats-tls-client
+  mountPath: /etc/crm/nats-tls/client
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "crm.volumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .s.tmpSizeLimit }}
+{{- if .spool }}
+# Uploads, import files and exports (CRM_SPOOL_DIR), bounded apart from /tmp.
+- name: spool
+  emptyDir:
+    sizeLimit: {{ .s.spool.sizeLimit }}
+{{- end }}
+{{- with .root.Values.nats.tls }}
+{{- if and .enabled $.s.nats }}
+{{- if .caSecret }}
+- name: nats-tls-ca
+  secret:
+    secretName: {{ .caSecret }}
+    items:
+      - key: {{ .caKey }}
+        path: {{ .caKey }}
+{{- end }}
+{{- if .clientCertSecret }}
+- name: nats-tls-client
+  secret:
+    secretName: {{ .clientCertSecret }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The NATS server's authorization block: a user per enabled service with its permissions. */}}
+{{- define "crm.natsAuthConf" -}}
+{{- $root := . -}}
+# Rendered by the CRM chart: one NATS user per service (crm_kit.events.permissions).
+authorization {
+  users: [
+{{- range $name := keys .Values.services | sortAlpha }}
+{{- $raw := index $root.Values.services $name }}
+{{- if and $raw.enabled $raw.nats }}
+{{- $events := mergeOverwrite (deepCopy $root.Values.defaults.events) (deepCopy ($raw.events | default dict)) }}
+{{- $perms := include "crm.natsPermissions" (dict "root" $root "name" $name "events" $events) | fromYaml }}
+    {
+      user: {{ include "crm.natsUser" (dict "root" $root "name" $name) | quote }}
+      password: $CRM_NATS_PASSWORD_{{ upper $name }}
+      permissions: {
+        {{- if $perms.publish }}
+        publish: {allow: [{{ range $i, $x := $perms.publish }}{{ if $i }}, {{ end }}{{ $x | quote }}{{ end }}]}
+        {{- else }}
+        # Nothing to publish ("allow: []" would mean no limit).
+        publish: {deny: [">"]}
+        {{- end }}
+        subscribe: {allow: [{{ range $i, $x := $perms.subscribe }}{{ if $i }}, {{ end }}{{ $x | quote }}{{ end }}]}
+      }
+    }
+{{- end }}
+{{- end }}
+{{- with .Values.nats.auth.adminUser }}
+    # The operators' user (nats-box, python -m crm_kit.events.dead_letters): every subject.
+    {user: {{ . | quote }}, password: $CRM_NATS_PASSWORD_ADMIN}
+{{- end }}
+  ]
+}
 {{- end -}}

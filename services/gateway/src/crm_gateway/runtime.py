@@ -119,7 +119,12 @@ class Gateway:
         wait = 0.5
         while self._nc is None:
             try:
-                self._nc = await connect_nats(self.settings.nats_url, settings, name="crm-gateway-follower")
+                self._nc = await connect_nats(
+                    self.settings.nats_servers(),
+                    settings,
+                    name="crm-gateway-follower",
+                    options=self.settings.nats_options(),
+                )
             except Exception as exc:
                 log.warning("cannot follow identity events yet (%s); retrying in %.0f s", exc, wait)
                 await asyncio.sleep(wait)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import nats
 import nats.errors
@@ -37,8 +38,10 @@ async def connect_nats(
     *,
     name: str,
     reconnected: Callable[[], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> NATS:
-    """Connect with `connect_attempts` tries at start-up, then reconnect forever once connected."""
+    """Connect with `connect_attempts` tries at start-up, then reconnect forever once connected. `options` are
+    the service's credentials, TLS and inbox prefix (`ServiceSettings.nats_options()`)."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS: %s", exc or type(exc).__name__)
@@ -60,6 +63,7 @@ async def connect_nats(
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
+        **dict(options or {}),
     )
     # nats-py reads this option on every reconnect: bounded at start-up, unbounded from now on.
     nc.options["max_reconnect_attempts"] = -1
@@ -93,6 +97,7 @@ class EventBus:
         produces: Sequence[str] | None = None,
         relay: bool = True,
         tracer_provider: TracerProvider | None = None,
+        connect_options: Mapping[str, Any] | None = None,
     ):
         self.service = service
         self.database = database
@@ -102,6 +107,7 @@ class EventBus:
         self.produces = list(produces) if produces is not None else [service]
         self.run_relay = relay and database is not None
         self.tracer_provider = tracer_provider
+        self.connect_options = dict(connect_options or {})
         self.nc: NATS | None = None
         self.relay: OutboxRelay | None = None
         self.runners: dict[str, ConsumerRunner] = {}
@@ -113,7 +119,11 @@ class EventBus:
 
     async def start(self) -> EventBus:
         self.nc = await connect_nats(
-            self.nats_url, self.settings, name=f"crm-{self.service}", reconnected=self._reconnected
+            self.nats_url,
+            self.settings,
+            name=f"crm-{self.service}",
+            reconnected=self._reconnected,
+            options=self.connect_options,
         )
         try:
             check_max_payload(self.nc)

@@ -142,7 +142,14 @@ async def discard(js: JetStreamContext, seq: int, *, namespace: str = "") -> Non
 
 
 async def _main(args: argparse.Namespace) -> int:
-    nc = await nats.connect(args.nats_url, connect_timeout=5, max_reconnect_attempts=1)
+    from crm_kit.settings import ServiceSettings
+
+    # The credentials and TLS of the environment (CRM_NATS_*): an operator's NATS user, since a service's own
+    # user may not read the dead-letter stream. Only the connection settings are taken from it.
+    connection = ServiceSettings(nats_url=args.nats_url, environment="local", service_name="operator")
+    nc = await nats.connect(
+        connection.nats_servers(), connect_timeout=5, max_reconnect_attempts=1, **connection.nats_options()
+    )
     try:
         js = nc.jetstream()
         ns = args.namespace

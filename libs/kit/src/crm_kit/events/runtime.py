@@ -11,9 +11,12 @@ from crm_kit.events.config import EventSettings
 
 
 async def start_bus(runtime: Any, service: str, *, settings: EventSettings | None = None) -> EventBus:
-    """Start the bus for `runtime` (anything with `.settings.nats_url` and `.db`)."""
-    servers = [s.strip() for s in runtime.settings.nats_url.split(",") if s.strip()]
+    """Start the bus for `runtime` (anything with `.settings` — a `ServiceSettings` — and `.db`)."""
     bus = EventBus(
-        service=service, database=runtime.db, nats_url=servers, settings=settings or EventSettings()
+        service=service,
+        database=runtime.db,
+        nats_url=runtime.settings.nats_servers(),
+        settings=settings or EventSettings(),
+        connect_options=runtime.settings.nats_options(),
     )
     return await bus.start()

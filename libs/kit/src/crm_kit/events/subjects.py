@@ -78,3 +78,9 @@ def dead_letter_stream(namespace: str = "") -> str:
 
 def dead_letter_stream_subjects(namespace: str = "") -> list[str]:
     return [namespaced(s, namespace) for s in DEAD_LETTER_SUBJECTS]
+
+
+def inbox_prefix(service: str) -> str:
+    """The reply inboxes of one service (`_INBOX.<service>.<id>`): JetStream answers, publish acks and the pulled
+    events of its consumers arrive there, and only that service's NATS user may subscribe to them."""
+    return f"_INBOX.{service}"
