@@ -40,6 +40,8 @@ class IdentitySettings(ServiceSettings):
         problems = super().production_problems()
         if not self.jwt_private_keys:
             problems.append("CRM_JWT_PRIVATE_KEYS is not set")
+        if not self.smtp_url:
+            problems.append("CRM_SMTP_URL is not set (sign-up mails a verification link)")
         return problems
 
     def signing_keys(self) -> SigningKeys:
