@@ -187,7 +187,7 @@ def describe(exc: BaseException, *, with_type: bool = True) -> str:
     they name, and their message's first line with quoted values masked; never the statement's parameters,
     the DETAIL line (`Key (email)=(x@y) already exists`, `Failing row contains (...)`) or a value echoed in the
     message. Other exceptions are their type and message, quoted parts masked unless it is a DomainError (its
-    message is written for the caller). Use this, not `str(exc)`, wherever an error's text
+    message is written for the caller) or NATS's (subjects and permissions, which operators need). Use this, not `str(exc)`, wherever an error's text
     leaves the request (crm_kit.logs applies it to every log record). `with_type=False` leaves out the outer
     exception's type where it is recorded apart (a dead letter's error-type header)."""
     orig = getattr(exc, "orig", None)
@@ -213,7 +213,9 @@ def describe(exc: BaseException, *, with_type: bool = True) -> str:
         return f"{type(exc).__name__}{f' ({where})' if where else ''}: {first}"[:MAX_DESCRIPTION]
     # Our own errors say what we wrote for the caller; any other may quote a value it failed on (a driver's
     # encoder raising `invalid UUID 'x@y'` under a database error, `int('…')`), so quoted parts are masked.
-    text = str(exc) if isinstance(exc, DomainError) else _masked(str(exc), set())
+    # NATS's errors name subjects and permissions, never data, and operators need them whole.
+    kept_whole = isinstance(exc, DomainError) or type(exc).__module__.startswith("nats.")
+    text = str(exc) if kept_whole else _masked(str(exc), set())
     if not with_type and text:
         return text[:MAX_DESCRIPTION]
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:MAX_DESCRIPTION]
