@@ -196,12 +196,17 @@ async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -
     stop = threading.Event()
 
     def hand_over(item: list[Row] | BaseException | None) -> None:
-        while not stop.is_set():
+        # One put per item, waited for as long as the consumer takes (a batch can take minutes); scheduling the
+        # put again after a wait would hand the same batch over twice (issue 10, item 14).
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while True:
             try:
-                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=1)
+                future.result(timeout=1)
                 return
             except TimeoutError:
-                continue
+                if stop.is_set():
+                    future.cancel()
+                    return
 
     def produce() -> None:
         try:
@@ -309,9 +314,12 @@ async def _run(db: Database, importer: Importer, job: ImportJob, *, claim: int) 
             produced = _child_batches(batcher, spec, path, totals)
         else:
             produced = _thread_batches(batcher, path, totals)
-        done = job.rows_done
+        done, last = job.rows_done, 0
         try:
             async for item in produced:
+                if item and item[0].number <= last:  # rows come once, in file order, or the run stops
+                    raise RuntimeError(f"row {item[0].number} came again after row {last}")
+                last = item[-1].number if item else last
                 await commit_batch(db, batcher, job, claim, item, done, done + len(item))
                 done += len(item)
                 if job.cancel_requested:

@@ -129,11 +129,17 @@ class Worker:
         running under this claim."""
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
-            async with self.db.unit_of_work() as uow:
-                stmt = update(model).where(model.id == row_id, model.status == "running")
-                if claim is not None:
-                    stmt = stmt.where(model.attempts == claim)
-                result = await uow.session.execute(stmt.values(lease_until=utcnow() + self.lease))
+            try:
+                async with self.db.unit_of_work() as uow:
+                    stmt = update(model).where(model.id == row_id, model.status == "running")
+                    if claim is not None:
+                        stmt = stmt.where(model.attempts == claim)
+                    result = await uow.session.execute(stmt.values(lease_until=utcnow() + self.lease))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failed renewal is tried again; the lease leaves two more chances
+                log.warning("%s: renewing the lease of %s failed", self.name, row_id, exc_info=True)
+                continue
             if not result.rowcount:
                 return
 
