@@ -3,6 +3,7 @@ progress. The work itself is `pipeline`; the background `worker` runs it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ from crm_kit.imports.models import ImportFileChunk, ImportJob
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 
-MAX_FILE_BYTES = 2 << 30
+MAX_FILE_BYTES = source.MAX_FILE_BYTES
 
 
 async def upload(
@@ -92,7 +93,7 @@ async def upload(
     # The header, read from the stored file as the worker will read it.
     try:
         async with source.spooled(db, job_id, f".{file_format}") as path:
-            columns = source.header_of(path, file_format, encoding)
+            columns = await asyncio.to_thread(source.header_of, path, file_format, encoding)
     except source.BadFile as exc:
         async with db.unit_of_work() as uow:
             job = await uow.session.get(ImportJob, job_id)

@@ -386,15 +386,16 @@ async def dry_run(db: Database, importer: Importer, *, request: Any, decision: D
     seen = 0
     complete = True
     async with source.spooled(db, chosen.id, f".{chosen.format}") as path:
-        rows = source.data_rows(path, chosen.format, chosen.stats.get("encoding") or "utf-8")
+        # Parsed and converted in a thread, as a run is: the event loop only checks the batches.
+        produced = _thread_batches(batcher, path, {})
         try:
-            for raw in batches(rows, batcher.batch_rows):
+            async for whole in produced:
                 if seen >= DRY_RUN_ROWS:
                     complete = False
                     break
-                raw = raw[: DRY_RUN_ROWS - seen]
-                seen += len(raw)
-                batch = batcher.convert(raw)
+                batch = whole[: DRY_RUN_ROWS - seen]
+                seen += len(batch)
+                complete = complete and len(batch) == len(whole)
                 async with db.read() as session:
                     await batcher.check(session, batch)
                 for r in batch:
@@ -403,9 +404,10 @@ async def dry_run(db: Database, importer: Importer, *, request: Any, decision: D
                 got = outcome_of(batch)
                 totals.add(got)
                 totals.errors.extend(got.errors[: max(0, DRY_RUN_ERRORS - len(totals.errors))])
-                await asyncio.sleep(0)
         except source.BadFile as exc:
             raise InvalidArgument.for_field("file", str(exc)) from exc
+        finally:
+            await produced.aclose()
     async with db.unit_of_work() as uow:
         job = await jobs.get(uow.session, request.id, lock=True)
         jobs.expect_uploaded(job, what)
