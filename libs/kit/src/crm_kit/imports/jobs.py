@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_kit.context import caller
@@ -22,6 +22,13 @@ from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 
 MAX_FILE_BYTES = source.MAX_FILE_BYTES
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+async def drop_file(session: AsyncSession, job_id: str) -> None:
+    """Delete a job's stored file, in the transaction that finishes the job (its counts and error report stay):
+    every way a job ends calls this, and `worker.purge_files` catches any file left behind."""
+    await session.execute(delete(ImportFileChunk).where(ImportFileChunk.job_id == job_id))
 
 
 async def upload(
@@ -98,6 +105,7 @@ async def upload(
         async with db.unit_of_work() as uow:
             job = await uow.session.get(ImportJob, job_id)
             job.status, job.error, job.finished_at = "failed", str(exc), utcnow()
+            await drop_file(uow.session, job_id)
         raise InvalidArgument.for_field("file", str(exc)) from exc
     async with db.unit_of_work() as uow:
         job = await uow.session.get(ImportJob, job_id)
@@ -221,6 +229,7 @@ async def cancel(db: Database, *, job_id: str) -> ImportJob:
         job = await get(uow.session, job_id, lock=True)
         if job.status in ("uploaded", "queued"):
             job.status, job.finished_at = "cancelled", utcnow()
+            await drop_file(uow.session, job.id)
         elif job.status == "running":
             job.cancel_requested = True  # the worker stops after its current batch (committed batches stay)
         else:

@@ -342,6 +342,7 @@ async def _run(db: Database, importer: Importer, job: ImportJob, *, claim: int) 
             }
         current.finished_at = utcnow()
         current.lease_until = None
+        await jobs.drop_file(uow.session, current.id)
         event = importer.finished_event(current)
         if event is not None:
             uow.emit(
