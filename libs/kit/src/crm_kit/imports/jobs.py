@@ -99,7 +99,7 @@ async def upload(
         await session.flush()
     # The header, read from the stored file as the worker will read it.
     try:
-        async with source.spooled(db, job_id, f".{file_format}") as path:
+        async with source.spooled(db, job_id, f".{file_format}", size=size) as path:
             columns = await asyncio.to_thread(source.header_of, path, file_format, encoding)
     except source.BadFile as exc:
         async with db.unit_of_work() as uow:

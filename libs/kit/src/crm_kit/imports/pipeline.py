@@ -308,7 +308,8 @@ async def run(db: Database, importer: Importer, job: ImportJob, *, claim: int) -
 async def _run(db: Database, importer: Importer, job: ImportJob, *, claim: int) -> None:
     batcher = await importer.batcher(db, job)
     totals: dict[str, int] = {"data_rows": 0}
-    async with source.spooled(db, job.id, f".{job.format}") as path:
+    # The worker waits its turn for room in the spool (its lease is renewed meanwhile).
+    async with source.spooled(db, job.id, f".{job.format}", size=job.size_bytes, wait=24 * 3600) as path:
         spec = batcher.child_spec() if job.size_bytes >= CHILD_PROCESS_BYTES else None
         if spec is not None:
             produced = _child_batches(batcher, spec, path, totals)
@@ -386,7 +387,7 @@ async def dry_run(db: Database, importer: Importer, *, request: Any, decision: D
     preview: list[dict[str, Any]] = []
     seen = 0
     complete = True
-    async with source.spooled(db, chosen.id, f".{chosen.format}") as path:
+    async with source.spooled(db, chosen.id, f".{chosen.format}", size=chosen.size_bytes) as path:
         # Parsed and converted in a thread, as a run is: the event loop only checks the batches.
         produced = _thread_batches(batcher, path, {})
         try:

@@ -16,13 +16,13 @@ import csv
 import datetime as dt
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sqlalchemy import select
 
+from crm_kit import spool
 from crm_kit.imports.models import ImportFileChunk
 
 CHUNK_BYTES = 1 << 20
@@ -85,17 +85,21 @@ async def chunks_of(db: Any, job_id: str) -> AsyncIterator[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def spooled(db: Any, job_id: str, suffix: str = "") -> AsyncIterator[str]:
-    """The stored file as a local temporary file (path), removed afterwards."""
-    fd, path = tempfile.mkstemp(prefix="crm-import-", suffix=suffix)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in chunks_of(db, job_id):
-                out.write(chunk)
-        yield path
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+async def spooled(
+    db: Any, job_id: str, suffix: str = "", *, size: int, wait: float = 30.0
+) -> AsyncIterator[str]:
+    """The stored file (`size` bytes) as a local temporary file (path) in the spool, its size reserved there
+    (see `crm_kit.spool`: waits up to `wait` seconds for room, then 429), removed afterwards."""
+    async with spool.current().reserve(size, wait=wait):
+        fd, path = spool.mkstemp(prefix="crm-import-", suffix=suffix)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks_of(db, job_id):
+                    out.write(chunk)
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _cell(value: Any) -> str:
