@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_kit.context import caller
 from crm_kit.db import Database, utcnow
-from crm_kit.errors import Conflict, InvalidArgument, not_found
+from crm_kit.errors import Conflict, DomainError, InvalidArgument, not_found
 from crm_kit.ids import is_uuid, new_id
 from crm_kit.imports import source
 from crm_kit.imports.importer import Importer
@@ -101,11 +101,13 @@ async def upload(
     try:
         async with source.spooled(db, job_id, f".{file_format}", size=size) as path:
             columns = await asyncio.to_thread(source.header_of, path, file_format, encoding)
-    except source.BadFile as exc:
+    except (source.BadFile, DomainError) as exc:  # unreadable, or no room to read it now (see crm_kit.spool)
         async with db.unit_of_work() as uow:
             job = await uow.session.get(ImportJob, job_id)
             job.status, job.error, job.finished_at = "failed", str(exc), utcnow()
             await drop_file(uow.session, job_id)
+        if isinstance(exc, DomainError):
+            raise
         raise InvalidArgument.for_field("file", str(exc)) from exc
     async with db.unit_of_work() as uow:
         job = await uow.session.get(ImportJob, job_id)

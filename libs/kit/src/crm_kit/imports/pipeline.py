@@ -187,6 +187,22 @@ async def _checkpoint(
 # ---------------------------------------------------------------- converting, beside the database
 
 
+_switching = {"converters": 0, "interval": 0.005}
+
+
+def _fast_switching(on: bool) -> None:
+    """A 0.5 ms switch interval while any converter thread runs (several runs and dry runs may overlap)."""
+    if on:
+        if _switching["converters"] == 0:
+            _switching["interval"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switching["interval"], 0.0005))
+        _switching["converters"] += 1
+    else:
+        _switching["converters"] -= 1
+        if _switching["converters"] == 0:
+            sys.setswitchinterval(_switching["interval"])
+
+
 async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -> AsyncIterator[list[Row]]:
     """Parse and convert in a thread: the event loop stays free to feed PostgreSQL the previous batch (the two
     interleave at a 0.5 ms switch interval of the interpreter lock, not a whole batch apart)."""
@@ -221,8 +237,7 @@ async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -
         except BaseException as exc:  # handed to the consumer, which fails the job
             hand_over(exc)
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, 0.0005))
+    _fast_switching(True)
     producer = loop.run_in_executor(None, produce)
     try:
         while True:
@@ -238,7 +253,7 @@ async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -
             queue.get_nowait()
         with contextlib.suppress(BaseException):
             await producer
-        sys.setswitchinterval(switch)
+        _fast_switching(False)
 
 
 async def _child_batches(
