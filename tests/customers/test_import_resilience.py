@@ -31,10 +31,13 @@ async def data(customers_service):
 class Slow:
     """The service's accounts importer, with small batches whose check waits in PostgreSQL (pg_sleep) longer
     than the lease; `fail_once` makes the first write of the batch starting at that row fail in the database,
-    `drop_once` loses the database connection in that batch's check."""
+    `drops` times the database connection is lost in the check of the batch starting at row `drop_at`."""
 
-    def __init__(self, inner, *, seconds: float, fail_once: int | None = None, drop_once: int | None = None):
-        self.inner, self.seconds, self.fail_once, self.drop_once = inner, seconds, fail_once, drop_once
+    def __init__(
+        self, inner, *, seconds: float, fail_once: int | None = None, drop_at: int = 0, drops: int = 0
+    ):
+        self.inner, self.seconds, self.fail_once = inner, seconds, fail_once
+        self.drop_at, self.drops = drop_at, drops
         self.checked: list[int] = []
 
     def __getattr__(self, name):
@@ -50,8 +53,8 @@ class Slow:
 
             async def check(self, session, batch):
                 outer.checked.extend(r.number for r in batch)
-                if outer.drop_once is not None and batch[0].number == outer.drop_once:
-                    outer.drop_once = None  # the database connection is lost mid-batch, once
+                if outer.drops and batch[0].number == outer.drop_at:
+                    outer.drops -= 1  # the database connection is lost mid-batch
                     await session.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
                 await session.execute(text("SELECT pg_sleep(:s)"), {"s": outer.seconds})
                 await base.check(self, session, batch)
@@ -138,7 +141,7 @@ async def test_slow_and_failing_batches_do_every_row_exactly_once(
     company = await _company_with_skip_rule(identity, data, customers)
     n = 5 * BATCH
     job = await upload(data, company, _accounts_file(n), target=ACCOUNTS, name="accounts.csv", chunk=4096)
-    slow = Slow(IMPORTERS["accounts"], seconds=1.6, fail_once=2 + 2 * BATCH, drop_once=2 + 3 * BATCH)
+    slow = Slow(IMPORTERS["accounts"], seconds=1.6, fail_once=2 + 2 * BATCH, drop_at=2 + 3 * BATCH, drops=2)
     ours = worker.Worker(db, {"accounts": slow}, lease_seconds=LEASE, name="test-slow-worker")
     seen: list = []
     watcher = asyncio.create_task(_watch(data, company, job.id, seen))
@@ -157,10 +160,11 @@ async def test_slow_and_failing_batches_do_every_row_exactly_once(
     errors = await errors_of(data, company, job.id)
     assert sorted(e[0] for e in errors) == [8, 16]  # each skipped row named once
     assert max(d for d, _ in seen) <= n and max(p for _, p in seen) <= 100
-    # Each data row went through the checks once, except the batch the database refused and the one whose
-    # connection was lost, checked again as they are retried row by row.
+    # Each data row went through the checks once, except the batch the database refused (checked again as it
+    # is retried row by row) and the one whose connection was lost twice (then tried again after a pause).
     refused = set(range(2 + 2 * BATCH, 2 + 4 * BATCH))
     assert sorted(r for r in slow.checked if r not in refused) == sorted(set(range(2, n + 2)) - refused)
+    assert slow.drops == 0
 
 
 async def test_a_cancelled_slow_import_stops_after_a_whole_batch(

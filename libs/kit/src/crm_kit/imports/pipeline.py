@@ -55,8 +55,34 @@ CHILD_PROCESS_BYTES = 8 << 20
 REFUSALS = (DBAPIError, asyncpg.PostgresError, InvalidArgument, AlreadyExists)
 
 
+# A batch whose database could not be reached is tried again after 1, 2, 4, 8, 16 and 30 s (about a minute; the
+# lease is renewed meanwhile, and a longer outage hands the job to another worker once the lease runs out).
+BATCH_RETRY_DELAYS = (1, 2, 4, 8, 16, 30)
+UNREACHABLE = (
+    OSError,  # refused, reset, timed out
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # e.g. the connection was closed under the statement
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
 class LeaseLost(Exception):
     """Another worker took the job over (this one was too slow to renew its lease)."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """A failure to reach the database (worth waiting for), not a refusal of the rows."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(5):  # the driver's error sits under SQLAlchemy's
+        if seen is None:
+            return False
+        if isinstance(seen, UNREACHABLE):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def copy_text(text_: str) -> str:
@@ -150,6 +176,31 @@ async def commit_batch(
         outcome = outcome_of(batch)
         await _checkpoint(session, job, claim, done_before, done_after, outcome)
         return outcome
+
+
+async def _commit_waiting(
+    db: Database, batcher: Batcher, job: ImportJob, claim: int, batch: list[Row], before: int, after: int
+) -> Outcome:
+    """`commit_batch`, tried again while the database cannot be reached (the checkpoint's fence makes a repeat
+    of a batch that did commit a LeaseLost, never a second write)."""
+    for delay in (*BATCH_RETRY_DELAYS, None):
+        try:
+            return await commit_batch(db, batcher, job, claim, batch, before, after)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            if delay is None or not unreachable(exc):
+                raise
+            log.warning(
+                "import %s: the database could not be reached (%s); again in %s s",
+                job.id,
+                _reason(exc),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            for r in batch:
+                r.reset()
+    raise AssertionError("unreachable")
 
 
 async def _checkpoint(
@@ -336,7 +387,7 @@ async def _run(db: Database, importer: Importer, job: ImportJob, *, claim: int) 
                 if item and item[0].number <= last:  # rows come once, in file order, or the run stops
                     raise RuntimeError(f"row {item[0].number} came again after row {last}")
                 last = item[-1].number if item else last
-                await commit_batch(db, batcher, job, claim, item, done, done + len(item))
+                await _commit_waiting(db, batcher, job, claim, item, done, done + len(item))
                 done += len(item)
                 if job.cancel_requested:
                     break
