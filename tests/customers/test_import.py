@@ -53,7 +53,7 @@ async def upload(data, company, content: bytes, target=CONTACTS, name="联系人
 
 
 async def run_to_end(data, company, job_id):
-    for _ in range(200):
+    for _ in range(1200):  # 60 s at most: a loaded machine is slow to start a converter process
         job = (await data.GetImport(dq.GetImportRequest(id=job_id), metadata=company.md)).import_job
         if job.status not in (dq.JOB_STATUS_QUEUED, dq.JOB_STATUS_RUNNING):
             return job

@@ -27,7 +27,7 @@ from crm.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import json_format
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from crm_kit import grpc_client
+from crm_kit import grpc_client, spool
 from crm_kit.auth import JwtVerifier
 from crm_kit.db import Database
 from crm_kit.grpc_server import GrpcServer, Servicer
@@ -128,6 +128,7 @@ class Service:
     def __init__(self, spec: ServiceSpec, settings: ServiceSettings | None = None):
         self.spec = spec
         self.settings = settings or spec.settings()
+        spool.configure(self.settings.spool_dir, self.settings.spool_max_bytes)
         self.runtime: Runtime | None = None
         self.server: GrpcServer | None = None
         self.parts: Parts | None = None

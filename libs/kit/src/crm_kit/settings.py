@@ -48,6 +48,10 @@ class ServiceSettings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     # How long a stopping replica keeps serving calls already in flight (match terminationGracePeriodSeconds).
     shutdown_grace_seconds: float = 15.0
+    # Temporary files (uploads, import files, XLSX exports): the directory, and what the process may hold there
+    # at once (see crm_kit.spool; the chart mounts the directory with a larger sizeLimit).
+    spool_dir: str = ""
+    spool_max_bytes: int = 1 << 30
     # Run the service's migrations when it starts (local use); in Kubernetes a Job runs them before an upgrade.
     migrate_on_start: bool = False
 

@@ -30,7 +30,8 @@ from urllib.parse import quote
 
 import grpc
 import orjson
-from crm_kit import context, grpc_client
+from crm_kit import context, grpc_client, spool
+from crm_kit.errors import InvalidArgument, TooManyRequests
 from crm_kit.idempotency import METADATA_KEY as IDEMPOTENCY_METADATA
 from fastapi import FastAPI, Request
 from google.protobuf import json_format, message_factory
@@ -47,6 +48,8 @@ log = logging.getLogger("crm.gateway")
 
 FD = FieldDescriptor
 CHUNK_BYTES = 256 * 1024
+# How long an upload waits for room in the spool before a 429.
+UPLOAD_SPOOL_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ class FilePlan:
                             }
                         }
                     },
-                }
+                },
             }
         params = [
             {"name": name, "in": "query", "required": False, "schema": _schema(f)}
@@ -262,6 +265,7 @@ def _schema(f: FieldDescriptor) -> dict[str, Any]:
 
 def mount(app: FastAPI, gateway: Any, services: Sequence[FileRoutes]) -> list[FilePlan]:
     """Add the file routes to the app; returns their plans (the middleware needs the upload paths)."""
+    spool.configure(gateway.settings.spool_dir, gateway.settings.spool_max_bytes)  # where uploads are received
     plans = [FilePlan(s, r) for s in services for r in s.routes]
     for plan in plans:
         handler = _upload_endpoint(gateway, plan) if plan.upload else _download_endpoint(gateway, plan)
@@ -307,7 +311,22 @@ def _upload_endpoint(gateway: Any, plan: FilePlan) -> Any:
                 raise ProblemError(
                     415, "unsupported_media_type", "upload the file as multipart/form-data with a `file` part"
                 )
-            form = await request.form(max_files=1, max_fields=50)
+            # The file part is received into the spool (Starlette's SpooledTemporaryFile: memory up to 1 MiB,
+            # then a file in CRM_SPOOL_DIR): its room is reserved first, by the body's declared length.
+            declared = request.headers.get("content-length", "")
+            size = int(declared) if declared.isdigit() else gateway.settings.max_upload_bytes
+            room = spool.current().reserve(size, wait=UPLOAD_SPOOL_WAIT_SECONDS)
+            try:
+                await room.__aenter__()
+            except InvalidArgument as exc:  # larger than the whole spool
+                raise ProblemError(413, "body_too_large", exc.message) from None
+            except TooManyRequests as exc:
+                raise ProblemError(429, "spool_full", exc.message, headers={"Retry-After": "60"}) from None
+            try:
+                form = await request.form(max_files=1, max_fields=50)
+            except BaseException:
+                await room.__aexit__(None, None, None)
+                raise
             try:
                 upload = form.get("file")
                 if not isinstance(upload, UploadFile):
@@ -336,6 +355,7 @@ def _upload_endpoint(gateway: Any, plan: FilePlan) -> Any:
                     )
             finally:
                 await form.close()
+                await room.__aexit__(None, None, None)
             headers = {**reply.headers, **limit_headers}
             media = headers.pop("content-type", None) or "application/json"
             return Response(reply.body, status_code=reply.status, headers=headers, media_type=media)
@@ -397,7 +417,9 @@ async def _forward_upload(
         return Reply.of_rpc_error(exc, path)
     route = plan.route
     assert isinstance(route, Upload)
-    answer = json_format.MessageToDict(getattr(response, route.unwrap) if route.unwrap else response, **TO_DICT)
+    answer = json_format.MessageToDict(
+        getattr(response, route.unwrap) if route.unwrap else response, **TO_DICT
+    )
     headers = {}
     if route.location:
         headers["Location"] = expand_template(plan.service.prefix.rstrip("/") + route.location, answer)

@@ -3,16 +3,17 @@ progress. The work itself is `pipeline`; the background `worker` runs it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf.message import Message
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_kit.context import caller
 from crm_kit.db import Database, utcnow
-from crm_kit.errors import Conflict, InvalidArgument, not_found
+from crm_kit.errors import Conflict, DomainError, InvalidArgument, not_found
 from crm_kit.ids import is_uuid, new_id
 from crm_kit.imports import source
 from crm_kit.imports.importer import Importer
@@ -20,7 +21,14 @@ from crm_kit.imports.models import ImportFileChunk, ImportJob
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision
 
-MAX_FILE_BYTES = 2 << 30
+MAX_FILE_BYTES = source.MAX_FILE_BYTES
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+async def drop_file(session: AsyncSession, job_id: str) -> None:
+    """Delete a job's stored file, in the transaction that finishes the job (its counts and error report stay):
+    every way a job ends calls this, and `worker.purge_files` catches any file left behind."""
+    await session.execute(delete(ImportFileChunk).where(ImportFileChunk.job_id == job_id))
 
 
 async def upload(
@@ -91,12 +99,15 @@ async def upload(
         await session.flush()
     # The header, read from the stored file as the worker will read it.
     try:
-        async with source.spooled(db, job_id, f".{file_format}") as path:
-            columns = source.header_of(path, file_format, encoding)
-    except source.BadFile as exc:
+        async with source.spooled(db, job_id, f".{file_format}", size=size) as path:
+            columns = await asyncio.to_thread(source.header_of, path, file_format, encoding)
+    except (source.BadFile, DomainError) as exc:  # unreadable, or no room to read it now (see crm_kit.spool)
         async with db.unit_of_work() as uow:
             job = await uow.session.get(ImportJob, job_id)
             job.status, job.error, job.finished_at = "failed", str(exc), utcnow()
+            await drop_file(uow.session, job_id)
+        if isinstance(exc, DomainError):
+            raise
         raise InvalidArgument.for_field("file", str(exc)) from exc
     async with db.unit_of_work() as uow:
         job = await uow.session.get(ImportJob, job_id)
@@ -220,6 +231,7 @@ async def cancel(db: Database, *, job_id: str) -> ImportJob:
         job = await get(uow.session, job_id, lock=True)
         if job.status in ("uploaded", "queued"):
             job.status, job.finished_at = "cancelled", utcnow()
+            await drop_file(uow.session, job.id)
         elif job.status == "running":
             job.cancel_requested = True  # the worker stops after its current batch (committed batches stay)
         else:

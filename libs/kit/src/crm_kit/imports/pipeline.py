@@ -55,8 +55,34 @@ CHILD_PROCESS_BYTES = 8 << 20
 REFUSALS = (DBAPIError, asyncpg.PostgresError, InvalidArgument, AlreadyExists)
 
 
+# A batch whose database could not be reached is tried again after 1, 2, 4, 8, 16 and 30 s (about a minute; the
+# lease is renewed meanwhile, and a longer outage hands the job to another worker once the lease runs out).
+BATCH_RETRY_DELAYS = (1, 2, 4, 8, 16, 30)
+UNREACHABLE = (
+    OSError,  # refused, reset, timed out
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # e.g. the connection was closed under the statement
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
 class LeaseLost(Exception):
     """Another worker took the job over (this one was too slow to renew its lease)."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """A failure to reach the database (worth waiting for), not a refusal of the rows."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    seen: BaseException | None = exc
+    for _ in range(5):  # the driver's error sits under SQLAlchemy's
+        if seen is None:
+            return False
+        if isinstance(seen, UNREACHABLE):
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def copy_text(text_: str) -> str:
@@ -152,6 +178,31 @@ async def commit_batch(
         return outcome
 
 
+async def _commit_waiting(
+    db: Database, batcher: Batcher, job: ImportJob, claim: int, batch: list[Row], before: int, after: int
+) -> Outcome:
+    """`commit_batch`, tried again while the database cannot be reached (the checkpoint's fence makes a repeat
+    of a batch that did commit a LeaseLost, never a second write)."""
+    for delay in (*BATCH_RETRY_DELAYS, None):
+        try:
+            return await commit_batch(db, batcher, job, claim, batch, before, after)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            if delay is None or not unreachable(exc):
+                raise
+            log.warning(
+                "import %s: the database could not be reached (%s); again in %s s",
+                job.id,
+                _reason(exc),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            for r in batch:
+                r.reset()
+    raise AssertionError("unreachable")
+
+
 async def _checkpoint(
     session: Any, job: ImportJob, claim: int, done_before: int, done_after: int, outcome: Outcome
 ) -> None:
@@ -187,6 +238,22 @@ async def _checkpoint(
 # ---------------------------------------------------------------- converting, beside the database
 
 
+_switching = {"converters": 0, "interval": 0.005}
+
+
+def _fast_switching(on: bool) -> None:
+    """A 0.5 ms switch interval while any converter thread runs (several runs and dry runs may overlap)."""
+    if on:
+        if _switching["converters"] == 0:
+            _switching["interval"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switching["interval"], 0.0005))
+        _switching["converters"] += 1
+    else:
+        _switching["converters"] -= 1
+        if _switching["converters"] == 0:
+            sys.setswitchinterval(_switching["interval"])
+
+
 async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -> AsyncIterator[list[Row]]:
     """Parse and convert in a thread: the event loop stays free to feed PostgreSQL the previous batch (the two
     interleave at a 0.5 ms switch interval of the interpreter lock, not a whole batch apart)."""
@@ -196,12 +263,17 @@ async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -
     stop = threading.Event()
 
     def hand_over(item: list[Row] | BaseException | None) -> None:
-        while not stop.is_set():
+        # One put per item, waited for as long as the consumer takes (a batch can take minutes); scheduling the
+        # put again after a wait would hand the same batch over twice (issue 10, item 14).
+        future = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while True:
             try:
-                asyncio.run_coroutine_threadsafe(queue.put(item), loop).result(timeout=1)
+                future.result(timeout=1)
                 return
             except TimeoutError:
-                continue
+                if stop.is_set():
+                    future.cancel()
+                    return
 
     def produce() -> None:
         try:
@@ -216,8 +288,7 @@ async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -
         except BaseException as exc:  # handed to the consumer, which fails the job
             hand_over(exc)
 
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(min(switch, 0.0005))
+    _fast_switching(True)
     producer = loop.run_in_executor(None, produce)
     try:
         while True:
@@ -233,7 +304,7 @@ async def _thread_batches(batcher: Batcher, path: str, totals: dict[str, int]) -
             queue.get_nowait()
         with contextlib.suppress(BaseException):
             await producer
-        sys.setswitchinterval(switch)
+        _fast_switching(False)
 
 
 async def _child_batches(
@@ -303,16 +374,20 @@ async def run(db: Database, importer: Importer, job: ImportJob, *, claim: int) -
 async def _run(db: Database, importer: Importer, job: ImportJob, *, claim: int) -> None:
     batcher = await importer.batcher(db, job)
     totals: dict[str, int] = {"data_rows": 0}
-    async with source.spooled(db, job.id, f".{job.format}") as path:
+    # The worker waits its turn for room in the spool (its lease is renewed meanwhile).
+    async with source.spooled(db, job.id, f".{job.format}", size=job.size_bytes, wait=24 * 3600) as path:
         spec = batcher.child_spec() if job.size_bytes >= CHILD_PROCESS_BYTES else None
         if spec is not None:
             produced = _child_batches(batcher, spec, path, totals)
         else:
             produced = _thread_batches(batcher, path, totals)
-        done = job.rows_done
+        done, last = job.rows_done, 0
         try:
             async for item in produced:
-                await commit_batch(db, batcher, job, claim, item, done, done + len(item))
+                if item and item[0].number <= last:  # rows come once, in file order, or the run stops
+                    raise RuntimeError(f"row {item[0].number} came again after row {last}")
+                last = item[-1].number if item else last
+                await _commit_waiting(db, batcher, job, claim, item, done, done + len(item))
                 done += len(item)
                 if job.cancel_requested:
                     break
@@ -334,6 +409,7 @@ async def _run(db: Database, importer: Importer, job: ImportJob, *, claim: int) 
             }
         current.finished_at = utcnow()
         current.lease_until = None
+        await jobs.drop_file(uow.session, current.id)
         event = importer.finished_event(current)
         if event is not None:
             uow.emit(
@@ -377,16 +453,17 @@ async def dry_run(db: Database, importer: Importer, *, request: Any, decision: D
     preview: list[dict[str, Any]] = []
     seen = 0
     complete = True
-    async with source.spooled(db, chosen.id, f".{chosen.format}") as path:
-        rows = source.data_rows(path, chosen.format, chosen.stats.get("encoding") or "utf-8")
+    async with source.spooled(db, chosen.id, f".{chosen.format}", size=chosen.size_bytes) as path:
+        # Parsed and converted in a thread, as a run is: the event loop only checks the batches.
+        produced = _thread_batches(batcher, path, {})
         try:
-            for raw in batches(rows, batcher.batch_rows):
+            async for whole in produced:
                 if seen >= DRY_RUN_ROWS:
                     complete = False
                     break
-                raw = raw[: DRY_RUN_ROWS - seen]
-                seen += len(raw)
-                batch = batcher.convert(raw)
+                batch = whole[: DRY_RUN_ROWS - seen]
+                seen += len(batch)
+                complete = complete and len(batch) == len(whole)
                 async with db.read() as session:
                     await batcher.check(session, batch)
                 for r in batch:
@@ -395,9 +472,10 @@ async def dry_run(db: Database, importer: Importer, *, request: Any, decision: D
                 got = outcome_of(batch)
                 totals.add(got)
                 totals.errors.extend(got.errors[: max(0, DRY_RUN_ERRORS - len(totals.errors))])
-                await asyncio.sleep(0)
         except source.BadFile as exc:
             raise InvalidArgument.for_field("file", str(exc)) from exc
+        finally:
+            await produced.aclose()
     async with db.unit_of_work() as uow:
         job = await jobs.get(uow.session, request.id, lock=True)
         jobs.expect_uploaded(job, what)

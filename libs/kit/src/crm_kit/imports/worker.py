@@ -19,16 +19,21 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 
 from crm_kit.db import Database, utcnow
-from crm_kit.imports import pipeline, source
+from crm_kit.imports import jobs, pipeline, source
 from crm_kit.imports.importer import Importer
-from crm_kit.imports.models import ImportJob
+from crm_kit.imports.models import ImportFileChunk, ImportJob
+from crm_kit.leader import PeriodicJob
 
 log = logging.getLogger("crm.imports.worker")
 
 MAX_ATTEMPTS = 3
+# An uploaded file never started is deleted (its job cancelled) after this long; the purge runs hourly, in one
+# replica at a time.
+UPLOAD_RETENTION = dt.timedelta(hours=24)
+PURGE_INTERVAL_SECONDS = 3600.0
 
 
 class Worker:
@@ -48,6 +53,9 @@ class Worker:
         self.name = name
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._purge = PeriodicJob(
+            db.url, f"{name}-purge-files", self.purge_files, interval=PURGE_INTERVAL_SECONDS
+        )
 
     def start(self) -> None:
         if self._task is None:
@@ -62,8 +70,44 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        with contextlib.suppress(Exception):
+            await self._purge.stop()
+
+    async def purge_files(self) -> int:
+        """Cancel the uploads never started within UPLOAD_RETENTION (each audited as its importer's finished
+        event) and delete the file of every finished job; returns how many jobs were cancelled."""
+        cutoff = utcnow() - UPLOAD_RETENTION
+        async with self.db.unit_of_work() as uow:
+            stale = (
+                await uow.session.scalars(
+                    select(ImportJob)
+                    .where(ImportJob.status == "uploaded", ImportJob.created_at < cutoff)
+                    .order_by(ImportJob.id)
+                    .limit(1000)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for job in stale:
+                job.status, job.finished_at = "cancelled", utcnow()
+                job.error = f"the file was not imported within {UPLOAD_RETENTION.total_seconds() / 3600:g} h"
+                importer = self.importers.get(job.target)
+                event = importer.finished_event(job) if importer is not None else None
+                if event is not None:
+                    uow.emit(
+                        event,
+                        aggregate_type="import",
+                        aggregate_id=job.id,
+                        action="finished",
+                        after={"target": job.target, "file_name": job.file_name, "status": job.status},
+                    )
+            await uow.session.flush()
+            finished = select(ImportJob.id).where(ImportJob.status.in_(jobs.FINISHED))
+            await uow.session.execute(delete(ImportFileChunk).where(ImportFileChunk.job_id.in_(finished)))
+        return len(stale)
 
     async def _loop(self) -> None:
+        with contextlib.suppress(Exception):  # without the purge the worker still works; logged by the leader
+            await self._purge.start()
         while True:
             try:
                 worked = await self.run_once()
@@ -120,6 +164,8 @@ class Worker:
                         f"the import stopped {MAX_ATTEMPTS} times without finishing; rows up to "
                         f"{row.rows_done} are imported"
                     )
+                    if isinstance(row, ImportJob):
+                        await jobs.drop_file(session, row.id)
                     return None
             await session.flush()
             return row
@@ -129,11 +175,17 @@ class Worker:
         running under this claim."""
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
-            async with self.db.unit_of_work() as uow:
-                stmt = update(model).where(model.id == row_id, model.status == "running")
-                if claim is not None:
-                    stmt = stmt.where(model.attempts == claim)
-                result = await uow.session.execute(stmt.values(lease_until=utcnow() + self.lease))
+            try:
+                async with self.db.unit_of_work() as uow:
+                    stmt = update(model).where(model.id == row_id, model.status == "running")
+                    if claim is not None:
+                        stmt = stmt.where(model.attempts == claim)
+                    result = await uow.session.execute(stmt.values(lease_until=utcnow() + self.lease))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a failed renewal is tried again; the lease leaves two more chances
+                log.warning("%s: renewing the lease of %s failed", self.name, row_id, exc_info=True)
+                continue
             if not result.rowcount:
                 return
 
@@ -163,8 +215,10 @@ class Worker:
                 await renew
         if error:
             async with self.db.unit_of_work() as uow:
-                await uow.session.execute(
+                failed = await uow.session.execute(
                     update(ImportJob)
                     .where(ImportJob.id == job.id, ImportJob.attempts == claim)
                     .values(status="failed", error=error, finished_at=utcnow(), lease_until=None)
                 )
+                if failed.rowcount:
+                    await jobs.drop_file(uow.session, job.id)

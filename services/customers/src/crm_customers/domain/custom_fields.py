@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import events_pb2
+from crm_kit import patterns
 from crm_kit.db import UnitOfWork
 from crm_kit.errors import AlreadyExists, Conflict, FieldError, InvalidArgument
 from crm_kit.ids import new_id
@@ -131,9 +132,9 @@ def _check_definition(check: Check, f: models.CustomField) -> None:
         if f.type not in TEXTLIKE:
             check.fail("pattern", "only text-like fields take a pattern")
         try:
-            re.compile(f.pattern)
-        except re.error as exc:
-            check.fail("pattern", f"is not a regular expression: {exc}")
+            patterns.check(f.pattern)
+        except InvalidValue as exc:
+            check.fail("pattern", str(exc))
     for bound in ("min", "max"):
         value = getattr(f, bound)
         if not value:
@@ -368,7 +369,7 @@ def canonical(f: models.CustomField, value: Any) -> Any:
             value = normalize_phone(value)
         elif t == "single_select" and value not in {o["value"] for o in f.options}:
             raise InvalidValue(f"must be one of: {', '.join(o['value'] for o in f.options)}")
-        if f.pattern and not re.fullmatch(f.pattern, value):
+        if f.pattern and not patterns.fullmatch(f.pattern, value):
             raise InvalidValue(f"does not match the pattern {f.pattern}")
         return value
     if t == "multi_select":

@@ -574,7 +574,7 @@ class LeadImporter(Importer):
         index = next((i for i, m in enumerate(job.mapping) if m["field"] == "owner_email"), None)
         if index is None:
             return {}
-        async with source.spooled(db, job.id, f".{job.format}") as path:
+        async with source.spooled(db, job.id, f".{job.format}", size=job.size_bytes) as path:
             try:
                 cells = await asyncio.to_thread(
                     source.distinct_values,
