@@ -548,6 +548,9 @@ def check_spool(objects: list[dict[str, Any]], expect: Expect) -> list[str]:
         if spool is None or not spool.get("sizeLimit"):
             problems.append(f"{name}: CRM_SPOOL_DIR {spool_dir} is not an emptyDir with a sizeLimit")
             continue
+        budget = env_of(c).get("CRM_SPOOL_MAX_BYTES", {}).get("value")
+        if not budget or int(budget) >= mebibytes(spool["sizeLimit"]) * 1024 * 1024:
+            problems.append(f"{name}: CRM_SPOOL_MAX_BYTES {budget} is not below the spool's sizeLimit")
         if spool_dir == "/tmp" or mounts.get(spool_dir) == mounts.get("/tmp"):
             problems.append(f"{name}: the spool shares /tmp")
         needed = mebibytes(spool["sizeLimit"]) + mebibytes((tmp or {}).get("sizeLimit", "0"))

@@ -274,6 +274,8 @@ ctx: (dict "root" $ "s" <resolved service>)
   value: /tmp/crm-data
 - name: CRM_SPOOL_DIR
   value: {{ $s.spool.mountPath | quote }}
+- name: CRM_SPOOL_MAX_BYTES
+  value: {{ mul (include "crm.mebibytes" $s.spool.budget) 1048576 | quote }}
 {{- if eq $s.protocol "grpc" }}
 - name: CRM_GRPC_PORT
   value: "50051"
