@@ -19,6 +19,7 @@ built from fields (a timeline title from an interaction's subject, an entry copi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -147,9 +148,13 @@ class Decision:
         when one of its sources is hidden."""
         if not self.hidden:
             return message
+        if derived:
+            also = {k for k, sources in derived.items() if any(self.is_hidden(f) for f in sources)} - self.hidden
+            if also:
+                return dataclasses.replace(self, hidden=self.hidden | also).redact_message(message)
         fields = message.DESCRIPTOR.fields_by_name
         for name, field in fields.items():
-            if self.is_hidden(name) or any(self.is_hidden(src) for src in (derived or {}).get(name, ())):
+            if self.is_hidden(name):
                 message.ClearField(name)
             elif field.message_type is not None and name != CUSTOM:
                 prefix = f"{name}."

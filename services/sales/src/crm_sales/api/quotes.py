@@ -152,7 +152,7 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
         if q.status not in ("approved", "accepted"):
             raise Conflict("only an approved quote renders to a PDF", reason="quote_not_approved")
         # Rendering is CPU work: off the event loop.
-        content = await asyncio.to_thread(pdf.render_quote, q, letterhead)
+        content = await asyncio.to_thread(pdf.render_quote, quotes.quote_pb(q, decision), letterhead)
         return pb.GetQuotePdfResponse(
             content=content, content_type="application/pdf", filename=f"{q.number}-v{q.revision}.pdf"
         )

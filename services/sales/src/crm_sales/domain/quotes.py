@@ -59,6 +59,18 @@ AUDITED = (
     "valid_until",
 )
 MAX_LINES = 500
+# Fields computed from others, hidden whenever one of those is (`Decision.redact_message`): a hidden discount or
+# price also hides the amounts it could be read back from.
+DERIVED = {
+    "lines.list_amount": ("lines.unit_price",),
+    "lines.discount_amount": ("lines.unit_price", "lines.discount_percent"),
+    "lines.net_amount": ("lines.unit_price", "lines.discount_percent"),
+    "lines.tax_amount": ("lines.unit_price", "lines.discount_percent"),
+    "list_total": ("lines.unit_price",),
+    "overall_discount_amount": ("discount_percent",),
+    "discount_total": ("discount_percent", "lines.discount_percent"),
+    "effective_discount_percent": ("discount_percent", "lines.discount_percent"),
+}
 
 
 def quote_pb(q: models.Quote, decision: Decision | None = None) -> pb.Quote:
@@ -68,7 +80,7 @@ def quote_pb(q: models.Quote, decision: Decision | None = None) -> pb.Quote:
         discount_percent=format(q.discount_percent.normalize(), "f"),
         effective_discount_percent=format(q.effective_discount_percent.quantize(Decimal("0.01")), "f"),
     )
-    return decision.redact_message(msg) if decision else msg
+    return decision.redact_message(msg, DERIVED) if decision else msg
 
 
 def visible(decision: Decision) -> Any:
