@@ -51,6 +51,8 @@ EVENTS = (
     events_pb2.InstalmentOverdue,
     events_pb2.LeadConverted,
 )
+# What an overdue instalment's outstanding amount is read from, on the payment plan.
+OUTSTANDING = ("instalments.outstanding_amount", "instalments.amount")
 # The permission objects whose "read" shows entries.
 OBJECTS = ("opportunity", "quote", "contract", "order", "payment", "lead")
 
@@ -250,7 +252,7 @@ def describe(payload: Any) -> Entry | None:
         )
     if isinstance(payload, P.InstalmentOverdue):
         i = payload.instalment
-        outstanding = T.of(i.outstanding_amount, "instalments.outstanding_amount")
+        outstanding = T.of(i.outstanding_amount, *OUTSTANDING)
         date = T.of(i.due_date, "instalments.due_date")
         due = (T.join("应于 ", date, " 收款"), T.join("due ", date)) if i.due_date else (T(), T())
         summary = (
@@ -268,7 +270,7 @@ def describe(payload: Any) -> Entry | None:
             summary,
             payload.owner_id,
             amount=i.outstanding_amount,
-            amount_fields=("instalments.outstanding_amount",),
+            amount_fields=OUTSTANDING,
         )
     if isinstance(payload, P.LeadConverted):
         lead = payload.lead

@@ -61,7 +61,10 @@ class CustomersImporter(Importer):
         return [(k, d.label_zh, d.label_en) for k, d in defs.items()]
 
     def check_writable(self, decision: Decision, fields: list[str]) -> None:
-        check_writable(decision, [IMPORT_ONLY_FIELDS.get(f, f) for f in fields])
+        check_writable(decision, [self.rule_field(f) for f in fields])
+
+    def rule_field(self, field: str) -> str:
+        return IMPORT_ONLY_FIELDS.get(field, field)
 
     async def batcher(self, db: Database, job: ImportJob) -> Batcher:
         from crm_customers.domain.dedup.rules import active_rules
