@@ -64,15 +64,19 @@ def order_pb(o: models.Order, decision: Decision | None = None) -> pb.Order:
     return decision.redact_message(msg) if decision else msg
 
 
-def instalment_pb(i: models.Instalment) -> pb.Instalment:
-    return to_message(i, pb.Instalment, outstanding_amount=i.amount - i.paid_amount)
+def instalment_pb(i: models.Instalment, decision: Decision | None = None) -> pb.Instalment:
+    msg = to_message(i, pb.Instalment, outstanding_amount=i.amount - i.paid_amount)
+    return decision.redact_message(msg) if decision else msg
 
 
-def payment_pb(p: models.Payment) -> pb.Payment:
-    return to_message(p, pb.Payment)
+def payment_pb(p: models.Payment, decision: Decision | None = None) -> pb.Payment:
+    msg = to_message(p, pb.Payment)
+    return decision.redact_message(msg) if decision else msg
 
 
-async def plan_pb(session: AsyncSession, plan: models.PaymentPlan) -> pb.PaymentPlan:
+async def plan_pb(
+    session: AsyncSession, plan: models.PaymentPlan, decision: Decision | None = None
+) -> pb.PaymentPlan:
     rows = (
         await session.scalars(
             select(models.Instalment)
@@ -80,7 +84,8 @@ async def plan_pb(session: AsyncSession, plan: models.PaymentPlan) -> pb.Payment
             .order_by(models.Instalment.sequence)
         )
     ).all()
-    return to_message(plan, pb.PaymentPlan, instalments=[instalment_pb(i) for i in rows])
+    msg = to_message(plan, pb.PaymentPlan, instalments=[instalment_pb(i) for i in rows])
+    return decision.redact_message(msg) if decision else msg
 
 
 def _emit(
