@@ -81,6 +81,7 @@ async def test_quote_and_contract_pdfs_leave_out_hidden_prices_discounts_and_ter
         grant("quote", "unit_price", "discount_percent", "terms"),
         grant("contract", "amount", "terms"),
         grant("payment", "amount"),
+        grant("order", "unit_price"),
     )
     text = pdf_text((await quotes.GetQuotePdf(qpb.GetQuotePdfRequest(id=q.id), metadata=blind)).content)
     assert q.number in text and "服务器" in text
@@ -125,3 +126,9 @@ async def test_quote_and_contract_pdfs_leave_out_hidden_prices_discounts_and_ter
     text = pdf_text((await contracts.GetContractPdf(request, metadata=blind)).content)
     assert contract.number in text and "服务器采购合同" in text and "2027-06-30" in text
     assert [k for k, v in contract_secrets.items() if v in text] == []
+
+    # An order's lines are the quote's: the price hidden hides the amounts computed from it too.
+    order = (await contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=company.md)).order
+    seen = (await contracts.GetOrder(cpb.GetOrderRequest(id=order.id), metadata=blind)).order
+    assert seen.total == order.total and seen.lines[0].description == line.description
+    assert (seen.lines[0].unit_price, seen.lines[0].list_amount, seen.lines[0].net_amount) == ("", "", "")

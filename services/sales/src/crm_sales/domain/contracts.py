@@ -60,8 +60,9 @@ def contract_pb(c: models.Contract, decision: Decision | None = None) -> pb.Cont
 
 
 def order_pb(o: models.Order, decision: Decision | None = None) -> pb.Order:
+    """An order's lines are a quote's: a hidden price or discount hides the line amounts computed from it."""
     msg = to_message(o, pb.Order)
-    return decision.redact_message(msg) if decision else msg
+    return decision.redact_message(msg, quotes.LINE_DERIVED) if decision else msg
 
 
 def instalment_pb(i: models.Instalment, decision: Decision | None = None) -> pb.Instalment:

@@ -61,11 +61,14 @@ AUDITED = (
 MAX_LINES = 500
 # Fields computed from others, hidden whenever one of those is (`Decision.redact_message`): a hidden discount or
 # price also hides the amounts it could be read back from.
-DERIVED = {
+LINE_DERIVED = {
     "lines.list_amount": ("lines.unit_price",),
     "lines.discount_amount": ("lines.unit_price", "lines.discount_percent"),
     "lines.net_amount": ("lines.unit_price", "lines.discount_percent"),
     "lines.tax_amount": ("lines.unit_price", "lines.discount_percent"),
+}
+DERIVED = {
+    **LINE_DERIVED,
     "list_total": ("lines.unit_price",),
     "overall_discount_amount": ("discount_percent",),
     "discount_total": ("discount_percent", "lines.discount_percent"),
