@@ -218,3 +218,14 @@ def test_text_drops_the_pieces_whose_source_field_is_hidden_and_survives_json():
     assert shown == {"summary": "原因：价格", "amount": "", "legacy": ""}
     everything = hiding()[0].decide(who, "quote", "read")
     assert everything.redact_sourced({"legacy": "1"}, None) == {"legacy": "1"}
+
+
+def test_figures_computed_from_a_hidden_field_are_left_out_but_same_named_fields_are_not():
+    from crm.sales.v1 import forecasts_pb2 as fpb
+
+    view, who = hiding("amount", "currency")
+    decision = view.decide(who, "quote", "read")
+    figures = fpb.ForecastFigures(currency="CNY", open_count=2, pipeline_amount="10", revenue_target="5")
+    decision.redact_derived(figures, {"pipeline_amount": ("amount",), "revenue_target": ("target",)})
+    # Only the derived field goes: `currency` here is the figure's own, not the object's hidden one.
+    assert figures == fpb.ForecastFigures(currency="CNY", open_count=2, revenue_target="5")

@@ -81,7 +81,7 @@ OBJECTS = (
 TAG = "mk7781"
 MARKED = {
     "lead": (("phone", "description"), ("13600007781", f"leaddesc{TAG}", "136-0000-7781x")),
-    "opportunity": (("next_step", "description"), (f"oppnext{TAG}", f"oppdesc{TAG}")),
+    "opportunity": (("next_step", "description", "amount"), (f"oppnext{TAG}", f"oppdesc{TAG}", "7781.23")),
     "quote": (("notes", "terms"), (f"qnotes{TAG}", f"qterms{TAG}")),
     "contract": (("terms",), (f"cterms{TAG}",)),
     "payment": (("reference",), (f"payref{TAG}", f"refundref{TAG}")),
@@ -174,7 +174,9 @@ PATHS: dict[str, Path] = {
         rpc("pipelines", "GetPipeline", ids("pipeline", P.GetPipelineRequest))
     ),
     "PipelinesService/ListPipelines": Path(rpc("pipelines", "ListPipelines", empty(P.ListPipelinesRequest))),
-    "PipelinesService/GetBoard": Path(rpc("pipelines", "GetBoard", ids("pipeline", P.GetBoardRequest))),
+    "PipelinesService/GetBoard": Path(
+        rpc("pipelines", "GetBoard", ids("pipeline", P.GetBoardRequest)), ("opportunity",)
+    ),
     "PipelinesService/GetOpportunity": Path(
         rpc("pipelines", "GetOpportunity", ids("opportunity", P.GetOpportunityRequest)), ("opportunity",)
     ),
@@ -234,7 +236,7 @@ PATHS: dict[str, Path] = {
         )
     ),
     "ForecastsService/GetForecast": Path(
-        rpc("forecasts", "GetForecast", empty(F.GetForecastRequest, period="2030-03"))
+        rpc("forecasts", "GetForecast", empty(F.GetForecastRequest, period="2030-03")), ("opportunity",)
     ),
     "LeadImportsService/GetLeadImport": Path(
         rpc("lead_imports", "GetLeadImport", ids("import", Imp.GetLeadImportRequest))
@@ -295,14 +297,14 @@ async def seed(identity, s: dict[str, Any]) -> World:
     pipeline = (
         await s["pipelines"].CreatePipeline(P.CreatePipelineRequest(name="直销"), metadata=md)
     ).pipeline
-    nxt, odesc = MARKED["opportunity"][1]
+    nxt, odesc, amount = MARKED["opportunity"][1]
     opp = (
         await s["pipelines"].CreateOpportunity(
             P.CreateOpportunityRequest(
                 name="远景储能",
                 pipeline_id=pipeline.id,
                 stage_id=pipeline.stages[0].id,
-                amount="100000",
+                amount=amount,
                 currency="CNY",
                 close_date="2030-03-15",
                 next_step=nxt,

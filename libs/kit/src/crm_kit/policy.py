@@ -180,6 +180,15 @@ class Decision:
                 del keys[key]
         return message
 
+    def redact_derived(self, message: Any, derived: Derived) -> Any:
+        """For a message that is not the object but is computed from it (a board's totals, a forecast's sums):
+        clear each field of `derived` (name → the object's fields it is computed from) when one of its sources
+        is hidden. Returns the message."""
+        for name, sources in derived.items():
+            if any(self.is_hidden(f) for f in sources):
+                message.ClearField(name)
+        return message
+
     def render(self, text: Text) -> str:
         """A `Text` as this caller may read it."""
         return text.render(self.is_hidden)
