@@ -82,7 +82,8 @@ TAG = "mk7781"
 MARKED = {
     "lead": (("phone", "description"), ("13600007781", f"leaddesc{TAG}", "136-0000-7781x")),
     "opportunity": (("next_step", "description", "amount"), (f"oppnext{TAG}", f"oppdesc{TAG}", "7781.23")),
-    "quote": (("notes", "terms"), (f"qnotes{TAG}", f"qterms{TAG}")),
+    # "40.00%": the quote's discount, which its approval's reason quotes.
+    "quote": (("notes", "terms", "discount_percent"), (f"qnotes{TAG}", f"qterms{TAG}", "40.00%")),
     "contract": (("terms",), (f"cterms{TAG}",)),
     "payment": (("reference",), (f"payref{TAG}", f"refundref{TAG}")),
     "task": (("description",), (f"taskdesc{TAG}",)),
@@ -198,8 +199,12 @@ PATHS: dict[str, Path] = {
     "QuotesService/GetQuotePdf": Path(
         rpc("quotes", "GetQuotePdf", ids("quote", Q.GetQuotePdfRequest)), ("quote",)
     ),
-    "QuotesService/ListApprovals": Path(rpc("quotes", "ListApprovals", empty(Q.ListApprovalsRequest))),
-    "QuotesService/GetApproval": Path(rpc("quotes", "GetApproval", ids("approval", Q.GetApprovalRequest))),
+    "QuotesService/ListApprovals": Path(
+        rpc("quotes", "ListApprovals", empty(Q.ListApprovalsRequest)), ("quote",)
+    ),
+    "QuotesService/GetApproval": Path(
+        rpc("quotes", "GetApproval", ids("approval", Q.GetApprovalRequest)), ("quote",)
+    ),
     "ContractsService/GetContract": Path(
         rpc("contracts", "GetContract", ids("contract", C.GetContractRequest)), ("contract",)
     ),
@@ -325,7 +330,7 @@ async def seed(identity, s: dict[str, Any]) -> World:
     )
     server, _, book = await catalog(s["quotes"], company)
     w.ids.update(product=server.id, book=book.id)
-    notes, terms = MARKED["quote"][1]
+    notes, terms, _ = MARKED["quote"][1]
     quote = (
         await s["quotes"].CreateQuote(
             Q.CreateQuoteRequest(

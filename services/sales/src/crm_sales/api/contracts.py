@@ -60,7 +60,9 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
             c, approval = await contracts.submit_contract(uow, decision, request.id)
         return pb.SubmitContractResponse(
             contract=contracts.contract_pb(c, await self._decide("contract")),
-            approval=approvals.approval_pb(approval) if approval else None,
+            approval=approvals.approval_pb(approval, {"contract": await self._decide("contract")})
+            if approval
+            else None,
         )
 
     async def ActivateContract(self, request, context):

@@ -15,7 +15,7 @@ from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.policy import Decision
+from crm_kit.policy import Decision, Text
 from crm_kit.validation import Check, updatable
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -281,7 +281,12 @@ async def submit_contract(
         uow,
         object_type="contract",
         object_id=c.id,
-        reason=f"合同审批 / contract approval: {c.number} {c.amount} {c.currency}",
+        reason=Text.join(
+            "合同审批 / contract approval:",
+            Text.of(c.number, "number"),
+            Text.of(f"{c.amount} {c.currency}", "amount"),
+            sep=" ",
+        ),
         steps=[list(s) for s in policy.steps],
     )
     c.approval_id = approval.id
