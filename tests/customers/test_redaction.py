@@ -205,3 +205,38 @@ async def test_the_relationship_dry_run_finds_no_record_outside_the_callers_scop
     dry = await data.DryRunImport(dq.DryRunImportRequest(id=job.id), metadata=importer)
     assert [(e.row, e.column, e.value) for e in dry.errors] == [(3, "目标", "secret.ceo@rival.cn")]
     assert "保密联系人" not in text_of(dry) and secret.contact.id not in text_of(dry)
+
+
+async def test_a_write_answers_the_record_without_what_is_hidden_from_the_writer(identity, customers):
+    from google.protobuf import field_mask_pb2
+
+    company = await sign_up(identity)
+    account = await new_account(customers, company, "小鹏汽车")
+    made = await customers.CreateInteraction(
+        pb.CreateInteractionRequest(
+            interaction=pb.Interaction(
+                kind=pb.INTERACTION_KIND_CALL,
+                subject="回访",
+                body=BODY,
+                occurred_at=now(),
+                account_ids=[account.id],
+            )
+        ),
+        metadata=company.md,
+    )
+    writer = await user(
+        identity,
+        company,
+        grant("account"),
+        grant("interaction", "DATA_SCOPE_ALL", "body", actions=("read", "update")),
+    )
+    answer = await customers.UpdateInteraction(
+        pb.UpdateInteractionRequest(
+            id=made.interaction.id,
+            interaction=pb.Interaction(outcome="已回访"),
+            update_mask=field_mask_pb2.FieldMask(paths=["outcome"]),
+        ),
+        metadata=writer,
+    )
+    assert answer.interaction.outcome == "已回访" and answer.interaction.body == ""
+    assert BODY[:10] not in text_of(answer)

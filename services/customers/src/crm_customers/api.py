@@ -336,7 +336,8 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 uow.session, request.interaction.account_ids, request.interaction.contact_ids
             )
             row = await interactions.create(uow, request.interaction)
-        return pb.CreateInteractionResponse(interaction=interactions.interaction_pb(row))
+        read = await self._sees("interaction")
+        return pb.CreateInteractionResponse(interaction=read.redact_message(interactions.interaction_pb(row)))
 
     async def GetInteraction(self, request, context):
         decision = await self._read_decision("interaction")
@@ -366,7 +367,8 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 i.contact_ids if "contact_ids" in paths else [],
             )
             row = await interactions.update(uow, request, decision)
-        return pb.UpdateInteractionResponse(interaction=interactions.interaction_pb(row))
+        read = await self._sees("interaction")
+        return pb.UpdateInteractionResponse(interaction=read.redact_message(interactions.interaction_pb(row)))
 
     async def DeleteInteraction(self, request, context):
         decision = await authorize(self.policies, "interaction", "delete")
