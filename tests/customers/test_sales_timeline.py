@@ -143,10 +143,15 @@ async def test_won_deals_reach_the_account_timeline_through_the_api(api):
             break
     assert seen == [i["id"] for i in items]
 
-    # Who may read the account but not opportunities sees the visit only; an own-scope reader of
-    # opportunities does not see the admin's deal either.
-    no_deals = await member(
+    # Who may read the account but neither interactions nor opportunities sees nothing of either; with
+    # interactions, the visit only; an own-scope reader of opportunities does not see the admin's deal either.
+    nothing = await member(
         api, company, [{"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"}]
+    )
+    assert await timeline(api, account["id"], nothing) == []
+    visits = {"object": "interaction", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"}
+    no_deals = await member(
+        api, company, [{"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"}, visits]
     )
     assert [i["kind"] for i in await timeline(api, account["id"], no_deals)] == ["interaction.visit"]
     own_deals = await member(
@@ -155,6 +160,7 @@ async def test_won_deals_reach_the_account_timeline_through_the_api(api):
         [
             {"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"},
             {"object": "opportunity", "actions": ["read"], "data_scope": "DATA_SCOPE_OWN"},
+            visits,
         ],
     )
     assert [i["kind"] for i in await timeline(api, account["id"], own_deals)] == ["interaction.visit"]
@@ -164,6 +170,7 @@ async def test_won_deals_reach_the_account_timeline_through_the_api(api):
         [
             {"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"},
             {"object": "opportunity", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"},
+            visits,
         ],
     )
     assert len(await timeline(api, account["id"], all_deals)) == 3

@@ -6,13 +6,22 @@ department events invalidate it, so no request needs a call to identity.
 
 Several roles merge to the most permissive: the widest data scope wins, and a field is hidden (or read-only)
 only if every granting role hides it (or restricts it).
+
+Every way out of a service (an answer, a list, a timeline, a PDF, an export, an import report, a merge, a
+projection fed by another object's events) goes through one step: `Decision.reveal(principal, message)` (or
+`PolicyCache.reveal`) answers None for a record the caller may not read (no permission, or outside the data
+scope) and otherwise the message without its hidden fields: top-level ones, parts of nested ones
+(`lines.unit_price`), custom fields (`custom_<key>`), and fields derived from a hidden one (`derived`). Text
+built from fields (a timeline title from an interaction's subject, an entry copied from a sales event) is a
+`Text`, which remembers the field each piece came from, so the same rules apply to it when it is read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +40,65 @@ HIDDEN = identity_pb2.FIELD_ACCESS_HIDDEN
 READ_ONLY = identity_pb2.FIELD_ACCESS_READ_ONLY
 
 ANY = "*"
+CUSTOM = "custom_fields"
+
+
+def rule_names(field: str) -> set[str]:
+    """The names a field rule (from identity: identifiers) may give a field. A custom field
+    `custom_fields.<key>` is named `custom_<key>` in rules, or `custom_fields` for all of them; a part of a field
+    (`consent.email`, `lines.unit_price`) is covered by a rule on the whole field and by one on its own name
+    (a rule names a field at every level of the object: `unit_price` hides the price of every quote line)."""
+    if field.startswith(f"{CUSTOM}."):
+        key = field.split(".", 1)[1]
+        return {field, f"custom_{key}", CUSTOM}
+    if "." in field:
+        return {field, field.split(".", 1)[0], field.rsplit(".", 1)[1]}
+    return {field}
+
+
+Derived = Mapping[str, Iterable[str]]
+
+
+@dataclass(frozen=True)
+class Text:
+    """Text shown to readers that is made of other objects' fields: a leaf is `text` taken from `fields` (none: a
+    literal), a node joins its `parts` with `sep`. Rendered for a reader, a leaf from a hidden field is left out
+    (and the separator with it), so a title or summary never tells what the fields it came from hide. Stored
+    as JSON (`to_json`) beside the text of a projection, so the rules apply when it is read, not when copied."""
+
+    text: str = ""
+    fields: tuple[str, ...] = ()
+    parts: tuple[Text, ...] = ()
+    sep: str = ""
+
+    @classmethod
+    def of(cls, text: str, *fields: str) -> Text:
+        return cls(text=text or "", fields=tuple(fields))
+
+    @classmethod
+    def join(cls, *parts: Text | str, sep: str = "") -> Text:
+        return cls(parts=tuple(p if isinstance(p, Text) else cls.of(p) for p in parts), sep=sep)
+
+    def render(self, hidden: Callable[[str], bool] = lambda field: False) -> str:
+        if not self.parts:
+            return "" if any(hidden(f) for f in self.fields) else self.text
+        return self.sep.join(t for t in (p.render(hidden) for p in self.parts) if t)
+
+    @property
+    def plain(self) -> str:
+        return self.render()
+
+    def to_json(self) -> Any:
+        if not self.parts:
+            return [self.text, list(self.fields)]
+        return {"sep": self.sep, "parts": [p.to_json() for p in self.parts]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Text:
+        if isinstance(data, dict):
+            return cls(parts=tuple(cls.from_json(p) for p in data.get("parts", ())), sep=data.get("sep", ""))
+        text, fields = data
+        return cls.of(text, *fields)
 
 
 @dataclass(frozen=True)
@@ -57,14 +125,104 @@ class Decision:
             )
 
     def redact(self, data: dict) -> dict:
-        return {k: v for k, v in data.items() if k not in self.hidden} if self.hidden else data
+        return {k: v for k, v in data.items() if not self.is_hidden(k)} if self.hidden else data
 
-    def redact_message(self, message: Any) -> Any:
-        """Clear the hidden fields of a protobuf message (in place) and return it."""
-        for name in self.hidden:
-            if name in message.DESCRIPTOR.fields_by_name:
+    def is_hidden(self, field: str) -> bool:
+        """Whether `field` (`name`, `lines.unit_price`, `custom_fields.budget`) is hidden from the caller."""
+        return bool(self.hidden) and bool(rule_names(field) & self.hidden)
+
+    def sees(
+        self, principal: Principal, owner_id: str, department_id: str, members: Iterable[str] = ()
+    ) -> bool:
+        """`row_filter` for one record already loaded: whether its owner and department (or its team,
+        `members`) put it inside the caller's data scope."""
+        if not self.allowed:
+            return False
+        if self.scope == ALL or owner_id == principal.actor_id or principal.actor_id in members:
+            return True
+        return self.scope != OWN and bool(self.departments) and department_id in self.departments
+
+    def redact_message(self, message: Any, derived: Derived | None = None) -> Any:
+        """Clear the hidden fields of a protobuf message (in place) and return it: top-level fields, fields of
+        nested messages (`unit_price` or `lines.unit_price`, in every element of a repeated field), the custom
+        fields in a `custom_fields` Struct or map, and each field of `derived` (name → the fields it is computed
+        from) when one of its sources is hidden."""
+        if not self.hidden:
+            return message
+        if derived:
+            also = {
+                k for k, sources in derived.items() if any(self.is_hidden(f) for f in sources)
+            } - self.hidden
+            if also:
+                return dataclasses.replace(self, hidden=self.hidden | also).redact_message(message)
+        fields = message.DESCRIPTOR.fields_by_name
+        for name, field in fields.items():
+            if self.is_hidden(name):
+                message.ClearField(name)
+            elif field.message_type is not None and name != CUSTOM:
+                if field.message_type.GetOptions().map_entry:
+                    continue
+                # Inside: the same names (a rule names a field at every level), and `name.<part>` as `<part>`.
+                prefix = f"{name}."
+                inner = frozenset(
+                    h.removeprefix(prefix) for h in self.hidden if "." not in h or h.startswith(prefix)
+                )
+                nested = dataclasses.replace(self, hidden=inner)
+                if field.is_repeated:
+                    for element in getattr(message, name):
+                        nested.redact_message(element)
+                elif message.HasField(name):
+                    nested.redact_message(getattr(message, name))
+        if CUSTOM in fields and not self.is_hidden(CUSTOM):
+            values = getattr(message, CUSTOM)
+            keys = values.fields if hasattr(values, "fields") else values
+            for key in [k for k in keys if self.is_hidden(f"{CUSTOM}.{k}")]:
+                del keys[key]
+        return message
+
+    def redact_derived(self, message: Any, derived: Derived) -> Any:
+        """For a message that is not the object but is computed from it (a board's totals, a forecast's sums):
+        clear each field of `derived` (name → the object's fields it is computed from) when one of its sources
+        is hidden. Returns the message."""
+        for name, sources in derived.items():
+            if any(self.is_hidden(f) for f in sources):
                 message.ClearField(name)
         return message
+
+    def render(self, text: Text) -> str:
+        """A `Text` as this caller may read it."""
+        return text.render(self.is_hidden)
+
+    def reveal(
+        self, principal: Principal, message: Any, *, derived: Derived | None = None, scoped: bool = True
+    ) -> Any | None:
+        """The one step on every way out: None when the caller may not read this record (no permission, or its
+        `owner_id`/`department_id` outside the data scope; `scoped=False` for records the caller already
+        loaded through `row_filter`), else the message without what is hidden from them."""
+        if not self.allowed:
+            return None
+        if scoped and "owner_id" in message.DESCRIPTOR.fields_by_name:
+            members = getattr(message, "team_member_ids", ())
+            if not self.sees(principal, message.owner_id, message.department_id, members):
+                return None
+        return self.redact_message(message, derived)
+
+    def redact_sourced(self, values: Mapping[str, str], sources: Mapping[str, Any] | None) -> dict[str, str]:
+        """Values a projection copied from this decision's object, as the caller may read them: `sources` names,
+        per value, the `Text` (JSON) it was made of or the list of fields it came from. A value whose source
+        was not recorded is shown only to a caller from whom nothing of the object is hidden."""
+        out = {}
+        for key, value in values.items():
+            source = (sources or {}).get(key)
+            if not self.hidden:
+                out[key] = value
+            elif source is None:
+                out[key] = ""
+            elif isinstance(source, list) and all(isinstance(f, str) for f in source):
+                out[key] = "" if any(self.is_hidden(f) for f in source) else value
+            else:
+                out[key] = self.render(Text.from_json(source))
+        return out
 
     def row_filter(self, principal: Principal, *, owner_column, department_column) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
         """The WHERE clause for the records this caller may see."""
@@ -176,6 +334,18 @@ class PolicyCache:
     async def decide(self, principal: Principal, obj: str, action: str) -> Decision:
         return (await self.get(principal.tenant_id)).decide(principal, obj, action)
 
+    async def reveal(
+        self,
+        principal: Principal,
+        obj: str,
+        message: Any,
+        *,
+        action: str = "read",
+        derived: Derived | None = None,
+    ) -> Any | None:
+        """`Decision.reveal` with the caller's decision for `action` on `obj`."""
+        return (await self.decide(principal, obj, action)).reveal(principal, message, derived=derived)
+
 
 POLICY_EVENTS = frozenset(
     f"crm.identity.v1.{name}"
@@ -200,6 +370,29 @@ async def follow_policy_events(cache: PolicyCache, nc: Any, namespace: str = "")
             cache.invalidate(envelope.tenant_id)
 
     return await follow(nc, "crm.identity.v1.>", on_event, namespace)
+
+
+# The verbs of RPCs that answer records (`Get…`, `List…`, `Search`, `Export…`, `Download…`, PDFs, dry runs...):
+# every one of them must go through `reveal`; a service's class test walks `read_methods` of its descriptors,
+# so a new read RPC without a case in that test fails it.
+READ_VERBS = (
+    "Get",
+    "List",
+    "Search",
+    "Export",
+    "Download",
+    "Count",
+    "Check",
+    "Find",
+    "DryRun",
+    "Render",
+    "Preview",
+)
+
+
+def read_methods(*services: Any) -> set[str]:
+    """`Service/Method` for every read RPC (by `READ_VERBS`) of these service descriptors."""
+    return {f"{s.name}/{m.name}" for s in services for m in s.methods if m.name.startswith(READ_VERBS)}
 
 
 async def authorize(policies: PolicyCache, obj: str, action: str) -> Decision:

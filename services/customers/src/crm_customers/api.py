@@ -11,7 +11,7 @@ from crm_kit import grpc_client
 from crm_kit.db import Database
 from crm_kit.errors import InvalidArgument, NotFound, PermissionDenied
 from crm_kit.policy import Decision, PolicyCache
-from sqlalchemy import select
+from sqlalchemy import false, select
 
 from crm_customers import models
 from crm_customers.domain import (
@@ -122,7 +122,9 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 sort=sort,
                 deleted=request.deleted,
             )
-        items = [accounts.redact(decision, accounts.account_pb(r, subsidiaries=r.subsidiary_count)) for r in rows]
+        items = [
+            accounts.redact(decision, accounts.account_pb(r, subsidiaries=r.subsidiary_count)) for r in rows
+        ]
         return pb.ListAccountsResponse(items=items, next_cursor=cursor)
 
     async def CountAccounts(self, request, context):
@@ -334,7 +336,8 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 uow.session, request.interaction.account_ids, request.interaction.contact_ids
             )
             row = await interactions.create(uow, request.interaction)
-        return pb.CreateInteractionResponse(interaction=interactions.interaction_pb(row))
+        read = await self._sees("interaction")
+        return pb.CreateInteractionResponse(interaction=read.redact_message(interactions.interaction_pb(row)))
 
     async def GetInteraction(self, request, context):
         decision = await self._read_decision("interaction")
@@ -364,7 +367,8 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 i.contact_ids if "contact_ids" in paths else [],
             )
             row = await interactions.update(uow, request, decision)
-        return pb.UpdateInteractionResponse(interaction=interactions.interaction_pb(row))
+        read = await self._sees("interaction")
+        return pb.UpdateInteractionResponse(interaction=read.redact_message(interactions.interaction_pb(row)))
 
     async def DeleteInteraction(self, request, context):
         decision = await authorize(self.policies, "interaction", "delete")
@@ -388,16 +392,26 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                     raise InvalidArgument.for_field(f"{obj}_ids[{n}]", "no such record") from exc
 
     async def _timeline_out(self, rows, locale: str) -> list[pb.TimelineItem]:  # type: ignore[no-untyped-def]
-        decision = await self.policies.decide(caller(), "interaction", "read")
+        """Each item through the caller's read decision on the object it came from: interactions under
+        "interaction", sales entries under their sales object's rules."""
+        principal = caller()
+        decisions = {
+            obj: await self.policies.decide(principal, obj, "read")
+            for obj in ("interaction", *sales_timeline.OBJECTS)
+        }
         locale = "en" if locale == "en" else "zh-CN"
         items = []
         for r in rows:
             if isinstance(r, models.TimelineEntry):
-                items.append(sales_timeline.item(r, locale))
+                items.append(sales_timeline.item(r, decisions[r.object_type], locale))
             else:
-                items.append(interactions.timeline_item(r, locale))
-                decision.redact_message(items[-1].interaction)
+                items.append(interactions.timeline_item(r, decisions["interaction"], locale))
         return items
+
+    async def _interactions_shown(self):  # type: ignore[no-untyped-def]
+        """The interactions the caller may read: the "interaction" permission and its data scope."""
+        decision = await self.policies.decide(caller(), "interaction", "read")
+        return visible(decision, models.Interaction) if decision.allowed else false()
 
     async def _sales_entries(self):  # type: ignore[no-untyped-def]
         """The sales entries the caller may see: per sales object, its read decision and data scope."""
@@ -432,6 +446,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 account_ids=[account.id],
                 contact_ids=contact_ids,
                 page_request=request.page,
+                shown=await self._interactions_shown(),
                 entries=await self._sales_entries(),
             )
         return pb.ListAccountTimelineResponse(
@@ -443,7 +458,11 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         async with self.db.read() as session:
             contact = await contacts.get(session, request.id, decision, deleted=None)
             rows, cursor = await interactions.timeline(
-                session, account_ids=[], contact_ids=[contact.id], page_request=request.page
+                session,
+                account_ids=[],
+                contact_ids=[contact.id],
+                page_request=request.page,
+                shown=await self._interactions_shown(),
             )
         return pb.ListContactTimelineResponse(
             items=await self._timeline_out(rows, request.locale), next_cursor=cursor

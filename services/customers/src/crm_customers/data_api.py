@@ -20,7 +20,7 @@ from crm_customers.domain.dedup import matching, rules
 from crm_customers.domain.dedup import merge as merges
 from crm_customers.domain.dedup import scan as scans
 from crm_customers.domain.dedup.common import ACTION_PB, RECORD_TYPES, caller
-from crm_customers.domain.imports.importers import IMPORTERS, target_name
+from crm_customers.domain.imports.importers import importers, target_name
 
 SERVICE = pb.DESCRIPTOR.services_by_name["CustomersDataService"]
 
@@ -38,7 +38,7 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         self.policies = policies
         self.worker = worker
         self.undo_days = undo_days
-        self.imports = ImportRpcs(db=db, policies=policies, importers=IMPORTERS, worker=worker)
+        self.imports = ImportRpcs(db=db, policies=policies, importers=importers(policies), worker=worker)
 
     async def _authorize(self, obj: str, action: str) -> Decision:
         return (await self.policies.decide(caller(), obj, action)).require()
@@ -264,7 +264,7 @@ class DataParts:
 
         from crm_customers.domain.imports.worker import Worker
 
-        self.worker = Worker(db, poll_seconds=poll_seconds)
+        self.worker = Worker(db, importers=importers(policies), poll_seconds=poll_seconds)
         self.api = CustomersDataApi(db=db, policies=policies, worker=self.worker)
         self.servicer = Servicer(
             data_quality_pb2_grpc.add_CustomersDataServiceServicer_to_server, self.api, SERVICE.full_name

@@ -339,6 +339,9 @@ class TimelineEntry(TenantOwned, Base):
     link_id: Mapped[str] = mapped_column(String(36))
     amount: Mapped[str] = _str(40)
     currency: Mapped[str] = _str(3)
+    # Per copied value (title_zh, ..., amount): the `crm_kit.policy.Text` it was made of, or the sales fields
+    # it came from, so the sales object's field rules apply when the entry is read (None: written before).
+    sources: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     event_type: Mapped[str] = mapped_column(String(100))
     event_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=text("now()"))

@@ -387,6 +387,8 @@ class Approval(TenantOwned, Timestamped, Versioned, Base):
     object_type: Mapped[str] = mapped_column(String(20))
     object_id: Mapped[str] = mapped_column(String(36))
     reason: Mapped[str] = mapped_column(Text, default="")
+    # The reason as a `crm_kit.policy.Text`: which fields of the object each piece came from (None: before 0012).
+    reason_sources: Mapped[Any] = mapped_column(JSONB, nullable=True)
     status: Mapped[str] = mapped_column(String(10), default="pending")
     steps: Mapped[list[list[str]]] = mapped_column(JSONB, default=list)
     current_step: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,7 +1,10 @@
 """Quotes and contracts as PDF documents in Chinese or English, with the CJK font embedded (a subset of
 WenQuanYi Micro Hei, which covers Chinese and Latin), so the file reads the same on every device and its text
 can be searched and copied. Both carry the tenant's letterhead (crm_sales.domain.settings): logo, company name,
-address, phone and tax number."""
+address, phone and tax number.
+
+A document is rendered from the contract's messages as the reader may read them (`Decision.reveal`): a field
+hidden from the reader is empty there and prints as "—", so a PDF never shows more than the API would."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from crm.sales.v1 import contracts_pb2
 from fpdf import FPDF
 from fpdf.fonts import FontFace
 
@@ -131,14 +135,25 @@ def font_path() -> Path:
     return path
 
 
+HIDDEN = "—"
+
+
 def _money(value: Decimal | str) -> str:
+    if value == "":
+        return HIDDEN
     d = Decimal(value)
     return f"{d:,.2f}"
 
 
 def _pct(value: Decimal | str) -> str:
+    if value == "":
+        return HIDDEN
     d = Decimal(value).normalize()
     return f"{d:f}%" if d else "—"
+
+
+def _day(stamp: Any) -> str:
+    return stamp.ToDatetime().date().isoformat() if stamp.seconds else ""
 
 
 @dataclass(frozen=True)
@@ -217,7 +232,7 @@ def _facts(pdf: FPDF, facts: list[tuple[str, str]]) -> None:
         pdf.multi_cell(0, 6, value, new_x="LMARGIN", new_y="NEXT")
 
 
-def _lines(pdf: FPDF, t: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+def _lines(pdf: FPDF, t: dict[str, Any], lines: list[Any]) -> None:
     pdf.set_font("cjk", size=8.5)
     headings = (
         t["no"],
@@ -241,21 +256,17 @@ def _lines(pdf: FPDF, t: dict[str, Any], lines: list[dict[str, Any]]) -> None:
             row.cell(h)
         for i, line in enumerate(lines, start=1):
             row = table.row()
-            item = (
-                line["description"]
-                if not line.get("product_code")
-                else f"{line['description']}\n{line['product_code']}"
-            )
+            item = line.description if not line.product_code else f"{line.description}\n{line.product_code}"
             for value in (
                 str(i),
                 item,
-                f"{Decimal(line['quantity']).normalize():f}",
-                line.get("unit", ""),
-                _money(line["unit_price"]),
-                _pct(line["discount_percent"]),
-                _money(line["net_amount"]),
-                _pct(line["tax_rate"]),
-                _money(line["tax_amount"]),
+                f"{Decimal(line.quantity).normalize():f}" if line.quantity else HIDDEN,
+                line.unit,
+                _money(line.unit_price),
+                _pct(line.discount_percent),
+                _money(line.net_amount),
+                _pct(line.tax_rate),
+                _money(line.tax_amount),
             ):
                 row.cell(value)
 
@@ -267,18 +278,19 @@ def _footer(pdf: FPDF, text: str) -> None:
     pdf.multi_cell(0, 4, text, new_x="LMARGIN", new_y="NEXT")
 
 
-def render_quote(q: models.Quote, letterhead: Letterhead | None = None) -> bytes:
+def render_quote(q: Any, letterhead: Letterhead | None = None) -> bytes:
+    """`q`: the quote's message as the reader may read it (crm.sales.v1.Quote, hidden fields empty)."""
     t = LABELS.get(q.locale, LABELS["zh-CN"])
     pdf = _document(f"{t['title']} {q.number}", t, letterhead)
     _heading(pdf, t["title"] if q.locale == "en" else f"{t['title']} Quotation")
-    issued = (q.updated_at or q.created_at).date().isoformat() if (q.updated_at or q.created_at) else ""
+    issued = _day(q.updated_at) or _day(q.created_at)
     _facts(
         pdf,
         [
             (t["number"], q.number),
             (t["revision"], str(q.revision)),
             (t["date"], issued),
-            (t["valid_until"], q.valid_until.isoformat() if q.valid_until else "—"),
+            (t["valid_until"], q.valid_until or "—"),
             (t["customer"], q.customer_name or "—"),
             (t["currency"], q.currency),
         ],
@@ -292,11 +304,16 @@ def render_quote(q: models.Quote, letterhead: Letterhead | None = None) -> bytes
     _lines(pdf, t, q.lines)
     pdf.ln(4)
     pdf.set_font("cjk", size=10)
+    line_discounts = (
+        -(Decimal(q.discount_total) - Decimal(q.overall_discount_amount))
+        if q.discount_total and q.overall_discount_amount
+        else ""
+    )
     totals = [
         (t["list_total"], q.list_total),
-        (t["line_discounts"], -(q.discount_total - q.overall_discount_amount)),
+        (t["line_discounts"], line_discounts),
         (t["subtotal"], q.subtotal),
-        (t["overall_discount"], -q.overall_discount_amount),
+        (t["overall_discount"], -Decimal(q.overall_discount_amount) if q.overall_discount_amount else ""),
         (t["tax_total"], q.tax_total),
     ]
     for label, value in totals:
@@ -317,20 +334,22 @@ def render_quote(q: models.Quote, letterhead: Letterhead | None = None) -> bytes
 
 
 def _date(d: Any) -> str:
-    return d.isoformat() if d else "—"
+    return d or "—"
 
 
 def render_contract(
-    c: models.Contract,
+    c: Any,
     *,
     locale: str,
     letterhead: Letterhead | None = None,
-    lines: list[dict[str, Any]] | None = None,
-    instalments: list[models.Instalment] | None = None,
+    lines: list[Any] | None = None,
+    instalments: list[Any] | None = None,
 ) -> bytes:
     """The contract: its facts, the quote's lines (when it came from one), the payment schedule (when there is a
-    plan), its terms, and a signature block for both parties."""
+    plan), its terms, and a signature block for both parties. `c`, `lines` and `instalments` are messages
+    (crm.sales.v1.Contract, QuoteLine, Instalment) as the reader may read them."""
     t = LABELS.get(locale, LABELS["zh-CN"])
+    status = contracts_pb2.ContractStatus.Name(c.status).removeprefix("CONTRACT_STATUS_").lower()
     pdf = _document(f"{t['contract_title']} {c.number}", t, letterhead)
     _heading(pdf, t["contract_title"] if locale == "en" else f"{t['contract_title']} Sales Contract")
     _facts(
@@ -339,11 +358,11 @@ def render_contract(
             (t["contract_number"], c.number),
             (t["contract_name"], c.title or "—"),
             (t["customer"], c.customer_name or "—"),
-            (t["status"], t["statuses"].get(c.status, c.status)),
+            (t["status"], t["statuses"].get(status, status)),
             (t["signed_date"], _date(c.signed_date)),
             (t["start_date"], _date(c.start_date)),
             (t["end_date"], _date(c.end_date)),
-            (t["amount"], f"{c.currency} {_money(c.amount)}"),
+            (t["amount"], f"{c.currency} {_money(c.amount)}".strip()),
         ],
     )
     if lines:
@@ -365,11 +384,11 @@ def render_contract(
             line_height=5.5,
         ) as table:
             row = table.row()
-            for h in (t["sequence"], t["due_date"], f"{t['instalment_amount']} ({c.currency})"):
+            for h in (t["sequence"], t["due_date"], f"{t['instalment_amount']} ({c.currency or HIDDEN})"):
                 row.cell(h)
             for inst in instalments:
                 row = table.row()
-                for value in (str(inst.sequence), inst.due_date.isoformat(), _money(inst.amount)):
+                for value in (str(inst.sequence), _date(inst.due_date), _money(inst.amount)):
                     row.cell(value)
     if c.terms:
         pdf.ln(3)

@@ -139,6 +139,11 @@ class Importer:
         """Refuse (403) a mapping that fills fields the starter may not write."""
         decision.check_writable(fields)
 
+    def rule_field(self, field: str) -> str:
+        """The record's field a mapped import field fills, as field rules name it (hidden values of it are left
+        out of the reports)."""
+        return field
+
     async def prepare(
         self, db: Database, job: ImportJob, request: Any, decision: Decision
     ) -> tuple[dict[str, str], dict[str, Any]]:

@@ -67,19 +67,31 @@ async def error_rows(db: Database, job_id: str) -> AsyncIterator[tuple[int, str,
         after = (rows[-1].row, rows[-1].id)
 
 
-def error_report(db: Database, *, job: ImportJob, xlsx: bool, locale: str = "") -> ReportFile:
-    """The report as a streamed file, its header row in the locale's language ("zh-CN", else English)."""
+def error_report(
+    db: Database,
+    *,
+    job: ImportJob,
+    xlsx: bool,
+    locale: str = "",
+    hidden_columns: frozenset[str] = frozenset(),
+) -> ReportFile:
+    """The report as a streamed file, its header row in the locale's language ("zh-CN", else English); the
+    values of `hidden_columns` (mapped to fields hidden from the reader) left out."""
     stem = job.file_name.rsplit(".", 1)[0]
     header = REPORT_HEADER.get(locale or "en", REPORT_HEADER["en"])
     name = f"{stem}-errors.{'xlsx' if xlsx else 'csv'}"
     # The sheets' writers: cells that a spreadsheet would run as formulas are quoted (CSV injection).
     writer = XlsxWriter() if xlsx else CsvWriter()
     return ReportFile(
-        name, XLSX_TYPE if xlsx else CSV_TYPE, writer.stream(_as_lists(header, error_rows(db, job.id)))
+        name,
+        XLSX_TYPE if xlsx else CSV_TYPE,
+        writer.stream(_as_lists(header, error_rows(db, job.id), hidden_columns)),
     )
 
 
-async def _as_lists(header: Any, rows: AsyncIterator[Any]) -> AsyncIterator[list[Any]]:
+async def _as_lists(
+    header: Any, rows: AsyncIterator[Any], hidden: frozenset[str]
+) -> AsyncIterator[list[Any]]:
     yield list(header)
-    async for r in rows:
-        yield list(r)
+    async for row, column, value, reason in rows:
+        yield [row, column, "" if column in hidden else value, reason]

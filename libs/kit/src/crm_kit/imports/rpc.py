@@ -4,6 +4,8 @@ crm.common.v1's import messages or its own with the same field names (customers'
 
 Permissions: every call needs the "import" action on the importer's object (for a job: its target's);
 another tenant's job is a 404 like a missing one. Listing shows the jobs of the targets the caller may import.
+What a report or a dry run quotes of the file goes through the read step too: values of columns mapped to fields
+hidden from the caller (by "read" or "import") are left out.
 """
 
 from __future__ import annotations
@@ -39,6 +41,17 @@ class ImportRpcs:
         if importer is None:  # a target this service no longer imports
             raise not_found("import", job_id)
         return job, importer, await self._authorize(importer)
+
+    async def _hides(self, importer: Importer) -> Callable[[str], bool]:
+        """Whether an import field is hidden from the caller (by their "read" or "import" field rules)."""
+        principal = caller()
+        decisions = [await self.policies.decide(principal, importer.object, a) for a in ("read", "import")]
+        return lambda field: any(d.is_hidden(importer.rule_field(field)) for d in decisions)
+
+    async def _hidden_columns(self, job: ImportJob, importer: Importer) -> frozenset[str]:
+        """The file's columns whose values the caller may not see: mapped to a field hidden from them."""
+        hides = await self._hides(importer)
+        return frozenset(m["column"] for m in job.mapping or () if m.get("field") and hides(m["field"]))
 
     def _job_message(self, message: Any, job: ImportJob) -> Any:
         importer = self.importers.get(job.target)
@@ -101,15 +114,17 @@ class ImportRpcs:
     async def dry_run(self, request: Any, response_cls: Any) -> Any:
         _, importer, decision = await self._job(request.id)
         found = await pipeline.dry_run(self.db, importer, request=request, decision=decision)
+        hides = await self._hides(importer)
+        hidden = await self._hidden_columns(found.job, importer)
         answer = self._answer(response_cls, found.job)
         job, totals = answer.import_job, found.outcome
         job.rows_done = found.rows
         job.rows_created, job.rows_updated = totals.created, totals.updated
         job.rows_skipped, job.rows_failed = totals.skipped, totals.failed
         for n, c, v, why in totals.errors:
-            answer.errors.add(row=n, column=c, value=v, reason=why)
+            answer.errors.add(row=n, column=c, value="" if c in hidden else v, reason=why)
         for values in found.preview:
-            answer.preview.add().update(values)
+            answer.preview.add().update({k: v for k, v in values.items() if not hides(k)})
         return answer
 
     async def start(self, request: Any, response_cls: Any) -> Any:
@@ -123,21 +138,25 @@ class ImportRpcs:
         return self._answer(response_cls, await jobs.cancel(self.db, job_id=request.id))
 
     async def list_errors(self, request: Any, response_cls: Any) -> Any:
-        job, _, _ = await self._job(request.id)
+        job, importer, _ = await self._job(request.id)
+        hidden = await self._hidden_columns(job, importer)
         async with self.db.read() as session:
             rows, cursor = await report.list_errors(session, job_id=job.id, page_request=request.page)
         answer = response_cls(next_cursor=cursor)
         for e in rows:
-            answer.items.add(row=e.row, column=e.column, value=e.value, reason=e.reason)
+            answer.items.add(
+                row=e.row, column=e.column, value="" if e.column in hidden else e.value, reason=e.reason
+            )
         return answer
 
     async def download_errors(self, request: Any, response_cls: Any) -> AsyncIterator[Any]:
         """The error report, streamed: the header (file name and type) first, then chunks."""
-        job, _, _ = await self._job(request.id)
+        job, importer, _ = await self._job(request.id)
+        hidden = await self._hidden_columns(job, importer)
         formats = request.DESCRIPTOR.fields_by_name["format"].enum_type.values_by_number
         xlsx = request.format in formats and formats[request.format].name.endswith("_XLSX")
         locale = getattr(request, "locale", "") if "locale" in request.DESCRIPTOR.fields_by_name else ""
-        file = report.error_report(self.db, job=job, xlsx=xlsx, locale=locale)
+        file = report.error_report(self.db, job=job, xlsx=xlsx, locale=locale, hidden_columns=hidden)
         first = response_cls()
         first.header.file_name, first.header.content_type = file.file_name, file.content_type
         yield first

@@ -219,14 +219,7 @@ def snapshot(a: models.Account) -> dict[str, Any]:
 
 def redact(decision: Decision, message: Any) -> Any:
     """Hidden fields leave the message: top-level ones, and custom fields named `custom_fields.<key>`."""
-    if not decision.hidden:
-        return message
-    decision.redact_message(message)
-    if "custom_fields" in message.DESCRIPTOR.fields_by_name and message.HasField("custom_fields"):
-        for key in list(message.custom_fields.fields):
-            if is_hidden(decision, f"custom_fields.{key}"):
-                del message.custom_fields[key]
-    return message
+    return decision.redact_message(message)
 
 
 # The names a keyword search looks at, per table (both live in the one `search_name` column).

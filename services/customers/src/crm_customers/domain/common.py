@@ -11,7 +11,7 @@ from crm_kit.db import expect_version as expect_version
 from crm_kit.db import get_owned as kit_get_owned
 from crm_kit.db import utcnow
 from crm_kit.errors import PermissionDenied
-from crm_kit.policy import Decision
+from crm_kit.policy import Decision, rule_names
 from crm_kit.policy import authorize as authorize
 from crm_kit.timestamps import ts as ts  # re-exported: domain modules import it from here
 from sqlalchemy import and_, or_, true
@@ -32,14 +32,7 @@ def visible(decision: Decision, model: Any) -> Any:
 
 def may_see(decision: Decision, row: Any) -> bool:
     """The same rule as `visible`, for one loaded row."""
-    principal = caller()
-    if decision.scope == 4:
-        return True
-    if row.owner_id == principal.actor_id:
-        return True
-    if principal.actor_id in (getattr(row, "team_member_ids", None) or ()):
-        return True
-    return bool(decision.departments) and row.department_id in decision.departments
+    return decision.sees(caller(), row.owner_id, row.department_id, getattr(row, "team_member_ids", None) or ())
 
 
 async def get_owned(
@@ -65,20 +58,8 @@ async def get_owned(
     )
 
 
-def rule_names(field: str) -> set[str]:
-    """The names a field rule (from identity) may give a field. A custom field `custom_fields.<key>` is named
-    `custom_<key>` in rules (identity's field names are identifiers), or `custom_fields` for all of them; a part
-    of a field (`consent.email`) is covered by the rule on the whole field (`consent`)."""
-    if field.startswith("custom_fields."):
-        key = field.split(".", 1)[1]
-        return {field, f"custom_{key}", "custom_fields"}
-    if "." in field:
-        return {field, field.split(".", 1)[0]}
-    return {field}
-
-
 def is_hidden(decision: Decision, field: str) -> bool:
-    return bool(decision.hidden) and bool(rule_names(field) & decision.hidden)
+    return decision.is_hidden(field)
 
 
 def check_hidden(decision: Decision, fields: Any) -> None:

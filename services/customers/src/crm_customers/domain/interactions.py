@@ -15,7 +15,7 @@ from crm_kit.db import UnitOfWork, utcnow
 from crm_kit.errors import FieldError, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.policy import Decision
+from crm_kit.policy import Decision, Text
 from crm_kit.validation import Check
 from sqlalchemy import or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -93,16 +93,20 @@ def snapshot(i: models.Interaction) -> dict[str, Any]:
     return out
 
 
-def timeline_item(i: models.Interaction, locale: str = "zh-CN") -> pb.TimelineItem:
+def timeline_item(i: models.Interaction, decision: Decision, locale: str = "zh-CN") -> pb.TimelineItem:
+    """The interaction on a timeline, as a reader with this "interaction" read decision may see it: the title
+    names the subject and the summary quotes the outcome (else the start of the body) only when the reader sees
+    those fields."""
     zh, en = KIND_TITLES.get(i.kind, (i.kind, i.kind))
     label = en if locale == "en" else zh
+    summary = decision.render(Text.of(i.outcome, "outcome")) or decision.render(Text.of(i.body[:200], "body"))
     return pb.TimelineItem(
         id=i.id,
         kind=f"interaction.{i.kind}",
         occurred_at=ts(i.occurred_at),
-        title=f"{label}: {i.subject}" if i.subject else label,
-        summary=i.outcome or i.body[:200],
-        interaction=interaction_pb(i),
+        title=decision.render(Text.join(label, Text.of(i.subject, "subject"), sep=": ")),
+        summary=summary,
+        interaction=decision.redact_message(interaction_pb(i)),
     )
 
 
@@ -251,11 +255,13 @@ async def timeline(
     account_ids: list[str],
     contact_ids: list[str],
     page_request: Any,
+    shown: Any,
     entries: Any = None,
 ) -> tuple[list[models.Interaction | models.TimelineEntry], str]:
-    """Interactions on any of these records and, when `entries` (a WHERE clause on timeline entries: those the
-    caller may see) is given, the accounts' timeline entries from other services; newest first, one keyset
-    over both (the caller has checked it may read the records)."""
+    """Interactions on any of these records that `shown` lets through (a WHERE clause on interactions: those
+    the caller may read, by the "interaction" permission and its data scope) and, when `entries` (a WHERE
+    clause on timeline entries: those the caller may see) is given, the accounts' timeline entries from other
+    services; newest first, one keyset over both (the caller has checked it may read the records)."""
     I, E = models.Interaction, models.TimelineEntry  # noqa: E741
     tenant_id = caller().tenant_id
     page = Page.of(page_request, 2)
@@ -266,7 +272,7 @@ async def timeline(
         on.append(I.contact_ids.overlap(contact_ids))
     branches = [
         select(I.occurred_at.label("at"), I.id.label("id")).where(
-            I.tenant_id == tenant_id, I.deleted_at.is_(None), or_(*on)
+            I.tenant_id == tenant_id, I.deleted_at.is_(None), or_(*on), shown
         )
     ]
     if entries is not None and account_ids:

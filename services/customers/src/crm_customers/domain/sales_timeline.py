@@ -28,7 +28,7 @@ from crm.customers.v1 import customers_pb2 as pb
 from crm.sales.v1 import contracts_pb2, events_pb2, quotes_pb2
 from crm_kit.db import UnitOfWork
 from crm_kit.ids import new_id
-from crm_kit.policy import Decision
+from crm_kit.policy import Decision, Text
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,35 +51,48 @@ EVENTS = (
     events_pb2.InstalmentOverdue,
     events_pb2.LeadConverted,
 )
+# What an overdue instalment's outstanding amount is read from, on the payment plan.
+OUTSTANDING = ("instalments.outstanding_amount", "instalments.amount")
 # The permission objects whose "read" shows entries.
 OBJECTS = ("opportunity", "quote", "contract", "order", "payment", "lead")
 
 
 @dataclass
 class Entry:
+    """A timeline entry as described from a sales event: its title and summary (zh-CN, en) are `Text`s that
+    remember which fields of the sales object each piece came from, and `amount_fields` the fields the amount
+    is; the rules of `object_type` apply to them whenever the entry is read."""
+
     kind: str
     account_id: str
     object_type: str
     link_type: str
     link_id: str
-    title: tuple[str, str]
-    summary: tuple[str, str] = ("", "")
+    title: tuple[Text, Text]
+    summary: tuple[Text, Text] = (Text(), Text())
     owner_id: str = ""
     department_id: str = ""
     amount: str = ""
     currency: str = ""
+    amount_fields: tuple[str, ...] = ()
+
+    def sources(self) -> dict[str, Any]:
+        return {
+            "title_zh": self.title[0].to_json(),
+            "title_en": self.title[1].to_json(),
+            "summary_zh": self.summary[0].to_json(),
+            "summary_en": self.summary[1].to_json(),
+            "amount": list(self.amount_fields),
+            "currency": ["currency"],
+        }
 
 
-def _money(amount: str, currency: str) -> str:
-    return f"{amount} {currency}".strip() if amount else ""
-
-
-def _join(*parts: str, sep: str) -> str:
-    return sep.join(p for p in parts if p)
+def _money(amount: str, currency: str, field: str = "amount") -> Text:
+    return Text.of(f"{amount} {currency}".strip(), field) if amount else Text()
 
 
 def _about(
-    m: Any, what: str, kind: str, title: tuple[str, str], summary: tuple[str, str], amount: str
+    m: Any, what: str, kind: str, title: tuple[Text, Text], summary: tuple[Text, Text], amount_field: str
 ) -> Entry:
     """An entry about sales object `m` (an opportunity, quote, contract or order: it names its account, owner,
     department and currency), linked to it and shown by the data scope of `what`."""
@@ -93,97 +106,115 @@ def _about(
         summary,
         m.owner_id,
         m.department_id,
-        amount,
+        getattr(m, amount_field),
         m.currency,
+        (amount_field,),
     )
+
+
+def _both(text: Text) -> tuple[Text, Text]:
+    return (text, text)
 
 
 def describe(payload: Any) -> Entry | None:
     """The timeline entry a sales event makes, or None when it is not one for the timeline."""
-    P = events_pb2
+    P, T = events_pb2, Text
     if isinstance(payload, P.OpportunityCreated | P.OpportunityWon | P.OpportunityLost):
         o = payload.opportunity
         money = _money(o.amount, o.currency)
+        name = T.of(o.name, "name")
         if isinstance(payload, P.OpportunityCreated):
-            kind, title = "created", (f"新商机：{o.name}", f"New opportunity: {o.name}")
-            zh, en = (
-                (f"预计 {o.close_date} 成交", f"expected to close {o.close_date}")
-                if o.close_date
-                else ("", "")
-            )
-            summary = (_join(money, zh, sep="，"), _join(money, en, sep=", "))
+            kind, title = "created", (T.join("新商机：", name), T.join("New opportunity: ", name))
+            date = T.of(o.close_date, "close_date")
+            zh = T.join("预计 ", date, " 成交") if o.close_date else T()
+            en = T.join("expected to close ", date) if o.close_date else T()
+            summary = (T.join(money, zh, sep="，"), T.join(money, en, sep=", "))
         else:
             won = isinstance(payload, P.OpportunityWon)
             kind = "won" if won else "lost"
             title = (
-                (f"赢单：{o.name}", f"Opportunity won: {o.name}")
+                (T.join("赢单：", name), T.join("Opportunity won: ", name))
                 if won
-                else (
-                    f"输单：{o.name}",
-                    f"Opportunity lost: {o.name}",
-                )
+                else (T.join("输单：", name), T.join("Opportunity lost: ", name))
             )
-            reason = o.won_reason if won else o.lost_reason
+            field = "won_reason" if won else "lost_reason"
+            reason = getattr(o, field)
             summary = (
-                _join(money, f"原因：{reason}" if reason else "", sep="；"),
-                _join(money, f"reason: {reason}" if reason else "", sep="; "),
+                T.join(money, T.of(f"原因：{reason}", field) if reason else T(), sep="；"),
+                T.join(money, T.of(f"reason: {reason}", field) if reason else T(), sep="; "),
             )
-        return _about(o, "opportunity", kind, title, summary, o.amount)
+        return _about(o, "opportunity", kind, title, summary, "amount")
     if isinstance(payload, P.QuoteCreated | P.QuoteStatusChanged):
         q = payload.quote
-        money = _money(q.total, q.currency)
+        money = _money(q.total, q.currency, "total")
+        number = T.of(q.number, "number")
         if isinstance(payload, P.QuoteCreated):
             kind = "created"
+            head_zh = T.join("报价 ", number, T.of(f"（第 {q.revision} 版）", "revision"))
+            head_en = T.join("Quote ", number, T.of(f" (revision {q.revision})", "revision"))
             title = (
-                _join(f"报价 {q.number}（第 {q.revision} 版）", q.title, sep="："),
-                _join(f"Quote {q.number} (revision {q.revision})", q.title, sep=": "),
+                T.join(head_zh, T.of(q.title, "title"), sep="："),
+                T.join(head_en, T.of(q.title, "title"), sep=": "),
             )
         elif q.status == quotes_pb2.QUOTE_STATUS_ACCEPTED:
-            kind, title = "accepted", (f"客户接受报价 {q.number}", f"Quote {q.number} accepted")
+            kind, title = "accepted", (T.join("客户接受报价 ", number), T.join("Quote ", number, " accepted"))
         elif q.status == quotes_pb2.QUOTE_STATUS_DECLINED:
-            kind, title = "declined", (f"客户拒绝报价 {q.number}", f"Quote {q.number} declined")
+            kind, title = "declined", (T.join("客户拒绝报价 ", number), T.join("Quote ", number, " declined"))
         else:
             return None
-        return _about(q, "quote", kind, title, (money, money), q.total)
+        return _about(q, "quote", kind, title, _both(money), "total")
     if isinstance(payload, P.ContractStatusChanged):
         c = payload.contract
-        name = f"{c.number} {c.title}".strip()
+        name = T.join(T.of(c.number, "number"), T.of(c.title, "title"), sep=" ")
         if c.status == contracts_pb2.CONTRACT_STATUS_ACTIVE:
-            kind, title = "active", (f"合同生效：{name}", f"Contract in force: {name}")
+            kind, title = "active", (T.join("合同生效：", name), T.join("Contract in force: ", name))
         elif c.status == contracts_pb2.CONTRACT_STATUS_TERMINATED:
-            kind, title = "terminated", (f"合同终止：{name}", f"Contract ended: {name}")
+            kind, title = "terminated", (T.join("合同终止：", name), T.join("Contract ended: ", name))
         else:
             return None
         money = _money(c.amount, c.currency)
-        period = f"{c.start_date} – {c.end_date}" if c.start_date or c.end_date else ""
+        period = (
+            T.join(T.of(c.start_date, "start_date"), T.of(c.end_date, "end_date"), sep=" – ")
+            if c.start_date or c.end_date
+            else T()
+        )
         return _about(
             c,
             "contract",
             kind,
             title,
-            (_join(money, period, sep="，"), _join(money, period, sep=", ")),
-            c.amount,
+            (T.join(money, period, sep="，"), T.join(money, period, sep=", ")),
+            "amount",
         )
     if isinstance(payload, P.OrderCreated | P.OrderStatusChanged):
         o = payload.order
-        money = _money(o.total, o.currency)
-        reason = payload.reason if isinstance(payload, P.OrderStatusChanged) else ""
+        money = _money(o.total, o.currency, "total")
+        reason = T.of(payload.reason if isinstance(payload, P.OrderStatusChanged) else "")
+        number = T.of(o.number, "number")
         if isinstance(payload, P.OrderCreated):
-            kind, title = "created", (f"新订单 {o.number}", f"New order {o.number}")
+            kind, title = "created", (T.join("新订单 ", number), T.join("New order ", number))
         elif o.status == contracts_pb2.ORDER_STATUS_FULFILLED:
-            kind, title = "fulfilled", (f"订单已履行 {o.number}", f"Order {o.number} fulfilled")
+            kind, title = "fulfilled", (T.join("订单已履行 ", number), T.join("Order ", number, " fulfilled"))
         elif o.status == contracts_pb2.ORDER_STATUS_CANCELLED:
-            kind, title = "cancelled", (f"订单已取消 {o.number}", f"Order {o.number} cancelled")
+            kind, title = "cancelled", (T.join("订单已取消 ", number), T.join("Order ", number, " cancelled"))
         else:
             return None
         return _about(
-            o, "order", kind, title, (_join(money, reason, sep="；"), _join(money, reason, sep="; ")), o.total
+            o,
+            "order",
+            kind,
+            title,
+            (T.join(money, reason, sep="；"), T.join(money, reason, sep="; ")),
+            "total",
         )
     if isinstance(payload, P.PaymentPlanCreated):
         p = payload.plan
         n = len(p.instalments)
-        money = _money(p.total, p.currency)
-        title = (f"收款计划：{n} 期", f"Payment plan: {n} instalment{'s' if n != 1 else ''}")
+        count = T.of(str(n), "instalments")
+        title = (
+            T.join("收款计划：", count, " 期"),
+            T.join("Payment plan: ", count, f" instalment{'s' if n != 1 else ''}"),
+        )
         return Entry(
             "sales.payment_plan_created",
             p.account_id,
@@ -191,16 +222,22 @@ def describe(payload: Any) -> Entry | None:
             "payment_plan",
             p.id,
             title,
-            (money, money),
+            _both(_money(p.total, p.currency, "total")),
             p.owner_id,
             amount=p.total,
             currency=p.currency,
+            amount_fields=("total",),
         )
     if isinstance(payload, P.PaymentRecorded):
         m = payload.payment
         money = _money(m.amount, m.currency)
-        detail = _join(m.paid_date, m.method, m.reference, sep=" · ")
-        title = (f"回款 {money}", f"Payment received: {money}")
+        detail = T.join(
+            T.of(m.paid_date, "paid_date"),
+            T.of(m.method, "method"),
+            T.of(m.reference, "reference"),
+            sep=" · ",
+        )
+        title = (T.join("回款 ", money), T.join("Payment received: ", money))
         return Entry(
             "sales.payment_recorded",
             m.account_id,
@@ -208,18 +245,21 @@ def describe(payload: Any) -> Entry | None:
             "payment",
             m.id,
             title,
-            (detail, detail),
+            _both(detail),
             amount=m.amount,
             currency=m.currency,
+            amount_fields=("amount",),
         )
     if isinstance(payload, P.InstalmentOverdue):
         i = payload.instalment
-        due = (f"应于 {i.due_date} 收款", f"due {i.due_date}") if i.due_date else ("", "")
+        outstanding = T.of(i.outstanding_amount, *OUTSTANDING)
+        date = T.of(i.due_date, "instalments.due_date")
+        due = (T.join("应于 ", date, " 收款"), T.join("due ", date)) if i.due_date else (T(), T())
         summary = (
-            _join(f"待收 {i.outstanding_amount}", due[0], sep="，"),
-            _join(f"{i.outstanding_amount} outstanding", due[1], sep=", "),
+            T.join(T.join("待收 ", outstanding), due[0], sep="，"),
+            T.join(T.join(outstanding, " outstanding"), due[1], sep=", "),
         )
-        title = (f"回款逾期：第 {i.sequence} 期", f"Instalment {i.sequence} overdue")
+        title = (T.of(f"回款逾期：第 {i.sequence} 期"), T.of(f"Instalment {i.sequence} overdue"))
         return Entry(
             "sales.instalment_overdue",
             payload.account_id,
@@ -230,10 +270,12 @@ def describe(payload: Any) -> Entry | None:
             summary,
             payload.owner_id,
             amount=i.outstanding_amount,
+            amount_fields=OUTSTANDING,
         )
     if isinstance(payload, P.LeadConverted):
         lead = payload.lead
-        title = (f"线索转化：{lead.name}", f"Lead converted: {lead.name}")
+        name = T.of(lead.name, "name")
+        title = (T.join("线索转化：", name), T.join("Lead converted: ", name))
         return Entry(
             "sales.lead_converted",
             payload.account_id,
@@ -241,7 +283,7 @@ def describe(payload: Any) -> Entry | None:
             "lead",
             lead.id,
             title,
-            (lead.company,) * 2,
+            _both(T.of(lead.company, "company")),
             lead.owner_id,
             lead.department_id,
         )
@@ -296,10 +338,10 @@ async def record(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload: An
             account_id=entry.account_id,
             kind=entry.kind,
             occurred_at=occurred or dt.datetime.now(dt.UTC),
-            title_zh=entry.title[0][:300],
-            title_en=entry.title[1][:300],
-            summary_zh=entry.summary[0][:500],
-            summary_en=entry.summary[1][:500],
+            title_zh=entry.title[0].plain[:300],
+            title_en=entry.title[1].plain[:300],
+            summary_zh=entry.summary[0].plain[:500],
+            summary_en=entry.summary[1].plain[:500],
             object_type=entry.object_type,
             owner_id=entry.owner_id,
             department_id=entry.department_id,
@@ -307,6 +349,7 @@ async def record(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payload: An
             link_id=entry.link_id,
             amount=entry.amount[:40],
             currency=entry.currency[:3],
+            sources=entry.sources(),
             event_type=envelope.type,
             event_id=envelope.id,
         )
@@ -332,24 +375,37 @@ def visible(decisions: dict[str, Decision]) -> Any:
     return or_(*shown) if shown else false()
 
 
-def item(e: models.TimelineEntry, locale: str = "zh-CN") -> pb.TimelineItem:
+def item(e: models.TimelineEntry, decision: Decision, locale: str = "zh-CN") -> pb.TimelineItem:
+    """The entry as this reader may see it: what it copied from the sales object, under that object's field
+    rules (`decision`: the reader's "read" on `object_type`), applied to the pieces the entry recorded."""
+    shown = decision.redact_sourced(
+        {
+            "title_zh": e.title_zh,
+            "title_en": e.title_en,
+            "summary_zh": e.summary_zh,
+            "summary_en": e.summary_en,
+            "amount": e.amount,
+            "currency": e.currency,
+        },
+        e.sources,
+    )
     en = locale == "en"
     return pb.TimelineItem(
         id=e.id,
         kind=e.kind,
         occurred_at=ts(e.occurred_at),
-        title=e.title_en if en else e.title_zh,
-        summary=e.summary_en if en else e.summary_zh,
+        title=shown["title_en"] if en else shown["title_zh"],
+        summary=shown["summary_en"] if en else shown["summary_zh"],
         sales_event=pb.SalesEvent(
             link_type=e.link_type,
             link_id=e.link_id,
             event_type=e.event_type,
             event_id=e.event_id,
-            amount=e.amount,
-            currency=e.currency,
-            title_zh=e.title_zh,
-            title_en=e.title_en,
-            summary_zh=e.summary_zh,
-            summary_en=e.summary_en,
+            amount=shown["amount"],
+            currency=shown["currency"],
+            title_zh=shown["title_zh"],
+            title_en=shown["title_en"],
+            summary_zh=shown["summary_zh"],
+            summary_en=shown["summary_en"],
         ),
     )

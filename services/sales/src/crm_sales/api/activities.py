@@ -25,7 +25,8 @@ class ActivitiesApi(activities_pb2_grpc.ActivitiesServiceServicer):
         await authorize(self.policies, "task", "create")
         async with self.db.unit_of_work() as uow:
             t = await activities.create_task(uow, request, people=self.people)
-        return pb.CreateTaskResponse(task=activities.task_pb(t))
+        read = await self.policies.decide(caller(), "task", "read")
+        return pb.CreateTaskResponse(task=read.redact_message(activities.task_pb(t)))
 
     async def GetTask(self, request, context):
         decision = await authorize(self.policies, "task", "read")
@@ -46,13 +47,15 @@ class ActivitiesApi(activities_pb2_grpc.ActivitiesServiceServicer):
         decision.check_writable(request.update_mask.paths)
         async with self.db.unit_of_work() as uow:
             t = await activities.update_task(uow, decision, request, people=self.people)
-        return pb.UpdateTaskResponse(task=activities.task_pb(t))
+        read = await self.policies.decide(caller(), "task", "read")
+        return pb.UpdateTaskResponse(task=read.redact_message(activities.task_pb(t)))
 
     async def CompleteTask(self, request, context):
         decision = await authorize(self.policies, "task", "update")
         async with self.db.unit_of_work() as uow:
             t = await activities.complete_task(uow, decision, request.id, now=self.clock.now())
-        return pb.CompleteTaskResponse(task=activities.task_pb(t))
+        read = await self.policies.decide(caller(), "task", "read")
+        return pb.CompleteTaskResponse(task=read.redact_message(activities.task_pb(t)))
 
     async def CreateActivity(self, request, context):
         await authorize(self.policies, "task", "create")

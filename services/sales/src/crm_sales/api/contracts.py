@@ -60,7 +60,9 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
             c, approval = await contracts.submit_contract(uow, decision, request.id)
         return pb.SubmitContractResponse(
             contract=contracts.contract_pb(c, await self._decide("contract")),
-            approval=approvals.approval_pb(approval) if approval else None,
+            approval=approvals.approval_pb(approval, {"contract": await self._decide("contract")})
+            if approval
+            else None,
         )
 
     async def ActivateContract(self, request, context):
@@ -125,35 +127,38 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
             plan = await contracts.create_plan(
                 uow, await self._decide("order"), await self._decide("contract"), request
             )
-            message = await contracts.plan_pb(uow.session, plan)
+            message = await contracts.plan_pb(uow.session, plan, await self._decide("payment"))
         return pb.CreatePaymentPlanResponse(plan=message)
 
     async def GetPaymentPlan(self, request, context):
         decision = await authorize(self.policies, "payment", "read")
         async with self.db.read() as session:
             plan = await contracts.get_plan(session, decision, request.id)
-            return pb.GetPaymentPlanResponse(plan=await contracts.plan_pb(session, plan))
+            return pb.GetPaymentPlanResponse(plan=await contracts.plan_pb(session, plan, decision))
 
     async def ListPaymentPlans(self, request, context):
         decision = await authorize(self.policies, "payment", "read")
         async with self.db.read() as session:
             rows, cursor = await contracts.list_plans(session, decision, request)
-            items = [await contracts.plan_pb(session, p) for p in rows]
+            items = [await contracts.plan_pb(session, p, decision) for p in rows]
         return pb.ListPaymentPlansResponse(items=items, next_cursor=cursor)
 
     async def RecordPayment(self, request, context):
         decision = await authorize(self.policies, "payment", "create")
         async with self.db.unit_of_work() as uow:
             payment, inst = await contracts.record_payment(uow, decision, request, now=self.clock.now())
+        read = await self._decide("payment")
         return pb.RecordPaymentResponse(
-            payment=contracts.payment_pb(payment), instalment=contracts.instalment_pb(inst)
+            payment=contracts.payment_pb(payment, read), instalment=contracts.instalment_pb(inst, read)
         )
 
     async def ListPayments(self, request, context):
         decision = await authorize(self.policies, "payment", "read")
         async with self.db.read() as session:
             rows, cursor = await contracts.list_payments(session, decision, request)
-        return pb.ListPaymentsResponse(items=[contracts.payment_pb(p) for p in rows], next_cursor=cursor)
+        return pb.ListPaymentsResponse(
+            items=[contracts.payment_pb(p, decision) for p in rows], next_cursor=cursor
+        )
 
     async def GetReceivables(self, request, context):
         decision = await authorize(self.policies, "payment", "read")
@@ -164,7 +169,7 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
         return pb.GetReceivablesResponse(
             account_id=request.account_id,
             totals=totals,
-            open_instalments=[contracts.instalment_pb(i) for i in open_rows],
+            open_instalments=[contracts.instalment_pb(i, decision) for i in open_rows],
         )
 
     async def RunCollectionJobs(self, request, context):
@@ -185,7 +190,7 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
         decision = await authorize(self.policies, "payment", "update")
         async with self.db.unit_of_work() as uow:
             plan = await collection.update_plan(uow, decision, request, now=self.clock.now())
-            message = await contracts.plan_pb(uow.session, plan)
+            message = await contracts.plan_pb(uow.session, plan, await self._decide("payment"))
         return pb.UpdatePaymentPlanResponse(plan=message)
 
     async def RefundPayment(self, request, context):
@@ -194,17 +199,20 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
             refund, payment, inst = await collection.refund_payment(
                 uow, decision, request, now=self.clock.now()
             )
+        read = await self._decide("payment")
         return pb.RefundPaymentResponse(
-            refund=collection.refund_pb(refund),
-            payment=contracts.payment_pb(payment),
-            instalment=contracts.instalment_pb(inst),
+            refund=collection.refund_pb(refund, read),
+            payment=contracts.payment_pb(payment, read),
+            instalment=contracts.instalment_pb(inst, read),
         )
 
     async def ListRefunds(self, request, context):
         decision = await authorize(self.policies, "payment", "read")
         async with self.db.read() as session:
             rows, cursor = await collection.list_refunds(session, decision, request)
-        return pb.ListRefundsResponse(items=[collection.refund_pb(r) for r in rows], next_cursor=cursor)
+        return pb.ListRefundsResponse(
+            items=[collection.refund_pb(r, decision) for r in rows], next_cursor=cursor
+        )
 
     # ------------------------------------------------------------ the contract PDF
 

@@ -64,6 +64,11 @@ class PipelinesApi(pipelines_pb2_grpc.PipelinesServiceServicer):
         decision = await authorize(self.policies, "opportunity", "read")
         async with self.db.read() as session:
             message, columns = await pipelines.board(session, decision, request, now=self.clock.now())
+        for column in columns:
+            for card in column.cards:
+                decision.redact_message(card)
+            for total in column.totals:
+                decision.redact_derived(total, pipelines.TOTALS_FROM)
         return pb.GetBoardResponse(pipeline=message, columns=columns)
 
     # ------------------------------------------------------------ opportunities

@@ -23,6 +23,10 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
         self.clock = clock
         self.people = people
 
+    async def _reads(self) -> dict:
+        """The caller's "read" on what approvals are about: their reasons quote those objects' fields."""
+        return {obj: await self.policies.decide(caller(), obj, "read") for obj in ("quote", "contract")}
+
     async def _quote(self, q: models.Quote) -> pb.Quote:
         return quotes.quote_pb(q, await self.policies.decide(caller(), "quote", "read"))
 
@@ -129,7 +133,8 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
         async with self.db.unit_of_work() as uow:
             q, approval = await quotes.submit(uow, decision, request.id)
         return pb.SubmitQuoteResponse(
-            quote=await self._quote(q), approval=approvals.approval_pb(approval) if approval else None
+            quote=await self._quote(q),
+            approval=approvals.approval_pb(approval, await self._reads()) if approval else None,
         )
 
     async def AcceptQuote(self, request, context):
@@ -152,7 +157,7 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
         if q.status not in ("approved", "accepted"):
             raise Conflict("only an approved quote renders to a PDF", reason="quote_not_approved")
         # Rendering is CPU work: off the event loop.
-        content = await asyncio.to_thread(pdf.render_quote, q, letterhead)
+        content = await asyncio.to_thread(pdf.render_quote, quotes.quote_pb(q, decision), letterhead)
         return pb.GetQuotePdfResponse(
             content=content, content_type="application/pdf", filename=f"{q.number}-v{q.revision}.pdf"
         )
@@ -163,13 +168,16 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
         await authorize(self.policies, "quote", "read")
         async with self.db.read() as session:
             rows, cursor = await approvals.list_approvals(session, request)
-        return pb.ListApprovalsResponse(items=[approvals.approval_pb(a) for a in rows], next_cursor=cursor)
+        reads = await self._reads()
+        return pb.ListApprovalsResponse(
+            items=[approvals.approval_pb(a, reads) for a in rows], next_cursor=cursor
+        )
 
     async def GetApproval(self, request, context):
         await authorize(self.policies, "quote", "read")
         async with self.db.read() as session:
             a = await approvals.get(session, request.id)
-        return pb.GetApprovalResponse(approval=approvals.approval_pb(a))
+        return pb.GetApprovalResponse(approval=approvals.approval_pb(a, await self._reads()))
 
     async def ApproveApproval(self, request, context):
         caller()
@@ -177,7 +185,7 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
             a = await approvals.decide(
                 uow, request.id, approve=True, comment=request.comment, now=self.clock.now()
             )
-        return pb.ApproveApprovalResponse(approval=approvals.approval_pb(a))
+        return pb.ApproveApprovalResponse(approval=approvals.approval_pb(a, await self._reads()))
 
     async def RejectApproval(self, request, context):
         caller()
@@ -185,4 +193,4 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
             a = await approvals.decide(
                 uow, request.id, approve=False, comment=request.comment, now=self.clock.now()
             )
-        return pb.RejectApprovalResponse(approval=approvals.approval_pb(a))
+        return pb.RejectApprovalResponse(approval=approvals.approval_pb(a, await self._reads()))

@@ -14,6 +14,7 @@ from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, PermissionDenied
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
+from crm_kit.policy import Decision, Text
 from crm_kit.validation import Check
 from sqlalchemy import any_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,10 +34,18 @@ Outcome = Callable[[UnitOfWork, str, str, dt.datetime], Awaitable[None]]
 OUTCOMES: dict[str, Outcome] = {}
 
 
-def approval_pb(a: models.Approval) -> pb.Approval:
+def approval_pb(a: models.Approval, decisions: dict[str, Decision] | None = None) -> pb.Approval:
+    """The approval; with the reader's "read" `decisions` per object type, its reason as they may read it (it
+    quotes the quote's discount or the contract's amount)."""
+    reason = a.reason
+    if decisions is not None:
+        decision = decisions.get(a.object_type)
+        sources = {"reason": a.reason_sources} if a.reason_sources is not None else None
+        reason = decision.redact_sourced({"reason": a.reason}, sources)["reason"] if decision else ""
     return to_message(
         a,
         pb.Approval,
+        reason=reason,
         steps=[pb.ApprovalStep(approver_ids=s) for s in a.steps],
         history=[
             to_message(
@@ -119,7 +128,7 @@ async def update_policy(uow: UnitOfWork, request: pb.UpdateApprovalPolicyRequest
 
 
 async def request_approval(
-    uow: UnitOfWork, *, object_type: str, object_id: str, reason: str, steps: list[list[str]]
+    uow: UnitOfWork, *, object_type: str, object_id: str, reason: Text, steps: list[list[str]]
 ) -> models.Approval:
     principal = caller()
     a = models.Approval(
@@ -127,7 +136,8 @@ async def request_approval(
         tenant_id=principal.tenant_id,
         object_type=object_type,
         object_id=object_id,
-        reason=reason,
+        reason=reason.plain,
+        reason_sources=reason.to_json(),
         status="pending",
         steps=steps,
         current_step=0,

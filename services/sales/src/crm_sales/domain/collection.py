@@ -47,8 +47,9 @@ from crm_sales.domain.contracts import (
 MAX_INSTALMENTS = 120
 
 
-def refund_pb(r: models.Refund) -> pb.Refund:
-    return to_message(r, pb.Refund)
+def refund_pb(r: models.Refund, decision: Decision | None = None) -> pb.Refund:
+    msg = to_message(r, pb.Refund)
+    return decision.redact_message(msg) if decision else msg
 
 
 def settle(uow: UnitOfWork, inst: models.Instalment, *, today: dt.date) -> None:

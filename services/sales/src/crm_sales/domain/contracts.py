@@ -15,7 +15,7 @@ from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.policy import Decision
+from crm_kit.policy import Decision, Text
 from crm_kit.validation import Check, updatable
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,19 +60,24 @@ def contract_pb(c: models.Contract, decision: Decision | None = None) -> pb.Cont
 
 
 def order_pb(o: models.Order, decision: Decision | None = None) -> pb.Order:
+    """An order's lines are a quote's: a hidden price or discount hides the line amounts computed from it."""
     msg = to_message(o, pb.Order)
+    return decision.redact_message(msg, quotes.LINE_DERIVED) if decision else msg
+
+
+def instalment_pb(i: models.Instalment, decision: Decision | None = None) -> pb.Instalment:
+    msg = to_message(i, pb.Instalment, outstanding_amount=i.amount - i.paid_amount)
     return decision.redact_message(msg) if decision else msg
 
 
-def instalment_pb(i: models.Instalment) -> pb.Instalment:
-    return to_message(i, pb.Instalment, outstanding_amount=i.amount - i.paid_amount)
+def payment_pb(p: models.Payment, decision: Decision | None = None) -> pb.Payment:
+    msg = to_message(p, pb.Payment)
+    return decision.redact_message(msg) if decision else msg
 
 
-def payment_pb(p: models.Payment) -> pb.Payment:
-    return to_message(p, pb.Payment)
-
-
-async def plan_pb(session: AsyncSession, plan: models.PaymentPlan) -> pb.PaymentPlan:
+async def plan_pb(
+    session: AsyncSession, plan: models.PaymentPlan, decision: Decision | None = None
+) -> pb.PaymentPlan:
     rows = (
         await session.scalars(
             select(models.Instalment)
@@ -80,7 +85,8 @@ async def plan_pb(session: AsyncSession, plan: models.PaymentPlan) -> pb.Payment
             .order_by(models.Instalment.sequence)
         )
     ).all()
-    return to_message(plan, pb.PaymentPlan, instalments=[instalment_pb(i) for i in rows])
+    msg = to_message(plan, pb.PaymentPlan, instalments=[instalment_pb(i) for i in rows])
+    return decision.redact_message(msg) if decision else msg
 
 
 def _emit(
@@ -275,7 +281,12 @@ async def submit_contract(
         uow,
         object_type="contract",
         object_id=c.id,
-        reason=f"合同审批 / contract approval: {c.number} {c.amount} {c.currency}",
+        reason=Text.join(
+            "合同审批 / contract approval:",
+            Text.of(c.number, "number"),
+            Text.of(f"{c.amount} {c.currency}", "amount"),
+            sep=" ",
+        ),
         steps=[list(s) for s in policy.steps],
     )
     c.approval_id = approval.id

@@ -2,13 +2,14 @@
 payment schedule, and the tenant's letterhead on contracts and quotes.
 
 A document shows only what the caller may read: the quote's lines when they may read the quote, the schedule
-when they may read the payment plan."""
+when they may read the payment plan, each as the messages the API would answer (hidden fields empty)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from crm.sales.v1 import contracts_pb2
 from crm_kit.errors import Conflict, InvalidArgument, NotFound
 from crm_kit.policy import Decision
 from sqlalchemy import select
@@ -24,15 +25,12 @@ PRINTABLE = ("approved", "active", "terminated")
 
 @dataclass
 class ContractDocument:
-    contract: models.Contract
+    contract: contracts_pb2.Contract
     locale: str
     letterhead: Letterhead
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    instalments: list[models.Instalment] = field(default_factory=list)
-
-    @property
-    def filename(self) -> str:
-        return f"{self.contract.number}.pdf"
+    filename: str
+    lines: list[Any] = field(default_factory=list)
+    instalments: list[Any] = field(default_factory=list)
 
 
 async def letterhead(session: AsyncSession, tenant_id: str, locale: str) -> Letterhead:
@@ -61,7 +59,7 @@ async def contract_document(
         except NotFound:
             quote = None
     locale = locale or (quote.locale if quote and quote.locale in LOCALES else "zh-CN")
-    instalments: list[models.Instalment] = []
+    instalments: list[Any] = []
     if payment_decision.allowed:
         P, I = models.PaymentPlan, models.Instalment  # noqa: E741
         plan_id = await session.scalar(
@@ -71,13 +69,14 @@ async def contract_document(
             .limit(1)
         )
         if plan_id:
-            instalments = list(
-                (await session.scalars(select(I).where(I.plan_id == plan_id).order_by(I.sequence))).all()
-            )
+            rows = (await session.scalars(select(I).where(I.plan_id == plan_id).order_by(I.sequence))).all()
+            plan = contracts_pb2.PaymentPlan(instalments=[contracts.instalment_pb(i) for i in rows])
+            instalments = list(payment_decision.redact_message(plan).instalments)
     return ContractDocument(
-        contract=c,
+        contract=contracts.contract_pb(c, decision),
         locale=locale,
         letterhead=await letterhead(session, c.tenant_id, locale),
-        lines=list(quote.lines) if quote else [],
+        filename=f"{c.number}.pdf",
+        lines=list(quotes.quote_pb(quote, quote_decision).lines) if quote else [],
         instalments=instalments,
     )

@@ -62,6 +62,25 @@ def _s(d: Any) -> str:
     return format(money(Decimal(d or 0)), "f")
 
 
+# The figures summed from opportunities' amounts and from instalments' amounts (payment plans): left out for
+# a reader from whom those amounts are hidden (a sum of one deal is its amount).
+FROM_OPPORTUNITIES = {
+    f: ("amount",)
+    for f in (
+        "pipeline_amount",
+        "weighted_amount",
+        "won_amount",
+        "commit_amount",
+        "best_case_amount",
+        "revenue_gap",
+    )
+}
+FROM_PAYMENTS = {
+    f: ("instalments.amount", "instalments.paid_amount")
+    for f in ("collection_due", "collected", "collection_expected", "overdue_before_period", "collection_gap")
+}
+
+
 async def forecast(
     session: AsyncSession,
     opp_decision: Decision,
@@ -194,6 +213,8 @@ async def forecast(
                 collection_gap=_s(collection_target - due),
             )
         )
+        opp_decision.redact_derived(out.figures[-1], FROM_OPPORTUNITIES)
+        pay_decision.redact_derived(out.figures[-1], FROM_PAYMENTS)
     return out
 
 

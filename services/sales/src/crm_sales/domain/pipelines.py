@@ -48,6 +48,8 @@ DEFAULT_STAGES = [
     ("赢单", "Won", 100, "won"),
     ("输单", "Lost", 0, "lost"),
 ]
+# A board's per-stage totals are sums of the opportunities' amounts: hidden with the amount.
+TOTALS_FROM = {"amount": ("amount",), "weighted_amount": ("amount",)}
 
 
 def stage_pb(s: models.Stage) -> pb.Stage:

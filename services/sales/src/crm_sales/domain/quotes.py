@@ -13,7 +13,7 @@ from crm_kit.db import UnitOfWork, expect_version
 from crm_kit.errors import Conflict, InvalidArgument
 from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
-from crm_kit.policy import Decision
+from crm_kit.policy import Decision, Text
 from crm_kit.validation import LOCALES, Check, updatable
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -59,6 +59,23 @@ AUDITED = (
     "valid_until",
 )
 MAX_LINES = 500
+# Fields computed from others, hidden whenever one of those is (`Decision.redact_message`): a hidden discount or
+# price also hides the amounts it could be read back from.
+LINE_DERIVED = {
+    "lines.list_amount": ("lines.unit_price",),
+    "lines.discount_amount": ("lines.unit_price", "lines.discount_percent"),
+    "lines.net_amount": ("lines.unit_price", "lines.discount_percent"),
+    "lines.tax_amount": ("lines.unit_price", "lines.discount_percent"),
+}
+# The fields a quote's discount comes from.
+DISCOUNT = ("effective_discount_percent", "discount_percent", "lines.discount_percent")
+DERIVED = {
+    **LINE_DERIVED,
+    "list_total": ("lines.unit_price",),
+    "overall_discount_amount": ("discount_percent",),
+    "discount_total": ("discount_percent", "lines.discount_percent"),
+    "effective_discount_percent": ("discount_percent", "lines.discount_percent"),
+}
 
 
 def quote_pb(q: models.Quote, decision: Decision | None = None) -> pb.Quote:
@@ -68,7 +85,7 @@ def quote_pb(q: models.Quote, decision: Decision | None = None) -> pb.Quote:
         discount_percent=format(q.discount_percent.normalize(), "f"),
         effective_discount_percent=format(q.effective_discount_percent.quantize(Decimal("0.01")), "f"),
     )
-    return decision.redact_message(msg) if decision else msg
+    return decision.redact_message(msg, DERIVED) if decision else msg
 
 
 def visible(decision: Decision) -> Any:
@@ -418,14 +435,17 @@ async def submit(
         raise Conflict(
             "the discount needs approval but the tenant names no approvers", reason="approval_policy_missing"
         )
+    threshold = policy.discount_threshold_percent.normalize()
     approval = await approvals.request_approval(
         uow,
         object_type="quote",
         object_id=q.id,
-        reason=(
-            f"折扣 {q.effective_discount_percent:.2f}% 超过阈值 {policy.discount_threshold_percent.normalize()}% / "
-            f"discount {q.effective_discount_percent:.2f}% is above the threshold of "
-            f"{policy.discount_threshold_percent.normalize()}%"
+        reason=Text.join(
+            "折扣 ",
+            Text.of(f"{q.effective_discount_percent:.2f}% ", *DISCOUNT),
+            f"超过阈值 {threshold}% / discount ",
+            Text.of(f"{q.effective_discount_percent:.2f}% ", *DISCOUNT),
+            f"is above the threshold of {threshold}%",
         ),
         steps=[list(s) for s in policy.steps],
     )

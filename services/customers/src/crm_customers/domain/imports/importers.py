@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from crm.customers.v1 import data_quality_pb2 as pb
+from crm_kit.context import caller
 from crm_kit.db import Database
 from crm_kit.errors import InvalidArgument
 from crm_kit.imports.importer import Batcher, Importer
 from crm_kit.imports.models import ImportJob
-from crm_kit.policy import Decision
+from crm_kit.policy import Decision, PolicyCache
 
 from crm_customers.domain import custom_fields as cf
 from crm_customers.domain.common import check_writable
@@ -43,7 +44,10 @@ def target_name(number: int) -> str:
 
 
 class CustomersImporter(Importer):
-    def __init__(self, target: str, object_type: str, record_type: str = ""):
+    def __init__(
+        self, target: str, object_type: str, record_type: str = "", policies: PolicyCache | None = None
+    ):
+        self.policies = policies
         self.target = target
         self.object = object_type
         self.record_type = record_type
@@ -57,7 +61,10 @@ class CustomersImporter(Importer):
         return [(k, d.label_zh, d.label_en) for k, d in defs.items()]
 
     def check_writable(self, decision: Decision, fields: list[str]) -> None:
-        check_writable(decision, [IMPORT_ONLY_FIELDS.get(f, f) for f in fields])
+        check_writable(decision, [self.rule_field(f) for f in fields])
+
+    def rule_field(self, field: str) -> str:
+        return IMPORT_ONLY_FIELDS.get(field, field)
 
     async def batcher(self, db: Database, job: ImportJob) -> Batcher:
         from crm_customers.domain.dedup.rules import active_rules
@@ -77,9 +84,13 @@ class CustomersImporter(Importer):
             created_by=job.created_by,
         )
         if not self.record_type:
-            from crm_customers.domain.imports.relationships import RelationshipBatcher
+            from crm_customers.domain.imports.relationships import KINDS, RelationshipBatcher
 
-            return RelationshipBatcher(job=job, converter=converter)
+            if self.policies is None:
+                raise RuntimeError("a relationship import needs the policies (importers(policies))")
+            principal = caller()  # the dry run's caller, or the job's starter in the worker
+            reads = {k: await self.policies.decide(principal, k, "read") for k in KINDS}
+            return RelationshipBatcher(job=job, converter=converter, reads=reads)
         from crm_customers.domain.imports.pipeline import RecordBatcher
 
         return RecordBatcher(job=job, converter=converter, rules=rules)
@@ -91,12 +102,17 @@ class CustomersImporter(Importer):
         return {"target": TARGET_PB[job.target]}
 
 
-IMPORTERS: dict[str, Importer] = {
-    "accounts": CustomersImporter("accounts", "account", "account"),
-    "contacts": CustomersImporter("contacts", "contact", "contact"),
-    # Relationships are between contacts and accounts; importing them is a contact-level right.
-    "relationships": CustomersImporter("relationships", "contact"),
-}
+def importers(policies: PolicyCache | None = None) -> dict[str, Importer]:
+    """What customers imports; relationships look their ends up within the caller's read scope (`policies`)."""
+    return {
+        "accounts": CustomersImporter("accounts", "account", "account"),
+        "contacts": CustomersImporter("contacts", "contact", "contact"),
+        # Relationships are between contacts and accounts; importing them is a contact-level right.
+        "relationships": CustomersImporter("relationships", "contact", policies=policies),
+    }
+
+
+IMPORTERS = importers()
 
 
 def job_pb(job: ImportJob) -> pb.ImportJob:

@@ -1,14 +1,17 @@
 """Importing relationships between existing records: each row names a source, a target (by id, credit code,
 e-mail or phone) and a relationship type (its key). Rows are few compared with records, so each is written in
 its own savepoint through the relationships domain's own checks (the kit retries a batch the database refuses
-row by row, so one refused row never takes its batch with it)."""
+row by row, so one refused row never takes its batch with it).
+
+Ends are looked up within the starter's "read" scope on accounts and contacts, as creating a relationship by
+hand is: a record outside it "matches no record", so neither the dry run nor the report tells what exists
+beyond what the caller may read."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from crm.customers.v1 import customers_pb2
-from crm.identity.v1 import identity_pb2
 from crm_kit.errors import DomainError
 from crm_kit.ids import is_uuid
 from crm_kit.imports.importer import Batcher, Row, new_row
@@ -17,14 +20,15 @@ from crm_kit.policy import Decision
 from sqlalchemy import or_, select
 
 from crm_customers import models, normalize
+from crm_customers.domain.common import visible
 from crm_customers.domain.imports.convert import Converter
 
-# Ends are looked up tenant-wide: importing is a tenant-level data operation (the "import" permission).
-EVERYWHERE = {k: Decision(k, "read", True, scope=identity_pb2.DATA_SCOPE_ALL) for k in ("account", "contact")}
+KINDS = {"account": models.Account, "contact": models.Contact}
 
 
-async def _resolve(session: Any, tenant: str, ref: str) -> tuple[int, str] | None:
-    """A record by id, credit code, e-mail or phone: (RecordType, id)."""
+async def _resolve(session: Any, tenant: str, ref: str, reads: dict[str, Decision]) -> tuple[int, str] | None:
+    """A record the caller may read (`reads`: their "read" decision per kind) by id, credit code, e-mail or
+    phone: (RecordType, id)."""
     ref = ref.strip()
     if not ref:
         return None
@@ -32,7 +36,8 @@ async def _resolve(session: Any, tenant: str, ref: str) -> tuple[int, str] | Non
         (models.Account, customers_pb2.RECORD_TYPE_ACCOUNT),
         (models.Contact, customers_pb2.RECORD_TYPE_CONTACT),
     ):
-        live = [model.tenant_id == tenant, model.deleted_at.is_(None)]
+        decision = reads["account" if model is models.Account else "contact"]
+        live = [model.tenant_id == tenant, model.deleted_at.is_(None), visible(decision, model)]
         conditions = []
         if is_uuid(ref):
             conditions.append(model.id == ref)
@@ -62,9 +67,10 @@ async def _resolve(session: Any, tenant: str, ref: str) -> tuple[int, str] | Non
 class RelationshipBatcher(Batcher):
     batch_rows = 200
 
-    def __init__(self, *, job: ImportJob, converter: Converter):
+    def __init__(self, *, job: ImportJob, converter: Converter, reads: dict[str, Decision]):
         super().__init__(job)
         self.converter = converter
+        self.reads = reads
         self.names = {m["field"]: m["column"] for m in job.mapping if m["field"]}
 
     def convert(self, rows: list[tuple[int, list[str]]]) -> list[Row]:
@@ -81,7 +87,7 @@ class RelationshipBatcher(Batcher):
             v = r.converted.values
             refs = {}
             for f in ("source", "target"):
-                found = await _resolve(session, self.job.tenant_id, v.get(f, ""))
+                found = await _resolve(session, self.job.tenant_id, v.get(f, ""), self.reads)
                 if found is None:
                     r.errors.append(
                         (
@@ -113,7 +119,7 @@ class RelationshipBatcher(Batcher):
             )
             try:
                 async with uow.savepoint():
-                    await domain.create(uow, request, EVERYWHERE)
+                    await domain.create(uow, request, self.reads)
             except DomainError as exc:
                 r.action = "failed"
                 r.errors.append(("", "", exc.message))

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 
 from crm_kit import context
 from crm_kit.context import Principal
 from crm_kit.db import Database, utcnow
 from crm_kit.imports import worker
+from crm_kit.imports.importer import Importer
 from sqlalchemy import update
 
 from crm_customers.domain.dedup import merge as merges
@@ -24,10 +26,17 @@ MAX_ATTEMPTS = worker.MAX_ATTEMPTS
 
 
 class Worker(worker.Worker):
-    def __init__(self, db: Database, *, poll_seconds: float = 2.0, lease_seconds: float = 60.0):
+    def __init__(
+        self,
+        db: Database,
+        *,
+        importers: Mapping[str, Importer] = IMPORTERS,
+        poll_seconds: float = 2.0,
+        lease_seconds: float = 60.0,
+    ):
         super().__init__(
             db,
-            IMPORTERS,
+            importers,
             poll_seconds=poll_seconds,
             lease_seconds=lease_seconds,
             name="customers-data-worker",

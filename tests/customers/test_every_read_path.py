@@ -1,0 +1,428 @@
+"""Every way out of customers goes through the one read step (crm_kit.policy: reveal / redact): the class test of
+issue 10, item 5.
+
+The read RPCs are derived from the service descriptors (`crm_kit.policy.read_methods`, plus the merge, whose
+answer is the merged record); `PATHS` says how to call each. A read RPC without a case fails
+`test_the_table_covers_every_read_rpc`, so a new read path cannot be forgotten.
+
+For each marked object (account, contact, interaction) two users are made: one with every permission of the
+service except any on that object, and one with every permission but that object's marked fields hidden. Every
+path is called as the admin (who must see the markers the table says the path shows: the check can fail) and as
+each user: an answer may be refused, but nothing it carries (message, stream, file) may hold a marker of the
+object that user may not read."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from crm.customers.v1 import customers_pb2 as pb
+from crm.customers.v1 import data_quality_pb2 as dq
+from crm.customers.v1 import duplicates_pb2
+from crm_kit.policy import read_methods
+from google.protobuf import json_format
+
+from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, sign_up
+from tests.customers.test_import import csv_bytes, run_to_end, upload
+from tests.customers.test_merge import data, now  # noqa: F401
+
+SERVICES = (
+    pb.DESCRIPTOR.services_by_name["CustomersService"],
+    dq.DESCRIPTOR.services_by_name["CustomersDataService"],
+)
+# Writes whose answer is a record as it now is: they take the same step.
+ANSWERING_WRITES = {"CustomersDataService/MergeRecords"}
+READS = read_methods(*SERVICES) | ANSWERING_WRITES
+
+# Every permission object of customers (a user "without" one has all the others).
+OBJECTS = (
+    "account",
+    "contact",
+    "interaction",
+    "relationship",
+    "relationship_type",
+    "custom_field",
+    "duplicate_rule",
+    "recycle_bin",
+    "tier_rules",
+    "saved_view",
+)
+TAG = "mk7781"
+# Per marked object: the fields hidden from the second user, and the values the admin gave them.
+MARKED = {
+    "account": (("notes", "phones", "custom_budget"), (f"acctnotes{TAG}", "13911117781", f"budget{TAG}")),
+    "contact": (
+        ("notes", "emails", "custom_secret"),
+        (f"cnotes{TAG}", f"contact{TAG}@example.cn", f"secret{TAG}", f"bad{TAG}@@example"),
+    ),
+    "interaction": (("subject", "body", "outcome"), (f"subject{TAG}", f"body{TAG}", f"outcome{TAG}")),
+}
+
+
+@dataclass
+class World:
+    customers: Any
+    data: Any
+    admin: Any
+    ids: dict[str, str] = field(default_factory=dict)
+
+
+Call = Callable[[World, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Path:
+    call: Call
+    # The marked objects whose values the admin's answer holds (checked, so the path is really exercised).
+    shows: tuple[str, ...] = ()
+
+
+def by_id(method: str, request_cls: Any, key: str, **extra: Any) -> Call:
+    async def call(w: World, md: Any) -> Any:
+        service = w.data if hasattr(w.data, method) else w.customers
+        return await getattr(service, method)(request_cls(id=w.ids[key], **extra), metadata=md)
+
+    return call
+
+
+def plain(method: str, request: Any) -> Call:
+    async def call(w: World, md: Any) -> Any:
+        service = w.data if hasattr(w.data, method) else w.customers
+        return await getattr(service, method)(request, metadata=md)
+
+    return call
+
+
+def streamed(method: str, make: Callable[[World], Any]) -> Call:
+    async def call(w: World, md: Any) -> Any:
+        return [part async for part in getattr(w.data, method)(make(w), metadata=md)]
+
+    return call
+
+
+async def _merge(w: World, md: Any) -> Any:
+    keep = await new_account(
+        w.customers,
+        w.admin,
+        f"保留{uuid.uuid4().hex[:6]}",
+        notes=f"acctnotes{TAG}",
+        custom_fields={"budget": f"budget{TAG}"},
+    )
+    fold = await new_account(w.customers, w.admin, f"并入{uuid.uuid4().hex[:6]}", phones=["13911117781"])
+    return await w.data.MergeRecords(
+        dq.MergeRecordsRequest(record_type=pb.RECORD_TYPE_ACCOUNT, survivor_id=keep.id, merged_ids=[fold.id]),
+        metadata=md,
+    )
+
+
+async def _own_view(w: World, md: Any) -> Any:
+    """A view is its owner's (or their department's): the caller reads one of their own."""
+    view = pb.SavedView(record_type=ACCOUNT, name=f"v{uuid.uuid4().hex[:6]}", query="远景", columns=["notes"])
+    made = await w.customers.CreateSavedView(pb.CreateSavedViewRequest(saved_view=view), metadata=md)
+    return await w.customers.GetSavedView(pb.GetSavedViewRequest(id=made.saved_view.id), metadata=md)
+
+
+async def _dry_run(w: World, md: Any) -> Any:
+    """A relationship import of the caller's own file naming the admin's records (by code and phone)."""
+
+    class Caller:
+        pass
+
+    Caller.md = md
+    content = csv_bytes([["源", "目标", "关系类型"], [credit_code(77), "13700007781", "partner_of"]])
+    job = await upload(w.data, Caller, content, target=dq.IMPORT_TARGET_RELATIONSHIPS, name="r.csv")
+    return await w.data.DryRunImport(dq.DryRunImportRequest(id=job.id), metadata=md)
+
+
+ACCOUNT, CONTACT = pb.RECORD_TYPE_ACCOUNT, pb.RECORD_TYPE_CONTACT
+CSV = dq.FILE_FORMAT_CSV
+PATHS: dict[str, Path] = {
+    "CustomersService/GetAccount": Path(by_id("GetAccount", pb.GetAccountRequest, "account"), ("account",)),
+    "CustomersService/ListAccounts": Path(plain("ListAccounts", pb.ListAccountsRequest()), ("account",)),
+    "CustomersService/CountAccounts": Path(plain("CountAccounts", pb.CountAccountsRequest())),
+    "CustomersService/ListAccountStageChanges": Path(
+        by_id("ListAccountStageChanges", pb.ListAccountStageChangesRequest, "account")
+    ),
+    "CustomersService/GetAccountTree": Path(by_id("GetAccountTree", pb.GetAccountTreeRequest, "parent")),
+    "CustomersService/GetTierRules": Path(plain("GetTierRules", pb.GetTierRulesRequest())),
+    "CustomersService/GetContact": Path(by_id("GetContact", pb.GetContactRequest, "contact"), ("contact",)),
+    "CustomersService/ListContacts": Path(plain("ListContacts", pb.ListContactsRequest()), ("contact",)),
+    "CustomersService/CountContacts": Path(plain("CountContacts", pb.CountContactsRequest())),
+    "CustomersService/GetInteraction": Path(
+        by_id("GetInteraction", pb.GetInteractionRequest, "interaction"), ("interaction",)
+    ),
+    "CustomersService/ListInteractions": Path(
+        plain("ListInteractions", pb.ListInteractionsRequest()), ("interaction",)
+    ),
+    "CustomersService/ListAccountTimeline": Path(
+        by_id("ListAccountTimeline", pb.ListAccountTimelineRequest, "account", include_contacts=True),
+        ("interaction",),
+    ),
+    "CustomersService/ListContactTimeline": Path(
+        by_id("ListContactTimeline", pb.ListContactTimelineRequest, "contact"), ("interaction",)
+    ),
+    "CustomersService/ListRelationshipTypes": Path(
+        plain("ListRelationshipTypes", pb.ListRelationshipTypesRequest())
+    ),
+    "CustomersService/GetRelationship": Path(
+        by_id("GetRelationship", pb.GetRelationshipRequest, "relationship")
+    ),
+    "CustomersService/ListRelationships": Path(plain("ListRelationships", pb.ListRelationshipsRequest())),
+    "CustomersService/GetAccountGraph": Path(by_id("GetAccountGraph", pb.GetAccountGraphRequest, "account")),
+    "CustomersService/GetContactGraph": Path(by_id("GetContactGraph", pb.GetContactGraphRequest, "contact")),
+    "CustomersService/FindPath": Path(
+        lambda w, md: w.customers.FindPath(
+            pb.FindPathRequest(
+                from_type=CONTACT, from_id=w.ids["contact"], to_type=ACCOUNT, to_id=w.ids["partner"]
+            ),
+            metadata=md,
+        )
+    ),
+    "CustomersService/GetCustomField": Path(
+        by_id("GetCustomField", pb.GetCustomFieldRequest, "custom_field")
+    ),
+    "CustomersService/ListCustomFields": Path(plain("ListCustomFields", pb.ListCustomFieldsRequest())),
+    "CustomersService/GetSavedView": Path(_own_view),
+    "CustomersService/ListSavedViews": Path(plain("ListSavedViews", pb.ListSavedViewsRequest())),
+    "CustomersService/Search": Path(plain("Search", pb.SearchRequest(query="远景"))),
+    "CustomersService/GetRecycleBinSettings": Path(
+        plain("GetRecycleBinSettings", pb.GetRecycleBinSettingsRequest())
+    ),
+    "CustomersDataService/GetDuplicateRule": Path(
+        by_id("GetDuplicateRule", dq.GetDuplicateRuleRequest, "duplicate_rule")
+    ),
+    "CustomersDataService/ListDuplicateRules": Path(
+        plain("ListDuplicateRules", dq.ListDuplicateRulesRequest())
+    ),
+    "CustomersDataService/CheckDuplicates": Path(
+        plain(
+            "CheckDuplicates",
+            dq.CheckDuplicatesRequest(record_type=ACCOUNT, account=pb.Account(name="上海远景能源有限公司")),
+        )
+    ),
+    "CustomersDataService/GetDuplicateScan": Path(
+        by_id("GetDuplicateScan", dq.GetDuplicateScanRequest, "scan")
+    ),
+    "CustomersDataService/ListDuplicateScans": Path(
+        plain("ListDuplicateScans", dq.ListDuplicateScansRequest())
+    ),
+    "CustomersDataService/ListDuplicateGroups": Path(
+        lambda w, md: w.data.ListDuplicateGroups(
+            dq.ListDuplicateGroupsRequest(scan_id=w.ids["scan"]), metadata=md
+        ),
+        ("account",),
+    ),
+    "CustomersDataService/GetMerge": Path(by_id("GetMerge", dq.GetMergeRequest, "merge")),
+    "CustomersDataService/ListMerges": Path(plain("ListMerges", dq.ListMergesRequest())),
+    "CustomersDataService/MergeRecords": Path(_merge, ("account",)),
+    "CustomersDataService/GetImport": Path(by_id("GetImport", dq.GetImportRequest, "import")),
+    "CustomersDataService/ListImports": Path(plain("ListImports", dq.ListImportsRequest())),
+    "CustomersDataService/DryRunImport": Path(_dry_run),
+    "CustomersDataService/ListImportErrors": Path(
+        by_id("ListImportErrors", dq.ListImportErrorsRequest, "import"), ("contact",)
+    ),
+    "CustomersDataService/DownloadImportErrors": Path(
+        streamed("DownloadImportErrors", lambda w: dq.DownloadImportErrorsRequest(id=w.ids["import"])),
+        ("contact",),
+    ),
+    "CustomersDataService/ExportRecords": Path(
+        streamed("ExportRecords", lambda w: dq.ExportRecordsRequest(record_type=ACCOUNT, format=CSV)),
+        ("account",),
+    ),
+}
+
+
+def test_the_table_covers_every_read_rpc():
+    """A new read RPC (or a renamed one) needs its case here: the read paths come from the descriptors."""
+    assert sorted(READS - PATHS.keys()) == []
+    assert sorted(PATHS.keys() - READS) == []
+
+
+async def seed(identity, customers, data) -> World:  # noqa: F811
+    company = await sign_up(identity)
+    w = World(customers, data, company)
+    md = company.md
+    for record_type, key in ((ACCOUNT, "budget"), (CONTACT, "secret")):
+        made = await customers.CreateCustomField(
+            pb.CreateCustomFieldRequest(
+                custom_field=pb.CustomField(
+                    record_type=record_type,
+                    key=key,
+                    label_zh=key,
+                    label_en=key,
+                    type=pb.CUSTOM_FIELD_TYPE_TEXT,
+                )
+            ),
+            metadata=md,
+        )
+        w.ids["custom_field"] = made.custom_field.id
+    w.ids["duplicate_rule"] = (
+        await data.CreateDuplicateRule(
+            dq.CreateDuplicateRuleRequest(
+                duplicate_rule=dq.DuplicateRule(
+                    name="电话", record_type=ACCOUNT, match=duplicates_pb2.DUPLICATE_MATCH_PHONE, active=True
+                )
+            ),
+            metadata=md,
+        )
+    ).duplicate_rule.id
+    notes, phone, budget = MARKED["account"][1]
+    parent = await new_account(customers, company, "远景集团", credit_code=credit_code(76))
+    account = await new_account(
+        customers,
+        company,
+        "上海远景能源有限公司",
+        credit_code=credit_code(77),
+        notes=notes,
+        phones=[phone],
+        custom_fields={"budget": budget},
+        parent_id=parent.id,
+    )
+    twin = await new_account(customers, company, "远景能源（上海）", phones=[phone], notes=notes)
+    partner = await new_account(customers, company, "远景合作伙伴", notes=notes)
+    w.ids.update(account=account.id, parent=parent.id, partner=partner.id, twin=twin.id)
+    cnotes, email, secret, imported = MARKED["contact"][1]
+    contact = await customers.CreateContact(
+        pb.CreateContactRequest(
+            contact=pb.Contact(
+                name="张远景",
+                emails=[email],
+                phones=["13700007781"],
+                notes=cnotes,
+                custom_fields={"secret": secret},
+                account_ids=[account.id],
+            )
+        ),
+        metadata=md,
+    )
+    w.ids["contact"] = contact.contact.id
+    subject, body, outcome = MARKED["interaction"][1]
+    interaction = await customers.CreateInteraction(
+        pb.CreateInteractionRequest(
+            interaction=pb.Interaction(
+                kind=pb.INTERACTION_KIND_MEETING,
+                subject=subject,
+                body=body,
+                outcome=outcome,
+                occurred_at=now(),
+                account_ids=[account.id],
+                contact_ids=[contact.contact.id],
+            )
+        ),
+        metadata=md,
+    )
+    w.ids["interaction"] = interaction.interaction.id
+    relation = await customers.CreateRelationship(
+        pb.CreateRelationshipRequest(
+            type="partner_of",
+            source=pb.RecordRef(type=ACCOUNT, id=account.id),
+            target=pb.RecordRef(type=ACCOUNT, id=partner.id),
+            note="合作",
+        ),
+        metadata=md,
+    )
+    w.ids["relationship"] = relation.relationship.id
+    view = await customers.CreateSavedView(
+        pb.CreateSavedViewRequest(
+            saved_view=pb.SavedView(record_type=ACCOUNT, name="远景", query="远景", shared=True)
+        ),
+        metadata=md,
+    )
+    w.ids["saved_view"] = view.saved_view.id
+    scan = await data.StartDuplicateScan(dq.StartDuplicateScanRequest(record_type=ACCOUNT), metadata=md)
+    w.ids["scan"] = scan.duplicate_scan.id
+    for _ in range(400):
+        got = await data.GetDuplicateScan(dq.GetDuplicateScanRequest(id=w.ids["scan"]), metadata=md)
+        if got.duplicate_scan.finished_at.seconds:
+            break
+        await asyncio.sleep(0.05)
+    folded = await new_account(customers, company, "待合并的远景", notes=notes)
+    merged = await data.MergeRecords(
+        dq.MergeRecordsRequest(record_type=ACCOUNT, survivor_id=partner.id, merged_ids=[folded.id]),
+        metadata=md,
+    )
+    w.ids["merge"] = merged.merge.id
+    # An import of contacts whose failing row carries a value of a field hidden from some: its report.
+    content = csv_bytes([["姓名", "邮箱", "电话"], ["王五", imported, ""]])
+    job = await upload(data, company, content)
+    await data.StartImport(dq.StartImportRequest(id=job.id), metadata=md)
+    await run_to_end(data, company, job.id)
+    w.ids["import"] = job.id
+    return w
+
+
+def grants(*, without: str = "", hiding: tuple[str, ...] = (), on: str = "") -> list[dict]:
+    return [
+        {
+            "object": obj,
+            "actions": ["*"],
+            "data_scope": "DATA_SCOPE_ALL",
+            "field_rules": [
+                {"field": f, "access": "FIELD_ACCESS_HIDDEN"} for f in (hiding if obj == on else ())
+            ],
+        }
+        for obj in OBJECTS
+        if obj != without
+    ]
+
+
+async def member(identity, company, permissions: list[dict]) -> Any:
+    rid = await role(identity, company, f"role-{uuid.uuid4().hex[:12]}", permissions)
+    _, token = await invite_and_join(identity, company, role_ids=[rid])
+    return auth(token.access_token)
+
+
+def text_of(answer: Any) -> str:
+    """Everything an answer carries, as text: a message as JSON, a stream's messages and file chunks."""
+    if isinstance(answer, list):
+        return "\n".join(text_of(part) for part in answer)
+    out = json_format.MessageToJson(answer, ensure_ascii=False)
+    if "chunk" in answer.DESCRIPTOR.fields_by_name and answer.WhichOneof("part") == "chunk":
+        out += answer.chunk.decode("utf-8", "replace")
+    return out
+
+
+REFUSED = {
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+async def answer(path: Path, w: World, md: Any) -> str | None:
+    """The answer's text, or None when the call is refused (a refusal leaks nothing)."""
+    try:
+        return text_of(await path.call(w, md))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in REFUSED:
+            return None
+        raise
+
+
+async def test_no_read_path_shows_what_the_caller_may_not_read(identity, customers, data):  # noqa: F811
+    w = await seed(identity, customers, data)
+    users = {}
+    for obj, (hidden, _) in MARKED.items():
+        users[(obj, "without permission")] = await member(identity, w.admin, grants(without=obj))
+        users[(obj, "fields hidden")] = await member(identity, w.admin, grants(hiding=hidden, on=obj))
+    leaks, unexercised, refused = [], [], []
+    for name, path in PATHS.items():
+        admin = await answer(path, w, w.admin.md)
+        assert admin is not None, name
+        unexercised += [(name, o) for o in path.shows if not any(v in admin for v in MARKED[o][1])]
+        for (obj, how), md in users.items():
+            got = await answer(path, w, md)
+            if got is None:
+                if how == "fields hidden":
+                    refused.append((name, obj))
+                continue
+            leaks += [(name, obj, how, v) for v in MARKED[obj][1] if v in got]
+    assert not unexercised, "\n".join(map(str, unexercised))
+    assert not leaks, "\n".join(map(str, leaks))
+    # Hiding a field never takes a whole read path away: the answer comes, without the field.
+    assert not refused, "\n".join(map(str, refused))
