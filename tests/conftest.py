@@ -10,7 +10,9 @@ pytest_plugins = ["crm_kit.testing"]
 
 
 @pytest.fixture(scope="session")
-async def identity_service(test_infra, tmp_path_factory):
+async def identity_service(test_infra, tmp_path_factory, smtp_sink):
+    """Identity with a real SMTP sink, so tests can read the mails it sends (one instance for the whole run:
+    the `identity` client below is session-scoped too)."""
     from crm_identity.app import SPEC
     from crm_identity.settings import IdentitySettings
     from crm_kit.testing import running_service
@@ -23,6 +25,9 @@ async def identity_service(test_infra, tmp_path_factory):
         grpc_port=0,
         migrate_on_start=True,
         data_dir=tmp_path_factory.mktemp("identity"),
+        smtp_url=smtp_sink.url,
+        # A first wait long enough that "refused right after the fifth failure" holds on a loaded machine.
+        login_first_delay_seconds=3.0,
     )
     async with running_service(SPEC, settings) as service:
         yield service
