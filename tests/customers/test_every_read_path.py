@@ -19,16 +19,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import data_quality_pb2 as dq
 from crm.customers.v1 import duplicates_pb2
 from crm_kit.policy import read_methods
-from google.protobuf import json_format
 
 from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, sign_up
 from tests.customers.test_import import csv_bytes, run_to_end, upload
 from tests.customers.test_merge import data, now  # noqa: F401
+from tests.read_paths import answer_text
 
 SERVICES = (
     pb.DESCRIPTOR.services_by_name["CustomersService"],
@@ -376,32 +375,9 @@ async def member(identity, company, permissions: list[dict]) -> Any:
     return auth(token.access_token)
 
 
-def text_of(answer: Any) -> str:
-    """Everything an answer carries, as text: a message as JSON, a stream's messages and file chunks."""
-    if isinstance(answer, list):
-        return "\n".join(text_of(part) for part in answer)
-    out = json_format.MessageToJson(answer, ensure_ascii=False)
-    if "chunk" in answer.DESCRIPTOR.fields_by_name and answer.WhichOneof("part") == "chunk":
-        out += answer.chunk.decode("utf-8", "replace")
-    return out
-
-
-REFUSED = {
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
 async def answer(path: Path, w: World, md: Any) -> str | None:
     """The answer's text, or None when the call is refused (a refusal leaks nothing)."""
-    try:
-        return text_of(await path.call(w, md))
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() in REFUSED:
-            return None
-        raise
+    return await answer_text(path.call(w, md))
 
 
 async def test_no_read_path_shows_what_the_caller_may_not_read(identity, customers, data):  # noqa: F811

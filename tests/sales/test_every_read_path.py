@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import io
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 import pytest
 from crm.common.v1 import imports_pb2 as ipb
 from crm.sales.v1 import (
@@ -37,10 +35,10 @@ from crm.sales.v1 import (
     settings_pb2_grpc,
 )
 from crm_kit.policy import read_methods
-from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
-from pypdf import PdfReader
+from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from tests.customers.helpers import auth, invite_and_join, role, sign_up
+from tests.read_paths import answer_text
 from tests.sales.test_lead_import import HEADER, csv_bytes, row, run_to_end, upload
 from tests.sales.test_quotes import catalog
 
@@ -408,34 +406,9 @@ async def seed(identity, s: dict[str, Any]) -> World:
     return w
 
 
-def text_of(answer: Any) -> str:
-    """Everything an answer carries: a message as JSON, a stream's parts, a PDF's text, file chunks."""
-    if isinstance(answer, list):
-        return "\n".join(text_of(part) for part in answer)
-    out = json_format.MessageToJson(answer, ensure_ascii=False)
-    fields = answer.DESCRIPTOR.fields_by_name
-    if "content" in fields and getattr(answer, "content_type", "") == "application/pdf":
-        out += "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(answer.content)).pages)
-    if "chunk" in fields and answer.WhichOneof("part") == "chunk":
-        out += answer.chunk.decode("utf-8", "replace")
-    return out
-
-
-REFUSED = {
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.FAILED_PRECONDITION,
-}
-
-
 async def answer(path: Path, w: World, md: Any) -> str | None:
-    try:
-        return text_of(await path.call(w, md))
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() in REFUSED:
-            return None
-        raise
+    """The answer's text, or None when the call is refused (a refusal leaks nothing)."""
+    return await answer_text(path.call(w, md))
 
 
 def grants(*, without: str = "", hiding: tuple[str, ...] = (), on: str = "") -> list[dict]:

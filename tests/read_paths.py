@@ -1,0 +1,44 @@
+"""What the class tests of the read step (issue 10, item 5) share: every way out of a service is called as a
+user who may not see something, and nothing its answer carries may hold it."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+# A refusal leaks nothing: these answers count as "shows nothing".
+REFUSED = {
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def text_of(answer: Any) -> str:
+    """Everything an answer carries, as text: a message as JSON, a stream's parts, a PDF's text, file chunks."""
+    if isinstance(answer, list):
+        return "\n".join(text_of(part) for part in answer)
+    out = json_format.MessageToJson(answer, ensure_ascii=False)
+    fields = answer.DESCRIPTOR.fields_by_name
+    if "content" in fields and getattr(answer, "content_type", "") == "application/pdf":
+        from pypdf import PdfReader
+
+        out += "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(answer.content)).pages)
+    if "chunk" in fields and answer.WhichOneof("part") == "chunk":
+        out += answer.chunk.decode("utf-8", "replace")
+    return out
+
+
+async def answer_text(call: Awaitable[Any]) -> str | None:
+    """The answer's text, or None when the call is refused."""
+    try:
+        return text_of(await call)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in REFUSED:
+            return None
+        raise
