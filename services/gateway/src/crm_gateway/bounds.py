@@ -17,6 +17,8 @@ from google.protobuf.descriptor import FieldDescriptor
 
 # Text: names, emails, phone numbers, addresses, codes, tokens, filters…
 STRING_MAX_LENGTH = 2_000
+# Email addresses (`email`, `*_email`): RFC 5321's longest path.
+EMAIL_MAX_LENGTH = 254
 # Identifiers (`id`, `*_id`, elements of `*_ids`): UUIDs, and request/trace ids as the kit bounds them.
 IDENTIFIER_MAX_LENGTH = REQUEST_ID_MAX
 # Free text a person writes at length: notes, descriptions, bodies of interactions, terms of a contract…
@@ -68,6 +70,8 @@ def string_max_length(field: FieldDescriptor) -> int:
     name = field.name
     if name in LONG_TEXT_FIELDS:
         return LONG_TEXT_MAX_LENGTH
+    if name == "email" or name.endswith("_email"):
+        return EMAIL_MAX_LENGTH
     if name == "id" or name.endswith("_id") or (field.is_repeated and name.endswith("_ids")):
         return IDENTIFIER_MAX_LENGTH
     return STRING_MAX_LENGTH
