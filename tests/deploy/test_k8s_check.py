@@ -231,12 +231,22 @@ def test_a_spool_in_tmp_or_beyond_the_ephemeral_storage_is_reported(production):
     customers = _container(objects, "crm-customers")
     customers["env"] = [e for e in customers["env"] if e["name"] != "CRM_SPOOL_DIR"]
     problems = check.check_spool(objects, _expect())
-    assert "crm-gateway: ephemeral-storage limits 512Mi < /tmp + spool (1088Mi)" in problems
+    assert "crm-gateway: ephemeral-storage limits 512Mi < /tmp + spool (1600Mi)" in problems
     assert (
         "crm-sales: CRM_SPOOL_DIR /tmp is not an emptyDir with a sizeLimit" in problems
         or "crm-sales: the spool shares /tmp" in problems
     )
     assert "crm-customers has no CRM_SPOOL_DIR" in problems
+
+
+def test_a_spool_budget_at_or_above_its_size_limit_is_reported(production):
+    objects = copy.deepcopy(production)
+    gateway = _container(objects, "crm-gateway")
+    for e in gateway["env"]:
+        if e["name"] == "CRM_SPOOL_MAX_BYTES":
+            e["value"] = str(1536 * 1024 * 1024)
+    problems = check.check_spool(objects, _expect())
+    assert problems == ["crm-gateway: CRM_SPOOL_MAX_BYTES 1610612736 is not below the spool's sizeLimit"]
 
 
 def test_every_service_and_the_gateway_have_a_bounded_spool(production):
