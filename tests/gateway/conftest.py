@@ -37,6 +37,10 @@ def gateway_settings(
         "nats_url": test_infra.nats_url,
         "events_namespace": test_infra.events_namespace,
         "identity_service_addr": identity_address,
+        # Services a test does not start are at an address nothing listens on, never a fixed port that a
+        # `make run` beside the tests may hold.
+        "customers_service_addr": "127.0.0.1:1",
+        "sales_service_addr": "127.0.0.1:1",
         "rate_limit_per_tenant": "100000/minute",
         "rate_limit_public": "100000/minute",
         "access_log": "errors",
