@@ -136,3 +136,42 @@ async def test_an_rpc_failing_on_a_database_error_logs_its_kind_not_its_values(d
     formatted = JsonFormatter("%(levelname)s %(name)s %(message)s").format(record)
     assert "UniqueViolationError" in formatted and EMAIL not in formatted
     assert EMAIL not in logging.Formatter().format(record)
+
+
+async def test_an_rpc_whose_database_refuses_connections_answers_unavailable_not_internal(
+    db, test_infra, caplog
+):
+    """An outage is no bug: the caller gets UNAVAILABLE (503 at the gateway, retried by clients), and the log
+    says which database error it was without a traceback of an 'unhandled error'."""
+    name = db.engine.url.database
+    admin = await asyncpg.connect(test_infra.postgres_admin_dsn)
+    await db.engine.dispose()  # no pooled connection survives: the next call must connect
+    method = "/crm.identity.v1.IdentityService/ListRoles"
+    server = GrpcServer(
+        [
+            Servicer(
+                identity_pb2_grpc.add_IdentityServiceServicer_to_server,
+                _Failing(db),
+                "crm.identity.v1.IdentityService",
+            )
+        ],
+        verifier=None,
+        public_methods=[method],
+        host="127.0.0.1",
+        port=0,
+    )
+    await server.start()
+    caplog.set_level(logging.WARNING, logger="crm.grpc")
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await identity_pb2_grpc.IdentityServiceStub(channel).ListRoles(
+                    ipb.ListRolesRequest(), timeout=10
+                )
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await server.stop(0)
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value
+    assert "infrastructure unavailable" in caplog.text and "unhandled error" not in caplog.text

@@ -73,6 +73,7 @@ from crm_kit.events.subjects import (
     stream_for_context,
     strip_namespace,
 )
+from crm_kit.outages import infrastructure_error
 
 log = logging.getLogger("crm.events.consumer")
 
@@ -201,40 +202,6 @@ def _message_type(name: str) -> Any:
 
 def _header_value(text: str, limit: int = 1000) -> str:
     return " ".join(text.split())[:limit]
-
-
-# SQLSTATEs of a database that cannot be reached or is refusing work right now (connection exceptions,
-# operator intervention, too many connections, "database is not currently accepting connections").
-_UNAVAILABLE_SQLSTATES = ("08", "57P", "53300", "55000")
-
-
-def infrastructure_error(exc: BaseException) -> bool:
-    """Whether `exc` (or what caused it) says the database or NATS is unreachable, rather than the handler failed.
-
-    Other errors, a socket error among them (a handler's mail server may be down), are decided by probing the
-    database and NATS (`ConsumerRunner._infrastructure_down`): the handler's own dependencies are its failure."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
-            return True
-        if isinstance(
-            current,
-            nats.errors.ConnectionClosedError
-            | nats.errors.ConnectionReconnectingError
-            | nats.errors.NoServersError
-            | nats.errors.StaleConnectionError,
-        ):
-            return True
-        if isinstance(current, asyncpg.PostgresError) and (current.sqlstate or "").startswith(
-            _UNAVAILABLE_SQLSTATES
-        ):
-            return True
-        if getattr(current, "connection_invalidated", False):  # SQLAlchemy: the connection was lost
-            return True
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-    return False
 
 
 _STOP = object()
