@@ -62,29 +62,36 @@ class NatsServer:
     process: subprocess.Popen[bytes] | None = None
     # Settings for a configuration file (e.g. {"max_payload": 65536}); none by default.
     config: dict[str, int | str] = field(default_factory=dict)
+    # (certificate, key): the server talks TLS only, and `url` is tls://.
+    tls: tuple[Path, Path] | None = None
+    # Configuration added as it is (e.g. `include ./auth.conf`, relative to `store_dir`), and variables added
+    # to the server's environment (which the configuration can name, as the chart's auth.conf does).
+    config_text: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.store_dir / "nats-server.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                str(self.store_dir),
-                *self._config_args(),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.store_dir / "nats-server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    nats_server_binary(),
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-js",
+                    "-sd",
+                    str(self.store_dir),
+                    *self._config_args(),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env} if self.env else None,
+            )
         deadline = time.monotonic() + 15
         while not port_open("127.0.0.1", self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -93,10 +100,14 @@ class NatsServer:
         return self
 
     def _config_args(self) -> list[str]:
-        if not self.config:
+        text = "".join(f"{key}: {value}\n" for key, value in self.config.items())
+        if self.tls:
+            text += f'tls {{ cert_file: "{self.tls[0]}", key_file: "{self.tls[1]}" }}\n'
+        text += self.config_text
+        if not text:
             return []
         path = self.store_dir / "nats-server.conf"
-        path.write_text("".join(f"{key}: {value}\n" for key, value in self.config.items()))
+        path.write_text(text)
         return ["-c", str(path)]
 
     def stop(self, *, kill: bool = False) -> None:
