@@ -23,10 +23,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from crm_kit.context import caller
 from crm_kit.errors import AlreadyExists, Conflict, InvalidArgument, VersionMismatch, not_found
 from crm_kit.ids import is_uuid
+from crm_kit.leader import asyncpg_dsn
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -69,6 +71,19 @@ def expect_version(row: Any, expected: int) -> None:
 
 def for_tenant(stmt: Any, model: Any, tenant_id: str) -> Any:
     return stmt.where(model.tenant_id == tenant_id)
+
+
+@retry(
+    stop=stop_after_delay(60),
+    wait=wait_exponential(multiplier=0.2, max=5),
+    retry=retry_if_exception_type((OSError, asyncpg.CannotConnectNowError)),
+    reraise=True,
+)
+async def wait_for_database(url: str) -> None:
+    """Wait, up to a minute, until the database at `url` (a SQLAlchemy URL) takes connections: a process
+    starting next to its database, or while the database restarts or is still starting up."""
+    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+    await conn.close()
 
 
 class Database:
