@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import orjson
+from crm_kit.idempotency import DEFAULT_TTL_SECONDS
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crm_gateway import bounds
@@ -110,7 +111,7 @@ class IdempotencyStore:
         database: GatewayDatabase,
         *,
         secret: str,
-        ttl_seconds: int = 86_400,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
         lock_seconds: float = 60.0,
     ):
         self.database = database
