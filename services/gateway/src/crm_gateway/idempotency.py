@@ -204,18 +204,8 @@ class IdempotencyStore:
                 reply = self._open(scope, key, row["reply"])
                 reply.headers["Idempotent-Replayed"] = "true"
                 return reply
-            raise ProblemError(
-                409,
-                "idempotency_in_progress",
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        raise ProblemError(
-            409,
-            "idempotency_in_progress",
-            "a request with this Idempotency-Key is being processed; retry shortly",
-            headers={"Retry-After": "1"},
-        )
+            raise _in_progress()
+        raise _in_progress()  # claimed, released and claimed again by others meanwhile: still someone else's
 
     async def _release(self, name: str, claim: str) -> None:
         try:
@@ -226,6 +216,15 @@ class IdempotencyStore:
 
 def _replayable(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() in REPLAYED_HEADERS}
+
+
+def _in_progress() -> ProblemError:
+    return ProblemError(
+        409,
+        "idempotency_in_progress",
+        "a request with this Idempotency-Key is still being processed; retry shortly",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _unavailable() -> ProblemError:
