@@ -42,7 +42,7 @@ from crm_kit.idempotency import DEFAULT_TTL_SECONDS
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crm_gateway import bounds
-from crm_gateway.problems import ProblemError, from_grpc, render
+from crm_gateway.problems import ProblemError, field_problem, from_grpc, render
 from crm_gateway.store import GatewayDatabase
 
 log = logging.getLogger("crm.gateway.idempotency")
@@ -90,13 +90,7 @@ def public_scope(body: bytes) -> str:
 
 def validate_key(key: str) -> None:
     if len(key) > MAX_KEY_LENGTH:  # as the routes' declared header bound answers it
-        message = f"must be at most {MAX_KEY_LENGTH} characters"
-        raise ProblemError(
-            422,
-            "validation_failed",
-            f"Idempotency-Key {message}",
-            errors=[{"field": "Idempotency-Key", "message": message}],
-        )
+        raise field_problem("Idempotency-Key", f"must be at most {MAX_KEY_LENGTH} characters")
     if not key or not key.isprintable() or not key.isascii():
         raise ProblemError(
             400,
