@@ -208,6 +208,14 @@ def test_nats_without_tls_is_reported(production):
     assert "crm-identity has no NATS CA (CRM_NATS_TLS_CA_FILE) mounted from a Secret" in problems
 
 
+def test_the_chart_checks_nats_passwords_with_the_kits_rule():
+    """Helm cannot import the kit: its copy of the rule (crm_kit.settings.NATS_PASSWORD) must stay the same."""
+    from crm_kit.settings import NATS_PASSWORD
+
+    helpers = (ROOT / "charts/crm/templates/_helpers.tpl").read_text()
+    assert f'regexMatch "{NATS_PASSWORD.pattern}"' in helpers
+
+
 def test_the_production_values_turn_nats_auth_and_tls_on():
     values = check.merged_values([ROOT / "deploy/values-production.yaml"])
     assert values["nats"]["auth"]["enabled"] is True
