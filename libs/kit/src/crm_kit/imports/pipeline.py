@@ -410,23 +410,7 @@ async def _run(db: Database, importer: Importer, job: ImportJob, *, claim: int) 
         current.finished_at = utcnow()
         current.lease_until = None
         await jobs.drop_file(uow.session, current.id)
-        event = importer.finished_event(current)
-        if event is not None:
-            uow.emit(
-                event,
-                aggregate_type="import",
-                aggregate_id=current.id,
-                action="finished",
-                after={
-                    "target": current.target,
-                    "file_name": current.file_name,
-                    "status": current.status,
-                    "rows_created": current.rows_created,
-                    "rows_updated": current.rows_updated,
-                    "rows_skipped": current.rows_skipped,
-                    "rows_failed": current.rows_failed,
-                },
-            )
+        jobs.emit_finished(uow, importer, current)
 
 
 # ---------------------------------------------------------------- dry run
