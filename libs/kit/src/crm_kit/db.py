@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -266,6 +266,37 @@ def _sqlstate(exc: Exception) -> str | None:
         return exc.sqlstate
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+
+
+# SQLSTATEs of a database that cannot be reached or is refusing work right now (connection exceptions,
+# operator intervention, too many connections, "database is not currently accepting connections").
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "53300", "55000")
+
+
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what lies under it: a SQLAlchemy error's driver error (`orig`), causes and contexts."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or an error under it) says the database cannot be reached or refuses all work right now,
+    rather than that it refused this statement: worth waiting for, never the caller's fault. (A bare socket
+    error is not counted: it may come from anything; callers that know it is the database's add it.)"""
+    for current in error_chain(exc):
+        if isinstance(current, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+            return True
+        if isinstance(current, asyncpg.PostgresError) and (current.sqlstate or "").startswith(
+            _UNAVAILABLE_SQLSTATES
+        ):
+            return True
+        if getattr(current, "connection_invalidated", False):  # SQLAlchemy: the connection was lost
+            return True
+    return False
 
 
 def data_error(exc: DBAPIError | asyncpg.PostgresError) -> Exception | None:

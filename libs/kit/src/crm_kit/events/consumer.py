@@ -61,7 +61,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from crm_kit import context, telemetry
-from crm_kit.db import Database, UnitOfWork, caller_error, driver_of, transaction
+from crm_kit.db import (
+    Database,
+    UnitOfWork,
+    caller_error,
+    database_unreachable,
+    driver_of,
+    error_chain,
+    transaction,
+)
 from crm_kit.errors import describe, format_exception
 from crm_kit.events import inbox
 from crm_kit.events.config import EventSettings
@@ -203,9 +211,12 @@ def _header_value(text: str, limit: int = 1000) -> str:
     return " ".join(text.split())[:limit]
 
 
-# SQLSTATEs of a database that cannot be reached or is refusing work right now (connection exceptions,
-# operator intervention, too many connections, "database is not currently accepting connections").
-_UNAVAILABLE_SQLSTATES = ("08", "57P", "53300", "55000")
+_NATS_DOWN = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+)
 
 
 def infrastructure_error(exc: BaseException) -> bool:
@@ -213,28 +224,7 @@ def infrastructure_error(exc: BaseException) -> bool:
 
     Other errors, a socket error among them (a handler's mail server may be down), are decided by probing the
     database and NATS (`ConsumerRunner._infrastructure_down`): the handler's own dependencies are its failure."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
-            return True
-        if isinstance(
-            current,
-            nats.errors.ConnectionClosedError
-            | nats.errors.ConnectionReconnectingError
-            | nats.errors.NoServersError
-            | nats.errors.StaleConnectionError,
-        ):
-            return True
-        if isinstance(current, asyncpg.PostgresError) and (current.sqlstate or "").startswith(
-            _UNAVAILABLE_SQLSTATES
-        ):
-            return True
-        if getattr(current, "connection_invalidated", False):  # SQLAlchemy: the connection was lost
-            return True
-        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
-    return False
+    return database_unreachable(exc) or any(isinstance(e, _NATS_DOWN) for e in error_chain(exc))
 
 
 _STOP = object()
