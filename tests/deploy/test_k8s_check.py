@@ -60,6 +60,13 @@ def _container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return _find(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
 
 
+def _set_env(container: dict[str, Any], name: str, value: str) -> None:
+    """Give the container's variable `name` the plain `value` (no longer from a Secret, if it was)."""
+    entry = next(e for e in container["env"] if e["name"] == name)
+    entry.pop("valueFrom", None)
+    entry["value"] = value
+
+
 def test_the_production_render_meets_the_design(production):
     assert check.check_design(production, _expect()) == []
 
@@ -104,10 +111,7 @@ def test_a_writable_root_and_a_plain_secret_are_reported(production):
     objects = copy.deepcopy(production)
     c = _container(objects, "crm-sales")
     c["securityContext"]["readOnlyRootFilesystem"] = False
-    for e in c["env"]:
-        if e["name"] == "CRM_DATABASE_URL":
-            e.pop("valueFrom")
-            e["value"] = "postgresql+asyncpg://crm_sales:hunter2@db:5432/crm_sales"
+    _set_env(c, "CRM_DATABASE_URL", "postgresql+asyncpg://crm_sales:hunter2@db:5432/crm_sales")
     problems = check.check_design(objects, _expect())
     assert "crm-sales container allows privilege escalation or a writable root" in problems
     assert "crm-sales has a password in plain CRM_DATABASE_URL" in problems
@@ -117,9 +121,7 @@ def test_a_writable_root_and_a_plain_secret_are_reported(production):
 
 def test_a_wrong_service_address_is_reported(production):
     objects = copy.deepcopy(production)
-    for e in _container(objects, "crm-sales")["env"]:
-        if e["name"] == "CUSTOMERS_SERVICE_ADDR":
-            e["value"] = "crm-customers:50051"
+    _set_env(_container(objects, "crm-sales"), "CUSTOMERS_SERVICE_ADDR", "crm-customers:50051")
     assert "crm-sales CUSTOMERS_SERVICE_ADDR='crm-customers:50051'" in check.check_design(objects, _expect())
 
 
@@ -186,12 +188,8 @@ def test_a_missing_nats_user_and_a_shared_password_are_reported(production):
     objects = copy.deepcopy(production)
     _set_auth_conf(objects, lambda conf: conf.replace('user: "crm-reporting"', 'user: "crm-reporting-old"'))
     c = _container(objects, "crm-customers")
-    for e in c["env"]:
-        if e["name"] == "CRM_NATS_USER":
-            e["value"] = "crm"
-        if e["name"] == "CRM_NATS_PASSWORD":
-            e.pop("valueFrom")
-            e["value"] = "shared-by-everyone-0123456789"
+    _set_env(c, "CRM_NATS_USER", "crm")
+    _set_env(c, "CRM_NATS_PASSWORD", "shared-by-everyone-0123456789")
     problems = check.check_nats(objects, _expect())
     assert "auth.conf has no NATS user crm-reporting" in problems
     assert "crm-customers does not connect to NATS as its own user crm-customers" in problems
@@ -202,12 +200,18 @@ def test_nats_without_tls_is_reported(production):
     objects = copy.deepcopy(production)
     c = _container(objects, "crm-identity")
     c["env"] = [e for e in c["env"] if e["name"] != "CRM_NATS_TLS_CA_FILE"]
-    for e in c["env"]:
-        if e["name"] == "CRM_NATS_URL":
-            e["value"] = "nats://nats.nats.svc:4222"
+    _set_env(c, "CRM_NATS_URL", "nats://nats.nats.svc:4222")
     problems = check.check_nats(objects, _expect())
     assert "crm-identity CRM_NATS_URL is not tls://" in problems
     assert "crm-identity has no NATS CA (CRM_NATS_TLS_CA_FILE) mounted from a Secret" in problems
+
+
+def test_the_chart_checks_nats_passwords_with_the_kits_rule():
+    """Helm cannot import the kit: its copy of the rule (crm_kit.settings.NATS_PASSWORD) must stay the same."""
+    from crm_kit.settings import NATS_PASSWORD
+
+    helpers = (ROOT / "charts/crm/templates/_helpers.tpl").read_text()
+    assert f'regexMatch "{NATS_PASSWORD.pattern}"' in helpers
 
 
 def test_the_production_values_turn_nats_auth_and_tls_on():
@@ -222,10 +226,7 @@ def test_a_spool_in_tmp_or_beyond_the_ephemeral_storage_is_reported(production):
     dep = _find(objects, "Deployment", "crm-gateway")
     c = dep["spec"]["template"]["spec"]["containers"][0]
     c["resources"]["limits"]["ephemeral-storage"] = "512Mi"
-    sales = _container(objects, "crm-sales")
-    for e in sales["env"]:
-        if e["name"] == "CRM_SPOOL_DIR":
-            e["value"] = "/tmp"
+    _set_env(_container(objects, "crm-sales"), "CRM_SPOOL_DIR", "/tmp")
     customers = _container(objects, "crm-customers")
     customers["env"] = [e for e in customers["env"] if e["name"] != "CRM_SPOOL_DIR"]
     problems = check.check_spool(objects, _expect())
@@ -239,10 +240,7 @@ def test_a_spool_in_tmp_or_beyond_the_ephemeral_storage_is_reported(production):
 
 def test_a_spool_budget_at_or_above_its_size_limit_is_reported(production):
     objects = copy.deepcopy(production)
-    gateway = _container(objects, "crm-gateway")
-    for e in gateway["env"]:
-        if e["name"] == "CRM_SPOOL_MAX_BYTES":
-            e["value"] = str(1536 * 1024 * 1024)
+    _set_env(_container(objects, "crm-gateway"), "CRM_SPOOL_MAX_BYTES", str(1536 * 1024 * 1024))
     problems = check.check_spool(objects, _expect())
     assert problems == ["crm-gateway: CRM_SPOOL_MAX_BYTES 1610612736 is not below the spool's sizeLimit"]
 

@@ -16,8 +16,6 @@ import ipaddress
 import logging
 import os
 import secrets
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,40 +116,22 @@ def auth_nats(tmp_path_factory: pytest.TempPathFactory, test_infra_namespace: st
     work = tmp_path_factory.mktemp("nats-auth")
     ca, cert, key = _certificate(work)
     (work / "auth.conf").write_text(conf)
-    port = infra.free_port()
-    (work / "server.conf").write_text(
-        f'listen: "127.0.0.1:{port}"\n'
-        f'jetstream {{ store_dir: "{work / "js"}" }}\n'
-        f'tls {{ cert_file: "{cert}", key_file: "{key}" }}\n'
-        "include ./auth.conf\n"
-    )
     users = check.parse_nats_auth(conf)
     # As deploy/README.md makes them: "p" + hex (the server parses its environment's values as tokens).
     passwords = {user.removeprefix("crm-"): "p" + secrets.token_hex(24) for user in users}
-    env = {
-        **os.environ,
-        **{f"CRM_NATS_PASSWORD_{svc.upper()}": pw for svc, pw in passwords.items()},
-        "CRM_NATS_PASSWORD_ADMIN": "p" + secrets.token_hex(24),
-    }
-    log = open(work / "nats-server.log", "wb")
-    server = subprocess.Popen(
-        [infra.nats_server_binary(), "-c", str(work / "server.conf")],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server = infra.NatsServer(
+        work,
+        tls=(cert, key),
+        config_text="include ./auth.conf\n",
+        env={
+            **{f"CRM_NATS_PASSWORD_{svc.upper()}": pw for svc, pw in passwords.items()},
+            "CRM_NATS_PASSWORD_ADMIN": "p" + secrets.token_hex(24),
+        },
+    ).start()
     try:
-        for _ in range(100):
-            if infra.port_open("127.0.0.1", port) or server.poll() is not None:
-                break
-            subprocess.run(["sleep", "0.05"], check=False)
-        assert server.poll() is None, (work / "nats-server.log").read_text()
-        yield AuthNats(f"tls://127.0.0.1:{port}", ca, passwords, objects)
+        yield AuthNats(server.url, ca, passwords, objects)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
-        shutil.rmtree(work / "js", ignore_errors=True)
+        server.stop()
 
 
 class Probe:

@@ -54,9 +54,7 @@ async def running_gateway(
     settings: GatewaySettings, client: tuple[str, int] = ("203.0.113.7", 50000)
 ) -> AsyncIterator[httpx.AsyncClient]:
     name = settings.database_url.rsplit("/", 1)[1]
-    admin = infra.asyncpg_dsn(
-        settings.database_url.replace("postgresql+asyncpg://", "postgresql://"), "postgres"
-    )
+    admin = infra.asyncpg_dsn(settings.database_url, "postgres")
     await infra.create_database(admin, name, extensions=())
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -9,8 +9,9 @@ import asyncpg
 import pytest
 from crm_gateway.idempotency import IdempotencyStore, Reply
 from crm_gateway.problems import ProblemError
-from crm_gateway.store import GatewayDatabase, asyncpg_dsn
+from crm_gateway.store import GatewayDatabase
 from crm_kit import infra
+from crm_kit.leader import asyncpg_dsn
 
 from tests.gateway.conftest import gateway_database
 

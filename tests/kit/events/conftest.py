@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from crm_kit.db import Database
-from crm_kit.events import EventSettings, create_all
+from crm_kit.events import EventSettings, create_all, ensure_streams
 from crm_kit.events.subjects import dead_letter_stream, stream_for_context
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
@@ -63,3 +63,17 @@ async def nc(test_infra, namespace: str) -> AsyncIterator[NATS]:
         with contextlib.suppress(NotFoundError):
             await js.delete_stream(stream)
     await conn.close()
+
+
+@pytest.fixture
+def stream(namespace: str) -> str:
+    """The identity stream of this test's namespace."""
+    return stream_for_context("identity", namespace)
+
+
+@pytest.fixture
+async def js(nc: NATS, settings: EventSettings):
+    """JetStream on `nc`, with the identity stream made."""
+    js = nc.jetstream()
+    await ensure_streams(js, ["identity"], settings)
+    return js

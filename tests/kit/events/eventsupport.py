@@ -1,10 +1,12 @@
-"""Helpers shared by the event backbone tests: write events, read a stream back, wait for a condition."""
+"""Helpers shared by the event backbone tests: write events, run a bus, read a stream back, wait for a
+condition."""
 
 from __future__ import annotations
 
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2
 from crm_kit.db import Database, UnitOfWork
+from crm_kit.events import Consumer, EventBus
 from crm_kit.events.outbox import OutboxEvent
 from crm_kit.testing import eventually  # noqa: F401  (the event tests import it from here)
 from nats.js import JetStreamContext
@@ -41,6 +43,25 @@ async def stream_messages(js: JetStreamContext, stream: str) -> list[RawStreamMs
 
 async def stream_count(js: JetStreamContext, stream: str) -> int:
     return (await js.stream_info(stream)).state.messages
+
+
+async def stream_count_is(js: JetStreamContext, stream: str, n: int) -> bool:
+    return await stream_count(js, stream) == n
+
+
+def bus_for(
+    test_infra, database: Database, settings, *consumers: Consumer, service: str = "notifications", **kwargs
+) -> EventBus:
+    """An event bus of `service` running `consumers` on identity's events, on this test's namespace."""
+    return EventBus(
+        service=service,
+        database=database,
+        nats_url=test_infra.nats_url,
+        settings=settings,
+        consumers=consumers,
+        produces=["identity"],
+        **kwargs,
+    )
 
 
 def envelope_of(msg: RawStreamMsg) -> event_pb2.EventEnvelope:

@@ -7,9 +7,9 @@ import pytest
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2
 from crm_kit.db import UnitOfWork
-from crm_kit.events import Consumer, EventBus, PermanentError, dead_letters
+from crm_kit.events import Consumer, PermanentError, dead_letters
 from crm_kit.events.subjects import dead_letter_stream, namespaced
-from eventsupport import eventually, stream_count, write_invites
+from eventsupport import bus_for, eventually, stream_count, stream_count_is, write_invites
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select
 
 sent = Table(
@@ -48,14 +48,7 @@ async def test_a_dead_letter_is_listed_replayed_once_fixed_and_has_one_effect(
     ]
     js = nc.jetstream()
     dlq = dead_letter_stream(settings.namespace)
-    async with EventBus(
-        service="notifications",
-        database=database,
-        nats_url=test_infra.nats_url,
-        settings=settings,
-        consumers=consumers,
-        produces=["identity"],
-    ) as bus:
+    async with bus_for(test_infra, database, settings, *consumers) as bus:
         await write_invites(database, 1, aggregate_id="poison")
         await write_invites(database, 1, aggregate_id="fine")
         await eventually(lambda: stream_count(js, dlq), what="a dead letter")
@@ -106,17 +99,10 @@ async def test_a_discarded_dead_letter_is_gone_and_the_command_line_reports_it(
 
     consumer = Consumer(name="billing", filter_subjects=[events_pb2.UserInvited], handler=refuse)
     js = nc.jetstream()
-    async with EventBus(
-        service="sales",
-        database=database,
-        nats_url=test_infra.nats_url,
-        settings=settings,
-        consumers=[consumer],
-        produces=["identity"],
-    ):
+    async with bus_for(test_infra, database, settings, consumer, service="sales"):
         await write_invites(database, 2)
         await eventually(
-            lambda: _count_is(js, dead_letter_stream(settings.namespace), 2), what="two dead letters"
+            lambda: stream_count_is(js, dead_letter_stream(settings.namespace), 2), what="two dead letters"
         )
 
     cli = ["--nats-url", test_infra.nats_url, "--namespace", settings.namespace]
@@ -127,10 +113,6 @@ async def test_a_discarded_dead_letter_is_gone_and_the_command_line_reports_it(
     assert f'"seq": {second.seq}' in out and f'"seq": {first.seq},' not in out
     assert await _run_cli([*cli, "discard", str(first.seq)]) == 1  # not there any more: a failure, said so
     assert [x.seq for x in await dead_letters.list_letters(js, namespace=settings.namespace)] == [second.seq]
-
-
-async def _count_is(js, stream: str, n: int) -> bool:
-    return await stream_count(js, stream) == n
 
 
 async def _run_cli(argv: list[str]) -> int:

@@ -10,10 +10,10 @@ from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2
 from crm_kit import logs
 from crm_kit.db import UnitOfWork
-from crm_kit.events import Consumer, EventBus, dead_letters
+from crm_kit.events import Consumer, dead_letters
 from crm_kit.events.consumer import ERROR_HEADER
 from crm_kit.events.subjects import dead_letter_stream
-from eventsupport import eventually, stream_count, stream_messages, write_invites
+from eventsupport import bus_for, eventually, stream_count_is, stream_messages, write_invites
 from sqlalchemy import CheckConstraint, Column, Integer, MetaData, String, Table, insert, text
 
 people = Table(
@@ -52,16 +52,9 @@ async def test_dead_letters_and_logs_name_the_error_not_the_personal_data(
     ]
     js = nc.jetstream()
     dlq = dead_letter_stream(settings.namespace)
-    async with EventBus(
-        service="notifications",
-        database=database,
-        nats_url=test_infra.nats_url,
-        settings=settings,
-        consumers=consumers,
-        produces=["identity"],
-    ):
+    async with bus_for(test_infra, database, settings, *consumers):
         await write_invites(database, 1, aggregate_id="zhang.wei")
-        await eventually(lambda: _count_is(js, dlq, 3), what="three dead letters", within=60)
+        await eventually(lambda: stream_count_is(js, dlq, 3), what="three dead letters", within=60)
 
     email = "zhang.wei-1@example.com"  # what write_invites put in the event
     letters = {
@@ -86,10 +79,3 @@ async def test_dead_letters_and_logs_name_the_error_not_the_personal_data(
     failures = [r for r in caplog.records if r.name.startswith("crm.") and r.levelno >= logging.WARNING]
     assert any("SQLSTATE" in r.getMessage() for r in failures), [r.getMessage() for r in failures]
     assert email not in caplog.text
-
-
-async def _count_is(js, stream: str, n: int) -> bool:
-    try:
-        return await stream_count(js, stream) >= n
-    except Exception:
-        return False

@@ -23,7 +23,7 @@ from crm_kit.events.consumer import (
 from crm_kit.events.inbox import InboxEntry
 from crm_kit.events.subjects import dead_letter_stream, namespaced, stream_for_context, subject_for
 from crm_kit.ids import new_id
-from eventsupport import emit_invite, eventually, stream_count, stream_messages, write_invites
+from eventsupport import bus_for, emit_invite, eventually, stream_count, stream_messages, write_invites
 from google.protobuf import any_pb2
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -56,18 +56,6 @@ async def record_effect(uow: UnitOfWork, envelope: event_pb2.EventEnvelope, payl
 async def effect_count(db: Database) -> int:
     async with db.read() as session:
         return await session.scalar(select(func.count()).select_from(effects))
-
-
-def bus_for(test_infra, database, settings, *consumers: Consumer, **kwargs) -> EventBus:
-    return EventBus(
-        service="notifications",
-        database=database,
-        nats_url=test_infra.nats_url,
-        settings=settings,
-        consumers=consumers,
-        produces=["identity"],
-        **kwargs,
-    )
 
 
 async def test_consumer_has_one_effect_per_event_however_often_it_is_delivered(

@@ -24,23 +24,11 @@ from crm_kit.db import Database
 from crm_kit.errors import InvalidArgument
 from crm_kit.events import EventBus, OutboxRelay, ensure_streams, parked
 from crm_kit.events.outbox import MAX_EVENT_BYTES, build_envelope
-from crm_kit.events.subjects import stream_for_context, subject_for
+from crm_kit.events.subjects import subject_for
 from crm_kit.infra import NatsServer
 from eventsupport import envelope_of, eventually, stream_messages, versions_by_aggregate, write_invites
 from google.protobuf import descriptor
 from sqlalchemy import text
-
-
-@pytest.fixture
-def stream(namespace: str) -> str:
-    return stream_for_context("identity", namespace)
-
-
-@pytest.fixture
-async def js(nc, settings):
-    js = nc.jetstream()
-    await ensure_streams(js, ["identity"], settings)
-    return js
 
 
 async def _counts(db: Database) -> tuple[int, int]:

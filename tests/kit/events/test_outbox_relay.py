@@ -31,18 +31,6 @@ class Boom(Exception):
     pass
 
 
-@pytest.fixture
-def stream(namespace: str) -> str:
-    return stream_for_context("identity", namespace)
-
-
-@pytest.fixture
-async def js(nc, settings):
-    js = nc.jetstream()
-    await ensure_streams(js, ["identity"], settings)
-    return js
-
-
 async def test_rolled_back_transaction_publishes_nothing(database, nc, js, settings, stream):
     relay = OutboxRelay(database, nc, settings)
     await relay.start()

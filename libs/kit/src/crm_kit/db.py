@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,10 +23,12 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from crm_kit.context import caller
 from crm_kit.errors import AlreadyExists, Conflict, InvalidArgument, VersionMismatch, not_found
 from crm_kit.ids import is_uuid
+from crm_kit.leader import asyncpg_dsn
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -69,6 +71,19 @@ def expect_version(row: Any, expected: int) -> None:
 
 def for_tenant(stmt: Any, model: Any, tenant_id: str) -> Any:
     return stmt.where(model.tenant_id == tenant_id)
+
+
+@retry(
+    stop=stop_after_delay(60),
+    wait=wait_exponential(multiplier=0.2, max=5),
+    retry=retry_if_exception_type((OSError, asyncpg.CannotConnectNowError)),
+    reraise=True,
+)
+async def wait_for_database(url: str) -> None:
+    """Wait, up to a minute, until the database at `url` (a SQLAlchemy URL) takes connections: a process
+    starting next to its database, or while the database restarts or is still starting up."""
+    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+    await conn.close()
 
 
 class Database:
@@ -251,6 +266,37 @@ def _sqlstate(exc: Exception) -> str | None:
         return exc.sqlstate
     orig = getattr(exc, "orig", None)
     return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+
+
+# SQLSTATEs of a database that cannot be reached or is refusing work right now (connection exceptions,
+# operator intervention, too many connections, "database is not currently accepting connections").
+_UNAVAILABLE_SQLSTATES = ("08", "57P", "53300", "55000")
+
+
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what lies under it: a SQLAlchemy error's driver error (`orig`), causes and contexts."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or an error under it) says the database cannot be reached or refuses all work right now,
+    rather than that it refused this statement: worth waiting for, never the caller's fault. (A bare socket
+    error is not counted: it may come from anything; callers that know it is the database's add it.)"""
+    for current in error_chain(exc):
+        if isinstance(current, asyncpg.InterfaceError | asyncpg.PostgresConnectionError):
+            return True
+        if isinstance(current, asyncpg.PostgresError) and (current.sqlstate or "").startswith(
+            _UNAVAILABLE_SQLSTATES
+        ):
+            return True
+        if getattr(current, "connection_invalidated", False):  # SQLAlchemy: the connection was lost
+            return True
+    return False
 
 
 def data_error(exc: DBAPIError | asyncpg.PostgresError) -> Exception | None:

@@ -10,6 +10,7 @@ variables the Helm chart sets. Data stays in .crm-data/ between runs. Ctrl-C sto
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import subprocess
@@ -181,20 +182,15 @@ def _mail_sink(directory: Path) -> Any:
     CRM_SMTP_URL names a real server. Returns the running SMTP server (aiosmtpd, a dev dependency) or None."""
     if os.environ.get("CRM_SMTP_URL"):
         return None
-    try:
-        from aiosmtpd.controller import Controller
-    except ImportError:
+    if importlib.util.find_spec("aiosmtpd") is None:  # a dev dependency
         return None
     directory.mkdir(parents=True, exist_ok=True)
 
-    class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            name = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**9}.eml"
-            (directory / name).write_bytes(envelope.content)
-            return "250 OK"
+    def keep(raw: bytes) -> None:
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{time.monotonic_ns() % 10**9}.eml"
+        (directory / name).write_bytes(raw)
 
-    controller = Controller(Handler(), hostname="127.0.0.1", port=_port(1025))
-    controller.start()
+    controller = infra.smtp_server(_port(1025), keep)
     os.environ["CRM_SMTP_URL"] = f"smtp://127.0.0.1:{controller.port}"
     print(f"crm: mail to {directory}", flush=True)
     return controller

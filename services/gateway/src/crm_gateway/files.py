@@ -41,7 +41,7 @@ from starlette.responses import Response, StreamingResponse
 
 from crm_gateway import bounds
 from crm_gateway.idempotency import Reply
-from crm_gateway.problems import ProblemError, from_grpc, internal_error, render
+from crm_gateway.problems import ProblemError, field_problem, from_grpc, internal_error, render
 from crm_gateway.routing import TO_DICT, expand_template
 
 log = logging.getLogger("crm.gateway")
@@ -104,21 +104,16 @@ def _enum_value(f: FieldDescriptor, raw: str) -> int:
         if v.number and (v.name == wanted or v.name == prefix + wanted or str(v.number) == raw.strip()):
             return v.number
     names = ", ".join(v.name.removeprefix(prefix).lower() for v in enum.values if v.number)
-    raise ProblemError(
-        422,
-        "validation_failed",
-        f"{f.name} must be one of: {names}",
-        errors=[{"field": f.name, "message": f"must be one of: {names}"}],
-    )
+    raise field_problem(f.name, f"must be one of: {names}")
 
 
 def _set_scalar(message: Any, f: FieldDescriptor, raw: str) -> None:
     """One query parameter or form field into the request, within the edge's bounds (crm_gateway.bounds)."""
     limit = bounds.QUERY_PARAM_MAX_LENGTH if f.type != FD.TYPE_STRING else bounds.string_max_length(f)
     if len(raw) > limit:
-        raise _bound_problem(f.name, f"must be at most {limit} characters")
+        raise field_problem(f.name, f"must be at most {limit} characters")
     if f.is_repeated and len(getattr(message, f.name)) >= bounds.ARRAY_MAX_ITEMS:
-        raise _bound_problem(f.name, f"takes at most {bounds.ARRAY_MAX_ITEMS} values")
+        raise field_problem(f.name, f"takes at most {bounds.ARRAY_MAX_ITEMS} values")
     try:
         if f.type == FD.TYPE_ENUM:
             value: Any = _enum_value(f, raw)
@@ -129,24 +124,13 @@ def _set_scalar(message: Any, f: FieldDescriptor, raw: str) -> None:
         elif f.type == FD.TYPE_STRING:
             value = raw
         else:
-            raise ProblemError(422, "validation_failed", f"{f.name} cannot be given here")
+            raise field_problem(f.name, "cannot be given here")
     except ValueError:
-        raise ProblemError(
-            422,
-            "validation_failed",
-            f"{f.name} must be a number",
-            errors=[{"field": f.name, "message": "must be a number"}],
-        ) from None
+        raise field_problem(f.name, "must be a number") from None
     if f.is_repeated:
         getattr(message, f.name).append(value)
     else:
         setattr(message, f.name, value)
-
-
-def _bound_problem(name: str, message: str) -> ProblemError:
-    return ProblemError(
-        422, "validation_failed", f"{name} {message}", errors=[{"field": name, "message": message}]
-    )
 
 
 def content_disposition(file_name: str) -> str:
@@ -330,12 +314,7 @@ def _upload_endpoint(gateway: Any, plan: FilePlan) -> Any:
             try:
                 upload = form.get("file")
                 if not isinstance(upload, UploadFile):
-                    raise ProblemError(
-                        422,
-                        "validation_failed",
-                        "the form needs a `file` part",
-                        errors=[{"field": "file", "message": "is required"}],
-                    )
+                    raise field_problem("file", "is required: the form needs a `file` part")
                 key = request.headers.get("idempotency-key")
                 if key is None:
                     reply = await _forward_upload(gateway, plan, form, upload, path)
@@ -438,12 +417,7 @@ def _download_endpoint(gateway: Any, plan: FilePlan) -> Any:
             for key, value in request.query_params.multi_items():
                 f = plan.query_fields.get(key)
                 if f is None:
-                    raise ProblemError(
-                        422,
-                        "validation_failed",
-                        f"unknown query parameter {key}",
-                        errors=[{"field": key, "message": "is not a parameter of this route"}],
-                    )
+                    raise field_problem(key, "is not a parameter of this route")
                 _set_scalar(message, f, value)
             call = _channel(gateway, plan).unary_stream(
                 plan.grpc_path,

@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 
 import grpc
 import orjson
+from crm_kit.idempotency import DEFAULT_TTL_SECONDS
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crm_gateway import bounds
-from crm_gateway.problems import ProblemError, from_grpc, render
+from crm_gateway.problems import ProblemError, field_problem, from_grpc, render
 from crm_gateway.store import GatewayDatabase
 
 log = logging.getLogger("crm.gateway.idempotency")
@@ -89,13 +90,7 @@ def public_scope(body: bytes) -> str:
 
 def validate_key(key: str) -> None:
     if len(key) > MAX_KEY_LENGTH:  # as the routes' declared header bound answers it
-        message = f"must be at most {MAX_KEY_LENGTH} characters"
-        raise ProblemError(
-            422,
-            "validation_failed",
-            f"Idempotency-Key {message}",
-            errors=[{"field": "Idempotency-Key", "message": message}],
-        )
+        raise field_problem("Idempotency-Key", f"must be at most {MAX_KEY_LENGTH} characters")
     if not key or not key.isprintable() or not key.isascii():
         raise ProblemError(
             400,
@@ -110,7 +105,7 @@ class IdempotencyStore:
         database: GatewayDatabase,
         *,
         secret: str,
-        ttl_seconds: int = 86_400,
+        ttl_seconds: float = DEFAULT_TTL_SECONDS,
         lock_seconds: float = 60.0,
     ):
         self.database = database
@@ -203,18 +198,8 @@ class IdempotencyStore:
                 reply = self._open(scope, key, row["reply"])
                 reply.headers["Idempotent-Replayed"] = "true"
                 return reply
-            raise ProblemError(
-                409,
-                "idempotency_in_progress",
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        raise ProblemError(
-            409,
-            "idempotency_in_progress",
-            "a request with this Idempotency-Key is being processed; retry shortly",
-            headers={"Retry-After": "1"},
-        )
+            raise _in_progress()
+        raise _in_progress()  # claimed, released and claimed again by others meanwhile: still someone else's
 
     async def _release(self, name: str, claim: str) -> None:
         try:
@@ -225,6 +210,15 @@ class IdempotencyStore:
 
 def _replayable(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() in REPLAYED_HEADERS}
+
+
+def _in_progress() -> ProblemError:
+    return ProblemError(
+        409,
+        "idempotency_in_progress",
+        "a request with this Idempotency-Key is still being processed; retry shortly",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _unavailable() -> ProblemError:

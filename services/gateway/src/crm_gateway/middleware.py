@@ -2,8 +2,8 @@
 
 - the client's address, resolved behind trusted proxies (`clientip.py`), set as the scope's `client` and on
   the request context (passed to services as `x-crm-client-ip`);
-- a request id (the client's `X-Request-ID` when it is sane and at most `REQUEST_ID_MAX` characters,
-  else a new one), bound to the log context and echoed in the response;
+- a request id (the client's `X-Request-ID` when the kit's rule takes it, `crm_kit.context.REQUEST_ID`:
+  at most `REQUEST_ID_MAX` characters; else a new one), bound to the log context and echoed in the response;
 - bodies: more than `max_body_bytes` → 413 before reading it; a non-empty body that is not JSON → 415;
   upload routes (`uploads`: path patterns of POST routes taking multipart/form-data) have their own limit,
   `max_upload_bytes`, and take multipart bodies instead of JSON;
@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from crm_kit import context
-from crm_kit.ids import new_id
 
 from crm_gateway import clientip
 from crm_gateway.problems import ProblemError, internal_error, render
@@ -29,7 +28,6 @@ from crm_gateway.problems import ProblemError, internal_error, render
 log = logging.getLogger("crm.gateway")
 access = logging.getLogger("crm.gateway.access")
 
-REQUEST_ID = context.REQUEST_ID  # the kit's bound, which every layer that stores a request id derives from
 SLOW_SECONDS = 1.0
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 STATIC_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"cache-control", b"no-store")]
@@ -69,8 +67,10 @@ class EdgeMiddleware:
             scope["scheme"] = scheme
         headers: dict[bytes, bytes] = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if REQUEST_ID.match(incoming) else new_id()
-        token = context.bind(context.RequestContext(request_id=request_id, extra={context.CLIENT_IP_METADATA: client}))
+        request_id = context.request_id_or_new(incoming)
+        token = context.bind(
+            context.RequestContext(request_id=request_id, extra={context.CLIENT_IP_METADATA: client})
+        )
         started = time.perf_counter()
         status = 0
         rid = request_id.encode()

@@ -188,6 +188,14 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return out or (str(loc[0]) if loc else "body")
 
 
+def field_problem(field: str, message: str) -> ProblemError:
+    """The 422 of one bad input the gateway checks itself, in the shape of `from_validation`'s: detail
+    "<field> <message>", and the field in `errors`."""
+    return ProblemError(
+        422, "validation_failed", f"{field} {message}", errors=[{"field": field, "message": message}]
+    )
+
+
 def from_validation(exc: RequestValidationError) -> ProblemError:
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):

@@ -16,10 +16,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 from limits import RateLimitItem, RateLimitItemPerMinute, parse
-from limits.storage import Storage
 
 from crm_gateway.problems import ProblemError
 from crm_gateway.store import GatewayDatabase
@@ -46,21 +45,14 @@ WHERE bucket = $1 AND window_no = floor(extract(epoch FROM now()) / $2)::bigint
 """
 
 
-class LocalStorage(Storage):
-    """Fixed-window counters in a dict, for one asyncio process: no locks, no expiry thread (limits' own
-    MemoryStorage starts a timer thread again and again, which costs every request); expired windows are
-    dropped when touched, and swept when the dict grows large."""
+class LocalStorage:
+    """Fixed-window counters in a dict, for one asyncio process, used only while the database is unreachable:
+    no locks, no expiry thread; expired windows are dropped when touched, and swept when the dict grows large."""
 
-    STORAGE_SCHEME: ClassVar[list[str]] = ["crm-local"]
     MAX_KEYS = 100_000
 
-    def __init__(self, uri: str | None = None, **options: float | str | bool) -> None:
-        super().__init__(uri, **options)
+    def __init__(self) -> None:
         self.counters: dict[str, list[float]] = {}  # key -> [count, expires_at]
-
-    @property
-    def base_exceptions(self) -> type[Exception]:
-        return ValueError
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()
@@ -79,17 +71,6 @@ class LocalStorage(Storage):
     def get_expiry(self, key: str) -> float:
         window = self.counters.get(key)
         return window[1] if window is not None else time.time()
-
-    def check(self) -> bool:
-        return True
-
-    def reset(self) -> int | None:
-        count = len(self.counters)
-        self.counters.clear()
-        return count
-
-    def clear(self, key: str) -> None:
-        self.counters.pop(key, None)
 
 
 class RateLimits:
@@ -203,9 +184,6 @@ class RateLimits:
                 tightest = (remaining, item.amount, reset)
         assert tightest is not None
         return _headers(tightest[1], tightest[0], tightest[2])
-
-    def reset(self) -> None:
-        self.storage.reset()
 
 
 def _too_many(item: RateLimitItem, label: str, reset: int) -> ProblemError:

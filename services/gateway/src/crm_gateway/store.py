@@ -15,8 +15,9 @@ import logging
 from pathlib import Path
 
 import asyncpg
+from crm_kit.db import wait_for_database
+from crm_kit.leader import asyncpg_dsn
 from crm_kit.migrations import upgrade
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 log = logging.getLogger("crm.gateway.store")
 
@@ -27,10 +28,6 @@ PURGE = (
     "(SELECT name FROM idempotency_keys WHERE expires_at < now() ORDER BY expires_at LIMIT 5000)",
     "DELETE FROM rate_limit_counters WHERE window_end < now() - interval '1 minute'",
 )
-
-
-def asyncpg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 class GatewayDatabase:
@@ -54,7 +51,7 @@ class GatewayDatabase:
     async def start(self) -> None:
         if not self.url:
             raise ValueError("the gateway needs its database: set CRM_DATABASE_URL")
-        await _wait_for(self.url)
+        await wait_for_database(self.url)
         if self.migrate:
             await upgrade(MIGRATIONS, self.url)
         self._pool = await asyncpg.create_pool(
@@ -88,17 +85,6 @@ class GatewayDatabase:
                 log.warning("could not purge expired idempotency keys and counters: %s", exc)
 
 
-@retry(
-    stop=stop_after_delay(60),
-    wait=wait_exponential(multiplier=0.2, max=5),
-    retry=retry_if_exception_type((OSError, asyncpg.CannotConnectNowError)),
-    reraise=True,
-)
-async def _wait_for(url: str) -> None:
-    conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
-    await conn.close()
-
-
 async def migrate(url: str) -> None:
-    await _wait_for(url)
+    await wait_for_database(url)
     await upgrade(MIGRATIONS, url)

@@ -61,7 +61,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from crm_kit import context, telemetry
-from crm_kit.db import Database, UnitOfWork, caller_error, driver_of, transaction
+from crm_kit.db import (
+    Database,
+    UnitOfWork,
+    caller_error,
+    database_unreachable,
+    driver_of,
+    error_chain,
+    transaction,
+)
 from crm_kit.errors import describe, format_exception
 from crm_kit.events import inbox
 from crm_kit.events.config import EventSettings
@@ -73,7 +81,6 @@ from crm_kit.events.subjects import (
     stream_for_context,
     strip_namespace,
 )
-from crm_kit.outages import infrastructure_error
 
 log = logging.getLogger("crm.events.consumer")
 
@@ -202,6 +209,22 @@ def _message_type(name: str) -> Any:
 
 def _header_value(text: str, limit: int = 1000) -> str:
     return " ".join(text.split())[:limit]
+
+
+_NATS_DOWN = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+)
+
+
+def infrastructure_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) says the database or NATS is unreachable, rather than the handler failed.
+
+    Other errors, a socket error among them (a handler's mail server may be down), are decided by probing the
+    database and NATS (`ConsumerRunner._infrastructure_down`): the handler's own dependencies are its failure."""
+    return database_unreachable(exc) or any(isinstance(e, _NATS_DOWN) for e in error_chain(exc))
 
 
 _STOP = object()

@@ -19,6 +19,33 @@ from crm_kit.errors import InvalidArgument
 from crm_kit.events.subjects import event_type, subject_for
 from crm_kit.ids import new_id
 
+# The largest event (serialized envelope) a unit of work may emit. Well under NATS's max_payload (1 MiB by
+# default; `crm_kit.events.bus` refuses to start against a server whose limit is below this plus room for
+# headers): an event NATS cannot carry would stop its stream, so the write that makes it is refused instead
+# (422 `event_too_large`) and nothing of it is written. Bulk (files, long texts) belongs in a table the event
+# refers to, not in the event.
+MAX_EVENT_BYTES = 256 * 1024
+# What the relay's headers (Nats-Msg-Id, traceparent) and NATS's framing may add on top of the envelope.
+HEADER_ALLOWANCE = 4 * 1024
+
+# The most characters each identifying text field of an envelope holds ("actor.name" is the actor's `name`).
+# Declared once: `build_envelope` keeps every event within them, and whatever stores these fields (the outbox's
+# columns below, the audit trail's) takes its sizes from here, so an event is never one its store refuses. A
+# display name is shortened to fit; any other field over its bound refuses the write (422 `event_field_too_long`).
+ENVELOPE_TEXT_LIMITS: dict[str, int] = {
+    "type": 200,
+    "tenant_id": 36,
+    "actor.id": 64,
+    "actor.name": 200,
+    "aggregate_type": 50,
+    "aggregate_id": 64,
+    "action": 50,
+    "request_id": context.REQUEST_ID_MAX,
+    "trace_id": context.TRACE_ID_LENGTH,
+}
+# Shortened rather than refused: a name shown to people (an unknown sign-in's actor is the address typed).
+_SHORTENED = {"actor.name"}
+
 
 class OutboxEvent(Base):
     """Written by the unit of work, read and marked by the relay. `seq` orders publication."""
@@ -28,8 +55,8 @@ class OutboxEvent(Base):
     seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     id: Mapped[str] = mapped_column(String(36), unique=True)
     subject: Mapped[str] = mapped_column(String(200))
-    tenant_id: Mapped[str] = mapped_column(String(36))
-    aggregate_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[str] = mapped_column(String(ENVELOPE_TEXT_LIMITS["tenant_id"]))
+    aggregate_id: Mapped[str] = mapped_column(String(ENVELOPE_TEXT_LIMITS["aggregate_id"]))
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     traceparent: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -53,34 +80,6 @@ class OutboxEvent(Base):
             postgresql_where="parked_at IS NOT NULL",
         ),
     )
-
-
-# The largest event (serialized envelope) a unit of work may emit. Well under NATS's max_payload (1 MiB by
-# default; `crm_kit.events.bus` refuses to start against a server whose limit is below this plus room for
-# headers): an event NATS cannot carry would stop its stream, so the write that makes it is refused instead
-# (422 `event_too_large`) and nothing of it is written. Bulk (files, long texts) belongs in a table the event
-# refers to, not in the event.
-MAX_EVENT_BYTES = 256 * 1024
-# What the relay's headers (Nats-Msg-Id, traceparent) and NATS's framing may add on top of the envelope.
-HEADER_ALLOWANCE = 4 * 1024
-
-# The most characters each identifying text field of an envelope holds ("actor.name" is the actor's `name`).
-# Declared once: `build_envelope` keeps every event within them, and whatever stores these fields (the audit
-# trail's columns) takes its sizes from here, so an event is never one its store refuses. A display name is
-# shortened to fit; any other field over its bound refuses the write (422 `event_field_too_long`).
-ENVELOPE_TEXT_LIMITS: dict[str, int] = {
-    "type": 200,
-    "tenant_id": 36,
-    "actor.id": 64,
-    "actor.name": 200,
-    "aggregate_type": 50,
-    "aggregate_id": 64,
-    "action": 50,
-    "request_id": context.REQUEST_ID_MAX,
-    "trace_id": context.TRACE_ID_LENGTH,
-}
-# Shortened rather than refused: a name shown to people (an unknown sign-in's actor is the address typed).
-_SHORTENED = {"actor.name"}
 
 
 def envelope_text(envelope: event_pb2.EventEnvelope, path: str) -> str:

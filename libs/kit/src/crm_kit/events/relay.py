@@ -61,6 +61,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wai
 
 from crm_kit import telemetry
 from crm_kit.db import Database
+from crm_kit.errors import describe
 from crm_kit.events.config import EventSettings
 from crm_kit.events.outbox import OUTBOX_CHANNEL
 from crm_kit.events.subjects import namespaced
@@ -413,7 +414,7 @@ class OutboxRelay:
 
     def _refused(self, row: asyncpg.Record, exc: BaseException, held: set[tuple[str, str]]) -> None:
         """NATS refused `row` for good: park it (at `_lead`'s next step) and hold back its aggregate."""
-        error = f"{type(exc).__name__}: {exc}"[:1000]
+        error = describe(exc)
         self._to_park.append((row["seq"], error))
         if row["aggregate_id"]:
             held.add((row["tenant_id"], row["aggregate_id"]))

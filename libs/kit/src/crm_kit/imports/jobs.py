@@ -12,7 +12,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_kit.context import caller
-from crm_kit.db import Database, utcnow
+from crm_kit.db import Database, UnitOfWork, utcnow
 from crm_kit.errors import Conflict, DomainError, InvalidArgument, not_found
 from crm_kit.ids import is_uuid, new_id
 from crm_kit.imports import source
@@ -29,6 +29,28 @@ async def drop_file(session: AsyncSession, job_id: str) -> None:
     """Delete a job's stored file, in the transaction that finishes the job (its counts and error report stay):
     every way a job ends calls this, and `worker.purge_files` catches any file left behind."""
     await session.execute(delete(ImportFileChunk).where(ImportFileChunk.job_id == job_id))
+
+
+def emit_finished(uow: UnitOfWork, importer: Importer | None, job: ImportJob) -> None:
+    """Record that `job` ended, as its importer's finished event (its audit entry) when it has one."""
+    event = importer.finished_event(job) if importer is not None else None
+    if event is None:
+        return
+    uow.emit(
+        event,
+        aggregate_type="import",
+        aggregate_id=job.id,
+        action="finished",
+        after={
+            "target": job.target,
+            "file_name": job.file_name,
+            "status": job.status,
+            "rows_created": job.rows_created,
+            "rows_updated": job.rows_updated,
+            "rows_skipped": job.rows_skipped,
+            "rows_failed": job.rows_failed,
+        },
+    )
 
 
 async def upload(

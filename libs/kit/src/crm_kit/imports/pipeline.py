@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError
 
 from crm_kit import context
 from crm_kit.context import Principal
-from crm_kit.db import Database, driver_of, utcnow
+from crm_kit.db import Database, database_unreachable, driver_of, error_chain, utcnow
 from crm_kit.errors import AlreadyExists, InvalidArgument
 from crm_kit.imports import jobs, source
 from crm_kit.imports.importer import Batcher, Importer, Outcome, Row, outcome_of
@@ -58,13 +58,6 @@ REFUSALS = (DBAPIError, asyncpg.PostgresError, InvalidArgument, AlreadyExists)
 # A batch whose database could not be reached is tried again after 1, 2, 4, 8, 16 and 30 s (about a minute; the
 # lease is renewed meanwhile, and a longer outage hands the job to another worker once the lease runs out).
 BATCH_RETRY_DELAYS = (1, 2, 4, 8, 16, 30)
-UNREACHABLE = (
-    OSError,  # refused, reset, timed out
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,  # e.g. the connection was closed under the statement
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-)
 
 
 class LeaseLost(Exception):
@@ -72,17 +65,9 @@ class LeaseLost(Exception):
 
 
 def unreachable(exc: BaseException) -> bool:
-    """A failure to reach the database (worth waiting for), not a refusal of the rows."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    seen: BaseException | None = exc
-    for _ in range(5):  # the driver's error sits under SQLAlchemy's
-        if seen is None:
-            return False
-        if isinstance(seen, UNREACHABLE):
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    """A failure to reach the database (worth waiting for), not a refusal of the rows. A batch talks to nothing
+    but its database, so a socket error (refused, reset, timed out) is the database's too."""
+    return database_unreachable(exc) or any(isinstance(e, OSError) for e in error_chain(exc))
 
 
 def copy_text(text_: str) -> str:
@@ -410,23 +395,7 @@ async def _run(db: Database, importer: Importer, job: ImportJob, *, claim: int) 
         current.finished_at = utcnow()
         current.lease_until = None
         await jobs.drop_file(uow.session, current.id)
-        event = importer.finished_event(current)
-        if event is not None:
-            uow.emit(
-                event,
-                aggregate_type="import",
-                aggregate_id=current.id,
-                action="finished",
-                after={
-                    "target": current.target,
-                    "file_name": current.file_name,
-                    "status": current.status,
-                    "rows_created": current.rows_created,
-                    "rows_updated": current.rows_updated,
-                    "rows_skipped": current.rows_skipped,
-                    "rows_failed": current.rows_failed,
-                },
-            )
+        jobs.emit_finished(uow, importer, current)
 
 
 # ---------------------------------------------------------------- dry run

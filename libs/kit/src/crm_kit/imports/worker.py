@@ -90,16 +90,7 @@ class Worker:
             for job in stale:
                 job.status, job.finished_at = "cancelled", utcnow()
                 job.error = f"the file was not imported within {UPLOAD_RETENTION.total_seconds() / 3600:g} h"
-                importer = self.importers.get(job.target)
-                event = importer.finished_event(job) if importer is not None else None
-                if event is not None:
-                    uow.emit(
-                        event,
-                        aggregate_type="import",
-                        aggregate_id=job.id,
-                        action="finished",
-                        after={"target": job.target, "file_name": job.file_name, "status": job.status},
-                    )
+                jobs.emit_finished(uow, self.importers.get(job.target), job)
             await uow.session.flush()
             finished = select(ImportJob.id).where(ImportJob.status.in_(jobs.FINISHED))
             await uow.session.execute(delete(ImportFileChunk).where(ImportFileChunk.job_id.in_(finished)))
