@@ -6,10 +6,12 @@ answer is the merged record); `PATHS` says how to call each. A read RPC without 
 `test_the_table_covers_every_read_rpc`, so a new read path cannot be forgotten.
 
 For each marked object (account, contact, interaction) two users are made: one with every permission of the
-service except any on that object, and one with every permission but that object's marked fields hidden. Every
-path is called as the admin (who must see the markers the table says the path shows: the check can fail) and as
-each user: an answer may be refused, but nothing it carries (message, stream, file) may hold a marker of the
-object that user may not read."""
+service except any on that object, and one with every permission but that object's marked fields hidden; and one
+user has every permission on every object with data scope "own" (本人) and owns none of the marked records (the
+admin owns them and the import behind the reports). Every path is called as the admin (who must see the markers
+the table says the path shows: the check can fail) and as each user: an answer may be refused, but nothing it
+carries (message, stream, file) may hold a marker of an object that user may not read (for the own-scope user:
+any marker). The seeded world and its users are shared by the module's tests."""
 
 from __future__ import annotations
 
@@ -19,14 +21,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+import pytest
 from crm.customers.v1 import customers_pb2 as pb
+from crm.customers.v1 import customers_pb2_grpc, data_quality_pb2_grpc, duplicates_pb2
 from crm.customers.v1 import data_quality_pb2 as dq
-from crm.customers.v1 import duplicates_pb2
 from crm_kit.policy import read_methods
 
 from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, sign_up
 from tests.customers.test_import import csv_bytes, run_to_end, upload
-from tests.customers.test_merge import data, now  # noqa: F401
+from tests.customers.test_merge import now
 from tests.read_paths import answer_text
 
 SERVICES = (
@@ -51,6 +55,7 @@ OBJECTS = (
     "saved_view",
 )
 TAG = "mk7781"
+OWN = "*"  # the own-scope user's key: every marked object is outside their scope
 # Per marked object: the fields hidden from the second user, and the values the admin gave them.
 MARKED = {
     "account": (("notes", "phones", "custom_budget"), (f"acctnotes{TAG}", "13911117781", f"budget{TAG}")),
@@ -68,6 +73,8 @@ class World:
     data: Any
     admin: Any
     ids: dict[str, str] = field(default_factory=dict)
+    # (marked object or OWN, how) → the metadata of a user who may not see it.
+    users: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 Call = Callable[[World, Any], Awaitable[Any]]
@@ -241,7 +248,7 @@ def test_the_table_covers_every_read_rpc():
     assert sorted(PATHS.keys() - READS) == []
 
 
-async def seed(identity, customers, data) -> World:  # noqa: F811
+async def seed(identity, customers, data) -> World:
     company = await sign_up(identity)
     w = World(customers, data, company)
     md = company.md
@@ -354,12 +361,14 @@ async def seed(identity, customers, data) -> World:  # noqa: F811
     return w
 
 
-def grants(*, without: str = "", hiding: tuple[str, ...] = (), on: str = "") -> list[dict]:
+def grants(
+    *, without: str = "", hiding: tuple[str, ...] = (), on: str = "", scope: str = "DATA_SCOPE_ALL"
+) -> list[dict]:
     return [
         {
             "object": obj,
             "actions": ["*"],
-            "data_scope": "DATA_SCOPE_ALL",
+            "data_scope": scope,
             "field_rules": [
                 {"field": f, "access": "FIELD_ACCESS_HIDDEN"} for f in (hiding if obj == on else ())
             ],
@@ -380,24 +389,43 @@ async def answer(path: Path, w: World, md: Any) -> str | None:
     return await answer_text(path.call(w, md))
 
 
-async def test_no_read_path_shows_what_the_caller_may_not_read(identity, customers, data):  # noqa: F811
-    w = await seed(identity, customers, data)
-    users = {}
-    for obj, (hidden, _) in MARKED.items():
-        users[(obj, "without permission")] = await member(identity, w.admin, grants(without=obj))
-        users[(obj, "fields hidden")] = await member(identity, w.admin, grants(hiding=hidden, on=obj))
+@pytest.fixture(scope="module")
+async def world(identity, customers_service) -> World:
+    """One seeded company for the module, and its users: per marked object one without any permission on it
+    and one with its marked fields hidden; and one with every permission on every object but data scope
+    "own" (本人), who owns none of the marked records (the admin does)."""
+    async with grpc.aio.insecure_channel(customers_service.address) as channel:
+        w = await seed(
+            identity,
+            customers_pb2_grpc.CustomersServiceStub(channel),
+            data_quality_pb2_grpc.CustomersDataServiceStub(channel),
+        )
+        for obj, (hidden, _) in MARKED.items():
+            w.users[(obj, "without permission")] = await member(identity, w.admin, grants(without=obj))
+            w.users[(obj, "fields hidden")] = await member(identity, w.admin, grants(hiding=hidden, on=obj))
+        w.users[(OWN, "own scope")] = await member(identity, w.admin, grants(scope="DATA_SCOPE_OWN"))
+        yield w
+
+
+def markers(obj: str) -> tuple[str, ...]:
+    """The values `obj`'s user may not see: the marked object's, or for the own-scope user every marked one."""
+    return tuple(v for o, (_, values) in MARKED.items() if obj in (o, OWN) for v in values)
+
+
+async def test_no_read_path_shows_what_the_caller_may_not_read(world):
+    w = world
     leaks, unexercised, refused = [], [], []
     for name, path in PATHS.items():
         admin = await answer(path, w, w.admin.md)
         assert admin is not None, name
         unexercised += [(name, o) for o in path.shows if not any(v in admin for v in MARKED[o][1])]
-        for (obj, how), md in users.items():
+        for (obj, how), md in w.users.items():
             got = await answer(path, w, md)
             if got is None:
                 if how == "fields hidden":
                     refused.append((name, obj))
                 continue
-            leaks += [(name, obj, how, v) for v in MARKED[obj][1] if v in got]
+            leaks += [(name, obj, how, v) for v in markers(obj) if v in got]
     assert not unexercised, "\n".join(map(str, unexercised))
     assert not leaks, "\n".join(map(str, leaks))
     # Hiding a field never takes a whole read path away: the answer comes, without the field.
