@@ -4,7 +4,10 @@ as for customers (tests/customers/test_every_read_path.py, whose machinery it sh
 The read RPCs come from the descriptors of every sales service (`crm_kit.policy.read_methods`); `PATHS` says
 how to call each, and a read RPC without a case fails `test_the_table_covers_every_read_rpc`. For each marked
 object a user without any permission on it and a user with its marked fields hidden call every path (PDFs are
-read back as text): no answer may carry those values, and the admin's answers must (the check can fail)."""
+read back as text): no answer may carry those values, and the admin's answers must (the check can fail). A user
+with every permission but data scope "own" (本人) on every object, owning none of the marked records, calls them
+too: no answer may carry any marker (an approval is read in its quote's or contract's scope, an import's report
+in the import's). The seeded world and its users are shared by the module's tests."""
 
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ OBJECTS = (
     "contact",
 )
 TAG = "mk7781"
+OWN = "*"  # the own-scope user's key: every marked object is outside their scope
 MARKED = {
     "lead": (("phone", "description"), ("13600007781", f"leaddesc{TAG}", "136-0000-7781x")),
     "opportunity": (("next_step", "description", "amount"), (f"oppnext{TAG}", f"oppdesc{TAG}", "7781.23")),
@@ -94,6 +98,8 @@ class World:
     admin: Any
     ids: dict[str, str] = field(default_factory=dict)
     token: str = ""
+    # (marked object or OWN, how) → the metadata of a user who may not see it.
+    users: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -411,12 +417,14 @@ async def answer(path: Path, w: World, md: Any) -> str | None:
     return await answer_text(path.call(w, md))
 
 
-def grants(*, without: str = "", hiding: tuple[str, ...] = (), on: str = "") -> list[dict]:
+def grants(
+    *, without: str = "", hiding: tuple[str, ...] = (), on: str = "", scope: str = "DATA_SCOPE_ALL"
+) -> list[dict]:
     return [
         {
             "object": obj,
             "actions": ["*"],
-            "data_scope": "DATA_SCOPE_ALL",
+            "data_scope": scope,
             "field_rules": [
                 {"field": f, "access": "FIELD_ACCESS_HIDDEN"} for f in (hiding if obj == on else ())
             ],
@@ -432,7 +440,7 @@ async def member(identity, company, permissions: list[dict]) -> Any:
     return auth(token.access_token)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def stubs(sales_channel) -> dict[str, Any]:
     ch = sales_channel
     return {
@@ -447,24 +455,38 @@ def stubs(sales_channel) -> dict[str, Any]:
     }
 
 
-async def test_no_read_path_shows_what_the_caller_may_not_read(identity, stubs):
+@pytest.fixture(scope="module")
+async def world(identity, stubs) -> World:
+    """One seeded company for the module, and its users: per marked object one without any permission on it
+    and one with its marked fields hidden; and one with every permission on every object but data scope
+    "own" (本人), who owns none of the marked records (the admin does)."""
     w = await seed(identity, stubs)
-    users = {}
     for obj, (hidden, _) in MARKED.items():
-        users[(obj, "without permission")] = await member(identity, w.admin, grants(without=obj))
-        users[(obj, "fields hidden")] = await member(identity, w.admin, grants(hiding=hidden, on=obj))
+        w.users[(obj, "without permission")] = await member(identity, w.admin, grants(without=obj))
+        w.users[(obj, "fields hidden")] = await member(identity, w.admin, grants(hiding=hidden, on=obj))
+    w.users[(OWN, "own scope")] = await member(identity, w.admin, grants(scope="DATA_SCOPE_OWN"))
+    return w
+
+
+def markers(obj: str) -> tuple[str, ...]:
+    """The values `obj`'s user may not see: the marked object's, or for the own-scope user every marked one."""
+    return tuple(v for o, (_, values) in MARKED.items() if obj in (o, OWN) for v in values)
+
+
+async def test_no_read_path_shows_what_the_caller_may_not_read(world):
+    w = world
     leaks, unexercised, refused = [], [], []
     for name, path in PATHS.items():
         admin = await answer(path, w, w.admin.md)
         assert admin is not None, name
         unexercised += [(name, o) for o in path.shows if not any(v in admin for v in MARKED[o][1])]
-        for (obj, how), md in users.items():
+        for (obj, how), md in w.users.items():
             got = await answer(path, w, md)
             if got is None:
                 if how == "fields hidden":
                     refused.append((name, obj))
                 continue
-            leaks += [(name, obj, how, v) for v in MARKED[obj][1] if v in got]
+            leaks += [(name, obj, how, v) for v in markers(obj) if v in got]
         await asyncio.sleep(0)
     assert not unexercised, "\n".join(map(str, unexercised))
     assert not leaks, "\n".join(map(str, leaks))

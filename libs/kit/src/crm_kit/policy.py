@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crm.identity.v1 import identity_pb2
-from sqlalchemy import false, or_, true
+from sqlalchemy import false, or_, select, true
 from sqlalchemy.sql import ColumnElement
 
 from crm_kit.context import Principal, caller
@@ -234,6 +234,18 @@ class Decision:
         if self.scope == OWN or not self.departments:
             return own
         return or_(own, department_column.in_(sorted(self.departments)))
+
+    def source_filter(self, principal: Principal, column: Any, source: Any) -> ColumnElement[bool]:
+        """The WHERE clause for records whose scope is that of another record, their source (an approval: its
+        quote's or contract's; a payment: its plan's): `column` holds the id of a row of `source` (a model with
+        `id`, `tenant_id`, `owner_id`, `department_id`) that `row_filter` lets the caller see."""
+        if not self.allowed:
+            return false()
+        visible = select(source.id).where(
+            source.tenant_id == principal.tenant_id,
+            self.row_filter(principal, owner_column=source.owner_id, department_column=source.department_id),
+        )
+        return column.in_(visible)
 
 
 class PolicyView:
