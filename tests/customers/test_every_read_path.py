@@ -27,6 +27,7 @@ from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc, data_quality_pb2_grpc, duplicates_pb2
 from crm.customers.v1 import data_quality_pb2 as dq
 from crm_kit.policy import read_methods
+from google.protobuf import field_mask_pb2
 
 from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, sign_up
 from tests.customers.test_import import csv_bytes, run_to_end, upload
@@ -429,4 +430,189 @@ async def test_no_read_path_shows_what_the_caller_may_not_read(world):
     assert not unexercised, "\n".join(map(str, unexercised))
     assert not leaks, "\n".join(map(str, leaks))
     # Hiding a field never takes a whole read path away: the answer comes, without the field.
+    assert not refused, "\n".join(map(str, refused))
+
+
+# ---------------------------------------------------------------- write answers
+#
+# A write that answers the record (created, updated, restored) answers it through the same read step: a user
+# allowed the write (changing another field) never gets a hidden value back. The writes come from the
+# descriptors too: every write whose answer carries a marked object's message needs a case in `WRITES`, which
+# makes a fresh record with the markers as the admin and then writes it as the caller.
+
+# The message of each marked object (the answer of a write carrying one of them answers that object).
+RECORDS = {"account": pb.Account, "contact": pb.Contact, "interaction": pb.Interaction}
+
+
+def answered(services: Any, records: dict[str, Any], reads: set[str]) -> dict[str, tuple[str, ...]]:
+    """`Service/Method` of every write (not in `reads`) whose answer carries the message of a marked object →
+    those objects."""
+    out = {}
+    for s in services:
+        for m in s.methods:
+            types = {f.message_type for f in m.output_type.fields}
+            objs = tuple(o for o, message in records.items() if message.DESCRIPTOR in types)
+            if objs and f"{s.name}/{m.name}" not in reads:
+                out[f"{s.name}/{m.name}"] = objs
+    return out
+
+
+WRITE_ANSWERS = answered(SERVICES, RECORDS, READS)
+
+
+async def _marked_account(w: World) -> pb.Account:
+    notes, phone, budget = MARKED["account"][1]
+    return await new_account(
+        w.customers,
+        w.admin,
+        f"远景{uuid.uuid4().hex[:6]}",
+        notes=notes,
+        phones=[phone],
+        custom_fields={"budget": budget},
+    )
+
+
+async def _marked_contact(w: World) -> pb.Contact:
+    cnotes, email, secret, _ = MARKED["contact"][1]
+    made = await w.customers.CreateContact(
+        pb.CreateContactRequest(
+            contact=pb.Contact(
+                name=f"张{uuid.uuid4().hex[:4]}",
+                emails=[email],
+                notes=cnotes,
+                custom_fields={"secret": secret},
+                account_ids=[w.ids["account"]],
+            )
+        ),
+        metadata=w.admin.md,
+    )
+    return made.contact
+
+
+async def _marked_interaction(w: World) -> pb.Interaction:
+    subject, body, outcome = MARKED["interaction"][1]
+    made = await w.customers.CreateInteraction(
+        pb.CreateInteractionRequest(
+            interaction=pb.Interaction(
+                kind=pb.INTERACTION_KIND_CALL,
+                subject=subject,
+                body=body,
+                outcome=outcome,
+                occurred_at=now(),
+                account_ids=[w.ids["account"]],
+                contact_ids=[w.ids["contact"]],
+            )
+        ),
+        metadata=w.admin.md,
+    )
+    return made.interaction
+
+
+def _mask(*paths: str) -> field_mask_pb2.FieldMask:
+    return field_mask_pb2.FieldMask(paths=list(paths))
+
+
+async def _update_account(w: World, md: Any) -> Any:
+    a = await _marked_account(w)
+    return await w.customers.UpdateAccount(
+        pb.UpdateAccountRequest(id=a.id, account=pb.Account(name=f"{a.name}改"), update_mask=_mask("name")),
+        metadata=md,
+    )
+
+
+async def _restore_account(w: World, md: Any) -> Any:
+    a = await _marked_account(w)
+    await w.customers.DeleteAccount(pb.DeleteAccountRequest(id=a.id), metadata=w.admin.md)
+    return await w.customers.RestoreAccount(pb.RestoreAccountRequest(id=a.id), metadata=md)
+
+
+async def _create_account(w: World, md: Any) -> Any:
+    """Named like the marked account and in its group: the answer (and its duplicate warnings) quote nothing
+    hidden of the records it resembles."""
+    return await w.customers.CreateAccount(
+        pb.CreateAccountRequest(account=pb.Account(name="上海远景能源有限公司", parent_id=w.ids["parent"])),
+        metadata=md,
+    )
+
+
+async def _update_contact(w: World, md: Any) -> Any:
+    c = await _marked_contact(w)
+    return await w.customers.UpdateContact(
+        pb.UpdateContactRequest(id=c.id, contact=pb.Contact(name=f"{c.name}改"), update_mask=_mask("name")),
+        metadata=md,
+    )
+
+
+async def _restore_contact(w: World, md: Any) -> Any:
+    c = await _marked_contact(w)
+    await w.customers.DeleteContact(pb.DeleteContactRequest(id=c.id), metadata=w.admin.md)
+    return await w.customers.RestoreContact(pb.RestoreContactRequest(id=c.id), metadata=md)
+
+
+async def _create_contact(w: World, md: Any) -> Any:
+    return await w.customers.CreateContact(
+        pb.CreateContactRequest(
+            contact=pb.Contact(name="张远景", phones=["13700007781"], account_ids=[w.ids["account"]])
+        ),
+        metadata=md,
+    )
+
+
+async def _update_interaction(w: World, md: Any) -> Any:
+    i = await _marked_interaction(w)
+    return await w.customers.UpdateInteraction(
+        pb.UpdateInteractionRequest(
+            id=i.id, interaction=pb.Interaction(kind=pb.INTERACTION_KIND_MEETING), update_mask=_mask("kind")
+        ),
+        metadata=md,
+    )
+
+
+async def _create_interaction(w: World, md: Any) -> Any:
+    return await w.customers.CreateInteraction(
+        pb.CreateInteractionRequest(
+            interaction=pb.Interaction(
+                kind=pb.INTERACTION_KIND_CALL, occurred_at=now(), account_ids=[w.ids["account"]]
+            )
+        ),
+        metadata=md,
+    )
+
+
+# Per write: the call, and the marked objects whose values the admin's answer holds (the check can fail).
+WRITES: dict[str, Path] = {
+    "CustomersService/CreateAccount": Path(_create_account),
+    "CustomersService/UpdateAccount": Path(_update_account, ("account",)),
+    "CustomersService/RestoreAccount": Path(_restore_account, ("account",)),
+    "CustomersService/CreateContact": Path(_create_contact),
+    "CustomersService/UpdateContact": Path(_update_contact, ("contact",)),
+    "CustomersService/RestoreContact": Path(_restore_contact, ("contact",)),
+    "CustomersService/CreateInteraction": Path(_create_interaction),
+    "CustomersService/UpdateInteraction": Path(_update_interaction, ("interaction",)),
+}
+
+
+def test_the_table_covers_every_write_that_answers_a_record():
+    assert sorted(WRITE_ANSWERS.keys() - WRITES.keys()) == []
+    assert sorted(WRITES.keys() - WRITE_ANSWERS.keys()) == []
+
+
+async def test_no_write_answer_shows_a_hidden_field(world):
+    """Each write, as the admin (their answer must hold the markers the table says) and as the user from whom
+    the answered object's marked fields are hidden, who is allowed the write: their answer comes (a refusal
+    would mean the case tests nothing) and holds none of those values."""
+    w = world
+    leaks, unexercised, refused = [], [], []
+    for name, path in WRITES.items():
+        admin = await answer(path, w, w.admin.md)
+        assert admin is not None, name
+        unexercised += [(name, o) for o in path.shows if not any(v in admin for v in MARKED[o][1])]
+        for obj in WRITE_ANSWERS[name]:
+            got = await answer(path, w, w.users[(obj, "fields hidden")])
+            if got is None:
+                refused.append((name, obj))
+                continue
+            leaks += [(name, obj, v) for v in MARKED[obj][1] if v in got]
+    assert not unexercised, "\n".join(map(str, unexercised))
+    assert not leaks, "\n".join(map(str, leaks))
     assert not refused, "\n".join(map(str, refused))
