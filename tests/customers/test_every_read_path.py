@@ -32,7 +32,7 @@ from google.protobuf import field_mask_pb2
 from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, sign_up
 from tests.customers.test_import import csv_bytes, run_to_end, upload
 from tests.customers.test_merge import now
-from tests.read_paths import answer_text
+from tests.read_paths import answer_text, answered
 
 SERVICES = (
     pb.DESCRIPTOR.services_by_name["CustomersService"],
@@ -441,20 +441,7 @@ async def test_no_read_path_shows_what_the_caller_may_not_read(world):
 # makes a fresh record with the markers as the admin and then writes it as the caller.
 
 # The message of each marked object (the answer of a write carrying one of them answers that object).
-RECORDS = {"account": pb.Account, "contact": pb.Contact, "interaction": pb.Interaction}
-
-
-def answered(services: Any, records: dict[str, Any], reads: set[str]) -> dict[str, tuple[str, ...]]:
-    """`Service/Method` of every write (not in `reads`) whose answer carries the message of a marked object →
-    those objects."""
-    out = {}
-    for s in services:
-        for m in s.methods:
-            types = {f.message_type for f in m.output_type.fields}
-            objs = tuple(o for o, message in records.items() if message.DESCRIPTOR in types)
-            if objs and f"{s.name}/{m.name}" not in reads:
-                out[f"{s.name}/{m.name}"] = objs
-    return out
+RECORDS = {"account": (pb.Account,), "contact": (pb.Contact,), "interaction": (pb.Interaction,)}
 
 
 WRITE_ANSWERS = answered(SERVICES, RECORDS, READS)
