@@ -290,11 +290,12 @@ async def seed(identity, s: dict[str, Any]) -> World:
     phone, desc, bad_phone = MARKED["lead"][1]
     lead = (
         await s["leads"].CreateLead(
-            L.CreateLeadRequest(name="周远景", company="远景", phone=phone, description=desc), metadata=md
+            L.CreateLeadRequest(name=f"周远景{TAG}", company="远景", phone=phone, description=desc),
+            metadata=md,
         )
     ).lead
     await s["leads"].AddLeadFollowUp(
-        L.AddLeadFollowUpRequest(lead_id=lead.id, content="电话沟通"), metadata=md
+        L.AddLeadFollowUpRequest(lead_id=lead.id, content=f"电话沟通{TAG}"), metadata=md
     )
     form = (
         await s["leads"].CreateWebForm(
@@ -311,7 +312,7 @@ async def seed(identity, s: dict[str, Any]) -> World:
     opp = (
         await s["pipelines"].CreateOpportunity(
             P.CreateOpportunityRequest(
-                name="远景储能",
+                name=f"远景储能{TAG}",
                 pipeline_id=pipeline.id,
                 stage_id=pipeline.stages[0].id,
                 amount=amount,
@@ -340,7 +341,7 @@ async def seed(identity, s: dict[str, Any]) -> World:
         await s["quotes"].CreateQuote(
             Q.CreateQuoteRequest(
                 account_id=w.ids.setdefault("account", str(uuid.uuid4())),
-                customer_name="远景",
+                customer_name=f"远景{TAG}",
                 price_book_id=book.id,
                 lines=[Q.QuoteLineInput(product_id=server.id, quantity="1", discount_percent="40")],
                 notes=notes,
@@ -358,7 +359,7 @@ async def seed(identity, s: dict[str, Any]) -> World:
     (cterms,) = MARKED["contract"][1]
     contract = (
         await s["contracts"].CreateContract(
-            C.CreateContractRequest(quote_id=quote.id, title="储能合同", terms=cterms), metadata=md
+            C.CreateContractRequest(quote_id=quote.id, title=f"储能合同{TAG}", terms=cterms), metadata=md
         )
     ).contract
     signed = await s["contracts"].SubmitContract(C.SubmitContractRequest(id=contract.id), metadata=md)
@@ -380,7 +381,7 @@ async def seed(identity, s: dict[str, Any]) -> World:
     )
     await s["contracts"].RefundPayment(
         C.RefundPaymentRequest(
-            payment_id=paid.payment.id, amount="1.00", reason="多付", reference=refund_ref
+            payment_id=paid.payment.id, amount="1.00", reason=f"多付{TAG}", reference=refund_ref
         ),
         metadata=md,
     )
@@ -389,7 +390,7 @@ async def seed(identity, s: dict[str, Any]) -> World:
     task = (
         await s["activities"].CreateTask(
             A.CreateTaskRequest(
-                title="准备方案",
+                title=f"准备方案{TAG}",
                 description=tdesc,
                 related_type="opportunity",
                 related_id=opp.id,
@@ -399,7 +400,9 @@ async def seed(identity, s: dict[str, Any]) -> World:
         )
     ).task
     await s["activities"].CreateActivity(
-        A.CreateActivityRequest(related_type="opportunity", related_id=opp.id, kind="call", content="电话"),
+        A.CreateActivityRequest(
+            related_type="opportunity", related_id=opp.id, kind="call", content=f"电话{TAG}"
+        ),
         metadata=md,
     )
     w.ids["task"] = task.id
@@ -473,8 +476,11 @@ async def world(identity, stubs) -> World:
 
 
 def markers(obj: str) -> tuple[str, ...]:
-    """The values `obj`'s user may not see: the marked object's, or for the own-scope user every marked one."""
-    return tuple(v for o, (_, values) in MARKED.items() if obj in (o, OWN) for v in values)
+    """The values `obj`'s user may not see: the marked object's; for the own-scope user every marked one, and
+    anything of the admin's records (their names, titles, follow-ups, activities, reasons all carry the tag)."""
+    if obj == OWN:
+        return (TAG, *(v for _, values in MARKED.values() for v in values))
+    return MARKED[obj][1]
 
 
 async def test_no_read_path_shows_what_the_caller_may_not_read(world):
@@ -697,7 +703,12 @@ WRITES: dict[str, Path] = {
         ("lead",),
     ),
     "LeadsService/ReleaseLead": Path(
-        on("leads", "ReleaseLead", _held_lead, lambda w, r, md: L.ReleaseLeadRequest(id=r.id, reason="不跟了")),
+        on(
+            "leads",
+            "ReleaseLead",
+            _held_lead,
+            lambda w, r, md: L.ReleaseLeadRequest(id=r.id, reason="不跟了"),
+        ),
         ("lead",),
     ),
     "LeadsService/ConvertLead": Path(
