@@ -237,15 +237,15 @@ class Decision:
 
     def source_filter(self, principal: Principal, column: Any, source: Any) -> ColumnElement[bool]:
         """The WHERE clause for records whose scope is that of another record, their source (an approval: its
-        quote's or contract's; a payment: its plan's): `column` holds the id of a row of `source` (a model with
-        `id`, `tenant_id`, `owner_id`, `department_id`) that `row_filter` lets the caller see."""
+        quote's or contract's; a payment: its plan's; a merge: its survivor's): `column` holds the id of a row of
+        `source` (a model with `id`, `tenant_id`, `owner_id`, `department_id`, maybe `team_member_ids`) that
+        `row_filter` lets the caller see, or whose team they are in."""
         if not self.allowed:
             return false()
-        visible = select(source.id).where(
-            source.tenant_id == principal.tenant_id,
-            self.row_filter(principal, owner_column=source.owner_id, department_column=source.department_id),
-        )
-        return column.in_(visible)
+        scope = self.row_filter(principal, owner_column=source.owner_id, department_column=source.department_id)
+        if self.scope != ALL and hasattr(source, "team_member_ids"):
+            scope = or_(scope, source.team_member_ids.contains([principal.actor_id]))
+        return column.in_(select(source.id).where(source.tenant_id == principal.tenant_id, scope))
 
 
 class PolicyView:
