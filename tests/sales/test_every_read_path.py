@@ -479,12 +479,13 @@ async def world(identity, stubs) -> World:
 OWNED = ("lead", "opportunity", "quote", "approval", "contract", "order", "plan", "task", "import")
 
 
-def markers(obj: str, w: World) -> tuple[str, ...]:
+def markers(obj: str, w: World, *, ids: bool = True) -> tuple[str, ...]:
     """The values `obj`'s user may not see: the marked object's; for the own-scope user every marked one, and
     anything of the admin's records: their names, titles, follow-ups, activities and reasons (they carry the
     tag) and their ids."""
     if obj == OWN:
-        return (TAG, *(v for _, values in MARKED.values() for v in values), *(w.ids[k] for k in OWNED))
+        owned = (w.ids[k] for k in OWNED) if ids else ()
+        return (TAG, *(v for _, values in MARKED.values() for v in values), *owned)
     return MARKED[obj][1]
 
 
@@ -944,6 +945,10 @@ async def test_no_write_answer_shows_a_hidden_field(identity, world):
                 refused.append((name, obj))
                 continue
             leaks += [(name, obj, v) for v in MARKED[obj][1] if v in got]
+        # The own-scope user may not write the admin's records (a refusal), nor make one from them that tells
+        # what they hold (the ids they give are their own input, and may come back).
+        got = await answer(path, w, w.users[(OWN, "own scope")])
+        leaks += [(name, OWN, v) for v in markers(OWN, w, ids=False) if got is not None and v in got]
     assert not unexercised, "\n".join(map(str, unexercised))
     assert not leaks, "\n".join(map(str, leaks))
     assert not refused, "\n".join(map(str, refused))
