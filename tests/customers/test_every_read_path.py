@@ -595,7 +595,8 @@ def test_the_table_covers_every_write_that_answers_a_record():
 async def test_no_write_answer_shows_a_hidden_field(world):
     """Each write, as the admin (their answer must hold the markers the table says) and as the user from whom
     the answered object's marked fields are hidden, who is allowed the write: their answer comes (a refusal
-    would mean the case tests nothing) and holds none of those values."""
+    would mean the case tests nothing) and holds none of those values; and as the own-scope user, whose answer
+    (if any) holds nothing of the admin's records."""
     w = world
     leaks, unexercised, refused = [], [], []
     for name, path in WRITES.items():
