@@ -42,3 +42,16 @@ async def answer_text(call: Awaitable[Any]) -> str | None:
         if exc.code() in REFUSED:
             return None
         raise
+
+
+def answered(services: Any, records: dict[str, tuple[Any, ...]], reads: set[str]) -> dict[str, tuple[str, ...]]:
+    """`Service/Method` of every write (a method not in `reads`) whose answer carries a record's message (`records`:
+    object → its messages) → those objects: a write that answers the record answers it through the read step."""
+    out = {}
+    for s in services:
+        for m in s.methods:
+            types = {f.message_type for f in m.output_type.fields}
+            objs = tuple(o for o, messages in records.items() if any(x.DESCRIPTOR in types for x in messages))
+            if objs and f"{s.name}/{m.name}" not in reads:
+                out[f"{s.name}/{m.name}"] = objs
+    return out

@@ -6,10 +6,12 @@ answer is the merged record); `PATHS` says how to call each. A read RPC without 
 `test_the_table_covers_every_read_rpc`, so a new read path cannot be forgotten.
 
 For each marked object (account, contact, interaction) two users are made: one with every permission of the
-service except any on that object, and one with every permission but that object's marked fields hidden. Every
-path is called as the admin (who must see the markers the table says the path shows: the check can fail) and as
-each user: an answer may be refused, but nothing it carries (message, stream, file) may hold a marker of the
-object that user may not read."""
+service except any on that object, and one with every permission but that object's marked fields hidden; and one
+user has every permission on every object with data scope "own" (本人) and owns none of the marked records (the
+admin owns them and the import behind the reports). Every path is called as the admin (who must see the markers
+the table says the path shows: the check can fail) and as each user: an answer may be refused, but nothing it
+carries (message, stream, file) may hold a marker of an object that user may not read (for the own-scope user:
+any marker). The seeded world and its users are shared by the module's tests."""
 
 from __future__ import annotations
 
@@ -19,15 +21,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+import pytest
 from crm.customers.v1 import customers_pb2 as pb
+from crm.customers.v1 import customers_pb2_grpc, data_quality_pb2_grpc, duplicates_pb2
 from crm.customers.v1 import data_quality_pb2 as dq
-from crm.customers.v1 import duplicates_pb2
 from crm_kit.policy import read_methods
+from google.protobuf import field_mask_pb2
 
 from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, sign_up
 from tests.customers.test_import import csv_bytes, run_to_end, upload
-from tests.customers.test_merge import data, now  # noqa: F401
-from tests.read_paths import answer_text
+from tests.customers.test_merge import now
+from tests.read_paths import answer_text, answered
 
 SERVICES = (
     pb.DESCRIPTOR.services_by_name["CustomersService"],
@@ -51,6 +56,7 @@ OBJECTS = (
     "saved_view",
 )
 TAG = "mk7781"
+OWN = "*"  # the own-scope user's key: every marked object is outside their scope
 # Per marked object: the fields hidden from the second user, and the values the admin gave them.
 MARKED = {
     "account": (("notes", "phones", "custom_budget"), (f"acctnotes{TAG}", "13911117781", f"budget{TAG}")),
@@ -68,6 +74,8 @@ class World:
     data: Any
     admin: Any
     ids: dict[str, str] = field(default_factory=dict)
+    # (marked object or OWN, how) → the metadata of a user who may not see it.
+    users: dict[tuple[str, str], Any] = field(default_factory=dict)
 
 
 Call = Callable[[World, Any], Awaitable[Any]]
@@ -241,7 +249,7 @@ def test_the_table_covers_every_read_rpc():
     assert sorted(PATHS.keys() - READS) == []
 
 
-async def seed(identity, customers, data) -> World:  # noqa: F811
+async def seed(identity, customers, data) -> World:
     company = await sign_up(identity)
     w = World(customers, data, company)
     md = company.md
@@ -270,11 +278,11 @@ async def seed(identity, customers, data) -> World:  # noqa: F811
         )
     ).duplicate_rule.id
     notes, phone, budget = MARKED["account"][1]
-    parent = await new_account(customers, company, "远景集团", credit_code=credit_code(76))
+    parent = await new_account(customers, company, f"远景集团{TAG}", credit_code=credit_code(76))
     account = await new_account(
         customers,
         company,
-        "上海远景能源有限公司",
+        f"上海远景能源有限公司{TAG}",
         credit_code=credit_code(77),
         notes=notes,
         phones=[phone],
@@ -282,13 +290,13 @@ async def seed(identity, customers, data) -> World:  # noqa: F811
         parent_id=parent.id,
     )
     twin = await new_account(customers, company, "远景能源（上海）", phones=[phone], notes=notes)
-    partner = await new_account(customers, company, "远景合作伙伴", notes=notes)
+    partner = await new_account(customers, company, f"远景合作伙伴{TAG}", notes=notes)
     w.ids.update(account=account.id, parent=parent.id, partner=partner.id, twin=twin.id)
     cnotes, email, secret, imported = MARKED["contact"][1]
     contact = await customers.CreateContact(
         pb.CreateContactRequest(
             contact=pb.Contact(
-                name="张远景",
+                name=f"张远景{TAG}",
                 emails=[email],
                 phones=["13700007781"],
                 notes=cnotes,
@@ -320,7 +328,7 @@ async def seed(identity, customers, data) -> World:  # noqa: F811
             type="partner_of",
             source=pb.RecordRef(type=ACCOUNT, id=account.id),
             target=pb.RecordRef(type=ACCOUNT, id=partner.id),
-            note="合作",
+            note=f"合作{TAG}",
         ),
         metadata=md,
     )
@@ -339,7 +347,7 @@ async def seed(identity, customers, data) -> World:  # noqa: F811
         if got.duplicate_scan.finished_at.seconds:
             break
         await asyncio.sleep(0.05)
-    folded = await new_account(customers, company, "待合并的远景", notes=notes)
+    folded = await new_account(customers, company, f"待合并的远景{TAG}", notes=notes)
     merged = await data.MergeRecords(
         dq.MergeRecordsRequest(record_type=ACCOUNT, survivor_id=partner.id, merged_ids=[folded.id]),
         metadata=md,
@@ -354,12 +362,14 @@ async def seed(identity, customers, data) -> World:  # noqa: F811
     return w
 
 
-def grants(*, without: str = "", hiding: tuple[str, ...] = (), on: str = "") -> list[dict]:
+def grants(
+    *, without: str = "", hiding: tuple[str, ...] = (), on: str = "", scope: str = "DATA_SCOPE_ALL"
+) -> list[dict]:
     return [
         {
             "object": obj,
             "actions": ["*"],
-            "data_scope": "DATA_SCOPE_ALL",
+            "data_scope": scope,
             "field_rules": [
                 {"field": f, "access": "FIELD_ACCESS_HIDDEN"} for f in (hiding if obj == on else ())
             ],
@@ -380,25 +390,229 @@ async def answer(path: Path, w: World, md: Any) -> str | None:
     return await answer_text(path.call(w, md))
 
 
-async def test_no_read_path_shows_what_the_caller_may_not_read(identity, customers, data):  # noqa: F811
-    w = await seed(identity, customers, data)
-    users = {}
-    for obj, (hidden, _) in MARKED.items():
-        users[(obj, "without permission")] = await member(identity, w.admin, grants(without=obj))
-        users[(obj, "fields hidden")] = await member(identity, w.admin, grants(hiding=hidden, on=obj))
+@pytest.fixture(scope="module")
+async def world(identity, customers_service) -> World:
+    """One seeded company for the module, and its users: per marked object one without any permission on it
+    and one with its marked fields hidden; and one with every permission on every object but data scope
+    "own" (本人), who owns none of the marked records (the admin does)."""
+    async with grpc.aio.insecure_channel(customers_service.address) as channel:
+        w = await seed(
+            identity,
+            customers_pb2_grpc.CustomersServiceStub(channel),
+            data_quality_pb2_grpc.CustomersDataServiceStub(channel),
+        )
+        for obj, (hidden, _) in MARKED.items():
+            w.users[(obj, "without permission")] = await member(identity, w.admin, grants(without=obj))
+            w.users[(obj, "fields hidden")] = await member(identity, w.admin, grants(hiding=hidden, on=obj))
+        w.users[(OWN, "own scope")] = await member(identity, w.admin, grants(scope="DATA_SCOPE_OWN"))
+        yield w
+
+
+# The admin's records (and records about them: a merge, an import) that no own-scope user may learn of.
+OWNED = ("account", "parent", "partner", "twin", "contact", "interaction", "relationship", "merge", "import")
+
+
+def markers(obj: str, w: World, *, ids: bool = True) -> tuple[str, ...]:
+    """The values `obj`'s user may not see: the marked object's; for the own-scope user every marked one, and
+    anything of the admin's records: their names and notes (they carry the tag) and their ids."""
+    if obj == OWN:
+        owned = (w.ids[k] for k in OWNED) if ids else ()
+        return (TAG, *(v for _, values in MARKED.values() for v in values), *owned)
+    return MARKED[obj][1]
+
+
+async def test_no_read_path_shows_what_the_caller_may_not_read(world):
+    w = world
     leaks, unexercised, refused = [], [], []
     for name, path in PATHS.items():
         admin = await answer(path, w, w.admin.md)
         assert admin is not None, name
         unexercised += [(name, o) for o in path.shows if not any(v in admin for v in MARKED[o][1])]
-        for (obj, how), md in users.items():
+        for (obj, how), md in w.users.items():
             got = await answer(path, w, md)
             if got is None:
                 if how == "fields hidden":
                     refused.append((name, obj))
                 continue
-            leaks += [(name, obj, how, v) for v in MARKED[obj][1] if v in got]
+            leaks += [(name, obj, how, v) for v in markers(obj, w) if v in got]
     assert not unexercised, "\n".join(map(str, unexercised))
     assert not leaks, "\n".join(map(str, leaks))
     # Hiding a field never takes a whole read path away: the answer comes, without the field.
+    assert not refused, "\n".join(map(str, refused))
+
+
+# ---------------------------------------------------------------- write answers
+#
+# A write that answers the record (created, updated, restored) answers it through the same read step: a user
+# allowed the write (changing another field) never gets a hidden value back. The writes come from the
+# descriptors too: every write whose answer carries a marked object's message needs a case in `WRITES`, which
+# makes a fresh record with the markers as the admin and then writes it as the caller.
+
+# The message of each marked object (the answer of a write carrying one of them answers that object).
+RECORDS = {"account": (pb.Account,), "contact": (pb.Contact,), "interaction": (pb.Interaction,)}
+
+
+WRITE_ANSWERS = answered(SERVICES, RECORDS, READS)
+
+
+async def _marked_account(w: World) -> pb.Account:
+    notes, phone, budget = MARKED["account"][1]
+    return await new_account(
+        w.customers,
+        w.admin,
+        f"远景{uuid.uuid4().hex[:6]}",
+        notes=notes,
+        phones=[phone],
+        custom_fields={"budget": budget},
+    )
+
+
+async def _marked_contact(w: World) -> pb.Contact:
+    cnotes, email, secret, _ = MARKED["contact"][1]
+    made = await w.customers.CreateContact(
+        pb.CreateContactRequest(
+            contact=pb.Contact(
+                name=f"张{uuid.uuid4().hex[:4]}",
+                emails=[email],
+                notes=cnotes,
+                custom_fields={"secret": secret},
+                account_ids=[w.ids["account"]],
+            )
+        ),
+        metadata=w.admin.md,
+    )
+    return made.contact
+
+
+async def _marked_interaction(w: World) -> pb.Interaction:
+    subject, body, outcome = MARKED["interaction"][1]
+    made = await w.customers.CreateInteraction(
+        pb.CreateInteractionRequest(
+            interaction=pb.Interaction(
+                kind=pb.INTERACTION_KIND_CALL,
+                subject=subject,
+                body=body,
+                outcome=outcome,
+                occurred_at=now(),
+                account_ids=[w.ids["account"]],
+                contact_ids=[w.ids["contact"]],
+            )
+        ),
+        metadata=w.admin.md,
+    )
+    return made.interaction
+
+
+def _mask(*paths: str) -> field_mask_pb2.FieldMask:
+    return field_mask_pb2.FieldMask(paths=list(paths))
+
+
+async def _update_account(w: World, md: Any) -> Any:
+    a = await _marked_account(w)
+    return await w.customers.UpdateAccount(
+        pb.UpdateAccountRequest(id=a.id, account=pb.Account(name=f"{a.name}改"), update_mask=_mask("name")),
+        metadata=md,
+    )
+
+
+async def _restore_account(w: World, md: Any) -> Any:
+    a = await _marked_account(w)
+    await w.customers.DeleteAccount(pb.DeleteAccountRequest(id=a.id), metadata=w.admin.md)
+    return await w.customers.RestoreAccount(pb.RestoreAccountRequest(id=a.id), metadata=md)
+
+
+async def _create_account(w: World, md: Any) -> Any:
+    """Named like the marked account and in its group: the answer (and its duplicate warnings) quote nothing
+    hidden of the records it resembles."""
+    return await w.customers.CreateAccount(
+        pb.CreateAccountRequest(account=pb.Account(name="上海远景能源有限公司", parent_id=w.ids["parent"])),
+        metadata=md,
+    )
+
+
+async def _update_contact(w: World, md: Any) -> Any:
+    c = await _marked_contact(w)
+    return await w.customers.UpdateContact(
+        pb.UpdateContactRequest(id=c.id, contact=pb.Contact(name=f"{c.name}改"), update_mask=_mask("name")),
+        metadata=md,
+    )
+
+
+async def _restore_contact(w: World, md: Any) -> Any:
+    c = await _marked_contact(w)
+    await w.customers.DeleteContact(pb.DeleteContactRequest(id=c.id), metadata=w.admin.md)
+    return await w.customers.RestoreContact(pb.RestoreContactRequest(id=c.id), metadata=md)
+
+
+async def _create_contact(w: World, md: Any) -> Any:
+    return await w.customers.CreateContact(
+        pb.CreateContactRequest(
+            contact=pb.Contact(name="张远景", phones=["13700007781"], account_ids=[w.ids["account"]])
+        ),
+        metadata=md,
+    )
+
+
+async def _update_interaction(w: World, md: Any) -> Any:
+    i = await _marked_interaction(w)
+    return await w.customers.UpdateInteraction(
+        pb.UpdateInteractionRequest(
+            id=i.id, interaction=pb.Interaction(kind=pb.INTERACTION_KIND_MEETING), update_mask=_mask("kind")
+        ),
+        metadata=md,
+    )
+
+
+async def _create_interaction(w: World, md: Any) -> Any:
+    return await w.customers.CreateInteraction(
+        pb.CreateInteractionRequest(
+            interaction=pb.Interaction(
+                kind=pb.INTERACTION_KIND_CALL, occurred_at=now(), account_ids=[w.ids["account"]]
+            )
+        ),
+        metadata=md,
+    )
+
+
+# Per write: the call, and the marked objects whose values the admin's answer holds (the check can fail).
+WRITES: dict[str, Path] = {
+    "CustomersService/CreateAccount": Path(_create_account),
+    "CustomersService/UpdateAccount": Path(_update_account, ("account",)),
+    "CustomersService/RestoreAccount": Path(_restore_account, ("account",)),
+    "CustomersService/CreateContact": Path(_create_contact),
+    "CustomersService/UpdateContact": Path(_update_contact, ("contact",)),
+    "CustomersService/RestoreContact": Path(_restore_contact, ("contact",)),
+    "CustomersService/CreateInteraction": Path(_create_interaction),
+    "CustomersService/UpdateInteraction": Path(_update_interaction, ("interaction",)),
+}
+
+
+def test_the_table_covers_every_write_that_answers_a_record():
+    assert sorted(WRITE_ANSWERS.keys() - WRITES.keys()) == []
+    assert sorted(WRITES.keys() - WRITE_ANSWERS.keys()) == []
+
+
+async def test_no_write_answer_shows_a_hidden_field(world):
+    """Each write, as the admin (their answer must hold the markers the table says) and as the user from whom
+    the answered object's marked fields are hidden, who is allowed the write: their answer comes (a refusal
+    would mean the case tests nothing) and holds none of those values; and as the own-scope user, whose answer
+    (if any) holds nothing of the admin's records."""
+    w = world
+    leaks, unexercised, refused = [], [], []
+    for name, path in WRITES.items():
+        admin = await answer(path, w, w.admin.md)
+        assert admin is not None, name
+        unexercised += [(name, o) for o in path.shows if not any(v in admin for v in MARKED[o][1])]
+        for obj in WRITE_ANSWERS[name]:
+            got = await answer(path, w, w.users[(obj, "fields hidden")])
+            if got is None:
+                refused.append((name, obj))
+                continue
+            leaks += [(name, obj, v) for v in MARKED[obj][1] if v in got]
+        # The own-scope user may not write the admin's records (a refusal), nor make one from them that tells
+        # what they hold (the ids they give are their own input, and may come back).
+        got = await answer(path, w, w.users[(OWN, "own scope")])
+        leaks += [(name, OWN, v) for v in markers(OWN, w, ids=False) if got is not None and v in got]
+    assert not unexercised, "\n".join(map(str, unexercised))
+    assert not leaks, "\n".join(map(str, leaks))
     assert not refused, "\n".join(map(str, refused))

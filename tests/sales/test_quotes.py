@@ -103,7 +103,7 @@ async def test_a_quote_is_priced_from_its_price_book_to_the_cent(identity, quote
 async def test_a_discount_above_the_threshold_needs_every_approval_step_and_a_reject_needs_a_comment(
     identity, quotes
 ):
-    company, (rep, manager, director) = await team(identity, 3)
+    company, (rep, manager, director, bystander) = await team(identity, 4)
     server, _, book = await catalog(quotes, company)
     await quotes.UpdateApprovalPolicy(
         pb.UpdateApprovalPolicyRequest(
@@ -176,6 +176,18 @@ async def test_a_discount_above_the_threshold_needs_every_approval_step_and_a_re
     ]
     rejected = (await quotes.GetQuote(pb.GetQuoteRequest(id=big.id), metadata=rep.md)).quote
     assert rejected.status == pb.QUOTE_STATUS_REJECTED
+
+    # Reps read quotes in their own scope, and approvals in their quote's: whoever asked for or decided this
+    # one still reads it (its reason quotes the discount), another rep neither lists nor gets it.
+    for who in (rep, manager, director):
+        assert approval.id in [
+            a.id for a in (await quotes.ListApprovals(pb.ListApprovalsRequest(), metadata=who.md)).items
+        ]
+        got = (await quotes.GetApproval(pb.GetApprovalRequest(id=approval.id), metadata=who.md)).approval
+        assert "%" in got.reason
+    assert (await quotes.ListApprovals(pb.ListApprovalsRequest(), metadata=bystander.md)).items == []
+    err = await rpc_error(quotes.GetApproval(pb.GetApprovalRequest(id=approval.id), metadata=bystander.md))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
 
     # A new version with a smaller discount goes through at once; the old one is superseded.
     v2 = (await quotes.ReviseQuote(pb.ReviseQuoteRequest(id=big.id), metadata=rep.md)).quote

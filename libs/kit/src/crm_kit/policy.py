@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crm.identity.v1 import identity_pb2
-from sqlalchemy import false, or_, true
+from sqlalchemy import false, or_, select, true
 from sqlalchemy.sql import ColumnElement
 
 from crm_kit.context import Principal, caller
@@ -234,6 +234,18 @@ class Decision:
         if self.scope == OWN or not self.departments:
             return own
         return or_(own, department_column.in_(sorted(self.departments)))
+
+    def source_filter(self, principal: Principal, column: Any, source: Any) -> ColumnElement[bool]:
+        """The WHERE clause for records whose scope is that of another record, their source (an approval: its
+        quote's or contract's; a payment: its plan's; a merge: its survivor's): `column` holds the id of a row of
+        `source` (a model with `id`, `tenant_id`, `owner_id`, `department_id`, maybe `team_member_ids`) that
+        `row_filter` lets the caller see, or whose team they are in."""
+        if not self.allowed:
+            return false()
+        scope = self.row_filter(principal, owner_column=source.owner_id, department_column=source.department_id)
+        if self.scope != ALL and hasattr(source, "team_member_ids"):
+            scope = or_(scope, source.team_member_ids.contains([principal.actor_id]))
+        return column.in_(select(source.id).where(source.tenant_id == principal.tenant_id, scope))
 
 
 class PolicyView:

@@ -137,7 +137,9 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
                 session, page_request=request.page, scan_id=request.scan_id, record_type=request.record_type
             )
             items = [scans.group_pb(g) for g in rows]
-            # Members outside the caller's scope: by id only.
+            # A group is the caller's when one of its members is in their scope; the others come by id only.
+            seen = await matching.in_scope(session, kind, read, {m.id for g in items for m in g.members})
+            items = [g for g in items if any(m.id in seen for m in g.members)]
             await matching.conceal(session, kind, read, [m for g in items for m in g.members])
         return pb.ListDuplicateGroupsResponse(items=items, next_cursor=cursor)
 
@@ -164,9 +166,13 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
             _fill_record(answer, kind, survivor, read)
         return answer
 
+    async def _reads(self) -> dict[str, Decision]:
+        """The caller's "read" on each kind of record merges are about: a merge is read in its survivor's scope."""
+        return {kind: await self.policies.decide(caller(), kind, "read") for kind in merges.SOURCES}
+
     async def GetMerge(self, request, context):
         async with self.db.read() as session:
-            record = await merges.get(session, request.id)
+            record = await merges.get(session, request.id, reads=await self._reads())
         await self._authorize(record.record_type, "merge")
         return pb.GetMergeResponse(merge=merges.merge_pb(record))
 
@@ -178,6 +184,7 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         async with self.db.read() as session:
             rows, cursor = await merges.list_merges(
                 session,
+                await self._reads(),
                 page_request=request.page,
                 record_type=request.record_type,
                 survivor_id=request.survivor_id,

@@ -2,8 +2,10 @@
 request and its response class to one of these. Messages are filled by field name, so a service may use
 crm.common.v1's import messages or its own with the same field names (customers' older ones).
 
-Permissions: every call needs the "import" action on the importer's object (for a job: its target's);
-another tenant's job is a 404 like a missing one. Listing shows the jobs of the targets the caller may import.
+Permissions: every call needs the "import" action on the importer's object (for a job: its target's), and the
+job inside that action's data scope (a job is its uploader's and its records' owner's: `Decision.sees`); another
+tenant's job, or one outside the scope, is a 404 like a missing one. Listing shows the jobs the caller may reach
+so.
 What a report or a dry run quotes of the file goes through the read step too: values of columns mapped to fields
 hidden from the caller (by "read" or "import") are left out.
 """
@@ -40,7 +42,10 @@ class ImportRpcs:
         importer = self.importers.get(job.target)
         if importer is None:  # a target this service no longer imports
             raise not_found("import", job_id)
-        return job, importer, await self._authorize(importer)
+        decision = await self._authorize(importer)
+        if not _sees(decision, job):
+            raise not_found("import", job_id)
+        return job, importer, decision
 
     async def _hides(self, importer: Importer) -> Callable[[str], bool]:
         """Whether an import field is hidden from the caller (by their "read" or "import" field rules)."""
@@ -99,15 +104,15 @@ class ImportRpcs:
     async def list(self, request: Any, response_cls: Any) -> Any:
         async with self.db.read() as session:
             rows, cursor = await jobs.list_jobs(session, page_request=request.page)
-        allowed = {
-            t: (await self.policies.decide(caller(), i.object, "import")).allowed
-            for t, i in self.importers.items()
+        decisions = {
+            t: await self.policies.decide(caller(), i.object, "import") for t, i in self.importers.items()
         }
-        if not any(allowed.values()):
+        if not any(d.allowed for d in decisions.values()):
             await self._authorize(next(iter(self.importers.values())))
         answer = response_cls(next_cursor=cursor)
         for job in rows:
-            if allowed.get(job.target):
+            decision = decisions.get(job.target)
+            if decision is not None and _sees(decision, job):
                 self._job_message(answer.items.add(), job)
         return answer
 
@@ -162,3 +167,8 @@ class ImportRpcs:
         yield first
         async for chunk in file.chunks:
             yield response_cls(chunk=chunk)
+
+
+def _sees(decision: Decision, job: ImportJob) -> bool:
+    """Whether the job is inside the caller's data scope: the records' owner (and department) and the uploader."""
+    return decision.sees(caller(), job.owner_id, job.department_id, (job.created_by,))

@@ -25,7 +25,7 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
 
     async def _reads(self) -> dict:
         """The caller's "read" on what approvals are about: their reasons quote those objects' fields."""
-        return {obj: await self.policies.decide(caller(), obj, "read") for obj in ("quote", "contract")}
+        return {obj: await self.policies.decide(caller(), obj, "read") for obj in approvals.SOURCES}
 
     async def _quote(self, q: models.Quote) -> pb.Quote:
         return quotes.quote_pb(q, await self.policies.decide(caller(), "quote", "read"))
@@ -166,18 +166,19 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
 
     async def ListApprovals(self, request, context):
         await authorize(self.policies, "quote", "read")
-        async with self.db.read() as session:
-            rows, cursor = await approvals.list_approvals(session, request)
         reads = await self._reads()
+        async with self.db.read() as session:
+            rows, cursor = await approvals.list_approvals(session, reads, request)
         return pb.ListApprovalsResponse(
             items=[approvals.approval_pb(a, reads) for a in rows], next_cursor=cursor
         )
 
     async def GetApproval(self, request, context):
         await authorize(self.policies, "quote", "read")
+        reads = await self._reads()
         async with self.db.read() as session:
-            a = await approvals.get(session, request.id)
-        return pb.GetApprovalResponse(approval=approvals.approval_pb(a, await self._reads()))
+            a = await approvals.get(session, request.id, decisions=reads)
+        return pb.GetApprovalResponse(approval=approvals.approval_pb(a, reads))
 
     async def ApproveApproval(self, request, context):
         caller()

@@ -16,7 +16,7 @@ from crm_kit.ids import new_id
 from crm_kit.paging import Page, SortKey
 from crm_kit.policy import Decision, Text
 from crm_kit.validation import Check
-from sqlalchemy import any_, select
+from sqlalchemy import and_, any_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_sales import models
@@ -32,6 +32,8 @@ STATUS = pb.ApprovalStatus.DESCRIPTOR
 # object_type → what a final decision does to the object: f(uow, object_id, "approved" | "rejected", now).
 Outcome = Callable[[UnitOfWork, str, str, dt.datetime], Awaitable[None]]
 OUTCOMES: dict[str, Outcome] = {}
+# object_type → the model of the objects approvals are about: an approval is read in its object's data scope.
+SOURCES: dict[str, Any] = {"quote": models.Quote, "contract": models.Contract}
 
 
 def approval_pb(a: models.Approval, decisions: dict[str, Decision] | None = None) -> pb.Approval:
@@ -41,7 +43,8 @@ def approval_pb(a: models.Approval, decisions: dict[str, Decision] | None = None
     if decisions is not None:
         decision = decisions.get(a.object_type)
         sources = {"reason": a.reason_sources} if a.reason_sources is not None else None
-        reason = decision.redact_sourced({"reason": a.reason}, sources)["reason"] if decision else ""
+        allowed = decision is not None and decision.allowed
+        reason = decision.redact_sourced({"reason": a.reason}, sources)["reason"] if allowed else ""
     return to_message(
         a,
         pb.Approval,
@@ -160,15 +163,38 @@ async def request_approval(
     return a
 
 
-async def get(session: AsyncSession, approval_id: str, *, lock: bool = False) -> models.Approval:
-    return await get_owned(session, models.Approval, "approval", approval_id, lock=lock)
+def visible(decisions: dict[str, Decision]) -> Any:
+    """The approvals the caller may read (`decisions`: their "read" per object type): those about an object
+    inside their data scope of it, and those they asked for, decide or decided (approvers are named by the
+    tenant's approval policy)."""
+    principal = caller()
+    A = models.Approval
+    return or_(
+        *(
+            and_(A.object_type == kind, decisions[kind].source_filter(principal, A.object_id, model))
+            for kind, model in SOURCES.items()
+        ),
+        A.requested_by == principal.actor_id,
+        any_(A.current_approver_ids) == principal.actor_id,
+        A.history.contains([{"actor_id": principal.actor_id}]),
+    )
 
 
-async def list_approvals(session: AsyncSession, request: pb.ListApprovalsRequest) -> tuple[list[Any], str]:
+async def get(
+    session: AsyncSession, approval_id: str, *, lock: bool = False, decisions: dict[str, Decision] | None = None
+) -> models.Approval:
+    """The approval; with the reader's `decisions`, only one they may read (`visible`)."""
+    scope = visible(decisions) if decisions is not None else None
+    return await get_owned(session, models.Approval, "approval", approval_id, lock=lock, visible=scope)
+
+
+async def list_approvals(
+    session: AsyncSession, decisions: dict[str, Decision], request: pb.ListApprovalsRequest
+) -> tuple[list[Any], str]:
     principal = caller()
     keys = [SortKey(models.Approval.id, descending=True)]
     page = Page.of(request.page, len(keys))
-    stmt = select(models.Approval).where(models.Approval.tenant_id == principal.tenant_id)
+    stmt = select(models.Approval).where(models.Approval.tenant_id == principal.tenant_id, visible(decisions))
     if request.mine:
         stmt = stmt.where(
             models.Approval.status == "pending",

@@ -652,10 +652,10 @@ async def list_in_visible_plans(
     keys = [SortKey(model.id, descending=True)]
     page = Page.of(request.page, len(keys))
     principal = caller()
-    visible_plans = select(models.PaymentPlan.id).where(
-        models.PaymentPlan.tenant_id == principal.tenant_id, scoped(decision, models.PaymentPlan)
+    stmt = select(model).where(
+        model.tenant_id == principal.tenant_id,
+        decision.source_filter(principal, model.plan_id, models.PaymentPlan),
     )
-    stmt = select(model).where(model.tenant_id == principal.tenant_id, model.plan_id.in_(visible_plans))
     for f in filters:
         if getattr(request, f):
             stmt = stmt.where(getattr(model, f) == getattr(request, f))

@@ -360,6 +360,17 @@ def candidate_json(c: duplicates_pb2.DuplicateCandidate) -> dict[str, Any]:
     )
 
 
+async def in_scope(session: Any, record_type: str, decision: Decision, ids: Iterable[str]) -> set[str]:
+    """Which of these records are inside the data scope of `decision` (the caller's "read" on `record_type`)."""
+    model = _model(record_type)
+    ids = list(ids)
+    if not ids:
+        return set()
+    return set(
+        (await session.scalars(select(model.id).where(model.id.in_(ids), visible(decision, model)))).all()
+    )
+
+
 async def conceal(
     session: Any, record_type: str, decision: Decision, candidates: list[duplicates_pb2.DuplicateCandidate]
 ) -> list[duplicates_pb2.DuplicateCandidate]:
@@ -368,11 +379,7 @@ async def conceal(
     blank, and matched values are dropped when a field they come from is hidden. Returns `candidates`."""
     if not candidates:
         return candidates
-    model = _model(record_type)
-    ids = [c.id for c in candidates]
-    seen = set(
-        (await session.scalars(select(model.id).where(model.id.in_(ids), visible(decision, model)))).all()
-    )
+    seen = await in_scope(session, record_type, decision, [c.id for c in candidates])
     name_hidden = is_hidden(decision, "name")
     for c in candidates:
         if c.id not in seen:

@@ -14,6 +14,7 @@ moved reference with its value before and after) is kept on the merge until `und
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +23,8 @@ from crm_kit.db import UnitOfWork
 from crm_kit.errors import Conflict, FieldError, InvalidArgument, not_found
 from crm_kit.ids import is_uuid, new_id
 from crm_kit.paging import Page, SortKey
-from sqlalchemy import Date, DateTime, Numeric, or_, select, update
+from crm_kit.policy import Decision
+from sqlalchemy import Date, DateTime, Numeric, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
@@ -578,16 +580,40 @@ async def _visible(session: AsyncSession, model: Any, row_id: str, visible: Any)
     return bool(await session.scalar(select(model.id).where(model.id == row_id, visible(model))))
 
 
-async def get(session: AsyncSession, merge_id: str) -> Merge:
-    return await get_owned(session, Merge, "merge", merge_id)
+# The kinds of record merged, by their model: a merge is read in its survivor's data scope.
+SOURCES = {"account": models.Account, "contact": models.Contact}
+
+
+def visible(reads: Mapping[str, Decision]) -> Any:
+    """The merges the caller may read (`reads`: their "read" per kind of record): those whose survivor is in
+    their data scope, and their own."""
+    principal = caller()
+    return or_(
+        *(
+            and_(Merge.record_type == kind, reads[kind].source_filter(principal, Merge.survivor_id, model))
+            for kind, model in SOURCES.items()
+        ),
+        Merge.merged_by == principal.actor_id,
+    )
+
+
+async def get(session: AsyncSession, merge_id: str, *, reads: Mapping[str, Decision] | None = None) -> Merge:
+    """The merge; with the reader's `reads`, only one they may read (`visible`)."""
+    scope = visible(reads) if reads is not None else None
+    return await get_owned(session, Merge, "merge", merge_id, visible=scope)
 
 
 async def list_merges(
-    session: AsyncSession, *, page_request: Any, record_type: int = 0, survivor_id: str = ""
+    session: AsyncSession,
+    reads: Mapping[str, Decision],
+    *,
+    page_request: Any,
+    record_type: int = 0,
+    survivor_id: str = "",
 ) -> tuple[list[Merge], str]:
     keys = [SortKey(Merge.id, descending=True)]
     page = Page.of(page_request, len(keys))
-    stmt = select(Merge).where(Merge.tenant_id == caller().tenant_id)
+    stmt = select(Merge).where(Merge.tenant_id == caller().tenant_id, visible(reads))
     if record_type:
         stmt = stmt.where(Merge.record_type == RECORD_TYPES.get(record_type, "?"))
     if survivor_id:
