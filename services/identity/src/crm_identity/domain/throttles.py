@@ -12,9 +12,11 @@ sign-ins wait a moment and go through once one of them has succeeded.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+from crm_kit.db import Database, UnitOfWork
 from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,6 +25,7 @@ from crm_identity import models
 
 FORGET_FAILURES_AFTER = dt.timedelta(days=1)
 TABLE = models.LoginThrottle.__table__
+T = TypeVar("T")
 # A refusal caused by an attempt counted this recently may be by one still in flight (whose outcome may clear
 # the count): try again after each of these pauses (seconds) before giving up. Shorter in all than any first
 # delay worth having, so a burst of wrong guesses is still refused.
@@ -56,6 +59,16 @@ Keyed = Sequence[tuple[Throttle, str]]
 
 class Raced(Exception):
     """The claim met a concurrent clean-up: roll back and claim again."""
+
+
+async def in_transaction(db: Database, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    """`work(uow)` in a unit of work that claims, run again if its claim met a clean-up (`Raced`)."""
+    while True:
+        try:
+            async with db.unit_of_work() as uow:
+                return await work(uow)
+        except Raced:
+            continue
 
 
 async def lock(session: AsyncSession, keys: Sequence[str]) -> dict[str, tuple[int, dt.datetime]]:
