@@ -185,7 +185,7 @@ class Sessions:
             return self._refused(uow, user, email, "bad_password", bad_credentials())
         keys = [k for _, k in keyed]
         if user.status != "active":
-            await throttles.give_back(uow.session, keys)
+            await throttles.settle(uow.session, give_back=keys)
             return self._refused(
                 uow,
                 user,
@@ -197,7 +197,7 @@ class Sessions:
             user.email_verified_at is None
             and user.created_at + dt.timedelta(days=self.settings.email_verification_days) <= now
         ):
-            await throttles.give_back(uow.session, keys)
+            await throttles.settle(uow.session, give_back=keys)
             return self._refused(
                 uow,
                 user,
@@ -210,7 +210,7 @@ class Sessions:
             )
         if user.totp_secret:
             if not totp_code:
-                await throttles.give_back(uow.session, keys)
+                await throttles.settle(uow.session, give_back=keys)
                 return self._refused(
                     uow,
                     user,
@@ -228,9 +228,11 @@ class Sessions:
                 )
         # The account's own counters start again; the client address's (over all accounts) only gets this
         # attempt back.
-        await throttles.lock(uow.session, [k for _, k in keyed])
-        await throttles.give_back(uow.session, [k for t, k in keyed if t.scope == "source"])
-        await throttles.clear(uow.session, [k for t, k in keyed if t.scope != "source"])
+        await throttles.settle(
+            uow.session,
+            give_back=[k for t, k in keyed if t.scope == "source"],
+            clear=[k for t, k in keyed if t.scope != "source"],
+        )
         user.last_login_at = now
         if self.passwords.needs_rehash(user.password_hash or ""):
             user.password_hash = await self.passwords.hash(password)

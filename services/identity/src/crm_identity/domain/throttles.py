@@ -4,7 +4,7 @@ mails. Counted in `login_throttles` under hashed keys; nothing is ever locked.
 An attempt is counted *before* the work it asks for (`claim`), in one short transaction that locks its
 counters: attempts made at the same instant queue on the row locks and each sees the ones before it, so a
 burst gets no more than the free attempts. An attempt that turns out not to be a failure gives its count back
-(`give_back`) or clears it (`clear`). Attempts still in flight count, so the attempt after the free ones,
+or clears it (`settle`). Attempts still in flight count, so the attempt after the free ones,
 arriving while they run, is refused unless it waits for them (`IN_FLIGHT_PAUSES`): the owner's concurrent
 sign-ins wait a moment and go through once one of them has succeeded.
 """
@@ -58,11 +58,11 @@ Keyed = Sequence[tuple[Throttle, str]]
 
 
 class Raced(Exception):
-    """The claim met a concurrent clean-up: roll back and claim again."""
+    """A row the claim needed was removed meanwhile (a success, a clean-up): roll back and claim again."""
 
 
 async def in_transaction(db: Database, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
-    """`work(uow)` in a unit of work that claims, run again if its claim met a clean-up (`Raced`)."""
+    """`work(uow)` in a unit of work that claims, run again if its claim raced a removal (`Raced`)."""
     while True:
         try:
             async with db.unit_of_work() as uow:
@@ -97,11 +97,13 @@ async def claim(session: AsyncSession, keyed: Keyed, now: dt.datetime) -> dt.dat
     )
     counted = await lock(session, keys)
     if len(counted) < len(keys):
-        # A day-old row was cleared between the insert and the lock: start again in a new transaction
-        # (making it again here, with other rows locked, could deadlock with an attempt doing the same).
+        # A row was removed (a success, a clean-up) between the insert and the lock: start again in a new
+        # transaction (making it again here, with other rows locked, could deadlock with a twin doing the same).
         raise Raced()
     waiting = [c[1] for t, k in keyed if t.waiting(*(c := counted[k]), now)]
     if waiting:
+        # This attempt counts nothing: rows still at zero (made for it) go, the table holds only failures.
+        await session.execute(delete(TABLE).where(TABLE.c.key.in_(keys), TABLE.c.failures == 0))
         return max(waiting)
     await session.execute(
         update(TABLE)
@@ -126,18 +128,18 @@ async def claim(session: AsyncSession, keyed: Keyed, now: dt.datetime) -> dt.dat
     return None
 
 
-async def give_back(session: AsyncSession, keys: Sequence[str]) -> None:
-    """The claimed attempt was no failure (e.g. the right password of an inactive account): uncount it."""
-    if keys := sorted(set(keys)):
-        await lock(session, keys)
+async def settle(session: AsyncSession, *, give_back: Sequence[str] = (), clear: Sequence[str] = ()) -> None:
+    """After a claimed attempt: `give_back` uncounts it (it was no failure, e.g. the right password of an
+    inactive account), `clear` starts a count again (a success clears the account's). Counts at zero go: the
+    table holds only keys with failures. Locks all the rows at once, in key order, and changes only the rows it
+    locked (a row made again meanwhile by another attempt is that attempt's)."""
+    held = list(await lock(session, sorted({*give_back, *clear})))
+    if back := [k for k in held if k in give_back and k not in clear]:
         await session.execute(
-            update(TABLE).where(TABLE.c.key.in_(keys)).values(failures=func.greatest(TABLE.c.failures - 1, 0))
+            update(TABLE).where(TABLE.c.key.in_(back)).values(failures=func.greatest(TABLE.c.failures - 1, 0))
         )
-
-
-async def clear(session: AsyncSession, keys: Sequence[str]) -> None:
-    """Start these counts again (a successful sign-in clears the account's). Rows stay (at zero) until a day
-    has passed: removing them would let twins of an attempt make them again in different orders."""
-    if keys := sorted(set(keys)):
-        await lock(session, keys)
-        await session.execute(update(TABLE).where(TABLE.c.key.in_(keys)).values(failures=0))
+    if held:
+        gone = TABLE.c.key.in_([k for k in held if k in clear]) | (
+            TABLE.c.key.in_(back) & (TABLE.c.failures == 0)
+        )
+        await session.execute(delete(TABLE).where(gone))
