@@ -78,8 +78,9 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     # ------------------------------------------------------------ sign-up and sign-in
 
     async def SignUp(self, request, context):
-        async with self.db.unit_of_work() as uow:
-            tenant, user, token = await tenants.sign_up(
+        tenant, user, token = await throttles.in_transaction(
+            self.db,
+            lambda uow: tenants.sign_up(
                 uow,
                 tenant_name=request.tenant_name,
                 email=request.email,
@@ -87,8 +88,9 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
                 name=request.name,
                 locale=request.locale,
                 passwords=self.passwords,
-                verification_days=self.settings.email_verification_days,
-            )
+                settings=self.settings,
+            ),
+        )
         # After the commit, and never failing the sign-up: a mail that cannot go is logged.
         await self._mail_token(verification.Mail(user, tenant.name, token), verification.VERIFY_MAIL)
         return pb.SignUpResponse(tenant=pb.Tenant(id=tenant.id, name=tenant.name), user=user_pb(user))
@@ -118,7 +120,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     async def VerifyEmail(self, request, context):
         async with self.db.unit_of_work() as uow:
-            user = await verification.verify(uow, request.token)
+            user = await verification.verify(uow, request.token, days=self.settings.email_verification_days)
         return pb.VerifyEmailResponse(user=user_pb(user))
 
     async def ResendVerificationByEmail(self, request, context):

@@ -28,8 +28,11 @@ from crm_identity.domain.common import caller, random_token, sha256, user_snapsh
 from crm_identity.domain.throttles import Throttle
 from crm_identity.settings import IdentitySettings
 
-# The user that holds an address (pending invitations wait beside it): one per address (a unique index).
-HOLDER = models.User.status != "invited"
+# A sign-up that waits for its address (held by an unproven sign-up) to be verified.
+PENDING = "pending"
+# The user that holds an address (invitations and pending sign-ups wait beside it): one per address (a unique
+# index, uq_users_email_holder).
+HOLDER = models.User.status.not_in(("invited", PENDING))
 
 VERIFY_MAIL = {
     "zh-CN": MailText(
@@ -157,10 +160,10 @@ async def resend_to_address(
         select(models.User)
         .where(
             models.User.email == email,
-            HOLDER,
-            models.User.status == "active",
+            models.User.status.in_(("active", PENDING)),
             models.User.email_verified_at.is_(None),
         )
+        .order_by(models.User.id)
         .with_for_update()
     )
     return email, [await resend(uow, user, days=settings.email_verification_days) for user in users.all()]
@@ -178,7 +181,7 @@ def window_passed(user: models.User, *, days: int) -> bool:
     return user.email_verified_at is None and user.created_at + dt.timedelta(days=days) <= utcnow()
 
 
-async def verify(uow: UnitOfWork, token: str) -> models.User:
+async def verify(uow: UnitOfWork, token: str, *, days: int) -> models.User:
     if not token:
         raise InvalidArgument.for_field("token", "is required")
     if len(token) > 100:
@@ -190,10 +193,15 @@ async def verify(uow: UnitOfWork, token: str) -> models.User:
         user is None
         or user.email_verification_expires_at is None
         or user.email_verification_expires_at <= utcnow()
-        or user.status != "active"
+        or user.status not in ("active", PENDING)
     ):
         raise Unauthenticated("the verification token is not valid or has expired", reason="invalid_token")
     before = user_snapshot(user)
+    if user.status == PENDING:
+        # The mailbox is proven: the unproven sign-up holding the address gives it up (a verified one keeps it:
+        # 409 email_taken, and this sign-up stays pending).
+        await claim(uow, user.email, release_fresh=True, days=days)
+        user.status = "active"
     user.email_verified_at = utcnow()
     user.email_verification_hash = None
     user.email_verification_expires_at = None
@@ -214,17 +222,20 @@ async def verify(uow: UnitOfWork, token: str) -> models.User:
     return user
 
 
-async def claim(uow: UnitOfWork, email: str, *, release_fresh: bool, days: int) -> None:
+async def claim(uow: UnitOfWork, email: str, *, release_fresh: bool, days: int) -> bool:
     """Make `email` free for someone who is about to hold it: a verified holder keeps it (409
     `email_taken`); an unverified one is released — always when the claimant proved the mailbox
-    (`release_fresh`), otherwise only once its verification window has passed."""
+    (`release_fresh`), otherwise only once its verification window has passed. False when an unverified
+    holder still in its window keeps it (the claimant may wait as a pending sign-up)."""
     holder = await uow.session.scalar(
         select(models.User).where(models.User.email == email, HOLDER).with_for_update()
     )
     if holder is None:
-        return
-    if holder.email_verified_at is not None or not (release_fresh or window_passed(holder, days=days)):
+        return True
+    if holder.email_verified_at is not None:
         raise AlreadyExists("this email is already registered", reason="email_taken")
+    if not (release_fresh or window_passed(holder, days=days)):
+        return False
     before = user_snapshot(holder)
     holder.email = f"released.{holder.id}@invalid"
     holder.status = "deactivated"
@@ -251,6 +262,7 @@ async def claim(uow: UnitOfWork, email: str, *, release_fresh: bool, days: int) 
         after=user_snapshot(holder),
     )
     await revoke_created_by(uow, holder)
+    return True
 
 
 def user_actor(user: models.User) -> event_pb2.Actor:

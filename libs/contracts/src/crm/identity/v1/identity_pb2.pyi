@@ -35,6 +35,10 @@ class _UserStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserStatus
     """Invited, has not yet set a password."""
     USER_STATUS_ACTIVE: _UserStatus.ValueType  # 2
     USER_STATUS_DEACTIVATED: _UserStatus.ValueType  # 3
+    USER_STATUS_PENDING: _UserStatus.ValueType  # 4
+    """Signed up with an address that an unproven sign-up holds: becomes active when it verifies the address
+    (which releases the other); cannot sign in before.
+    """
 
 class UserStatus(_UserStatus, metaclass=_UserStatusEnumTypeWrapper): ...
 
@@ -43,6 +47,10 @@ USER_STATUS_INVITED: UserStatus.ValueType  # 1
 """Invited, has not yet set a password."""
 USER_STATUS_ACTIVE: UserStatus.ValueType  # 2
 USER_STATUS_DEACTIVATED: UserStatus.ValueType  # 3
+USER_STATUS_PENDING: UserStatus.ValueType  # 4
+"""Signed up with an address that an unproven sign-up holds: becomes active when it verifies the address
+(which releases the other); cannot sign in before.
+"""
 Global___UserStatus: _TypeAlias = UserStatus  # noqa: Y015
 
 class _DataScope:
