@@ -85,15 +85,17 @@ RESEND_MAIL = {
 }
 
 
-def mail_throttle(settings: IdentitySettings, email: str) -> list[tuple[Throttle, str]]:
-    """The counter of verification mails asked for again to one address (the sign-up's own mail is free)."""
+def mail_throttle(settings: IdentitySettings, email: str, *, user_id: str = "") -> list[tuple[Throttle, str]]:
+    """The counter of verification mails asked for again to one address (the sign-up's own mail is free); a
+    signed-in user's own requests have a counter of their own, so strangers asking for the address's mails
+    cannot hold theirs back."""
     throttle = Throttle(
         "verification_mail",
         settings.verification_mail_free_sends,
         settings.verification_mail_max_delay_seconds,
         settings.verification_mail_first_delay_seconds,
     )
-    return [(throttle, sha256(f"{throttle.scope}:{email}"))]
+    return [(throttle, sha256(f"{throttle.scope}:{user_id}" if user_id else f"{throttle.scope}:{email}"))]
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ async def resend_to_me(uow: UnitOfWork, settings: IdentitySettings) -> Mail:
         raise Unauthenticated("unknown user", reason="invalid_token")
     if user.email_verified_at is not None:
         raise Conflict("this address is already verified", reason="already_verified")
-    if await throttles.claim(uow.session, mail_throttle(settings, user.email), utcnow()) is not None:
+    mine = mail_throttle(settings, user.email, user_id=user.id)
+    if await throttles.claim(uow.session, mine, utcnow()) is not None:
         raise TooManyRequests(
             "a verification mail was sent a moment ago: wait a few minutes before asking again",
             reason="too_many_mails",
