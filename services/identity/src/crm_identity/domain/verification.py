@@ -157,8 +157,7 @@ async def resend_to_address(
     check = Check()
     email = check.email("email", email.strip()).lower()
     check.done()
-    if await throttles.claim(uow.session, mail_throttle(settings, email), utcnow()) is not None:
-        return email, []
+    # Users first, then the counter: the order every transaction here takes them in (sign-in, sign-up).
     users = await uow.session.scalars(
         select(models.User)
         .where(
@@ -169,7 +168,10 @@ async def resend_to_address(
         .order_by(models.User.id)
         .with_for_update()
     )
-    return email, [await resend(uow, user, days=settings.email_verification_days) for user in users.all()]
+    unproven = users.all()
+    if await throttles.claim(uow.session, mail_throttle(settings, email), utcnow()) is not None:
+        return email, []
+    return email, [await resend(uow, user, days=settings.email_verification_days) for user in unproven]
 
 
 def start(user: models.User, *, days: int) -> str:
