@@ -554,3 +554,18 @@ async def test_nul_characters_are_bad_input_not_server_errors(api):
     assert_problem(r, 422, "nul_character")
     literal = await api.post("/api/v1/departments", json={"name": "C:\\u0000"}, headers=company.headers)
     assert literal.status_code == 201, literal.text  # a backslash followed by u0000 is just text
+
+
+async def test_a_lost_verification_mail_is_sent_again(api, smtp_sink):
+    company = await sign_up(api)
+    first = (await smtp_sink.mail_to(company.email)).get_content()
+    mine = await api.post("/api/v1/me/resend-verification", headers=company.headers)
+    assert mine.status_code == 202, mine.text
+    # By address, with no credential: the same answer for a held and an unknown address.
+    addresses = (company.email, unique_email("nobody"))
+    answers = [await api.post("/api/v1/auth/resend-verification", json={"email": e}) for e in addresses]
+    assert [(a.status_code, a.json()) for a in answers] == [(202, {"email": e}) for e in addresses]
+    assert (await smtp_sink.mail_to(company.email)).get_content() != first
+    assert_problem(
+        await api.post("/api/v1/auth/resend-verification", json={"email": "x" * 300 + "@example.com"}), 422
+    )

@@ -87,6 +87,8 @@ def test_shapes_partners_rely_on(doc):
         "USER_STATUS_INVITED",
         "USER_STATUS_ACTIVE",
         "USER_STATUS_DEACTIVATED",
+        # Only a sign-up's own answer shows it: its tenant has no other user until it verifies its address.
+        "USER_STATUS_PENDING",
     ]
     assert user["properties"]["created_at"]["format"] == "date-time"
     page = schemas["UserPage"]

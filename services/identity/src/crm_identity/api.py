@@ -3,6 +3,9 @@ No business rules live here."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
+
 from crm.identity.v1 import identity_pb2 as pb
 from crm.identity.v1 import identity_pb2_grpc
 from crm_kit.auth import SigningKeys, TokenIssuer
@@ -12,7 +15,7 @@ from crm_kit.policy import PolicyCache
 from google.protobuf import struct_pb2
 
 from crm_identity import models
-from crm_identity.domain import api_keys, audit, departments, roles, tenants, users, verification
+from crm_identity.domain import api_keys, audit, departments, roles, tenants, throttles, users, verification
 from crm_identity.domain.common import (
     api_key_pb,
     authorize,
@@ -35,6 +38,7 @@ PUBLIC_METHODS = {
         "RevokeToken",
         "AcceptInvitation",
         "VerifyEmail",
+        "ResendVerificationByEmail",
         "AuthenticateApiKey",
         "GetJwks",
     )
@@ -64,6 +68,8 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             ttl_seconds=settings.access_token_ttl_seconds,
         )
         self.sessions = Sessions(settings, passwords, issuer)
+        # Mails sent after the answer (kept here so they are not collected half-way).
+        self._mailing: set[asyncio.Task[bool]] = set()
 
     async def _user_pb(self, user) -> pb.User:  # type: ignore[no-untyped-def]
         decision = await self.policies.decide(caller(), "user", "read")
@@ -72,8 +78,9 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
     # ------------------------------------------------------------ sign-up and sign-in
 
     async def SignUp(self, request, context):
-        async with self.db.unit_of_work() as uow:
-            tenant, user, token = await tenants.sign_up(
+        tenant, user, token = await throttles.in_transaction(
+            self.db,
+            lambda uow: tenants.sign_up(
                 uow,
                 tenant_name=request.tenant_name,
                 email=request.email,
@@ -81,19 +88,11 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
                 name=request.name,
                 locale=request.locale,
                 passwords=self.passwords,
-                verification_days=self.settings.email_verification_days,
-            )
-        # After the commit, and never failing the sign-up: a mail that cannot go is logged.
-        await self.mailer.send(
-            user.email,
-            verification.VERIFY_MAIL,
-            locale=user.locale,
-            name=user.name,
-            tenant=tenant.name,
-            token=token,
-            days=str(self.settings.email_verification_days),
-            link=f"{self.settings.verify_email_url}{token}\n\n" if self.settings.verify_email_url else "",
+                settings=self.settings,
+            ),
         )
+        # After the commit, and never failing the sign-up: a mail that cannot go is logged.
+        await self._mail_token(verification.Mail(user, tenant.name, token), verification.VERIFY_MAIL)
         return pb.SignUpResponse(tenant=pb.Tenant(id=tenant.id, name=tenant.name), user=user_pb(user))
 
     async def CreateToken(self, request, context):
@@ -121,8 +120,39 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     async def VerifyEmail(self, request, context):
         async with self.db.unit_of_work() as uow:
-            user = await verification.verify(uow, request.token)
+            user = await verification.verify(uow, request.token, days=self.settings.email_verification_days)
         return pb.VerifyEmailResponse(user=user_pb(user))
+
+    async def ResendVerificationByEmail(self, request, context):
+        email, mails = await throttles.in_transaction(
+            self.db, lambda uow: verification.resend_to_address(uow, self.settings, request.email)
+        )
+        # Sent after the answer: how long an SMTP server takes must not tell whether the address is held.
+        for mail in mails:
+            task = asyncio.create_task(self._mail_token(mail, verification.RESEND_MAIL))
+            self._mailing.add(task)
+            task.add_done_callback(self._mailing.discard)
+        return pb.ResendVerificationByEmailResponse(email=email)
+
+    async def ResendVerification(self, request, context):
+        mail = await throttles.in_transaction(
+            self.db, lambda uow: verification.resend_to_me(uow, self.settings)
+        )
+        await self._mail_token(mail, verification.RESEND_MAIL)
+        return pb.ResendVerificationResponse(email=mail.user.email)
+
+    async def _mail_token(self, mail: verification.Mail, texts: Mapping[str, verification.MailText]) -> bool:
+        url = self.settings.verify_email_url
+        return await self.mailer.send(
+            mail.user.email,
+            texts,
+            locale=mail.user.locale,
+            name=mail.user.name,
+            tenant=mail.tenant_name,
+            token=mail.token,
+            days=str(self.settings.email_verification_days),
+            link=f"{url}{mail.token}\n\n" if url else "",
+        )
 
     async def AuthenticateApiKey(self, request, context):
         async with self.db.unit_of_work() as uow:

@@ -45,7 +45,7 @@ class User(TenantOwned, Timestamped, Versioned, Base):
     __tablename__ = "users"
     id: Mapped[str] = _id()
     # Held by one signed-up or joined user across tenants (signing in names no tenant); invitations of several
-    # companies may wait beside it (see the unique index below).
+    # companies and pending sign-ups may wait beside it (see the unique index below).
     email: Mapped[str] = mapped_column(String(320))
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(20))
@@ -71,7 +71,12 @@ class User(TenantOwned, Timestamped, Versioned, Base):
     __table_args__ = (
         Index("ix_users_tenant_department", "tenant_id", "department_id"),
         Index("ix_users_email", "email"),
-        Index("uq_users_email_holder", "email", unique=True, postgresql_where=text("status <> 'invited'")),
+        Index(
+            "uq_users_email_holder",
+            "email",
+            unique=True,
+            postgresql_where=text("status NOT IN ('invited', 'pending')"),
+        ),
     )
 
 

@@ -27,6 +27,11 @@ class IdentitySettings(ServiceSettings):
     login_account_max_delay_seconds: int = 60
     # A signed-up address must be verified within this; after it, the sign-up no longer signs in.
     email_verification_days: int = 7
+    # New verification mails to one address (asked for again): a few free, then 1 min, 2 min, 4 min ... up to 1 h
+    # between them, so nobody can bury an inbox in them.
+    verification_mail_free_sends: int = 3
+    verification_mail_first_delay_seconds: float = 60.0
+    verification_mail_max_delay_seconds: int = 3600
     # Where the web app verifies an address; the token is appended (e.g. https://crm.example.com/verify?token=).
     # Unset, the mail carries only the token (for POST /v1/auth/verify-email).
     verify_email_url: str = ""

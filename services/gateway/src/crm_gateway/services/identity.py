@@ -56,6 +56,14 @@ IDENTITY = ServiceRoutes(
             summary="Prove a signed-up email address with the token mailed to it",
         ),
         Route(
+            "POST",
+            "/auth/resend-verification",
+            "ResendVerificationByEmail",
+            status=202,
+            public=True,
+            summary="Mail a new verification token to an unproven sign-up (same answer whether or not there is one)",
+        ),
+        Route(
             "GET",
             "/.well-known/jwks.json",
             "GetJwks",
@@ -67,6 +75,13 @@ IDENTITY = ServiceRoutes(
         ),
         # The caller.
         Route("GET", "/me", "GetMe", summary="Who I am, my tenant and my effective permissions"),
+        Route(
+            "POST",
+            "/me/resend-verification",
+            "ResendVerification",
+            status=202,
+            summary="Mail me a new token to verify my address (the earlier one stops working)",
+        ),
         Route("POST", "/me/totp", "StartTotpEnrollment", summary="Start two-factor enrolment"),
         Route(
             "POST",

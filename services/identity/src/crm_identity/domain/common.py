@@ -33,6 +33,7 @@ USER_STATUS = {
     "invited": identity_pb2.USER_STATUS_INVITED,
     "active": identity_pb2.USER_STATUS_ACTIVE,
     "deactivated": identity_pb2.USER_STATUS_DEACTIVATED,
+    "pending": identity_pb2.USER_STATUS_PENDING,
 }
 
 

@@ -6,6 +6,7 @@ count and its audit event. The transport raises the returned error after the com
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -19,46 +20,23 @@ from crm_kit.db import Database, UnitOfWork, utcnow
 from crm_kit.errors import Conflict, DomainError, InvalidArgument, Unauthenticated
 from crm_kit.ids import new_id
 from crm_kit.validation import Check
-from sqlalchemy import case, delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import select, update
 
 from crm_identity import models
-from crm_identity.domain import verification
+from crm_identity.domain import throttles, verification
 from crm_identity.domain.common import caller, random_token, sha256, user_pb, user_snapshot
 from crm_identity.domain.passwords import Passwords, check_password
+from crm_identity.domain.throttles import Keyed, Throttle
 from crm_identity.settings import IdentitySettings
 
 BAD_CREDENTIALS = "email or password is wrong, or too many attempts: wait a moment and try again"
 TOTP_ISSUER = "CRM"
-FORGET_FAILURES_AFTER = dt.timedelta(days=1)
 HOLDER = verification.HOLDER
 
 
 def bad_credentials() -> Unauthenticated:
     """The one answer to an unknown email, a wrong password and a throttled attempt."""
     return Unauthenticated(BAD_CREDENTIALS, reason="bad_credentials")
-
-
-@dataclass(frozen=True)
-class Throttle:
-    """Progressive delay (OWASP): `free_attempts` failures cost nothing; from then on each failure doubles the
-    wait before the next attempt is looked at, up to `max_delay_seconds`. Nothing is locked."""
-
-    scope: str
-    free_attempts: int
-    max_delay_seconds: float
-    first_delay_seconds: float = 1.0
-
-    def delay(self, failures: int) -> float:
-        if failures < self.free_attempts:
-            return 0.0
-        doubled = self.first_delay_seconds * 2.0 ** min(failures - self.free_attempts, 30)
-        return min(doubled, self.max_delay_seconds)
-
-    def waiting(self, failures: int, last_failure_at: dt.datetime, now: dt.datetime) -> bool:
-        if now - last_failure_at > FORGET_FAILURES_AFTER:
-            return False
-        return now < last_failure_at + dt.timedelta(seconds=self.delay(failures))
 
 
 @dataclass
@@ -150,35 +128,35 @@ class Sessions:
         check.required("password", password)
         check.done()
         email = email.strip().lower()
-        throttles = self._throttles(email, client_ip())
-        # The password check (~25 ms of argon2) runs before the transaction: sign-ins of one account do not
-        # queue behind its row lock, and no connection sits idle in a transaction meanwhile.
-        async with db.read() as session:
-            checked_hash = await session.scalar(
-                select(models.User.password_hash).where(models.User.email == email, HOLDER)
-            )
-            counted = {
-                row.key: row
-                for row in await session.scalars(
-                    select(models.LoginThrottle).where(
-                        models.LoginThrottle.key.in_([k for _, k in throttles])
-                    )
-                )
-            }
-        now = utcnow()
-        throttled = any(
-            (row := counted.get(key)) is not None and throttle.waiting(row.failures, row.last_failure_at, now)
-            for throttle, key in throttles
-        )
+        keyed = self._throttles(email, client_ip())
+        # The attempt is counted before its password is looked at (throttles.claim: one short transaction
+        # that locks the counters), so attempts made at the same instant each see the ones before them: a
+        # burst gets no more guesses than the free attempts. The password check (~25 ms of argon2) runs after
+        # that commit: sign-ins of one account do not queue behind a lock while it runs.
+        pauses = list(throttles.IN_FLIGHT_PAUSES)
+        while True:
+            try:
+                async with db.unit_of_work() as uow:
+                    refused_since = await throttles.claim(uow.session, keyed, utcnow())
+                    if not (pauses and refused_since is not None and self._in_flight(refused_since)):
+                        user = await uow.session.scalar(
+                            select(models.User).where(models.User.email == email, HOLDER)
+                        )
+                        checked_hash = user.password_hash if user else None
+                        if refused_since is not None:
+                            self._failed(uow, user, email, "throttled")
+                        break
+            except throttles.Raced:
+                continue
+            await asyncio.sleep(pauses.pop(0))
+        claimed = refused_since is None
         # Unknown, wrong and throttled all cost one argon2 check and get the same answer: nothing tells them
         # apart from outside.
-        password_ok = await self.passwords.verify(None if throttled else checked_hash, password)
+        password_ok = await self.passwords.verify(checked_hash if claimed else None, password)
+        if not claimed:
+            return Outcome(error=bad_credentials())
         async with db.unit_of_work() as uow:
-            if throttled:
-                user = await uow.session.scalar(select(models.User).where(models.User.email == email, HOLDER))
-                self._failed(uow, user, email, "throttled")
-                return Outcome(error=bad_credentials())
-            return await self._sign_in(uow, email, password, totp_code, password_ok, checked_hash, throttles)
+            return await self._sign_in(uow, email, password, totp_code, password_ok, checked_hash, keyed)
 
     async def _sign_in(
         self,
@@ -188,8 +166,10 @@ class Sessions:
         totp_code: str,
         password_ok: bool,
         checked_hash: str | None,
-        throttles: list[tuple[Throttle, str]],
+        keyed: Keyed,
     ) -> Outcome:
+        """The attempt is already counted as a failure: a failure only records why; an answer that is no
+        failure (the right password) gives the count back."""
         user = (
             await uow.session.execute(
                 select(models.User).where(models.User.email == email, HOLDER).with_for_update()
@@ -197,46 +177,61 @@ class Sessions:
         ).scalar_one_or_none()
         now = utcnow()
         if user is None:
-            return await self._count_failure(uow, None, email, "unknown_user", throttles, bad_credentials())
+            return self._refused(uow, None, email, "unknown_user", bad_credentials())
         if user.password_hash != checked_hash:
             # The password changed between the check and now: check against the current one.
             password_ok = await self.passwords.verify(user.password_hash, password)
         if not password_ok:
-            return await self._count_failure(uow, user, email, "bad_password", throttles, bad_credentials())
+            return self._refused(uow, user, email, "bad_password", bad_credentials())
+        keys = [k for _, k in keyed]
         if user.status != "active":
-            self._failed(uow, user, email, "inactive")
-            return Outcome(error=Unauthenticated("this account is not active", reason="account_inactive"))
+            await throttles.settle(uow.session, give_back=keys)
+            return self._refused(
+                uow,
+                user,
+                email,
+                "inactive",
+                Unauthenticated("this account is not active", reason="account_inactive"),
+            )
         if (
             user.email_verified_at is None
             and user.created_at + dt.timedelta(days=self.settings.email_verification_days) <= now
         ):
-            self._failed(uow, user, email, "email_not_verified")
-            return Outcome(
-                error=Unauthenticated(
-                    "this address was never verified: sign up again to get a new verification mail",
+            await throttles.settle(uow.session, give_back=keys)
+            return self._refused(
+                uow,
+                user,
+                email,
+                "email_not_verified",
+                Unauthenticated(
+                    "this address was never verified: ask for a new verification mail",
                     reason="email_not_verified",
-                )
+                ),
             )
         if user.totp_secret:
             if not totp_code:
-                self._failed(uow, user, email, "totp_required")
-                return Outcome(
-                    error=Unauthenticated("a two-factor code is required (totp_code)", reason="totp_required")
+                await throttles.settle(uow.session, give_back=keys)
+                return self._refused(
+                    uow,
+                    user,
+                    email,
+                    "totp_required",
+                    Unauthenticated("a two-factor code is required (totp_code)", reason="totp_required"),
                 )
             if not self._accept_totp(user, user.totp_secret, totp_code):
-                return await self._count_failure(
+                return self._refused(
                     uow,
                     user,
                     email,
                     "bad_totp",
-                    throttles,
                     Unauthenticated("the two-factor code is wrong", reason="bad_totp"),
                 )
-        # The account's own counters start again; the client address's (over all accounts) do not.
-        await uow.session.execute(
-            delete(models.LoginThrottle).where(
-                models.LoginThrottle.key.in_([k for t, k in throttles if t.scope != "source"])
-            )
+        # The account's own counters start again; the client address's (over all accounts) only gets this
+        # attempt back.
+        await throttles.settle(
+            uow.session,
+            give_back=[k for t, k in keyed if t.scope == "source"],
+            clear=[k for t, k in keyed if t.scope != "source"],
         )
         user.last_login_at = now
         if self.passwords.needs_rehash(user.password_hash or ""):
@@ -251,37 +246,14 @@ class Sessions:
         )
         return Outcome(token=self._pair(uow, user, family_id=new_id()))
 
-    async def _count_failure(
-        self,
-        uow: UnitOfWork,
-        user: models.User | None,
-        email: str,
-        reason: str,
-        throttles: list[tuple[Throttle, str]],
-        error: DomainError,
+    @staticmethod
+    def _in_flight(counted_at: dt.datetime) -> bool:
+        return utcnow() - counted_at < dt.timedelta(seconds=sum(throttles.IN_FLIGHT_PAUSES) + 1)
+
+    def _refused(
+        self, uow: UnitOfWork, user: models.User | None, email: str, reason: str, error: DomainError
     ) -> Outcome:
         self._failed(uow, user, email, reason)
-        now = utcnow()
-        table = models.LoginThrottle.__table__
-        stmt = pg_insert(table).values(
-            [{"key": k, "failures": 1, "last_failure_at": now} for _, k in throttles]
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[table.c.key],
-            set_={
-                # Failures long past are forgotten: the count starts again.
-                "failures": case(
-                    (table.c.last_failure_at < now - FORGET_FAILURES_AFTER, 1),
-                    else_=table.c.failures + 1,
-                ),
-                "last_failure_at": now,
-            },
-        )
-        await uow.session.execute(stmt)
-        forgotten = (
-            select(table.c.key).where(table.c.last_failure_at < now - FORGET_FAILURES_AFTER).limit(100)
-        )
-        await uow.session.execute(delete(table).where(table.c.key.in_(forgotten)))
         return Outcome(error=error)
 
     @staticmethod

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from crm.common.v1 import event_pb2
 from crm.identity.v1 import events_pb2, identity_pb2
-from crm_kit.db import UnitOfWork
+from crm_kit.db import UnitOfWork, utcnow
+from crm_kit.errors import TooManyRequests
 from crm_kit.ids import new_id
 from crm_kit.validation import LOCALES, Check
 
 from crm_identity import models
-from crm_identity.domain import verification
+from crm_identity.domain import throttles, verification
 from crm_identity.domain.common import ADMIN_PERMISSIONS, role_pb, role_snapshot, user_pb, user_snapshot
 from crm_identity.domain.passwords import Passwords, check_password
+from crm_identity.settings import IdentitySettings
 
 ADMIN_ROLE_NAME = "Administrator"
 
@@ -25,9 +27,11 @@ async def sign_up(
     name: str,
     locale: str,
     passwords: Passwords,
-    verification_days: int,
+    settings: IdentitySettings,
 ) -> tuple[models.Tenant, models.User, str]:
-    """Returns the tenant, its first user and the user's email verification token (to be mailed)."""
+    """Returns the tenant, its first user and the user's email verification token (to be mailed). When an
+    unproven sign-up holds the address, the new one is pending: it becomes active (and the other is released)
+    when it verifies the address."""
     check = Check()
     check.required("tenant_name", tenant_name)
     check.length("tenant_name", tenant_name.strip(), max_len=200)
@@ -39,7 +43,14 @@ async def sign_up(
     check.done()
 
     session = uow.session
-    await verification.claim(uow, email, release_fresh=False, days=verification_days)
+    verification_days = settings.email_verification_days
+    free = await verification.claim(uow, email, release_fresh=False, days=verification_days)
+    if not free and await throttles.claim(uow.session, verification.mail_throttle(settings, email), utcnow()):
+        # Each pending sign-up mails the address: as many as verification mails asked for again.
+        raise TooManyRequests(
+            "a verification mail was sent to this address a moment ago: wait a few minutes",
+            reason="too_many_mails",
+        )
     tenant = models.Tenant(id=new_id(), name=tenant_name.strip())
     admin = models.Role(
         id=new_id(),
@@ -55,7 +66,7 @@ async def sign_up(
         tenant_id=tenant.id,
         email=email,
         name=name.strip(),
-        status="active",
+        status="active" if free else verification.PENDING,
         role_ids=[admin.id],
         locale=locale or "zh-CN",
         password_hash=await passwords.hash(password),

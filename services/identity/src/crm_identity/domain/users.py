@@ -25,7 +25,7 @@ from crm_identity.domain.common import (
 from crm_identity.domain.grants import check_grant
 
 UPDATABLE = ("name", "department_id", "role_ids", "title", "phone", "locale")
-STATUS_NAMES = {v: k for k, v in {"invited": 1, "active": 2, "deactivated": 3}.items()}
+STATUS_NAMES = {v: k for k, v in {"invited": 1, "active": 2, "deactivated": 3, "pending": 4}.items()}
 
 
 async def _check_references(
@@ -214,6 +214,10 @@ async def set_active(uow: UnitOfWork, user_id: str, *, active: bool) -> models.U
         raise Conflict("you cannot deactivate yourself", reason="self_deactivation")
     if active and user.status == "invited":
         raise Conflict("an invited user becomes active by accepting the invitation", reason="still_invited")
+    if active and user.status == "pending":
+        raise Conflict(
+            "a pending sign-up becomes active by verifying its address", reason="pending_verification"
+        )
     target = "active" if active else "deactivated"
     if user.status == target:
         return user

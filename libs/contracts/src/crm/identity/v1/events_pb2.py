@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from crm.identity.v1 import identity_pb2 as crm_dot_identity_dot_v1_dot_identity__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63rm/identity/v1/events.proto\x12\x0f\x63rm.identity.v1\x1a\x1e\x63rm/identity/v1/identity.proto\"8\n\rTenantCreated\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x17.crm.identity.v1.Tenant\"A\n\x0bUserInvited\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.User\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"4\n\rUserActivated\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.User\"6\n\x0fUserDeactivated\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.User\"2\n\x0bUserUpdated\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.User\"C\n\x0eLoginSucceeded\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x11\n\twith_totp\x18\x03 \x01(\x08\",\n\x0bLoginFailed\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\rUserLockedOut\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x61iled_attempts\x18\x02 \x01(\x05\" \n\rEmailVerified\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"/\n\rEmailReleased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"?\n\x19RefreshTokenReuseDetected\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tfamily_id\x18\x02 \x01(\t\"\x1c\n\tLoggedOut\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x1e\n\x0bTotpEnabled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x1f\n\x0cTotpDisabled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"D\n\x11\x44\x65partmentCreated\x12/\n\ndepartment\x18\x01 \x01(\x0b\x32\x1b.crm.identity.v1.Department\"D\n\x11\x44\x65partmentUpdated\x12/\n\ndepartment\x18\x01 \x01(\x0b\x32\x1b.crm.identity.v1.Department\"D\n\x11\x44\x65partmentDeleted\x12/\n\ndepartment\x18\x01 \x01(\x0b\x32\x1b.crm.identity.v1.Department\"2\n\x0bRoleCreated\x12#\n\x04role\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.Role\"2\n\x0bRoleUpdated\x12#\n\x04role\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.Role\"2\n\x0bRoleDeleted\x12#\n\x04role\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.Role\"9\n\rApiKeyCreated\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.crm.identity.v1.ApiKey\"9\n\rApiKeyRevoked\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.crm.identity.v1.ApiKeyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63rm/identity/v1/events.proto\x12\x0f\x63rm.identity.v1\x1a\x1e\x63rm/identity/v1/identity.proto\"8\n\rTenantCreated\x12\'\n\x06tenant\x18\x01 \x01(\x0b\x32\x17.crm.identity.v1.Tenant\"A\n\x0bUserInvited\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.User\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"4\n\rUserActivated\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.User\"6\n\x0fUserDeactivated\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.User\"2\n\x0bUserUpdated\x12#\n\x04user\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.User\"C\n\x0eLoginSucceeded\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x11\n\twith_totp\x18\x03 \x01(\x08\",\n\x0bLoginFailed\x12\r\n\x05\x65mail\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\rUserLockedOut\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x61iled_attempts\x18\x02 \x01(\x05\" \n\rEmailVerified\x12\x0f\n\x07user_id\x18\x01 \x01(\t\")\n\x16VerificationMailResent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"/\n\rEmailReleased\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"?\n\x19RefreshTokenReuseDetected\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tfamily_id\x18\x02 \x01(\t\"\x1c\n\tLoggedOut\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x1e\n\x0bTotpEnabled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x1f\n\x0cTotpDisabled\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"D\n\x11\x44\x65partmentCreated\x12/\n\ndepartment\x18\x01 \x01(\x0b\x32\x1b.crm.identity.v1.Department\"D\n\x11\x44\x65partmentUpdated\x12/\n\ndepartment\x18\x01 \x01(\x0b\x32\x1b.crm.identity.v1.Department\"D\n\x11\x44\x65partmentDeleted\x12/\n\ndepartment\x18\x01 \x01(\x0b\x32\x1b.crm.identity.v1.Department\"2\n\x0bRoleCreated\x12#\n\x04role\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.Role\"2\n\x0bRoleUpdated\x12#\n\x04role\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.Role\"2\n\x0bRoleDeleted\x12#\n\x04role\x18\x01 \x01(\x0b\x32\x15.crm.identity.v1.Role\"9\n\rApiKeyCreated\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.crm.identity.v1.ApiKey\"9\n\rApiKeyRevoked\x12(\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x17.crm.identity.v1.ApiKeyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,30 +50,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USERLOCKEDOUT']._serialized_end=540
   _globals['_EMAILVERIFIED']._serialized_start=542
   _globals['_EMAILVERIFIED']._serialized_end=574
-  _globals['_EMAILRELEASED']._serialized_start=576
-  _globals['_EMAILRELEASED']._serialized_end=623
-  _globals['_REFRESHTOKENREUSEDETECTED']._serialized_start=625
-  _globals['_REFRESHTOKENREUSEDETECTED']._serialized_end=688
-  _globals['_LOGGEDOUT']._serialized_start=690
-  _globals['_LOGGEDOUT']._serialized_end=718
-  _globals['_TOTPENABLED']._serialized_start=720
-  _globals['_TOTPENABLED']._serialized_end=750
-  _globals['_TOTPDISABLED']._serialized_start=752
-  _globals['_TOTPDISABLED']._serialized_end=783
-  _globals['_DEPARTMENTCREATED']._serialized_start=785
-  _globals['_DEPARTMENTCREATED']._serialized_end=853
-  _globals['_DEPARTMENTUPDATED']._serialized_start=855
-  _globals['_DEPARTMENTUPDATED']._serialized_end=923
-  _globals['_DEPARTMENTDELETED']._serialized_start=925
-  _globals['_DEPARTMENTDELETED']._serialized_end=993
-  _globals['_ROLECREATED']._serialized_start=995
-  _globals['_ROLECREATED']._serialized_end=1045
-  _globals['_ROLEUPDATED']._serialized_start=1047
-  _globals['_ROLEUPDATED']._serialized_end=1097
-  _globals['_ROLEDELETED']._serialized_start=1099
-  _globals['_ROLEDELETED']._serialized_end=1149
-  _globals['_APIKEYCREATED']._serialized_start=1151
-  _globals['_APIKEYCREATED']._serialized_end=1208
-  _globals['_APIKEYREVOKED']._serialized_start=1210
-  _globals['_APIKEYREVOKED']._serialized_end=1267
+  _globals['_VERIFICATIONMAILRESENT']._serialized_start=576
+  _globals['_VERIFICATIONMAILRESENT']._serialized_end=617
+  _globals['_EMAILRELEASED']._serialized_start=619
+  _globals['_EMAILRELEASED']._serialized_end=666
+  _globals['_REFRESHTOKENREUSEDETECTED']._serialized_start=668
+  _globals['_REFRESHTOKENREUSEDETECTED']._serialized_end=731
+  _globals['_LOGGEDOUT']._serialized_start=733
+  _globals['_LOGGEDOUT']._serialized_end=761
+  _globals['_TOTPENABLED']._serialized_start=763
+  _globals['_TOTPENABLED']._serialized_end=793
+  _globals['_TOTPDISABLED']._serialized_start=795
+  _globals['_TOTPDISABLED']._serialized_end=826
+  _globals['_DEPARTMENTCREATED']._serialized_start=828
+  _globals['_DEPARTMENTCREATED']._serialized_end=896
+  _globals['_DEPARTMENTUPDATED']._serialized_start=898
+  _globals['_DEPARTMENTUPDATED']._serialized_end=966
+  _globals['_DEPARTMENTDELETED']._serialized_start=968
+  _globals['_DEPARTMENTDELETED']._serialized_end=1036
+  _globals['_ROLECREATED']._serialized_start=1038
+  _globals['_ROLECREATED']._serialized_end=1088
+  _globals['_ROLEUPDATED']._serialized_start=1090
+  _globals['_ROLEUPDATED']._serialized_end=1140
+  _globals['_ROLEDELETED']._serialized_start=1142
+  _globals['_ROLEDELETED']._serialized_end=1192
+  _globals['_APIKEYCREATED']._serialized_start=1194
+  _globals['_APIKEYCREATED']._serialized_end=1251
+  _globals['_APIKEYREVOKED']._serialized_start=1253
+  _globals['_APIKEYREVOKED']._serialized_end=1310
 # @@protoc_insertion_point(module_scope)

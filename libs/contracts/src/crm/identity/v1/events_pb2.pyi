@@ -219,6 +219,29 @@ class EmailVerified(_message.Message):
 Global___EmailVerified: _TypeAlias = EmailVerified  # noqa: Y015
 
 @_typing.final
+class VerificationMailResent(_message.Message):
+    """A new verification token was mailed to an unproven address (asked for by the user or by anyone knowing the
+    address); the earlier token stopped working.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerificationMailResent: _TypeAlias = VerificationMailResent  # noqa: Y015
+
+@_typing.final
 class EmailReleased(_message.Message):
     """An unverified sign-up gave up its address: someone proved the mailbox (accepted an invitation to it, or
     signed up again after the verification window). The user is deactivated and its email replaced.

@@ -35,6 +35,10 @@ class _UserStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserStatus
     """Invited, has not yet set a password."""
     USER_STATUS_ACTIVE: _UserStatus.ValueType  # 2
     USER_STATUS_DEACTIVATED: _UserStatus.ValueType  # 3
+    USER_STATUS_PENDING: _UserStatus.ValueType  # 4
+    """Signed up with an address that an unproven sign-up holds: becomes active when it verifies the address
+    (which releases the other); cannot sign in before.
+    """
 
 class UserStatus(_UserStatus, metaclass=_UserStatusEnumTypeWrapper): ...
 
@@ -43,6 +47,10 @@ USER_STATUS_INVITED: UserStatus.ValueType  # 1
 """Invited, has not yet set a password."""
 USER_STATUS_ACTIVE: UserStatus.ValueType  # 2
 USER_STATUS_DEACTIVATED: UserStatus.ValueType  # 3
+USER_STATUS_PENDING: UserStatus.ValueType  # 4
+"""Signed up with an address that an unproven sign-up holds: becomes active when it verifies the address
+(which releases the other); cannot sign in before.
+"""
 Global___UserStatus: _TypeAlias = UserStatus  # noqa: Y015
 
 class _DataScope:
@@ -738,6 +746,82 @@ class VerifyEmailResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyEmailResponse: _TypeAlias = VerifyEmailResponse  # noqa: Y015
+
+@_typing.final
+class ResendVerificationByEmailRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendVerificationByEmailRequest: _TypeAlias = ResendVerificationByEmailRequest  # noqa: Y015
+
+@_typing.final
+class ResendVerificationByEmailResponse(_message.Message):
+    """The same for every address: whether a mail went is not said."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    """The address as it was understood (trimmed, lower case)."""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendVerificationByEmailResponse: _TypeAlias = ResendVerificationByEmailResponse  # noqa: Y015
+
+@_typing.final
+class ResendVerificationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendVerificationRequest: _TypeAlias = ResendVerificationRequest  # noqa: Y015
+
+@_typing.final
+class ResendVerificationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    """Where the mail went."""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResendVerificationResponse: _TypeAlias = ResendVerificationResponse  # noqa: Y015
 
 @_typing.final
 class AuthenticateApiKeyRequest(_message.Message):

@@ -66,6 +66,11 @@ class IdentityServiceStub:
                 request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailRequest.SerializeToString,
                 response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailResponse.FromString,
                 _registered_method=True)
+        self.ResendVerificationByEmail = channel.unary_unary(
+                '/crm.identity.v1.IdentityService/ResendVerificationByEmail',
+                request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationByEmailRequest.SerializeToString,
+                response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationByEmailResponse.FromString,
+                _registered_method=True)
         self.AuthenticateApiKey = channel.unary_unary(
                 '/crm.identity.v1.IdentityService/AuthenticateApiKey',
                 request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.AuthenticateApiKeyRequest.SerializeToString,
@@ -85,6 +90,11 @@ class IdentityServiceStub:
                 '/crm.identity.v1.IdentityService/GetPolicy',
                 request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.GetPolicyResponse.FromString,
+                _registered_method=True)
+        self.ResendVerification = channel.unary_unary(
+                '/crm.identity.v1.IdentityService/ResendVerification',
+                request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationRequest.SerializeToString,
+                response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationResponse.FromString,
                 _registered_method=True)
         self.StartTotpEnrollment = channel.unary_unary(
                 '/crm.identity.v1.IdentityService/StartTotpEnrollment',
@@ -251,6 +261,14 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResendVerificationByEmail(self, request, context):
+        """Mail a new verification token to every unproven sign-up of this address (earlier tokens stop working).
+        Answers the same whether or not there is one; mails to one address are throttled (progressive delays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AuthenticateApiKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -272,6 +290,13 @@ class IdentityServiceServicer:
 
     def GetPolicy(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResendVerification(self, request, context):
+        """Mail the signed-in user a new token for their unproven address (earlier tokens stop working).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -454,6 +479,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailRequest.FromString,
                     response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.VerifyEmailResponse.SerializeToString,
             ),
+            'ResendVerificationByEmail': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResendVerificationByEmail,
+                    request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationByEmailRequest.FromString,
+                    response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationByEmailResponse.SerializeToString,
+            ),
             'AuthenticateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.AuthenticateApiKey,
                     request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.AuthenticateApiKeyRequest.FromString,
@@ -473,6 +503,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.GetPolicyRequest.FromString,
                     response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.GetPolicyResponse.SerializeToString,
+            ),
+            'ResendVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResendVerification,
+                    request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationRequest.FromString,
+                    response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationResponse.SerializeToString,
             ),
             'StartTotpEnrollment': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTotpEnrollment,
@@ -770,6 +805,33 @@ class IdentityService:
             _registered_method=True)
 
     @staticmethod
+    def ResendVerificationByEmail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.identity.v1.IdentityService/ResendVerificationByEmail',
+            crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationByEmailRequest.SerializeToString,
+            crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationByEmailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def AuthenticateApiKey(request,
             target,
             options=(),
@@ -867,6 +929,33 @@ class IdentityService:
             '/crm.identity.v1.IdentityService/GetPolicy',
             crm_dot_identity_dot_v1_dot_identity__pb2.GetPolicyRequest.SerializeToString,
             crm_dot_identity_dot_v1_dot_identity__pb2.GetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResendVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.identity.v1.IdentityService/ResendVerification',
+            crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationRequest.SerializeToString,
+            crm_dot_identity_dot_v1_dot_identity__pb2.ResendVerificationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,11 +43,17 @@ class IdentityServiceStub:
     AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.AcceptInvitationResponse]
     VerifyEmail: _grpc.UnaryUnaryMultiCallable[_identity_pb2.VerifyEmailRequest, _identity_pb2.VerifyEmailResponse]
     """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
+    ResendVerificationByEmail: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationByEmailRequest, _identity_pb2.ResendVerificationByEmailResponse]
+    """Mail a new verification token to every unproven sign-up of this address (earlier tokens stop working).
+    Answers the same whether or not there is one; mails to one address are throttled (progressive delays).
+    """
     AuthenticateApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateApiKeyRequest, _identity_pb2.AuthenticateApiKeyResponse]
     GetJwks: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetJwksRequest, _identity_pb2.GetJwksResponse]
     GetMe: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetMeRequest, _identity_pb2.GetMeResponse]
     """What the caller is and may do."""
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetPolicyRequest, _identity_pb2.GetPolicyResponse]
+    ResendVerification: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationRequest, _identity_pb2.ResendVerificationResponse]
+    """Mail the signed-in user a new token for their unproven address (earlier tokens stop working)."""
     StartTotpEnrollment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.StartTotpEnrollmentRequest, _identity_pb2.StartTotpEnrollmentResponse]
     """Two-factor sign-in for the caller."""
     ConfirmTotpEnrollment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ConfirmTotpEnrollmentRequest, _identity_pb2.ConfirmTotpEnrollmentResponse]
@@ -89,11 +95,17 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     AcceptInvitation: _aio.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.AcceptInvitationResponse]  # type: ignore[assignment]
     VerifyEmail: _aio.UnaryUnaryMultiCallable[_identity_pb2.VerifyEmailRequest, _identity_pb2.VerifyEmailResponse]  # type: ignore[assignment]
     """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
+    ResendVerificationByEmail: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationByEmailRequest, _identity_pb2.ResendVerificationByEmailResponse]  # type: ignore[assignment]
+    """Mail a new verification token to every unproven sign-up of this address (earlier tokens stop working).
+    Answers the same whether or not there is one; mails to one address are throttled (progressive delays).
+    """
     AuthenticateApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateApiKeyRequest, _identity_pb2.AuthenticateApiKeyResponse]  # type: ignore[assignment]
     GetJwks: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetJwksRequest, _identity_pb2.GetJwksResponse]  # type: ignore[assignment]
     GetMe: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetMeRequest, _identity_pb2.GetMeResponse]  # type: ignore[assignment]
     """What the caller is and may do."""
     GetPolicy: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetPolicyRequest, _identity_pb2.GetPolicyResponse]  # type: ignore[assignment]
+    ResendVerification: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationRequest, _identity_pb2.ResendVerificationResponse]  # type: ignore[assignment]
+    """Mail the signed-in user a new token for their unproven address (earlier tokens stop working)."""
     StartTotpEnrollment: _aio.UnaryUnaryMultiCallable[_identity_pb2.StartTotpEnrollmentRequest, _identity_pb2.StartTotpEnrollmentResponse]  # type: ignore[assignment]
     """Two-factor sign-in for the caller."""
     ConfirmTotpEnrollment: _aio.UnaryUnaryMultiCallable[_identity_pb2.ConfirmTotpEnrollmentRequest, _identity_pb2.ConfirmTotpEnrollmentResponse]  # type: ignore[assignment]
@@ -170,6 +182,16 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
 
     @_abc_1.abstractmethod
+    def ResendVerificationByEmail(
+        self,
+        request: _identity_pb2.ResendVerificationByEmailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ResendVerificationByEmailResponse, _abc.Awaitable[_identity_pb2.ResendVerificationByEmailResponse]]:
+        """Mail a new verification token to every unproven sign-up of this address (earlier tokens stop working).
+        Answers the same whether or not there is one; mails to one address are throttled (progressive delays).
+        """
+
+    @_abc_1.abstractmethod
     def AuthenticateApiKey(
         self,
         request: _identity_pb2.AuthenticateApiKeyRequest,
@@ -197,6 +219,14 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.GetPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.GetPolicyResponse, _abc.Awaitable[_identity_pb2.GetPolicyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ResendVerification(
+        self,
+        request: _identity_pb2.ResendVerificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.ResendVerificationResponse, _abc.Awaitable[_identity_pb2.ResendVerificationResponse]]:
+        """Mail the signed-in user a new token for their unproven address (earlier tokens stop working)."""
 
     @_abc_1.abstractmethod
     def StartTotpEnrollment(
