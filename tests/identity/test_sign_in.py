@@ -76,12 +76,12 @@ async def test_two_factor_sign_in_needs_a_fresh_code_once_enabled(identity):
 
     missing = await rpc_error(identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD)))
     assert from_rpc_error(missing).reason == "totp_required"
-    ok = await identity.CreateToken(
-        pb.CreateTokenRequest(email=email, password=PASSWORD, totp_code=totp.now())
-    )
+    code = totp.now()
+    ok = await identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD, totp_code=code))
     assert ok.token.access_token
+    # The same code again (not `totp.now()`, which is a fresh code once a 30 s step has ended in between).
     replay = await rpc_error(
-        identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD, totp_code=totp.now()))
+        identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD, totp_code=code))
     )
     assert from_rpc_error(replay).reason == "bad_totp"
 
