@@ -37,7 +37,8 @@ async def sales_service(test_infra, identity_service, customers_for_sales):
         identity_service_addr=identity_service.address,
         customers_service_addr=customers_for_sales.address,
         reclaim_interval_seconds=0,
-        database_pool_size=20,
+        # Enough for the 200 concurrent claims, and the whole run stays well inside PostgreSQL's 100 connections.
+        database_pool_size=8,
     )
     async with running_service(SPEC, settings) as service:
         yield service

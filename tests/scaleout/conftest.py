@@ -47,6 +47,9 @@ async def cluster(test_infra: Any, tmp_path: Path) -> AsyncIterator[Cluster]:
             # The load here is one tenant's; the per-tenant limit is not what these tests are about.
             "CRM_RATE_LIMIT_PER_TENANT": "1000000/minute",
             "CRM_RATE_LIMIT_PUBLIC": "1000000/minute",
+            # Several replicas run beside the in-process services of the whole run, on one PostgreSQL with
+            # 100 connections: each process keeps at most 4 (+4 overflow) instead of 10 (+10).
+            "CRM_DATABASE_POOL_SIZE": "4",
         },
     )
     made = Cluster(stack, namespace, f"{prefix}_identity", tmp_path / "logs")
