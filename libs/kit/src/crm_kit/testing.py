@@ -15,6 +15,7 @@ import inspect
 import os
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -80,9 +81,10 @@ async def test_infra(_infra_sources: tuple[str, str, str]) -> AsyncIterator[Test
     await infra.wait_for_postgres(pg_dsn)
     run = TestInfra(postgres_admin_dsn=pg_dsn, nats_url=nats_url, run_id=_RUN_ID, source=source)
     yield run
-    await asyncio.gather(
-        *(infra.drop_database(pg_dsn, name) for name in run.databases), return_exceptions=True
-    )
+    try:
+        await infra.drop_database(pg_dsn, *run.databases)
+    except Exception as exc:  # a cleanup that failed must not fail the run; it is reported
+        warnings.warn(f"the run's databases were not all dropped: {exc!r}", stacklevel=1)
     # The run's streams go with it, so a NATS server that outlives many runs does not fill up with them.
     await infra.delete_streams(nats_url, run.events_namespace)
 
