@@ -55,3 +55,25 @@ def answered(services: Any, records: dict[str, tuple[Any, ...]], reads: set[str]
             if objs and f"{s.name}/{m.name}" not in reads:
                 out[f"{s.name}/{m.name}"] = objs
     return out
+
+
+async def check_read_paths(paths: dict[str, Any], w: Any, marked: dict[str, Any], markers: Any) -> None:
+    """Call every read path as the admin, who must see what the path `shows` (so the check can fail), and as
+    each user of `w.users` ((object, how) → metadata): an answer may be refused, but nothing it carries may hold
+    one of `markers(object, w)`; a user with fields hidden always gets an answer (without those fields)."""
+    leaks, unexercised, refused = [], [], []
+    for name, path in paths.items():
+        admin = await answer_text(path.call(w, w.admin.md))
+        assert admin is not None, name
+        unexercised += [(name, o) for o in path.shows if not any(v in admin for v in marked[o][1])]
+        for (obj, how), md in w.users.items():
+            got = await answer_text(path.call(w, md))
+            if got is None:
+                if how == "fields hidden":
+                    refused.append((name, obj))
+                continue
+            leaks += [(name, obj, how, v) for v in markers(obj, w) if v in got]
+    assert not unexercised, "\n".join(map(str, unexercised))
+    assert not leaks, "\n".join(map(str, leaks))
+    # Hiding a field never takes a whole read path away: the answer comes, without the field.
+    assert not refused, "\n".join(map(str, refused))

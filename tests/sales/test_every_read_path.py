@@ -11,7 +11,6 @@ in the import's). The seeded world and its users are shared by the module's test
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from crm_kit.policy import read_methods
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from tests.customers.helpers import auth, invite_and_join, role, sign_up
-from tests.read_paths import answer_text, answered
+from tests.read_paths import answer_text, answered, check_read_paths
 from tests.sales.test_lead_import import HEADER, csv_bytes, row, run_to_end, upload
 from tests.sales.test_quotes import catalog
 
@@ -490,23 +489,7 @@ def markers(obj: str, w: World, *, ids: bool = True) -> tuple[str, ...]:
 
 
 async def test_no_read_path_shows_what_the_caller_may_not_read(world):
-    w = world
-    leaks, unexercised, refused = [], [], []
-    for name, path in PATHS.items():
-        admin = await answer(path, w, w.admin.md)
-        assert admin is not None, name
-        unexercised += [(name, o) for o in path.shows if not any(v in admin for v in MARKED[o][1])]
-        for (obj, how), md in w.users.items():
-            got = await answer(path, w, md)
-            if got is None:
-                if how == "fields hidden":
-                    refused.append((name, obj))
-                continue
-            leaks += [(name, obj, how, v) for v in markers(obj, w) if v in got]
-        await asyncio.sleep(0)
-    assert not unexercised, "\n".join(map(str, unexercised))
-    assert not leaks, "\n".join(map(str, leaks))
-    assert not refused, "\n".join(map(str, refused))
+    await check_read_paths(PATHS, world, MARKED, markers)
 
 
 # ---------------------------------------------------------------- write answers
