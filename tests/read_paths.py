@@ -44,7 +44,9 @@ async def answer_text(call: Awaitable[Any]) -> str | None:
         raise
 
 
-def answered(services: Any, records: dict[str, tuple[Any, ...]], reads: set[str]) -> dict[str, tuple[str, ...]]:
+def answered(
+    services: Any, records: dict[str, tuple[Any, ...]], reads: set[str]
+) -> dict[str, tuple[str, ...]]:
     """`Service/Method` of every write (a method not in `reads`) whose answer carries a record's message (`records`:
     object → its messages) → those objects: a write that answers the record answers it through the read step."""
     out = {}
@@ -76,4 +78,34 @@ async def check_read_paths(paths: dict[str, Any], w: Any, marked: dict[str, Any]
     assert not unexercised, "\n".join(map(str, unexercised))
     assert not leaks, "\n".join(map(str, leaks))
     # Hiding a field never takes a whole read path away: the answer comes, without the field.
+    assert not refused, "\n".join(map(str, refused))
+
+
+async def check_write_answers(
+    writes: dict[str, Any],
+    answers: dict[str, tuple[str, ...]],
+    w: Any,
+    marked: dict[str, Any],
+    markers: Any,
+    own: str,
+) -> None:
+    """Each write as the admin (their answer must hold the markers the path `shows`), as each user from whom an
+    answered object's marked fields are hidden and who is allowed the write (their answer comes, else the case
+    tests nothing, and holds none of those values), and as the own-scope user `own`, whose answer, if any, holds
+    nothing of the admin's records (the ids they give are their own input and may come back)."""
+    leaks, unexercised, refused = [], [], []
+    for name, path in writes.items():
+        admin = await answer_text(path.call(w, w.admin.md))
+        assert admin is not None, name
+        unexercised += [(name, o) for o in path.shows if not any(v in admin for v in marked[o][1])]
+        for obj in answers[name]:
+            got = await answer_text(path.call(w, w.users[(obj, "fields hidden")]))
+            if got is None:
+                refused.append((name, obj))
+                continue
+            leaks += [(name, obj, v) for v in marked[obj][1] if v in got]
+        got = await answer_text(path.call(w, w.users[(own, "own scope")]))
+        leaks += [(name, own, v) for v in markers(own, w, ids=False) if got is not None and v in got]
+    assert not unexercised, "\n".join(map(str, unexercised))
+    assert not leaks, "\n".join(map(str, leaks))
     assert not refused, "\n".join(map(str, refused))

@@ -32,7 +32,7 @@ from google.protobuf import field_mask_pb2
 from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, sign_up
 from tests.customers.test_import import csv_bytes, run_to_end, upload
 from tests.customers.test_merge import now
-from tests.read_paths import answer_text, answered, check_read_paths
+from tests.read_paths import answered, check_read_paths, check_write_answers
 
 SERVICES = (
     pb.DESCRIPTOR.services_by_name["CustomersService"],
@@ -385,11 +385,6 @@ async def member(identity, company, permissions: list[dict]) -> Any:
     return auth(token.access_token)
 
 
-async def answer(path: Path, w: World, md: Any) -> str | None:
-    """The answer's text, or None when the call is refused (a refusal leaks nothing)."""
-    return await answer_text(path.call(w, md))
-
-
 @pytest.fixture(scope="module")
 async def world(identity, customers_service) -> World:
     """One seeded company for the module, and its users: per marked object one without any permission on it
@@ -582,21 +577,4 @@ async def test_no_write_answer_shows_a_hidden_field(world):
     would mean the case tests nothing) and holds none of those values; and as the own-scope user, whose answer
     (if any) holds nothing of the admin's records."""
     w = world
-    leaks, unexercised, refused = [], [], []
-    for name, path in WRITES.items():
-        admin = await answer(path, w, w.admin.md)
-        assert admin is not None, name
-        unexercised += [(name, o) for o in path.shows if not any(v in admin for v in MARKED[o][1])]
-        for obj in WRITE_ANSWERS[name]:
-            got = await answer(path, w, w.users[(obj, "fields hidden")])
-            if got is None:
-                refused.append((name, obj))
-                continue
-            leaks += [(name, obj, v) for v in MARKED[obj][1] if v in got]
-        # The own-scope user may not write the admin's records (a refusal), nor make one from them that tells
-        # what they hold (the ids they give are their own input, and may come back).
-        got = await answer(path, w, w.users[(OWN, "own scope")])
-        leaks += [(name, OWN, v) for v in markers(OWN, w, ids=False) if got is not None and v in got]
-    assert not unexercised, "\n".join(map(str, unexercised))
-    assert not leaks, "\n".join(map(str, leaks))
-    assert not refused, "\n".join(map(str, refused))
+    await check_write_answers(WRITES, WRITE_ANSWERS, w, MARKED, markers, OWN)
