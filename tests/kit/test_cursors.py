@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import grpc
-import pytest
 from crm.customers.v1 import customers_pb2 as cpb
 from crm.customers.v1 import customers_pb2_grpc
 from crm.identity.v1 import identity_pb2 as ipb
@@ -25,39 +24,6 @@ from google.protobuf.message_factory import GetMessageClass
 from tests.identity.helpers import sign_up
 
 PAGE_REQUEST = "crm.common.v1.PageRequest"
-
-
-@pytest.fixture(scope="module")
-async def customers_service(test_infra, identity_service):
-    from crm_customers.app import SPEC
-    from crm_customers.settings import CustomersSettings
-    from crm_kit.testing import running_service
-
-    settings = await test_infra.service_settings(
-        CustomersSettings,
-        "cursors_customers",
-        identity_service_addr=identity_service.address,
-        sales_timeline_consumer="customers-sales-timeline-cursor-tests",
-    )
-    async with running_service(SPEC, settings) as service:
-        yield service
-
-
-@pytest.fixture(scope="module")
-async def sales_service(test_infra, identity_service, customers_service):
-    from crm_kit.testing import running_service
-    from crm_sales.app import SPEC
-    from crm_sales.settings import SalesSettings
-
-    settings = await test_infra.service_settings(
-        SalesSettings,
-        "cursors_sales",
-        identity_service_addr=identity_service.address,
-        customers_service_addr=customers_service.address,
-        reclaim_interval_seconds=0,
-    )
-    async with running_service(SPEC, settings) as service:
-        yield service
 
 
 def _b64(data: str | bytes) -> str:
@@ -102,12 +68,12 @@ def _tampered(cursor: str) -> list[str]:
 
 
 async def test_every_list_rpc_answers_crafted_cursors_with_a_422_on_the_cursor_never_a_500(
-    identity, identity_service, customers_service, sales_service
+    identity, identity_service, customers_for_sales, sales_service
 ):
     company = await sign_up(identity, "游标测试有限公司")
     md = company.md
     async with (
-        grpc.aio.insecure_channel(customers_service.address) as customers_channel,
+        grpc.aio.insecure_channel(customers_for_sales.address) as customers_channel,
         grpc.aio.insecure_channel(sales_service.address) as sales_channel,
     ):
         customers = customers_pb2_grpc.CustomersServiceStub(customers_channel)
@@ -154,7 +120,7 @@ async def test_every_list_rpc_answers_crafted_cursors_with_a_422_on_the_cursor_n
         for i, bad in enumerate(_tampered(cursor)):
             crafted[f"tampered {method} #{i}"] = bad
 
-    methods = [m for s in (identity_service, customers_service, sales_service) for m in _list_methods(s)]
+    methods = [m for s in (identity_service, customers_for_sales, sales_service) for m in _list_methods(s)]
     assert len(methods) >= 30, [m.full_name for _, m, _ in methods]  # the walk found the lists
     probed = 0
     failures: list[str] = []

@@ -1,47 +1,11 @@
-"""The sales service in this process, against real PostgreSQL and NATS, next to the real identity service."""
+"""Sales tests: the gateway and stubs in front of the run's sales service (tests/conftest.py starts it, next to
+identity and the customers service it converts leads into)."""
 
 from __future__ import annotations
 
 import grpc
 import pytest
 from crm.sales.v1 import leads_pb2_grpc, pipelines_pb2_grpc
-
-
-@pytest.fixture(scope="session")
-async def customers_for_sales(test_infra, identity_service):
-    """The real customers service, for lead conversion (its own database, apart from tests/customers)."""
-    from crm_customers.app import SPEC
-    from crm_customers.settings import CustomersSettings
-    from crm_kit.testing import running_service
-
-    settings = await test_infra.service_settings(
-        CustomersSettings,
-        "sales_customers",
-        identity_service_addr=identity_service.address,
-        # Its own durable consumer of sales events: tests/customers runs another customers on this namespace.
-        sales_timeline_consumer="customers-sales-timeline-sales-tests",
-    )
-    async with running_service(SPEC, settings) as service:
-        yield service
-
-
-@pytest.fixture(scope="session")
-async def sales_service(test_infra, identity_service, customers_for_sales):
-    from crm_kit.testing import running_service
-    from crm_sales.app import SPEC
-    from crm_sales.settings import SalesSettings
-
-    settings = await test_infra.service_settings(
-        SalesSettings,
-        "sales",
-        identity_service_addr=identity_service.address,
-        customers_service_addr=customers_for_sales.address,
-        reclaim_interval_seconds=0,
-        # Enough for the 200 concurrent claims, and the whole run stays well inside PostgreSQL's 100 connections.
-        database_pool_size=8,
-    )
-    async with running_service(SPEC, settings) as service:
-        yield service
 
 
 @pytest.fixture(scope="module")
