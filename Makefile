@@ -8,7 +8,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 PY := $(UV) run --frozen
 GEN_OUT := libs/contracts/src
-PROTOS := $(shell find protos -name '*.proto' | sort)
+PROTOS := $(shell find protos/crm -name '*.proto' | sort)
 
 .PHONY: help bootstrap gen gen-check lint test test-fast run bench k8s-check clean
 
@@ -31,6 +31,8 @@ gen: bootstrap
 	$(PY) python -m grpc_tools.protoc -Iprotos \
 		--python_out=$(GEN_OUT) --grpc_python_out=$(GEN_OUT) \
 		--mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) $(PROTOS)
+	$(PY) python -m grpc_tools.protoc -Iprotos --include_source_info \
+		--descriptor_set_out=$(GEN_OUT)/crm/contracts.binpb $(PROTOS)
 	find $(GEN_OUT)/crm -type d -exec touch {}/__init__.py \;
 
 # Fails when the committed generated code is not what `make gen` makes from protos/.

@@ -324,7 +324,7 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
                 hits = 0
                 for query in queries:
                     t = time.perf_counter()
-                    answer = await stub.Search(pb.SearchRequest(query=query, limit=20), metadata=md)
+                    answer = await stub.Search(pb.SearchRequest(q=query, limit=20), metadata=md)
                     latencies.append((time.perf_counter() - t) * 1000)
                     hits += bool(answer.hits)
                 results["search"] = {

@@ -169,8 +169,8 @@ async def board_figures(identity: Any, pipelines: Any, sales_dsn: str) -> dict[s
 
 async def _rep(identity: Any, admin_token: str, role_id: str) -> tuple[str, str]:
     email = f"rep.{uuid.uuid4().hex[:10]}@example.com"
-    invited = await identity.InviteUser(
-        ipb.InviteUserRequest(email=email, name="销售", role_ids=[role_id]), metadata=auth(admin_token)
+    invited = await identity.CreateUser(
+        ipb.CreateUserRequest(email=email, name="销售", role_ids=[role_id]), metadata=auth(admin_token)
     )
     await identity.AcceptInvitation(
         ipb.AcceptInvitationRequest(invitation_token=invited.invitation_token, password=PASSWORD)

@@ -39,7 +39,7 @@ SERVICES = (
     dq.DESCRIPTOR.services_by_name["CustomersDataService"],
 )
 # Writes whose answer is a record as it now is: they take the same step.
-ANSWERING_WRITES = {"CustomersDataService/MergeRecords"}
+ANSWERING_WRITES = {"CustomersDataService/CreateMerge"}
 READS = read_methods(*SERVICES) | ANSWERING_WRITES
 
 # Every permission object of customers (a user "without" one has all the others).
@@ -120,8 +120,8 @@ async def _merge(w: World, md: Any) -> Any:
         custom_fields={"budget": f"budget{TAG}"},
     )
     fold = await new_account(w.customers, w.admin, f"并入{uuid.uuid4().hex[:6]}", phones=["13911117781"])
-    return await w.data.MergeRecords(
-        dq.MergeRecordsRequest(record_type=pb.RECORD_TYPE_ACCOUNT, survivor_id=keep.id, merged_ids=[fold.id]),
+    return await w.data.CreateMerge(
+        dq.CreateMergeRequest(record_type=pb.RECORD_TYPE_ACCOUNT, survivor_id=keep.id, merged_ids=[fold.id]),
         metadata=md,
     )
 
@@ -195,7 +195,7 @@ PATHS: dict[str, Path] = {
     "CustomersService/ListCustomFields": Path(plain("ListCustomFields", pb.ListCustomFieldsRequest())),
     "CustomersService/GetSavedView": Path(_own_view),
     "CustomersService/ListSavedViews": Path(plain("ListSavedViews", pb.ListSavedViewsRequest())),
-    "CustomersService/Search": Path(plain("Search", pb.SearchRequest(query="远景"))),
+    "CustomersService/Search": Path(plain("Search", pb.SearchRequest(q="远景"))),
     "CustomersService/GetRecycleBinSettings": Path(
         plain("GetRecycleBinSettings", pb.GetRecycleBinSettingsRequest())
     ),
@@ -225,7 +225,7 @@ PATHS: dict[str, Path] = {
     ),
     "CustomersDataService/GetMerge": Path(by_id("GetMerge", dq.GetMergeRequest, "merge")),
     "CustomersDataService/ListMerges": Path(plain("ListMerges", dq.ListMergesRequest())),
-    "CustomersDataService/MergeRecords": Path(_merge, ("account",)),
+    "CustomersDataService/CreateMerge": Path(_merge, ("account",)),
     "CustomersDataService/GetImport": Path(by_id("GetImport", dq.GetImportRequest, "import")),
     "CustomersDataService/ListImports": Path(plain("ListImports", dq.ListImportsRequest())),
     "CustomersDataService/DryRunImport": Path(_dry_run),
@@ -348,8 +348,8 @@ async def seed(identity, customers, data) -> World:
             break
         await asyncio.sleep(0.05)
     folded = await new_account(customers, company, f"待合并的远景{TAG}", notes=notes)
-    merged = await data.MergeRecords(
-        dq.MergeRecordsRequest(record_type=ACCOUNT, survivor_id=partner.id, merged_ids=[folded.id]),
+    merged = await data.CreateMerge(
+        dq.CreateMergeRequest(record_type=ACCOUNT, survivor_id=partner.id, merged_ids=[folded.id]),
         metadata=md,
     )
     w.ids["merge"] = merged.merge.id

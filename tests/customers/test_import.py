@@ -231,7 +231,7 @@ async def test_duplicate_rules_decide_skip_update_or_create_on_import(
             .all()
         )
     assert any(s.endswith("AccountUpdated") for s in subjects)  # an update by import is audited
-    listed = await customers.ListAccounts(pb.ListAccountsRequest(query="字节跳动"), metadata=company.md)
+    listed = await customers.ListAccounts(pb.ListAccountsRequest(q="字节跳动"), metadata=company.md)
     assert [a.name for a in listed.items] == ["字节跳动有限公司"]
     assert listed.items[0].tier == "vip"  # the tenant's tier rules apply to imported accounts
     assert listed.items[0].lifecycle_stage == pb.LIFECYCLE_STAGE_PROSPECT

@@ -89,8 +89,8 @@ async def test_merge_moves_relations_and_timeline_and_undo_restores_them(
     await relate(customers, company, "supplier_of", survivor.id, partner.id)
     twin = await relate(customers, company, "supplier_of", merged.id, partner.id)
 
-    answer = await data.MergeRecords(
-        dq.MergeRecordsRequest(
+    answer = await data.CreateMerge(
+        dq.CreateMergeRequest(
             record_type=ACCOUNT,
             survivor_id=survivor.id,
             merged_ids=[merged.id],
@@ -184,8 +184,8 @@ async def test_contacts_merge_and_their_timeline_follows(identity, customers, da
     b = await contact(customers, company, "Wang Xiaoming", [account.id])
     call = await visit(customers, company, contact_ids=[b.id])
     merge = (
-        await data.MergeRecords(
-            dq.MergeRecordsRequest(
+        await data.CreateMerge(
+            dq.CreateMergeRequest(
                 record_type=CONTACT, survivor_id=a.id, merged_ids=[b.id], field_sources={"name_latin": b.id}
             ),
             metadata=company.md,
@@ -205,8 +205,8 @@ async def test_undo_refuses_when_the_survivor_changed_since(identity, customers,
     a = await new_account(customers, company, "小米科技有限责任公司")
     b = await new_account(customers, company, "北京小米科技有限责任公司")
     merge = (
-        await data.MergeRecords(
-            dq.MergeRecordsRequest(record_type=ACCOUNT, survivor_id=a.id, merged_ids=[b.id]),
+        await data.CreateMerge(
+            dq.CreateMergeRequest(record_type=ACCOUNT, survivor_id=a.id, merged_ids=[b.id]),
             metadata=company.md,
         )
     ).merge
@@ -225,14 +225,14 @@ async def test_merging_needs_records_of_ones_own_tenant(identity, customers, dat
     a = await new_account(customers, mine, "华为技术有限公司")
     b = await new_account(customers, theirs, "华为")
     err = await rpc_error(
-        data.MergeRecords(
-            dq.MergeRecordsRequest(record_type=ACCOUNT, survivor_id=a.id, merged_ids=[b.id]), metadata=mine.md
+        data.CreateMerge(
+            dq.CreateMergeRequest(record_type=ACCOUNT, survivor_id=a.id, merged_ids=[b.id]), metadata=mine.md
         )
     )
     assert err.code() == grpc.StatusCode.NOT_FOUND
     bad = await rpc_error(
-        data.MergeRecords(
-            dq.MergeRecordsRequest(record_type=ACCOUNT, survivor_id=a.id, merged_ids=[a.id]), metadata=mine.md
+        data.CreateMerge(
+            dq.CreateMergeRequest(record_type=ACCOUNT, survivor_id=a.id, merged_ids=[a.id]), metadata=mine.md
         )
     )
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -128,8 +128,8 @@ async def test_records_of_a_merge_that_can_be_undone_wait(identity, customers, c
     company = await sign_up(identity)
     survivor = await new_account(customers, company, "美的集团股份有限公司")
     folded = await new_account(customers, company, "美的集团")
-    merged = await data.MergeRecords(
-        dq.MergeRecordsRequest(
+    merged = await data.CreateMerge(
+        dq.CreateMergeRequest(
             record_type=pb.RECORD_TYPE_ACCOUNT, survivor_id=survivor.id, merged_ids=[folded.id]
         ),
         metadata=company.md,

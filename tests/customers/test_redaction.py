@@ -154,8 +154,8 @@ async def test_the_merge_answer_leaves_out_hidden_custom_fields(identity, custom
     merger = await user(
         identity, company, grant("account", "DATA_SCOPE_ALL", "custom_budget", actions=("read", "merge"))
     )
-    answer = await data.MergeRecords(
-        dq.MergeRecordsRequest(record_type=pb.RECORD_TYPE_ACCOUNT, survivor_id=keep.id, merged_ids=[fold.id]),
+    answer = await data.CreateMerge(
+        dq.CreateMergeRequest(record_type=pb.RECORD_TYPE_ACCOUNT, survivor_id=keep.id, merged_ids=[fold.id]),
         metadata=merger,
     )
     assert answer.account.id == keep.id and answer.account.name == "理想汽车"

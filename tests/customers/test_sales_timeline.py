@@ -281,8 +281,8 @@ async def test_entries_are_written_once_and_payments_follow_their_plans_owner(
 
     # A merge takes the entries to the survivor, and its undo brings them back.
     survivor = await new_account(customers, company, "小米集团")
-    merged = await data.MergeRecords(
-        dq.MergeRecordsRequest(
+    merged = await data.CreateMerge(
+        dq.CreateMergeRequest(
             record_type=pb.RECORD_TYPE_ACCOUNT, survivor_id=survivor.id, merged_ids=[account.id]
         ),
         metadata=company.md,

@@ -23,7 +23,7 @@ def rpc_error(error: errors.DomainError) -> grpc.aio.AioRpcError:
 @pytest.mark.parametrize(
     ("error", "status", "code"),
     [
-        (errors.InvalidArgument("bad"), 422, "invalid_argument"),
+        (errors.InvalidArgument("bad"), 422, "validation_failed"),
         (errors.not_found("user", "u1"), 404, "user_not_found"),
         (errors.AlreadyExists("dup"), 409, "already_exists"),
         (errors.Conflict("busy", reason="department_has_members"), 409, "department_has_members"),

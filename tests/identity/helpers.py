@@ -43,8 +43,8 @@ async def invite_and_join(
     identity, company: Company, *, role_ids=(), department_id: str = ""
 ) -> tuple[pb.User, pb.TokenPair]:
     email = unique_email()
-    invited = await identity.InviteUser(
-        pb.InviteUserRequest(email=email, name="李雷", role_ids=list(role_ids), department_id=department_id),
+    invited = await identity.CreateUser(
+        pb.CreateUserRequest(email=email, name="李雷", role_ids=list(role_ids), department_id=department_id),
         metadata=company.md,
     )
     await identity.AcceptInvitation(

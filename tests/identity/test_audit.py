@@ -75,7 +75,7 @@ async def test_a_permission_change_is_audited_with_before_and_after(identity):
 async def test_a_company_sees_only_its_own_audit_trail(identity):
     a = await sign_up(identity)
     b = await sign_up(identity, "京东")
-    await identity.InviteUser(pb.InviteUserRequest(email=unique_email(), name="x"), metadata=b.md)
+    await identity.CreateUser(pb.CreateUserRequest(email=unique_email(), name="x"), metadata=b.md)
     await wait_for_audit(identity, b.md, lambda xs: any(x.action == "invited" for x in xs))
     mine = (
         await identity.ListAuditEvents(pb.ListAuditEventsRequest(page={"limit": 200}), metadata=a.md)
@@ -193,8 +193,8 @@ async def test_the_longest_request_id_the_edge_accepts_is_in_the_audit_trail(ide
     assert context.request_id_or_new(longest + "r") != longest + "r"
     company = await sign_up(identity)
     for request_id in (longest, longest + "r"):
-        invited = await identity.InviteUser(
-            pb.InviteUserRequest(email=unique_email(), name="x"),
+        invited = await identity.CreateUser(
+            pb.CreateUserRequest(email=unique_email(), name="x"),
             metadata=[*company.md, ("x-request-id", request_id)],
         )
         items = await wait_for_audit(

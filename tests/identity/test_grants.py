@@ -133,11 +133,11 @@ async def test_user_create_cannot_invite_an_administrator_or_a_wider_user(identi
     mine = unique_email("mine")
     for role, reason in ((admin_role, "administrator_only"), (wider, "grant_exceeds_own_access")):
         err = await rpc_error(
-            identity.InviteUser(pb.InviteUserRequest(email=mine, name="x", role_ids=[role.id]), metadata=md)
+            identity.CreateUser(pb.CreateUserRequest(email=mine, name="x", role_ids=[role.id]), metadata=md)
         )
         assert _reason(err) == reason
-    ok = await identity.InviteUser(
-        pb.InviteUserRequest(email=mine, name="x", role_ids=[recruiter.id]), metadata=md
+    ok = await identity.CreateUser(
+        pb.CreateUserRequest(email=mine, name="x", role_ids=[recruiter.id]), metadata=md
     )
     assert list(ok.user.role_ids) == [recruiter.id]
 
@@ -195,8 +195,8 @@ WIDENINGS = {
 
 
 def _invite(ctx, role_ids, permissions):
-    return ctx.identity.InviteUser(
-        pb.InviteUserRequest(email=unique_email(), name="x", role_ids=role_ids), metadata=ctx.md
+    return ctx.identity.CreateUser(
+        pb.CreateUserRequest(email=unique_email(), name="x", role_ids=role_ids), metadata=ctx.md
     )
 
 
@@ -234,7 +234,7 @@ def _update_own_role(ctx, role_ids, permissions):
 
 
 ATTEMPTS = {
-    "InviteUser": (_perm("user", ["create"]), _invite),
+    "CreateUser": (_perm("user", ["create"]), _invite),
     "UpdateUser": (_perm("user", ["update"]), _update_user),
     "CreateApiKey": (_perm("api_key", ["create"]), _create_key),
     "CreateRole": (_perm("role", ["create"]), _create_role),

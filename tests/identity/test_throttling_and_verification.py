@@ -136,7 +136,7 @@ async def test_an_unverified_sign_up_does_not_keep_the_owner_from_being_invited(
         pb.SignUpRequest(tenant_name="Squat", email=victim, password="squatter pass", name="x")
     )
 
-    invited = await identity.InviteUser(pb.InviteUserRequest(email=victim, name="李雷"), metadata=company.md)
+    invited = await identity.CreateUser(pb.CreateUserRequest(email=victim, name="李雷"), metadata=company.md)
     joined = await identity.AcceptInvitation(
         pb.AcceptInvitationRequest(invitation_token=invited.invitation_token, password=PASSWORD)
     )
@@ -157,7 +157,7 @@ async def test_an_unverified_sign_up_does_not_keep_the_owner_from_being_invited(
     # A proven address, though, is not taken from its holder: not by an invitation, not by a sign-up.
     other = await sign_up(identity, "腾讯")
     taken = await rpc_error(
-        identity.InviteUser(pb.InviteUserRequest(email=victim, name="x"), metadata=other.md)
+        identity.CreateUser(pb.CreateUserRequest(email=victim, name="x"), metadata=other.md)
     )
     assert from_rpc_error(taken).reason == "email_taken"
     taken = await rpc_error(

@@ -9,7 +9,7 @@ from tests.identity.helpers import PASSWORD, invite_and_join, rpc_error, sign_up
 async def test_an_invited_user_signs_in_only_after_accepting_the_invitation(identity):
     company = await sign_up(identity)
     email = unique_email()
-    invited = await identity.InviteUser(pb.InviteUserRequest(email=email, name="韩梅梅"), metadata=company.md)
+    invited = await identity.CreateUser(pb.CreateUserRequest(email=email, name="韩梅梅"), metadata=company.md)
     assert invited.user.status == pb.USER_STATUS_INVITED and invited.invitation_token
     err = await rpc_error(identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD)))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -72,8 +72,8 @@ async def test_roles_and_departments_of_another_company_cannot_be_assigned(ident
     b = await sign_up(identity, "腾讯")
     b_role = (await identity.ListRoles(pb.ListRolesRequest(), metadata=b.md)).items[0]
     err = await rpc_error(
-        identity.InviteUser(
-            pb.InviteUserRequest(email=unique_email(), name="x", role_ids=[b_role.id]), metadata=a.md
+        identity.CreateUser(
+            pb.CreateUserRequest(email=unique_email(), name="x", role_ids=[b_role.id]), metadata=a.md
         )
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -147,8 +147,8 @@ async def test_a_user_without_a_role_may_not_manage_users_and_hidden_fields_stay
 async def test_user_lists_page_by_cursor_without_gaps_or_repeats(identity):
     company = await sign_up(identity)
     for _ in range(5):
-        await identity.InviteUser(
-            pb.InviteUserRequest(email=unique_email(), name="成员"), metadata=company.md
+        await identity.CreateUser(
+            pb.CreateUserRequest(email=unique_email(), name="成员"), metadata=company.md
         )
     seen, cursor = [], ""
     while True:

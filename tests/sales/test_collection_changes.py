@@ -75,8 +75,8 @@ async def test_a_plan_is_rescheduled_while_not_paid_without_changing_its_total_o
         [("2030-01-31", "300.00"), ("2030-02-28", "300.00"), ("2030-03-31", "400.00")],
     )
     first, second, third = plan.instalments
-    await contracts.RecordPayment(
-        cpb.RecordPaymentRequest(instalment_id=first.id, amount="100.00"), metadata=company.md
+    await contracts.CreatePayment(
+        cpb.CreatePaymentRequest(instalment_id=first.id, amount="100.00"), metadata=company.md
     )
 
     # What cannot be: below what was paid, removing a paid-on instalment, another total, ids not of this plan.
@@ -87,7 +87,7 @@ async def test_a_plan_is_rescheduled_while_not_paid_without_changing_its_total_o
         change(first.id, "2030-01-31", "99.99"),
         change(second.id, "2030-02-28", "500.01"),
         change(third.id, "2030-03-31", "400.00"),
-    ) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument", ["instalments[0].amount"])
+    ) == (grpc.StatusCode.INVALID_ARGUMENT, "validation_failed", ["instalments[0].amount"])
     removed_paid = await rejected(
         contracts,
         company,
@@ -163,8 +163,8 @@ async def test_a_plan_is_rescheduled_while_not_paid_without_changing_its_total_o
     assert back.status == cpb.INSTALMENT_STATUS_PARTIALLY_PAID
 
     # Paid in full, a plan no longer changes; another company's plan is not found.
-    await contracts.RecordPayment(
-        cpb.RecordPaymentRequest(instalment_id=other.instalments[0].id, amount="5.00"), metadata=company.md
+    await contracts.CreatePayment(
+        cpb.CreatePaymentRequest(instalment_id=other.instalments[0].id, amount="5.00"), metadata=company.md
     )
     paid_up = await rejected(
         contracts, company, other.id, change(other.instalments[0].id, "2031-01-01", "5.00")
@@ -184,8 +184,8 @@ async def test_a_refund_makes_the_instalment_owe_the_money_again_and_receivables
         contracts, company, "1000.00", [("2020-01-31", "500.00"), ("2099-01-31", "500.00")], account
     )
     due, later = plan.instalments
-    paid = await contracts.RecordPayment(
-        cpb.RecordPaymentRequest(
+    paid = await contracts.CreatePayment(
+        cpb.CreatePaymentRequest(
             instalment_id=due.id, amount="500.00", paid_date="2020-01-20", method="alipay"
         ),
         metadata=company.md,
@@ -194,14 +194,14 @@ async def test_a_refund_makes_the_instalment_owe_the_money_again_and_receivables
     payment = paid.payment
 
     assert await refused(
-        contracts.RefundPayment(
-            cpb.RefundPaymentRequest(payment_id=payment.id, amount="500.01", refund_date="2020-01-19"),
+        contracts.CreateRefund(
+            cpb.CreateRefundRequest(id=payment.id, amount="500.01", refund_date="2020-01-19"),
             metadata=company.md,
         )
-    ) == (grpc.StatusCode.INVALID_ARGUMENT, "invalid_argument", ["amount", "refund_date", "reason"])
-    refunded = await contracts.RefundPayment(
-        cpb.RefundPaymentRequest(
-            payment_id=payment.id, amount="199.99", reason="部分货物退回", reference="退款单 R-001"
+    ) == (grpc.StatusCode.INVALID_ARGUMENT, "validation_failed", ["amount", "refund_date", "reason"])
+    refunded = await contracts.CreateRefund(
+        cpb.CreateRefundRequest(
+            id=payment.id, amount="199.99", reason="部分货物退回", reference="退款单 R-001"
         ),
         metadata=company.md,
     )
@@ -223,7 +223,7 @@ async def test_a_refund_makes_the_instalment_owe_the_money_again_and_receivables
         "199.99",
         cpb.INSTALMENT_STATUS_OVERDUE,
     )
-    owed = await contracts.GetReceivables(cpb.GetReceivablesRequest(account_id=account), metadata=company.md)
+    owed = await contracts.GetReceivables(cpb.GetReceivablesRequest(id=account), metadata=company.md)
     (cny,) = owed.totals
     assert (cny.planned, cny.paid, cny.outstanding, cny.overdue, cny.refunded) == (
         "1000.00",
@@ -242,24 +242,24 @@ async def test_a_refund_makes_the_instalment_owe_the_money_again_and_receivables
 
     # At most what is left of the payment; the rest can go back too.
     over = await refused(
-        contracts.RefundPayment(
-            cpb.RefundPaymentRequest(payment_id=payment.id, amount="300.02", reason="x"), metadata=company.md
+        contracts.CreateRefund(
+            cpb.CreateRefundRequest(id=payment.id, amount="300.02", reason="x"), metadata=company.md
         )
     )
     assert over[2] == ["amount"]
-    rest = await contracts.RefundPayment(
-        cpb.RefundPaymentRequest(
-            payment_id=payment.id, amount="300.01", reason="全部退款", method="bank_transfer"
+    rest = await contracts.CreateRefund(
+        cpb.CreateRefundRequest(
+            id=payment.id, amount="300.01", reason="全部退款", method="bank_transfer"
         ),
         metadata=company.md,
     )
     assert (rest.payment.refunded_amount, rest.instalment.paid_amount) == ("500.00", "0.00")
     # A refund on an instalment not yet due leaves it pending, not overdue.
-    on_later = await contracts.RecordPayment(
-        cpb.RecordPaymentRequest(instalment_id=later.id, amount="100.00"), metadata=company.md
+    on_later = await contracts.CreatePayment(
+        cpb.CreatePaymentRequest(instalment_id=later.id, amount="100.00"), metadata=company.md
     )
-    back = await contracts.RefundPayment(
-        cpb.RefundPaymentRequest(payment_id=on_later.payment.id, amount="100.00", reason="重复付款"),
+    back = await contracts.CreateRefund(
+        cpb.CreateRefundRequest(id=on_later.payment.id, amount="100.00", reason="重复付款"),
         metadata=company.md,
     )
     assert back.instalment.status == cpb.INSTALMENT_STATUS_PENDING
@@ -275,8 +275,8 @@ async def test_a_refund_makes_the_instalment_owe_the_money_again_and_receivables
     beta, _ = await team(identity, 0, name="Beta Ltd")
     assert (
         await refused(
-            contracts.RefundPayment(
-                cpb.RefundPaymentRequest(payment_id=payment.id, amount="1.00", reason="x"), metadata=beta.md
+            contracts.CreateRefund(
+                cpb.CreateRefundRequest(id=payment.id, amount="1.00", reason="x"), metadata=beta.md
             )
         )
     )[0] == grpc.StatusCode.NOT_FOUND

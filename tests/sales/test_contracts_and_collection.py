@@ -87,8 +87,8 @@ async def test_an_accepted_quote_becomes_an_order_paid_in_instalments_with_parti
     assert (first.sequence, first.amount, second.amount) == (1, "31187.99", "72771.99")
 
     for amount in ("10000.00", "0.99"):
-        paid = await contracts.RecordPayment(
-            cpb.RecordPaymentRequest(
+        paid = await contracts.CreatePayment(
+            cpb.CreatePaymentRequest(
                 instalment_id=first.id, amount=amount, method="bank_transfer", reference="招行回单"
             ),
             metadata=company.md,
@@ -96,13 +96,13 @@ async def test_an_accepted_quote_becomes_an_order_paid_in_instalments_with_parti
     assert paid.instalment.status == cpb.INSTALMENT_STATUS_PARTIALLY_PAID
     assert (paid.instalment.paid_amount, paid.instalment.outstanding_amount) == ("10000.99", "21187.00")
     over = await rpc_error(
-        contracts.RecordPayment(
-            cpb.RecordPaymentRequest(instalment_id=first.id, amount="21187.01"), metadata=company.md
+        contracts.CreatePayment(
+            cpb.CreatePaymentRequest(instalment_id=first.id, amount="21187.01"), metadata=company.md
         )
     )
     assert [f.field for f in from_rpc_error(over).field_errors] == ["amount"]
-    done = await contracts.RecordPayment(
-        cpb.RecordPaymentRequest(instalment_id=first.id, amount="21187.00", method="alipay"),
+    done = await contracts.CreatePayment(
+        cpb.CreatePaymentRequest(instalment_id=first.id, amount="21187.00", method="alipay"),
         metadata=company.md,
     )
     assert done.instalment.status == cpb.INSTALMENT_STATUS_PAID
@@ -118,7 +118,7 @@ async def test_an_accepted_quote_becomes_an_order_paid_in_instalments_with_parti
     run = await contracts.RunCollectionJobs(cpb.RunCollectionJobsRequest(now=at(later)), metadata=company.md)
     assert run.overdue == 0
     clock.advance(days=61)
-    owed = await contracts.GetReceivables(cpb.GetReceivablesRequest(account_id=account), metadata=company.md)
+    owed = await contracts.GetReceivables(cpb.GetReceivablesRequest(id=account), metadata=company.md)
     (cny,) = owed.totals
     assert (cny.planned, cny.paid, cny.outstanding, cny.overdue) == (
         "103959.98",
@@ -227,8 +227,8 @@ async def test_another_tenants_contracts_orders_and_plans_are_not_found(identity
     for call in (
         contracts.GetOrder(cpb.GetOrderRequest(id=order.id), metadata=beta.md),
         contracts.GetPaymentPlan(cpb.GetPaymentPlanRequest(id=plan.id), metadata=beta.md),
-        contracts.RecordPayment(
-            cpb.RecordPaymentRequest(instalment_id=plan.instalments[0].id, amount="1"), metadata=beta.md
+        contracts.CreatePayment(
+            cpb.CreatePaymentRequest(instalment_id=plan.instalments[0].id, amount="1"), metadata=beta.md
         ),
         contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=beta.md),
     ):
@@ -266,20 +266,20 @@ async def test_a_paid_order_is_cancelled_only_once_the_money_went_back(identity,
             metadata=company.md,
         )
     ).plan
-    paid = await contracts.RecordPayment(
-        cpb.RecordPaymentRequest(instalment_id=plan.instalments[0].id, amount="1000.00"), metadata=company.md
+    paid = await contracts.CreatePayment(
+        cpb.CreatePaymentRequest(instalment_id=plan.instalments[0].id, amount="1000.00"), metadata=company.md
     )
     cancel = cpb.CancelOrderRequest(id=order.id, reason="客户取消订单")
     refused = await rpc_error(contracts.CancelOrder(cancel, metadata=company.md))
     assert from_rpc_error(refused).reason == "order_paid"
-    await contracts.RefundPayment(
-        cpb.RefundPaymentRequest(payment_id=paid.payment.id, amount="999.99", reason="部分退款"),
+    await contracts.CreateRefund(
+        cpb.CreateRefundRequest(id=paid.payment.id, amount="999.99", reason="部分退款"),
         metadata=company.md,
     )
     still = await rpc_error(contracts.CancelOrder(cancel, metadata=company.md))
     assert from_rpc_error(still).reason == "order_paid"  # one cent is still the customer's
-    await contracts.RefundPayment(
-        cpb.RefundPaymentRequest(payment_id=paid.payment.id, amount="0.01", reason="全部退款"),
+    await contracts.CreateRefund(
+        cpb.CreateRefundRequest(id=paid.payment.id, amount="0.01", reason="全部退款"),
         metadata=company.md,
     )
     cancelled = (await contracts.CancelOrder(cancel, metadata=company.md)).order

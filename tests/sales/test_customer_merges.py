@@ -139,8 +139,8 @@ async def test_a_merge_re_points_sales_once_and_its_undo_moves_back_exactly_what
             metadata=company.md,
         )
     ).plan
-    await contracts.RecordPayment(
-        kpb.RecordPaymentRequest(instalment_id=plan.instalments[0].id, amount="20000.00"), metadata=company.md
+    await contracts.CreatePayment(
+        kpb.CreatePaymentRequest(instalment_id=plan.instalments[0].id, amount="20000.00"), metadata=company.md
     )
     contract = (
         await contracts.CreateContract(
@@ -173,8 +173,8 @@ async def test_a_merge_re_points_sales_once_and_its_undo_moves_back_exactly_what
     before = await opportunity(pipelines, rep, dup.opportunity_id)
 
     merge = (
-        await data.MergeRecords(
-            dq.MergeRecordsRequest(record_type=ACCOUNT, survivor_id=survivor, merged_ids=[merged]),
+        await data.CreateMerge(
+            dq.CreateMergeRequest(record_type=ACCOUNT, survivor_id=survivor, merged_ids=[merged]),
             metadata=company.md,
         )
     ).merge
@@ -217,10 +217,10 @@ async def test_a_merge_re_points_sales_once_and_its_undo_moves_back_exactly_what
         await contracts.GetPaymentPlan(kpb.GetPaymentPlanRequest(id=plan.id), metadata=company.md)
     ).plan
     assert moved_plan.version == plan.version + 1
-    owed = await contracts.GetReceivables(kpb.GetReceivablesRequest(account_id=survivor), metadata=company.md)
+    owed = await contracts.GetReceivables(kpb.GetReceivablesRequest(id=survivor), metadata=company.md)
     assert [(t.planned, t.paid) for t in owed.totals] == [("103959.98", "20000.00")]
     assert not (
-        await contracts.GetReceivables(kpb.GetReceivablesRequest(account_id=merged), metadata=company.md)
+        await contracts.GetReceivables(kpb.GetReceivablesRequest(id=merged), metadata=company.md)
     ).totals
     assert (await opportunity(pipelines, beta, foreign.id)).account_id == merged
 
@@ -292,8 +292,8 @@ async def test_a_contact_merge_moves_converted_leads_and_opportunities_to_the_su
     ).pipeline
     dup = await convert(leads, rep, pipeline, name="周杰", company="深圳星河电子", email="zj@xh.example")
     keep = await convert(leads, rep, pipeline, name="周杰 Zhou", company="Xinghe Elec", email="z@x.example")
-    await data.MergeRecords(
-        dq.MergeRecordsRequest(record_type=CONTACT, survivor_id=keep.contact_id, merged_ids=[dup.contact_id]),
+    await data.CreateMerge(
+        dq.CreateMergeRequest(record_type=CONTACT, survivor_id=keep.contact_id, merged_ids=[dup.contact_id]),
         metadata=company.md,
     )
 

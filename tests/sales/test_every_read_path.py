@@ -293,8 +293,8 @@ async def seed(identity, s: dict[str, Any]) -> World:
             metadata=md,
         )
     ).lead
-    await s["leads"].AddLeadFollowUp(
-        L.AddLeadFollowUpRequest(lead_id=lead.id, content=f"电话沟通{TAG}"), metadata=md
+    await s["leads"].CreateLeadFollowUp(
+        L.CreateLeadFollowUpRequest(id=lead.id, content=f"电话沟通{TAG}"), metadata=md
     )
     form = (
         await s["leads"].CreateWebForm(
@@ -374,13 +374,13 @@ async def seed(identity, s: dict[str, Any]) -> World:
         )
     ).plan
     ref, refund_ref = MARKED["payment"][1]
-    paid = await s["contracts"].RecordPayment(
-        C.RecordPaymentRequest(instalment_id=plan.instalments[0].id, amount="100.00", reference=ref),
+    paid = await s["contracts"].CreatePayment(
+        C.CreatePaymentRequest(instalment_id=plan.instalments[0].id, amount="100.00", reference=ref),
         metadata=md,
     )
-    await s["contracts"].RefundPayment(
-        C.RefundPaymentRequest(
-            payment_id=paid.payment.id, amount="1.00", reason=f"多付{TAG}", reference=refund_ref
+    await s["contracts"].CreateRefund(
+        C.CreateRefundRequest(
+            id=paid.payment.id, amount="1.00", reason=f"多付{TAG}", reference=refund_ref
         ),
         metadata=md,
     )
@@ -611,8 +611,8 @@ async def _payment(w: World) -> Any:
     ).plan
     ref, _ = MARKED["payment"][1]
     return (
-        await c.RecordPayment(
-            C.RecordPaymentRequest(instalment_id=plan.instalments[0].id, amount="100.00", reference=ref),
+        await c.CreatePayment(
+            C.CreatePaymentRequest(instalment_id=plan.instalments[0].id, amount="100.00", reference=ref),
             metadata=md,
         )
     ).payment
@@ -670,12 +670,12 @@ WRITES: dict[str, Path] = {
         ),
         ("lead",),
     ),
-    "LeadsService/AddLeadFollowUp": Path(
+    "LeadsService/CreateLeadFollowUp": Path(
         on(
             "leads",
-            "AddLeadFollowUp",
+            "CreateLeadFollowUp",
             _lead,
-            lambda w, r, md: L.AddLeadFollowUpRequest(lead_id=r.id, content="再联系"),
+            lambda w, r, md: L.CreateLeadFollowUpRequest(id=r.id, content="再联系"),
         ),
         ("lead",),
     ),
@@ -835,14 +835,14 @@ WRITES: dict[str, Path] = {
         ),
         ("contract",),
     ),
-    "ContractsService/RecordPayment": Path(
+    "ContractsService/CreatePayment": Path(
         on(
             "contracts",
-            "RecordPayment",
+            "CreatePayment",
             _payment,
             # The admin gives the marked reference (their answer holds it); the caller, from whom it is hidden,
             # gives none.
-            lambda w, r, md: C.RecordPaymentRequest(
+            lambda w, r, md: C.CreatePaymentRequest(
                 instalment_id=r.instalment_id,
                 amount="50.00",
                 reference=MARKED["payment"][1][0] if _admin(w, md) else "",
@@ -850,12 +850,12 @@ WRITES: dict[str, Path] = {
         ),
         ("payment",),
     ),
-    "ContractsService/RefundPayment": Path(
+    "ContractsService/CreateRefund": Path(
         on(
             "contracts",
-            "RefundPayment",
+            "CreateRefund",
             _payment,
-            lambda w, r, md: C.RefundPaymentRequest(payment_id=r.id, amount="1.00", reason="多付"),
+            lambda w, r, md: C.CreateRefundRequest(id=r.id, amount="1.00", reason="多付"),
         ),
         ("payment",),
     ),

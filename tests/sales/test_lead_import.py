@@ -418,7 +418,7 @@ async def test_duplicates_of_open_leads_are_skipped_updated_or_created_as_the_im
         metadata=company.md,
     )
     assert (await run_to_end(lead_imports, company, anyway.id)).rows_created == 1
-    same_phone = await leads.ListLeads(lpb.ListLeadsRequest(query="周杰"), metadata=company.md)
+    same_phone = await leads.ListLeads(lpb.ListLeadsRequest(q="周杰"), metadata=company.md)
     assert len(same_phone.items) == 2
 
 

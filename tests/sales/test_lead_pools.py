@@ -117,8 +117,8 @@ async def test_reclaimed_lead_returns_to_pool_after_7_days_without_follow_up(ide
 
     # Day 5: a follow-up on one lead restarts its clock.
     clock.advance(days=5)
-    await leads.AddLeadFollowUp(
-        pb.AddLeadFollowUpRequest(lead_id=followed.id, kind="call", content="电话沟通，客户有意向"),
+    await leads.CreateLeadFollowUp(
+        pb.CreateLeadFollowUpRequest(id=followed.id, kind="call", content="电话沟通，客户有意向"),
         metadata=rep.md,
     )
     # Day 6.5: the idle lead is within a day of its deadline: one warning, and only one.
@@ -156,8 +156,8 @@ async def test_a_lead_not_converted_within_m_days_is_reclaimed_despite_follow_up
     start = clock.now()
     for _ in range(4):
         clock.advance(days=2)
-        await leads.AddLeadFollowUp(
-            pb.AddLeadFollowUpRequest(lead_id=lead.id, kind="visit", content="拜访"), metadata=rep.md
+        await leads.CreateLeadFollowUp(
+            pb.CreateLeadFollowUpRequest(id=lead.id, kind="visit", content="拜访"), metadata=rep.md
         )
     run = await leads.RunLeadReclaim(
         pb.RunLeadReclaimRequest(now=at(start + dt.timedelta(days=9))), metadata=company.md

@@ -118,16 +118,16 @@ async def test_follow_ups_move_a_new_lead_to_working_and_are_listed_newest_first
     _, (rep,) = await team(identity, 1)
     lead = (await leads.CreateLead(pb.CreateLeadRequest(name="李娜"), metadata=rep.md)).lead
     for content in ("首次电话", "发送资料"):
-        answer = await leads.AddLeadFollowUp(
-            pb.AddLeadFollowUpRequest(lead_id=lead.id, kind="call", content=content), metadata=rep.md
+        answer = await leads.CreateLeadFollowUp(
+            pb.CreateLeadFollowUpRequest(id=lead.id, kind="call", content=content), metadata=rep.md
         )
     assert answer.lead.status == pb.LEAD_STATUS_WORKING and answer.lead.last_follow_up_at.seconds
     listed = (
-        await leads.ListLeadFollowUps(pb.ListLeadFollowUpsRequest(lead_id=lead.id), metadata=rep.md)
+        await leads.ListLeadFollowUps(pb.ListLeadFollowUpsRequest(id=lead.id), metadata=rep.md)
     ).items
     assert [f.content for f in listed] == ["发送资料", "首次电话"]
     err = await rpc_error(
-        leads.AddLeadFollowUp(pb.AddLeadFollowUpRequest(lead_id=lead.id, kind="smoke"), metadata=rep.md)
+        leads.CreateLeadFollowUp(pb.CreateLeadFollowUpRequest(id=lead.id, kind="smoke"), metadata=rep.md)
     )
     assert {f.field for f in from_rpc_error(err).field_errors} == {"kind", "content"}
 

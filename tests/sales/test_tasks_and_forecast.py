@@ -172,8 +172,8 @@ async def test_the_forecast_weighs_the_pipeline_and_counts_collection_against_ta
             metadata=rep.md,
         )
     ).plan
-    await contracts.RecordPayment(
-        cpb.RecordPaymentRequest(instalment_id=plan.instalments[1].id, amount="12000.00"), metadata=rep.md
+    await contracts.CreatePayment(
+        cpb.CreatePaymentRequest(instalment_id=plan.instalments[1].id, amount="12000.00"), metadata=rep.md
     )
     await forecasts.SetForecastTarget(
         fpb.SetForecastTargetRequest(

@@ -53,7 +53,8 @@ class DomainError(Exception):
 
 class InvalidArgument(DomainError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "invalid_argument"
+    # The same code as the gateway's own 422s: one code per kind of error (docs/api-style.md).
+    reason = "validation_failed"
 
     @classmethod
     def for_field(cls, field: str, message: str) -> InvalidArgument:

@@ -145,7 +145,7 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
 
     # ------------------------------------------------------------ merges
 
-    async def MergeRecords(self, request, context):
+    async def CreateMerge(self, request, context):
         kind = _object(request.record_type)
         decision = await self._authorize(kind, "merge")
         read = await self._authorize(kind, "read")
@@ -162,7 +162,7 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
                 undo_days=self.undo_days,
             )
             decision.check_writable(k.split(".", 1)[0] for k in request.field_sources)
-            answer = pb.MergeRecordsResponse(merge=merges.merge_pb(record))
+            answer = pb.CreateMergeResponse(merge=merges.merge_pb(record))
             _fill_record(answer, kind, survivor, read)
         return answer
 

@@ -15,11 +15,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from starlette.responses import Response
 
-from crm_gateway import files, problems
+from crm_gateway import contract, files, problems
 from crm_gateway.middleware import EdgeMiddleware
-from crm_gateway.routing import RoutePlan, ServiceRoutes, compile_routes
+from crm_gateway.routing import RoutePlan, Service, compile_routes
 from crm_gateway.runtime import Gateway
-from crm_gateway.services import FILE_SERVICES, SERVICES
+from crm_gateway.services import SERVICES
 from crm_gateway.settings import GatewaySettings
 from crm_gateway.tenant_schema import TenantDocuments
 
@@ -29,8 +29,8 @@ The public REST API of the CRM. JSON in and out, field names in snake_case, ids 
 **Authentication**: `Authorization: Bearer <access token>` (from `POST /api/v1/auth/token`) or, for
 partner integrations, `X-API-Key: <key>`. The tenant is always the credential's.
 
-**Errors** are RFC 9457 `application/problem+json` documents with a stable `code` and, for validation
-problems, `errors: [{field, message}]`.
+**Errors** are RFC 9457 `application/problem+json` documents with a stable `code` and, for invalid input
+(422 `validation_failed`), `errors: [{field, message}]`.
 
 **Lists** take `limit` (1–200, default 50) and an opaque `cursor`, and answer
 `{"items": [...], "next_cursor": "..." | null}`.
@@ -44,7 +44,10 @@ get 412 instead of overwriting someone else's change. Without If-Match the chang
 **Rate limits** per tenant and per API key; every limited response has `RateLimit-Limit`,
 `RateLimit-Remaining`, `RateLimit-Reset`, and a refused one is a 429 with `Retry-After`.
 
-Numbers of 64 bits (e.g. `version`) are JSON strings; enums are their names; times are RFC 3339.
+**Shapes** (docs/api-style.md): a create body is the object itself and its answer is the object; every field
+of an answer is present, `null` when it has no value; enums are short lower-case words, the same in bodies,
+filters and query parameters; versions, counts and durations are JSON numbers, money is a decimal string;
+times are RFC 3339.
 
 **Custom fields**: in this document `custom_fields` of accounts and contacts is an open object (each company
 defines its own); `GET /api/v1/openapi.json` is the caller's company's document, with them typed.
@@ -60,11 +63,11 @@ PUBLIC_OPERATIONS = frozenset({"healthz", "readyz"})
 
 def create_app(
     settings: GatewaySettings | None = None,
-    services: Sequence[ServiceRoutes] = SERVICES,
-    file_services: Sequence[files.FileRoutes] = FILE_SERVICES,
+    services: Sequence[Service] = SERVICES,
 ) -> FastAPI:
     settings = settings or GatewaySettings()
     plans = compile_routes(services)
+    upload_download = files.file_plans(services, plans)
     gateway = Gateway(settings, services, plans)
 
     @asynccontextmanager
@@ -100,7 +103,8 @@ def create_app(
     app.state.plans = plans
     problems.install(app)
 
-    for plan in plans:
+    # A literal segment is matched before a parameter (/accounts/count before /accounts/{id}).
+    for plan in sorted(plans, key=lambda p: _specificity(p.path)):
         app.add_api_route(
             plan.path,
             _endpoint(gateway, plan),
@@ -108,8 +112,8 @@ def create_app(
             status_code=plan.status,
             response_model=plan.response_model,
             operation_id=plan.operation_id,
-            summary=plan.route.summary or _humanize(plan.route.rpc),
-            tags=[plan.route.tag or _tag(plan)],
+            summary=plan.summary,
+            tags=[plan.tag],
             description=_describe(plan),
         )
 
@@ -162,7 +166,7 @@ def create_app(
         return Response(body, media_type="application/json", headers=headers)
 
     # Uploads and downloads (imports, exports, reports) stream in chunks beside the JSON routes.
-    file_plans = files.mount(app, gateway, file_services)
+    file_plans = files.mount(app, gateway, upload_download)
     app.add_middleware(
         EdgeMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -211,29 +215,18 @@ def _endpoint(gateway: Gateway, plan: RoutePlan) -> Any:
     return endpoint
 
 
-def _humanize(rpc: str) -> str:
-    words = []
-    for i, ch in enumerate(rpc):
-        if ch.isupper() and i:
-            words.append(" ")
-        words.append(ch.lower() if i else ch)
-    return "".join(words)
-
-
-def _tag(plan: RoutePlan) -> str:
-    parts = [p for p in plan.route.path.split("/") if p and not p.startswith("{")]
-    if plan.route.root:
-        return "auth"
-    return parts[0] if parts else plan.service.name
+def _specificity(path: str) -> tuple[int, ...]:
+    return tuple(1 if part.startswith("{") else 0 for part in path.split("/"))
 
 
 def _describe(plan: RoutePlan) -> str:
-    notes = [f"gRPC `{plan.method.full_name}`."]
+    notes = [plan.description] if plan.description else []
+    notes.append(f"gRPC `{plan.method.full_name}`.")
     if plan.public:
         notes.append("Takes no credential.")
     if plan.is_list:
         notes.append("A page of at most `limit` items; follow `next_cursor` for the next one.")
-    if plan.patch_field:
+    if plan.patch:
         notes.append("Send only the fields to change; `null` clears a field.")
     if plan.if_match:
         notes.append('Send `If-Match: "<version>"` to make the change conditional (412 when stale).')
@@ -305,7 +298,9 @@ def _openapi(app: FastAPI, plans: Sequence[RoutePlan], max_body_bytes: int) -> d
                 op["requestBody"]["x-max-body-bytes"] = max_body_bytes
             ok = responses.get(str(plan.status))
             if ok is not None and plan.binary:
-                ok["content"] = {plan.route.binary: {"schema": {"type": "string", "format": "binary"}}}
+                ok["content"] = {
+                    contract.media_type(plan.method): {"schema": {"type": "string", "format": "binary"}}
+                }
             if ok is not None:
                 headers = ok.setdefault("headers", {})
                 if not plan.public:

@@ -1,5 +1,5 @@
 """File routes: uploads (multipart/form-data → a client-streaming RPC) and downloads (a server-streaming RPC →
-a streamed response), beside the JSON route table.
+a streamed response), beside the JSON routes, derived the same way from the methods' `google.api.http` rules.
 
 The JSON routes answer one message with one message; a file does not fit in one message (gRPC's 16 MiB, the
 gateway's 1 MiB JSON bodies), nor in memory at a million rows. So a file travels in chunks end to end:
@@ -7,12 +7,12 @@ gateway's 1 MiB JSON bodies), nor in memory at a million rows. So a file travels
 - `Upload`: the request message has a oneof with `header` (a message with a `file` FileInfo and any other
   fields, filled from the form's other fields) and `chunk` (bytes). The gateway parses the multipart body
   (Starlette spools a large part to a temporary file, so memory stays flat), sends the header, then the
-  file in 256 KiB chunks. The answer is JSON like any route (`unwrap`, `status`, `location`).
+  file in 256 KiB chunks. The answer is JSON like any route (`response_body`; 201 with `Location`).
 - `Download`: the response message has a oneof with `header` (FileInfo: file_name, content_type) and `chunk`.
   The gateway waits for the header (so a refusal is still a proper problem+json with its status), then
   streams the chunks as they come, with Content-Disposition for the file name (RFC 6266, UTF-8 names too).
-  Query parameters fill the request's scalar fields (enums by name, `csv` for FILE_FORMAT_CSV), repeated
-  strings repeat.
+  Query parameters fill the request's scalar fields (enums by their JSON word, `csv` for FILE_FORMAT_CSV),
+  repeated strings repeat.
 
 Authentication, rate limits, request ids and problems are the gateway's usual ones. The body size limit of
 upload routes is CRM_MAX_UPLOAD_BYTES instead of CRM_MAX_BODY_BYTES (see `middleware`).
@@ -24,7 +24,6 @@ import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -34,15 +33,15 @@ from crm_kit import context, grpc_client, spool
 from crm_kit.errors import InvalidArgument, TooManyRequests
 from crm_kit.idempotency import METADATA_KEY as IDEMPOTENCY_METADATA
 from fastapi import FastAPI, Request
-from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import FieldDescriptor, ServiceDescriptor
+from google.protobuf import message_factory
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
-from crm_gateway import bounds
+from crm_gateway import bounds, contract, jsonmap
 from crm_gateway.idempotency import Reply
 from crm_gateway.problems import ProblemError, field_problem, from_grpc, internal_error, render
-from crm_gateway.routing import TO_DICT, expand_template
+from crm_gateway.routing import Service, methods_with_rules, snake, summary_of, tag_of
 
 log = logging.getLogger("crm.gateway")
 
@@ -52,38 +51,6 @@ CHUNK_BYTES = 256 * 1024
 UPLOAD_SPOOL_WAIT_SECONDS = 10.0
 
 
-@dataclass(frozen=True)
-class Upload:
-    path: str
-    rpc: str
-    status: int = 201
-    unwrap: str | None = None
-    # For 201: where the new object lives, with {dotted.paths} into the answer, relative to the prefix.
-    location: str | None = None
-    summary: str | None = None
-    tag: str | None = None
-
-
-@dataclass(frozen=True)
-class Download:
-    path: str
-    rpc: str
-    # Public query parameter name → request field ("q" → "query").
-    query: dict[str, str] = field(default_factory=dict)
-    summary: str | None = None
-    tag: str | None = None
-
-
-@dataclass(frozen=True)
-class FileRoutes:
-    """One service's file routes (its address is `<NAME>_SERVICE_ADDR`, as for its JSON routes)."""
-
-    name: str
-    service: ServiceDescriptor
-    routes: Sequence[Upload | Download]
-    prefix: str = "/api/v1"
-
-
 def _oneof_parts(desc: Any, rpc: str) -> tuple[FieldDescriptor, FieldDescriptor]:
     header, chunk = desc.fields_by_name.get("header"), desc.fields_by_name.get("chunk")
     if header is None or chunk is None or header.type != FD.TYPE_MESSAGE or chunk.type != FD.TYPE_BYTES:
@@ -91,20 +58,13 @@ def _oneof_parts(desc: Any, rpc: str) -> tuple[FieldDescriptor, FieldDescriptor]
     return header, chunk
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
 def _enum_value(f: FieldDescriptor, raw: str) -> int:
-    """An enum from its full name (FILE_FORMAT_CSV), its short name (csv) or its number."""
-    enum = f.enum_type
-    wanted = raw.strip().upper()
-    prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", enum.name).upper() + "_"
-    for v in enum.values:
-        if v.number and (v.name == wanted or v.name == prefix + wanted or str(v.number) == raw.strip()):
-            return v.number
-    names = ", ".join(v.name.removeprefix(prefix).lower() for v in enum.values if v.number)
-    raise field_problem(f.name, f"must be one of: {names}")
+    """An enum from its JSON word (`csv` for FILE_FORMAT_CSV)."""
+    names = contract.enum_from_json(f.enum_type)
+    value = names.get(raw.strip())
+    if value is None:
+        raise field_problem(f.name, "must be one of: " + ", ".join(names))
+    return value
 
 
 def _set_scalar(message: Any, f: FieldDescriptor, raw: str) -> None:
@@ -121,6 +81,11 @@ def _set_scalar(message: Any, f: FieldDescriptor, raw: str) -> None:
             value = raw.strip().lower() in ("1", "true", "yes")
         elif f.type in (FD.TYPE_INT32, FD.TYPE_INT64, FD.TYPE_UINT32, FD.TYPE_UINT64):
             value = int(raw)
+            low, high = (0, 2**32 - 1) if f.type == FD.TYPE_UINT32 else (-(2**31), 2**31 - 1)
+            if f.type in (FD.TYPE_INT64, FD.TYPE_UINT64):
+                low, high = (0 if f.type == FD.TYPE_UINT64 else -(2**53)), 2**53
+            if not low <= value <= high:
+                raise field_problem(f.name, f"must be between {low} and {high}")
         elif f.type == FD.TYPE_STRING:
             value = raw
         else:
@@ -141,45 +106,46 @@ def content_disposition(file_name: str) -> str:
 class FilePlan:
     """A file route compiled against its gRPC method, and its FastAPI endpoint."""
 
-    def __init__(self, service: FileRoutes, route: Upload | Download):
+    def __init__(self, service: Service, method: MethodDescriptor, rule: contract.HttpRule):
         self.service = service
-        self.route = route
-        method = service.service.methods_by_name.get(route.rpc)
-        if method is None:
-            raise ValueError(f"{service.service.full_name} has no method {route.rpc}")
         self.method = method
-        self.grpc_path = f"/{service.service.full_name}/{method.name}"
+        self.rpc = method.name
+        self.grpc_path = f"/{service.descriptor.full_name}/{method.name}"
         self.request_cls = message_factory.GetMessageClass(method.input_type)
         self.response_cls = message_factory.GetMessageClass(method.output_type)
-        self.path = service.prefix.rstrip("/") + route.path
-        self.path_fields = re.findall(r"{(\w+)}", route.path)
-        self.operation_id = _snake(route.rpc)
-        self.upload = isinstance(route, Upload)
+        self.path = rule.path
+        self.path_fields = re.findall(r"{(\w+)}", rule.path)
+        self.operation_id = snake(method.name)
+        self.summary, self.description = summary_of(method)
+        self.tag = tag_of(rule.path)
+        self.upload = method.client_streaming
+        self.unwrap = rule.response_body or None
+        self.status = 201 if self.upload else 200
+        self.location: str | None = None
         if self.upload:
-            if not (method.client_streaming and not method.server_streaming):
-                raise ValueError(f"{route.rpc}: an upload is a client-streaming RPC")
-            header, _ = _oneof_parts(method.input_type, route.rpc)
+            if method.server_streaming or rule.verb != "POST":
+                raise ValueError(f"{self.rpc}: an upload is a client-streaming RPC behind a POST")
+            header, _ = _oneof_parts(method.input_type, self.rpc)
             self.header_field = header
             if "file" not in header.message_type.fields_by_name:
-                raise ValueError(f"{route.rpc}: the upload header needs a `file` (FileInfo) field")
+                raise ValueError(f"{self.rpc}: the upload header needs a `file` (FileInfo) field")
             self.form_fields = {
                 f.name: f
                 for f in header.message_type.fields
                 if f.name != "file" and f.type != FD.TYPE_MESSAGE
             }
         else:
-            if not (method.server_streaming and not method.client_streaming):
-                raise ValueError(f"{route.rpc}: a download is a server-streaming RPC")
-            _oneof_parts(method.output_type, route.rpc)
-            renames = {v: k for k, v in route.query.items()}
+            if rule.verb != "GET":
+                raise ValueError(f"{self.rpc}: a download is a server-streaming RPC behind a GET")
+            _oneof_parts(method.output_type, self.rpc)
             self.query_fields = {
-                renames.get(f.name, f.name): f
+                f.name: f
                 for f in method.input_type.fields
                 if f.name not in self.path_fields and f.type != FD.TYPE_MESSAGE
             }
         for name in self.path_fields:
             if name not in method.input_type.fields_by_name and not self.upload:
-                raise ValueError(f"{route.rpc}: path parameter {{{name}}} is no request field")
+                raise ValueError(f"{self.rpc}: path parameter {{{name}}} is no request field")
 
     # ------------------------------------------------------------ OpenAPI
 
@@ -231,15 +197,13 @@ class FilePlan:
 
 def _schema(f: FieldDescriptor) -> dict[str, Any]:
     if f.type == FD.TYPE_ENUM:
-        prefix = re.sub(r"(?<!^)(?=[A-Z])", "_", f.enum_type.name).upper() + "_"
-        single: dict[str, Any] = {
-            "type": "string",
-            "enum": [v.name.removeprefix(prefix).lower() for v in f.enum_type.values if v.number],
-        }
+        single: dict[str, Any] = {"type": "string", "enum": list(contract.enum_names(f.enum_type))}
     elif f.type == FD.TYPE_BOOL:
         single = {"type": "boolean"}
-    elif f.type in (FD.TYPE_INT32, FD.TYPE_INT64):
-        single = {"type": "integer"}
+    elif f.type in (FD.TYPE_INT32, FD.TYPE_UINT32):
+        single = {"type": "integer", "format": "int32"}
+    elif f.type in (FD.TYPE_INT64, FD.TYPE_UINT64):
+        single = {"type": "integer", "format": "int64", "minimum": -(2**53), "maximum": 2**53}
     else:
         single = {"type": "string", "maxLength": bounds.string_max_length(f)}
     if f.is_repeated:
@@ -247,10 +211,21 @@ def _schema(f: FieldDescriptor) -> dict[str, Any]:
     return single
 
 
-def mount(app: FastAPI, gateway: Any, services: Sequence[FileRoutes]) -> list[FilePlan]:
+def file_plans(services: Sequence[Service], json_routes: Sequence[Any] = ()) -> list[FilePlan]:
+    """The file routes of these services: their streaming methods with an HTTP rule."""
+    plans = [
+        FilePlan(s, m, r) for s, m, r in methods_with_rules(services) if m.client_streaming or m.server_streaming
+    ]
+    getters = {p.path for p in json_routes if p.http_method == "GET"}
+    for plan in plans:
+        if plan.upload and plan.path + "/{id}" in getters:
+            plan.location = plan.path + "/{id}"
+    return plans
+
+
+def mount(app: FastAPI, gateway: Any, plans: Sequence[FilePlan]) -> list[FilePlan]:
     """Add the file routes to the app; returns their plans (the middleware needs the upload paths)."""
     spool.configure(gateway.settings.spool_dir, gateway.settings.spool_max_bytes)  # where uploads are received
-    plans = [FilePlan(s, r) for s in services for r in s.routes]
     for plan in plans:
         handler = _upload_endpoint(gateway, plan) if plan.upload else _download_endpoint(gateway, plan)
         app.add_api_route(
@@ -258,13 +233,14 @@ def mount(app: FastAPI, gateway: Any, services: Sequence[FileRoutes]) -> list[Fi
             handler,
             methods=["POST" if plan.upload else "GET"],
             operation_id=plan.operation_id,
-            summary=plan.route.summary or plan.route.rpc,
-            tags=[plan.route.tag or plan.service.name],
-            status_code=plan.route.status if isinstance(plan.route, Upload) else 200,
+            summary=plan.summary,
+            description=plan.description or None,
+            tags=[plan.tag],
+            status_code=plan.status,
             openapi_extra=plan.openapi_extra(),
             include_in_schema=True,
         )
-    return plans
+    return list(plans)
 
 
 def upload_pattern(plan: FilePlan) -> re.Pattern[str]:
@@ -394,15 +370,11 @@ async def _forward_upload(
         response = await call(parts(), timeout=gateway.settings.file_timeout_seconds, metadata=metadata)
     except grpc.RpcError as exc:
         return Reply.of_rpc_error(exc, path)
-    route = plan.route
-    assert isinstance(route, Upload)
-    answer = json_format.MessageToDict(
-        getattr(response, route.unwrap) if route.unwrap else response, **TO_DICT
-    )
+    answer = jsonmap.to_json(getattr(response, plan.unwrap) if plan.unwrap else response)
     headers = {}
-    if route.location:
-        headers["Location"] = expand_template(plan.service.prefix.rstrip("/") + route.location, answer)
-    return Reply(route.status, orjson.dumps(answer), headers)
+    if plan.location and answer.get("id"):
+        headers["Location"] = plan.location.replace("{id}", str(answer["id"]))
+    return Reply(plan.status, orjson.dumps(answer), headers)
 
 
 def _download_endpoint(gateway: Any, plan: FilePlan) -> Any:
@@ -468,5 +440,5 @@ def _channel(gateway: Any, plan: FilePlan) -> grpc.aio.Channel:
     """The service's channel (shared with its JSON routes; opened here if it has none)."""
     target = gateway.settings.service_addr(plan.service.name)
     if target not in gateway.channels:
-        gateway.channels[target] = grpc_client.channel(target, [plan.service.service])
+        gateway.channels[target] = grpc_client.channel(target, [plan.service.descriptor])
     return gateway.channels[target]

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 log = logging.getLogger("crm.gateway")
 
@@ -95,7 +96,13 @@ def render(problem: ProblemError, instance: str, extra_headers: dict[str, str] |
     return Response(orjson.dumps(body), status_code=problem.status, media_type=MEDIA_TYPE, headers=headers)
 
 
+# RFC 9110's names where Python's http module still has RFC 7231's.
+_PHRASES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
 def _phrase(status: int) -> str:
+    if status in _PHRASES:
+        return _PHRASES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -159,7 +166,7 @@ def _default_code(status: int) -> str:
         404: "not_found",
         409: "conflict",
         412: "version_mismatch",
-        422: "invalid_argument",
+        422: "validation_failed",
         429: "too_many_requests",
     }.get(status, "error")
 
@@ -228,11 +235,11 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
         if exc.status_code == 404:
             detail = f"no route {request.method} {request.url.path}"
-        elif exc.status_code == 405:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return render(
-            ProblemError(exc.status_code, code, detail, headers=dict(exc.headers or {})), request.url.path
-        )
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return render(ProblemError(exc.status_code, code, detail, headers=headers), request.url.path)
 
     async def on_grpc(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, grpc.RpcError)
@@ -247,6 +254,17 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(grpc.RpcError, on_grpc)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "\0"}
+    for route in request.app.routes:
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def internal_error() -> ProblemError:

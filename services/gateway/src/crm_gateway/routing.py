@@ -1,53 +1,45 @@
-"""REST → gRPC without hand-copied fields: a declarative route table, compiled once into FastAPI routes.
+"""REST → gRPC derived from the contracts: every route comes from a method's `google.api.http` rule.
 
-A service declares only what REST needs to know that its .proto does not say:
+The gateway holds no route table. A service is listed once (`crm_gateway.services`), and each of its methods
+with an HTTP rule becomes a route; everything about the route follows from the rule, the request and response
+messages and their `google.api.field_behavior` (docs/api-style.md says the same for a reader):
 
-    IDENTITY = ServiceRoutes(
-        name="identity",                      # its address comes from IDENTITY_SERVICE_ADDR
-        service=identity_pb2.DESCRIPTOR.services_by_name["IdentityService"],
-        routes=[
-            Route("POST", "/users", "InviteUser", status=201, location="/users/{user.id}"),
-            Route("GET", "/users", "ListUsers", query={"q": "query"}),
-            Route("GET", "/users/{id}", "GetUser", unwrap="user"),
-            Route("PATCH", "/users/{id}", "UpdateUser", unwrap="user", read_only=("status",)),
-            Route("DELETE", "/departments/{id}", "DeleteDepartment", status=204),
-        ],
-    )
+- `{name}` in the path fills the request field `name` (a scalar).
+- A request field `page` (crm.common.v1.PageRequest) makes a list: `limit` (1..200, default 50) and `cursor`
+  query parameters, answer `{"items": [...], "next_cursor": "..." | null}`.
+- `body: "<field>"` with a `update_mask` in the request makes an update: the body holds only the fields to
+  change (the mask is its top-level keys; `null` clears one); OUTPUT_ONLY and IMMUTABLE fields are refused.
+- `body: "<field>"` otherwise is a create: the body is that object, flat; OUTPUT_ONLY fields are refused,
+  REQUIRED ones must be there.
+- `body: "*"`: the body holds the request's fields that are not in the path.
+- Request fields not in the path or the body are query parameters (named as in the proto).
+- `expected_version` is filled from `If-Match: "<version>"` (absent or `*`: no check).
+- `response_body: "<field>"` answers that object; otherwise the whole response. A response with no fields
+  answers 204; one with `content` (bytes), `content_type` and `filename` answers that file.
+- Status: 201 for a `Create…` method (with `Location` when `GET <path>/{id}` exists), 202 for `Start…`,
+  204 for an empty answer, 200 otherwise. An answer with a `version` carries `ETag: "<version>"`.
+- `(crm.common.v1.public)` takes no credential; `(crm.common.v1.cache_control)` sets Cache-Control.
+- Summary and description are the method's proto comment; its tag is the path's first segment.
 
-Everything else follows from the request and response messages:
-
-- `{name}` in the path fills the request field `name`.
-- A request field `page` (crm.common.v1.PageRequest) makes a list route: `limit` (1..200, default 50) and
-  `cursor` query parameters, answer `{"items": [...], "next_cursor": "..." | null}` from the response's
-  `items` and `next_cursor`.
-- A request field `update_mask` (FieldMask) makes a PATCH: the body is the one message field of the request
-  (e.g. `user`), holding only the fields to change; the mask is the body's top-level keys (a `null` clears a
-  field). `id`, `version`, `created_at`, `updated_at` and the route's `read_only` fields are not accepted.
-- A request field `expected_version` is filled from `If-Match: "<version>"` (absent or `*`: no check).
-- Other request fields are query parameters on GET and DELETE (named as in the proto, renamed by `query`),
-  and the JSON body on POST/PUT.
-- The answer is the response message, or only its field `unwrap`; a single object with a `version` field gets
-  `ETag: "<version>"`; `status=204` answers no body. `also` names response fields shown beside an unwrapped
-  object's own, e.g. `also=("duplicates",)` answers the account with its `duplicates` next to its fields.
+Client-streaming methods with a rule are uploads and server-streaming ones downloads (`crm_gateway.files`).
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, get_origin
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_origin
 
 import orjson
-from annotated_types import MaxLen
+from annotated_types import Ge, Le, MaxLen
 from fastapi import Body, Header, Path, Query, Request
-from google.protobuf import json_format, message_factory
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
-from pydantic import BaseModel
 
-from crm_gateway import bounds, schema
+from crm_gateway import bounds, contract, jsonmap, schema
 from crm_gateway.idempotency import Reply
 from crm_gateway.problems import ProblemError
 
@@ -55,61 +47,28 @@ FD = FieldDescriptor
 PAGE_REQUEST = "crm.common.v1.PageRequest"
 FIELD_MASK = "google.protobuf.FieldMask"
 TIMESTAMP = "google.protobuf.Timestamp"
-# Fields the server owns; a PATCH body may not carry them.
-SERVER_OWNED = frozenset({"id", "version", "created_at", "updated_at"})
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_PATH_PARAM = bounds.PATH_PARAM_MAX_LENGTH
 MAX_QUERY_PARAM = bounds.QUERY_PARAM_MAX_LENGTH
-TO_DICT = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
 
 
 @dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    rpc: str
-    status: int = 200
-    # Answer with only this field of the response, e.g. "user" → the User object.
-    unwrap: str | None = None
-    # With `unwrap`: other fields of the response, shown as members of the unwrapped object's JSON.
-    also: Sequence[str] = ()
-    # Public query parameter name → request field, for names that read better in a URL ("q" → "query").
-    query: Mapping[str, str] = field(default_factory=dict)
-    # PATCH only: fields of the object a client may not change, beyond id/version/created_at/updated_at.
-    read_only: Sequence[str] = ()
-    # Takes no credential (sign-up, sign-in, key set, ...).
-    public: bool = False
-    # For 201: where the new object lives, with {dotted.paths} into the answer, relative to the prefix.
-    location: str | None = None
-    # The path is absolute (not under the API prefix), e.g. /.well-known/jwks.json.
-    root: bool = False
-    cache_control: str | None = None
-    summary: str | None = None
-    tag: str | None = None
-    # The answer is a file of this media type (for the API docs), e.g. "application/pdf": the response's `content`
-    # (bytes) is sent as is, with its `content_type` and, as an attachment, its `filename`.
-    binary: str = ""
-
-
-@dataclass(frozen=True)
-class ServiceRoutes:
-    """One service's REST face: its gRPC service descriptor and its routes."""
+class Service:
+    """A gRPC service behind the gateway: the name its address comes from (`<NAME>_SERVICE_ADDR`) and its
+    descriptor. Its routes are its methods' HTTP rules."""
 
     name: str
-    service: ServiceDescriptor
-    routes: Sequence[Route]
-    prefix: str = "/api/v1"
+    descriptor: ServiceDescriptor
 
 
 @dataclass(frozen=True)
 class QueryParam:
-    public: str
     field: FieldDescriptor
     annotation: Any
 
 
-def _snake(name: str) -> str:
+def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
@@ -117,35 +76,62 @@ def _message_class(desc: Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(desc)
 
 
+def summary_of(method: MethodDescriptor) -> tuple[str, str]:
+    """(summary, description) from the method's comment: its first sentence, then the rest."""
+    text = contract.comment(method.full_name)
+    if not text:
+        words = re.sub(r"(?<!^)(?=[A-Z])", " ", method.name).lower()
+        return words[:1].upper() + words[1:], ""
+    first, _, rest = text.partition("\n\n")
+    m = re.match(r"(.+?[.。])(\s|$)", first)
+    if m and len(m.group(1)) < len(first):
+        return m.group(1).rstrip("."), (first[m.end() :] + ("\n\n" + rest if rest else "")).strip()
+    return first.rstrip("."), rest
+
+
+def tag_of(path: str) -> str:
+    parts = [p for p in path.split("/") if p and not p.startswith("{")]
+    if parts[:2] == ["api", "v1"]:
+        parts = parts[2:]
+    return parts[0] if parts and not parts[0].startswith(".") else "auth"
+
+
+def is_binary(desc: Descriptor) -> bool:
+    f = desc.fields_by_name
+    return (
+        "content" in f
+        and f["content"].type == FD.TYPE_BYTES
+        and all(n in f and f[n].type == FD.TYPE_STRING for n in ("content_type", "filename"))
+    )
+
+
 class RoutePlan:
     """A route compiled against its gRPC method: everything decided at start-up, nothing per request."""
 
-    def __init__(self, service: ServiceRoutes, route: Route):
+    def __init__(self, service: Service, method: MethodDescriptor, rule: contract.HttpRule):
         self.service = service
-        self.route = route
-        self.http_method = route.method.upper()
-        method: MethodDescriptor | None = service.service.methods_by_name.get(route.rpc)
-        if method is None:
-            raise ValueError(f"{service.service.full_name} has no method {route.rpc}")
         self.method = method
-        self.grpc_path = f"/{service.service.full_name}/{method.name}"
+        self.rule = rule
+        self.rpc = method.name
+        self.http_method = rule.verb
+        self.path = rule.path
+        self.grpc_path = f"/{service.descriptor.full_name}/{method.name}"
         self.request_cls = _message_class(method.input_type)
         self.response_cls = _message_class(method.output_type)
-        self.path = route.path if route.root else service.prefix.rstrip("/") + route.path
-        self.status = route.status
-        self.public = route.public
-        self.operation_id = _snake(route.rpc)
+        self.public = contract.is_public(method)
+        self.cache_control = contract.cache_control(method)
+        self.operation_id = snake(method.name)
+        self.summary, self.description = summary_of(method)
+        self.tag = tag_of(self.path)
         self.idempotent = self.http_method == "POST"
         req = method.input_type
         fields = req.fields_by_name
 
-        self.path_fields = re.findall(r"{(\w+)}", route.path)
+        self.path_fields = re.findall(r"{(\w+)}", self.path)
         for name in self.path_fields:
             f = fields.get(name)
             if f is None or f.type not in (FD.TYPE_STRING, FD.TYPE_INT32, FD.TYPE_INT64) or f.is_repeated:
-                raise ValueError(
-                    f"{route.rpc}: path parameter {{{name}}} must be a scalar field of the request"
-                )
+                raise ValueError(f"{self.rpc}: path parameter {{{name}}} must be a scalar field of the request")
         used = set(self.path_fields)
 
         page = fields.get("page")
@@ -154,7 +140,7 @@ class RoutePlan:
             used.add("page")
             out = method.output_type.fields_by_name
             if "items" not in out or not out["items"].is_repeated or "next_cursor" not in out:
-                raise ValueError(f"{route.rpc}: a list response needs `repeated items` and `next_cursor`")
+                raise ValueError(f"{self.rpc}: a list response needs `repeated items` and `next_cursor`")
 
         ev = fields.get("expected_version")
         self.if_match = ev is not None and self.http_method in ("PATCH", "PUT", "DELETE")
@@ -162,93 +148,64 @@ class RoutePlan:
             used.add("expected_version")
 
         # The body.
-        self.body_model: type[BaseModel] | None = None
-        self.patch_field: str | None = None
+        self.body_model: Any = None
+        self.body_field: str | None = None  # the request field the body fills ("" = the request itself)
+        self.patch = False
         mask = fields.get("update_mask")
-        if mask is not None and mask.message_type and mask.message_type.full_name == FIELD_MASK:
-            used.add("update_mask")
-            targets = [f for f in req.fields if f.name not in used and f.type == FD.TYPE_MESSAGE]
-            if len(targets) != 1:
-                raise ValueError(
-                    f"{route.rpc}: an update needs exactly one message field besides update_mask"
-                )
-            self.patch_field = targets[0].name
-            used.add(self.patch_field)
-            exclude = frozenset(SERVER_OWNED | set(route.read_only)) & set(
-                targets[0].message_type.fields_by_name
-            )
-            self.body_model = schema.REGISTRY.input(targets[0].message_type, exclude=exclude, suffix="Update")
+        has_mask = mask is not None and mask.message_type and mask.message_type.full_name == FIELD_MASK
+        if rule.body == "*":
+            if has_mask:
+                raise ValueError(f"{self.rpc}: an update names its object as the body, not *")
+            self.body_field = ""
+        elif rule.body:
+            target = fields.get(rule.body)
+            if target is None or target.type != FD.TYPE_MESSAGE or target.is_repeated:
+                raise ValueError(f"{self.rpc}: body {rule.body!r} is not a message field of the request")
+            self.body_field = rule.body
+            used.add(rule.body)
+            if has_mask:
+                used.add("update_mask")
+                self.patch = True
+                self.body_model = schema.REGISTRY.patch(target.message_type)
+            else:
+                self.body_model = schema.REGISTRY.input(target.message_type)
+        elif has_mask:
+            raise ValueError(f"{self.rpc}: an update needs `body: \"<object>\"`")
+        if self.body_field == "":
+            self.body_model = schema.REGISTRY.input(req, exclude=frozenset(used))
+            used.update(f.name for f in req.fields)
         rest = [f for f in req.fields if f.name not in used]
-
-        self.query_params: list[QueryParam] = []
-        renames = {v: k for k, v in route.query.items()}
-        for k, v in route.query.items():
-            if v not in fields:
-                raise ValueError(f"{route.rpc}: query parameter {k} names no request field {v}")
-        if self.http_method in ("GET", "DELETE"):
-            for f in rest:
-                self.query_params.append(
-                    QueryParam(renames.get(f.name, f.name), f, _query_annotation(f, route))
-                )
-        elif rest and self.patch_field is None:
-            self.body_model = schema.REGISTRY.input(req, exclude=frozenset(used), suffix="")
-        elif rest:
-            raise ValueError(f"{route.rpc}: fields {[f.name for f in rest]} have no place in a PATCH")
+        self.query_params = [QueryParam(f, _query_annotation(f, self.rpc)) for f in rest]
 
         # The answer.
+        out_desc = method.output_type
         self.response_model: Any = None
-        self.unwrap = route.unwrap
-        self.also = tuple(route.also)
-        self.binary = bool(route.binary)
-        if self.binary:
-            out = method.output_type.fields_by_name
-            if (
-                "content" not in out
-                or out["content"].type != FD.TYPE_BYTES
-                or any(f not in out or out[f].type != FD.TYPE_STRING for f in ("content_type", "filename"))
-            ):
-                raise ValueError(
-                    f"{route.rpc}: a binary answer needs bytes content, content_type and filename"
-                )
-        elif self.status == 204:
-            pass
-        elif self.is_list:
-            self.response_model = schema.REGISTRY.page(
-                method.output_type.fields_by_name["items"].message_type
-            )
-        elif self.unwrap:
-            f = method.output_type.fields_by_name.get(self.unwrap)
+        self.unwrap = rule.response_body or None
+        self.binary = is_binary(out_desc)
+        if self.unwrap:
+            f = out_desc.fields_by_name.get(self.unwrap)
             if f is None or f.type != FD.TYPE_MESSAGE or f.is_repeated:
-                raise ValueError(
-                    f"{route.rpc}: unwrap={self.unwrap!r} is not a message field of the response"
-                )
-            wkt = schema.WELL_KNOWN_OUTPUT.get(f.message_type.full_name)
-            self.response_model = wkt if wkt is not None else schema.REGISTRY.output(f.message_type)
-            if self.also:
-                out = method.output_type.fields_by_name
-                for name in self.also:
-                    if name not in out or name == self.unwrap or name in f.message_type.fields_by_name:
-                        raise ValueError(
-                            f"{route.rpc}: also={name!r} must be another field of the response, and not a "
-                            f"field of {f.message_type.name}"
-                        )
-                self.response_model = schema.REGISTRY.output_with(
-                    f.message_type, [out[name] for name in self.also]
-                )
+                raise ValueError(f"{self.rpc}: response_body {self.unwrap!r} is not a message field of the response")
+            answer_desc = f.message_type
+            self.response_model = schema.REGISTRY.output(answer_desc)
         else:
-            self.response_model = schema.REGISTRY.output(method.output_type)
-        answer_desc = (
-            method.output_type.fields_by_name[self.unwrap].message_type if self.unwrap else method.output_type
-        )
+            answer_desc = out_desc
+            if self.is_list:
+                self.response_model = schema.REGISTRY.page(out_desc.fields_by_name["items"].message_type)
+            elif not self.binary and out_desc.fields:
+                self.response_model = schema.REGISTRY.output(out_desc)
+        if not out_desc.fields:
+            self.status = 204
+        elif self.http_method == "POST" and self.rpc.startswith("Create"):
+            self.status = 201
+        elif self.http_method == "POST" and self.rpc.startswith("Start"):
+            self.status = 202
+        else:
+            self.status = 200
         self.has_etag = (
-            self.status != 204
-            and not self.is_list
-            and not self.binary
-            and "version" in answer_desc.fields_by_name
+            self.status != 204 and not self.is_list and not self.binary and "version" in answer_desc.fields_by_name
         )
-        self.location = None
-        if route.location:
-            self.location = route.location if route.root else service.prefix.rstrip("/") + route.location
+        self.location: str | None = None  # set by compile_routes: the GET route of what a create made
         self.signature = self._signature()
 
     # ------------------------------------------------------------ FastAPI's view
@@ -258,8 +215,13 @@ class RoutePlan:
         params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
         req = self.method.input_type.fields_by_name
         for name in self.path_fields:
-            annotation = str if req[name].type == FD.TYPE_STRING else int
-            default = Path(max_length=MAX_PATH_PARAM) if annotation is str else Path()
+            f = req[name]
+            if f.type == FD.TYPE_STRING:
+                annotation: Any = str
+                default = Path(max_length=MAX_PATH_PARAM, description=schema.describe(f))
+            else:
+                annotation = schema.int_input(f.type)
+                default = Path(description=schema.describe(f))
             params.append(inspect.Parameter(name, kw, annotation=annotation, default=default))
         if self.is_list:
             params.append(
@@ -279,7 +241,9 @@ class RoutePlan:
                         None,
                         alias="cursor",
                         max_length=MAX_QUERY_PARAM,
-                        description="`next_cursor` of the previous page; absent for the first page.",
+                        pattern=r"^[A-Za-z0-9_-]+$",
+                        description="`next_cursor` of the previous page (an opaque token); absent for the first "
+                        "page. A cursor belongs to its list and its filters: used elsewhere it is a 422.",
                     ),
                 )
             )
@@ -289,7 +253,9 @@ class RoutePlan:
                     f"query__{q.field.name}",
                     kw,
                     annotation=q.annotation | None,
-                    default=Query(None, alias=q.public, **_query_limits(q.annotation)),
+                    default=Query(
+                        None, alias=q.field.name, description=schema.describe(q.field), **_query_limits(q.annotation)
+                    ),
                 )
             )
         if self.body_model is not None:
@@ -304,8 +270,9 @@ class RoutePlan:
                         None,
                         alias="If-Match",
                         max_length=bounds.IF_MATCH_MAX_LENGTH,
-                        description='The ETag last seen, e.g. `"3"`: the change fails with 412 if the object '
-                        "changed since. Absent (or `*`): no check.",
+                        pattern=r'^(\*|"[0-9]{1,15}")$',
+                        description='The ETag last seen, e.g. `"3"` (with the quotes): the change fails with 412 if '
+                        "the object changed since. Absent (or `*`): no check.",
                     ),
                 )
             )
@@ -318,9 +285,10 @@ class RoutePlan:
                     default=Header(
                         None,
                         alias="Idempotency-Key",
+                        min_length=1,
                         max_length=bounds.IDEMPOTENCY_KEY_MAX_LENGTH,
-                        description="Any unique string (e.g. a UUID): a retry with the same key and body gets the "
-                        "first response again instead of running twice. Kept 24 h.",
+                        description="Any unique string of 1–255 characters (e.g. a UUID): a retry with the same "
+                        "key and body gets the first response again instead of running twice. Kept 24 h.",
                     ),
                 )
             )
@@ -333,37 +301,38 @@ class RoutePlan:
         body = values.get("body__")
         if body is not None:
             data = body.model_dump(mode="json", exclude_unset=True, by_alias=True)
-            if self.patch_field is not None:
+            if self.patch:
                 if not data:
-                    raise ProblemError(422, "empty_update", "the body names no field to change", errors=[])
-                _parse(data, getattr(msg, self.patch_field))
-                msg.update_mask.paths.extend(data.keys())
+                    raise ProblemError(
+                        422, "validation_failed", "the body names no field to change", errors=[]
+                    )
+                target = getattr(msg, self.body_field)  # type: ignore[arg-type]
+                _fill(target, data)
+                msg.update_mask.paths.extend(data.keys())  # type: ignore[attr-defined]
+            elif self.body_field:
+                target = getattr(msg, self.body_field)
+                target.SetInParent()
+                _fill(target, data)
             else:
-                _parse(data, msg)
+                _fill(msg, data)
         for name in self.path_fields:
             setattr(msg, name, values[name])
         if self.is_list:
-            msg.page.limit = values["page__limit"]
+            msg.page.limit = values["page__limit"]  # type: ignore[attr-defined]
             cursor = values.get("page__cursor")
             if cursor:
-                msg.page.cursor = cursor
+                msg.page.cursor = cursor  # type: ignore[attr-defined]
+        query = {}
         for q in self.query_params:
             value = values.get(f"query__{q.field.name}")
-            if value is None:
-                continue
-            f = q.field
-            if f.type == FD.TYPE_ENUM:
-                value = f.enum_type.values_by_name[value].number
-            if f.type == FD.TYPE_MESSAGE:  # a Timestamp
-                getattr(msg, f.name).FromDatetime(value)
-            elif f.is_repeated:
-                getattr(msg, f.name).extend(value)
-            else:
-                setattr(msg, f.name, value)
+            if value is not None:
+                query[q.field.name] = value
+        if query:
+            _fill(msg, query)
         if self.if_match:
             header = values.get("header__if_match")
             if header is not None:
-                msg.expected_version = parse_if_match(header)
+                msg.expected_version = parse_if_match(header)  # type: ignore[attr-defined]
         return msg
 
     # ------------------------------------------------------------ answer
@@ -381,32 +350,23 @@ class RoutePlan:
                     "Content-Disposition": f'attachment; filename="{name}"',
                 },
             )
-        if self.is_list:
-            data = json_format.MessageToDict(response, **TO_DICT)
-            answer: Any = {"items": data.get("items", []), "next_cursor": data.get("next_cursor") or None}
-        elif self.unwrap:
-            answer = json_format.MessageToDict(getattr(response, self.unwrap), **TO_DICT)
-            if self.also:
-                whole = json_format.MessageToDict(response, **TO_DICT)
-                answer.update({name: whole[name] for name in self.also if name in whole})
-        else:
-            answer = json_format.MessageToDict(response, **TO_DICT)
+        answer = jsonmap.to_json(getattr(response, self.unwrap) if self.unwrap else response)
         headers: dict[str, str] = {}
         if self.has_etag:
             version = answer.get("version")
             if version is not None:
                 headers["ETag"] = f'"{version}"'
-        if self.location:
-            headers["Location"] = expand_template(self.location, answer)
-        if self.route.cache_control:
-            headers["Cache-Control"] = self.route.cache_control
+        if self.location and answer.get("id"):
+            headers["Location"] = self.location.replace("{id}", str(answer["id"]))
+        if self.cache_control:
+            headers["Cache-Control"] = self.cache_control
         return Reply(self.status, orjson.dumps(answer), headers)
 
 
-def _parse(data: dict[str, Any], msg: Message) -> None:
+def _fill(msg: Message, data: dict[str, Any]) -> None:
     try:
-        json_format.ParseDict(data, msg, ignore_unknown_fields=False)
-    except json_format.ParseError as exc:
+        jsonmap.fill(msg, data)
+    except (KeyError, ValueError, TypeError) as exc:
         raise ProblemError(422, "validation_failed", f"invalid input: {exc}", errors=[]) from None
 
 
@@ -414,7 +374,7 @@ def parse_if_match(value: str) -> int:
     v = value.strip()
     if v == "*":
         return 0
-    if len(v) >= 3 and v[0] == v[-1] == '"' and v[1:-1].isdigit() and len(v) < 22:
+    if len(v) >= 3 and v[0] == v[-1] == '"' and v[1:-1].isdigit() and len(v) < 18:
         return int(v[1:-1])
     raise ProblemError(
         400,
@@ -423,33 +383,24 @@ def parse_if_match(value: str) -> int:
     )
 
 
-def expand_template(template: str, answer: Any) -> str:
-    def lookup(m: re.Match[str]) -> str:
-        value = answer
-        for part in m.group(1).split("."):
-            value = value.get(part, "") if isinstance(value, dict) else ""
-        return str(value)
-
-    return re.sub(r"{([\w.]+)}", lookup, template)
-
-
-def _query_annotation(f: FieldDescriptor, route: Route) -> Any:
+def _query_annotation(f: FieldDescriptor, rpc: str) -> Any:
     if f.type == FD.TYPE_MESSAGE:
         if f.message_type.full_name == TIMESTAMP and not f.is_repeated:
-            return schema.WELL_KNOWN_INPUT[TIMESTAMP]
-        raise ValueError(f"{route.rpc}: request field {f.name} cannot be a query parameter")
+            return schema.TIMESTAMP_INPUT
+        raise ValueError(f"{rpc}: request field {f.name} cannot be a query parameter")
     if f.type == FD.TYPE_ENUM:
-        single = schema.enum_literal(f, skip_unspecified=True)
+        single: Any = Literal[contract.enum_names(f.enum_type)]  # type: ignore[valid-type]
     elif f.type == FD.TYPE_STRING:
         single = Annotated[str, MaxLen(MAX_QUERY_PARAM)] if f.is_repeated else str
     elif f.type == FD.TYPE_BOOL:
         single = bool
-    elif f.type in schema.INT32_BOUNDS or f.type in schema.INT64_TYPES:
-        single = int
+    elif f.type in schema.INT_BOUNDS:
+        low, high = schema.INT_BOUNDS[f.type]
+        single = Annotated[int, Ge(low), Le(high)]
     elif f.type in schema.FLOAT_TYPES:
         single = float
     else:
-        raise ValueError(f"{route.rpc}: request field {f.name} cannot be a query parameter")
+        raise ValueError(f"{rpc}: request field {f.name} cannot be a query parameter")
     return list[single] if f.is_repeated else single  # type: ignore[valid-type]
 
 
@@ -461,11 +412,36 @@ def _query_limits(annotation: Any) -> dict[str, Any]:
     return {}
 
 
-def compile_routes(services: Sequence[ServiceRoutes]) -> list[RoutePlan]:
-    plans = [RoutePlan(s, r) for s in services for r in s.routes]
+def methods_with_rules(services: Sequence[Service]) -> list[tuple[Service, MethodDescriptor, contract.HttpRule]]:
+    out = []
+    for service in services:
+        for method in service.descriptor.methods:
+            rule = contract.http_rule(method)
+            if rule is not None:
+                out.append((service, method, rule))
+    return out
+
+
+def compile_routes(services: Sequence[Service]) -> list[RoutePlan]:
+    """The JSON routes of these services (unary methods with an HTTP rule)."""
+    plans = [
+        RoutePlan(s, m, r)
+        for s, m, r in methods_with_rules(services)
+        if not m.client_streaming and not m.server_streaming
+    ]
     seen: dict[str, str] = {}
+    routes: dict[tuple[str, str], RoutePlan] = {}
     for plan in plans:
         if plan.operation_id in seen:
             raise ValueError(f"two routes would share the operationId {plan.operation_id}")
         seen[plan.operation_id] = plan.path
+        key = (plan.http_method, plan.path)
+        if key in routes:
+            raise ValueError(f"{plan.rpc} and {routes[key].rpc} both answer {plan.http_method} {plan.path}")
+        routes[key] = plan
+    for plan in plans:
+        if plan.status == 201:
+            getter = routes.get(("GET", plan.path + "/{id}"))
+            if getter is not None:
+                plan.location = getter.path
     return plans

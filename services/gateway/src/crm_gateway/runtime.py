@@ -35,7 +35,7 @@ from crm_gateway.auth import Authenticator, Caller
 from crm_gateway.idempotency import IdempotencyStore, Reply, public_scope
 from crm_gateway.problems import MEDIA_TYPE, ProblemError, from_grpc, internal_error, render
 from crm_gateway.ratelimit import RateLimits
-from crm_gateway.routing import RoutePlan, ServiceRoutes
+from crm_gateway.routing import RoutePlan, Service
 from crm_gateway.settings import GatewaySettings
 from crm_gateway.store import GatewayDatabase
 
@@ -51,7 +51,7 @@ CREDENTIAL_TIMEOUT = 5.0
 
 class Gateway:
     def __init__(
-        self, settings: GatewaySettings, services: Sequence[ServiceRoutes], plans: Sequence[RoutePlan]
+        self, settings: GatewaySettings, services: Sequence[Service], plans: Sequence[RoutePlan]
     ):
         self.settings = settings
         self.services = list(services)
@@ -93,7 +93,8 @@ class Gateway:
         for service in self._backends():
             target = self.settings.service_addr(service.name)
             if target not in self.channels:
-                self.channels[target] = grpc_client.channel(target, [service.service], pass_deadline=False)
+                descriptors = [s.descriptor for s in self.services if s.name == service.name] or [service.descriptor]
+                self.channels[target] = grpc_client.channel(target, descriptors, pass_deadline=False)
         for plan in self.plans:
             self._calls[plan.grpc_path] = self._multicallable(plan.service.name, plan.grpc_path, plan)
         await self.database.start()
@@ -136,12 +137,14 @@ class Gateway:
         if envelope.payload.Unpack(revoked):
             self.auth.forget_api_key(revoked.api_key.id)
 
-    def _backends(self) -> list[ServiceRoutes]:
-        names = {s.name for s in self.services}
-        backends = list(self.services)
-        if "identity" not in names:  # the gateway always needs identity for credentials
-            backends.append(ServiceRoutes(name="identity", service=IDENTITY, routes=()))
-        return backends
+    def _backends(self) -> list[Service]:
+        """One gRPC service per backend name (its health is checked once; channels are per address)."""
+        backends: dict[str, Service] = {}
+        for service in self.services:
+            backends.setdefault(service.name, service)
+        if "identity" not in backends:  # the gateway always needs identity for credentials
+            backends["identity"] = Service("identity", IDENTITY)
+        return list(backends.values())
 
     def channel_for(self, service_name: str) -> grpc.aio.Channel:
         return self.channels[self.settings.service_addr(service_name)]
@@ -188,7 +191,7 @@ class Gateway:
             stub = health_pb2_grpc.HealthStub(self.channel_for(service.name))
             try:
                 answer = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=service.service.full_name), timeout=1.0
+                    health_pb2.HealthCheckRequest(service=service.descriptor.full_name), timeout=1.0
                 )
                 states[service.name] = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
             except grpc.RpcError as exc:

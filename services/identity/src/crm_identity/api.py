@@ -199,11 +199,11 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
 
     # ------------------------------------------------------------ users
 
-    async def InviteUser(self, request, context):
+    async def CreateUser(self, request, context):
         await authorize(self.policies, "user", "create")
         async with self.db.unit_of_work() as uow:
             user, token = await users.invite(uow, request, ttl_days=self.settings.invitation_ttl_days)
-        return pb.InviteUserResponse(user=await self._user_pb(user), invitation_token=token)
+        return pb.CreateUserResponse(user=await self._user_pb(user), invitation_token=token)
 
     async def GetUser(self, request, context):
         await authorize(self.policies, "user", "read")

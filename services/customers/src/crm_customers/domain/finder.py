@@ -29,7 +29,7 @@ MAX_LIMIT = 50
 async def find(
     session: AsyncSession, request: pb.SearchRequest, decisions: dict[str, Decision]
 ) -> list[pb.SearchHit]:
-    q = search.normalize_query(request.query)
+    q = search.normalize_query(request.q)
     if not q:
         raise InvalidArgument.for_field("query", "is required")
     limit = request.limit or DEFAULT_LIMIT
@@ -38,7 +38,7 @@ async def find(
     kinds = [RECORD_TYPES.name(t) for t in request.types] or ["account", "contact"]
     tenant_id = caller().tenant_id
     hits: list[pb.SearchHit] = []
-    await search.prepare(session, request.query)
+    await search.prepare(session, request.q)
     for kind in kinds:
         decision = decisions.get(kind)
         if decision is None or not decision.allowed:
@@ -51,7 +51,7 @@ async def find(
                 model.tenant_id == tenant_id,
                 model.deleted_at.is_(None),
                 visible(decision, model),
-                keyword(decision, defs, model, request.query),
+                keyword(decision, defs, model, request.q),
             )
             .limit(CANDIDATES)
             .subquery()

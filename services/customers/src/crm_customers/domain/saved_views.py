@@ -214,7 +214,7 @@ async def delete(uow: UnitOfWork, view_id: str, expected_version: int) -> None:
 
 async def apply(session: AsyncSession, request: Any, record_type: str) -> tuple[str, list[str], str]:
     """The keyword, filters and sort of a list request, with its saved view (if any) folded in."""
-    query, filters = request.query, list(request.filter)
+    query, filters = request.q, list(request.filter)
     sort = getattr(request, "sort", "")
     if not request.view_id:
         return query, filters, sort

@@ -66,7 +66,7 @@ def _check_profile(check: Check, *, name: str, title: str, phone: str, locale: s
 
 
 async def invite(
-    uow: UnitOfWork, request: identity_pb2.InviteUserRequest, *, ttl_days: int
+    uow: UnitOfWork, request: identity_pb2.CreateUserRequest, *, ttl_days: int
 ) -> tuple[models.User, str]:
     principal = caller()
     check = Check()
@@ -138,8 +138,8 @@ async def list_users(
         stmt = stmt.where(models.User.department_id == request.department_id)
     if request.status:
         stmt = stmt.where(models.User.status == STATUS_NAMES.get(request.status, ""))
-    if request.query:
-        like = request.query.strip().lower().replace("%", r"\%").replace("_", r"\_") + "%"
+    if request.q:
+        like = request.q.strip().lower().replace("%", r"\%").replace("_", r"\_") + "%"
         stmt = stmt.where(or_(func.lower(models.User.name).like(like), models.User.email.like(like)))
     rows = (await session.scalars(page.apply(stmt, keys))).all()
     return page.split(rows, lambda u: [u.id])

@@ -143,12 +143,12 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
             items = [await contracts.plan_pb(session, p, decision) for p in rows]
         return pb.ListPaymentPlansResponse(items=items, next_cursor=cursor)
 
-    async def RecordPayment(self, request, context):
+    async def CreatePayment(self, request, context):
         decision = await authorize(self.policies, "payment", "create")
         async with self.db.unit_of_work() as uow:
             payment, inst = await contracts.record_payment(uow, decision, request, now=self.clock.now())
         read = await self._decide("payment")
-        return pb.RecordPaymentResponse(
+        return pb.CreatePaymentResponse(
             payment=contracts.payment_pb(payment, read), instalment=contracts.instalment_pb(inst, read)
         )
 
@@ -164,10 +164,10 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
         decision = await authorize(self.policies, "payment", "read")
         async with self.db.read() as session:
             totals, open_rows = await contracts.receivables(
-                session, decision, request.account_id, today=self.clock.now().date()
+                session, decision, request.id, today=self.clock.now().date()
             )
         return pb.GetReceivablesResponse(
-            account_id=request.account_id,
+            account_id=request.id,
             totals=totals,
             open_instalments=[contracts.instalment_pb(i, decision) for i in open_rows],
         )
@@ -193,14 +193,14 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
             message = await contracts.plan_pb(uow.session, plan, await self._decide("payment"))
         return pb.UpdatePaymentPlanResponse(plan=message)
 
-    async def RefundPayment(self, request, context):
+    async def CreateRefund(self, request, context):
         decision = await authorize(self.policies, "payment", "update")
         async with self.db.unit_of_work() as uow:
             refund, payment, inst = await collection.refund_payment(
                 uow, decision, request, now=self.clock.now()
             )
         read = await self._decide("payment")
-        return pb.RefundPaymentResponse(
+        return pb.CreateRefundResponse(
             refund=collection.refund_pb(refund, read),
             payment=contracts.payment_pb(payment, read),
             instalment=contracts.instalment_pb(inst, read),

@@ -77,8 +77,8 @@ async def list_products(session: AsyncSession, request: pb.ListProductsRequest) 
     keys = [SortKey(models.Product.id)]
     page = Page.of(request.page, len(keys))
     stmt = select(models.Product).where(models.Product.tenant_id == caller().tenant_id)
-    if request.query:
-        like = "%" + request.query.strip().replace("%", r"\%").replace("_", r"\_") + "%"
+    if request.q:
+        like = "%" + request.q.strip().replace("%", r"\%").replace("_", r"\_") + "%"
         stmt = stmt.where(
             or_(
                 models.Product.name.ilike(like),

@@ -193,11 +193,11 @@ async def update_plan(
 
 
 async def refund_payment(
-    uow: UnitOfWork, decision: Decision, request: pb.RefundPaymentRequest, *, now: dt.datetime
+    uow: UnitOfWork, decision: Decision, request: pb.CreateRefundRequest, *, now: dt.datetime
 ) -> tuple[models.Refund, models.Payment, models.Instalment]:
     principal = caller()
     session = uow.session
-    found = await get_owned(session, models.Payment, "payment", request.payment_id)
+    found = await get_owned(session, models.Payment, "payment", request.id)
     await get_plan(session, decision, found.plan_id)  # the caller's data scope
     # Locks in the order payments take them: the instalment, then the payment.
     inst = await get_owned(session, models.Instalment, "instalment", found.instalment_id, lock=True)

@@ -595,7 +595,7 @@ def _instalment_status(i: models.Instalment) -> str:
 
 
 async def record_payment(
-    uow: UnitOfWork, decision: Decision, request: pb.RecordPaymentRequest, *, now: dt.datetime
+    uow: UnitOfWork, decision: Decision, request: pb.CreatePaymentRequest, *, now: dt.datetime
 ) -> tuple[models.Payment, models.Instalment]:
     principal = caller()
     session = uow.session

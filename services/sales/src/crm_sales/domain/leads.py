@@ -484,8 +484,8 @@ async def list_leads(
         stmt = stmt.where(models.Lead.owner_id.is_(None))
     if request.status:
         stmt = stmt.where(models.Lead.status == enum_name(STATUS, request.status))
-    if request.query:
-        like = "%" + request.query.strip().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
+    if request.q:
+        like = "%" + request.q.strip().replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
         stmt = stmt.where(
             or_(
                 models.Lead.name.ilike(like),
@@ -553,9 +553,9 @@ async def delete(uow: UnitOfWork, decision: Decision, lead_id: str, expected_ver
 
 
 async def add_follow_up(
-    uow: UnitOfWork, decision: Decision, request: pb.AddLeadFollowUpRequest, *, now: dt.datetime
+    uow: UnitOfWork, decision: Decision, request: pb.CreateLeadFollowUpRequest, *, now: dt.datetime
 ) -> tuple[models.LeadFollowUp, models.Lead]:
-    lead = await get(uow.session, decision, request.lead_id, lock=True)
+    lead = await get(uow.session, decision, request.id, lock=True)
     check = Check()
     kind = request.kind or "note"
     check.one_of("kind", kind, FOLLOW_UP_KINDS)
@@ -596,7 +596,7 @@ async def add_follow_up(
 async def list_follow_ups(
     session: AsyncSession, decision: Decision, request: pb.ListLeadFollowUpsRequest
 ) -> tuple[list[models.LeadFollowUp], str]:
-    lead = await get(session, decision, request.lead_id)
+    lead = await get(session, decision, request.id)
     keys = [SortKey(models.LeadFollowUp.id, descending=True)]
     page = Page.of(request.page, len(keys))
     stmt = select(models.LeadFollowUp).where(

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63rm/common/v1/imports.proto\x12\rcrm.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x08\x46ileInfo\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\".\n\rColumnMapping\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\"\x90\x05\n\tImportJob\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.crm.common.v1.JobStatus\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12)\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x19.crm.common.v1.FileFormat\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07\x63olumns\x18\x06 \x03(\t\x12-\n\x07mapping\x18\x07 \x03(\x0b\x32\x1c.crm.common.v1.ColumnMapping\x12\x12\n\nrows_total\x18\x08 \x01(\x03\x12\x11\n\trows_done\x18\t \x01(\x03\x12\x14\n\x0crows_created\x18\n \x01(\x03\x12\x14\n\x0crows_updated\x18\x0b \x01(\x03\x12\x14\n\x0crows_skipped\x18\x0c \x01(\x03\x12\x13\n\x0brows_failed\x18\r \x01(\x03\x12\x0f\n\x07percent\x18\x0e \x01(\x05\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12\x10\n\x08owner_id\x18\x10 \x01(\t\x12\x12\n\ncreated_by\x18\x11 \x01(\t\x12.\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x07options\x18\x15 \x03(\x0b\x32%.crm.common.v1.ImportJob.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x0bImportError\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t*T\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46ILE_FORMAT_CSV\x10\x01\x12\x14\n\x10\x46ILE_FORMAT_XLSX\x10\x02*\xba\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATUS_UPLOADED\x10\x01\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x02\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x03\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11JOB_STATUS_FAILED\x10\x05\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63rm/common/v1/imports.proto\x12\rcrm.common.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x08\x46ileInfo\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\".\n\rColumnMapping\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\"\x9c\x05\n\tImportJob\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.crm.common.v1.JobStatus\x12\x11\n\tfile_name\x18\x03 \x01(\t\x12)\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x19.crm.common.v1.FileFormat\x12\x12\n\nsize_bytes\x18\x05 \x01(\x03\x12\x0f\n\x07\x63olumns\x18\x06 \x03(\t\x12-\n\x07mapping\x18\x07 \x03(\x0b\x32\x1c.crm.common.v1.ColumnMapping\x12\x12\n\nrows_total\x18\x08 \x01(\x03\x12\x11\n\trows_done\x18\t \x01(\x03\x12\x14\n\x0crows_created\x18\n \x01(\x03\x12\x14\n\x0crows_updated\x18\x0b \x01(\x03\x12\x14\n\x0crows_skipped\x18\x0c \x01(\x03\x12\x13\n\x0brows_failed\x18\r \x01(\x03\x12\x0f\n\x07percent\x18\x0e \x01(\x05\x12\r\n\x05\x65rror\x18\x0f \x01(\t\x12\x10\n\x08owner_id\x18\x10 \x01(\t\x12\x12\n\ncreated_by\x18\x11 \x01(\t\x12\x34\n\ncreated_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12.\n\nstarted_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x07options\x18\x15 \x03(\x0b\x32%.crm.common.v1.ImportJob.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x0bImportError\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t*T\n\nFileFormat\x12\x1b\n\x17\x46ILE_FORMAT_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46ILE_FORMAT_CSV\x10\x01\x12\x14\n\x10\x46ILE_FORMAT_XLSX\x10\x02*\xba\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATUS_UPLOADED\x10\x01\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x02\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x03\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11JOB_STATUS_FAILED\x10\x05\x12\x18\n\x14JOB_STATUS_CANCELLED\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMPORTJOB_OPTIONSENTRY']._loaded_options = None
   _globals['_IMPORTJOB_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_FILEFORMAT']._serialized_start=934
-  _globals['_FILEFORMAT']._serialized_end=1018
-  _globals['_JOBSTATUS']._serialized_start=1021
-  _globals['_JOBSTATUS']._serialized_end=1207
-  _globals['_FILEINFO']._serialized_start=79
-  _globals['_FILEINFO']._serialized_end=150
-  _globals['_COLUMNMAPPING']._serialized_start=152
-  _globals['_COLUMNMAPPING']._serialized_end=198
-  _globals['_IMPORTJOB']._serialized_start=201
-  _globals['_IMPORTJOB']._serialized_end=857
-  _globals['_IMPORTJOB_OPTIONSENTRY']._serialized_start=811
-  _globals['_IMPORTJOB_OPTIONSENTRY']._serialized_end=857
-  _globals['_IMPORTERROR']._serialized_start=859
-  _globals['_IMPORTERROR']._serialized_end=932
+  _globals['_IMPORTJOB'].fields_by_name['id']._loaded_options = None
+  _globals['_IMPORTJOB'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_IMPORTJOB'].fields_by_name['created_at']._loaded_options = None
+  _globals['_IMPORTJOB'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
+  _globals['_FILEFORMAT']._serialized_start=979
+  _globals['_FILEFORMAT']._serialized_end=1063
+  _globals['_JOBSTATUS']._serialized_start=1066
+  _globals['_JOBSTATUS']._serialized_end=1252
+  _globals['_FILEINFO']._serialized_start=112
+  _globals['_FILEINFO']._serialized_end=183
+  _globals['_COLUMNMAPPING']._serialized_start=185
+  _globals['_COLUMNMAPPING']._serialized_end=231
+  _globals['_IMPORTJOB']._serialized_start=234
+  _globals['_IMPORTJOB']._serialized_end=902
+  _globals['_IMPORTJOB_OPTIONSENTRY']._serialized_start=856
+  _globals['_IMPORTJOB_OPTIONSENTRY']._serialized_end=902
+  _globals['_IMPORTERROR']._serialized_start=904
+  _globals['_IMPORTERROR']._serialized_end=977
 # @@protoc_insertion_point(module_scope)

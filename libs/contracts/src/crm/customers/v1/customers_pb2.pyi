@@ -463,12 +463,12 @@ class ListAccountsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_FIELD_NUMBER: _builtins.int
-    QUERY_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     SORT_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     VIEW_ID_FIELD_NUMBER: _builtins.int
-    query: _builtins.str
+    q: _builtins.str
     """Keyword search (names, phones, emails, searchable custom fields); results in the list's sort order."""
     sort: _builtins.str
     """Comma-separated fields, `-` for descending, e.g. "-registered_capital,name". Default: newest first."""
@@ -486,7 +486,7 @@ class ListAccountsRequest(_message.Message):
         self,
         *,
         page: _paging_pb2.PageRequest | None = ...,
-        query: _builtins.str = ...,
+        q: _builtins.str = ...,
         filter: _abc.Iterable[_builtins.str] | None = ...,
         sort: _builtins.str = ...,
         deleted: _builtins.bool = ...,
@@ -494,7 +494,7 @@ class ListAccountsRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "filter", b"filter", "page", b"page", "query", b"query", "sort", b"sort", "view_id", b"view_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "filter", b"filter", "page", b"page", "q", b"q", "sort", b"sort", "view_id", b"view_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -527,11 +527,11 @@ Global___ListAccountsResponse: _TypeAlias = ListAccountsResponse  # noqa: Y015
 class CountAccountsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    QUERY_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     VIEW_ID_FIELD_NUMBER: _builtins.int
-    query: _builtins.str
+    q: _builtins.str
     deleted: _builtins.bool
     view_id: _builtins.str
     @_builtins.property
@@ -539,14 +539,14 @@ class CountAccountsRequest(_message.Message):
     def __init__(
         self,
         *,
-        query: _builtins.str = ...,
+        q: _builtins.str = ...,
         filter: _abc.Iterable[_builtins.str] | None = ...,
         deleted: _builtins.bool = ...,
         view_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "filter", b"filter", "query", b"query", "view_id", b"view_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "filter", b"filter", "q", b"q", "view_id", b"view_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1270,13 +1270,13 @@ class ListContactsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_FIELD_NUMBER: _builtins.int
-    QUERY_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     SORT_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     VIEW_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
-    query: _builtins.str
+    q: _builtins.str
     sort: _builtins.str
     deleted: _builtins.bool
     view_id: _builtins.str
@@ -1290,7 +1290,7 @@ class ListContactsRequest(_message.Message):
         self,
         *,
         page: _paging_pb2.PageRequest | None = ...,
-        query: _builtins.str = ...,
+        q: _builtins.str = ...,
         filter: _abc.Iterable[_builtins.str] | None = ...,
         sort: _builtins.str = ...,
         deleted: _builtins.bool = ...,
@@ -1299,7 +1299,7 @@ class ListContactsRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "deleted", b"deleted", "filter", b"filter", "page", b"page", "query", b"query", "sort", b"sort", "view_id", b"view_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "deleted", b"deleted", "filter", b"filter", "page", b"page", "q", b"q", "sort", b"sort", "view_id", b"view_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1332,12 +1332,12 @@ Global___ListContactsResponse: _TypeAlias = ListContactsResponse  # noqa: Y015
 class CountContactsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    QUERY_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     VIEW_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
-    query: _builtins.str
+    q: _builtins.str
     deleted: _builtins.bool
     view_id: _builtins.str
     account_id: _builtins.str
@@ -1346,7 +1346,7 @@ class CountContactsRequest(_message.Message):
     def __init__(
         self,
         *,
-        query: _builtins.str = ...,
+        q: _builtins.str = ...,
         filter: _abc.Iterable[_builtins.str] | None = ...,
         deleted: _builtins.bool = ...,
         view_id: _builtins.str = ...,
@@ -1354,7 +1354,7 @@ class CountContactsRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "deleted", b"deleted", "filter", b"filter", "query", b"query", "view_id", b"view_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "deleted", b"deleted", "filter", b"filter", "q", b"q", "view_id", b"view_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3452,10 +3452,10 @@ Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015
 class SearchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    QUERY_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
-    query: _builtins.str
+    q: _builtins.str
     """Any part of a name ("华为" finds 华为技术有限公司), a phone, an email, a searchable custom field; Latin
     names tolerate typos.
     """
@@ -3468,13 +3468,13 @@ class SearchRequest(_message.Message):
     def __init__(
         self,
         *,
-        query: _builtins.str = ...,
+        q: _builtins.str = ...,
         types: _abc.Iterable[Global___RecordType.ValueType] | None = ...,
         limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "query", b"query", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "q", b"q", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

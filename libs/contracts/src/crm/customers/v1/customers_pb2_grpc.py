@@ -328,13 +328,15 @@ class CustomersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAccounts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List accounts: filter=field:op:value, sort, q, view_id; deleted=true lists the recycle bin
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CountAccounts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Count accounts matching a list's filters (exact up to 10,000, then capped)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -346,25 +348,29 @@ class CustomersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Move to the recycle bin
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RestoreAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Bring an account back from the recycle bin
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccountStageChanges(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The account's lifecycle stage changes, newest first
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccountTree(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The whole group (集团) the account belongs to, from its top, with subsidiary counts
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -376,7 +382,8 @@ class CustomersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTierRules(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Set the tenant's tier rules (first matching rule wins); reapply=true recomputes every tier
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -456,7 +463,8 @@ class CustomersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListAccountTimeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Interactions on the account (and, with include_contacts, on its contacts), newest first
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -530,7 +538,8 @@ class CustomersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FindPath(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The shortest chain of relationships between two records
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -549,7 +558,8 @@ class CustomersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCustomFields(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The tenant's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -613,19 +623,22 @@ class CustomersServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateRecycleBinSettings(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PurgeAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Purge an account from the recycle bin now, for good (needs delete on recycle_bin)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PurgeContact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -47,14 +47,21 @@ class CustomersServiceStub:
     """Accounts (companies)."""
     GetAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetAccountRequest, _customers_pb2.GetAccountResponse]
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountsRequest, _customers_pb2.ListAccountsResponse]
+    """List accounts: filter=field:op:value, sort, q, view_id; deleted=true lists the recycle bin"""
     CountAccounts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CountAccountsRequest, _customers_pb2.CountAccountsResponse]
+    """Count accounts matching a list's filters (exact up to 10,000, then capped)"""
     UpdateAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateAccountRequest, _customers_pb2.UpdateAccountResponse]
     DeleteAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteAccountRequest, _customers_pb2.DeleteAccountResponse]
+    """Move to the recycle bin"""
     RestoreAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.RestoreAccountRequest, _customers_pb2.RestoreAccountResponse]
+    """Bring an account back from the recycle bin"""
     ListAccountStageChanges: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountStageChangesRequest, _customers_pb2.ListAccountStageChangesResponse]
+    """The account's lifecycle stage changes, newest first"""
     GetAccountTree: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetAccountTreeRequest, _customers_pb2.GetAccountTreeResponse]
+    """The whole group (集团) the account belongs to, from its top, with subsidiary counts"""
     GetTierRules: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetTierRulesRequest, _customers_pb2.GetTierRulesResponse]
     UpdateTierRules: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateTierRulesRequest, _customers_pb2.UpdateTierRulesResponse]
+    """Set the tenant's tier rules (first matching rule wins); reapply=true recomputes every tier"""
     CreateContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateContactRequest, _customers_pb2.CreateContactResponse]
     """Contacts (people)."""
     GetContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetContactRequest, _customers_pb2.GetContactResponse]
@@ -70,6 +77,7 @@ class CustomersServiceStub:
     UpdateInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateInteractionRequest, _customers_pb2.UpdateInteractionResponse]
     DeleteInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteInteractionRequest, _customers_pb2.DeleteInteractionResponse]
     ListAccountTimeline: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountTimelineRequest, _customers_pb2.ListAccountTimelineResponse]
+    """Interactions on the account (and, with include_contacts, on its contacts), newest first"""
     ListContactTimeline: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListContactTimelineRequest, _customers_pb2.ListContactTimelineResponse]
     CreateRelationshipType: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipTypeRequest, _customers_pb2.CreateRelationshipTypeResponse]
     """Relationship types and relationships."""
@@ -84,10 +92,12 @@ class CustomersServiceStub:
     """The graph of accounts and contacts."""
     GetContactGraph: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetContactGraphRequest, _customers_pb2.GetContactGraphResponse]
     FindPath: _grpc.UnaryUnaryMultiCallable[_customers_pb2.FindPathRequest, _customers_pb2.FindPathResponse]
+    """The shortest chain of relationships between two records"""
     CreateCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateCustomFieldRequest, _customers_pb2.CreateCustomFieldResponse]
     """Custom fields."""
     GetCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetCustomFieldRequest, _customers_pb2.GetCustomFieldResponse]
     ListCustomFields: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListCustomFieldsRequest, _customers_pb2.ListCustomFieldsResponse]
+    """The tenant's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts"""
     UpdateCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateCustomFieldRequest, _customers_pb2.UpdateCustomFieldResponse]
     DeleteCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteCustomFieldRequest, _customers_pb2.DeleteCustomFieldResponse]
     CreateSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateSavedViewRequest, _customers_pb2.CreateSavedViewResponse]
@@ -103,8 +113,11 @@ class CustomersServiceStub:
     good), and purging one record now.
     """
     UpdateRecycleBinSettings: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateRecycleBinSettingsRequest, _customers_pb2.UpdateRecycleBinSettingsResponse]
+    """Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)"""
     PurgeAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.PurgeAccountRequest, _customers_pb2.PurgeAccountResponse]
+    """Purge an account from the recycle bin now, for good (needs delete on recycle_bin)"""
     PurgeContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.PurgeContactRequest, _customers_pb2.PurgeContactResponse]
+    """Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)"""
 
 @_typing.type_check_only
 class CustomersServiceAsyncStub(CustomersServiceStub):
@@ -125,14 +138,21 @@ class CustomersServiceAsyncStub(CustomersServiceStub):
     """Accounts (companies)."""
     GetAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetAccountRequest, _customers_pb2.GetAccountResponse]  # type: ignore[assignment]
     ListAccounts: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountsRequest, _customers_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    """List accounts: filter=field:op:value, sort, q, view_id; deleted=true lists the recycle bin"""
     CountAccounts: _aio.UnaryUnaryMultiCallable[_customers_pb2.CountAccountsRequest, _customers_pb2.CountAccountsResponse]  # type: ignore[assignment]
+    """Count accounts matching a list's filters (exact up to 10,000, then capped)"""
     UpdateAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateAccountRequest, _customers_pb2.UpdateAccountResponse]  # type: ignore[assignment]
     DeleteAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteAccountRequest, _customers_pb2.DeleteAccountResponse]  # type: ignore[assignment]
+    """Move to the recycle bin"""
     RestoreAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.RestoreAccountRequest, _customers_pb2.RestoreAccountResponse]  # type: ignore[assignment]
+    """Bring an account back from the recycle bin"""
     ListAccountStageChanges: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountStageChangesRequest, _customers_pb2.ListAccountStageChangesResponse]  # type: ignore[assignment]
+    """The account's lifecycle stage changes, newest first"""
     GetAccountTree: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetAccountTreeRequest, _customers_pb2.GetAccountTreeResponse]  # type: ignore[assignment]
+    """The whole group (集团) the account belongs to, from its top, with subsidiary counts"""
     GetTierRules: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetTierRulesRequest, _customers_pb2.GetTierRulesResponse]  # type: ignore[assignment]
     UpdateTierRules: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateTierRulesRequest, _customers_pb2.UpdateTierRulesResponse]  # type: ignore[assignment]
+    """Set the tenant's tier rules (first matching rule wins); reapply=true recomputes every tier"""
     CreateContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateContactRequest, _customers_pb2.CreateContactResponse]  # type: ignore[assignment]
     """Contacts (people)."""
     GetContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetContactRequest, _customers_pb2.GetContactResponse]  # type: ignore[assignment]
@@ -148,6 +168,7 @@ class CustomersServiceAsyncStub(CustomersServiceStub):
     UpdateInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateInteractionRequest, _customers_pb2.UpdateInteractionResponse]  # type: ignore[assignment]
     DeleteInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteInteractionRequest, _customers_pb2.DeleteInteractionResponse]  # type: ignore[assignment]
     ListAccountTimeline: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountTimelineRequest, _customers_pb2.ListAccountTimelineResponse]  # type: ignore[assignment]
+    """Interactions on the account (and, with include_contacts, on its contacts), newest first"""
     ListContactTimeline: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListContactTimelineRequest, _customers_pb2.ListContactTimelineResponse]  # type: ignore[assignment]
     CreateRelationshipType: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipTypeRequest, _customers_pb2.CreateRelationshipTypeResponse]  # type: ignore[assignment]
     """Relationship types and relationships."""
@@ -162,10 +183,12 @@ class CustomersServiceAsyncStub(CustomersServiceStub):
     """The graph of accounts and contacts."""
     GetContactGraph: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetContactGraphRequest, _customers_pb2.GetContactGraphResponse]  # type: ignore[assignment]
     FindPath: _aio.UnaryUnaryMultiCallable[_customers_pb2.FindPathRequest, _customers_pb2.FindPathResponse]  # type: ignore[assignment]
+    """The shortest chain of relationships between two records"""
     CreateCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateCustomFieldRequest, _customers_pb2.CreateCustomFieldResponse]  # type: ignore[assignment]
     """Custom fields."""
     GetCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetCustomFieldRequest, _customers_pb2.GetCustomFieldResponse]  # type: ignore[assignment]
     ListCustomFields: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListCustomFieldsRequest, _customers_pb2.ListCustomFieldsResponse]  # type: ignore[assignment]
+    """The tenant's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts"""
     UpdateCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateCustomFieldRequest, _customers_pb2.UpdateCustomFieldResponse]  # type: ignore[assignment]
     DeleteCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteCustomFieldRequest, _customers_pb2.DeleteCustomFieldResponse]  # type: ignore[assignment]
     CreateSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateSavedViewRequest, _customers_pb2.CreateSavedViewResponse]  # type: ignore[assignment]
@@ -181,8 +204,11 @@ class CustomersServiceAsyncStub(CustomersServiceStub):
     good), and purging one record now.
     """
     UpdateRecycleBinSettings: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateRecycleBinSettingsRequest, _customers_pb2.UpdateRecycleBinSettingsResponse]  # type: ignore[assignment]
+    """Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)"""
     PurgeAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.PurgeAccountRequest, _customers_pb2.PurgeAccountResponse]  # type: ignore[assignment]
+    """Purge an account from the recycle bin now, for good (needs delete on recycle_bin)"""
     PurgeContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.PurgeContactRequest, _customers_pb2.PurgeContactResponse]  # type: ignore[assignment]
+    """Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)"""
 
 class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
     """Customers: the 360° record every other service points at — accounts (companies) and contacts (people),
@@ -217,14 +243,16 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _customers_pb2.ListAccountsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListAccountsResponse, _abc.Awaitable[_customers_pb2.ListAccountsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListAccountsResponse, _abc.Awaitable[_customers_pb2.ListAccountsResponse]]:
+        """List accounts: filter=field:op:value, sort, q, view_id; deleted=true lists the recycle bin"""
 
     @_abc_1.abstractmethod
     def CountAccounts(
         self,
         request: _customers_pb2.CountAccountsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.CountAccountsResponse, _abc.Awaitable[_customers_pb2.CountAccountsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.CountAccountsResponse, _abc.Awaitable[_customers_pb2.CountAccountsResponse]]:
+        """Count accounts matching a list's filters (exact up to 10,000, then capped)"""
 
     @_abc_1.abstractmethod
     def UpdateAccount(
@@ -238,28 +266,32 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _customers_pb2.DeleteAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.DeleteAccountResponse, _abc.Awaitable[_customers_pb2.DeleteAccountResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.DeleteAccountResponse, _abc.Awaitable[_customers_pb2.DeleteAccountResponse]]:
+        """Move to the recycle bin"""
 
     @_abc_1.abstractmethod
     def RestoreAccount(
         self,
         request: _customers_pb2.RestoreAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.RestoreAccountResponse, _abc.Awaitable[_customers_pb2.RestoreAccountResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.RestoreAccountResponse, _abc.Awaitable[_customers_pb2.RestoreAccountResponse]]:
+        """Bring an account back from the recycle bin"""
 
     @_abc_1.abstractmethod
     def ListAccountStageChanges(
         self,
         request: _customers_pb2.ListAccountStageChangesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListAccountStageChangesResponse, _abc.Awaitable[_customers_pb2.ListAccountStageChangesResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListAccountStageChangesResponse, _abc.Awaitable[_customers_pb2.ListAccountStageChangesResponse]]:
+        """The account's lifecycle stage changes, newest first"""
 
     @_abc_1.abstractmethod
     def GetAccountTree(
         self,
         request: _customers_pb2.GetAccountTreeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetAccountTreeResponse, _abc.Awaitable[_customers_pb2.GetAccountTreeResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetAccountTreeResponse, _abc.Awaitable[_customers_pb2.GetAccountTreeResponse]]:
+        """The whole group (集团) the account belongs to, from its top, with subsidiary counts"""
 
     @_abc_1.abstractmethod
     def GetTierRules(
@@ -273,7 +305,8 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _customers_pb2.UpdateTierRulesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.UpdateTierRulesResponse, _abc.Awaitable[_customers_pb2.UpdateTierRulesResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.UpdateTierRulesResponse, _abc.Awaitable[_customers_pb2.UpdateTierRulesResponse]]:
+        """Set the tenant's tier rules (first matching rule wins); reapply=true recomputes every tier"""
 
     @_abc_1.abstractmethod
     def CreateContact(
@@ -366,7 +399,8 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _customers_pb2.ListAccountTimelineRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListAccountTimelineResponse, _abc.Awaitable[_customers_pb2.ListAccountTimelineResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListAccountTimelineResponse, _abc.Awaitable[_customers_pb2.ListAccountTimelineResponse]]:
+        """Interactions on the account (and, with include_contacts, on its contacts), newest first"""
 
     @_abc_1.abstractmethod
     def ListContactTimeline(
@@ -452,7 +486,8 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _customers_pb2.FindPathRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.FindPathResponse, _abc.Awaitable[_customers_pb2.FindPathResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.FindPathResponse, _abc.Awaitable[_customers_pb2.FindPathResponse]]:
+        """The shortest chain of relationships between two records"""
 
     @_abc_1.abstractmethod
     def CreateCustomField(
@@ -474,7 +509,8 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _customers_pb2.ListCustomFieldsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListCustomFieldsResponse, _abc.Awaitable[_customers_pb2.ListCustomFieldsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListCustomFieldsResponse, _abc.Awaitable[_customers_pb2.ListCustomFieldsResponse]]:
+        """The tenant's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts"""
 
     @_abc_1.abstractmethod
     def UpdateCustomField(
@@ -549,20 +585,23 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _customers_pb2.UpdateRecycleBinSettingsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.UpdateRecycleBinSettingsResponse, _abc.Awaitable[_customers_pb2.UpdateRecycleBinSettingsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.UpdateRecycleBinSettingsResponse, _abc.Awaitable[_customers_pb2.UpdateRecycleBinSettingsResponse]]:
+        """Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)"""
 
     @_abc_1.abstractmethod
     def PurgeAccount(
         self,
         request: _customers_pb2.PurgeAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.PurgeAccountResponse, _abc.Awaitable[_customers_pb2.PurgeAccountResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.PurgeAccountResponse, _abc.Awaitable[_customers_pb2.PurgeAccountResponse]]:
+        """Purge an account from the recycle bin now, for good (needs delete on recycle_bin)"""
 
     @_abc_1.abstractmethod
     def PurgeContact(
         self,
         request: _customers_pb2.PurgeContactRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.PurgeContactResponse, _abc.Awaitable[_customers_pb2.PurgeContactResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.PurgeContactResponse, _abc.Awaitable[_customers_pb2.PurgeContactResponse]]:
+        """Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)"""
 
 def add_CustomersServiceServicer_to_server(servicer: CustomersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

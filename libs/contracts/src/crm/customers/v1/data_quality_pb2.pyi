@@ -829,7 +829,7 @@ class Merge(_message.Message):
 Global___Merge: _TypeAlias = Merge  # noqa: Y015
 
 @_typing.final
-class MergeRecordsRequest(_message.Message):
+class CreateMergeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -886,10 +886,10 @@ class MergeRecordsRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MergeRecordsRequest: _TypeAlias = MergeRecordsRequest  # noqa: Y015
+Global___CreateMergeRequest: _TypeAlias = CreateMergeRequest  # noqa: Y015
 
 @_typing.final
-class MergeRecordsResponse(_message.Message):
+class CreateMergeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MERGE_FIELD_NUMBER: _builtins.int
@@ -914,7 +914,7 @@ class MergeRecordsResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MergeRecordsResponse: _TypeAlias = MergeRecordsResponse  # noqa: Y015
+Global___CreateMergeResponse: _TypeAlias = CreateMergeResponse  # noqa: Y015
 
 @_typing.final
 class GetMergeRequest(_message.Message):
@@ -1594,7 +1594,7 @@ class ExportRecordsRequest(_message.Message):
 
     RECORD_TYPE_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
-    QUERY_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     SORT_FIELD_NUMBER: _builtins.int
     VIEW_ID_FIELD_NUMBER: _builtins.int
@@ -1602,7 +1602,7 @@ class ExportRecordsRequest(_message.Message):
     LOCALE_FIELD_NUMBER: _builtins.int
     record_type: _customers_pb2.RecordType.ValueType
     format: Global___FileFormat.ValueType
-    query: _builtins.str
+    q: _builtins.str
     """As in ListAccounts / ListContacts."""
     sort: _builtins.str
     view_id: _builtins.str
@@ -1619,7 +1619,7 @@ class ExportRecordsRequest(_message.Message):
         *,
         record_type: _customers_pb2.RecordType.ValueType = ...,
         format: Global___FileFormat.ValueType = ...,
-        query: _builtins.str = ...,
+        q: _builtins.str = ...,
         filter: _abc.Iterable[_builtins.str] | None = ...,
         sort: _builtins.str = ...,
         view_id: _builtins.str = ...,
@@ -1628,7 +1628,7 @@ class ExportRecordsRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "filter", b"filter", "format", b"format", "locale", b"locale", "query", b"query", "record_type", b"record_type", "sort", b"sort", "view_id", b"view_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "filter", b"filter", "format", b"format", "locale", b"locale", "q", b"q", "record_type", b"record_type", "sort", b"sort", "view_id", b"view_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

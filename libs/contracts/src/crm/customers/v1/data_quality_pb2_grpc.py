@@ -90,10 +90,10 @@ class CustomersDataServiceStub:
                 request_serializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.ListDuplicateGroupsRequest.SerializeToString,
                 response_deserializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.ListDuplicateGroupsResponse.FromString,
                 _registered_method=True)
-        self.MergeRecords = channel.unary_unary(
-                '/crm.customers.v1.CustomersDataService/MergeRecords',
-                request_serializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.MergeRecordsRequest.SerializeToString,
-                response_deserializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.MergeRecordsResponse.FromString,
+        self.CreateMerge = channel.unary_unary(
+                '/crm.customers.v1.CustomersDataService/CreateMerge',
+                request_serializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.CreateMergeRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.CreateMergeResponse.FromString,
                 _registered_method=True)
         self.GetMerge = channel.unary_unary(
                 '/crm.customers.v1.CustomersDataService/GetMerge',
@@ -224,12 +224,13 @@ class CustomersDataServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDuplicateGroups(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Duplicate groups of a scan, best score first
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def MergeRecords(self, request, context):
+    def CreateMerge(self, request, context):
         """Merges.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -262,7 +263,8 @@ class CustomersDataServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetImport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """An import and its progress
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -363,10 +365,10 @@ def add_CustomersDataServiceServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.ListDuplicateGroupsRequest.FromString,
                     response_serializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.ListDuplicateGroupsResponse.SerializeToString,
             ),
-            'MergeRecords': grpc.unary_unary_rpc_method_handler(
-                    servicer.MergeRecords,
-                    request_deserializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.MergeRecordsRequest.FromString,
-                    response_serializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.MergeRecordsResponse.SerializeToString,
+            'CreateMerge': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMerge,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.CreateMergeRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_data__quality__pb2.CreateMergeResponse.SerializeToString,
             ),
             'GetMerge': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMerge,
@@ -716,7 +718,7 @@ class CustomersDataService:
             _registered_method=True)
 
     @staticmethod
-    def MergeRecords(request,
+    def CreateMerge(request,
             target,
             options=(),
             channel_credentials=None,
@@ -729,9 +731,9 @@ class CustomersDataService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/crm.customers.v1.CustomersDataService/MergeRecords',
-            crm_dot_customers_dot_v1_dot_data__quality__pb2.MergeRecordsRequest.SerializeToString,
-            crm_dot_customers_dot_v1_dot_data__quality__pb2.MergeRecordsResponse.FromString,
+            '/crm.customers.v1.CustomersDataService/CreateMerge',
+            crm_dot_customers_dot_v1_dot_data__quality__pb2.CreateMergeRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_data__quality__pb2.CreateMergeResponse.FromString,
             options,
             channel_credentials,
             insecure,

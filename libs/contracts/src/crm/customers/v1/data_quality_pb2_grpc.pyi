@@ -52,7 +52,8 @@ class CustomersDataServiceStub:
     GetDuplicateScan: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.GetDuplicateScanRequest, _data_quality_pb2.GetDuplicateScanResponse]
     ListDuplicateScans: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateScansRequest, _data_quality_pb2.ListDuplicateScansResponse]
     ListDuplicateGroups: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateGroupsRequest, _data_quality_pb2.ListDuplicateGroupsResponse]
-    MergeRecords: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.MergeRecordsRequest, _data_quality_pb2.MergeRecordsResponse]
+    """Duplicate groups of a scan, best score first"""
+    CreateMerge: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.CreateMergeRequest, _data_quality_pb2.CreateMergeResponse]
     """Merges."""
     GetMerge: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.GetMergeRequest, _data_quality_pb2.GetMergeResponse]
     ListMerges: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListMergesRequest, _data_quality_pb2.ListMergesResponse]
@@ -60,6 +61,7 @@ class CustomersDataServiceStub:
     UploadImportFile: _grpc.StreamUnaryMultiCallable[_data_quality_pb2.UploadImportFileRequest, _data_quality_pb2.UploadImportFileResponse]
     """Imports: upload, dry run, start, progress, error report."""
     GetImport: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.GetImportRequest, _data_quality_pb2.GetImportResponse]
+    """An import and its progress"""
     ListImports: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListImportsRequest, _data_quality_pb2.ListImportsResponse]
     DryRunImport: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.DryRunImportRequest, _data_quality_pb2.DryRunImportResponse]
     StartImport: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.StartImportRequest, _data_quality_pb2.StartImportResponse]
@@ -93,7 +95,8 @@ class CustomersDataServiceAsyncStub(CustomersDataServiceStub):
     GetDuplicateScan: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.GetDuplicateScanRequest, _data_quality_pb2.GetDuplicateScanResponse]  # type: ignore[assignment]
     ListDuplicateScans: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateScansRequest, _data_quality_pb2.ListDuplicateScansResponse]  # type: ignore[assignment]
     ListDuplicateGroups: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateGroupsRequest, _data_quality_pb2.ListDuplicateGroupsResponse]  # type: ignore[assignment]
-    MergeRecords: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.MergeRecordsRequest, _data_quality_pb2.MergeRecordsResponse]  # type: ignore[assignment]
+    """Duplicate groups of a scan, best score first"""
+    CreateMerge: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.CreateMergeRequest, _data_quality_pb2.CreateMergeResponse]  # type: ignore[assignment]
     """Merges."""
     GetMerge: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.GetMergeRequest, _data_quality_pb2.GetMergeResponse]  # type: ignore[assignment]
     ListMerges: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListMergesRequest, _data_quality_pb2.ListMergesResponse]  # type: ignore[assignment]
@@ -101,6 +104,7 @@ class CustomersDataServiceAsyncStub(CustomersDataServiceStub):
     UploadImportFile: _aio.StreamUnaryMultiCallable[_data_quality_pb2.UploadImportFileRequest, _data_quality_pb2.UploadImportFileResponse]  # type: ignore[assignment]
     """Imports: upload, dry run, start, progress, error report."""
     GetImport: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.GetImportRequest, _data_quality_pb2.GetImportResponse]  # type: ignore[assignment]
+    """An import and its progress"""
     ListImports: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListImportsRequest, _data_quality_pb2.ListImportsResponse]  # type: ignore[assignment]
     DryRunImport: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.DryRunImportRequest, _data_quality_pb2.DryRunImportResponse]  # type: ignore[assignment]
     StartImport: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.StartImportRequest, _data_quality_pb2.StartImportResponse]  # type: ignore[assignment]
@@ -190,14 +194,15 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _data_quality_pb2.ListDuplicateGroupsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.ListDuplicateGroupsResponse, _abc.Awaitable[_data_quality_pb2.ListDuplicateGroupsResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.ListDuplicateGroupsResponse, _abc.Awaitable[_data_quality_pb2.ListDuplicateGroupsResponse]]:
+        """Duplicate groups of a scan, best score first"""
 
     @_abc_1.abstractmethod
-    def MergeRecords(
+    def CreateMerge(
         self,
-        request: _data_quality_pb2.MergeRecordsRequest,
+        request: _data_quality_pb2.CreateMergeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.MergeRecordsResponse, _abc.Awaitable[_data_quality_pb2.MergeRecordsResponse]]:
+    ) -> _typing.Union[_data_quality_pb2.CreateMergeResponse, _abc.Awaitable[_data_quality_pb2.CreateMergeResponse]]:
         """Merges."""
 
     @_abc_1.abstractmethod
@@ -234,7 +239,8 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _data_quality_pb2.GetImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.GetImportResponse, _abc.Awaitable[_data_quality_pb2.GetImportResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.GetImportResponse, _abc.Awaitable[_data_quality_pb2.GetImportResponse]]:
+        """An import and its progress"""
 
     @_abc_1.abstractmethod
     def ListImports(

@@ -1112,7 +1112,7 @@ class DisableTotpResponse(_message.Message):
 Global___DisableTotpResponse: _TypeAlias = DisableTotpResponse  # noqa: Y015
 
 @_typing.final
-class InviteUserRequest(_message.Message):
+class CreateUserRequest(_message.Message):
     """---------------------------------------------------------------- users"""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1149,10 +1149,10 @@ class InviteUserRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___InviteUserRequest: _TypeAlias = InviteUserRequest  # noqa: Y015
+Global___CreateUserRequest: _TypeAlias = CreateUserRequest  # noqa: Y015
 
 @_typing.final
-class InviteUserResponse(_message.Message):
+class CreateUserResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
@@ -1173,7 +1173,7 @@ class InviteUserResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___InviteUserResponse: _TypeAlias = InviteUserResponse  # noqa: Y015
+Global___CreateUserResponse: _TypeAlias = CreateUserResponse  # noqa: Y015
 
 @_typing.final
 class GetUserRequest(_message.Message):
@@ -1221,10 +1221,10 @@ class ListUsersRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     DEPARTMENT_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
-    QUERY_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
     department_id: _builtins.str
     status: Global___UserStatus.ValueType
-    query: _builtins.str
+    q: _builtins.str
     """Matches the start of the name or the email."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
@@ -1234,11 +1234,11 @@ class ListUsersRequest(_message.Message):
         page: _paging_pb2.PageRequest | None = ...,
         department_id: _builtins.str = ...,
         status: Global___UserStatus.ValueType = ...,
-        query: _builtins.str = ...,
+        q: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_id", b"department_id", "page", b"page", "query", b"query", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department_id", b"department_id", "page", b"page", "q", b"q", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -111,10 +111,10 @@ class IdentityServiceStub:
                 request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.DisableTotpRequest.SerializeToString,
                 response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.DisableTotpResponse.FromString,
                 _registered_method=True)
-        self.InviteUser = channel.unary_unary(
-                '/crm.identity.v1.IdentityService/InviteUser',
-                request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.InviteUserRequest.SerializeToString,
-                response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.InviteUserResponse.FromString,
+        self.CreateUser = channel.unary_unary(
+                '/crm.identity.v1.IdentityService/CreateUser',
+                request_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.CreateUserRequest.SerializeToString,
+                response_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.CreateUserResponse.FromString,
                 _registered_method=True)
         self.GetUser = channel.unary_unary(
                 '/crm.identity.v1.IdentityService/GetUser',
@@ -231,25 +231,29 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Sign in: trade email and password (and TOTP code) for tokens
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RefreshToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Trade a refresh token for new tokens (the old one stops working)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeToken(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Revoke a refresh token
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AcceptInvitation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Set a password with an invitation token
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -276,7 +280,8 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJwks(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The keys that sign access tokens (JWKS)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -309,18 +314,20 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ConfirmTotpEnrollment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Confirm two-factor enrolment with a first code
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DisableTotp(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Turn two-factor sign-in off
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def InviteUser(self, request, context):
+    def CreateUser(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -417,7 +424,8 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create an API key (the secret is shown only in this answer)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -435,7 +443,8 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Revoke an API key
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -524,10 +533,10 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.DisableTotpRequest.FromString,
                     response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.DisableTotpResponse.SerializeToString,
             ),
-            'InviteUser': grpc.unary_unary_rpc_method_handler(
-                    servicer.InviteUser,
-                    request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.InviteUserRequest.FromString,
-                    response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.InviteUserResponse.SerializeToString,
+            'CreateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUser,
+                    request_deserializer=crm_dot_identity_dot_v1_dot_identity__pb2.CreateUserRequest.FromString,
+                    response_serializer=crm_dot_identity_dot_v1_dot_identity__pb2.CreateUserResponse.SerializeToString,
             ),
             'GetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUser,
@@ -1048,7 +1057,7 @@ class IdentityService:
             _registered_method=True)
 
     @staticmethod
-    def InviteUser(request,
+    def CreateUser(request,
             target,
             options=(),
             channel_credentials=None,
@@ -1061,9 +1070,9 @@ class IdentityService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/crm.identity.v1.IdentityService/InviteUser',
-            crm_dot_identity_dot_v1_dot_identity__pb2.InviteUserRequest.SerializeToString,
-            crm_dot_identity_dot_v1_dot_identity__pb2.InviteUserResponse.FromString,
+            '/crm.identity.v1.IdentityService/CreateUser',
+            crm_dot_identity_dot_v1_dot_identity__pb2.CreateUserRequest.SerializeToString,
+            crm_dot_identity_dot_v1_dot_identity__pb2.CreateUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

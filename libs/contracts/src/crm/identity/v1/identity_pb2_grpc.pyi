@@ -38,9 +38,13 @@ class IdentityServiceStub:
     SignUp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SignUpRequest, _identity_pb2.SignUpResponse]
     """Sign-up and sign-in; these take no credential."""
     CreateToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateTokenRequest, _identity_pb2.CreateTokenResponse]
+    """Sign in: trade email and password (and TOTP code) for tokens"""
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RefreshTokenRequest, _identity_pb2.RefreshTokenResponse]
+    """Trade a refresh token for new tokens (the old one stops working)"""
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeTokenRequest, _identity_pb2.RevokeTokenResponse]
+    """Revoke a refresh token"""
     AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.AcceptInvitationResponse]
+    """Set a password with an invitation token"""
     VerifyEmail: _grpc.UnaryUnaryMultiCallable[_identity_pb2.VerifyEmailRequest, _identity_pb2.VerifyEmailResponse]
     """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
     ResendVerificationByEmail: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationByEmailRequest, _identity_pb2.ResendVerificationByEmailResponse]
@@ -49,6 +53,7 @@ class IdentityServiceStub:
     """
     AuthenticateApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateApiKeyRequest, _identity_pb2.AuthenticateApiKeyResponse]
     GetJwks: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetJwksRequest, _identity_pb2.GetJwksResponse]
+    """The keys that sign access tokens (JWKS)"""
     GetMe: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetMeRequest, _identity_pb2.GetMeResponse]
     """What the caller is and may do."""
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetPolicyRequest, _identity_pb2.GetPolicyResponse]
@@ -57,8 +62,10 @@ class IdentityServiceStub:
     StartTotpEnrollment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.StartTotpEnrollmentRequest, _identity_pb2.StartTotpEnrollmentResponse]
     """Two-factor sign-in for the caller."""
     ConfirmTotpEnrollment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ConfirmTotpEnrollmentRequest, _identity_pb2.ConfirmTotpEnrollmentResponse]
+    """Confirm two-factor enrolment with a first code"""
     DisableTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DisableTotpRequest, _identity_pb2.DisableTotpResponse]
-    InviteUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.InviteUserRequest, _identity_pb2.InviteUserResponse]
+    """Turn two-factor sign-in off"""
+    CreateUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateUserRequest, _identity_pb2.CreateUserResponse]
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetUserRequest, _identity_pb2.GetUserResponse]
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListUsersRequest, _identity_pb2.ListUsersResponse]
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdateUserRequest, _identity_pb2.UpdateUserResponse]
@@ -75,9 +82,11 @@ class IdentityServiceStub:
     UpdateRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdateRoleRequest, _identity_pb2.UpdateRoleResponse]
     DeleteRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DeleteRoleRequest, _identity_pb2.DeleteRoleResponse]
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateApiKeyRequest, _identity_pb2.CreateApiKeyResponse]
+    """Create an API key (the secret is shown only in this answer)"""
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetApiKeyRequest, _identity_pb2.GetApiKeyResponse]
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListApiKeysRequest, _identity_pb2.ListApiKeysResponse]
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeApiKeyRequest, _identity_pb2.RevokeApiKeyResponse]
+    """Revoke an API key"""
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListAuditEventsRequest, _identity_pb2.ListAuditEventsResponse]
 
 @_typing.type_check_only
@@ -90,9 +99,13 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     SignUp: _aio.UnaryUnaryMultiCallable[_identity_pb2.SignUpRequest, _identity_pb2.SignUpResponse]  # type: ignore[assignment]
     """Sign-up and sign-in; these take no credential."""
     CreateToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateTokenRequest, _identity_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """Sign in: trade email and password (and TOTP code) for tokens"""
     RefreshToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.RefreshTokenRequest, _identity_pb2.RefreshTokenResponse]  # type: ignore[assignment]
+    """Trade a refresh token for new tokens (the old one stops working)"""
     RevokeToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeTokenRequest, _identity_pb2.RevokeTokenResponse]  # type: ignore[assignment]
+    """Revoke a refresh token"""
     AcceptInvitation: _aio.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.AcceptInvitationResponse]  # type: ignore[assignment]
+    """Set a password with an invitation token"""
     VerifyEmail: _aio.UnaryUnaryMultiCallable[_identity_pb2.VerifyEmailRequest, _identity_pb2.VerifyEmailResponse]  # type: ignore[assignment]
     """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
     ResendVerificationByEmail: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationByEmailRequest, _identity_pb2.ResendVerificationByEmailResponse]  # type: ignore[assignment]
@@ -101,6 +114,7 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """
     AuthenticateApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateApiKeyRequest, _identity_pb2.AuthenticateApiKeyResponse]  # type: ignore[assignment]
     GetJwks: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetJwksRequest, _identity_pb2.GetJwksResponse]  # type: ignore[assignment]
+    """The keys that sign access tokens (JWKS)"""
     GetMe: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetMeRequest, _identity_pb2.GetMeResponse]  # type: ignore[assignment]
     """What the caller is and may do."""
     GetPolicy: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetPolicyRequest, _identity_pb2.GetPolicyResponse]  # type: ignore[assignment]
@@ -109,8 +123,10 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     StartTotpEnrollment: _aio.UnaryUnaryMultiCallable[_identity_pb2.StartTotpEnrollmentRequest, _identity_pb2.StartTotpEnrollmentResponse]  # type: ignore[assignment]
     """Two-factor sign-in for the caller."""
     ConfirmTotpEnrollment: _aio.UnaryUnaryMultiCallable[_identity_pb2.ConfirmTotpEnrollmentRequest, _identity_pb2.ConfirmTotpEnrollmentResponse]  # type: ignore[assignment]
+    """Confirm two-factor enrolment with a first code"""
     DisableTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.DisableTotpRequest, _identity_pb2.DisableTotpResponse]  # type: ignore[assignment]
-    InviteUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.InviteUserRequest, _identity_pb2.InviteUserResponse]  # type: ignore[assignment]
+    """Turn two-factor sign-in off"""
+    CreateUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateUserRequest, _identity_pb2.CreateUserResponse]  # type: ignore[assignment]
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetUserRequest, _identity_pb2.GetUserResponse]  # type: ignore[assignment]
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListUsersRequest, _identity_pb2.ListUsersResponse]  # type: ignore[assignment]
     UpdateUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdateUserRequest, _identity_pb2.UpdateUserResponse]  # type: ignore[assignment]
@@ -127,9 +143,11 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     UpdateRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdateRoleRequest, _identity_pb2.UpdateRoleResponse]  # type: ignore[assignment]
     DeleteRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.DeleteRoleRequest, _identity_pb2.DeleteRoleResponse]  # type: ignore[assignment]
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateApiKeyRequest, _identity_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """Create an API key (the secret is shown only in this answer)"""
     GetApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetApiKeyRequest, _identity_pb2.GetApiKeyResponse]  # type: ignore[assignment]
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListApiKeysRequest, _identity_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeApiKeyRequest, _identity_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revoke an API key"""
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListAuditEventsRequest, _identity_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -150,28 +168,32 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _identity_pb2.CreateTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.CreateTokenResponse, _abc.Awaitable[_identity_pb2.CreateTokenResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.CreateTokenResponse, _abc.Awaitable[_identity_pb2.CreateTokenResponse]]:
+        """Sign in: trade email and password (and TOTP code) for tokens"""
 
     @_abc_1.abstractmethod
     def RefreshToken(
         self,
         request: _identity_pb2.RefreshTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.RefreshTokenResponse, _abc.Awaitable[_identity_pb2.RefreshTokenResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.RefreshTokenResponse, _abc.Awaitable[_identity_pb2.RefreshTokenResponse]]:
+        """Trade a refresh token for new tokens (the old one stops working)"""
 
     @_abc_1.abstractmethod
     def RevokeToken(
         self,
         request: _identity_pb2.RevokeTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.RevokeTokenResponse, _abc.Awaitable[_identity_pb2.RevokeTokenResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.RevokeTokenResponse, _abc.Awaitable[_identity_pb2.RevokeTokenResponse]]:
+        """Revoke a refresh token"""
 
     @_abc_1.abstractmethod
     def AcceptInvitation(
         self,
         request: _identity_pb2.AcceptInvitationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.AcceptInvitationResponse, _abc.Awaitable[_identity_pb2.AcceptInvitationResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.AcceptInvitationResponse, _abc.Awaitable[_identity_pb2.AcceptInvitationResponse]]:
+        """Set a password with an invitation token"""
 
     @_abc_1.abstractmethod
     def VerifyEmail(
@@ -203,7 +225,8 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _identity_pb2.GetJwksRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.GetJwksResponse, _abc.Awaitable[_identity_pb2.GetJwksResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.GetJwksResponse, _abc.Awaitable[_identity_pb2.GetJwksResponse]]:
+        """The keys that sign access tokens (JWKS)"""
 
     @_abc_1.abstractmethod
     def GetMe(
@@ -241,21 +264,23 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _identity_pb2.ConfirmTotpEnrollmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.ConfirmTotpEnrollmentResponse, _abc.Awaitable[_identity_pb2.ConfirmTotpEnrollmentResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.ConfirmTotpEnrollmentResponse, _abc.Awaitable[_identity_pb2.ConfirmTotpEnrollmentResponse]]:
+        """Confirm two-factor enrolment with a first code"""
 
     @_abc_1.abstractmethod
     def DisableTotp(
         self,
         request: _identity_pb2.DisableTotpRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.DisableTotpResponse, _abc.Awaitable[_identity_pb2.DisableTotpResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.DisableTotpResponse, _abc.Awaitable[_identity_pb2.DisableTotpResponse]]:
+        """Turn two-factor sign-in off"""
 
     @_abc_1.abstractmethod
-    def InviteUser(
+    def CreateUser(
         self,
-        request: _identity_pb2.InviteUserRequest,
+        request: _identity_pb2.CreateUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.InviteUserResponse, _abc.Awaitable[_identity_pb2.InviteUserResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.CreateUserResponse, _abc.Awaitable[_identity_pb2.CreateUserResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetUser(
@@ -367,7 +392,8 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _identity_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.CreateApiKeyResponse, _abc.Awaitable[_identity_pb2.CreateApiKeyResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.CreateApiKeyResponse, _abc.Awaitable[_identity_pb2.CreateApiKeyResponse]]:
+        """Create an API key (the secret is shown only in this answer)"""
 
     @_abc_1.abstractmethod
     def GetApiKey(
@@ -388,7 +414,8 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _identity_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.RevokeApiKeyResponse, _abc.Awaitable[_identity_pb2.RevokeApiKeyResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.RevokeApiKeyResponse, _abc.Awaitable[_identity_pb2.RevokeApiKeyResponse]]:
+        """Revoke an API key"""
 
     @_abc_1.abstractmethod
     def ListAuditEvents(

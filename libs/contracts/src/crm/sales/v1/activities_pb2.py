@@ -22,56 +22,98 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from crm.common.v1 import paging_pb2 as crm_dot_common_dot_v1_dot_paging__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63rm/sales/v1/activities.proto\x12\x0c\x63rm.sales.v1\x1a\x1a\x63rm/common/v1/paging.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x14\n\x0crelated_type\x18\x04 \x01(\t\x12\x12\n\nrelated_id\x18\x05 \x01(\t\x12\x13\n\x0b\x61ssignee_id\x18\x06 \x01(\t\x12*\n\x06\x64ue_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tremind_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06status\x18\t \x01(\x0e\x32\x18.crm.sales.v1.TaskStatus\x12\x10\n\x08priority\x18\n \x01(\t\x12\x1a\n\x12mentioned_user_ids\x18\x0b \x03(\t\x12\x12\n\ncreated_by\x18\x0c \x01(\t\x12\x30\n\x0c\x63ompleted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0breminded_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rdepartment_id\x18\x0f \x01(\t\x12.\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x12 \x01(\x03\"\xbf\x01\n\x08\x41\x63tivity\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0crelated_type\x18\x02 \x01(\t\x12\x12\n\nrelated_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x1a\n\x12mentioned_user_ids\x18\x06 \x03(\t\x12\x11\n\tauthor_id\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xff\x01\n\x11\x43reateTaskRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0crelated_type\x18\x03 \x01(\t\x12\x12\n\nrelated_id\x18\x04 \x01(\t\x12\x13\n\x0b\x61ssignee_id\x18\x05 \x01(\t\x12*\n\x06\x64ue_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tremind_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08priority\x18\x08 \x01(\t\x12\x1a\n\x12mentioned_user_ids\x18\t \x03(\t\"6\n\x12\x43reateTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x0fGetTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"\xbf\x01\n\x10ListTasksRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.crm.common.v1.PageRequest\x12\x13\n\x0b\x61ssignee_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.crm.sales.v1.TaskStatus\x12\x12\n\nrelated_id\x18\x04 \x01(\t\x12.\n\ndue_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x11ListTasksResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.crm.sales.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x8c\x01\n\x11UpdateTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.crm.sales.v1.Task\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x03\"6\n\x12UpdateTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"!\n\x13\x43ompleteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x14\x43ompleteTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"\xad\x01\n\x15\x43reateActivityRequest\x12\x14\n\x0crelated_type\x18\x01 \x01(\t\x12\x12\n\nrelated_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x1a\n\x12mentioned_user_ids\x18\x05 \x03(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x16\x43reateActivityResponse\x12(\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Activity\"k\n\x15ListActivitiesRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.crm.common.v1.PageRequest\x12\x14\n\x0crelated_type\x18\x02 \x01(\t\x12\x12\n\nrelated_id\x18\x03 \x01(\t\"T\n\x16ListActivitiesResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.crm.sales.v1.Activity\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"B\n\x17RunTaskRemindersRequest\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x18RunTaskRemindersResponse\x12\x10\n\x08reminded\x18\x01 \x01(\x05*p\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_STATUS_OPEN\x10\x01\x12\x14\n\x10TASK_STATUS_DONE\x10\x02\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x03\x32\xbf\x05\n\x11\x41\x63tivitiesService\x12O\n\nCreateTask\x12\x1f.crm.sales.v1.CreateTaskRequest\x1a .crm.sales.v1.CreateTaskResponse\x12\x46\n\x07GetTask\x12\x1c.crm.sales.v1.GetTaskRequest\x1a\x1d.crm.sales.v1.GetTaskResponse\x12L\n\tListTasks\x12\x1e.crm.sales.v1.ListTasksRequest\x1a\x1f.crm.sales.v1.ListTasksResponse\x12O\n\nUpdateTask\x12\x1f.crm.sales.v1.UpdateTaskRequest\x1a .crm.sales.v1.UpdateTaskResponse\x12U\n\x0c\x43ompleteTask\x12!.crm.sales.v1.CompleteTaskRequest\x1a\".crm.sales.v1.CompleteTaskResponse\x12[\n\x0e\x43reateActivity\x12#.crm.sales.v1.CreateActivityRequest\x1a$.crm.sales.v1.CreateActivityResponse\x12[\n\x0eListActivities\x12#.crm.sales.v1.ListActivitiesRequest\x1a$.crm.sales.v1.ListActivitiesResponse\x12\x61\n\x10RunTaskReminders\x12%.crm.sales.v1.RunTaskRemindersRequest\x1a&.crm.sales.v1.RunTaskRemindersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63rm/sales/v1/activities.proto\x12\x0c\x63rm.sales.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1a\x63rm/common/v1/paging.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x04\n\x04Task\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x1a\n\x0crelated_type\x18\x04 \x01(\tB\x04\xe2\x41\x01\x05\x12\x18\n\nrelated_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x05\x12\x13\n\x0b\x61ssignee_id\x18\x06 \x01(\t\x12*\n\x06\x64ue_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tremind_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x06status\x18\t \x01(\x0e\x32\x18.crm.sales.v1.TaskStatusB\x04\xe2\x41\x01\x03\x12\x10\n\x08priority\x18\n \x01(\t\x12\x1a\n\x12mentioned_user_ids\x18\x0b \x03(\t\x12\x18\n\ncreated_by\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x36\n\x0c\x63ompleted_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0breminded_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1b\n\rdepartment_id\x18\x0f \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x12 \x01(\x03\x42\x04\xe2\x41\x01\x03\"\xc5\x01\n\x08\x41\x63tivity\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x0crelated_type\x18\x02 \x01(\t\x12\x12\n\nrelated_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x1a\n\x12mentioned_user_ids\x18\x06 \x03(\t\x12\x11\n\tauthor_id\x18\x07 \x01(\t\x12/\n\x0boccurred_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xff\x01\n\x11\x43reateTaskRequest\x12\r\n\x05title\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0crelated_type\x18\x03 \x01(\t\x12\x12\n\nrelated_id\x18\x04 \x01(\t\x12\x13\n\x0b\x61ssignee_id\x18\x05 \x01(\t\x12*\n\x06\x64ue_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tremind_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08priority\x18\x08 \x01(\t\x12\x1a\n\x12mentioned_user_ids\x18\t \x03(\t\"6\n\x12\x43reateTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"\x1c\n\x0eGetTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x0fGetTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"\xbf\x01\n\x10ListTasksRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.crm.common.v1.PageRequest\x12\x13\n\x0b\x61ssignee_id\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.crm.sales.v1.TaskStatus\x12\x12\n\nrelated_id\x18\x04 \x01(\t\x12.\n\ndue_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x11ListTasksResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.crm.sales.v1.Task\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x8c\x01\n\x11UpdateTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.crm.sales.v1.Task\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x03\"6\n\x12UpdateTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"!\n\x13\x43ompleteTaskRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x14\x43ompleteTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.crm.sales.v1.Task\"\xad\x01\n\x15\x43reateActivityRequest\x12\x14\n\x0crelated_type\x18\x01 \x01(\t\x12\x12\n\nrelated_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x1a\n\x12mentioned_user_ids\x18\x05 \x03(\t\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x16\x43reateActivityResponse\x12(\n\x08\x61\x63tivity\x18\x01 \x01(\x0b\x32\x16.crm.sales.v1.Activity\"k\n\x15ListActivitiesRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.crm.common.v1.PageRequest\x12\x14\n\x0crelated_type\x18\x02 \x01(\t\x12\x12\n\nrelated_id\x18\x03 \x01(\t\"T\n\x16ListActivitiesResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.crm.sales.v1.Activity\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"B\n\x17RunTaskRemindersRequest\x12\'\n\x03now\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\",\n\x18RunTaskRemindersResponse\x12\x10\n\x08reminded\x18\x01 \x01(\x05*p\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10TASK_STATUS_OPEN\x10\x01\x12\x14\n\x10TASK_STATUS_DONE\x10\x02\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x03\x32\xd7\x07\n\x11\x41\x63tivitiesService\x12o\n\nCreateTask\x12\x1f.crm.sales.v1.CreateTaskRequest\x1a .crm.sales.v1.CreateTaskResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\r/api/v1/tasks:\x01*b\x04task\x12h\n\x07GetTask\x12\x1c.crm.sales.v1.GetTaskRequest\x1a\x1d.crm.sales.v1.GetTaskResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x12/api/v1/tasks/{id}b\x04task\x12\x63\n\tListTasks\x12\x1e.crm.sales.v1.ListTasksRequest\x1a\x1f.crm.sales.v1.ListTasksResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/tasks\x12w\n\nUpdateTask\x12\x1f.crm.sales.v1.UpdateTaskRequest\x1a .crm.sales.v1.UpdateTaskResponse\"&\x82\xd3\xe4\x93\x02 2\x12/api/v1/tasks/{id}:\x04taskb\x04task\x12\x80\x01\n\x0c\x43ompleteTask\x12!.crm.sales.v1.CompleteTaskRequest\x1a\".crm.sales.v1.CompleteTaskResponse\")\x82\xd3\xe4\x93\x02#\"\x1b/api/v1/tasks/{id}/completeb\x04task\x12\x84\x01\n\x0e\x43reateActivity\x12#.crm.sales.v1.CreateActivityRequest\x1a$.crm.sales.v1.CreateActivityResponse\"\'\x82\xd3\xe4\x93\x02!\"\x12/api/v1/activities:\x01*b\x08\x61\x63tivity\x12w\n\x0eListActivities\x12#.crm.sales.v1.ListActivitiesRequest\x1a$.crm.sales.v1.ListActivitiesResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/activities\x12\x85\x01\n\x10RunTaskReminders\x12%.crm.sales.v1.RunTaskRemindersRequest\x1a&.crm.sales.v1.RunTaskRemindersResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/api/v1/tasks/reminders:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.sales.v1.activities_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATUS']._serialized_start=2403
-  _globals['_TASKSTATUS']._serialized_end=2515
-  _globals['_TASK']._serialized_start=143
-  _globals['_TASK']._serialized_end=694
-  _globals['_ACTIVITY']._serialized_start=697
-  _globals['_ACTIVITY']._serialized_end=888
-  _globals['_CREATETASKREQUEST']._serialized_start=891
-  _globals['_CREATETASKREQUEST']._serialized_end=1146
-  _globals['_CREATETASKRESPONSE']._serialized_start=1148
-  _globals['_CREATETASKRESPONSE']._serialized_end=1202
-  _globals['_GETTASKREQUEST']._serialized_start=1204
-  _globals['_GETTASKREQUEST']._serialized_end=1232
-  _globals['_GETTASKRESPONSE']._serialized_start=1234
-  _globals['_GETTASKRESPONSE']._serialized_end=1285
-  _globals['_LISTTASKSREQUEST']._serialized_start=1288
-  _globals['_LISTTASKSREQUEST']._serialized_end=1479
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1481
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1556
-  _globals['_UPDATETASKREQUEST']._serialized_start=1559
-  _globals['_UPDATETASKREQUEST']._serialized_end=1699
-  _globals['_UPDATETASKRESPONSE']._serialized_start=1701
-  _globals['_UPDATETASKRESPONSE']._serialized_end=1755
-  _globals['_COMPLETETASKREQUEST']._serialized_start=1757
-  _globals['_COMPLETETASKREQUEST']._serialized_end=1790
-  _globals['_COMPLETETASKRESPONSE']._serialized_start=1792
-  _globals['_COMPLETETASKRESPONSE']._serialized_end=1848
-  _globals['_CREATEACTIVITYREQUEST']._serialized_start=1851
-  _globals['_CREATEACTIVITYREQUEST']._serialized_end=2024
-  _globals['_CREATEACTIVITYRESPONSE']._serialized_start=2026
-  _globals['_CREATEACTIVITYRESPONSE']._serialized_end=2092
-  _globals['_LISTACTIVITIESREQUEST']._serialized_start=2094
-  _globals['_LISTACTIVITIESREQUEST']._serialized_end=2201
-  _globals['_LISTACTIVITIESRESPONSE']._serialized_start=2203
-  _globals['_LISTACTIVITIESRESPONSE']._serialized_end=2287
-  _globals['_RUNTASKREMINDERSREQUEST']._serialized_start=2289
-  _globals['_RUNTASKREMINDERSREQUEST']._serialized_end=2355
-  _globals['_RUNTASKREMINDERSRESPONSE']._serialized_start=2357
-  _globals['_RUNTASKREMINDERSRESPONSE']._serialized_end=2401
-  _globals['_ACTIVITIESSERVICE']._serialized_start=2518
-  _globals['_ACTIVITIESSERVICE']._serialized_end=3221
+  _globals['_TASK'].fields_by_name['id']._loaded_options = None
+  _globals['_TASK'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['related_type']._loaded_options = None
+  _globals['_TASK'].fields_by_name['related_type']._serialized_options = b'\342A\001\005'
+  _globals['_TASK'].fields_by_name['related_id']._loaded_options = None
+  _globals['_TASK'].fields_by_name['related_id']._serialized_options = b'\342A\001\005'
+  _globals['_TASK'].fields_by_name['status']._loaded_options = None
+  _globals['_TASK'].fields_by_name['status']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['created_by']._loaded_options = None
+  _globals['_TASK'].fields_by_name['created_by']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['completed_at']._loaded_options = None
+  _globals['_TASK'].fields_by_name['completed_at']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['reminded_at']._loaded_options = None
+  _globals['_TASK'].fields_by_name['reminded_at']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['department_id']._loaded_options = None
+  _globals['_TASK'].fields_by_name['department_id']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['created_at']._loaded_options = None
+  _globals['_TASK'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['updated_at']._loaded_options = None
+  _globals['_TASK'].fields_by_name['updated_at']._serialized_options = b'\342A\001\003'
+  _globals['_TASK'].fields_by_name['version']._loaded_options = None
+  _globals['_TASK'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_ACTIVITY'].fields_by_name['id']._loaded_options = None
+  _globals['_ACTIVITY'].fields_by_name['id']._serialized_options = b'\342A\001\003'
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['CreateTask']._loaded_options = None
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['CreateTask']._serialized_options = b'\202\323\344\223\002\030\"\r/api/v1/tasks:\001*b\004task'
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['GetTask']._loaded_options = None
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['GetTask']._serialized_options = b'\202\323\344\223\002\032\022\022/api/v1/tasks/{id}b\004task'
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['ListTasks']._loaded_options = None
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['ListTasks']._serialized_options = b'\202\323\344\223\002\017\022\r/api/v1/tasks'
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['UpdateTask']._loaded_options = None
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['UpdateTask']._serialized_options = b'\202\323\344\223\002 2\022/api/v1/tasks/{id}:\004taskb\004task'
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['CompleteTask']._loaded_options = None
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['CompleteTask']._serialized_options = b'\202\323\344\223\002#\"\033/api/v1/tasks/{id}/completeb\004task'
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['CreateActivity']._loaded_options = None
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['CreateActivity']._serialized_options = b'\202\323\344\223\002!\"\022/api/v1/activities:\001*b\010activity'
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['ListActivities']._loaded_options = None
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['ListActivities']._serialized_options = b'\202\323\344\223\002\024\022\022/api/v1/activities'
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['RunTaskReminders']._loaded_options = None
+  _globals['_ACTIVITIESSERVICE'].methods_by_name['RunTaskReminders']._serialized_options = b'\202\323\344\223\002\034\"\027/api/v1/tasks/reminders:\001*'
+  _globals['_TASKSTATUS']._serialized_start=2538
+  _globals['_TASKSTATUS']._serialized_end=2650
+  _globals['_TASK']._serialized_start=206
+  _globals['_TASK']._serialized_end=823
+  _globals['_ACTIVITY']._serialized_start=826
+  _globals['_ACTIVITY']._serialized_end=1023
+  _globals['_CREATETASKREQUEST']._serialized_start=1026
+  _globals['_CREATETASKREQUEST']._serialized_end=1281
+  _globals['_CREATETASKRESPONSE']._serialized_start=1283
+  _globals['_CREATETASKRESPONSE']._serialized_end=1337
+  _globals['_GETTASKREQUEST']._serialized_start=1339
+  _globals['_GETTASKREQUEST']._serialized_end=1367
+  _globals['_GETTASKRESPONSE']._serialized_start=1369
+  _globals['_GETTASKRESPONSE']._serialized_end=1420
+  _globals['_LISTTASKSREQUEST']._serialized_start=1423
+  _globals['_LISTTASKSREQUEST']._serialized_end=1614
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1616
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1691
+  _globals['_UPDATETASKREQUEST']._serialized_start=1694
+  _globals['_UPDATETASKREQUEST']._serialized_end=1834
+  _globals['_UPDATETASKRESPONSE']._serialized_start=1836
+  _globals['_UPDATETASKRESPONSE']._serialized_end=1890
+  _globals['_COMPLETETASKREQUEST']._serialized_start=1892
+  _globals['_COMPLETETASKREQUEST']._serialized_end=1925
+  _globals['_COMPLETETASKRESPONSE']._serialized_start=1927
+  _globals['_COMPLETETASKRESPONSE']._serialized_end=1983
+  _globals['_CREATEACTIVITYREQUEST']._serialized_start=1986
+  _globals['_CREATEACTIVITYREQUEST']._serialized_end=2159
+  _globals['_CREATEACTIVITYRESPONSE']._serialized_start=2161
+  _globals['_CREATEACTIVITYRESPONSE']._serialized_end=2227
+  _globals['_LISTACTIVITIESREQUEST']._serialized_start=2229
+  _globals['_LISTACTIVITIESREQUEST']._serialized_end=2336
+  _globals['_LISTACTIVITIESRESPONSE']._serialized_start=2338
+  _globals['_LISTACTIVITIESRESPONSE']._serialized_end=2422
+  _globals['_RUNTASKREMINDERSREQUEST']._serialized_start=2424
+  _globals['_RUNTASKREMINDERSREQUEST']._serialized_end=2490
+  _globals['_RUNTASKREMINDERSRESPONSE']._serialized_start=2492
+  _globals['_RUNTASKREMINDERSRESPONSE']._serialized_end=2536
+  _globals['_ACTIVITIESSERVICE']._serialized_start=2653
+  _globals['_ACTIVITIESSERVICE']._serialized_end=3636
 # @@protoc_insertion_point(module_scope)

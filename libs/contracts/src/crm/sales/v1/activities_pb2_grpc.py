@@ -114,7 +114,8 @@ class ActivitiesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateActivity(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Record a follow-up on a lead, opportunity, account or contact
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

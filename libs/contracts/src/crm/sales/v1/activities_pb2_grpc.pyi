@@ -41,6 +41,7 @@ class ActivitiesServiceStub:
     UpdateTask: _grpc.UnaryUnaryMultiCallable[_activities_pb2.UpdateTaskRequest, _activities_pb2.UpdateTaskResponse]
     CompleteTask: _grpc.UnaryUnaryMultiCallable[_activities_pb2.CompleteTaskRequest, _activities_pb2.CompleteTaskResponse]
     CreateActivity: _grpc.UnaryUnaryMultiCallable[_activities_pb2.CreateActivityRequest, _activities_pb2.CreateActivityResponse]
+    """Record a follow-up on a lead, opportunity, account or contact"""
     ListActivities: _grpc.UnaryUnaryMultiCallable[_activities_pb2.ListActivitiesRequest, _activities_pb2.ListActivitiesResponse]
     RunTaskReminders: _grpc.UnaryUnaryMultiCallable[_activities_pb2.RunTaskRemindersRequest, _activities_pb2.RunTaskRemindersResponse]
     """One step of the reminder job for the caller's tenant at `now` (default: the service clock)."""
@@ -58,6 +59,7 @@ class ActivitiesServiceAsyncStub(ActivitiesServiceStub):
     UpdateTask: _aio.UnaryUnaryMultiCallable[_activities_pb2.UpdateTaskRequest, _activities_pb2.UpdateTaskResponse]  # type: ignore[assignment]
     CompleteTask: _aio.UnaryUnaryMultiCallable[_activities_pb2.CompleteTaskRequest, _activities_pb2.CompleteTaskResponse]  # type: ignore[assignment]
     CreateActivity: _aio.UnaryUnaryMultiCallable[_activities_pb2.CreateActivityRequest, _activities_pb2.CreateActivityResponse]  # type: ignore[assignment]
+    """Record a follow-up on a lead, opportunity, account or contact"""
     ListActivities: _aio.UnaryUnaryMultiCallable[_activities_pb2.ListActivitiesRequest, _activities_pb2.ListActivitiesResponse]  # type: ignore[assignment]
     RunTaskReminders: _aio.UnaryUnaryMultiCallable[_activities_pb2.RunTaskRemindersRequest, _activities_pb2.RunTaskRemindersResponse]  # type: ignore[assignment]
     """One step of the reminder job for the caller's tenant at `now` (default: the service clock)."""
@@ -107,7 +109,8 @@ class ActivitiesServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _activities_pb2.CreateActivityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_activities_pb2.CreateActivityResponse, _abc.Awaitable[_activities_pb2.CreateActivityResponse]]: ...
+    ) -> _typing.Union[_activities_pb2.CreateActivityResponse, _abc.Awaitable[_activities_pb2.CreateActivityResponse]]:
+        """Record a follow-up on a lead, opportunity, account or contact"""
 
     @_abc_1.abstractmethod
     def ListActivities(

@@ -1135,7 +1135,7 @@ class ListPaymentPlansResponse(_message.Message):
 Global___ListPaymentPlansResponse: _TypeAlias = ListPaymentPlansResponse  # noqa: Y015
 
 @_typing.final
-class RecordPaymentRequest(_message.Message):
+class CreatePaymentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTALMENT_ID_FIELD_NUMBER: _builtins.int
@@ -1163,10 +1163,10 @@ class RecordPaymentRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RecordPaymentRequest: _TypeAlias = RecordPaymentRequest  # noqa: Y015
+Global___CreatePaymentRequest: _TypeAlias = CreatePaymentRequest  # noqa: Y015
 
 @_typing.final
-class RecordPaymentResponse(_message.Message):
+class CreatePaymentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAYMENT_FIELD_NUMBER: _builtins.int
@@ -1187,7 +1187,7 @@ class RecordPaymentResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RecordPaymentResponse: _TypeAlias = RecordPaymentResponse  # noqa: Y015
+Global___CreatePaymentResponse: _TypeAlias = CreatePaymentResponse  # noqa: Y015
 
 @_typing.final
 class ListPaymentsRequest(_message.Message):
@@ -1242,16 +1242,16 @@ Global___ListPaymentsResponse: _TypeAlias = ListPaymentsResponse  # noqa: Y015
 class GetReceivablesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
-    account_id: _builtins.str
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
     def __init__(
         self,
         *,
-        account_id: _builtins.str = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1469,16 +1469,16 @@ class Refund(_message.Message):
 Global___Refund: _TypeAlias = Refund  # noqa: Y015
 
 @_typing.final
-class RefundPaymentRequest(_message.Message):
+class CreateRefundRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     REFUND_DATE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
-    payment_id: _builtins.str
+    id: _builtins.str
     amount: _builtins.str
     """Exact decimal, more than 0 and at most what is left of the payment after earlier refunds."""
     refund_date: _builtins.str
@@ -1491,7 +1491,7 @@ class RefundPaymentRequest(_message.Message):
     def __init__(
         self,
         *,
-        payment_id: _builtins.str = ...,
+        id: _builtins.str = ...,
         amount: _builtins.str = ...,
         refund_date: _builtins.str = ...,
         reason: _builtins.str = ...,
@@ -1500,14 +1500,14 @@ class RefundPaymentRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "method", b"method", "payment_id", b"payment_id", "reason", b"reason", "reference", b"reference", "refund_date", b"refund_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "id", b"id", "method", b"method", "reason", b"reason", "reference", b"reference", "refund_date", b"refund_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RefundPaymentRequest: _TypeAlias = RefundPaymentRequest  # noqa: Y015
+Global___CreateRefundRequest: _TypeAlias = CreateRefundRequest  # noqa: Y015
 
 @_typing.final
-class RefundPaymentResponse(_message.Message):
+class CreateRefundResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REFUND_FIELD_NUMBER: _builtins.int
@@ -1532,7 +1532,7 @@ class RefundPaymentResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___RefundPaymentResponse: _TypeAlias = RefundPaymentResponse  # noqa: Y015
+Global___CreateRefundResponse: _TypeAlias = CreateRefundResponse  # noqa: Y015
 
 @_typing.final
 class ListRefundsRequest(_message.Message):

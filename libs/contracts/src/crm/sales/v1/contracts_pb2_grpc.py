@@ -111,10 +111,10 @@ class ContractsServiceStub:
                 request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListPaymentPlansRequest.SerializeToString,
                 response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListPaymentPlansResponse.FromString,
                 _registered_method=True)
-        self.RecordPayment = channel.unary_unary(
-                '/crm.sales.v1.ContractsService/RecordPayment',
-                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RecordPaymentRequest.SerializeToString,
-                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RecordPaymentResponse.FromString,
+        self.CreatePayment = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/CreatePayment',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreatePaymentRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreatePaymentResponse.FromString,
                 _registered_method=True)
         self.ListPayments = channel.unary_unary(
                 '/crm.sales.v1.ContractsService/ListPayments',
@@ -136,10 +136,10 @@ class ContractsServiceStub:
                 request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanRequest.SerializeToString,
                 response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanResponse.FromString,
                 _registered_method=True)
-        self.RefundPayment = channel.unary_unary(
-                '/crm.sales.v1.ContractsService/RefundPayment',
-                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentRequest.SerializeToString,
-                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentResponse.FromString,
+        self.CreateRefund = channel.unary_unary(
+                '/crm.sales.v1.ContractsService/CreateRefund',
+                request_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreateRefundRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreateRefundResponse.FromString,
                 _registered_method=True)
         self.ListRefunds = channel.unary_unary(
                 '/crm.sales.v1.ContractsService/ListRefunds',
@@ -251,8 +251,9 @@ class ContractsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RecordPayment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def CreatePayment(self, request, context):
+        """Record a (partial) payment of an instalment
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -289,7 +290,7 @@ class ContractsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RefundPayment(self, request, context):
+    def CreateRefund(self, request, context):
         """Money paid back against a payment: the instalment owes it again (overdue at once when past due).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -388,10 +389,10 @@ def add_ContractsServiceServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListPaymentPlansRequest.FromString,
                     response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.ListPaymentPlansResponse.SerializeToString,
             ),
-            'RecordPayment': grpc.unary_unary_rpc_method_handler(
-                    servicer.RecordPayment,
-                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RecordPaymentRequest.FromString,
-                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RecordPaymentResponse.SerializeToString,
+            'CreatePayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePayment,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreatePaymentRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreatePaymentResponse.SerializeToString,
             ),
             'ListPayments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPayments,
@@ -413,10 +414,10 @@ def add_ContractsServiceServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanRequest.FromString,
                     response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.UpdatePaymentPlanResponse.SerializeToString,
             ),
-            'RefundPayment': grpc.unary_unary_rpc_method_handler(
-                    servicer.RefundPayment,
-                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentRequest.FromString,
-                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentResponse.SerializeToString,
+            'CreateRefund': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRefund,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreateRefundRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_contracts__pb2.CreateRefundResponse.SerializeToString,
             ),
             'ListRefunds': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRefunds,
@@ -847,7 +848,7 @@ class ContractsService:
             _registered_method=True)
 
     @staticmethod
-    def RecordPayment(request,
+    def CreatePayment(request,
             target,
             options=(),
             channel_credentials=None,
@@ -860,9 +861,9 @@ class ContractsService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/crm.sales.v1.ContractsService/RecordPayment',
-            crm_dot_sales_dot_v1_dot_contracts__pb2.RecordPaymentRequest.SerializeToString,
-            crm_dot_sales_dot_v1_dot_contracts__pb2.RecordPaymentResponse.FromString,
+            '/crm.sales.v1.ContractsService/CreatePayment',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.CreatePaymentRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.CreatePaymentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -982,7 +983,7 @@ class ContractsService:
             _registered_method=True)
 
     @staticmethod
-    def RefundPayment(request,
+    def CreateRefund(request,
             target,
             options=(),
             channel_credentials=None,
@@ -995,9 +996,9 @@ class ContractsService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/crm.sales.v1.ContractsService/RefundPayment',
-            crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentRequest.SerializeToString,
-            crm_dot_sales_dot_v1_dot_contracts__pb2.RefundPaymentResponse.FromString,
+            '/crm.sales.v1.ContractsService/CreateRefund',
+            crm_dot_sales_dot_v1_dot_contracts__pb2.CreateRefundRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_contracts__pb2.CreateRefundResponse.FromString,
             options,
             channel_credentials,
             insecure,

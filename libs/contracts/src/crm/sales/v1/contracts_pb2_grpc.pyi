@@ -53,7 +53,8 @@ class ContractsServiceStub:
     CreatePaymentPlan: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentPlanRequest, _contracts_pb2.CreatePaymentPlanResponse]
     GetPaymentPlan: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetPaymentPlanRequest, _contracts_pb2.GetPaymentPlanResponse]
     ListPaymentPlans: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentPlansRequest, _contracts_pb2.ListPaymentPlansResponse]
-    RecordPayment: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.RecordPaymentRequest, _contracts_pb2.RecordPaymentResponse]
+    CreatePayment: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentRequest, _contracts_pb2.CreatePaymentResponse]
+    """Record a (partial) payment of an instalment"""
     ListPayments: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentsRequest, _contracts_pb2.ListPaymentsResponse]
     GetReceivables: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetReceivablesRequest, _contracts_pb2.GetReceivablesResponse]
     """What an account owes: planned, paid, outstanding and overdue per currency, and its open instalments."""
@@ -68,7 +69,7 @@ class ContractsServiceStub:
     others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
     instalment keeps at least what was paid on it, and one with payments cannot be removed.
     """
-    RefundPayment: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.RefundPaymentRequest, _contracts_pb2.RefundPaymentResponse]
+    CreateRefund: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreateRefundRequest, _contracts_pb2.CreateRefundResponse]
     """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
     ListRefunds: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]
     GetContractPdf: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetContractPdfRequest, _contracts_pb2.GetContractPdfResponse]
@@ -101,7 +102,8 @@ class ContractsServiceAsyncStub(ContractsServiceStub):
     CreatePaymentPlan: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentPlanRequest, _contracts_pb2.CreatePaymentPlanResponse]  # type: ignore[assignment]
     GetPaymentPlan: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetPaymentPlanRequest, _contracts_pb2.GetPaymentPlanResponse]  # type: ignore[assignment]
     ListPaymentPlans: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentPlansRequest, _contracts_pb2.ListPaymentPlansResponse]  # type: ignore[assignment]
-    RecordPayment: _aio.UnaryUnaryMultiCallable[_contracts_pb2.RecordPaymentRequest, _contracts_pb2.RecordPaymentResponse]  # type: ignore[assignment]
+    CreatePayment: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentRequest, _contracts_pb2.CreatePaymentResponse]  # type: ignore[assignment]
+    """Record a (partial) payment of an instalment"""
     ListPayments: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentsRequest, _contracts_pb2.ListPaymentsResponse]  # type: ignore[assignment]
     GetReceivables: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetReceivablesRequest, _contracts_pb2.GetReceivablesResponse]  # type: ignore[assignment]
     """What an account owes: planned, paid, outstanding and overdue per currency, and its open instalments."""
@@ -116,7 +118,7 @@ class ContractsServiceAsyncStub(ContractsServiceStub):
     others removed. They must still add up to the plan's total (its order's or contract's amount) exactly. An
     instalment keeps at least what was paid on it, and one with payments cannot be removed.
     """
-    RefundPayment: _aio.UnaryUnaryMultiCallable[_contracts_pb2.RefundPaymentRequest, _contracts_pb2.RefundPaymentResponse]  # type: ignore[assignment]
+    CreateRefund: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreateRefundRequest, _contracts_pb2.CreateRefundResponse]  # type: ignore[assignment]
     """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
     ListRefunds: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]  # type: ignore[assignment]
     GetContractPdf: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetContractPdfRequest, _contracts_pb2.GetContractPdfResponse]  # type: ignore[assignment]
@@ -238,11 +240,12 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_contracts_pb2.ListPaymentPlansResponse, _abc.Awaitable[_contracts_pb2.ListPaymentPlansResponse]]: ...
 
     @_abc_1.abstractmethod
-    def RecordPayment(
+    def CreatePayment(
         self,
-        request: _contracts_pb2.RecordPaymentRequest,
+        request: _contracts_pb2.CreatePaymentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.RecordPaymentResponse, _abc.Awaitable[_contracts_pb2.RecordPaymentResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.CreatePaymentResponse, _abc.Awaitable[_contracts_pb2.CreatePaymentResponse]]:
+        """Record a (partial) payment of an instalment"""
 
     @_abc_1.abstractmethod
     def ListPayments(
@@ -283,11 +286,11 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def RefundPayment(
+    def CreateRefund(
         self,
-        request: _contracts_pb2.RefundPaymentRequest,
+        request: _contracts_pb2.CreateRefundRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.RefundPaymentResponse, _abc.Awaitable[_contracts_pb2.RefundPaymentResponse]]:
+    ) -> _typing.Union[_contracts_pb2.CreateRefundResponse, _abc.Awaitable[_contracts_pb2.CreateRefundResponse]]:
         """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
 
     @_abc_1.abstractmethod

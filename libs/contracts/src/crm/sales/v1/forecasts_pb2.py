@@ -22,28 +22,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63rm/sales/v1/forecasts.proto\x12\x0c\x63rm.sales.v1\x1a google/protobuf/field_mask.proto\"\x9f\x01\n\x0e\x46orecastTarget\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x15\n\rdepartment_id\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x16\n\x0erevenue_target\x18\x05 \x01(\t\x12\x19\n\x11\x63ollection_target\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x03\"\xf5\x02\n\x0f\x46orecastFigures\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x12\n\nopen_count\x18\x02 \x01(\x03\x12\x17\n\x0fpipeline_amount\x18\x03 \x01(\t\x12\x17\n\x0fweighted_amount\x18\x04 \x01(\t\x12\x12\n\nwon_amount\x18\x05 \x01(\t\x12\x15\n\rcommit_amount\x18\x06 \x01(\t\x12\x18\n\x10\x62\x65st_case_amount\x18\x07 \x01(\t\x12\x16\n\x0erevenue_target\x18\x08 \x01(\t\x12\x13\n\x0brevenue_gap\x18\t \x01(\t\x12\x16\n\x0e\x63ollection_due\x18\n \x01(\t\x12\x11\n\tcollected\x18\x0b \x01(\t\x12\x1b\n\x13\x63ollection_expected\x18\x0c \x01(\t\x12\x1d\n\x15overdue_before_period\x18\r \x01(\t\x12\x19\n\x11\x63ollection_target\x18\x0e \x01(\t\x12\x16\n\x0e\x63ollection_gap\x18\x0f \x01(\t\"b\n\x12GetForecastRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x15\n\rdepartment_id\x18\x03 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x04 \x01(\t\"{\n\x13GetForecastResponse\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12.\n\x07\x66igures\x18\x04 \x03(\x0b\x32\x1d.crm.sales.v1.ForecastFigures\"y\n\x18SetForecastTargetRequest\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.crm.sales.v1.ForecastTarget\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"I\n\x19SetForecastTargetResponse\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.crm.sales.v1.ForecastTarget2\xcc\x01\n\x10\x46orecastsService\x12R\n\x0bGetForecast\x12 .crm.sales.v1.GetForecastRequest\x1a!.crm.sales.v1.GetForecastResponse\x12\x64\n\x11SetForecastTarget\x12&.crm.sales.v1.SetForecastTargetRequest\x1a\'.crm.sales.v1.SetForecastTargetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63rm/sales/v1/forecasts.proto\x12\x0c\x63rm.sales.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\"\xa5\x01\n\x0e\x46orecastTarget\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x15\n\rdepartment_id\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x16\n\x0erevenue_target\x18\x05 \x01(\t\x12\x19\n\x11\x63ollection_target\x18\x06 \x01(\t\x12\x15\n\x07version\x18\x07 \x01(\x03\x42\x04\xe2\x41\x01\x03\"\xf5\x02\n\x0f\x46orecastFigures\x12\x10\n\x08\x63urrency\x18\x01 \x01(\t\x12\x12\n\nopen_count\x18\x02 \x01(\x03\x12\x17\n\x0fpipeline_amount\x18\x03 \x01(\t\x12\x17\n\x0fweighted_amount\x18\x04 \x01(\t\x12\x12\n\nwon_amount\x18\x05 \x01(\t\x12\x15\n\rcommit_amount\x18\x06 \x01(\t\x12\x18\n\x10\x62\x65st_case_amount\x18\x07 \x01(\t\x12\x16\n\x0erevenue_target\x18\x08 \x01(\t\x12\x13\n\x0brevenue_gap\x18\t \x01(\t\x12\x16\n\x0e\x63ollection_due\x18\n \x01(\t\x12\x11\n\tcollected\x18\x0b \x01(\t\x12\x1b\n\x13\x63ollection_expected\x18\x0c \x01(\t\x12\x1d\n\x15overdue_before_period\x18\r \x01(\t\x12\x19\n\x11\x63ollection_target\x18\x0e \x01(\t\x12\x16\n\x0e\x63ollection_gap\x18\x0f \x01(\t\"b\n\x12GetForecastRequest\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x10\n\x08owner_id\x18\x02 \x01(\t\x12\x15\n\rdepartment_id\x18\x03 \x01(\t\x12\x13\n\x0bpipeline_id\x18\x04 \x01(\t\"{\n\x13GetForecastResponse\x12\x0e\n\x06period\x18\x01 \x01(\t\x12\x12\n\nstart_date\x18\x02 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x03 \x01(\t\x12.\n\x07\x66igures\x18\x04 \x03(\x0b\x32\x1d.crm.sales.v1.ForecastFigures\"y\n\x18SetForecastTargetRequest\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.crm.sales.v1.ForecastTarget\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"I\n\x19SetForecastTargetResponse\x12,\n\x06target\x18\x01 \x01(\x0b\x32\x1c.crm.sales.v1.ForecastTarget2\x9a\x02\n\x10\x46orecastsService\x12m\n\x0bGetForecast\x12 .crm.sales.v1.GetForecastRequest\x1a!.crm.sales.v1.GetForecastResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/forecasts\x12\x96\x01\n\x11SetForecastTarget\x12&.crm.sales.v1.SetForecastTargetRequest\x1a\'.crm.sales.v1.SetForecastTargetResponse\"0\x82\xd3\xe4\x93\x02*2\x18/api/v1/forecast-targets:\x06targetb\x06targetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.sales.v1.forecasts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FORECASTTARGET']._serialized_start=81
-  _globals['_FORECASTTARGET']._serialized_end=240
-  _globals['_FORECASTFIGURES']._serialized_start=243
-  _globals['_FORECASTFIGURES']._serialized_end=616
-  _globals['_GETFORECASTREQUEST']._serialized_start=618
-  _globals['_GETFORECASTREQUEST']._serialized_end=716
-  _globals['_GETFORECASTRESPONSE']._serialized_start=718
-  _globals['_GETFORECASTRESPONSE']._serialized_end=841
-  _globals['_SETFORECASTTARGETREQUEST']._serialized_start=843
-  _globals['_SETFORECASTTARGETREQUEST']._serialized_end=964
-  _globals['_SETFORECASTTARGETRESPONSE']._serialized_start=966
-  _globals['_SETFORECASTTARGETRESPONSE']._serialized_end=1039
-  _globals['_FORECASTSSERVICE']._serialized_start=1042
-  _globals['_FORECASTSSERVICE']._serialized_end=1246
+  _globals['_FORECASTTARGET'].fields_by_name['version']._loaded_options = None
+  _globals['_FORECASTTARGET'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_FORECASTSSERVICE'].methods_by_name['GetForecast']._loaded_options = None
+  _globals['_FORECASTSSERVICE'].methods_by_name['GetForecast']._serialized_options = b'\202\323\344\223\002\023\022\021/api/v1/forecasts'
+  _globals['_FORECASTSSERVICE'].methods_by_name['SetForecastTarget']._loaded_options = None
+  _globals['_FORECASTSSERVICE'].methods_by_name['SetForecastTarget']._serialized_options = b'\202\323\344\223\002*2\030/api/v1/forecast-targets:\006targetb\006target'
+  _globals['_FORECASTTARGET']._serialized_start=144
+  _globals['_FORECASTTARGET']._serialized_end=309
+  _globals['_FORECASTFIGURES']._serialized_start=312
+  _globals['_FORECASTFIGURES']._serialized_end=685
+  _globals['_GETFORECASTREQUEST']._serialized_start=687
+  _globals['_GETFORECASTREQUEST']._serialized_end=785
+  _globals['_GETFORECASTRESPONSE']._serialized_start=787
+  _globals['_GETFORECASTRESPONSE']._serialized_end=910
+  _globals['_SETFORECASTTARGETREQUEST']._serialized_start=912
+  _globals['_SETFORECASTTARGETREQUEST']._serialized_end=1033
+  _globals['_SETFORECASTTARGETRESPONSE']._serialized_start=1035
+  _globals['_SETFORECASTTARGETRESPONSE']._serialized_end=1108
+  _globals['_FORECASTSSERVICE']._serialized_start=1111
+  _globals['_FORECASTSSERVICE']._serialized_end=1393
 # @@protoc_insertion_point(module_scope)

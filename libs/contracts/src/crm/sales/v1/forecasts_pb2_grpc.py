@@ -54,7 +54,8 @@ class ForecastsServiceServicer:
     """
 
     def GetForecast(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Weighted pipeline, commit, best case and collection
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -36,6 +36,7 @@ class ForecastsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ForecastsServiceAsyncStub: ...
     GetForecast: _grpc.UnaryUnaryMultiCallable[_forecasts_pb2.GetForecastRequest, _forecasts_pb2.GetForecastResponse]
+    """Weighted pipeline, commit, best case and collection"""
     SetForecastTarget: _grpc.UnaryUnaryMultiCallable[_forecasts_pb2.SetForecastTargetRequest, _forecasts_pb2.SetForecastTargetResponse]
 
 @_typing.type_check_only
@@ -46,6 +47,7 @@ class ForecastsServiceAsyncStub(ForecastsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetForecast: _aio.UnaryUnaryMultiCallable[_forecasts_pb2.GetForecastRequest, _forecasts_pb2.GetForecastResponse]  # type: ignore[assignment]
+    """Weighted pipeline, commit, best case and collection"""
     SetForecastTarget: _aio.UnaryUnaryMultiCallable[_forecasts_pb2.SetForecastTargetRequest, _forecasts_pb2.SetForecastTargetResponse]  # type: ignore[assignment]
 
 class ForecastsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -58,7 +60,8 @@ class ForecastsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _forecasts_pb2.GetForecastRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_forecasts_pb2.GetForecastResponse, _abc.Awaitable[_forecasts_pb2.GetForecastResponse]]: ...
+    ) -> _typing.Union[_forecasts_pb2.GetForecastResponse, _abc.Awaitable[_forecasts_pb2.GetForecastResponse]]:
+        """Weighted pipeline, commit, best case and collection"""
 
     @_abc_1.abstractmethod
     def SetForecastTarget(

@@ -22,55 +22,72 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from crm.common.v1 import imports_pb2 as crm_dot_common_dot_v1_dot_imports__pb2
 from crm.common.v1 import paging_pb2 as crm_dot_common_dot_v1_dot_paging__pb2
 from crm.sales.v1 import leads_pb2 as crm_dot_sales_dot_v1_dot_leads__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63rm/sales/v1/lead_imports.proto\x12\x0c\x63rm.sales.v1\x1a\x1b\x63rm/common/v1/imports.proto\x1a\x1a\x63rm/common/v1/paging.proto\x1a\x18\x63rm/sales/v1/leads.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xab\x01\n\x1bUploadLeadImportFileRequest\x12\x42\n\x06header\x18\x01 \x01(\x0b\x32\x30.crm.sales.v1.UploadLeadImportFileRequest.HeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1a/\n\x06Header\x12%\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x17.crm.common.v1.FileInfoB\x06\n\x04part\"L\n\x1cUploadLeadImportFileResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"\"\n\x14GetLeadImportRequest\x12\n\n\x02id\x18\x01 \x01(\t\"E\n\x15GetLeadImportResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"B\n\x16ListLeadImportsRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.crm.common.v1.PageRequest\"W\n\x17ListLeadImportsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.crm.common.v1.ImportJob\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xf1\x01\n\x17\x44ryRunLeadImportRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07mapping\x18\x02 \x03(\x0b\x32\x1c.crm.common.v1.ColumnMapping\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x0f\n\x07pool_id\x18\x04 \x01(\t\x12\x37\n\x0con_duplicate\x18\x05 \x01(\x0e\x32!.crm.sales.v1.LeadDuplicateAction\x12(\n\x06source\x18\x06 \x01(\x0e\x32\x18.crm.sales.v1.LeadSource\x12\x15\n\rsource_detail\x18\x07 \x01(\t\"\x9e\x01\n\x18\x44ryRunLeadImportResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\x12*\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x1a.crm.common.v1.ImportError\x12(\n\x07preview\x18\x03 \x03(\x0b\x32\x17.google.protobuf.Struct\"\xf0\x01\n\x16StartLeadImportRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07mapping\x18\x02 \x03(\x0b\x32\x1c.crm.common.v1.ColumnMapping\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x0f\n\x07pool_id\x18\x04 \x01(\t\x12\x37\n\x0con_duplicate\x18\x05 \x01(\x0e\x32!.crm.sales.v1.LeadDuplicateAction\x12(\n\x06source\x18\x06 \x01(\x0e\x32\x18.crm.sales.v1.LeadSource\x12\x15\n\rsource_detail\x18\x07 \x01(\t\"G\n\x17StartLeadImportResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"%\n\x17\x43\x61ncelLeadImportRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x18\x43\x61ncelLeadImportResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"S\n\x1bListLeadImportErrorsRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.crm.common.v1.PageRequest\x12\n\n\x02id\x18\x02 \x01(\t\"^\n\x1cListLeadImportErrorsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.crm.common.v1.ImportError\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"h\n\x1f\x44ownloadLeadImportErrorsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x19.crm.common.v1.FileFormat\x12\x0e\n\x06locale\x18\x03 \x01(\t\"f\n DownloadLeadImportErrorsResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.crm.common.v1.FileInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part*\xa0\x01\n\x13LeadDuplicateAction\x12%\n!LEAD_DUPLICATE_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n\x1aLEAD_DUPLICATE_ACTION_SKIP\x10\x01\x12 \n\x1cLEAD_DUPLICATE_ACTION_UPDATE\x10\x02\x12 \n\x1cLEAD_DUPLICATE_ACTION_CREATE\x10\x03\x32\xd1\x06\n\x12LeadImportsService\x12o\n\x14UploadLeadImportFile\x12).crm.sales.v1.UploadLeadImportFileRequest\x1a*.crm.sales.v1.UploadLeadImportFileResponse(\x01\x12X\n\rGetLeadImport\x12\".crm.sales.v1.GetLeadImportRequest\x1a#.crm.sales.v1.GetLeadImportResponse\x12^\n\x0fListLeadImports\x12$.crm.sales.v1.ListLeadImportsRequest\x1a%.crm.sales.v1.ListLeadImportsResponse\x12\x61\n\x10\x44ryRunLeadImport\x12%.crm.sales.v1.DryRunLeadImportRequest\x1a&.crm.sales.v1.DryRunLeadImportResponse\x12^\n\x0fStartLeadImport\x12$.crm.sales.v1.StartLeadImportRequest\x1a%.crm.sales.v1.StartLeadImportResponse\x12\x61\n\x10\x43\x61ncelLeadImport\x12%.crm.sales.v1.CancelLeadImportRequest\x1a&.crm.sales.v1.CancelLeadImportResponse\x12m\n\x14ListLeadImportErrors\x12).crm.sales.v1.ListLeadImportErrorsRequest\x1a*.crm.sales.v1.ListLeadImportErrorsResponse\x12{\n\x18\x44ownloadLeadImportErrors\x12-.crm.sales.v1.DownloadLeadImportErrorsRequest\x1a..crm.sales.v1.DownloadLeadImportErrorsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63rm/sales/v1/lead_imports.proto\x12\x0c\x63rm.sales.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1b\x63rm/common/v1/imports.proto\x1a\x1a\x63rm/common/v1/paging.proto\x1a\x18\x63rm/sales/v1/leads.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xab\x01\n\x1bUploadLeadImportFileRequest\x12\x42\n\x06header\x18\x01 \x01(\x0b\x32\x30.crm.sales.v1.UploadLeadImportFileRequest.HeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x1a/\n\x06Header\x12%\n\x04\x66ile\x18\x01 \x01(\x0b\x32\x17.crm.common.v1.FileInfoB\x06\n\x04part\"L\n\x1cUploadLeadImportFileResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"\"\n\x14GetLeadImportRequest\x12\n\n\x02id\x18\x01 \x01(\t\"E\n\x15GetLeadImportResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"B\n\x16ListLeadImportsRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.crm.common.v1.PageRequest\"W\n\x17ListLeadImportsResponse\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.crm.common.v1.ImportJob\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xf1\x01\n\x17\x44ryRunLeadImportRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07mapping\x18\x02 \x03(\x0b\x32\x1c.crm.common.v1.ColumnMapping\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x0f\n\x07pool_id\x18\x04 \x01(\t\x12\x37\n\x0con_duplicate\x18\x05 \x01(\x0e\x32!.crm.sales.v1.LeadDuplicateAction\x12(\n\x06source\x18\x06 \x01(\x0e\x32\x18.crm.sales.v1.LeadSource\x12\x15\n\rsource_detail\x18\x07 \x01(\t\"\x9e\x01\n\x18\x44ryRunLeadImportResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\x12*\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x1a.crm.common.v1.ImportError\x12(\n\x07preview\x18\x03 \x03(\x0b\x32\x17.google.protobuf.Struct\"\xf0\x01\n\x16StartLeadImportRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x07mapping\x18\x02 \x03(\x0b\x32\x1c.crm.common.v1.ColumnMapping\x12\x10\n\x08owner_id\x18\x03 \x01(\t\x12\x0f\n\x07pool_id\x18\x04 \x01(\t\x12\x37\n\x0con_duplicate\x18\x05 \x01(\x0e\x32!.crm.sales.v1.LeadDuplicateAction\x12(\n\x06source\x18\x06 \x01(\x0e\x32\x18.crm.sales.v1.LeadSource\x12\x15\n\rsource_detail\x18\x07 \x01(\t\"G\n\x17StartLeadImportResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"%\n\x17\x43\x61ncelLeadImportRequest\x12\n\n\x02id\x18\x01 \x01(\t\"H\n\x18\x43\x61ncelLeadImportResponse\x12,\n\nimport_job\x18\x01 \x01(\x0b\x32\x18.crm.common.v1.ImportJob\"S\n\x1bListLeadImportErrorsRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.crm.common.v1.PageRequest\x12\n\n\x02id\x18\x02 \x01(\t\"^\n\x1cListLeadImportErrorsResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.crm.common.v1.ImportError\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"h\n\x1f\x44ownloadLeadImportErrorsRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12)\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x19.crm.common.v1.FileFormat\x12\x0e\n\x06locale\x18\x03 \x01(\t\"f\n DownloadLeadImportErrorsResponse\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.crm.common.v1.FileInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part*\xa0\x01\n\x13LeadDuplicateAction\x12%\n!LEAD_DUPLICATE_ACTION_UNSPECIFIED\x10\x00\x12\x1e\n\x1aLEAD_DUPLICATE_ACTION_SKIP\x10\x01\x12 \n\x1cLEAD_DUPLICATE_ACTION_UPDATE\x10\x02\x12 \n\x1cLEAD_DUPLICATE_ACTION_CREATE\x10\x03\x32\xc9\t\n\x12LeadImportsService\x12\x9c\x01\n\x14UploadLeadImportFile\x12).crm.sales.v1.UploadLeadImportFileRequest\x1a*.crm.sales.v1.UploadLeadImportFileResponse\"+\x82\xd3\xe4\x93\x02%\"\x14/api/v1/lead-imports:\x01*b\nimport_job(\x01\x12\x87\x01\n\rGetLeadImport\x12\".crm.sales.v1.GetLeadImportRequest\x1a#.crm.sales.v1.GetLeadImportResponse\"-\x82\xd3\xe4\x93\x02\'\x12\x19/api/v1/lead-imports/{id}b\nimport_job\x12|\n\x0fListLeadImports\x12$.crm.sales.v1.ListLeadImportsRequest\x1a%.crm.sales.v1.ListLeadImportsResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/lead-imports\x12\x8f\x01\n\x10\x44ryRunLeadImport\x12%.crm.sales.v1.DryRunLeadImportRequest\x1a&.crm.sales.v1.DryRunLeadImportResponse\",\x82\xd3\xe4\x93\x02&\"!/api/v1/lead-imports/{id}/dry-run:\x01*\x12\x96\x01\n\x0fStartLeadImport\x12$.crm.sales.v1.StartLeadImportRequest\x1a%.crm.sales.v1.StartLeadImportResponse\"6\x82\xd3\xe4\x93\x02\x30\"\x1f/api/v1/lead-imports/{id}/start:\x01*b\nimport_job\x12\x97\x01\n\x10\x43\x61ncelLeadImport\x12%.crm.sales.v1.CancelLeadImportRequest\x1a&.crm.sales.v1.CancelLeadImportResponse\"4\x82\xd3\xe4\x93\x02.\" /api/v1/lead-imports/{id}/cancelb\nimport_job\x12\x97\x01\n\x14ListLeadImportErrors\x12).crm.sales.v1.ListLeadImportErrorsRequest\x1a*.crm.sales.v1.ListLeadImportErrorsResponse\"(\x82\xd3\xe4\x93\x02\"\x12 /api/v1/lead-imports/{id}/errors\x12\xac\x01\n\x18\x44ownloadLeadImportErrors\x12-.crm.sales.v1.DownloadLeadImportErrorsRequest\x1a..crm.sales.v1.DownloadLeadImportErrorsResponse\"/\x82\xd3\xe4\x93\x02)\x12\'/api/v1/lead-imports/{id}/errors/report0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.sales.v1.lead_imports_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEADDUPLICATEACTION']._serialized_start=1904
-  _globals['_LEADDUPLICATEACTION']._serialized_end=2064
-  _globals['_UPLOADLEADIMPORTFILEREQUEST']._serialized_start=163
-  _globals['_UPLOADLEADIMPORTFILEREQUEST']._serialized_end=334
-  _globals['_UPLOADLEADIMPORTFILEREQUEST_HEADER']._serialized_start=279
-  _globals['_UPLOADLEADIMPORTFILEREQUEST_HEADER']._serialized_end=326
-  _globals['_UPLOADLEADIMPORTFILERESPONSE']._serialized_start=336
-  _globals['_UPLOADLEADIMPORTFILERESPONSE']._serialized_end=412
-  _globals['_GETLEADIMPORTREQUEST']._serialized_start=414
-  _globals['_GETLEADIMPORTREQUEST']._serialized_end=448
-  _globals['_GETLEADIMPORTRESPONSE']._serialized_start=450
-  _globals['_GETLEADIMPORTRESPONSE']._serialized_end=519
-  _globals['_LISTLEADIMPORTSREQUEST']._serialized_start=521
-  _globals['_LISTLEADIMPORTSREQUEST']._serialized_end=587
-  _globals['_LISTLEADIMPORTSRESPONSE']._serialized_start=589
-  _globals['_LISTLEADIMPORTSRESPONSE']._serialized_end=676
-  _globals['_DRYRUNLEADIMPORTREQUEST']._serialized_start=679
-  _globals['_DRYRUNLEADIMPORTREQUEST']._serialized_end=920
-  _globals['_DRYRUNLEADIMPORTRESPONSE']._serialized_start=923
-  _globals['_DRYRUNLEADIMPORTRESPONSE']._serialized_end=1081
-  _globals['_STARTLEADIMPORTREQUEST']._serialized_start=1084
-  _globals['_STARTLEADIMPORTREQUEST']._serialized_end=1324
-  _globals['_STARTLEADIMPORTRESPONSE']._serialized_start=1326
-  _globals['_STARTLEADIMPORTRESPONSE']._serialized_end=1397
-  _globals['_CANCELLEADIMPORTREQUEST']._serialized_start=1399
-  _globals['_CANCELLEADIMPORTREQUEST']._serialized_end=1436
-  _globals['_CANCELLEADIMPORTRESPONSE']._serialized_start=1438
-  _globals['_CANCELLEADIMPORTRESPONSE']._serialized_end=1510
-  _globals['_LISTLEADIMPORTERRORSREQUEST']._serialized_start=1512
-  _globals['_LISTLEADIMPORTERRORSREQUEST']._serialized_end=1595
-  _globals['_LISTLEADIMPORTERRORSRESPONSE']._serialized_start=1597
-  _globals['_LISTLEADIMPORTERRORSRESPONSE']._serialized_end=1691
-  _globals['_DOWNLOADLEADIMPORTERRORSREQUEST']._serialized_start=1693
-  _globals['_DOWNLOADLEADIMPORTERRORSREQUEST']._serialized_end=1797
-  _globals['_DOWNLOADLEADIMPORTERRORSRESPONSE']._serialized_start=1799
-  _globals['_DOWNLOADLEADIMPORTERRORSRESPONSE']._serialized_end=1901
-  _globals['_LEADIMPORTSSERVICE']._serialized_start=2067
-  _globals['_LEADIMPORTSSERVICE']._serialized_end=2916
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['UploadLeadImportFile']._loaded_options = None
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['UploadLeadImportFile']._serialized_options = b'\202\323\344\223\002%\"\024/api/v1/lead-imports:\001*b\nimport_job'
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['GetLeadImport']._loaded_options = None
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['GetLeadImport']._serialized_options = b'\202\323\344\223\002\'\022\031/api/v1/lead-imports/{id}b\nimport_job'
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['ListLeadImports']._loaded_options = None
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['ListLeadImports']._serialized_options = b'\202\323\344\223\002\026\022\024/api/v1/lead-imports'
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['DryRunLeadImport']._loaded_options = None
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['DryRunLeadImport']._serialized_options = b'\202\323\344\223\002&\"!/api/v1/lead-imports/{id}/dry-run:\001*'
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['StartLeadImport']._loaded_options = None
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['StartLeadImport']._serialized_options = b'\202\323\344\223\0020\"\037/api/v1/lead-imports/{id}/start:\001*b\nimport_job'
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['CancelLeadImport']._loaded_options = None
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['CancelLeadImport']._serialized_options = b'\202\323\344\223\002.\" /api/v1/lead-imports/{id}/cancelb\nimport_job'
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['ListLeadImportErrors']._loaded_options = None
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['ListLeadImportErrors']._serialized_options = b'\202\323\344\223\002\"\022 /api/v1/lead-imports/{id}/errors'
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['DownloadLeadImportErrors']._loaded_options = None
+  _globals['_LEADIMPORTSSERVICE'].methods_by_name['DownloadLeadImportErrors']._serialized_options = b'\202\323\344\223\002)\022\'/api/v1/lead-imports/{id}/errors/report'
+  _globals['_LEADDUPLICATEACTION']._serialized_start=1934
+  _globals['_LEADDUPLICATEACTION']._serialized_end=2094
+  _globals['_UPLOADLEADIMPORTFILEREQUEST']._serialized_start=193
+  _globals['_UPLOADLEADIMPORTFILEREQUEST']._serialized_end=364
+  _globals['_UPLOADLEADIMPORTFILEREQUEST_HEADER']._serialized_start=309
+  _globals['_UPLOADLEADIMPORTFILEREQUEST_HEADER']._serialized_end=356
+  _globals['_UPLOADLEADIMPORTFILERESPONSE']._serialized_start=366
+  _globals['_UPLOADLEADIMPORTFILERESPONSE']._serialized_end=442
+  _globals['_GETLEADIMPORTREQUEST']._serialized_start=444
+  _globals['_GETLEADIMPORTREQUEST']._serialized_end=478
+  _globals['_GETLEADIMPORTRESPONSE']._serialized_start=480
+  _globals['_GETLEADIMPORTRESPONSE']._serialized_end=549
+  _globals['_LISTLEADIMPORTSREQUEST']._serialized_start=551
+  _globals['_LISTLEADIMPORTSREQUEST']._serialized_end=617
+  _globals['_LISTLEADIMPORTSRESPONSE']._serialized_start=619
+  _globals['_LISTLEADIMPORTSRESPONSE']._serialized_end=706
+  _globals['_DRYRUNLEADIMPORTREQUEST']._serialized_start=709
+  _globals['_DRYRUNLEADIMPORTREQUEST']._serialized_end=950
+  _globals['_DRYRUNLEADIMPORTRESPONSE']._serialized_start=953
+  _globals['_DRYRUNLEADIMPORTRESPONSE']._serialized_end=1111
+  _globals['_STARTLEADIMPORTREQUEST']._serialized_start=1114
+  _globals['_STARTLEADIMPORTREQUEST']._serialized_end=1354
+  _globals['_STARTLEADIMPORTRESPONSE']._serialized_start=1356
+  _globals['_STARTLEADIMPORTRESPONSE']._serialized_end=1427
+  _globals['_CANCELLEADIMPORTREQUEST']._serialized_start=1429
+  _globals['_CANCELLEADIMPORTREQUEST']._serialized_end=1466
+  _globals['_CANCELLEADIMPORTRESPONSE']._serialized_start=1468
+  _globals['_CANCELLEADIMPORTRESPONSE']._serialized_end=1540
+  _globals['_LISTLEADIMPORTERRORSREQUEST']._serialized_start=1542
+  _globals['_LISTLEADIMPORTERRORSREQUEST']._serialized_end=1625
+  _globals['_LISTLEADIMPORTERRORSRESPONSE']._serialized_start=1627
+  _globals['_LISTLEADIMPORTERRORSRESPONSE']._serialized_end=1721
+  _globals['_DOWNLOADLEADIMPORTERRORSREQUEST']._serialized_start=1723
+  _globals['_DOWNLOADLEADIMPORTERRORSREQUEST']._serialized_end=1827
+  _globals['_DOWNLOADLEADIMPORTERRORSRESPONSE']._serialized_start=1829
+  _globals['_DOWNLOADLEADIMPORTERRORSRESPONSE']._serialized_end=1931
+  _globals['_LEADIMPORTSSERVICE']._serialized_start=2097
+  _globals['_LEADIMPORTSSERVICE']._serialized_end=3322
 # @@protoc_insertion_point(module_scope)

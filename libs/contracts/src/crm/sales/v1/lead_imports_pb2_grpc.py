@@ -96,7 +96,8 @@ class LeadImportsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetLeadImport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A lead import and its progress
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -108,13 +109,15 @@ class LeadImportsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DryRunLeadImport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Check a lead import without writing: counts, first problems, a preview
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartLeadImport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Start a lead import (runs in the background)
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -40,9 +40,12 @@ class LeadImportsServiceStub:
     def __new__(cls, channel: _aio.Channel) -> LeadImportsServiceAsyncStub: ...
     UploadLeadImportFile: _grpc.StreamUnaryMultiCallable[_lead_imports_pb2.UploadLeadImportFileRequest, _lead_imports_pb2.UploadLeadImportFileResponse]
     GetLeadImport: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.GetLeadImportRequest, _lead_imports_pb2.GetLeadImportResponse]
+    """A lead import and its progress"""
     ListLeadImports: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.ListLeadImportsRequest, _lead_imports_pb2.ListLeadImportsResponse]
     DryRunLeadImport: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.DryRunLeadImportRequest, _lead_imports_pb2.DryRunLeadImportResponse]
+    """Check a lead import without writing: counts, first problems, a preview"""
     StartLeadImport: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.StartLeadImportRequest, _lead_imports_pb2.StartLeadImportResponse]
+    """Start a lead import (runs in the background)"""
     CancelLeadImport: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.CancelLeadImportRequest, _lead_imports_pb2.CancelLeadImportResponse]
     ListLeadImportErrors: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.ListLeadImportErrorsRequest, _lead_imports_pb2.ListLeadImportErrorsResponse]
     DownloadLeadImportErrors: _grpc.UnaryStreamMultiCallable[_lead_imports_pb2.DownloadLeadImportErrorsRequest, _lead_imports_pb2.DownloadLeadImportErrorsResponse]
@@ -59,9 +62,12 @@ class LeadImportsServiceAsyncStub(LeadImportsServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     UploadLeadImportFile: _aio.StreamUnaryMultiCallable[_lead_imports_pb2.UploadLeadImportFileRequest, _lead_imports_pb2.UploadLeadImportFileResponse]  # type: ignore[assignment]
     GetLeadImport: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.GetLeadImportRequest, _lead_imports_pb2.GetLeadImportResponse]  # type: ignore[assignment]
+    """A lead import and its progress"""
     ListLeadImports: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.ListLeadImportsRequest, _lead_imports_pb2.ListLeadImportsResponse]  # type: ignore[assignment]
     DryRunLeadImport: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.DryRunLeadImportRequest, _lead_imports_pb2.DryRunLeadImportResponse]  # type: ignore[assignment]
+    """Check a lead import without writing: counts, first problems, a preview"""
     StartLeadImport: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.StartLeadImportRequest, _lead_imports_pb2.StartLeadImportResponse]  # type: ignore[assignment]
+    """Start a lead import (runs in the background)"""
     CancelLeadImport: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.CancelLeadImportRequest, _lead_imports_pb2.CancelLeadImportResponse]  # type: ignore[assignment]
     ListLeadImportErrors: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.ListLeadImportErrorsRequest, _lead_imports_pb2.ListLeadImportErrorsResponse]  # type: ignore[assignment]
     DownloadLeadImportErrors: _aio.UnaryStreamMultiCallable[_lead_imports_pb2.DownloadLeadImportErrorsRequest, _lead_imports_pb2.DownloadLeadImportErrorsResponse]  # type: ignore[assignment]
@@ -86,7 +92,8 @@ class LeadImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _lead_imports_pb2.GetLeadImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_lead_imports_pb2.GetLeadImportResponse, _abc.Awaitable[_lead_imports_pb2.GetLeadImportResponse]]: ...
+    ) -> _typing.Union[_lead_imports_pb2.GetLeadImportResponse, _abc.Awaitable[_lead_imports_pb2.GetLeadImportResponse]]:
+        """A lead import and its progress"""
 
     @_abc_1.abstractmethod
     def ListLeadImports(
@@ -100,14 +107,16 @@ class LeadImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _lead_imports_pb2.DryRunLeadImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_lead_imports_pb2.DryRunLeadImportResponse, _abc.Awaitable[_lead_imports_pb2.DryRunLeadImportResponse]]: ...
+    ) -> _typing.Union[_lead_imports_pb2.DryRunLeadImportResponse, _abc.Awaitable[_lead_imports_pb2.DryRunLeadImportResponse]]:
+        """Check a lead import without writing: counts, first problems, a preview"""
 
     @_abc_1.abstractmethod
     def StartLeadImport(
         self,
         request: _lead_imports_pb2.StartLeadImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_lead_imports_pb2.StartLeadImportResponse, _abc.Awaitable[_lead_imports_pb2.StartLeadImportResponse]]: ...
+    ) -> _typing.Union[_lead_imports_pb2.StartLeadImportResponse, _abc.Awaitable[_lead_imports_pb2.StartLeadImportResponse]]:
+        """Start a lead import (runs in the background)"""
 
     @_abc_1.abstractmethod
     def CancelLeadImport(

@@ -743,13 +743,13 @@ class ListLeadsRequest(_message.Message):
     OWNER_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     UNOWNED_FIELD_NUMBER: _builtins.int
-    QUERY_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
     pool_id: _builtins.str
     owner_id: _builtins.str
     status: Global___LeadStatus.ValueType
     unowned: _builtins.bool
     """Only leads without an owner (waiting in a pool the caller belongs to)."""
-    query: _builtins.str
+    q: _builtins.str
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -760,11 +760,11 @@ class ListLeadsRequest(_message.Message):
         owner_id: _builtins.str = ...,
         status: Global___LeadStatus.ValueType = ...,
         unowned: _builtins.bool = ...,
-        query: _builtins.str = ...,
+        q: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_id", b"owner_id", "page", b"page", "pool_id", b"pool_id", "query", b"query", "status", b"status", "unowned", b"unowned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_id", b"owner_id", "page", b"page", "pool_id", b"pool_id", "q", b"q", "status", b"status", "unowned", b"unowned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -881,14 +881,14 @@ class DeleteLeadResponse(_message.Message):
 Global___DeleteLeadResponse: _TypeAlias = DeleteLeadResponse  # noqa: Y015
 
 @_typing.final
-class AddLeadFollowUpRequest(_message.Message):
+class CreateLeadFollowUpRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    LEAD_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
     NEXT_FOLLOW_UP_AT_FIELD_NUMBER: _builtins.int
-    lead_id: _builtins.str
+    id: _builtins.str
     kind: _builtins.str
     content: _builtins.str
     @_builtins.property
@@ -896,21 +896,21 @@ class AddLeadFollowUpRequest(_message.Message):
     def __init__(
         self,
         *,
-        lead_id: _builtins.str = ...,
+        id: _builtins.str = ...,
         kind: _builtins.str = ...,
         content: _builtins.str = ...,
         next_follow_up_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["next_follow_up_at", b"next_follow_up_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "kind", b"kind", "lead_id", b"lead_id", "next_follow_up_at", b"next_follow_up_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "id", b"id", "kind", b"kind", "next_follow_up_at", b"next_follow_up_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AddLeadFollowUpRequest: _TypeAlias = AddLeadFollowUpRequest  # noqa: Y015
+Global___CreateLeadFollowUpRequest: _TypeAlias = CreateLeadFollowUpRequest  # noqa: Y015
 
 @_typing.final
-class AddLeadFollowUpResponse(_message.Message):
+class CreateLeadFollowUpResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FOLLOW_UP_FIELD_NUMBER: _builtins.int
@@ -931,26 +931,26 @@ class AddLeadFollowUpResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___AddLeadFollowUpResponse: _TypeAlias = AddLeadFollowUpResponse  # noqa: Y015
+Global___CreateLeadFollowUpResponse: _TypeAlias = CreateLeadFollowUpResponse  # noqa: Y015
 
 @_typing.final
 class ListLeadFollowUpsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    LEAD_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
-    lead_id: _builtins.str
+    id: _builtins.str
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
         self,
         *,
-        lead_id: _builtins.str = ...,
+        id: _builtins.str = ...,
         page: _paging_pb2.PageRequest | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lead_id", b"lead_id", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "page", b"page"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

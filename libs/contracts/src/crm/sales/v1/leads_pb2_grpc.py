@@ -62,10 +62,10 @@ class LeadsServiceStub:
                 request_serializer=crm_dot_sales_dot_v1_dot_leads__pb2.DeleteLeadRequest.SerializeToString,
                 response_deserializer=crm_dot_sales_dot_v1_dot_leads__pb2.DeleteLeadResponse.FromString,
                 _registered_method=True)
-        self.AddLeadFollowUp = channel.unary_unary(
-                '/crm.sales.v1.LeadsService/AddLeadFollowUp',
-                request_serializer=crm_dot_sales_dot_v1_dot_leads__pb2.AddLeadFollowUpRequest.SerializeToString,
-                response_deserializer=crm_dot_sales_dot_v1_dot_leads__pb2.AddLeadFollowUpResponse.FromString,
+        self.CreateLeadFollowUp = channel.unary_unary(
+                '/crm.sales.v1.LeadsService/CreateLeadFollowUp',
+                request_serializer=crm_dot_sales_dot_v1_dot_leads__pb2.CreateLeadFollowUpRequest.SerializeToString,
+                response_deserializer=crm_dot_sales_dot_v1_dot_leads__pb2.CreateLeadFollowUpResponse.FromString,
                 _registered_method=True)
         self.ListLeadFollowUps = channel.unary_unary(
                 '/crm.sales.v1.LeadsService/ListLeadFollowUps',
@@ -225,7 +225,7 @@ class LeadsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def AddLeadFollowUp(self, request, context):
+    def CreateLeadFollowUp(self, request, context):
         """Follow-up records (跟进记录): a call, visit, email... Each one restarts the pool's follow-up clock.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -246,19 +246,22 @@ class LeadsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AssignLead(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Assign a lead to a rep
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseLead(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Return a lead to its pool
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLeadHistory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Who held the lead and why it moved
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -412,10 +415,10 @@ def add_LeadsServiceServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_sales_dot_v1_dot_leads__pb2.DeleteLeadRequest.FromString,
                     response_serializer=crm_dot_sales_dot_v1_dot_leads__pb2.DeleteLeadResponse.SerializeToString,
             ),
-            'AddLeadFollowUp': grpc.unary_unary_rpc_method_handler(
-                    servicer.AddLeadFollowUp,
-                    request_deserializer=crm_dot_sales_dot_v1_dot_leads__pb2.AddLeadFollowUpRequest.FromString,
-                    response_serializer=crm_dot_sales_dot_v1_dot_leads__pb2.AddLeadFollowUpResponse.SerializeToString,
+            'CreateLeadFollowUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLeadFollowUp,
+                    request_deserializer=crm_dot_sales_dot_v1_dot_leads__pb2.CreateLeadFollowUpRequest.FromString,
+                    response_serializer=crm_dot_sales_dot_v1_dot_leads__pb2.CreateLeadFollowUpResponse.SerializeToString,
             ),
             'ListLeadFollowUps': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLeadFollowUps,
@@ -687,7 +690,7 @@ class LeadsService:
             _registered_method=True)
 
     @staticmethod
-    def AddLeadFollowUp(request,
+    def CreateLeadFollowUp(request,
             target,
             options=(),
             channel_credentials=None,
@@ -700,9 +703,9 @@ class LeadsService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/crm.sales.v1.LeadsService/AddLeadFollowUp',
-            crm_dot_sales_dot_v1_dot_leads__pb2.AddLeadFollowUpRequest.SerializeToString,
-            crm_dot_sales_dot_v1_dot_leads__pb2.AddLeadFollowUpResponse.FromString,
+            '/crm.sales.v1.LeadsService/CreateLeadFollowUp',
+            crm_dot_sales_dot_v1_dot_leads__pb2.CreateLeadFollowUpRequest.SerializeToString,
+            crm_dot_sales_dot_v1_dot_leads__pb2.CreateLeadFollowUpResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,14 +41,17 @@ class LeadsServiceStub:
     ListLeads: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListLeadsRequest, _leads_pb2.ListLeadsResponse]
     UpdateLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.UpdateLeadRequest, _leads_pb2.UpdateLeadResponse]
     DeleteLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.DeleteLeadRequest, _leads_pb2.DeleteLeadResponse]
-    AddLeadFollowUp: _grpc.UnaryUnaryMultiCallable[_leads_pb2.AddLeadFollowUpRequest, _leads_pb2.AddLeadFollowUpResponse]
+    CreateLeadFollowUp: _grpc.UnaryUnaryMultiCallable[_leads_pb2.CreateLeadFollowUpRequest, _leads_pb2.CreateLeadFollowUpResponse]
     """Follow-up records (跟进记录): a call, visit, email... Each one restarts the pool's follow-up clock."""
     ListLeadFollowUps: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListLeadFollowUpsRequest, _leads_pb2.ListLeadFollowUpsResponse]
     ClaimLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ClaimLeadRequest, _leads_pb2.ClaimLeadResponse]
     """The pool: claim (抢单) within the per-rep cap, assignment by a manager, return with a reason."""
     AssignLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.AssignLeadRequest, _leads_pb2.AssignLeadResponse]
+    """Assign a lead to a rep"""
     ReleaseLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ReleaseLeadRequest, _leads_pb2.ReleaseLeadResponse]
+    """Return a lead to its pool"""
     ListLeadHistory: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListLeadHistoryRequest, _leads_pb2.ListLeadHistoryResponse]
+    """Who held the lead and why it moved"""
     ConvertLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ConvertLeadRequest, _leads_pb2.ConvertLeadResponse]
     """Conversion into account + contact (customers service) + opportunity."""
     RunLeadReclaim: _grpc.UnaryUnaryMultiCallable[_leads_pb2.RunLeadReclaimRequest, _leads_pb2.RunLeadReclaimResponse]
@@ -92,14 +95,17 @@ class LeadsServiceAsyncStub(LeadsServiceStub):
     ListLeads: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListLeadsRequest, _leads_pb2.ListLeadsResponse]  # type: ignore[assignment]
     UpdateLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.UpdateLeadRequest, _leads_pb2.UpdateLeadResponse]  # type: ignore[assignment]
     DeleteLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.DeleteLeadRequest, _leads_pb2.DeleteLeadResponse]  # type: ignore[assignment]
-    AddLeadFollowUp: _aio.UnaryUnaryMultiCallable[_leads_pb2.AddLeadFollowUpRequest, _leads_pb2.AddLeadFollowUpResponse]  # type: ignore[assignment]
+    CreateLeadFollowUp: _aio.UnaryUnaryMultiCallable[_leads_pb2.CreateLeadFollowUpRequest, _leads_pb2.CreateLeadFollowUpResponse]  # type: ignore[assignment]
     """Follow-up records (跟进记录): a call, visit, email... Each one restarts the pool's follow-up clock."""
     ListLeadFollowUps: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListLeadFollowUpsRequest, _leads_pb2.ListLeadFollowUpsResponse]  # type: ignore[assignment]
     ClaimLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.ClaimLeadRequest, _leads_pb2.ClaimLeadResponse]  # type: ignore[assignment]
     """The pool: claim (抢单) within the per-rep cap, assignment by a manager, return with a reason."""
     AssignLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.AssignLeadRequest, _leads_pb2.AssignLeadResponse]  # type: ignore[assignment]
+    """Assign a lead to a rep"""
     ReleaseLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.ReleaseLeadRequest, _leads_pb2.ReleaseLeadResponse]  # type: ignore[assignment]
+    """Return a lead to its pool"""
     ListLeadHistory: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListLeadHistoryRequest, _leads_pb2.ListLeadHistoryResponse]  # type: ignore[assignment]
+    """Who held the lead and why it moved"""
     ConvertLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.ConvertLeadRequest, _leads_pb2.ConvertLeadResponse]  # type: ignore[assignment]
     """Conversion into account + contact (customers service) + opportunity."""
     RunLeadReclaim: _aio.UnaryUnaryMultiCallable[_leads_pb2.RunLeadReclaimRequest, _leads_pb2.RunLeadReclaimResponse]  # type: ignore[assignment]
@@ -172,11 +178,11 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_leads_pb2.DeleteLeadResponse, _abc.Awaitable[_leads_pb2.DeleteLeadResponse]]: ...
 
     @_abc_1.abstractmethod
-    def AddLeadFollowUp(
+    def CreateLeadFollowUp(
         self,
-        request: _leads_pb2.AddLeadFollowUpRequest,
+        request: _leads_pb2.CreateLeadFollowUpRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.AddLeadFollowUpResponse, _abc.Awaitable[_leads_pb2.AddLeadFollowUpResponse]]:
+    ) -> _typing.Union[_leads_pb2.CreateLeadFollowUpResponse, _abc.Awaitable[_leads_pb2.CreateLeadFollowUpResponse]]:
         """Follow-up records (跟进记录): a call, visit, email... Each one restarts the pool's follow-up clock."""
 
     @_abc_1.abstractmethod
@@ -199,21 +205,24 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _leads_pb2.AssignLeadRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.AssignLeadResponse, _abc.Awaitable[_leads_pb2.AssignLeadResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.AssignLeadResponse, _abc.Awaitable[_leads_pb2.AssignLeadResponse]]:
+        """Assign a lead to a rep"""
 
     @_abc_1.abstractmethod
     def ReleaseLead(
         self,
         request: _leads_pb2.ReleaseLeadRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.ReleaseLeadResponse, _abc.Awaitable[_leads_pb2.ReleaseLeadResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.ReleaseLeadResponse, _abc.Awaitable[_leads_pb2.ReleaseLeadResponse]]:
+        """Return a lead to its pool"""
 
     @_abc_1.abstractmethod
     def ListLeadHistory(
         self,
         request: _leads_pb2.ListLeadHistoryRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.ListLeadHistoryResponse, _abc.Awaitable[_leads_pb2.ListLeadHistoryResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.ListLeadHistoryResponse, _abc.Awaitable[_leads_pb2.ListLeadHistoryResponse]]:
+        """Who held the lead and why it moved"""
 
     @_abc_1.abstractmethod
     def ConvertLead(

@@ -22,27 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63rm/sales/v1/settings.proto\x12\x0c\x63rm.sales.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n\rSalesSettings\x12\x14\n\x0c\x63ompany_name\x18\x01 \x01(\t\x12\x17\n\x0f\x63ompany_name_en\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x12\n\naddress_en\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x12\n\ntax_number\x18\x06 \x01(\t\x12\x0c\n\x04logo\x18\x07 \x01(\x0c\x12\x19\n\x11logo_content_type\x18\x08 \x01(\t\x12\x13\n\x0blogo_sha256\x18\t \x01(\t\x12\x0f\n\x07version\x18\n \x01(\x03\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17GetSalesSettingsRequest\"I\n\x18GetSalesSettingsResponse\x12-\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.crm.sales.v1.SalesSettings\"\x96\x01\n\x1aUpdateSalesSettingsRequest\x12-\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.crm.sales.v1.SalesSettings\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10\x65xpected_version\x18\x03 \x01(\x03\"L\n\x1bUpdateSalesSettingsResponse\x12-\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.crm.sales.v1.SalesSettings2\xe5\x01\n\x14SalesSettingsService\x12\x61\n\x10GetSalesSettings\x12%.crm.sales.v1.GetSalesSettingsRequest\x1a&.crm.sales.v1.GetSalesSettingsResponse\x12j\n\x13UpdateSalesSettings\x12(.crm.sales.v1.UpdateSalesSettingsRequest\x1a).crm.sales.v1.UpdateSalesSettingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63rm/sales/v1/settings.proto\x12\x0c\x63rm.sales.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x02\n\rSalesSettings\x12\x14\n\x0c\x63ompany_name\x18\x01 \x01(\t\x12\x17\n\x0f\x63ompany_name_en\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x12\n\naddress_en\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12\x12\n\ntax_number\x18\x06 \x01(\t\x12\x0c\n\x04logo\x18\x07 \x01(\x0c\x12\x1f\n\x11logo_content_type\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0blogo_sha256\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\n \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x19\n\x17GetSalesSettingsRequest\"I\n\x18GetSalesSettingsResponse\x12-\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.crm.sales.v1.SalesSettings\"\x96\x01\n\x1aUpdateSalesSettingsRequest\x12-\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.crm.sales.v1.SalesSettings\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10\x65xpected_version\x18\x03 \x01(\x03\"L\n\x1bUpdateSalesSettingsResponse\x12-\n\x08settings\x18\x01 \x01(\x0b\x32\x1b.crm.sales.v1.SalesSettings2\xc5\x02\n\x14SalesSettingsService\x12\x8b\x01\n\x10GetSalesSettings\x12%.crm.sales.v1.GetSalesSettingsRequest\x1a&.crm.sales.v1.GetSalesSettingsResponse\"(\x82\xd3\xe4\x93\x02\"\x12\x16/api/v1/sales-settingsb\x08settings\x12\x9e\x01\n\x13UpdateSalesSettings\x12(.crm.sales.v1.UpdateSalesSettingsRequest\x1a).crm.sales.v1.UpdateSalesSettingsResponse\"2\x82\xd3\xe4\x93\x02,2\x16/api/v1/sales-settings:\x08settingsb\x08settingsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'crm.sales.v1.settings_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SALESSETTINGS']._serialized_start=113
-  _globals['_SALESSETTINGS']._serialized_end=374
-  _globals['_GETSALESSETTINGSREQUEST']._serialized_start=376
-  _globals['_GETSALESSETTINGSREQUEST']._serialized_end=401
-  _globals['_GETSALESSETTINGSRESPONSE']._serialized_start=403
-  _globals['_GETSALESSETTINGSRESPONSE']._serialized_end=476
-  _globals['_UPDATESALESSETTINGSREQUEST']._serialized_start=479
-  _globals['_UPDATESALESSETTINGSREQUEST']._serialized_end=629
-  _globals['_UPDATESALESSETTINGSRESPONSE']._serialized_start=631
-  _globals['_UPDATESALESSETTINGSRESPONSE']._serialized_end=707
-  _globals['_SALESSETTINGSSERVICE']._serialized_start=710
-  _globals['_SALESSETTINGSSERVICE']._serialized_end=939
+  _globals['_SALESSETTINGS'].fields_by_name['logo_content_type']._loaded_options = None
+  _globals['_SALESSETTINGS'].fields_by_name['logo_content_type']._serialized_options = b'\342A\001\003'
+  _globals['_SALESSETTINGS'].fields_by_name['logo_sha256']._loaded_options = None
+  _globals['_SALESSETTINGS'].fields_by_name['logo_sha256']._serialized_options = b'\342A\001\003'
+  _globals['_SALESSETTINGS'].fields_by_name['version']._loaded_options = None
+  _globals['_SALESSETTINGS'].fields_by_name['version']._serialized_options = b'\342A\001\003'
+  _globals['_SALESSETTINGS'].fields_by_name['updated_at']._loaded_options = None
+  _globals['_SALESSETTINGS'].fields_by_name['updated_at']._serialized_options = b'\342A\001\003'
+  _globals['_SALESSETTINGSSERVICE'].methods_by_name['GetSalesSettings']._loaded_options = None
+  _globals['_SALESSETTINGSSERVICE'].methods_by_name['GetSalesSettings']._serialized_options = b'\202\323\344\223\002\"\022\026/api/v1/sales-settingsb\010settings'
+  _globals['_SALESSETTINGSSERVICE'].methods_by_name['UpdateSalesSettings']._loaded_options = None
+  _globals['_SALESSETTINGSSERVICE'].methods_by_name['UpdateSalesSettings']._serialized_options = b'\202\323\344\223\002,2\026/api/v1/sales-settings:\010settingsb\010settings'
+  _globals['_SALESSETTINGS']._serialized_start=176
+  _globals['_SALESSETTINGS']._serialized_end=461
+  _globals['_GETSALESSETTINGSREQUEST']._serialized_start=463
+  _globals['_GETSALESSETTINGSREQUEST']._serialized_end=488
+  _globals['_GETSALESSETTINGSRESPONSE']._serialized_start=490
+  _globals['_GETSALESSETTINGSRESPONSE']._serialized_end=563
+  _globals['_UPDATESALESSETTINGSREQUEST']._serialized_start=566
+  _globals['_UPDATESALESSETTINGSREQUEST']._serialized_end=716
+  _globals['_UPDATESALESSETTINGSRESPONSE']._serialized_start=718
+  _globals['_UPDATESALESSETTINGSRESPONSE']._serialized_end=794
+  _globals['_SALESSETTINGSSERVICE']._serialized_start=797
+  _globals['_SALESSETTINGSSERVICE']._serialized_end=1122
 # @@protoc_insertion_point(module_scope)

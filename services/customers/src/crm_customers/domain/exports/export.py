@@ -218,7 +218,7 @@ class _ViewRequest:
     """The parts of an export request `saved_views.apply` reads, named as on a list request."""
 
     def __init__(self, request: pb.ExportRecordsRequest):
-        self.query = request.query
+        self.q = request.q
         self.filter = list(request.filter)
         self.sort = request.sort
         self.view_id = request.view_id
