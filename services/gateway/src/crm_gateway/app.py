@@ -138,7 +138,7 @@ def create_app(
             media_type="application/json",
         )
 
-    app.openapi = lambda: _openapi(app, plans, settings.max_body_bytes)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, plans, upload_download, settings.max_body_bytes)  # type: ignore[method-assign]
     documents = app.state.tenant_documents = TenantDocuments(gateway, app.openapi)
 
     @app.get(
@@ -259,7 +259,9 @@ def _problem_response(description: str, headers: dict[str, Any] | None = None) -
     return response
 
 
-def _openapi(app: FastAPI, plans: Sequence[RoutePlan], max_body_bytes: int) -> dict[str, Any]:
+def _openapi(
+    app: FastAPI, plans: Sequence[RoutePlan], file_plans: Sequence[files.FilePlan], max_body_bytes: int
+) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -275,10 +277,15 @@ def _openapi(app: FastAPI, plans: Sequence[RoutePlan], max_body_bytes: int) -> d
     doc["security"] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
 
     by_id = {p.operation_id: p for p in plans}
+    file_ids = {p.operation_id: p for p in file_plans}
     for path_item in doc.get("paths", {}).values():
         for op in path_item.values():
             responses = op.setdefault("responses", {})
             responses.pop("422", None)
+            file_plan = file_ids.get(op.get("operationId", ""))
+            if file_plan is not None:
+                _document_file_route(op, file_plan)
+                continue
             plan = by_id.get(op.get("operationId", ""))
             if plan is None:  # health, the tenant document
                 if op.get("operationId") in PUBLIC_OPERATIONS:
@@ -352,3 +359,27 @@ def _openapi(app: FastAPI, plans: Sequence[RoutePlan], max_body_bytes: int) -> d
             responses["default"] = _problem_response("Any other error.")
     app.openapi_schema = doc
     return doc
+
+
+def _document_file_route(op: dict[str, Any], plan: files.FilePlan) -> None:
+    notes = [plan.description] if plan.description else []
+    notes.append(f"gRPC `{plan.method.full_name}`.")
+    op["description"] = " ".join(notes)
+    responses = op.setdefault("responses", {})
+    errors = {
+        "400": "Malformed request.",
+        "401": "Missing, invalid or expired credential.",
+        "403": "The credential may not do this.",
+        "422": "Invalid input; `errors` names each field.",
+        "429": "Rate limit reached.",
+        "503": "A service behind the gateway is unavailable; retry later.",
+        "default": "Any other error.",
+    }
+    if plan.path_fields:
+        errors["404"] = "No such object in the caller's tenant."
+    if plan.upload:
+        errors["409"] = "An Idempotency-Key request is still running."
+        errors["413"] = "The file is too large."
+        errors["415"] = "The body is not multipart/form-data."
+    for code, text in errors.items():
+        responses[code] = _problem_response(text)

@@ -117,7 +117,10 @@ def _walk_message(
 
 
 def _walk_enum(
-    names: dict[tuple[int, ...], str], e: descriptor_pb2.EnumDescriptorProto, path: tuple[int, ...], scope: str
+    names: dict[tuple[int, ...], str],
+    e: descriptor_pb2.EnumDescriptorProto,
+    path: tuple[int, ...],
+    scope: str,
 ) -> None:
     full = scope + e.name
     names[path] = full

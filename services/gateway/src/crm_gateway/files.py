@@ -38,7 +38,7 @@ from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
-from crm_gateway import bounds, contract, jsonmap
+from crm_gateway import bounds, contract, jsonmap, schema
 from crm_gateway.idempotency import Reply
 from crm_gateway.problems import ProblemError, field_problem, from_grpc, internal_error, render
 from crm_gateway.routing import Service, methods_with_rules, snake, summary_of, tag_of
@@ -47,6 +47,8 @@ log = logging.getLogger("crm.gateway")
 
 FD = FieldDescriptor
 CHUNK_BYTES = 256 * 1024
+# What a download may be (imports' error reports, exports).
+FILE_MEDIA = ("text/csv", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
 # How long an upload waits for room in the spool before a 429.
 UPLOAD_SPOOL_WAIT_SECONDS = 10.0
 
@@ -122,11 +124,16 @@ class FilePlan:
         self.unwrap = rule.response_body or None
         self.status = 201 if self.upload else 200
         self.location: str | None = None
+        self.response_model: Any = None
         if self.upload:
             if method.server_streaming or rule.verb != "POST":
                 raise ValueError(f"{self.rpc}: an upload is a client-streaming RPC behind a POST")
             header, _ = _oneof_parts(method.input_type, self.rpc)
             self.header_field = header
+            answer = method.output_type
+            if self.unwrap:
+                answer = answer.fields_by_name[self.unwrap].message_type
+            self.response_model = schema.REGISTRY.output(answer)
             if "file" not in header.message_type.fields_by_name:
                 raise ValueError(f"{self.rpc}: the upload header needs a `file` (FileInfo) field")
             self.form_fields = {
@@ -179,16 +186,32 @@ class FilePlan:
                 },
             }
         params = [
-            {"name": name, "in": "query", "required": False, "schema": _schema(f)}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "maxLength": bounds.PATH_PARAM_MAX_LENGTH},
+                "description": schema.describe(self.method.input_type.fields_by_name[name]),
+            }
+            for name in self.path_fields
+        ]
+        params += [
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": _schema(f),
+                "description": schema.describe(f),
+            }
             for name, f in self.query_fields.items()
         ]
         return {
             "parameters": params,
             "responses": {
                 "200": {
-                    "description": "The file, streamed.",
+                    "description": "The file, streamed: CSV (UTF-8) or XLSX, as `format` asks.",
                     "content": {
-                        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                        media: {"schema": {"type": "string", "format": "binary"}} for media in FILE_MEDIA
                     },
                 }
             },
@@ -214,7 +237,9 @@ def _schema(f: FieldDescriptor) -> dict[str, Any]:
 def file_plans(services: Sequence[Service], json_routes: Sequence[Any] = ()) -> list[FilePlan]:
     """The file routes of these services: their streaming methods with an HTTP rule."""
     plans = [
-        FilePlan(s, m, r) for s, m, r in methods_with_rules(services) if m.client_streaming or m.server_streaming
+        FilePlan(s, m, r)
+        for s, m, r in methods_with_rules(services)
+        if m.client_streaming or m.server_streaming
     ]
     getters = {p.path for p in json_routes if p.http_method == "GET"}
     for plan in plans:
@@ -225,7 +250,9 @@ def file_plans(services: Sequence[Service], json_routes: Sequence[Any] = ()) -> 
 
 def mount(app: FastAPI, gateway: Any, plans: Sequence[FilePlan]) -> list[FilePlan]:
     """Add the file routes to the app; returns their plans (the middleware needs the upload paths)."""
-    spool.configure(gateway.settings.spool_dir, gateway.settings.spool_max_bytes)  # where uploads are received
+    spool.configure(
+        gateway.settings.spool_dir, gateway.settings.spool_max_bytes
+    )  # where uploads are received
     for plan in plans:
         handler = _upload_endpoint(gateway, plan) if plan.upload else _download_endpoint(gateway, plan)
         app.add_api_route(
@@ -237,6 +264,7 @@ def mount(app: FastAPI, gateway: Any, plans: Sequence[FilePlan]) -> list[FilePla
             description=plan.description or None,
             tags=[plan.tag],
             status_code=plan.status,
+            response_model=plan.response_model,
             openapi_extra=plan.openapi_extra(),
             include_in_schema=True,
         )

@@ -30,7 +30,7 @@ import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_origin
+from typing import Annotated, Any, get_origin
 
 import orjson
 from annotated_types import Ge, Le, MaxLen
@@ -131,7 +131,9 @@ class RoutePlan:
         for name in self.path_fields:
             f = fields.get(name)
             if f is None or f.type not in (FD.TYPE_STRING, FD.TYPE_INT32, FD.TYPE_INT64) or f.is_repeated:
-                raise ValueError(f"{self.rpc}: path parameter {{{name}}} must be a scalar field of the request")
+                raise ValueError(
+                    f"{self.rpc}: path parameter {{{name}}} must be a scalar field of the request"
+                )
         used = set(self.path_fields)
 
         page = fields.get("page")
@@ -170,7 +172,7 @@ class RoutePlan:
             else:
                 self.body_model = schema.REGISTRY.input(target.message_type)
         elif has_mask:
-            raise ValueError(f"{self.rpc}: an update needs `body: \"<object>\"`")
+            raise ValueError(f'{self.rpc}: an update needs `body: "<object>"`')
         if self.body_field == "":
             self.body_model = schema.REGISTRY.input(req, exclude=frozenset(used))
             used.update(f.name for f in req.fields)
@@ -185,7 +187,9 @@ class RoutePlan:
         if self.unwrap:
             f = out_desc.fields_by_name.get(self.unwrap)
             if f is None or f.type != FD.TYPE_MESSAGE or f.is_repeated:
-                raise ValueError(f"{self.rpc}: response_body {self.unwrap!r} is not a message field of the response")
+                raise ValueError(
+                    f"{self.rpc}: response_body {self.unwrap!r} is not a message field of the response"
+                )
             answer_desc = f.message_type
             self.response_model = schema.REGISTRY.output(answer_desc)
         else:
@@ -203,7 +207,10 @@ class RoutePlan:
         else:
             self.status = 200
         self.has_etag = (
-            self.status != 204 and not self.is_list and not self.binary and "version" in answer_desc.fields_by_name
+            self.status != 204
+            and not self.is_list
+            and not self.binary
+            and "version" in answer_desc.fields_by_name
         )
         self.location: str | None = None  # set by compile_routes: the GET route of what a create made
         self.signature = self._signature()
@@ -254,7 +261,10 @@ class RoutePlan:
                     kw,
                     annotation=q.annotation | None,
                     default=Query(
-                        None, alias=q.field.name, description=schema.describe(q.field), **_query_limits(q.annotation)
+                        None,
+                        alias=q.field.name,
+                        description=schema.describe(q.field),
+                        **_query_limits(q.annotation),
                     ),
                 )
             )
@@ -389,7 +399,7 @@ def _query_annotation(f: FieldDescriptor, rpc: str) -> Any:
             return schema.TIMESTAMP_INPUT
         raise ValueError(f"{rpc}: request field {f.name} cannot be a query parameter")
     if f.type == FD.TYPE_ENUM:
-        single: Any = Literal[contract.enum_names(f.enum_type)]  # type: ignore[valid-type]
+        single: Any = schema.enum_literal(f)
     elif f.type == FD.TYPE_STRING:
         single = Annotated[str, MaxLen(MAX_QUERY_PARAM)] if f.is_repeated else str
     elif f.type == FD.TYPE_BOOL:
@@ -412,7 +422,9 @@ def _query_limits(annotation: Any) -> dict[str, Any]:
     return {}
 
 
-def methods_with_rules(services: Sequence[Service]) -> list[tuple[Service, MethodDescriptor, contract.HttpRule]]:
+def methods_with_rules(
+    services: Sequence[Service],
+) -> list[tuple[Service, MethodDescriptor, contract.HttpRule]]:
     out = []
     for service in services:
         for method in service.descriptor.methods:

@@ -50,9 +50,7 @@ CREDENTIAL_TIMEOUT = 5.0
 
 
 class Gateway:
-    def __init__(
-        self, settings: GatewaySettings, services: Sequence[Service], plans: Sequence[RoutePlan]
-    ):
+    def __init__(self, settings: GatewaySettings, services: Sequence[Service], plans: Sequence[RoutePlan]):
         self.settings = settings
         self.services = list(services)
         self.plans = list(plans)
@@ -93,7 +91,9 @@ class Gateway:
         for service in self._backends():
             target = self.settings.service_addr(service.name)
             if target not in self.channels:
-                descriptors = [s.descriptor for s in self.services if s.name == service.name] or [service.descriptor]
+                descriptors = [s.descriptor for s in self.services if s.name == service.name] or [
+                    service.descriptor
+                ]
                 self.channels[target] = grpc_client.channel(target, descriptors, pass_deadline=False)
         for plan in self.plans:
             self._calls[plan.grpc_path] = self._multicallable(plan.service.name, plan.grpc_path, plan)

@@ -138,8 +138,9 @@ def is_repeated(field: FieldDescriptor) -> bool:
 
 
 def enum_literal(field: FieldDescriptor) -> Any:
+    """The enum's JSON words; documented as `enum` (a one-word enum too, which pydantic would make a const)."""
     names = contract.enum_names(field.enum_type)
-    return Literal[names]  # type: ignore[valid-type]
+    return Annotated[Literal[names], WithJsonSchema({"type": "string", "enum": list(names)})]  # type: ignore[valid-type]
 
 
 def nullable_in_output(field: FieldDescriptor) -> bool:
@@ -279,7 +280,9 @@ class SchemaRegistry:
     def _single(self, field: FieldDescriptor, mode: str, *, required: bool = False) -> Any:
         t = field.type
         if t == FD.TYPE_MESSAGE or t == FD.TYPE_GROUP:
-            wkt = (WELL_KNOWN_OUTPUT if mode == OUTPUT else WELL_KNOWN_INPUT).get(field.message_type.full_name)
+            wkt = (WELL_KNOWN_OUTPUT if mode == OUTPUT else WELL_KNOWN_INPUT).get(
+                field.message_type.full_name
+            )
             if wkt is not None:
                 return wkt
             if field.message_type.full_name.startswith("google.protobuf."):

@@ -145,7 +145,9 @@ def tenant_document(
         if current is None or "custom_fields" not in current.get("properties", {}):
             continue
         changed = copy.deepcopy(current)
-        changed["properties"]["custom_fields"] = custom_fields_schema(defs.get(RECORDS[full_name], []), "update" if kind == "patch" else kind)
+        changed["properties"]["custom_fields"] = custom_fields_schema(
+            defs.get(RECORDS[full_name], []), "update" if kind == "patch" else kind
+        )
         schemas[name] = changed
     components["schemas"] = schemas
     doc["components"] = components
