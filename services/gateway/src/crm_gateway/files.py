@@ -36,6 +36,8 @@ from fastapi import FastAPI, Request
 from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.responses import Response, StreamingResponse
 
 from crm_gateway import bounds, contract, jsonmap, schema
@@ -312,6 +314,10 @@ def _upload_endpoint(gateway: Any, plan: FilePlan) -> Any:
                 raise ProblemError(429, "spool_full", exc.message, headers={"Retry-After": "60"}) from None
             try:
                 form = await request.form(max_files=1, max_fields=50)
+            except (MultiPartException, HTTPException) as exc:  # no boundary, a broken part, too many parts…
+                await room.__aexit__(None, None, None)
+                reason = getattr(exc, "message", None) or getattr(exc, "detail", "")
+                raise ProblemError(400, "malformed_multipart", f"the multipart body cannot be read: {reason}") from None
             except BaseException:
                 await room.__aexit__(None, None, None)
                 raise
