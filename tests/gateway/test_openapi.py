@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from crm.identity.v1 import identity_pb2
+from crm_gateway import contract
 from crm_gateway.app import create_app
-from crm_gateway.routing import Route, RoutePlan, ServiceRoutes, compile_routes
+from crm_gateway.routing import Service, compile_routes
 from crm_gateway.services import SERVICES
-from crm_gateway.services.identity import IDENTITY
 from crm_gateway.settings import GatewaySettings
 
 # Called by the gateway itself or by other services, never by clients.
@@ -43,10 +42,10 @@ def _refs(node):
             yield from _refs(v)
 
 
-def test_every_client_facing_rpc_of_identity_has_a_route():
-    routed = {r.rpc for r in IDENTITY.routes}
-    offered = {m.name for m in IDENTITY.service.methods}
-    assert offered - routed == INTERNAL_RPCS
+def test_every_client_facing_rpc_has_a_route():
+    """A method without an HTTP rule is internal; the list of those is short and deliberate."""
+    unrouted = {m.name for s in SERVICES for m in s.descriptor.methods if contract.http_rule(m) is None}
+    assert unrouted <= INTERNAL_RPCS | {"GetCustomFieldSchemas", "ResolveRecords", "CheckRecords"}, unrouted
 
 
 def test_every_route_has_request_and_response_schemas(doc):
@@ -61,7 +60,8 @@ def test_every_route_has_request_and_response_schemas(doc):
         if plan.status == 204:
             assert "content" not in ok
         elif plan.binary:  # a file (e.g. a quote's PDF): its media type, bytes
-            assert ok["content"] == {plan.route.binary: {"schema": {"type": "string", "format": "binary"}}}
+            media = contract.media_type(plan.method)
+            assert ok["content"] == {media: {"schema": {"type": "string", "format": "binary"}}}
         else:
             schema = ok["content"]["application/json"]["schema"]
             assert schema.get("$ref") or schema.get("type") == "object", (plan.path, schema)
@@ -82,25 +82,21 @@ def test_every_reference_resolves_and_no_fastapi_leftovers(doc):
 def test_shapes_partners_rely_on(doc):
     schemas = doc["components"]["schemas"]
     user = schemas["User"]
-    assert user["properties"]["version"]["type"] == "string"
-    assert user["properties"]["status"]["enum"][1:] == [
-        "USER_STATUS_INVITED",
-        "USER_STATUS_ACTIVE",
-        "USER_STATUS_DEACTIVATED",
-        # Only a sign-up's own answer shows it: its tenant has no other user until it verifies its address.
-        "USER_STATUS_PENDING",
-    ]
-    assert user["properties"]["created_at"]["format"] == "date-time"
+    assert user["properties"]["version"]["type"] == "integer"
+    status = next(a for a in user["properties"]["status"]["anyOf"] if a.get("type") == "string")
+    # Only a sign-up's own answer shows `pending`: its tenant has no other user until it verifies its address.
+    assert status["enum"] == ["invited", "active", "deactivated", "pending"]
+    assert user["properties"]["created_at"]["anyOf"][0]["format"] == "date-time"
     page = schemas["UserPage"]
     assert page["properties"]["items"]["items"] == {"$ref": "#/components/schemas/User"}
-    assert "UserUpdate" in schemas and "version" not in schemas["UserUpdate"]["properties"]
-    assert "status" not in schemas["UserUpdate"]["properties"]
+    assert "UserPatch" in schemas and "version" not in schemas["UserPatch"]["properties"]
+    assert "status" not in schemas["UserPatch"]["properties"]
 
     users = doc["paths"]["/api/v1/users"]
     params = {p["name"]: p for p in users["get"]["parameters"]}
     assert params["limit"]["schema"]["maximum"] == 200 and params["limit"]["schema"]["default"] == 50
     assert {"cursor", "q", "status", "department_id"} <= params.keys()
-    assert "USER_STATUS_UNSPECIFIED" not in str(params["status"]["schema"])
+    assert "unspecified" not in str(params["status"]["schema"]).lower()
     post_params = {p["name"] for p in users["post"]["parameters"]}
     assert "Idempotency-Key" in post_params
     assert users["post"]["responses"]["201"]["headers"]["Location"]
@@ -116,6 +112,9 @@ def test_shapes_partners_rely_on(doc):
         "occurred_after",
         "occurred_before",
     } <= audit.keys()
+    # Integer parameters are bounded by their type: a 64-bit value in a 32-bit parameter is a 422, not a 500.
+    depth = {p["name"]: p for p in doc["paths"]["/api/v1/accounts/{id}/graph"]["get"]["parameters"]}["depth"]
+    assert depth["schema"]["anyOf"][0]["maximum"] == 2**31 - 1
 
 
 def test_security_is_declared_per_route(doc):
@@ -138,24 +137,19 @@ async def test_docs_and_document_are_served(offline_api):
         assert (await offline_api.get(asset)).status_code == 200, asset
 
 
-def test_a_new_service_is_a_route_list():
-    """What the next service will do: a proto and routes; the compiler checks the routes against the proto."""
-    svc = identity_pb2.DESCRIPTOR.services_by_name["IdentityService"]
-    plans = compile_routes(
-        [ServiceRoutes(name="other", service=svc, routes=[Route("GET", "/x/{id}", "GetUser")])]
-    )
-    assert (
-        plans[0].path == "/api/v1/x/{id}" and plans[0].grpc_path == "/crm.identity.v1.IdentityService/GetUser"
-    )
-    with pytest.raises(ValueError, match="no method"):
-        RoutePlan(ServiceRoutes(name="o", service=svc, routes=[]), Route("GET", "/x", "Nope"))
-    with pytest.raises(ValueError, match="path parameter"):
-        RoutePlan(ServiceRoutes(name="o", service=svc, routes=[]), Route("GET", "/x/{nope}", "GetUser"))
-    with pytest.raises(ValueError, match="unwrap"):
-        RoutePlan(
-            ServiceRoutes(name="o", service=svc, routes=[]), Route("GET", "/x/{id}", "GetUser", unwrap="x")
-        )
+def test_a_new_service_is_its_protos_plus_one_line():
+    """What the next service will do: annotate its protos and list it; the routes follow from the rules."""
+    identity = next(s for s in SERVICES if s.name == "identity")
+    plans = compile_routes([Service("other", identity.descriptor)])
+    by_rpc = {p.rpc: p for p in plans}
+    get = by_rpc["GetUser"]
+    assert get.path == "/api/v1/users/{id}" and get.grpc_path == "/crm.identity.v1.IdentityService/GetUser"
+    assert get.service.name == "other" and get.has_etag and get.status == 200
+    create = by_rpc["CreateUser"]
+    assert create.status == 201 and create.location == "/api/v1/users/{id}"
+    assert by_rpc["DeleteDepartment"].status == 204
+    assert by_rpc["UpdateUser"].patch and by_rpc["UpdateUser"].if_match
+    assert by_rpc["ListUsers"].is_list
+    assert by_rpc["CreateToken"].public and not get.public
     with pytest.raises(ValueError, match="operationId"):
-        compile_routes(
-            [ServiceRoutes(name="o", service=svc, routes=[Route("GET", "/a/{id}", "GetUser")] * 2)]
-        )
+        compile_routes([Service("a", identity.descriptor), Service("b", identity.descriptor)])
