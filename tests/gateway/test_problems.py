@@ -82,6 +82,10 @@ async def test_unknown_route_and_method(offline_api):
     r = await offline_api.put("/api/v1/auth/token", json={})
     assert_problem(r, 405, "method_not_allowed")
     assert "POST" in r.headers["allow"]
+    # Allow names every method of the path, not only the first route's.
+    r = await offline_api.put("/api/v1/accounts/01939a00-0000-7000-8000-000000000000", json={})
+    assert_problem(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "DELETE, GET, PATCH"
 
 
 async def test_bodies_that_are_not_json(offline_api):
