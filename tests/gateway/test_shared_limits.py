@@ -121,3 +121,42 @@ async def test_a_client_cannot_escape_its_limit_by_writing_x_forwarded_for(test_
 def test_production_refuses_trusting_every_address():
     problems = GatewaySettings(environment="test", trusted_proxies="*").production_problems()
     assert any("CRM_TRUSTED_PROXIES" in p for p in problems)
+
+
+async def test_large_limits_count_in_memory_between_flushes_and_still_hold(test_infra, identity_service):
+    """Far from a limit of 100 or more, hits are counted in memory and flushed together (no round trip per
+    request); near it, every hit is counted in the database, so across replicas the limit holds within the
+    headroom that other replicas' unflushed hits may take."""
+    from tests.gateway.conftest import sign_up
+
+    async with AsyncExitStack() as stack:
+        gateways = await replicas(
+            stack, test_infra, identity_address=identity_service.address, rate_limit_per_tenant="100/minute"
+        )
+        company = await sign_up(gateways[0])
+        waited = 0  # requests that waited for a statement of their own
+        for client in gateways:
+            limits = client.app.state.gateway.limits  # type: ignore[attr-defined]
+
+            async def counted(checks, counts=limits._counts):
+                nonlocal waited
+                waited += 1
+                return await counts(checks)
+
+            limits._counts = counted
+        answers = [
+            await gateways[i % 2].get(f"/api/v1/users/{company.admin['id']}", headers=company.headers)
+            for i in range(140)
+        ]
+        for client in gateways:
+            await client.app.state.gateway.limits.flush()  # type: ignore[attr-defined]
+    admitted = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code == 429]
+    assert len(admitted) + len(refused) == 140, {a.status_code for a in answers}
+    assert 100 <= len(admitted) <= 100 + 20, len(admitted)
+    assert all(a.status_code == 429 for a in answers[len(admitted) + 20 :])
+    # Far from the limit, requests wait for no statement: only each replica's first (to learn the window), the
+    # last 20% of the limit and the refused ones do.
+    assert waited <= 2 + 20 + (140 - len(admitted)) + 5, waited
+    remaining = [int(a.headers["ratelimit-remaining"]) for a in admitted]
+    assert remaining[-1] <= 5 and remaining[0] >= 90

@@ -107,6 +107,7 @@ class Gateway:
                 await self._follower
         if self._nc is not None:
             await self._nc.close()
+        await self.limits.close()  # the hits counted in memory reach the shared counters
         await self.database.stop()
         for ch in self.channels.values():
             await ch.close()
