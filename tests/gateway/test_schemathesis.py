@@ -92,9 +92,16 @@ async def test_the_whole_document_holds_under_schemathesis(served_gateway, tmp_p
         "junit",
         "--report-junit-path",
         str(report),
-        stdout=output.open("wb"),
+        stdout=_open(output),
         stderr=asyncio.subprocess.STDOUT,
     )
     await proc.wait()
-    text = output.read_text(errors="replace")
-    assert proc.returncode == 0, text[-20_000:]
+    assert proc.returncode == 0, _tail(output)
+
+
+def _open(path: Path):
+    return path.open("wb")
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-20_000:]
