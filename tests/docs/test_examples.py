@@ -7,6 +7,7 @@ example the runner understands is in tests/docs/runner.py's docstring.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -100,3 +101,23 @@ async def test_a_wrong_example_fails(gateway) -> None:
     assert read.status == 200 and read.problems[0].startswith("expected 404, got 200"), read.describe()
     assert curl.status is None and "nothing named 'NOBODY'" in curl.problems[0], curl.describe()
     assert skipped.ok and skipped.status is None
+
+
+def test_partners_md_lists_every_event_type() -> None:
+    """Partners learn from docs/partners.md which events exist: every message of an events.proto is named
+    there, and the data-quality events of customers (messages that are only parts of an event, like
+    PurgeSummary, are not events)."""
+    text = (ROOT / "docs/partners.md").read_text(encoding="utf-8")
+    missing = []
+    for proto in sorted(ROOT.glob("protos/crm/*/v1/*.proto")):
+        if proto.name not in ("events.proto", "data_quality.proto"):
+            continue
+        source = proto.read_text(encoding="utf-8")
+        names = re.findall(r"^message (\w+) \{", source, re.M)
+        parts = set(re.findall(r"^\s+(?:repeated\s+)?(\w+) \w+ = \d+", source, re.M))
+        if proto.name != "events.proto":  # a file of requests and answers: only its events
+            names = [n for n in names if re.search(r"(Created|Updated|Deleted|Merged|Undone|Finished)$", n)]
+        missing += [
+            f"{proto.relative_to(ROOT)}: {n}" for n in names if n not in parts and f"`{n}`" not in text
+        ]
+    assert not missing, "docs/partners.md does not name these events:\n" + "\n".join(missing)
