@@ -4,8 +4,8 @@ What a doc writes, and what the runner does with it:
 
 - A ```http block is one request or several separated by `###` lines (the REST-client style): the request
   line `METHOD /path?query`, header lines `Name: value`, a blank line, the JSON body. Comment lines (`#` or
-  `//`) before the request line may say `# @name foo` (the answer is kept as `foo`) and `# → 409` (the status
-  expected; without one any 2xx passes).
+  `//`) before the request line may say `# @name foo` (the answer is kept as `foo`), `# → 409` (the status
+  expected; without one any 2xx passes) and `# → ETag: "1"` (a header the answer carries; one per line).
 - `curl` lines of a ```sh block (`\\` continues a line) are requests too: `-X`/`-XPOST`, `-H`, `-d` (a body
   without `-X` is a POST), the host `localhost:8000` being the gateway. A comment after the command may say
   `# → 409` (the status) or `# → access_token, version` (keys the answer has). A comment line `# @name foo` names the
@@ -47,6 +47,7 @@ HEADING = re.compile(r"^\s{0,3}#{1,6}\s")
 VARIABLE = re.compile(r"\{\{\s*([A-Za-z_][\w.-]*)\s*\}\}")
 SHELL_VARIABLE = re.compile(r"\$(?:\{([A-Za-z_]\w*)\}|([A-Za-z_]\w*))")
 EMAIL = re.compile(r"(?<![\w.+%-])([A-Za-z0-9._%-]+)@example\.com\b")
+HEADER_EXPECTED = re.compile(r"^(?:→|->)\s*([A-Za-z][\w-]*):\s*(.+)$")
 STATUS = re.compile(r"^(?:→|->)\s*(\d{3})\b")
 NAME = re.compile(r"^@name\s*=?\s*([A-Za-z_][\w-]*)\s*$")
 REQUEST_LINE = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)\s+(\S+)(?:\s+HTTP/[\d.]+)?\s*$")
@@ -77,6 +78,7 @@ class Example:
     name: str | None = None
     status: int | None = None
     answer_keys: list[str] = field(default_factory=list)
+    answer_headers: list[tuple[str, str]] = field(default_factory=list)
     answer: Block | None = None  # the ```json block shown after it
     skip: str | None = None
     curl: bool = False
@@ -149,6 +151,8 @@ def _directive(comment: str, example_or_pending: dict[str, Any]) -> None:
         example_or_pending["name"] = m.group(1)
     elif m := STATUS.match(comment):
         example_or_pending["status"] = int(m.group(1))
+    elif m := HEADER_EXPECTED.match(comment):
+        example_or_pending.setdefault("answer_headers", []).append((m.group(1), m.group(2).strip()))
     elif comment.startswith(("→", "->")):
         words = comment.lstrip("→->").replace(",", " ").split()
         example_or_pending["answer_keys"] = [w for w in words if re.fullmatch(r"[A-Za-z_]\w*", w)]
@@ -390,6 +394,17 @@ class Runner:
                 )
         elif not response.is_success:
             outcome.problems.append(f"expected a 2xx, got {response.status_code}: {response.text[:600]}")
+        if example.name:
+            self.context[example.name] = answer
+        for name, shown_value in example.answer_headers:
+            try:
+                expected = self.fill(shown_value, example.curl)
+            except ExampleError as exc:
+                outcome.problems.append(str(exc))
+                continue
+            real = response.headers.get(name)
+            if real is None or differences(expected, real):
+                outcome.problems.append(f"header {name}: shown {expected!r}, got {real!r}")
         for key in example.answer_keys:
             if not isinstance(answer, dict) or key not in answer:
                 outcome.problems.append(f"the answer has no {key!r}: {response.text[:300]}")
@@ -404,8 +419,6 @@ class Runner:
                 outcome.problems += [
                     f"the answer shown at line {example.answer.line}: {p}" for p in differences(shown, answer)
                 ]
-        if example.name:
-            self.context[example.name] = answer
         path = url.partition("?")[0]
         if (
             response.is_success

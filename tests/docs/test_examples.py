@@ -60,6 +60,7 @@ async def test_the_examples_of(relative: str, gateway) -> None:
 WRONG = """
 ```http
 # @name acme
+# → ETag: "2"
 POST /api/v1/accounts
 Authorization: Bearer {{token}}
 
@@ -88,7 +89,8 @@ GET /api/v1/nowhere
 
 
 async def test_a_wrong_example_fails(gateway) -> None:
-    """The runner is not lenient: a wrong value shown, a wrong status and an unknown variable all fail."""
+    """The runner is not lenient: a wrong value or header shown, a wrong status and an unknown variable all
+    fail."""
     runner = Runner(gateway)
     await runner.sign_up_company()
     found = examples(WRONG, "wrong.md")
@@ -96,7 +98,8 @@ async def test_a_wrong_example_fails(gateway) -> None:
     outcomes = [await runner.run(e) for e in found]
     created, read, curl, skipped = outcomes
     assert created.status == 201 and created.problems == [
-        'the answer shown at line 11: $.lifecycle_stage: shown "customer", got "prospect"'
+        """header ETag: shown '"2"', got '"1"'""",
+        'the answer shown at line 12: $.lifecycle_stage: shown "customer", got "prospect"',
     ], created.describe()
     assert read.status == 200 and read.problems[0].startswith("expected 404, got 200"), read.describe()
     assert curl.status is None and "nothing named 'NOBODY'" in curl.problems[0], curl.describe()
