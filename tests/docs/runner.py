@@ -51,6 +51,7 @@ HEADER_EXPECTED = re.compile(r"^(?:→|->)\s*([A-Za-z][\w-]*):\s*(.+)$")
 STATUS = re.compile(r"^(?:→|->)\s*(\d{3})\b")
 NAME = re.compile(r"^@name\s*=?\s*([A-Za-z_][\w-]*)\s*$")
 REQUEST_LINE = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)\s+(\S+)(?:\s+HTTP/[\d.]+)?\s*$")
+TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name (RFC 9110)
 GATEWAY_HOSTS = ("localhost:8000", "127.0.0.1:8000")
 ELLIPSIS = "…"
 
@@ -82,6 +83,7 @@ class Example:
     answer: Block | None = None  # the ```json block shown after it
     skip: str | None = None
     curl: bool = False
+    error: str | None = None  # the block cannot be read as an example
 
 
 @dataclass
@@ -97,7 +99,8 @@ class Outcome:
     def describe(self) -> str:
         e = self.example
         state = "skipped: " + e.skip if e.skip else ("ok" if self.ok else "FAILED")
-        text = f"{e.source}: {e.method} {e.url} → {self.status} {state}"
+        request = "an unreadable example" if e.error else f"{e.method} {e.url} → {self.status}"
+        text = f"{e.source}: {request} {state}"
         return text + "".join(f"\n    {p}" for p in self.problems)
 
 
@@ -191,8 +194,11 @@ def _http_example(chunk: list[tuple[int, str]], path: str, block: Block) -> Exam
             _directive(c, pending)
             continue
         name, sep, value = line.partition(":")
-        if not sep:
-            raise ExampleError(f"{path}:{n}: not a header: {line!r}")
+        if not sep or not TOKEN.fullmatch(name.strip()):
+            raise ExampleError(
+                f"{path}:{n}: not a header: {line!r} (an http block is a request line, headers, a blank line "
+                "and the body; the answer goes in a ```json block after it)"
+            )
         headers.append((name.strip(), value.strip()))
     body = "\n".join(line for _, line in rest).strip() or None
     return Example(f"{path}:{number}", m.group(1), m.group(2), headers, body, skip=block.skip, **pending)
@@ -289,12 +295,17 @@ def examples(markdown: str, path: str) -> list[Example]:
             previous[-1].answer = block
             previous = []
             continue
-        if block.lang == "http":
-            previous = http_examples(block, path)
-        elif block.lang in ("sh", "bash", "shell", "console"):
-            previous = curl_examples(block, path)
-        else:
-            previous = []
+        try:
+            if block.lang == "http":
+                previous = http_examples(block, path)
+            elif block.lang in ("sh", "bash", "shell", "console"):
+                previous = curl_examples(block, path)
+            else:
+                previous = []
+        except (
+            ExampleError
+        ) as exc:  # a block the runner cannot read is a failed example, the others still run
+            previous = [Example(f"{path}:{block.line}", "?", "?", [], None, skip=block.skip, error=str(exc))]
         found += previous
     return found
 
@@ -366,6 +377,9 @@ class Runner:
     async def run(self, example: Example) -> Outcome:
         outcome = Outcome(example)
         if example.skip:
+            return outcome
+        if example.error:
+            outcome.problems.append(example.error)
             return outcome
         try:
             url = self.fill(example.url, example.curl)

@@ -81,6 +81,11 @@ Authorization: Bearer {{token}}
 curl -s localhost:8000/api/v1/accounts/$NOBODY -H "authorization: Bearer $ACCESS_TOKEN"
 ```
 
+```http
+POST /api/v1/accounts
+{"name": "an answer or a body without the blank line"}
+```
+
 <!-- docs-test: skip: shows a request that cannot run -->
 ```http
 GET /api/v1/nowhere
@@ -89,20 +94,21 @@ GET /api/v1/nowhere
 
 
 async def test_a_wrong_example_fails(gateway) -> None:
-    """The runner is not lenient: a wrong value or header shown, a wrong status and an unknown variable all
-    fail."""
+    """The runner is not lenient: a wrong value or header shown, a wrong status, an unknown variable and a
+    block it cannot read all fail."""
     runner = Runner(gateway)
     await runner.sign_up_company()
     found = examples(WRONG, "wrong.md")
-    assert [e.skip for e in found] == [None, None, None, "shows a request that cannot run"]
+    assert [e.skip for e in found] == [None, None, None, None, "shows a request that cannot run"]
     outcomes = [await runner.run(e) for e in found]
-    created, read, curl, skipped = outcomes
+    created, read, curl, unreadable, skipped = outcomes
     assert created.status == 201 and created.problems == [
         """header ETag: shown '"2"', got '"1"'""",
         'the answer shown at line 12: $.lifecycle_stage: shown "customer", got "prospect"',
     ], created.describe()
     assert read.status == 200 and read.problems[0].startswith("expected 404, got 200"), read.describe()
     assert curl.status is None and "nothing named 'NOBODY'" in curl.problems[0], curl.describe()
+    assert unreadable.problems[0].startswith("wrong.md:27: not a header"), unreadable.describe()
     assert skipped.ok and skipped.status is None
 
 
