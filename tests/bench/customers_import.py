@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -97,9 +98,9 @@ async def run_contacts(admin_dsn: str, nats_url: str) -> dict[str, Any]:
     csv_path = work / "contacts.csv"
     try:
         identity_process = stack.start(by_name["identity"])
-        stack.wait_serving(identity_process)
+        stack.wait_serving(identity_process, timeout=300)
         customers_process = stack.start(by_name["customers"])
-        stack.wait_serving(customers_process)
+        stack.wait_serving(customers_process, timeout=300)
         generated = time.perf_counter()
         await asyncio.to_thread(write_csv, csv_path, n)
         generate_seconds = time.perf_counter() - generated
@@ -479,6 +480,7 @@ async def _import_file(data: Any, md: Any, path: Path, target: int, renew: Any) 
             while chunk := f.read(1 << 20):
                 yield data_quality_pb2.UploadImportFileRequest(chunk=chunk)
 
+    md = await renew()
     uploaded = time.perf_counter()
     job = (await data.UploadImportFile(parts(), metadata=md, timeout=3600)).import_job
     upload_seconds = time.perf_counter() - uploaded
@@ -518,9 +520,9 @@ async def run_accounts(admin_dsn: str, nats_url: str) -> dict[str, Any]:
     names = CompanyNames(seed=11)
     try:
         identity_process = stack.start(by_name["identity"])
-        stack.wait_serving(identity_process)
+        stack.wait_serving(identity_process, timeout=300)
         customers_process = stack.start(by_name["customers"])
-        stack.wait_serving(customers_process)
+        stack.wait_serving(customers_process, timeout=300)
         dsn = infra.sqlalchemy_url(admin_dsn, f"{stack.database_prefix}_customers").replace(
             "postgresql+asyncpg://", "postgresql://"
         )
@@ -562,6 +564,7 @@ async def run_accounts(admin_dsn: str, nats_url: str) -> dict[str, Any]:
                     signed.user.id,
                 )
                 preload_seconds = time.perf_counter() - loaded
+                print(f"bench: {2 * preload} accounts pre-loaded in {preload_seconds:.0f}s", file=sys.stderr)
                 accepted_csv, refused_csv = work / "accounts.csv", work / "refused.csv"
                 planted = write_accounts_csv(accepted_csv, names, n, existing[tenant], variants=0.01)
                 # Variants of the other tenants' names must not be taken for duplicates.
