@@ -1,4 +1,21 @@
-"""Benchmark: importing N contacts from a CSV file with duplicate rules on, against a raw PostgreSQL COPY of the
+"""Benchmarks of imports with duplicate rules on: contacts (1), and accounts with the company-name rule (2).
+
+    make bench BENCH=customers_import                                     # both parts
+    CRM_BENCH_IMPORT_PARTS=accounts CRM_BENCH_ACCOUNTS_PRELOAD=1000000 \
+        CRM_BENCH_ACCOUNTS_IMPORT_ROWS=1000000 make bench BENCH=customers_import
+
+(2) Accounts, issue 11 (f): a tenant signs up and sets the company-name rule ("skip" on import, default
+threshold); N accounts of generated Chinese company names (region + trade name + industry word + form, e.g.
+深圳市腾飞电子科技有限公司; CRM_BENCH_ACCOUNTS_PRELOAD, default 100,000) are COPied straight into its table, and
+N more into two other tenants; then a CSV of M accounts (CRM_BENCH_ACCOUNTS_IMPORT_ROWS, default 50,000; 1%
+are another writing of one of the tenant's names: region in brackets or with its province, another form...)
+is imported through the API, and a file whose rows are 90% refused (invalid credit codes;
+CRM_BENCH_ACCOUNTS_REFUSED_ROWS, default M). Figures: `import_rows_per_s`, `copy_rows_per_s` (the floor: the
+imported rows COPied again, with new ids, into the same table with the same indexes), `ratio` (target >=
+0.3), `planted_variants_caught` (recall: every planted variant must be skipped), and the refused file's
+rows/s against the accepted file's (`vs_accepted_file`, about 1 when refused rows cost what accepted ones do).
+
+(1) Contacts: importing N contacts from a CSV file with duplicate rules on, against a raw PostgreSQL COPY of the
 same rows into the same table with the same indexes, and the peak memory of the service doing the import.
 
     CRM_BENCH_IMPORT_ROWS=1000000 uv run python -m tests.bench.customers_import   # prints a JSON report
