@@ -505,7 +505,7 @@ async def _import_file(data: Any, md: Any, path: Path, target: int, renew: Any) 
     await data.StartImport(data_quality_pb2.StartImportRequest(id=job.id), metadata=md)
     token_at = time.monotonic()
     while True:
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(1)  # polling costs the service too: once a second
         if time.monotonic() - token_at > 240:  # access tokens live 5 minutes
             md, token_at = await renew(), time.monotonic()
         job = (await data.GetImport(data_quality_pb2.GetImportRequest(id=job.id), metadata=md)).import_job

@@ -21,6 +21,7 @@ import re
 import unicodedata
 from difflib import SequenceMatcher
 from functools import lru_cache
+from operator import mul
 
 from crm_kit.normalize import InvalidValue, normalize_email, normalize_phone
 from pypinyin import Style, lazy_pinyin
@@ -897,7 +898,7 @@ def normalize_credit_code(raw: str) -> str:
     text = unicodedata.normalize("NFKC", raw or "")
     if _USCC_COMPACT.fullmatch(text):
         # Already compact (what stdnum's validate would return unchanged): its checks, without its cleaning.
-        total = sum(_USCC_VALUES[c] * w for c, w in zip(text, _USCC_WEIGHTS))
+        total = sum(map(mul, map(_USCC_VALUES.__getitem__, text[:17]), _USCC_WEIGHTS))
         if text[17] == _USCC_ALPHABET[(31 - total) % 31]:
             return text
     try:
