@@ -6,7 +6,8 @@
 Each bench module has `async def run(*, admin_dsn, nats_url) -> dict`. Prints one JSON document and writes it
 to bench-results/latest.json. Runs against CRM_TEST_POSTGRES_URL / CRM_TEST_NATS_URL when set, else against
 embedded PostgreSQL and NATS (testcontainers when Docker is there). Sizes: CRM_BENCH_ACCOUNTS,
-CRM_BENCH_IMPORT_ROWS, CRM_BENCH_OPPORTUNITIES (see each module).
+CRM_BENCH_IMPORT_ROWS, CRM_BENCH_ACCOUNTS_PRELOAD, CRM_BENCH_ACCOUNTS_IMPORT_ROWS, CRM_BENCH_ACCOUNTS_REFUSED_ROWS,
+CRM_BENCH_OPPORTUNITIES (see each module); CRM_BENCH_IMPORT_PARTS picks contacts and/or accounts imports.
 """
 
 from __future__ import annotations

@@ -142,3 +142,32 @@ def test_credit_codes_are_upper_cased_and_checksummed():
         normalize_credit_code("91440300708461136X")  # wrong check character
     with pytest.raises(InvalidValue):
         normalize_credit_code("9144030070846113")  # too short
+
+
+def test_credit_codes_are_checked_as_stdnum_checks_them():
+    """The in-place check of compact codes answers as stdnum's validate does (valid, bad check digit, lower
+    case, short, letters where digits belong)."""
+    import random
+
+    from stdnum.cn import uscc
+
+    rnd = random.Random(5)
+    alphabet = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+    for i in range(20_000):
+        code = "".join(rnd.choice(alphabet if j >= 8 else "0123456789") for j in range(17))
+        code += uscc.calc_check_digit(code) if i % 2 else rnd.choice(alphabet + "IOZSV")
+        if i % 7 == 0:
+            code = code.lower()
+        if i % 11 == 0:
+            code = code[: rnd.randrange(18)]
+        if i % 13 == 0:
+            code = "A" + code[1:]
+        try:
+            ours = normalize_credit_code(code)
+        except InvalidValue:
+            ours = None
+        try:
+            theirs = uscc.validate(code)
+        except Exception:
+            theirs = None
+        assert ours == theirs, code

@@ -21,6 +21,7 @@ import re
 import unicodedata
 from difflib import SequenceMatcher
 from functools import lru_cache
+from operator import mul
 
 from crm_kit.normalize import InvalidValue, normalize_email, normalize_phone
 from pypinyin import Style, lazy_pinyin
@@ -91,6 +92,8 @@ def _char_pinyin(ch: str) -> str:
 
 def to_pinyin(value: str, *, separator: str = "") -> str:
     """Han characters as toneless pinyin syllables; anything else as it is."""
+    if not separator:  # nothing between the pieces: each character's reading, in order
+        return "".join(map(_char_pinyin, value))
     out: list[str] = []
     latin: list[str] = []
     for ch in value:
@@ -703,10 +706,17 @@ _BRANCH_EN = re.compile(r"^(.*?),?\s+([a-z ]+?)\s+(?:branch|office|representativ
 _BRACKETED = re.compile(r"\(([^()]*)\)")
 
 
+# The English forms and industry words as whole trailing words (built once, not per name).
+_EN_FORMS_WORDS = tuple(" " + f for f in _EN_FORMS)
+_EN_INDUSTRY_WORDS = tuple(" " + w for w in _EN_INDUSTRY)
+
+
 def _strip_forms(value: str, forms: tuple[str, ...]) -> str:
     changed = True
     while changed:
         changed = False
+        if not value.endswith(forms):  # one C-level test for the usual case: nothing (more) to strip
+            break
         for form in forms:
             if value.endswith(form) and len(value) > len(form):
                 value = value[: -len(form)].rstrip(" ,.-")
@@ -759,7 +769,7 @@ def _company_core(name: str) -> tuple[str, str]:
     # Latin forms: punctuation off first ("Co., Ltd." → "co ltd").
     base = _SPACE.sub(" ", re.sub(r"[^\w&\s]", " ", base)).strip()
     base = _strip_forms(base, _ZH_FORMS)
-    base = _strip_forms(base, tuple(" " + f for f in _EN_FORMS))
+    base = _strip_forms(base, _EN_FORMS_WORDS)
     base = _strip_forms(base.replace(" ", "") if _has_han(base) else base, _ZH_FORMS)
     with_region = base
     base = _strip_leading_regions(base) if _has_han(base) else _strip_latin_regions(base)
@@ -768,7 +778,7 @@ def _company_core(name: str) -> tuple[str, str]:
     ):  # 中国银行: the region is part of the trade name when only an industry word is left
         base = with_region
     base = _strip_forms(base, _ZH_INDUSTRY)
-    base = _strip_forms(base, tuple(" " + w for w in _EN_INDUSTRY))
+    base = _strip_forms(base, _EN_INDUSTRY_WORDS)
     base = _strip_punct(base.replace(" ", "")) if _has_han(base) else base
     return base.strip(), _strip_punct(branch)
 
@@ -784,35 +794,53 @@ def _strip_latin_regions(value: str) -> str:
     return " ".join(words)
 
 
+@lru_cache(maxsize=65536)
+def company_name_parts(name: str) -> tuple[str, str]:
+    """(`company_name_clean`, `company_name_key`) of a name, from one pass over it (cached: scoring compares
+    the same stored names again and again)."""
+    core, branch = _company_core(name)
+    clean = _strip_punct(core)
+    key = _strip_punct(to_pinyin(core))
+    if branch:
+        clean = f"{clean}#{branch}"
+        key = f"{key}#{_strip_punct(to_pinyin(branch))}"
+    return clean, key
+
+
 def company_name_clean(name: str) -> str:
     """The trade name in its own script: "深圳华为技术有限公司" → "华为" (for scoring; keeps homophones apart)."""
-    core, branch = _company_core(name)
-    core = _strip_punct(core)
-    return f"{core}#{branch}" if branch else core
+    return company_name_parts(name)[0]
 
 
 def company_name_key(name: str) -> str:
     """The matching key of a company name: its trade name in toneless pinyin, lower case, letters and digits
     only; a branch adds "#<branch>". Equal keys = the same company however written (see the module doc)."""
-    core, branch = _company_core(name)
-    key = _strip_punct(to_pinyin(core))
-    if branch:
-        key = f"{key}#{_strip_punct(to_pinyin(branch))}"
-    return key
+    return company_name_parts(name)[1]
 
 
 def company_name_score(a: str, b: str) -> float:
     """How alike two company names are, 0..1: 1 for the same trade name in the same script, 0.9 for the same
     key across scripts (华为 / Huawei), 0.8 for Chinese homophones (华为 / 华伟), else the keys' similarity."""
-    clean_a, clean_b = company_name_clean(a), company_name_clean(b)
+    clean_a, key_a = company_name_parts(a)
+    clean_b, key_b = company_name_parts(b)
     if not clean_a or not clean_b:
         return 0.0
     if clean_a == clean_b:
         return 1.0
-    key_a, key_b = company_name_key(a), company_name_key(b)
     if key_a == key_b:
         return 0.8 if _has_han(clean_a) and _has_han(clean_b) else 0.9
     return round(SequenceMatcher(None, key_a, key_b).ratio() * 0.85, 3)
+
+
+def best_score_of_another_key(key: str) -> float:
+    """The highest `company_name_score` a name can reach against a name of this key when its own key is
+    another one: the keys' SequenceMatcher ratio is 2M/(la+lb) with M matched characters, at most
+    2la/(2la+1) for keys that differ (the other key is this one plus one character), so the score is at most
+    0.85 of that. A rule whose threshold is above it can only be met by names of the same key: its candidates
+    are found by key equality alone (a B-tree look-up), without a trigram probe."""
+    if not key:
+        return 0.0
+    return round(0.85 * (2 * len(key)) / (2 * len(key) + 1), 3)
 
 
 # ---------------------------------------------------------------- people
@@ -858,10 +886,21 @@ def person_name_score(a: str, b: str) -> float:
 # ---------------------------------------------------------------- credit codes (phones, e-mails: crm_kit.normalize)
 
 
+_USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
+_USCC_VALUES = {c: i for i, c in enumerate(_USCC_ALPHABET)}
+_USCC_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+_USCC_COMPACT = re.compile(r"[0-9]{8}[0-9A-HJ-NPQRTUWXY]{10}")
+
+
 def normalize_credit_code(raw: str) -> str:
     """A unified social credit code (统一社会信用代码, GB 32100-2015): 18 characters, upper case, check digit
     verified. Raises InvalidValue otherwise."""
     text = unicodedata.normalize("NFKC", raw or "")
+    if _USCC_COMPACT.fullmatch(text):
+        # Already compact (what stdnum's validate would return unchanged): its checks, without its cleaning.
+        total = sum(map(mul, map(_USCC_VALUES.__getitem__, text[:17]), _USCC_WEIGHTS))
+        if text[17] == _USCC_ALPHABET[(31 - total) % 31]:
+            return text
     try:
         return str(uscc.validate(text))
     except _StdnumError as exc:
