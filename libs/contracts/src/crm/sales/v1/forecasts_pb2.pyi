@@ -36,8 +36,11 @@ class ForecastTarget(_message.Message):
     """One of them or neither (the whole tenant)."""
     department_id: _builtins.str
     currency: _builtins.str
+    """ISO 4217 (default CNY)."""
     revenue_target: _builtins.str
+    """Exact decimal."""
     collection_target: _builtins.str
+    """Exact decimal."""
     version: _builtins.int
     def __init__(
         self,
@@ -81,6 +84,7 @@ class ForecastFigures(_message.Message):
     open_count: _builtins.int
     """Open opportunities closing in the period."""
     pipeline_amount: _builtins.str
+    """Σ amount of those open opportunities."""
     weighted_amount: _builtins.str
     """Σ amount × stage probability."""
     won_amount: _builtins.str
