@@ -746,7 +746,7 @@ WRITES: dict[str, Path] = {
             "UpdateQuote",
             _quote,
             lambda w, r, md: Q.UpdateQuoteRequest(
-                id=r.id, quote=Q.QuoteDraft(title="二版"), update_mask=_mask("title")
+                id=r.id, quote=Q.QuotePatch(title="二版"), update_mask=_mask("title")
             ),
         ),
         ("quote",),

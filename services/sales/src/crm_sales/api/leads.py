@@ -97,7 +97,9 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
         decision = await authorize(self.policies, "lead", "update")
         async with self.db.unit_of_work() as uow:
             follow, lead = await leads.add_follow_up(uow, decision, request, now=self.clock.now())
-        return pb.CreateLeadFollowUpResponse(follow_up=leads.follow_up_pb(follow), lead=await self._lead(lead))
+        return pb.CreateLeadFollowUpResponse(
+            follow_up=leads.follow_up_pb(follow), lead=await self._lead(lead)
+        )
 
     async def ListLeadFollowUps(self, request, context):
         decision = await authorize(self.policies, "lead", "read")

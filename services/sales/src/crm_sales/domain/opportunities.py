@@ -60,7 +60,9 @@ def opportunity_pb(o: models.Opportunity, decision: Decision | None = None) -> p
 
 def change_pb(c: models.StageChange, now: dt.datetime) -> pb.OpportunityStageChange:
     end = c.left_at or now
-    return to_message(c, pb.OpportunityStageChange, seconds_in_stage=max(0, int((end - c.entered_at).total_seconds())))
+    return to_message(
+        c, pb.OpportunityStageChange, seconds_in_stage=max(0, int((end - c.entered_at).total_seconds()))
+    )
 
 
 def visible(decision: Decision) -> Any:
