@@ -81,6 +81,7 @@ class Task(_message.Message):
     created_by: _builtins.str
     """Who created it."""
     department_id: _builtins.str
+    """The assignee's department (for data scopes)."""
     version: _builtins.int
     @_builtins.property
     def due_at(self) -> _timestamp_pb2.Timestamp:
@@ -203,17 +204,27 @@ class CreateTaskRequest(_message.Message):
     title: _builtins.str
     """What is to be done, e.g. 回访客户确认报价."""
     description: _builtins.str
+    """Details."""
     related_type: _builtins.str
+    """"lead", "opportunity", "account", "contact", "contract" (empty: a free task)."""
     related_id: _builtins.str
+    """The record it is about (with `related_type`)."""
     assignee_id: _builtins.str
     """Empty: the caller."""
     priority: _builtins.str
+    """"low", "normal", "high"."""
     @_builtins.property
-    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """When it is due."""
+
     @_builtins.property
-    def remind_at(self) -> _timestamp_pb2.Timestamp: ...
+    def remind_at(self) -> _timestamp_pb2.Timestamp:
+        """When the assignee is reminded (TaskReminder), once."""
+
     @_builtins.property
-    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """People @mentioned in the task; each is told once."""
+
     def __init__(
         self,
         *,
@@ -460,7 +471,9 @@ class CreateActivityRequest(_message.Message):
     content: _builtins.str
     """What was said or done."""
     @_builtins.property
-    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """People @mentioned; each is told once."""
+
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """Default: now."""

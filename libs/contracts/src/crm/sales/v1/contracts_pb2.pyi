@@ -151,7 +151,9 @@ class Contract(_message.Message):
     """The owner's department (for data scopes)."""
     version: _builtins.int
     @_builtins.property
-    def renewal_reminded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def renewal_reminded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the renewal reminder went out."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -392,6 +394,7 @@ class Payment(_message.Message):
     amount: _builtins.str
     """Exact decimal."""
     currency: _builtins.str
+    """ISO 4217, the plan's."""
     paid_date: _builtins.str
     """"YYYY-MM-DD"."""
     method: _builtins.str
@@ -440,9 +443,13 @@ class ReceivableTotal(_message.Message):
     REFUNDED_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
     planned: _builtins.str
+    """Σ instalments, exact decimal."""
     paid: _builtins.str
+    """Σ paid, net of refunds."""
     outstanding: _builtins.str
+    """planned − paid."""
     overdue: _builtins.str
+    """Outstanding on instalments past due."""
     refunded: _builtins.str
     """Paid back (refunds); `paid` is already net of it."""
     def __init__(
@@ -481,17 +488,27 @@ class CreateContractRequest(_message.Message):
     RENEWAL_REMINDER_DAYS_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """Its title, e.g. 年度维保合同."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     customer_name: _builtins.str
+    """The customer as printed on the contract (default: the quote's)."""
     opportunity_id: _builtins.str
+    """The opportunity it closes, if any."""
     quote_id: _builtins.str
     """From an accepted (or approved) quote: amount, currency, account and customer come from it."""
     amount: _builtins.str
+    """Exact decimal."""
     currency: _builtins.str
+    """ISO 4217, e.g. "CNY"."""
     start_date: _builtins.str
+    """"YYYY-MM-DD"."""
     end_date: _builtins.str
+    """"YYYY-MM-DD"; the renewal reminder counts back from it."""
     renewal_reminder_days: _builtins.int
+    """A renewal reminder goes out this many days before end_date (0: none)."""
     terms: _builtins.str
+    """The contract's terms, printed in its PDF."""
     def __init__(
         self,
         *,
@@ -1195,8 +1212,11 @@ class CreatePaymentRequest(_message.Message):
     amount: _builtins.str
     """Exact decimal, more than 0 and at most what is still open on the instalment."""
     paid_date: _builtins.str
+    """"YYYY-MM-DD"."""
     method: _builtins.str
+    """"bank_transfer", "cash", "cheque", "alipay", "wechat_pay", "card", "other"."""
     reference: _builtins.str
+    """Bank reference, receipt number or similar."""
     def __init__(
         self,
         *,
@@ -1483,9 +1503,11 @@ class Refund(_message.Message):
     amount: _builtins.str
     """Exact decimal."""
     currency: _builtins.str
+    """ISO 4217, the plan's."""
     refund_date: _builtins.str
     """"YYYY-MM-DD"."""
     reason: _builtins.str
+    """Why the money went back."""
     method: _builtins.str
     """As for payments: "bank_transfer", "cash", "cheque", "alipay", "wechat_pay", "card", "other"."""
     reference: _builtins.str
@@ -1539,6 +1561,7 @@ class CreateRefundRequest(_message.Message):
     method: _builtins.str
     """Empty: the payment's method."""
     reference: _builtins.str
+    """Bank reference, receipt number or similar."""
     def __init__(
         self,
         *,

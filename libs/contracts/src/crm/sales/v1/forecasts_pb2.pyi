@@ -94,6 +94,7 @@ class ForecastFigures(_message.Message):
     best_case_amount: _builtins.str
     """Commit + best case."""
     revenue_target: _builtins.str
+    """The revenue target of the period (0 without one)."""
     revenue_gap: _builtins.str
     """revenue_target − commit_amount (negative: ahead of target)."""
     collection_due: _builtins.str
@@ -103,7 +104,9 @@ class ForecastFigures(_message.Message):
     collection_expected: _builtins.str
     """Still to collect in the period, including what fell overdue before it."""
     overdue_before_period: _builtins.str
+    """Overdue from before the period, still to collect."""
     collection_target: _builtins.str
+    """The collection target of the period (0 without one)."""
     collection_gap: _builtins.str
     """collection_target − (collected + collection due still open)."""
     def __init__(

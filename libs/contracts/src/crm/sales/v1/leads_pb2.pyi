@@ -187,7 +187,9 @@ class Lead(_message.Message):
         """When it was last followed up (restarts the pool's follow-up clock)."""
 
     @_builtins.property
-    def converted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def converted_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was converted."""
+
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free attributes the form or the import carried (e.g. "employees": "200"); scoring rules may use them."""
@@ -316,12 +318,15 @@ class LeadMove(_message.Message):
     to_owner_id: _builtins.str
     """Who holds it after (empty: back in the pool)."""
     pool_id: _builtins.str
+    """The pool it belonged to at the move."""
     reason: _builtins.str
     """Why, as the person or the job gave it."""
     actor_id: _builtins.str
     """Who moved it ("system" for the reclaim job)."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it moved."""
+
     def __init__(
         self,
         *,
@@ -364,6 +369,7 @@ class LeadPool(_message.Message):
     name: _builtins.str
     """Its name, e.g. 华南公海."""
     description: _builtins.str
+    """What the pool is for."""
     claim_cap: _builtins.int
     """Most leads of this pool one rep may hold at a time (0: no cap)."""
     follow_up_days: _builtins.int
@@ -486,9 +492,13 @@ class AssignmentRule(_message.Message):
         """Match conditions: every named field must hold one of the values (region, industry, territory, source)."""
 
     @_builtins.property
-    def industries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def industries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Industries it matches (empty: any)."""
+
     @_builtins.property
-    def territories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def territories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Territories it matches (empty: any)."""
+
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[Global___LeadSource.ValueType]:
         """Lead sources it matches (empty: any)."""
@@ -544,6 +554,7 @@ class WebForm(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Its name inside the CRM (visitors see `title`)."""
     token: _builtins.str
     """The public token that names the form in its URL; knowing it lets anyone submit."""
     active: _builtins.bool
@@ -648,17 +659,29 @@ class CreateLeadRequest(_message.Message):
     name: _builtins.str
     """The person's name, e.g. 张伟."""
     company: _builtins.str
+    """The company the person works for, as they gave it, e.g. 深圳星河电子有限公司."""
     title: _builtins.str
+    """Job title, e.g. 采购经理."""
     email: _builtins.str
+    """E-mail address."""
     phone: _builtins.str
+    """Phone number as given; duplicates are found by its E.164 form."""
     region: _builtins.str
+    """Region or province, e.g. 广东; assignment rules may match it."""
     industry: _builtins.str
+    """Industry, e.g. 制造业; assignment and scoring rules may match it."""
     territory: _builtins.str
+    """Sales territory; assignment rules may match it."""
     source: Global___LeadSource.ValueType
+    """Where it came from (来源渠道)."""
     source_detail: _builtins.str
+    """Attribution: the campaign, form, event (e.g. "2026 广交会"), referrer or partner it came through."""
     campaign_id: _builtins.str
+    """The marketing campaign it came through, if any."""
     channel: _builtins.str
+    """Free label of the channel within the source, e.g. "官网", "微信公众号"."""
     description: _builtins.str
+    """Notes about the lead."""
     pool_id: _builtins.str
     """Put the lead into this pool (no owner) instead of owning it."""
     owner_id: _builtins.str
@@ -801,11 +824,15 @@ class ListLeadsRequest(_message.Message):
     UNOWNED_FIELD_NUMBER: _builtins.int
     Q_FIELD_NUMBER: _builtins.int
     pool_id: _builtins.str
+    """Only leads of this pool."""
     owner_id: _builtins.str
+    """Only leads this rep holds."""
     status: Global___LeadStatus.ValueType
+    """Only leads in this status."""
     unowned: _builtins.bool
     """Only leads without an owner (waiting in a pool the caller belongs to)."""
     q: _builtins.str
+    """Keyword: part of the name, company, e-mail or phone."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -1339,16 +1366,26 @@ class CreateLeadPoolRequest(_message.Message):
     WARN_HOURS_BEFORE_FIELD_NUMBER: _builtins.int
     COOLDOWN_HOURS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. 华南公海."""
     description: _builtins.str
     claim_cap: _builtins.int
+    """Most leads of this pool one rep may hold at a time (0: no cap)."""
     follow_up_days: _builtins.int
+    """A held lead goes back to the pool when not followed up within this many days (0: never)."""
     conversion_days: _builtins.int
+    """... or when not converted within this many days of the claim (0: never)."""
     warn_hours_before: _builtins.int
+    """The holder is warned this many hours before the reclaim."""
     cooldown_hours: _builtins.int
+    """A rep who released a lead, or lost it to a reclaim, cannot claim it again for this many hours."""
     @_builtins.property
-    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Reps who may see the pool's unowned leads and claim them."""
+
     @_builtins.property
-    def manager_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def manager_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Managers assign the pool's leads and take them back."""
+
     def __init__(
         self,
         *,
@@ -1571,6 +1608,7 @@ class CreateScoringRuleRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. "制造业加分"."""
     field: _builtins.str
     """A lead field ("industry", "region", "source", "title", "company", "email", "phone", ...) or
     "attributes.<key>".
@@ -1578,7 +1616,9 @@ class CreateScoringRuleRequest(_message.Message):
     operator: _builtins.str
     """"equals", "not_equals", "contains", "in" (comma-separated values), "not_empty", "gte", "lte"."""
     value: _builtins.str
+    """The value to compare with (unused by "not_empty")."""
     points: _builtins.int
+    """Points added to a matching lead's score (negative subtracts), -1000..1000."""
     def __init__(
         self,
         *,
@@ -1707,19 +1747,29 @@ class CreateAssignmentRuleRequest(_message.Message):
     ASSIGNEE_IDS_FIELD_NUMBER: _builtins.int
     POOL_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. "华南区轮询"."""
     priority: _builtins.int
+    """Lower runs first; the first rule that matches a new lead decides."""
     strategy: _builtins.str
+    """"round_robin" (轮询) or "load" (fewest open leads held)."""
     pool_id: _builtins.str
+    """Instead of users: put the lead into this pool."""
     @_builtins.property
-    def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Match conditions: every named field must hold one of the values (region, industry, territory, source)."""
+
     @_builtins.property
     def industries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def territories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def sources(self) -> _containers.RepeatedScalarFieldContainer[Global___LeadSource.ValueType]: ...
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[Global___LeadSource.ValueType]:
+        """Lead sources it matches (empty: any)."""
+
     @_builtins.property
-    def assignee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def assignee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The reps new leads go to, in turn or by load."""
+
     def __init__(
         self,
         *,
@@ -1857,15 +1907,27 @@ class CreateWebFormRequest(_message.Message):
     name: _builtins.str
     """Its name inside the CRM (visitors see `title`)."""
     pool_id: _builtins.str
+    """New leads go into this pool, or through the assignment rules when empty."""
     campaign_id: _builtins.str
+    """The campaign its leads are attributed to, if any."""
     source_detail: _builtins.str
+    """Attribution copied to every lead it creates, e.g. "官网联系我们"."""
     honeypot_field: _builtins.str
+    """A field hidden from people; bots fill it in."""
     min_seconds_to_submit: _builtins.int
+    """Submissions faster than this after the form was shown are treated as spam (0: no check)."""
     max_submissions_per_minute: _builtins.int
+    """More submissions per minute than this are refused with 429 (0: the default limit)."""
     title: _builtins.str
+    """The heading visitors see."""
     thank_you_message: _builtins.str
+    """Shown to the visitor after a submission (empty: a default bilingual thank-you)."""
     @_builtins.property
-    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lead fields the form collects ("name", "company", "email", "phone", "title", "region", ...); other keys land
+        in attributes.
+        """
+
     def __init__(
         self,
         *,

@@ -194,9 +194,11 @@ class OpportunityProduct(_message.Message):
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     name: _builtins.str
+    """The product's name as shown on the opportunity."""
     quantity: _builtins.str
     """Exact decimals as strings."""
     unit_price: _builtins.str
+    """Exact decimal."""
     def __init__(
         self,
         *,
@@ -452,10 +454,12 @@ class BoardCard(_message.Message):
     name: _builtins.str
     account_id: _builtins.str
     amount: _builtins.str
+    """Exact decimal, e.g. "125000.00"."""
     currency: _builtins.str
     close_date: _builtins.str
     owner_id: _builtins.str
     status: Global___OpportunityStatus.ValueType
+    """Open, won or lost."""
     seconds_in_stage: _builtins.int
     """Seconds since it entered its current stage."""
     version: _builtins.int
@@ -552,11 +556,15 @@ class StageInput(_message.Message):
     name: _builtins.str
     """Name in the tenant's language, unique in the pipeline, e.g. 方案报价."""
     probability: _builtins.int
+    """Win probability in percent, 0..100."""
     kind: Global___StageKind.ValueType
+    """Open stages hold opportunities in progress; entering a won or lost stage closes the opportunity."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
-    def required_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def required_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Opportunity fields that must be filled before entering this stage, e.g. "amount", "close_date"."""
+
     def __init__(
         self,
         *,
@@ -582,6 +590,7 @@ class CreatePipelineRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. 直销."""
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageInput]:
         """In board order; empty: the default stages (初步接洽 Qualification … 赢单 Won, 输单 Lost)."""
@@ -741,8 +750,11 @@ class PipelinePatch(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. 直销."""
     @_builtins.property
-    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageInput]: ...
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageInput]:
+        """In board order."""
+
     def __init__(
         self,
         *,
@@ -888,28 +900,47 @@ class CreateOpportunityRequest(_message.Message):
     OWNER_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. "ERP 升级项目"."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     contact_id: _builtins.str
+    """The main contact at the customer (customers service)."""
     lead_id: _builtins.str
+    """The lead it was converted from, if any."""
     pipeline_id: _builtins.str
     """Empty: the tenant's first pipeline."""
     stage_id: _builtins.str
     """Empty: the pipeline's first stage."""
     amount: _builtins.str
+    """Exact decimal as a string, e.g. "125000.00"."""
     currency: _builtins.str
+    """ISO 4217, e.g. "CNY", "USD"."""
     close_date: _builtins.str
+    """"YYYY-MM-DD"."""
     forecast_category: Global___ForecastCategory.ValueType
+    """Where it counts in the forecast (default: by its stage)."""
     next_step: _builtins.str
+    """The agreed next step, e.g. "下周演示"."""
     owner_id: _builtins.str
+    """The rep responsible for it."""
     description: _builtins.str
+    """Notes about the opportunity."""
     @_builtins.property
-    def competitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def competitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Competitors in the deal."""
+
     @_builtins.property
-    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpportunityProduct]: ...
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpportunityProduct]:
+        """Products of interest, with quantities and prices."""
+
     @_builtins.property
-    def team_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def team_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Colleagues working on it; they may see it."""
+
     @_builtins.property
-    def follower_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def follower_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """People who follow it (关注), besides the team."""
+
     def __init__(
         self,
         *,
@@ -1009,10 +1040,15 @@ class ListOpportunitiesRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
+    """Only opportunities of this pipeline."""
     stage_id: _builtins.str
+    """Only those in this stage."""
     owner_id: _builtins.str
+    """Only those this rep owns."""
     status: Global___OpportunityStatus.ValueType
+    """Only those in this status."""
     account_id: _builtins.str
+    """Only those of this account."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(

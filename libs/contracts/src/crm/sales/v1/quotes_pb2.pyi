@@ -309,17 +309,25 @@ class QuoteLine(_message.Message):
     TAX_AMOUNT_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     product_code: _builtins.str
+    """The product's SKU."""
     description: _builtins.str
+    """The line's text (default: the product's name in the quote's language)."""
     unit: _builtins.str
+    """The product's unit, e.g. 套."""
     quantity: _builtins.str
+    """Decimal."""
     unit_price: _builtins.str
+    """Exact decimal, tax exclusive."""
     discount_percent: _builtins.str
+    """Line discount in percent."""
     list_amount: _builtins.str
     """quantity × unit_price."""
     discount_amount: _builtins.str
+    """list_amount × discount_percent."""
     net_amount: _builtins.str
     """list_amount − discount_amount."""
     tax_rate: _builtins.str
+    """VAT rate in percent."""
     tax_amount: _builtins.str
     """Tax on the net after its share of the overall discount."""
     def __init__(
@@ -400,6 +408,7 @@ class Quote(_message.Message):
     currency: _builtins.str
     """ISO 4217, the price book's (CNY without one)."""
     status: Global___QuoteStatus.ValueType
+    """Draft → pending approval → approved → accepted or declined (or rejected, superseded); changed by the actions."""
     discount_percent: _builtins.str
     """Overall discount in percent, applied after the line discounts."""
     list_total: _builtins.str
@@ -429,6 +438,7 @@ class Quote(_message.Message):
     owner_id: _builtins.str
     """Who made it (its data scope owner)."""
     department_id: _builtins.str
+    """The owner's department (for data scopes)."""
     version: _builtins.int
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLine]:
@@ -490,10 +500,12 @@ class ApprovalAction(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     step: _builtins.int
+    """0-based index of the step decided."""
     actor_id: _builtins.str
     decision: _builtins.str
     """"approved" or "rejected"."""
     comment: _builtins.str
+    """The approver's comment."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -537,6 +549,7 @@ class Approval(_message.Message):
     reason: _builtins.str
     """Why approval is needed, e.g. the discount or the amount."""
     status: Global___ApprovalStatus.ValueType
+    """Pending until the last step approves or a step rejects."""
     current_step: _builtins.int
     """0-based index of the step waiting for a decision."""
     requested_by: _builtins.str
@@ -593,10 +606,15 @@ class CreateProductRequest(_message.Message):
     code: _builtins.str
     """SKU, unique in the tenant, e.g. "HW-S5735"."""
     name: _builtins.str
+    """Its name, e.g. 企业资源计划软件许可."""
     name_en: _builtins.str
+    """The English name for English quotes (the name is used when empty)."""
     description: _builtins.str
+    """Details shown on quotes."""
     unit: _builtins.str
+    """e.g. "台", "套", "年", "pcs"."""
     tax_rate: _builtins.str
+    """VAT rate in percent as a decimal string, e.g. "13" or "6"."""
     def __init__(
         self,
         *,
@@ -779,10 +797,15 @@ class CreatePriceBookRequest(_message.Message):
     CUSTOMER_GROUP_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. 渠道价."""
     currency: _builtins.str
+    """ISO 4217; every price in the book is in this currency."""
     customer_group: _builtins.str
+    """Empty: every customer; else e.g. "distributor", "vip"."""
     @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceBookEntry]: ...
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceBookEntry]:
+        """Its prices, one per product."""
+
     def __init__(
         self,
         *,
@@ -1058,18 +1081,31 @@ class CreateQuoteRequest(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """Its title, e.g. "ERP 升级报价"."""
     opportunity_id: _builtins.str
+    """The opportunity it is for, if any."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     contact_id: _builtins.str
+    """The customer contact it is addressed to."""
     customer_name: _builtins.str
+    """What the customer sees as the buyer (the account's name when known)."""
     price_book_id: _builtins.str
+    """The price book the lines were priced from; its currency is the quote's."""
     discount_percent: _builtins.str
+    """Overall discount in percent, applied after the line discounts."""
     valid_until: _builtins.str
+    """"YYYY-MM-DD"."""
     locale: _builtins.str
+    """"zh-CN" or "en": the language of the PDF."""
     notes: _builtins.str
+    """Notes printed on the quote."""
     terms: _builtins.str
+    """Terms printed on the quote."""
     @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLineInput]: ...
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLineInput]:
+        """Its lines, priced."""
+
     def __init__(
         self,
         *,
@@ -1252,15 +1288,25 @@ class QuotePatch(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """Its title, e.g. "ERP 升级报价"."""
     customer_name: _builtins.str
+    """What the customer sees as the buyer (the account's name when known)."""
     contact_id: _builtins.str
+    """The customer contact it is addressed to."""
     discount_percent: _builtins.str
+    """Overall discount in percent, applied after the line discounts."""
     valid_until: _builtins.str
+    """"YYYY-MM-DD"."""
     locale: _builtins.str
+    """"zh-CN" or "en": the language of the PDF."""
     notes: _builtins.str
+    """Notes printed on the quote."""
     terms: _builtins.str
+    """Terms printed on the quote."""
     @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLineInput]: ...
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLineInput]:
+        """Its lines, priced."""
+
     def __init__(
         self,
         *,
