@@ -10,13 +10,16 @@ from crm.sales.v1 import leads_pb2_grpc, pipelines_pb2_grpc
 
 @pytest.fixture(scope="module")
 async def api(test_infra, identity_service, sales_service):
-    """The gateway in front of sales and identity, spoken to as a web client would (end-to-end tests)."""
+    """The gateway in front of sales and identity, spoken to as a web client would (end-to-end tests).
+    Every JSON answer is checked against its schema in the gateway's /openapi.json (tests/sales/answers.py)."""
     from tests.gateway.conftest import gateway_settings, running_gateway
+    from tests.sales.answers import check_answers
 
     settings = gateway_settings(
         test_infra, identity_service.address, sales_service_addr=sales_service.address
     )
     async with running_gateway(settings) as client:
+        check_answers(client)
         yield client
 
 

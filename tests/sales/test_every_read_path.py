@@ -159,7 +159,7 @@ PATHS: dict[str, Path] = {
     "LeadsService/GetLead": Path(rpc("leads", "GetLead", ids("lead", L.GetLeadRequest)), ("lead",)),
     "LeadsService/ListLeads": Path(rpc("leads", "ListLeads", empty(L.ListLeadsRequest)), ("lead",)),
     "LeadsService/ListLeadFollowUps": Path(
-        rpc("leads", "ListLeadFollowUps", ids("lead", L.ListLeadFollowUpsRequest, "lead_id"))
+        rpc("leads", "ListLeadFollowUps", ids("lead", L.ListLeadFollowUpsRequest))
     ),
     "LeadsService/ListLeadHistory": Path(
         rpc("leads", "ListLeadHistory", ids("lead", L.ListLeadHistoryRequest))
@@ -227,7 +227,7 @@ PATHS: dict[str, Path] = {
         rpc("contracts", "ListPayments", ids("plan", C.ListPaymentsRequest, "plan_id")), ("payment",)
     ),
     "ContractsService/GetReceivables": Path(
-        rpc("contracts", "GetReceivables", ids("account", C.GetReceivablesRequest, "account_id"))
+        rpc("contracts", "GetReceivables", ids("account", C.GetReceivablesRequest))
     ),
     "ContractsService/ListRefunds": Path(
         rpc("contracts", "ListRefunds", ids("plan", C.ListRefundsRequest, "plan_id")), ("payment",)
@@ -746,7 +746,7 @@ WRITES: dict[str, Path] = {
             "UpdateQuote",
             _quote,
             lambda w, r, md: Q.UpdateQuoteRequest(
-                id=r.id, quote=Q.QuoteDraft(title="二版"), update_mask=_mask("title")
+                id=r.id, quote=Q.QuotePatch(title="二版"), update_mask=_mask("title")
             ),
         ),
         ("quote",),

@@ -60,7 +60,7 @@ async def test_hostile_lead_files_are_refused_and_the_gateway_keeps_answering(ap
                 )
                 assert started.status_code == 202, started.text
                 failed = await finished(api, h, job["id"])
-                assert failed["status"] == "JOB_STATUS_FAILED" and words in failed["error"], (what, failed)
+                assert failed["status"] == "failed" and words in failed["error"], (what, failed)
         finally:
             done.set()
             await prober

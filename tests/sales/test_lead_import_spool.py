@@ -53,5 +53,5 @@ async def test_uploads_and_imports_hold_room_in_the_spool_and_give_it_back(api, 
     started = await api.post(f"/api/v1/lead-imports/{job['id']}/start", json={}, headers=h)
     assert started.status_code == 202, started.text
     done = await finished(api, h, job["id"])
-    assert done["status"] == "JOB_STATUS_SUCCEEDED", done
+    assert done["status"] == "succeeded", done
     assert room.used == 0

@@ -122,9 +122,7 @@ async def test_follow_ups_move_a_new_lead_to_working_and_are_listed_newest_first
             pb.CreateLeadFollowUpRequest(id=lead.id, kind="call", content=content), metadata=rep.md
         )
     assert answer.lead.status == pb.LEAD_STATUS_WORKING and answer.lead.last_follow_up_at.seconds
-    listed = (
-        await leads.ListLeadFollowUps(pb.ListLeadFollowUpsRequest(id=lead.id), metadata=rep.md)
-    ).items
+    listed = (await leads.ListLeadFollowUps(pb.ListLeadFollowUpsRequest(id=lead.id), metadata=rep.md)).items
     assert [f.content for f in listed] == ["发送资料", "首次电话"]
     err = await rpc_error(
         leads.CreateLeadFollowUp(pb.CreateLeadFollowUpRequest(id=lead.id, kind="smoke"), metadata=rep.md)
@@ -230,16 +228,15 @@ async def test_a_new_lead_comes_back_with_the_open_leads_it_may_duplicate(identi
     company, (rep, other) = await team(identity, 2)
     mine = (
         await leads.CreateLead(
-            pb.CreateLeadRequest(name="王芳", phone="138-0013-8000", email="wang.fang@example.cn"), metadata=rep.md
+            pb.CreateLeadRequest(name="王芳", phone="138-0013-8000", email="wang.fang@example.cn"),
+            metadata=rep.md,
         )
     ).lead
-    theirs = (
-        await leads.CreateLead(
-            pb.CreateLeadRequest(name="王芳（展会）", email="Wang.Fang@Example.cn"), metadata=other.md
-        )
+    theirs = await leads.CreateLead(
+        pb.CreateLeadRequest(name="王芳（展会）", email="Wang.Fang@Example.cn"), metadata=other.md
     )
     # The second lead matched the first on its e-mail; the other rep may not read it (own scope): id only.
-    assert [(d.lead_id, d.matched_on, d.name, d.owner_id) for d in theirs.duplicates] == [
+    assert [(d.lead_id, d.matched_on, d.name, d.owner_id) for d in theirs.lead.duplicates] == [
         (mine.id, "email", "", "")
     ]
 
@@ -248,7 +245,7 @@ async def test_a_new_lead_comes_back_with_the_open_leads_it_may_duplicate(identi
         pb.CreateLeadRequest(name="王芳", phone="+86 138 0013 8000", email="wang.fang@example.cn"),
         metadata=company.md,
     )
-    assert [(d.lead_id, d.matched_on, d.name, d.owner_id) for d in answer.duplicates] == [
+    assert [(d.lead_id, d.matched_on, d.name, d.owner_id) for d in answer.lead.duplicates] == [
         (mine.id, "phone", "王芳", rep.id),
         (theirs.lead.id, "email", "王芳（展会）", other.id),
     ]
@@ -257,5 +254,25 @@ async def test_a_new_lead_comes_back_with_the_open_leads_it_may_duplicate(identi
     alone = await leads.CreateLead(
         pb.CreateLeadRequest(name="王芳", email="wang.fang@example.cn"), metadata=stranger.md
     )
-    assert list(alone.duplicates) == []
-    assert list((await leads.CreateLead(pb.CreateLeadRequest(name="无名"), metadata=company.md)).duplicates) == []
+    assert list(alone.lead.duplicates) == []
+    nameless = (await leads.CreateLead(pb.CreateLeadRequest(name="无名"), metadata=company.md)).lead
+    assert list(nameless.duplicates) == []
+
+    # Duplicates belong to the answer that found them: a read carries none.
+    read = (await leads.GetLead(pb.GetLeadRequest(id=answer.lead.id), metadata=company.md)).lead
+    assert list(read.duplicates) == []
+    # An update that gives a lead a phone already held by an open lead answers with that lead.
+    changed = (
+        await leads.UpdateLead(
+            pb.UpdateLeadRequest(
+                id=nameless.id,
+                lead=pb.Lead(phone="13800138000"),
+                update_mask=field_mask_pb2.FieldMask(paths=["phone"]),
+            ),
+            metadata=company.md,
+        )
+    ).lead
+    assert [(d.lead_id, d.matched_on) for d in changed.duplicates] == [
+        (mine.id, "phone"),
+        (answer.lead.id, "phone"),
+    ]

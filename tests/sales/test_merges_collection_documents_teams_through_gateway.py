@@ -13,6 +13,7 @@ from pypdf import PdfReader
 
 from tests.gateway.conftest import assert_problem, gateway_settings, running_gateway
 from tests.identity.helpers import invite_and_join
+from tests.sales.answers import check_answers
 from tests.sales.helpers import REP_PERMISSIONS, Rep, rep_role, team
 from tests.sales.test_contract_pdf import TERMS, logo_png
 
@@ -26,6 +27,7 @@ async def api(test_infra, identity_service, sales_service, customers_for_sales):
         customers_service_addr=customers_for_sales.address,
     )
     async with running_gateway(settings) as client:
+        check_answers(client)
         yield client
 
 
@@ -42,15 +44,15 @@ async def created(api, path: str, body: dict, headers: dict) -> dict:
 async def approved_contract(api, headers: dict, **fields) -> dict:
     contract = await created(api, "/api/v1/contracts", {"currency": "CNY", **fields}, headers)
     submitted = await api.post(f"/api/v1/contracts/{contract['id']}/submit", json={}, headers=headers)
-    assert submitted.json()["contract"]["status"] == "CONTRACT_STATUS_APPROVED", submitted.text
+    assert submitted.json()["contract"]["status"] == "approved", submitted.text
     return submitted.json()["contract"]
 
 
 async def test_a_merge_in_customers_re_points_what_sales_shows_and_undo_puts_it_back(api, identity):
     company, (rep,) = await team(identity, 1)
     admin = bearer(company.token)
-    keep = await created(api, "/api/v1/accounts", {"account": {"name": "杭州青山制造有限公司"}}, admin)
-    dup = await created(api, "/api/v1/accounts", {"account": {"name": "青山制造(杭州)"}}, admin)
+    keep = await created(api, "/api/v1/accounts", {"name": "杭州青山制造有限公司"}, admin)
+    dup = await created(api, "/api/v1/accounts", {"name": "青山制造(杭州)"}, admin)
     await created(api, "/api/v1/pipelines", {"name": "直销"}, admin)
     opp = await created(
         api, "/api/v1/opportunities", {"name": "产线改造", "account_id": dup["id"]}, bearer(rep.token)
@@ -60,7 +62,7 @@ async def test_a_merge_in_customers_re_points_what_sales_shows_and_undo_puts_it_
     merge = await created(
         api,
         "/api/v1/merges",
-        {"record_type": "RECORD_TYPE_ACCOUNT", "survivor_id": keep["id"], "merged_ids": [dup["id"]]},
+        {"record_type": "account", "survivor_id": keep["id"], "merged_ids": [dup["id"]]},
         admin,
     )
 
@@ -82,7 +84,7 @@ async def test_a_merge_in_customers_re_points_what_sales_shows_and_undo_puts_it_
     )
     assert_problem(stale, 412)
 
-    undone = await api.post(f"/api/v1/merges/{merge['merge']['id']}/undo", json={}, headers=admin)
+    undone = await api.post(f"/api/v1/merges/{merge['id']}/undo", json={}, headers=admin)
     assert undone.status_code == 200, undone.text
     await eventually(
         lambda: _is(account_of_opportunity(), dup["id"]), what="the opportunity follows the undo"
@@ -110,7 +112,13 @@ async def test_a_plan_is_rescheduled_and_a_payment_refunded_through_the_api(api,
     )
     first, second = plan["instalments"]
     paid = await created(api, "/api/v1/payments", {"instalment_id": first["id"], "amount": "300.00"}, admin)
-    assert paid["instalment"]["status"] == "INSTALMENT_STATUS_PAID"
+    assert (paid["instalment_id"], paid["amount"], paid["refunded_amount"]) == (first["id"], "300.00", "0.00")
+
+    async def instalment(instalment_id: str) -> dict:
+        answer = await api.get(f"/api/v1/payment-plans/{plan['id']}", headers=admin)
+        return next(i for i in answer.json()["instalments"] if i["id"] == instalment_id)
+
+    assert (await instalment(first["id"]))["status"] == "paid"
 
     url = f"/api/v1/payment-plans/{plan['id']}/instalments"
     body = {
@@ -130,15 +138,18 @@ async def test_a_plan_is_rescheduled_and_a_payment_refunded_through_the_api(api,
     assert {e["field"] for e in problem["errors"]} == {"instalments[0].amount"}
 
     refund = await api.post(
-        f"/api/v1/payments/{paid['payment']['id']}/refunds",
+        f"/api/v1/payments/{paid['id']}/refunds",
         json={"amount": "120.50", "reason": "服务未按期交付，部分退款"},
         headers=admin,
     )
     assert refund.status_code == 201, refund.text
-    assert refund.json()["payment"]["refunded_amount"] == "120.50"
-    assert refund.json()["instalment"]["status"] == "INSTALMENT_STATUS_OVERDUE"
+    assert (refund.json()["payment_id"], refund.json()["amount"]) == (paid["id"], "120.50")
+    assert refund.json()["instalment_id"] == first["id"] and refund.json()["method"] == "bank_transfer"
+    payments = await api.get("/api/v1/payments", params={"plan_id": plan["id"]}, headers=admin)
+    assert [p["refunded_amount"] for p in payments.json()["items"]] == ["120.50"]
+    assert (await instalment(first["id"]))["status"] == "overdue"
     too_much = await api.post(
-        f"/api/v1/payments/{paid['payment']['id']}/refunds",
+        f"/api/v1/payments/{paid['id']}/refunds",
         json={"amount": "179.51", "reason": "x"},
         headers=admin,
     )
@@ -294,7 +305,7 @@ async def test_the_forecast_of_a_team_covers_its_department_and_those_below(api,
     )
     assert target.status_code == 200, target.text
 
-    async def figures(headers: dict, department_id: str = "") -> tuple[str, ...] | None:
+    async def figures(headers: dict, department_id: str = "") -> tuple[object, ...] | None:
         params = {"period": "2031-05", **({"department_id": department_id} if department_id else {})}
         answer = await api.get("/api/v1/forecasts", params=params, headers=headers)
         assert answer.status_code == 200, answer.text
@@ -304,15 +315,15 @@ async def test_the_forecast_of_a_team_covers_its_department_and_those_below(api,
         (f,) = items
         return f["open_count"], f["pipeline_amount"], f["collection_due"], f["revenue_target"]
 
-    assert await figures(admin) == ("4", "1234.00", "1234.00", "0.00")
-    assert await figures(admin, east) == ("3", "1230.00", "1230.00", "0.00")
-    assert await figures(admin, shanghai) == ("2", "230.00", "230.00", "1000.00")
-    assert await figures(admin, pudong) == ("1", "30.00", "30.00", "0.00")
-    assert await figures(admin, south) == ("1", "4.00", "4.00", "0.00")
+    assert await figures(admin) == (4, "1234.00", "1234.00", "0.00")
+    assert await figures(admin, east) == (3, "1230.00", "1230.00", "0.00")
+    assert await figures(admin, shanghai) == (2, "230.00", "230.00", "1000.00")
+    assert await figures(admin, pudong) == (1, "30.00", "30.00", "0.00")
+    assert await figures(admin, south) == (1, "4.00", "4.00", "0.00")
     # A manager sees their own team and below, whatever team they ask for.
     manager = bearer(sh_manager.token)
-    assert await figures(manager, shanghai) == ("2", "230.00", "230.00", "1000.00")
-    assert await figures(manager, east) == ("2", "230.00", "230.00", "0.00")
+    assert await figures(manager, shanghai) == (2, "230.00", "230.00", "1000.00")
+    assert await figures(manager, east) == (2, "230.00", "230.00", "0.00")
     assert await figures(manager, south) is None
     # A department made later counts for the teams above it (identity's event refreshes sales' policy).
     lujiazui = await department("陆家嘴小组", pudong)
@@ -323,10 +334,8 @@ async def test_the_forecast_of_a_team_covers_its_department_and_those_below(api,
         {"name": "新商机", "amount": "0.05", "close_date": "2031-05-31"},
         newcomer,
     )
-    assert await figures(admin, lujiazui) == ("1", "0.05", "0.00", "0.00")
-    await eventually(
-        lambda: _is(figures(admin, east), ("4", "1230.05", "1230.00", "0.00")), what="east grows"
-    )
+    assert await figures(admin, lujiazui) == (1, "0.05", "0.00", "0.00")
+    await eventually(lambda: _is(figures(admin, east), (4, "1230.05", "1230.00", "0.00")), what="east grows")
     # A department that is not the company's is refused, not silently empty.
     beta, _ = await team(identity, 0, name="Beta Ltd")
     beta_department = await created(api, "/api/v1/departments", {"name": "华北"}, bearer(beta.token))

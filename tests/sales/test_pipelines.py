@@ -166,7 +166,7 @@ async def test_a_stage_holding_open_opportunities_cannot_be_removed(identity, pi
         pipelines.UpdatePipeline(
             pb.UpdatePipelineRequest(
                 id=p.id,
-                pipeline=pb.PipelineUpdate(stages=keep),
+                pipeline=pb.PipelinePatch(stages=keep),
                 update_mask=field_mask_pb2.FieldMask(paths=["stages"]),
             ),
             metadata=company.md,
@@ -181,7 +181,7 @@ async def test_a_stage_holding_open_opportunities_cannot_be_removed(identity, pi
         await pipelines.UpdatePipeline(
             pb.UpdatePipelineRequest(
                 id=p.id,
-                pipeline=pb.PipelineUpdate(stages=renamed),
+                pipeline=pb.PipelinePatch(stages=renamed),
                 update_mask=field_mask_pb2.FieldMask(paths=["stages"]),
             ),
             metadata=company.md,

@@ -196,7 +196,7 @@ async def test_a_discount_above_the_threshold_needs_every_approval_step_and_a_re
         await quotes.UpdateQuote(
             pb.UpdateQuoteRequest(
                 id=v2.id,
-                quote=pb.QuoteDraft(discount_percent="0"),
+                quote=pb.QuotePatch(discount_percent="0"),
                 update_mask=field_mask_pb2.FieldMask(paths=["discount_percent"]),
             ),
             metadata=rep.md,
@@ -216,7 +216,7 @@ async def test_a_discount_above_the_threshold_needs_every_approval_step_and_a_re
         quotes.UpdateQuote(
             pb.UpdateQuoteRequest(
                 id=v2.id,
-                quote=pb.QuoteDraft(title="x"),
+                quote=pb.QuotePatch(title="x"),
                 update_mask=field_mask_pb2.FieldMask(paths=["title"]),
             ),
             metadata=rep.md,

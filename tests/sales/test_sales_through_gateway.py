@@ -30,12 +30,13 @@ async def test_a_rep_claims_follows_up_and_returns_a_pool_lead_through_the_api(a
             "name": "周杰",
             "company": "深圳星河电子",
             "pool_id": pool.json()["id"],
-            "source": "LEAD_SOURCE_EVENT",
+            "source": "event",
         },
         headers=admin,
     )
     assert lead.status_code == 201, lead.text
     lead_id = lead.json()["id"]
+    assert lead.json()["source"] == "event" and lead.json()["owner_id"] is None
     assert lead.json()["duplicates"] == []
     twin = await api.post(
         "/api/v1/leads",
@@ -47,10 +48,30 @@ async def test_a_rep_claims_follows_up_and_returns_a_pool_lead_through_the_api(a
     assert again.json()["duplicates"] == [
         {"lead_id": twin.json()["id"], "matched_on": "phone", "name": "周杰", "owner_id": company.admin.id}
     ]
+    body = again.json()
+    assert (body["status"], body["score"], body["version"], body["pool_id"]) == ("new", 0, 1, None)
+    assert again.headers["etag"] == '"1"' and again.headers["location"] == f"/api/v1/leads/{body['id']}"
+    # Duplicates belong to the answer that found them: a read has none, an update finds them again.
+    read = await api.get(f"/api/v1/leads/{lead_id}", headers=admin)
+    assert read.json()["duplicates"] == []
+    changed = await api.patch(f"/api/v1/leads/{lead_id}", json={"phone": "139-0000-1111"}, headers=admin)
+    assert changed.status_code == 200, changed.text
+    assert [(d["lead_id"], d["matched_on"]) for d in changed.json()["duplicates"]] == [
+        (twin.json()["id"], "phone"),
+        (body["id"], "phone"),
+    ]
+    # What the server owns is refused in bodies, what the service requires is required, each naming the field.
+    for refused in ({"score": 5}, {"owner_id": company.admin.id}, {"duplicates": []}):
+        problem = assert_problem(
+            await api.patch(f"/api/v1/leads/{lead_id}", json=refused, headers=admin), 422
+        )
+        assert problem["code"] == "validation_failed" and problem["errors"][0]["field"] == next(iter(refused))
+    nameless = assert_problem(await api.post("/api/v1/leads", json={"company": "无名"}, headers=admin), 422)
+    assert [e["field"] for e in nameless["errors"]] == ["name"]
 
     claimed = await api.post(f"/api/v1/leads/{lead_id}/claim", json={}, headers=bearer(rep.token))
     assert claimed.status_code == 200, claimed.text
-    assert claimed.json()["owner_id"] == rep.id and claimed.headers["etag"] == '"2"'
+    assert claimed.json()["owner_id"] == rep.id and claimed.headers["etag"] == '"3"'
     followed = await api.post(
         f"/api/v1/leads/{lead_id}/follow-ups",
         json={"kind": "wechat", "content": "加了微信"},
@@ -62,7 +83,7 @@ async def test_a_rep_claims_follows_up_and_returns_a_pool_lead_through_the_api(a
     released = await api.post(
         f"/api/v1/leads/{lead_id}/release", json={"reason": "客户已选择其他供应商"}, headers=bearer(rep.token)
     )
-    assert released.status_code == 200 and released.json()["owner_id"] == ""
+    assert released.status_code == 200 and released.json()["owner_id"] is None
     again = await api.post(f"/api/v1/leads/{lead_id}/claim", json={}, headers=bearer(rep.token))
     assert_problem(again, 409, "claim_cooldown")
 
@@ -101,7 +122,7 @@ async def test_a_visitor_submits_a_public_form_without_any_credential(api, ident
     listed = await api.get("/api/v1/leads", params={"q": "Jane"}, headers=admin)
     (lead,) = listed.json()["items"]
     # No pool and no rule: the form's creator owns the lead.
-    assert lead["source"] == "LEAD_SOURCE_WEB_FORM" and lead["owner_id"] == company.admin.id
+    assert lead["source"] == "web_form" and lead["owner_id"] == company.admin.id
     assert_problem(await api.get("/api/v1/public/forms/unknown-token"), 404)
     assert_problem(await api.get("/api/v1/forms"), 401)
 
@@ -133,8 +154,8 @@ async def test_an_opportunity_moves_across_the_board_through_the_api(api, identi
     board = await api.get(f"/api/v1/pipelines/{pipeline['id']}/board", headers=admin)
     assert board.status_code == 200, board.text
     column = board.json()["columns"][2]
-    assert column["count"] == "1" and column["totals"] == [
-        {"currency": "CNY", "amount": "1234567.89", "weighted_amount": "617283.95", "count": "1"}
+    assert column["count"] == 1 and column["totals"] == [
+        {"currency": "CNY", "amount": "1234567.89", "weighted_amount": "617283.95", "count": 1}
     ]
     stale = await api.patch(
         f"/api/v1/opportunities/{opp.json()['id']}",
@@ -191,7 +212,9 @@ async def test_an_approved_quote_downloads_as_a_pdf_through_the_api(api, identit
     qid = body["id"]
     assert_problem(await api.get(f"/api/v1/quotes/{qid}/pdf", headers=admin), 409, "quote_not_approved")
     submitted = await api.post(f"/api/v1/quotes/{qid}/submit", json={}, headers=admin)
-    assert submitted.json()["quote"]["status"] == "QUOTE_STATUS_APPROVED", submitted.text
+    assert submitted.json()["quote"]["status"] == "approved" and submitted.json()["approval"] is None, (
+        submitted.text
+    )
     pdf = await api.get(f"/api/v1/quotes/{qid}/pdf", headers=admin)
     assert pdf.status_code == 200
     assert pdf.headers["content-type"] == "application/pdf"
@@ -218,7 +241,7 @@ async def test_collection_tasks_and_the_forecast_through_the_api(api, identity):
     assert contract.status_code == 201, contract.text
     cid = contract.json()["id"]
     submitted = await api.post(f"/api/v1/contracts/{cid}/submit", json={}, headers=admin)
-    assert submitted.json()["contract"]["status"] == "CONTRACT_STATUS_APPROVED", submitted.text
+    assert submitted.json()["contract"]["status"] == "approved", submitted.text
     plan = await api.post(
         "/api/v1/payment-plans",
         json={
@@ -235,7 +258,12 @@ async def test_collection_tasks_and_the_forecast_through_the_api(api, identity):
     paid = await api.post(
         "/api/v1/payments", json={"instalment_id": first, "amount": "150.50"}, headers=admin
     )
-    assert paid.status_code == 201 and paid.json()["instalment"]["outstanding_amount"] == "249.50", paid.text
+    # The answer is the payment; the instalment it paid part of shows what is still open.
+    assert paid.status_code == 201 and paid.json()["amount"] == "150.50", paid.text
+    assert paid.json()["instalment_id"] == first and paid.json()["refunded_amount"] == "0.00"
+    again = await api.get(f"/api/v1/payment-plans/{plan.json()['id']}", headers=admin)
+    assert again.json()["instalments"][0]["outstanding_amount"] == "249.50"
+    assert again.json()["instalments"][0]["status"] == "partially_paid"
     jobs = await api.post("/api/v1/payments/jobs", json={}, headers=admin)
     assert jobs.json()["overdue"] == 1, jobs.text
     owed = await api.get(f"/api/v1/accounts/{company.tenant.id}/receivables", headers=admin)

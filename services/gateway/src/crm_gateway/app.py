@@ -295,6 +295,7 @@ def _openapi(
                         ("401", "Missing, invalid or expired credential."),
                         ("429", "Rate limit reached."),
                         ("503", "A service behind the gateway is unavailable; retry later."),
+                        ("default", "Any other error."),
                     ):
                         responses[code] = _problem_response(text)
                 continue

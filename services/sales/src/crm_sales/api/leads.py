@@ -60,7 +60,9 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
             )
             reading = await self.policies.decide(principal, "lead", "read")
             duplicates = await leads.open_duplicates(uow.session, lead, reading)
-        return pb.CreateLeadResponse(lead=await self._lead(lead), duplicates=duplicates)
+        answer = leads.lead_pb(lead, reading)
+        answer.duplicates.extend(duplicates)
+        return pb.CreateLeadResponse(lead=answer)
 
     async def GetLead(self, request, context):
         decision = await authorize(self.policies, "lead", "read")
@@ -79,7 +81,11 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
         decision.check_writable(request.update_mask.paths)
         async with self.db.unit_of_work() as uow:
             lead = await leads.update_lead(uow, decision, request)
-        return pb.UpdateLeadResponse(lead=await self._lead(lead))
+            reading = await self.policies.decide(caller(), "lead", "read")
+            duplicates = await leads.open_duplicates(uow.session, lead, reading)
+        answer = leads.lead_pb(lead, reading)
+        answer.duplicates.extend(duplicates)
+        return pb.UpdateLeadResponse(lead=answer)
 
     async def DeleteLead(self, request, context):
         decision = await authorize(self.policies, "lead", "delete")
@@ -91,7 +97,9 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
         decision = await authorize(self.policies, "lead", "update")
         async with self.db.unit_of_work() as uow:
             follow, lead = await leads.add_follow_up(uow, decision, request, now=self.clock.now())
-        return pb.CreateLeadFollowUpResponse(follow_up=leads.follow_up_pb(follow), lead=await self._lead(lead))
+        return pb.CreateLeadFollowUpResponse(
+            follow_up=leads.follow_up_pb(follow), lead=await self._lead(lead)
+        )
 
     async def ListLeadFollowUps(self, request, context):
         decision = await authorize(self.policies, "lead", "read")

@@ -242,7 +242,7 @@ class People:
             try:
                 answer = await self.identity.ListUsers(
                     identity_pb2.ListUsersRequest(
-                        query=email, status=identity_pb2.USER_STATUS_ACTIVE, page={"limit": 200}
+                        q=email, status=identity_pb2.USER_STATUS_ACTIVE, page={"limit": 200}
                     ),
                     metadata=grpc_client.outgoing_metadata(),
                     timeout=5,

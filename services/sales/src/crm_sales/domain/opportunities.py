@@ -58,9 +58,11 @@ def opportunity_pb(o: models.Opportunity, decision: Decision | None = None) -> p
     return decision.redact_message(msg) if decision else msg
 
 
-def change_pb(c: models.StageChange, now: dt.datetime) -> pb.StageChange:
+def change_pb(c: models.StageChange, now: dt.datetime) -> pb.OpportunityStageChange:
     end = c.left_at or now
-    return to_message(c, pb.StageChange, seconds_in_stage=max(0, int((end - c.entered_at).total_seconds())))
+    return to_message(
+        c, pb.OpportunityStageChange, seconds_in_stage=max(0, int((end - c.entered_at).total_seconds()))
+    )
 
 
 def visible(decision: Decision) -> Any:

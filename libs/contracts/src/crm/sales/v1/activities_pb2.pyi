@@ -65,29 +65,44 @@ class Task(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     title: _builtins.str
+    """What is to be done."""
     description: _builtins.str
+    """Details."""
     related_type: _builtins.str
     """"lead", "opportunity", "account", "contact", "contract" (empty: a free task)."""
     related_id: _builtins.str
+    """The record it is about (with `related_type`)."""
     assignee_id: _builtins.str
+    """Who is to do it."""
     status: Global___TaskStatus.ValueType
+    """Open until completed."""
     priority: _builtins.str
     """"low", "normal", "high"."""
     created_by: _builtins.str
+    """Who created it."""
     department_id: _builtins.str
+    """The assignee's department (for data scopes)."""
     version: _builtins.int
     @_builtins.property
-    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """When it is due."""
+
     @_builtins.property
-    def remind_at(self) -> _timestamp_pb2.Timestamp: ...
+    def remind_at(self) -> _timestamp_pb2.Timestamp:
+        """When the assignee is reminded (TaskReminder), once."""
+
     @_builtins.property
     def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """People @mentioned in the task; each is told once."""
 
     @_builtins.property
-    def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def completed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was completed."""
+
     @_builtins.property
-    def reminded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def reminded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the reminder went out."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -136,15 +151,23 @@ class Activity(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     related_type: _builtins.str
+    """"lead", "opportunity", "account", "contact" or "contract"."""
     related_id: _builtins.str
+    """The record it is about."""
     kind: _builtins.str
     """"call", "visit", "email", "wechat", "meeting", "note"."""
     content: _builtins.str
+    """What was said or done."""
     author_id: _builtins.str
+    """Who recorded it."""
     @_builtins.property
-    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """People @mentioned; each is told once."""
+
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
     def __init__(
         self,
         *,
@@ -179,18 +202,29 @@ class CreateTaskRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     MENTIONED_USER_IDS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """What is to be done, e.g. 回访客户确认报价."""
     description: _builtins.str
+    """Details."""
     related_type: _builtins.str
+    """"lead", "opportunity", "account", "contact", "contract" (empty: a free task)."""
     related_id: _builtins.str
+    """The record it is about (with `related_type`)."""
     assignee_id: _builtins.str
     """Empty: the caller."""
     priority: _builtins.str
+    """"low", "normal", "high"."""
     @_builtins.property
-    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """When it is due."""
+
     @_builtins.property
-    def remind_at(self) -> _timestamp_pb2.Timestamp: ...
+    def remind_at(self) -> _timestamp_pb2.Timestamp:
+        """When the assignee is reminded (TaskReminder), once."""
+
     @_builtins.property
-    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """People @mentioned in the task; each is told once."""
+
     def __init__(
         self,
         *,
@@ -429,11 +463,17 @@ class CreateActivityRequest(_message.Message):
     MENTIONED_USER_IDS_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     related_type: _builtins.str
+    """"lead", "opportunity", "account", "contact" or "contract"."""
     related_id: _builtins.str
+    """The id of the record it is about."""
     kind: _builtins.str
+    """"call", "visit", "email", "wechat", "meeting" or "note" (the default)."""
     content: _builtins.str
+    """What was said or done."""
     @_builtins.property
-    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def mentioned_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """People @mentioned; each is told once."""
+
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """Default: now."""

@@ -84,31 +84,37 @@ class ActivitiesServiceServicer:
     """
 
     def CreateTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a task, assigned to the caller unless `assignee_id` says otherwise. Everyone in `mentioned_user_ids`
+        is told once (UserMentioned).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a task.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListTasks(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List tasks, newest first, filtered by assignee, status, related record or due time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a task (only the fields in the body). The record it is about stays.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CompleteTask(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Mark a task done.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -121,7 +127,8 @@ class ActivitiesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListActivities(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List follow-up records, newest first; `related_type` and `related_id` narrow them to one record.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -36,13 +36,21 @@ class ActivitiesServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ActivitiesServiceAsyncStub: ...
     CreateTask: _grpc.UnaryUnaryMultiCallable[_activities_pb2.CreateTaskRequest, _activities_pb2.CreateTaskResponse]
+    """Create a task, assigned to the caller unless `assignee_id` says otherwise. Everyone in `mentioned_user_ids`
+    is told once (UserMentioned).
+    """
     GetTask: _grpc.UnaryUnaryMultiCallable[_activities_pb2.GetTaskRequest, _activities_pb2.GetTaskResponse]
+    """Get a task."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_activities_pb2.ListTasksRequest, _activities_pb2.ListTasksResponse]
+    """List tasks, newest first, filtered by assignee, status, related record or due time."""
     UpdateTask: _grpc.UnaryUnaryMultiCallable[_activities_pb2.UpdateTaskRequest, _activities_pb2.UpdateTaskResponse]
+    """Change a task (only the fields in the body). The record it is about stays."""
     CompleteTask: _grpc.UnaryUnaryMultiCallable[_activities_pb2.CompleteTaskRequest, _activities_pb2.CompleteTaskResponse]
+    """Mark a task done."""
     CreateActivity: _grpc.UnaryUnaryMultiCallable[_activities_pb2.CreateActivityRequest, _activities_pb2.CreateActivityResponse]
     """Record a follow-up on a lead, opportunity, account or contact"""
     ListActivities: _grpc.UnaryUnaryMultiCallable[_activities_pb2.ListActivitiesRequest, _activities_pb2.ListActivitiesResponse]
+    """List follow-up records, newest first; `related_type` and `related_id` narrow them to one record."""
     RunTaskReminders: _grpc.UnaryUnaryMultiCallable[_activities_pb2.RunTaskRemindersRequest, _activities_pb2.RunTaskRemindersResponse]
     """One step of the reminder job for the caller's tenant at `now` (default: the service clock)."""
 
@@ -54,13 +62,21 @@ class ActivitiesServiceAsyncStub(ActivitiesServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTask: _aio.UnaryUnaryMultiCallable[_activities_pb2.CreateTaskRequest, _activities_pb2.CreateTaskResponse]  # type: ignore[assignment]
+    """Create a task, assigned to the caller unless `assignee_id` says otherwise. Everyone in `mentioned_user_ids`
+    is told once (UserMentioned).
+    """
     GetTask: _aio.UnaryUnaryMultiCallable[_activities_pb2.GetTaskRequest, _activities_pb2.GetTaskResponse]  # type: ignore[assignment]
+    """Get a task."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_activities_pb2.ListTasksRequest, _activities_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """List tasks, newest first, filtered by assignee, status, related record or due time."""
     UpdateTask: _aio.UnaryUnaryMultiCallable[_activities_pb2.UpdateTaskRequest, _activities_pb2.UpdateTaskResponse]  # type: ignore[assignment]
+    """Change a task (only the fields in the body). The record it is about stays."""
     CompleteTask: _aio.UnaryUnaryMultiCallable[_activities_pb2.CompleteTaskRequest, _activities_pb2.CompleteTaskResponse]  # type: ignore[assignment]
+    """Mark a task done."""
     CreateActivity: _aio.UnaryUnaryMultiCallable[_activities_pb2.CreateActivityRequest, _activities_pb2.CreateActivityResponse]  # type: ignore[assignment]
     """Record a follow-up on a lead, opportunity, account or contact"""
     ListActivities: _aio.UnaryUnaryMultiCallable[_activities_pb2.ListActivitiesRequest, _activities_pb2.ListActivitiesResponse]  # type: ignore[assignment]
+    """List follow-up records, newest first; `related_type` and `related_id` narrow them to one record."""
     RunTaskReminders: _aio.UnaryUnaryMultiCallable[_activities_pb2.RunTaskRemindersRequest, _activities_pb2.RunTaskRemindersResponse]  # type: ignore[assignment]
     """One step of the reminder job for the caller's tenant at `now` (default: the service clock)."""
 
@@ -74,35 +90,42 @@ class ActivitiesServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _activities_pb2.CreateTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_activities_pb2.CreateTaskResponse, _abc.Awaitable[_activities_pb2.CreateTaskResponse]]: ...
+    ) -> _typing.Union[_activities_pb2.CreateTaskResponse, _abc.Awaitable[_activities_pb2.CreateTaskResponse]]:
+        """Create a task, assigned to the caller unless `assignee_id` says otherwise. Everyone in `mentioned_user_ids`
+        is told once (UserMentioned).
+        """
 
     @_abc_1.abstractmethod
     def GetTask(
         self,
         request: _activities_pb2.GetTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_activities_pb2.GetTaskResponse, _abc.Awaitable[_activities_pb2.GetTaskResponse]]: ...
+    ) -> _typing.Union[_activities_pb2.GetTaskResponse, _abc.Awaitable[_activities_pb2.GetTaskResponse]]:
+        """Get a task."""
 
     @_abc_1.abstractmethod
     def ListTasks(
         self,
         request: _activities_pb2.ListTasksRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_activities_pb2.ListTasksResponse, _abc.Awaitable[_activities_pb2.ListTasksResponse]]: ...
+    ) -> _typing.Union[_activities_pb2.ListTasksResponse, _abc.Awaitable[_activities_pb2.ListTasksResponse]]:
+        """List tasks, newest first, filtered by assignee, status, related record or due time."""
 
     @_abc_1.abstractmethod
     def UpdateTask(
         self,
         request: _activities_pb2.UpdateTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_activities_pb2.UpdateTaskResponse, _abc.Awaitable[_activities_pb2.UpdateTaskResponse]]: ...
+    ) -> _typing.Union[_activities_pb2.UpdateTaskResponse, _abc.Awaitable[_activities_pb2.UpdateTaskResponse]]:
+        """Change a task (only the fields in the body). The record it is about stays."""
 
     @_abc_1.abstractmethod
     def CompleteTask(
         self,
         request: _activities_pb2.CompleteTaskRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_activities_pb2.CompleteTaskResponse, _abc.Awaitable[_activities_pb2.CompleteTaskResponse]]: ...
+    ) -> _typing.Union[_activities_pb2.CompleteTaskResponse, _abc.Awaitable[_activities_pb2.CompleteTaskResponse]]:
+        """Mark a task done."""
 
     @_abc_1.abstractmethod
     def CreateActivity(
@@ -117,7 +140,8 @@ class ActivitiesServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _activities_pb2.ListActivitiesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_activities_pb2.ListActivitiesResponse, _abc.Awaitable[_activities_pb2.ListActivitiesResponse]]: ...
+    ) -> _typing.Union[_activities_pb2.ListActivitiesResponse, _abc.Awaitable[_activities_pb2.ListActivitiesResponse]]:
+        """List follow-up records, newest first; `related_type` and `related_id` narrow them to one record."""
 
     @_abc_1.abstractmethod
     def RunTaskReminders(

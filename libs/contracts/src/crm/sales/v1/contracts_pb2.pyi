@@ -118,27 +118,42 @@ class Contract(_message.Message):
     number: _builtins.str
     """e.g. "C-20261123-0003"."""
     title: _builtins.str
+    """Its title, e.g. 年度维保合同."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     customer_name: _builtins.str
+    """The customer as printed on the contract (default: the quote's)."""
     opportunity_id: _builtins.str
+    """The opportunity it closes, if any."""
     quote_id: _builtins.str
+    """The quote it was made from, if any."""
     amount: _builtins.str
     """Exact decimal."""
     currency: _builtins.str
+    """ISO 4217, e.g. "CNY"."""
     status: Global___ContractStatus.ValueType
+    """Draft → pending approval → approved → active → terminated (or rejected); changed by the actions."""
     start_date: _builtins.str
     """"YYYY-MM-DD"."""
     end_date: _builtins.str
+    """"YYYY-MM-DD"; the renewal reminder counts back from it."""
     signed_date: _builtins.str
+    """Set by activating the contract."""
     renewal_reminder_days: _builtins.int
     """A renewal reminder goes out this many days before end_date (0: none)."""
     terms: _builtins.str
+    """The contract's terms, printed in its PDF."""
     approval_id: _builtins.str
+    """The approval it went to, if the company names approvers."""
     owner_id: _builtins.str
+    """Who made it (its data scope owner)."""
     department_id: _builtins.str
+    """The owner's department (for data scopes)."""
     version: _builtins.int
     @_builtins.property
-    def renewal_reminded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def renewal_reminded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the renewal reminder went out."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -198,18 +213,30 @@ class Order(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     number: _builtins.str
+    """Human number, e.g. "O-20261123-0002"."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     customer_name: _builtins.str
+    """The customer as printed on the quote or contract."""
     quote_id: _builtins.str
+    """The accepted quote it came from (or empty)."""
     contract_id: _builtins.str
+    """The contract it came from or belongs to (or empty)."""
     currency: _builtins.str
+    """ISO 4217."""
     total: _builtins.str
+    """Exact decimal, tax included."""
     status: Global___OrderStatus.ValueType
+    """Open until fulfilled or cancelled."""
     owner_id: _builtins.str
+    """The rep responsible for it."""
     department_id: _builtins.str
+    """The owner's department (for data scopes)."""
     version: _builtins.int
     @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_quotes_pb2.QuoteLine]: ...
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_quotes_pb2.QuoteLine]:
+        """Its lines, copied from the quote."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -258,10 +285,15 @@ class Instalment(_message.Message):
     sequence: _builtins.int
     """1, 2, 3… in due order."""
     due_date: _builtins.str
+    """"YYYY-MM-DD"."""
     amount: _builtins.str
+    """Exact decimal: what is due."""
     paid_amount: _builtins.str
+    """Paid so far, net of refunds."""
     outstanding_amount: _builtins.str
+    """amount − paid_amount."""
     status: Global___InstalmentStatus.ValueType
+    """Pending, partially paid, paid, or overdue once its due date passed unpaid."""
     def __init__(
         self,
         *,
@@ -298,14 +330,22 @@ class PaymentPlan(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     order_id: _builtins.str
+    """The order it collects (or empty)."""
     contract_id: _builtins.str
+    """The contract it collects (or empty)."""
     account_id: _builtins.str
+    """The paying account."""
     currency: _builtins.str
+    """ISO 4217."""
     total: _builtins.str
+    """Exact decimal: its order's total or its contract's amount; the instalments add up to it."""
     owner_id: _builtins.str
+    """The rep responsible for it."""
     version: _builtins.int
     @_builtins.property
-    def instalments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instalment]: ...
+    def instalments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Instalment]:
+        """In due order."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -348,16 +388,21 @@ class Payment(_message.Message):
     REFUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     instalment_id: _builtins.str
+    """The instalment it paid (part of)."""
     plan_id: _builtins.str
     account_id: _builtins.str
     amount: _builtins.str
+    """Exact decimal."""
     currency: _builtins.str
+    """ISO 4217, the plan's."""
     paid_date: _builtins.str
     """"YYYY-MM-DD"."""
     method: _builtins.str
     """"bank_transfer", "cash", "cheque", "alipay", "wechat_pay", "card", "other"."""
     reference: _builtins.str
+    """Bank reference, receipt number or similar."""
     recorded_by: _builtins.str
+    """Who recorded it."""
     refunded_amount: _builtins.str
     """What was paid back of it so far (see Refund)."""
     @_builtins.property
@@ -398,9 +443,13 @@ class ReceivableTotal(_message.Message):
     REFUNDED_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
     planned: _builtins.str
+    """Σ instalments, exact decimal."""
     paid: _builtins.str
+    """Σ paid, net of refunds."""
     outstanding: _builtins.str
+    """planned − paid."""
     overdue: _builtins.str
+    """Outstanding on instalments past due."""
     refunded: _builtins.str
     """Paid back (refunds); `paid` is already net of it."""
     def __init__(
@@ -439,17 +488,27 @@ class CreateContractRequest(_message.Message):
     RENEWAL_REMINDER_DAYS_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """Its title, e.g. 年度维保合同."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     customer_name: _builtins.str
+    """The customer as printed on the contract (default: the quote's)."""
     opportunity_id: _builtins.str
+    """The opportunity it closes, if any."""
     quote_id: _builtins.str
     """From an accepted (or approved) quote: amount, currency, account and customer come from it."""
     amount: _builtins.str
+    """Exact decimal."""
     currency: _builtins.str
+    """ISO 4217, e.g. "CNY"."""
     start_date: _builtins.str
+    """"YYYY-MM-DD"."""
     end_date: _builtins.str
+    """"YYYY-MM-DD"; the renewal reminder counts back from it."""
     renewal_reminder_days: _builtins.int
+    """A renewal reminder goes out this many days before end_date (0: none)."""
     terms: _builtins.str
+    """The contract's terms, printed in its PDF."""
     def __init__(
         self,
         *,
@@ -724,6 +783,7 @@ class TerminateContractRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     reason: _builtins.str
+    """Why the contract ends early (added to its terms)."""
     def __init__(
         self,
         *,
@@ -981,7 +1041,9 @@ class InstalmentInput(_message.Message):
     DUE_DATE_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     due_date: _builtins.str
+    """"YYYY-MM-DD"."""
     amount: _builtins.str
+    """Exact decimal, more than 0."""
     def __init__(
         self,
         *,
@@ -1007,7 +1069,9 @@ class CreatePaymentPlanRequest(_message.Message):
     """One of them; the instalments must add up to its total exactly."""
     contract_id: _builtins.str
     @_builtins.property
-    def instalments(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstalmentInput]: ...
+    def instalments(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstalmentInput]:
+        """At most 120."""
+
     def __init__(
         self,
         *,
@@ -1144,10 +1208,15 @@ class CreatePaymentRequest(_message.Message):
     METHOD_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     instalment_id: _builtins.str
+    """The instalment the money pays (part of)."""
     amount: _builtins.str
+    """Exact decimal, more than 0 and at most what is still open on the instalment."""
     paid_date: _builtins.str
+    """"YYYY-MM-DD"."""
     method: _builtins.str
+    """"bank_transfer", "cash", "cheque", "alipay", "wechat_pay", "card", "other"."""
     reference: _builtins.str
+    """Bank reference, receipt number or similar."""
     def __init__(
         self,
         *,
@@ -1434,13 +1503,17 @@ class Refund(_message.Message):
     amount: _builtins.str
     """Exact decimal."""
     currency: _builtins.str
+    """ISO 4217, the plan's."""
     refund_date: _builtins.str
     """"YYYY-MM-DD"."""
     reason: _builtins.str
+    """Why the money went back."""
     method: _builtins.str
     """As for payments: "bank_transfer", "cash", "cheque", "alipay", "wechat_pay", "card", "other"."""
     reference: _builtins.str
+    """Bank reference, receipt number or similar."""
     recorded_by: _builtins.str
+    """Who recorded it."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1484,10 +1557,11 @@ class CreateRefundRequest(_message.Message):
     refund_date: _builtins.str
     """"YYYY-MM-DD", not before the payment; empty: today."""
     reason: _builtins.str
-    """Why the money goes back (required)."""
+    """Why the money goes back."""
     method: _builtins.str
     """Empty: the payment's method."""
     reference: _builtins.str
+    """Bank reference, receipt number or similar."""
     def __init__(
         self,
         *,

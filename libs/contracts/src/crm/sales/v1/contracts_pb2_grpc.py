@@ -159,25 +159,31 @@ class ContractsServiceServicer:
     """
 
     def CreateContract(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a draft contract, from an approved or accepted quote (`quote_id`: its amount, currency, account and
+        customer) or on its own.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetContract(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a contract.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListContracts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List contracts, newest first, optionally of one account or in one status.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateContract(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a draft or rejected contract; an approved or active one only changes its end date and renewal
+        reminder.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -197,31 +203,36 @@ class ContractsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TerminateContract(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """End an active contract early, with a reason.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateOrder(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create an order from an accepted quote or from an approved or active contract (give one of them).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOrder(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get an order.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListOrders(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List orders, newest first, optionally of one account or in one status.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FulfilOrder(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Mark an open order fulfilled (delivered).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -234,19 +245,22 @@ class ContractsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreatePaymentPlan(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create the payment plan (回款计划) of an order or contract: instalments that add up to its total exactly.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPaymentPlan(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a payment plan with its instalments.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPaymentPlans(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List payment plans, optionally of one account, order or contract.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -259,7 +273,8 @@ class ContractsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPayments(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List payments, newest first, optionally of one plan or account.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -298,7 +313,8 @@ class ContractsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRefunds(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List refunds, newest first, optionally of one plan, payment or account.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

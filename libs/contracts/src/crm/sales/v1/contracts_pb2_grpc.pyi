@@ -36,26 +36,43 @@ class ContractsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ContractsServiceAsyncStub: ...
     CreateContract: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreateContractRequest, _contracts_pb2.CreateContractResponse]
+    """Create a draft contract, from an approved or accepted quote (`quote_id`: its amount, currency, account and
+    customer) or on its own.
+    """
     GetContract: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetContractRequest, _contracts_pb2.GetContractResponse]
+    """Get a contract."""
     ListContracts: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListContractsRequest, _contracts_pb2.ListContractsResponse]
+    """List contracts, newest first, optionally of one account or in one status."""
     UpdateContract: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.UpdateContractRequest, _contracts_pb2.UpdateContractResponse]
+    """Change a draft or rejected contract; an approved or active one only changes its end date and renewal
+    reminder.
+    """
     SubmitContract: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.SubmitContractRequest, _contracts_pb2.SubmitContractResponse]
     """Draft → approved at once (the tenant names no approvers) or pending approval."""
     ActivateContract: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ActivateContractRequest, _contracts_pb2.ActivateContractResponse]
     """Approved → active (signed)."""
     TerminateContract: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.TerminateContractRequest, _contracts_pb2.TerminateContractResponse]
+    """End an active contract early, with a reason."""
     CreateOrder: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreateOrderRequest, _contracts_pb2.CreateOrderResponse]
+    """Create an order from an accepted quote or from an approved or active contract (give one of them)."""
     GetOrder: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetOrderRequest, _contracts_pb2.GetOrderResponse]
+    """Get an order."""
     ListOrders: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListOrdersRequest, _contracts_pb2.ListOrdersResponse]
+    """List orders, newest first, optionally of one account or in one status."""
     FulfilOrder: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.FulfilOrderRequest, _contracts_pb2.FulfilOrderResponse]
+    """Mark an open order fulfilled (delivered)."""
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CancelOrderRequest, _contracts_pb2.CancelOrderResponse]
     """Only an order nothing was paid for yet."""
     CreatePaymentPlan: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentPlanRequest, _contracts_pb2.CreatePaymentPlanResponse]
+    """Create the payment plan (回款计划) of an order or contract: instalments that add up to its total exactly."""
     GetPaymentPlan: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetPaymentPlanRequest, _contracts_pb2.GetPaymentPlanResponse]
+    """Get a payment plan with its instalments."""
     ListPaymentPlans: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentPlansRequest, _contracts_pb2.ListPaymentPlansResponse]
+    """List payment plans, optionally of one account, order or contract."""
     CreatePayment: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentRequest, _contracts_pb2.CreatePaymentResponse]
     """Record a (partial) payment of an instalment"""
     ListPayments: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentsRequest, _contracts_pb2.ListPaymentsResponse]
+    """List payments, newest first, optionally of one plan or account."""
     GetReceivables: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetReceivablesRequest, _contracts_pb2.GetReceivablesResponse]
     """What an account owes: planned, paid, outstanding and overdue per currency, and its open instalments."""
     RunCollectionJobs: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.RunCollectionJobsRequest, _contracts_pb2.RunCollectionJobsResponse]
@@ -72,6 +89,7 @@ class ContractsServiceStub:
     CreateRefund: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.CreateRefundRequest, _contracts_pb2.CreateRefundResponse]
     """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
     ListRefunds: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]
+    """List refunds, newest first, optionally of one plan, payment or account."""
     GetContractPdf: _grpc.UnaryUnaryMultiCallable[_contracts_pb2.GetContractPdfRequest, _contracts_pb2.GetContractPdfResponse]
     """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
     tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
@@ -85,26 +103,43 @@ class ContractsServiceAsyncStub(ContractsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateContract: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreateContractRequest, _contracts_pb2.CreateContractResponse]  # type: ignore[assignment]
+    """Create a draft contract, from an approved or accepted quote (`quote_id`: its amount, currency, account and
+    customer) or on its own.
+    """
     GetContract: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetContractRequest, _contracts_pb2.GetContractResponse]  # type: ignore[assignment]
+    """Get a contract."""
     ListContracts: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListContractsRequest, _contracts_pb2.ListContractsResponse]  # type: ignore[assignment]
+    """List contracts, newest first, optionally of one account or in one status."""
     UpdateContract: _aio.UnaryUnaryMultiCallable[_contracts_pb2.UpdateContractRequest, _contracts_pb2.UpdateContractResponse]  # type: ignore[assignment]
+    """Change a draft or rejected contract; an approved or active one only changes its end date and renewal
+    reminder.
+    """
     SubmitContract: _aio.UnaryUnaryMultiCallable[_contracts_pb2.SubmitContractRequest, _contracts_pb2.SubmitContractResponse]  # type: ignore[assignment]
     """Draft → approved at once (the tenant names no approvers) or pending approval."""
     ActivateContract: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ActivateContractRequest, _contracts_pb2.ActivateContractResponse]  # type: ignore[assignment]
     """Approved → active (signed)."""
     TerminateContract: _aio.UnaryUnaryMultiCallable[_contracts_pb2.TerminateContractRequest, _contracts_pb2.TerminateContractResponse]  # type: ignore[assignment]
+    """End an active contract early, with a reason."""
     CreateOrder: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreateOrderRequest, _contracts_pb2.CreateOrderResponse]  # type: ignore[assignment]
+    """Create an order from an accepted quote or from an approved or active contract (give one of them)."""
     GetOrder: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetOrderRequest, _contracts_pb2.GetOrderResponse]  # type: ignore[assignment]
+    """Get an order."""
     ListOrders: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListOrdersRequest, _contracts_pb2.ListOrdersResponse]  # type: ignore[assignment]
+    """List orders, newest first, optionally of one account or in one status."""
     FulfilOrder: _aio.UnaryUnaryMultiCallable[_contracts_pb2.FulfilOrderRequest, _contracts_pb2.FulfilOrderResponse]  # type: ignore[assignment]
+    """Mark an open order fulfilled (delivered)."""
     CancelOrder: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CancelOrderRequest, _contracts_pb2.CancelOrderResponse]  # type: ignore[assignment]
     """Only an order nothing was paid for yet."""
     CreatePaymentPlan: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentPlanRequest, _contracts_pb2.CreatePaymentPlanResponse]  # type: ignore[assignment]
+    """Create the payment plan (回款计划) of an order or contract: instalments that add up to its total exactly."""
     GetPaymentPlan: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetPaymentPlanRequest, _contracts_pb2.GetPaymentPlanResponse]  # type: ignore[assignment]
+    """Get a payment plan with its instalments."""
     ListPaymentPlans: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentPlansRequest, _contracts_pb2.ListPaymentPlansResponse]  # type: ignore[assignment]
+    """List payment plans, optionally of one account, order or contract."""
     CreatePayment: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreatePaymentRequest, _contracts_pb2.CreatePaymentResponse]  # type: ignore[assignment]
     """Record a (partial) payment of an instalment"""
     ListPayments: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListPaymentsRequest, _contracts_pb2.ListPaymentsResponse]  # type: ignore[assignment]
+    """List payments, newest first, optionally of one plan or account."""
     GetReceivables: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetReceivablesRequest, _contracts_pb2.GetReceivablesResponse]  # type: ignore[assignment]
     """What an account owes: planned, paid, outstanding and overdue per currency, and its open instalments."""
     RunCollectionJobs: _aio.UnaryUnaryMultiCallable[_contracts_pb2.RunCollectionJobsRequest, _contracts_pb2.RunCollectionJobsResponse]  # type: ignore[assignment]
@@ -121,6 +156,7 @@ class ContractsServiceAsyncStub(ContractsServiceStub):
     CreateRefund: _aio.UnaryUnaryMultiCallable[_contracts_pb2.CreateRefundRequest, _contracts_pb2.CreateRefundResponse]  # type: ignore[assignment]
     """Money paid back against a payment: the instalment owes it again (overdue at once when past due)."""
     ListRefunds: _aio.UnaryUnaryMultiCallable[_contracts_pb2.ListRefundsRequest, _contracts_pb2.ListRefundsResponse]  # type: ignore[assignment]
+    """List refunds, newest first, optionally of one plan, payment or account."""
     GetContractPdf: _aio.UnaryUnaryMultiCallable[_contracts_pb2.GetContractPdfRequest, _contracts_pb2.GetContractPdfResponse]  # type: ignore[assignment]
     """An approved, active or terminated contract as a PDF in Chinese or English (embedded CJK font), with the
     tenant's letterhead (SalesSettings), its lines when it came from a quote, and its payment schedule.
@@ -136,28 +172,36 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _contracts_pb2.CreateContractRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.CreateContractResponse, _abc.Awaitable[_contracts_pb2.CreateContractResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.CreateContractResponse, _abc.Awaitable[_contracts_pb2.CreateContractResponse]]:
+        """Create a draft contract, from an approved or accepted quote (`quote_id`: its amount, currency, account and
+        customer) or on its own.
+        """
 
     @_abc_1.abstractmethod
     def GetContract(
         self,
         request: _contracts_pb2.GetContractRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.GetContractResponse, _abc.Awaitable[_contracts_pb2.GetContractResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.GetContractResponse, _abc.Awaitable[_contracts_pb2.GetContractResponse]]:
+        """Get a contract."""
 
     @_abc_1.abstractmethod
     def ListContracts(
         self,
         request: _contracts_pb2.ListContractsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.ListContractsResponse, _abc.Awaitable[_contracts_pb2.ListContractsResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.ListContractsResponse, _abc.Awaitable[_contracts_pb2.ListContractsResponse]]:
+        """List contracts, newest first, optionally of one account or in one status."""
 
     @_abc_1.abstractmethod
     def UpdateContract(
         self,
         request: _contracts_pb2.UpdateContractRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.UpdateContractResponse, _abc.Awaitable[_contracts_pb2.UpdateContractResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.UpdateContractResponse, _abc.Awaitable[_contracts_pb2.UpdateContractResponse]]:
+        """Change a draft or rejected contract; an approved or active one only changes its end date and renewal
+        reminder.
+        """
 
     @_abc_1.abstractmethod
     def SubmitContract(
@@ -180,35 +224,40 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _contracts_pb2.TerminateContractRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.TerminateContractResponse, _abc.Awaitable[_contracts_pb2.TerminateContractResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.TerminateContractResponse, _abc.Awaitable[_contracts_pb2.TerminateContractResponse]]:
+        """End an active contract early, with a reason."""
 
     @_abc_1.abstractmethod
     def CreateOrder(
         self,
         request: _contracts_pb2.CreateOrderRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.CreateOrderResponse, _abc.Awaitable[_contracts_pb2.CreateOrderResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.CreateOrderResponse, _abc.Awaitable[_contracts_pb2.CreateOrderResponse]]:
+        """Create an order from an accepted quote or from an approved or active contract (give one of them)."""
 
     @_abc_1.abstractmethod
     def GetOrder(
         self,
         request: _contracts_pb2.GetOrderRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.GetOrderResponse, _abc.Awaitable[_contracts_pb2.GetOrderResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.GetOrderResponse, _abc.Awaitable[_contracts_pb2.GetOrderResponse]]:
+        """Get an order."""
 
     @_abc_1.abstractmethod
     def ListOrders(
         self,
         request: _contracts_pb2.ListOrdersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.ListOrdersResponse, _abc.Awaitable[_contracts_pb2.ListOrdersResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.ListOrdersResponse, _abc.Awaitable[_contracts_pb2.ListOrdersResponse]]:
+        """List orders, newest first, optionally of one account or in one status."""
 
     @_abc_1.abstractmethod
     def FulfilOrder(
         self,
         request: _contracts_pb2.FulfilOrderRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.FulfilOrderResponse, _abc.Awaitable[_contracts_pb2.FulfilOrderResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.FulfilOrderResponse, _abc.Awaitable[_contracts_pb2.FulfilOrderResponse]]:
+        """Mark an open order fulfilled (delivered)."""
 
     @_abc_1.abstractmethod
     def CancelOrder(
@@ -223,21 +272,24 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _contracts_pb2.CreatePaymentPlanRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.CreatePaymentPlanResponse, _abc.Awaitable[_contracts_pb2.CreatePaymentPlanResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.CreatePaymentPlanResponse, _abc.Awaitable[_contracts_pb2.CreatePaymentPlanResponse]]:
+        """Create the payment plan (回款计划) of an order or contract: instalments that add up to its total exactly."""
 
     @_abc_1.abstractmethod
     def GetPaymentPlan(
         self,
         request: _contracts_pb2.GetPaymentPlanRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.GetPaymentPlanResponse, _abc.Awaitable[_contracts_pb2.GetPaymentPlanResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.GetPaymentPlanResponse, _abc.Awaitable[_contracts_pb2.GetPaymentPlanResponse]]:
+        """Get a payment plan with its instalments."""
 
     @_abc_1.abstractmethod
     def ListPaymentPlans(
         self,
         request: _contracts_pb2.ListPaymentPlansRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.ListPaymentPlansResponse, _abc.Awaitable[_contracts_pb2.ListPaymentPlansResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.ListPaymentPlansResponse, _abc.Awaitable[_contracts_pb2.ListPaymentPlansResponse]]:
+        """List payment plans, optionally of one account, order or contract."""
 
     @_abc_1.abstractmethod
     def CreatePayment(
@@ -252,7 +304,8 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _contracts_pb2.ListPaymentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.ListPaymentsResponse, _abc.Awaitable[_contracts_pb2.ListPaymentsResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.ListPaymentsResponse, _abc.Awaitable[_contracts_pb2.ListPaymentsResponse]]:
+        """List payments, newest first, optionally of one plan or account."""
 
     @_abc_1.abstractmethod
     def GetReceivables(
@@ -298,7 +351,8 @@ class ContractsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _contracts_pb2.ListRefundsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_contracts_pb2.ListRefundsResponse, _abc.Awaitable[_contracts_pb2.ListRefundsResponse]]: ...
+    ) -> _typing.Union[_contracts_pb2.ListRefundsResponse, _abc.Awaitable[_contracts_pb2.ListRefundsResponse]]:
+        """List refunds, newest first, optionally of one plan, payment or account."""
 
     @_abc_1.abstractmethod
     def GetContractPdf(

@@ -36,8 +36,11 @@ class ForecastTarget(_message.Message):
     """One of them or neither (the whole tenant)."""
     department_id: _builtins.str
     currency: _builtins.str
+    """ISO 4217 (default CNY)."""
     revenue_target: _builtins.str
+    """Exact decimal."""
     collection_target: _builtins.str
+    """Exact decimal."""
     version: _builtins.int
     def __init__(
         self,
@@ -81,6 +84,7 @@ class ForecastFigures(_message.Message):
     open_count: _builtins.int
     """Open opportunities closing in the period."""
     pipeline_amount: _builtins.str
+    """Σ amount of those open opportunities."""
     weighted_amount: _builtins.str
     """Σ amount × stage probability."""
     won_amount: _builtins.str
@@ -90,6 +94,7 @@ class ForecastFigures(_message.Message):
     best_case_amount: _builtins.str
     """Commit + best case."""
     revenue_target: _builtins.str
+    """The revenue target of the period (0 without one)."""
     revenue_gap: _builtins.str
     """revenue_target − commit_amount (negative: ahead of target)."""
     collection_due: _builtins.str
@@ -99,7 +104,9 @@ class ForecastFigures(_message.Message):
     collection_expected: _builtins.str
     """Still to collect in the period, including what fell overdue before it."""
     overdue_before_period: _builtins.str
+    """Overdue from before the period, still to collect."""
     collection_target: _builtins.str
+    """The collection target of the period (0 without one)."""
     collection_gap: _builtins.str
     """collection_target − (collected + collection due still open)."""
     def __init__(

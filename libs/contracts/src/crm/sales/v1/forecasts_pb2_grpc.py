@@ -54,14 +54,17 @@ class ForecastsServiceServicer:
     """
 
     def GetForecast(self, request, context):
-        """Weighted pipeline, commit, best case and collection
+        """Get the forecast of a period: weighted pipeline, commit, best case, won and collection, each against its
+        target.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetForecastTarget(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Set the revenue and collection targets of a period for the company, an owner or a department (one target
+        per period, owner or department and currency).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

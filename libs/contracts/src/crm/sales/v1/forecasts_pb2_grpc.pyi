@@ -36,8 +36,13 @@ class ForecastsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ForecastsServiceAsyncStub: ...
     GetForecast: _grpc.UnaryUnaryMultiCallable[_forecasts_pb2.GetForecastRequest, _forecasts_pb2.GetForecastResponse]
-    """Weighted pipeline, commit, best case and collection"""
+    """Get the forecast of a period: weighted pipeline, commit, best case, won and collection, each against its
+    target.
+    """
     SetForecastTarget: _grpc.UnaryUnaryMultiCallable[_forecasts_pb2.SetForecastTargetRequest, _forecasts_pb2.SetForecastTargetResponse]
+    """Set the revenue and collection targets of a period for the company, an owner or a department (one target
+    per period, owner or department and currency).
+    """
 
 @_typing.type_check_only
 class ForecastsServiceAsyncStub(ForecastsServiceStub):
@@ -47,8 +52,13 @@ class ForecastsServiceAsyncStub(ForecastsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetForecast: _aio.UnaryUnaryMultiCallable[_forecasts_pb2.GetForecastRequest, _forecasts_pb2.GetForecastResponse]  # type: ignore[assignment]
-    """Weighted pipeline, commit, best case and collection"""
+    """Get the forecast of a period: weighted pipeline, commit, best case, won and collection, each against its
+    target.
+    """
     SetForecastTarget: _aio.UnaryUnaryMultiCallable[_forecasts_pb2.SetForecastTargetRequest, _forecasts_pb2.SetForecastTargetResponse]  # type: ignore[assignment]
+    """Set the revenue and collection targets of a period for the company, an owner or a department (one target
+    per period, owner or department and currency).
+    """
 
 class ForecastsServiceServicer(metaclass=_abc_1.ABCMeta):
     """The forecast (销售预测) per period, owner, team and pipeline: weighted pipeline, commit and best case, won,
@@ -61,13 +71,18 @@ class ForecastsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _forecasts_pb2.GetForecastRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_forecasts_pb2.GetForecastResponse, _abc.Awaitable[_forecasts_pb2.GetForecastResponse]]:
-        """Weighted pipeline, commit, best case and collection"""
+        """Get the forecast of a period: weighted pipeline, commit, best case, won and collection, each against its
+        target.
+        """
 
     @_abc_1.abstractmethod
     def SetForecastTarget(
         self,
         request: _forecasts_pb2.SetForecastTargetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_forecasts_pb2.SetForecastTargetResponse, _abc.Awaitable[_forecasts_pb2.SetForecastTargetResponse]]: ...
+    ) -> _typing.Union[_forecasts_pb2.SetForecastTargetResponse, _abc.Awaitable[_forecasts_pb2.SetForecastTargetResponse]]:
+        """Set the revenue and collection targets of a period for the company, an owner or a department (one target
+        per period, owner or department and currency).
+        """
 
 def add_ForecastsServiceServicer_to_server(servicer: ForecastsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -90,7 +90,8 @@ class LeadImportsServiceServicer:
     """
 
     def UploadLeadImportFile(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """Upload a CSV (UTF-8 or GB18030) or XLSX file of leads; the answer suggests a mapping of its columns.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -103,7 +104,8 @@ class LeadImportsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListLeadImports(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List lead imports, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -123,19 +125,22 @@ class LeadImportsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelLeadImport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancel a lead import that has not finished; rows already imported stay.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLeadImportErrors(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the problems of a lead import, row by row.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DownloadLeadImportErrors(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Download the problems of a lead import as a CSV or XLSX file (row, column, value, reason).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -39,16 +39,21 @@ class LeadImportsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LeadImportsServiceAsyncStub: ...
     UploadLeadImportFile: _grpc.StreamUnaryMultiCallable[_lead_imports_pb2.UploadLeadImportFileRequest, _lead_imports_pb2.UploadLeadImportFileResponse]
+    """Upload a CSV (UTF-8 or GB18030) or XLSX file of leads; the answer suggests a mapping of its columns."""
     GetLeadImport: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.GetLeadImportRequest, _lead_imports_pb2.GetLeadImportResponse]
     """A lead import and its progress"""
     ListLeadImports: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.ListLeadImportsRequest, _lead_imports_pb2.ListLeadImportsResponse]
+    """List lead imports, newest first."""
     DryRunLeadImport: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.DryRunLeadImportRequest, _lead_imports_pb2.DryRunLeadImportResponse]
     """Check a lead import without writing: counts, first problems, a preview"""
     StartLeadImport: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.StartLeadImportRequest, _lead_imports_pb2.StartLeadImportResponse]
     """Start a lead import (runs in the background)"""
     CancelLeadImport: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.CancelLeadImportRequest, _lead_imports_pb2.CancelLeadImportResponse]
+    """Cancel a lead import that has not finished; rows already imported stay."""
     ListLeadImportErrors: _grpc.UnaryUnaryMultiCallable[_lead_imports_pb2.ListLeadImportErrorsRequest, _lead_imports_pb2.ListLeadImportErrorsResponse]
+    """List the problems of a lead import, row by row."""
     DownloadLeadImportErrors: _grpc.UnaryStreamMultiCallable[_lead_imports_pb2.DownloadLeadImportErrorsRequest, _lead_imports_pb2.DownloadLeadImportErrorsResponse]
+    """Download the problems of a lead import as a CSV or XLSX file (row, column, value, reason)."""
 
 @_typing.type_check_only
 class LeadImportsServiceAsyncStub(LeadImportsServiceStub):
@@ -61,16 +66,21 @@ class LeadImportsServiceAsyncStub(LeadImportsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     UploadLeadImportFile: _aio.StreamUnaryMultiCallable[_lead_imports_pb2.UploadLeadImportFileRequest, _lead_imports_pb2.UploadLeadImportFileResponse]  # type: ignore[assignment]
+    """Upload a CSV (UTF-8 or GB18030) or XLSX file of leads; the answer suggests a mapping of its columns."""
     GetLeadImport: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.GetLeadImportRequest, _lead_imports_pb2.GetLeadImportResponse]  # type: ignore[assignment]
     """A lead import and its progress"""
     ListLeadImports: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.ListLeadImportsRequest, _lead_imports_pb2.ListLeadImportsResponse]  # type: ignore[assignment]
+    """List lead imports, newest first."""
     DryRunLeadImport: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.DryRunLeadImportRequest, _lead_imports_pb2.DryRunLeadImportResponse]  # type: ignore[assignment]
     """Check a lead import without writing: counts, first problems, a preview"""
     StartLeadImport: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.StartLeadImportRequest, _lead_imports_pb2.StartLeadImportResponse]  # type: ignore[assignment]
     """Start a lead import (runs in the background)"""
     CancelLeadImport: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.CancelLeadImportRequest, _lead_imports_pb2.CancelLeadImportResponse]  # type: ignore[assignment]
+    """Cancel a lead import that has not finished; rows already imported stay."""
     ListLeadImportErrors: _aio.UnaryUnaryMultiCallable[_lead_imports_pb2.ListLeadImportErrorsRequest, _lead_imports_pb2.ListLeadImportErrorsResponse]  # type: ignore[assignment]
+    """List the problems of a lead import, row by row."""
     DownloadLeadImportErrors: _aio.UnaryStreamMultiCallable[_lead_imports_pb2.DownloadLeadImportErrorsRequest, _lead_imports_pb2.DownloadLeadImportErrorsResponse]  # type: ignore[assignment]
+    """Download the problems of a lead import as a CSV or XLSX file (row, column, value, reason)."""
 
 class LeadImportsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Lead import (线索导入) from CSV and XLSX: the same upload, mapping, dry run, progress and error report as the
@@ -85,7 +95,8 @@ class LeadImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request_iterator: _MaybeAsyncIterator[_lead_imports_pb2.UploadLeadImportFileRequest],
         context: _ServicerContext,
-    ) -> _typing.Union[_lead_imports_pb2.UploadLeadImportFileResponse, _abc.Awaitable[_lead_imports_pb2.UploadLeadImportFileResponse]]: ...
+    ) -> _typing.Union[_lead_imports_pb2.UploadLeadImportFileResponse, _abc.Awaitable[_lead_imports_pb2.UploadLeadImportFileResponse]]:
+        """Upload a CSV (UTF-8 or GB18030) or XLSX file of leads; the answer suggests a mapping of its columns."""
 
     @_abc_1.abstractmethod
     def GetLeadImport(
@@ -100,7 +111,8 @@ class LeadImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _lead_imports_pb2.ListLeadImportsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_lead_imports_pb2.ListLeadImportsResponse, _abc.Awaitable[_lead_imports_pb2.ListLeadImportsResponse]]: ...
+    ) -> _typing.Union[_lead_imports_pb2.ListLeadImportsResponse, _abc.Awaitable[_lead_imports_pb2.ListLeadImportsResponse]]:
+        """List lead imports, newest first."""
 
     @_abc_1.abstractmethod
     def DryRunLeadImport(
@@ -123,20 +135,23 @@ class LeadImportsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _lead_imports_pb2.CancelLeadImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_lead_imports_pb2.CancelLeadImportResponse, _abc.Awaitable[_lead_imports_pb2.CancelLeadImportResponse]]: ...
+    ) -> _typing.Union[_lead_imports_pb2.CancelLeadImportResponse, _abc.Awaitable[_lead_imports_pb2.CancelLeadImportResponse]]:
+        """Cancel a lead import that has not finished; rows already imported stay."""
 
     @_abc_1.abstractmethod
     def ListLeadImportErrors(
         self,
         request: _lead_imports_pb2.ListLeadImportErrorsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_lead_imports_pb2.ListLeadImportErrorsResponse, _abc.Awaitable[_lead_imports_pb2.ListLeadImportErrorsResponse]]: ...
+    ) -> _typing.Union[_lead_imports_pb2.ListLeadImportErrorsResponse, _abc.Awaitable[_lead_imports_pb2.ListLeadImportErrorsResponse]]:
+        """List the problems of a lead import, row by row."""
 
     @_abc_1.abstractmethod
     def DownloadLeadImportErrors(
         self,
         request: _lead_imports_pb2.DownloadLeadImportErrorsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_lead_imports_pb2.DownloadLeadImportErrorsResponse], _abc.AsyncIterator[_lead_imports_pb2.DownloadLeadImportErrorsResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_lead_imports_pb2.DownloadLeadImportErrorsResponse], _abc.AsyncIterator[_lead_imports_pb2.DownloadLeadImportErrorsResponse]]:
+        """Download the problems of a lead import as a CSV or XLSX file (row, column, value, reason)."""
 
 def add_LeadImportsServiceServicer_to_server(servicer: LeadImportsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

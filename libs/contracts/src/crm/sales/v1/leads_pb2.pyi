@@ -131,40 +131,65 @@ class Lead(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     """The person's name."""
     company: _builtins.str
+    """The company the person works for, as they gave it, e.g. 深圳星河电子有限公司."""
     title: _builtins.str
+    """Job title, e.g. 采购经理."""
     email: _builtins.str
+    """E-mail address."""
     phone: _builtins.str
+    """Phone number as given; duplicates are found by its E.164 form."""
     region: _builtins.str
+    """Region or province, e.g. 广东; assignment rules may match it."""
     industry: _builtins.str
+    """Industry, e.g. 制造业; assignment and scoring rules may match it."""
     territory: _builtins.str
+    """Sales territory; assignment rules may match it."""
     source: Global___LeadSource.ValueType
+    """Where it came from (来源渠道)."""
     source_detail: _builtins.str
     """Attribution: the campaign, form, event (e.g. "2026 广交会"), referrer or partner it came through."""
     campaign_id: _builtins.str
+    """The marketing campaign it came through, if any."""
     form_id: _builtins.str
+    """The web form it was submitted through (empty for other sources)."""
     channel: _builtins.str
+    """Free label of the channel within the source, e.g. "官网", "微信公众号"."""
     status: Global___LeadStatus.ValueType
+    """Where the lead stands; `converted` is set only by converting it."""
     score: _builtins.int
     """Sum of the tenant's scoring rules that match."""
     owner_id: _builtins.str
-    """Empty while the lead waits in a pool."""
+    """The rep who holds it; empty while it waits in a pool. Changes through claim, assign and release."""
     department_id: _builtins.str
+    """The owner's department (for data scopes)."""
     pool_id: _builtins.str
+    """The lead pool it belongs to, if any. Changes through release and the pool actions."""
     description: _builtins.str
+    """Notes about the lead."""
     converted_account_id: _builtins.str
+    """The account it was converted into."""
     converted_contact_id: _builtins.str
+    """The contact it was converted into."""
     converted_opportunity_id: _builtins.str
+    """The opportunity its conversion created, if any."""
     version: _builtins.int
     @_builtins.property
-    def claimed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def claimed_at(self) -> _timestamp_pb2.Timestamp:
+        """When its current owner claimed or was given it."""
+
     @_builtins.property
-    def last_follow_up_at(self) -> _timestamp_pb2.Timestamp: ...
+    def last_follow_up_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was last followed up (restarts the pool's follow-up clock)."""
+
     @_builtins.property
-    def converted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def converted_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was converted."""
+
     @_builtins.property
     def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free attributes the form or the import carried (e.g. "employees": "200"); scoring rules may use them."""
@@ -173,6 +198,13 @@ class Lead(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeadDuplicate]:
+        """Open leads (new, working or qualified) with the same phone or e-mail (normal forms), oldest first, at
+        most 10: possible duplicates for the caller to look at. Filled only in the answer of the create or update
+        that produced them (the lead is created or changed all the same); empty elsewhere.
+        """
+
     def __init__(
         self,
         *,
@@ -206,10 +238,11 @@ class Lead(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        duplicates: _abc.Iterable[Global___LeadDuplicate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["claimed_at", b"claimed_at", "converted_at", b"converted_at", "created_at", b"created_at", "last_follow_up_at", b"last_follow_up_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "campaign_id", b"campaign_id", "channel", b"channel", "claimed_at", b"claimed_at", "company", b"company", "converted_account_id", b"converted_account_id", "converted_at", b"converted_at", "converted_contact_id", b"converted_contact_id", "converted_opportunity_id", b"converted_opportunity_id", "created_at", b"created_at", "department_id", b"department_id", "description", b"description", "email", b"email", "form_id", b"form_id", "id", b"id", "industry", b"industry", "last_follow_up_at", b"last_follow_up_at", "name", b"name", "owner_id", b"owner_id", "phone", b"phone", "pool_id", b"pool_id", "region", b"region", "score", b"score", "source", b"source", "source_detail", b"source_detail", "status", b"status", "territory", b"territory", "title", b"title", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "campaign_id", b"campaign_id", "channel", b"channel", "claimed_at", b"claimed_at", "company", b"company", "converted_account_id", b"converted_account_id", "converted_at", b"converted_at", "converted_contact_id", b"converted_contact_id", "converted_opportunity_id", b"converted_opportunity_id", "created_at", b"created_at", "department_id", b"department_id", "description", b"description", "duplicates", b"duplicates", "email", b"email", "form_id", b"form_id", "id", b"id", "industry", b"industry", "last_follow_up_at", b"last_follow_up_at", "name", b"name", "owner_id", b"owner_id", "phone", b"phone", "pool_id", b"pool_id", "region", b"region", "score", b"score", "source", b"source", "source_detail", b"source_detail", "status", b"status", "territory", b"territory", "title", b"title", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,13 +262,19 @@ class LeadFollowUp(_message.Message):
     id: _builtins.str
     lead_id: _builtins.str
     author_id: _builtins.str
+    """Who recorded it."""
     kind: _builtins.str
     """"call", "visit", "email", "wechat", "meeting", "note"."""
     content: _builtins.str
+    """What was said or done."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was recorded."""
+
     @_builtins.property
-    def next_follow_up_at(self) -> _timestamp_pb2.Timestamp: ...
+    def next_follow_up_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next follow-up is planned, if given."""
+
     def __init__(
         self,
         *,
@@ -273,13 +312,21 @@ class LeadMove(_message.Message):
     id: _builtins.str
     lead_id: _builtins.str
     action: _builtins.str
+    """"created", "claimed", "assigned", "released", "reclaimed" or "converted"."""
     from_owner_id: _builtins.str
+    """Who held the lead before (empty: nobody, it was in a pool)."""
     to_owner_id: _builtins.str
+    """Who holds it after (empty: back in the pool)."""
     pool_id: _builtins.str
+    """The pool it belonged to at the move."""
     reason: _builtins.str
+    """Why, as the person or the job gave it."""
     actor_id: _builtins.str
+    """Who moved it ("system" for the reclaim job)."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it moved."""
+
     def __init__(
         self,
         *,
@@ -320,7 +367,9 @@ class LeadPool(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Its name, e.g. 华南公海."""
     description: _builtins.str
+    """What the pool is for."""
     claim_cap: _builtins.int
     """Most leads of this pool one rep may hold at a time (0: no cap)."""
     follow_up_days: _builtins.int
@@ -382,6 +431,7 @@ class ScoringRule(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Its name, e.g. "制造业加分"."""
     field: _builtins.str
     """A lead field ("industry", "region", "source", "title", "company", "email", "phone", ...) or
     "attributes.<key>".
@@ -389,7 +439,9 @@ class ScoringRule(_message.Message):
     operator: _builtins.str
     """"equals", "not_equals", "contains", "in" (comma-separated values), "not_empty", "gte", "lte"."""
     value: _builtins.str
+    """The value to compare with (unused by "not_empty")."""
     points: _builtins.int
+    """Points added to a matching lead's score (negative subtracts), -1000..1000."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -428,6 +480,7 @@ class AssignmentRule(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Its name, e.g. "华南区轮询"."""
     priority: _builtins.int
     """Lower runs first; the first rule that matches a new lead decides."""
     strategy: _builtins.str
@@ -439,13 +492,21 @@ class AssignmentRule(_message.Message):
         """Match conditions: every named field must hold one of the values (region, industry, territory, source)."""
 
     @_builtins.property
-    def industries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def industries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Industries it matches (empty: any)."""
+
     @_builtins.property
-    def territories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def territories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Territories it matches (empty: any)."""
+
     @_builtins.property
-    def sources(self) -> _containers.RepeatedScalarFieldContainer[Global___LeadSource.ValueType]: ...
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[Global___LeadSource.ValueType]:
+        """Lead sources it matches (empty: any)."""
+
     @_builtins.property
-    def assignee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def assignee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The reps new leads go to, in turn or by load."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -493,20 +554,27 @@ class WebForm(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Its name inside the CRM (visitors see `title`)."""
     token: _builtins.str
     """The public token that names the form in its URL; knowing it lets anyone submit."""
     active: _builtins.bool
+    """An inactive form refuses submissions."""
     pool_id: _builtins.str
     """New leads go into this pool, or through the assignment rules when empty."""
     campaign_id: _builtins.str
+    """The campaign its leads are attributed to, if any."""
     source_detail: _builtins.str
+    """Attribution copied to every lead it creates, e.g. "官网联系我们"."""
     honeypot_field: _builtins.str
     """A field hidden from people; bots fill it in."""
     min_seconds_to_submit: _builtins.int
     """Submissions faster than this after the form was shown are treated as spam (0: no check)."""
     max_submissions_per_minute: _builtins.int
+    """More submissions per minute than this are refused with 429 (0: the default limit)."""
     title: _builtins.str
+    """The heading visitors see."""
     thank_you_message: _builtins.str
+    """Shown to the visitor after a submission (empty: a default bilingual thank-you)."""
     version: _builtins.int
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -589,18 +657,31 @@ class CreateLeadRequest(_message.Message):
     POOL_ID_FIELD_NUMBER: _builtins.int
     OWNER_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The person's name, e.g. 张伟."""
     company: _builtins.str
+    """The company the person works for, as they gave it, e.g. 深圳星河电子有限公司."""
     title: _builtins.str
+    """Job title, e.g. 采购经理."""
     email: _builtins.str
+    """E-mail address."""
     phone: _builtins.str
+    """Phone number as given; duplicates are found by its E.164 form."""
     region: _builtins.str
+    """Region or province, e.g. 广东; assignment rules may match it."""
     industry: _builtins.str
+    """Industry, e.g. 制造业; assignment and scoring rules may match it."""
     territory: _builtins.str
+    """Sales territory; assignment rules may match it."""
     source: Global___LeadSource.ValueType
+    """Where it came from (来源渠道)."""
     source_detail: _builtins.str
+    """Attribution: the campaign, form, event (e.g. "2026 广交会"), referrer or partner it came through."""
     campaign_id: _builtins.str
+    """The marketing campaign it came through, if any."""
     channel: _builtins.str
+    """Free label of the channel within the source, e.g. "官网", "微信公众号"."""
     description: _builtins.str
+    """Notes about the lead."""
     pool_id: _builtins.str
     """Put the lead into this pool (no owner) instead of owning it."""
     owner_id: _builtins.str
@@ -640,24 +721,20 @@ class CreateLeadResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LEAD_FIELD_NUMBER: _builtins.int
-    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def lead(self) -> Global___Lead: ...
-    @_builtins.property
-    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeadDuplicate]:
-        """Open leads with the same phone or e-mail: possible duplicates for the caller to look at (the lead is
-        created all the same; imports choose skip, update or create instead).
+    def lead(self) -> Global___Lead:
+        """The new lead; its `duplicates` name the open leads with the same phone or e-mail (the lead is created
+        all the same; imports choose skip, update or create instead).
         """
 
     def __init__(
         self,
         *,
         lead: Global___Lead | None = ...,
-        duplicates: _abc.Iterable[Global___LeadDuplicate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lead", b"lead"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "lead", b"lead"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lead", b"lead"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -674,11 +751,13 @@ class LeadDuplicate(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     OWNER_ID_FIELD_NUMBER: _builtins.int
     lead_id: _builtins.str
+    """The open lead that has the same phone or e-mail."""
     matched_on: _builtins.str
     """"phone" or "email"."""
     name: _builtins.str
     """Its name and owner, when the caller may read that lead and those fields; otherwise empty."""
     owner_id: _builtins.str
+    """Its owner, when the caller may read that lead and the field; otherwise empty."""
     def __init__(
         self,
         *,
@@ -745,11 +824,15 @@ class ListLeadsRequest(_message.Message):
     UNOWNED_FIELD_NUMBER: _builtins.int
     Q_FIELD_NUMBER: _builtins.int
     pool_id: _builtins.str
+    """Only leads of this pool."""
     owner_id: _builtins.str
+    """Only leads this rep holds."""
     status: Global___LeadStatus.ValueType
+    """Only leads in this status."""
     unowned: _builtins.bool
     """Only leads without an owner (waiting in a pool the caller belongs to)."""
     q: _builtins.str
+    """Keyword: part of the name, company, e-mail or phone."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -890,7 +973,9 @@ class CreateLeadFollowUpRequest(_message.Message):
     NEXT_FOLLOW_UP_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
+    """"call", "visit", "email", "wechat", "meeting" or "note" (the default)."""
     content: _builtins.str
+    """What was said or done."""
     @_builtins.property
     def next_follow_up_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -1027,7 +1112,9 @@ class AssignLeadRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner_id: _builtins.str
+    """The user who will hold the lead (a member of its pool, within the pool's cap)."""
     reason: _builtins.str
+    """Why, for the lead's history."""
     def __init__(
         self,
         *,
@@ -1071,6 +1158,7 @@ class ReleaseLeadRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     reason: _builtins.str
+    """Why the lead goes back to its pool (kept in its history)."""
     def __init__(
         self,
         *,
@@ -1278,16 +1366,26 @@ class CreateLeadPoolRequest(_message.Message):
     WARN_HOURS_BEFORE_FIELD_NUMBER: _builtins.int
     COOLDOWN_HOURS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. 华南公海."""
     description: _builtins.str
     claim_cap: _builtins.int
+    """Most leads of this pool one rep may hold at a time (0: no cap)."""
     follow_up_days: _builtins.int
+    """A held lead goes back to the pool when not followed up within this many days (0: never)."""
     conversion_days: _builtins.int
+    """... or when not converted within this many days of the claim (0: never)."""
     warn_hours_before: _builtins.int
+    """The holder is warned this many hours before the reclaim."""
     cooldown_hours: _builtins.int
+    """A rep who released a lead, or lost it to a reclaim, cannot claim it again for this many hours."""
     @_builtins.property
-    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Reps who may see the pool's unowned leads and claim them."""
+
     @_builtins.property
-    def manager_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def manager_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Managers assign the pool's leads and take them back."""
+
     def __init__(
         self,
         *,
@@ -1510,10 +1608,17 @@ class CreateScoringRuleRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. "制造业加分"."""
     field: _builtins.str
+    """A lead field ("industry", "region", "source", "title", "company", "email", "phone", ...) or
+    "attributes.<key>".
+    """
     operator: _builtins.str
+    """"equals", "not_equals", "contains", "in" (comma-separated values), "not_empty", "gte", "lte"."""
     value: _builtins.str
+    """The value to compare with (unused by "not_empty")."""
     points: _builtins.int
+    """Points added to a matching lead's score (negative subtracts), -1000..1000."""
     def __init__(
         self,
         *,
@@ -1642,19 +1747,29 @@ class CreateAssignmentRuleRequest(_message.Message):
     ASSIGNEE_IDS_FIELD_NUMBER: _builtins.int
     POOL_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. "华南区轮询"."""
     priority: _builtins.int
+    """Lower runs first; the first rule that matches a new lead decides."""
     strategy: _builtins.str
+    """"round_robin" (轮询) or "load" (fewest open leads held)."""
     pool_id: _builtins.str
+    """Instead of users: put the lead into this pool."""
     @_builtins.property
-    def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def regions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Match conditions: every named field must hold one of the values (region, industry, territory, source)."""
+
     @_builtins.property
     def industries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def territories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
-    def sources(self) -> _containers.RepeatedScalarFieldContainer[Global___LeadSource.ValueType]: ...
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[Global___LeadSource.ValueType]:
+        """Lead sources it matches (empty: any)."""
+
     @_builtins.property
-    def assignee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def assignee_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The reps new leads go to, in turn or by load."""
+
     def __init__(
         self,
         *,
@@ -1790,16 +1905,29 @@ class CreateWebFormRequest(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     THANK_YOU_MESSAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name inside the CRM (visitors see `title`)."""
     pool_id: _builtins.str
+    """New leads go into this pool, or through the assignment rules when empty."""
     campaign_id: _builtins.str
+    """The campaign its leads are attributed to, if any."""
     source_detail: _builtins.str
+    """Attribution copied to every lead it creates, e.g. "官网联系我们"."""
     honeypot_field: _builtins.str
+    """A field hidden from people; bots fill it in."""
     min_seconds_to_submit: _builtins.int
+    """Submissions faster than this after the form was shown are treated as spam (0: no check)."""
     max_submissions_per_minute: _builtins.int
+    """More submissions per minute than this are refused with 429 (0: the default limit)."""
     title: _builtins.str
+    """The heading visitors see."""
     thank_you_message: _builtins.str
+    """Shown to the visitor after a submission (empty: a default bilingual thank-you)."""
     @_builtins.property
-    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lead fields the form collects ("name", "company", "email", "phone", "title", "region", ...); other keys land
+        in attributes.
+        """
+
     def __init__(
         self,
         *,

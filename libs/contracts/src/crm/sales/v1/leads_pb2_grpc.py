@@ -196,78 +196,87 @@ class LeadsServiceServicer:
     """
 
     def CreateLead(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a lead. It goes into `pool_id`, to `owner_id`, through the assignment rules, or to the caller, in
+        that order. The answer's `duplicates` names open leads with the same phone or e-mail.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLead(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a lead.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLeads(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List leads the caller may see, newest first, filtered by pool, owner, status or keyword (`q`: name,
+        company, phone, e-mail).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateLead(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a lead (only the fields in the body). Its owner and pool change through claim, assign and release;
+        the answer's `duplicates` names open leads with the same phone or e-mail.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteLead(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a lead.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateLeadFollowUp(self, request, context):
-        """Follow-up records (跟进记录): a call, visit, email... Each one restarts the pool's follow-up clock.
+        """Record a follow-up (跟进记录) on a lead: a call, visit, e-mail... Each one restarts the pool's follow-up clock.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLeadFollowUps(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List a lead's follow-up records, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ClaimLead(self, request, context):
-        """The pool: claim (抢单) within the per-rep cap, assignment by a manager, return with a reason.
+        """Claim a lead waiting in a pool (抢单), within the pool's per-rep cap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AssignLead(self, request, context):
-        """Assign a lead to a rep
+        """Assign a lead to a rep (pool managers), within the pool's cap.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ReleaseLead(self, request, context):
-        """Return a lead to its pool
+        """Return a lead to its pool, with a reason; the rep cannot claim it back during the cooldown.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLeadHistory(self, request, context):
-        """Who held the lead and why it moved
+        """List who held the lead and why it moved, oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ConvertLead(self, request, context):
-        """Conversion into account + contact (customers service) + opportunity.
+        """Convert a lead into an account and a contact (customers service) and, with a pipeline, an opportunity.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,91 +291,106 @@ class LeadsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateLeadPool(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a lead pool (线索池 / 公海) with its members, managers, claim cap and reclaim rules.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLeadPool(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a lead pool.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListLeadPools(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List lead pools.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateLeadPool(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a lead pool (only the fields in the body).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteLeadPool(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete an empty lead pool.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateScoringRule(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a scoring rule: points a lead gets when one of its fields matches.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListScoringRules(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the scoring rules.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteScoringRule(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a scoring rule.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateAssignmentRule(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create an assignment rule: which new leads go to whom (round robin or by load) or into which pool.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAssignmentRules(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the assignment rules in the order they run.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAssignmentRule(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete an assignment rule.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateWebForm(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a web form; its `token` names it in the public URL that visitors submit to.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetWebForm(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a web form.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListWebForms(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List web forms.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateWebForm(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a web form (only the fields in the body).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

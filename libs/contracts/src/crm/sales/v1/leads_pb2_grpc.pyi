@@ -37,42 +37,69 @@ class LeadsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LeadsServiceAsyncStub: ...
     CreateLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.CreateLeadRequest, _leads_pb2.CreateLeadResponse]
+    """Create a lead. It goes into `pool_id`, to `owner_id`, through the assignment rules, or to the caller, in
+    that order. The answer's `duplicates` names open leads with the same phone or e-mail.
+    """
     GetLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.GetLeadRequest, _leads_pb2.GetLeadResponse]
+    """Get a lead."""
     ListLeads: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListLeadsRequest, _leads_pb2.ListLeadsResponse]
+    """List leads the caller may see, newest first, filtered by pool, owner, status or keyword (`q`: name,
+    company, phone, e-mail).
+    """
     UpdateLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.UpdateLeadRequest, _leads_pb2.UpdateLeadResponse]
+    """Change a lead (only the fields in the body). Its owner and pool change through claim, assign and release;
+    the answer's `duplicates` names open leads with the same phone or e-mail.
+    """
     DeleteLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.DeleteLeadRequest, _leads_pb2.DeleteLeadResponse]
+    """Delete a lead."""
     CreateLeadFollowUp: _grpc.UnaryUnaryMultiCallable[_leads_pb2.CreateLeadFollowUpRequest, _leads_pb2.CreateLeadFollowUpResponse]
-    """Follow-up records (跟进记录): a call, visit, email... Each one restarts the pool's follow-up clock."""
+    """Record a follow-up (跟进记录) on a lead: a call, visit, e-mail... Each one restarts the pool's follow-up clock."""
     ListLeadFollowUps: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListLeadFollowUpsRequest, _leads_pb2.ListLeadFollowUpsResponse]
+    """List a lead's follow-up records, newest first."""
     ClaimLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ClaimLeadRequest, _leads_pb2.ClaimLeadResponse]
-    """The pool: claim (抢单) within the per-rep cap, assignment by a manager, return with a reason."""
+    """Claim a lead waiting in a pool (抢单), within the pool's per-rep cap."""
     AssignLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.AssignLeadRequest, _leads_pb2.AssignLeadResponse]
-    """Assign a lead to a rep"""
+    """Assign a lead to a rep (pool managers), within the pool's cap."""
     ReleaseLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ReleaseLeadRequest, _leads_pb2.ReleaseLeadResponse]
-    """Return a lead to its pool"""
+    """Return a lead to its pool, with a reason; the rep cannot claim it back during the cooldown."""
     ListLeadHistory: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListLeadHistoryRequest, _leads_pb2.ListLeadHistoryResponse]
-    """Who held the lead and why it moved"""
+    """List who held the lead and why it moved, oldest first."""
     ConvertLead: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ConvertLeadRequest, _leads_pb2.ConvertLeadResponse]
-    """Conversion into account + contact (customers service) + opportunity."""
+    """Convert a lead into an account and a contact (customers service) and, with a pipeline, an opportunity."""
     RunLeadReclaim: _grpc.UnaryUnaryMultiCallable[_leads_pb2.RunLeadReclaimRequest, _leads_pb2.RunLeadReclaimResponse]
     """One step of the reclaim job for the caller's tenant at `now` (default: the service clock). The service
     runs the same step for every tenant periodically; this RPC lets operators and tests drive it.
     """
     CreateLeadPool: _grpc.UnaryUnaryMultiCallable[_leads_pb2.CreateLeadPoolRequest, _leads_pb2.CreateLeadPoolResponse]
+    """Create a lead pool (线索池 / 公海) with its members, managers, claim cap and reclaim rules."""
     GetLeadPool: _grpc.UnaryUnaryMultiCallable[_leads_pb2.GetLeadPoolRequest, _leads_pb2.GetLeadPoolResponse]
+    """Get a lead pool."""
     ListLeadPools: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListLeadPoolsRequest, _leads_pb2.ListLeadPoolsResponse]
+    """List lead pools."""
     UpdateLeadPool: _grpc.UnaryUnaryMultiCallable[_leads_pb2.UpdateLeadPoolRequest, _leads_pb2.UpdateLeadPoolResponse]
+    """Change a lead pool (only the fields in the body)."""
     DeleteLeadPool: _grpc.UnaryUnaryMultiCallable[_leads_pb2.DeleteLeadPoolRequest, _leads_pb2.DeleteLeadPoolResponse]
+    """Delete an empty lead pool."""
     CreateScoringRule: _grpc.UnaryUnaryMultiCallable[_leads_pb2.CreateScoringRuleRequest, _leads_pb2.CreateScoringRuleResponse]
+    """Create a scoring rule: points a lead gets when one of its fields matches."""
     ListScoringRules: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListScoringRulesRequest, _leads_pb2.ListScoringRulesResponse]
+    """List the scoring rules."""
     DeleteScoringRule: _grpc.UnaryUnaryMultiCallable[_leads_pb2.DeleteScoringRuleRequest, _leads_pb2.DeleteScoringRuleResponse]
+    """Delete a scoring rule."""
     CreateAssignmentRule: _grpc.UnaryUnaryMultiCallable[_leads_pb2.CreateAssignmentRuleRequest, _leads_pb2.CreateAssignmentRuleResponse]
+    """Create an assignment rule: which new leads go to whom (round robin or by load) or into which pool."""
     ListAssignmentRules: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListAssignmentRulesRequest, _leads_pb2.ListAssignmentRulesResponse]
+    """List the assignment rules in the order they run."""
     DeleteAssignmentRule: _grpc.UnaryUnaryMultiCallable[_leads_pb2.DeleteAssignmentRuleRequest, _leads_pb2.DeleteAssignmentRuleResponse]
+    """Delete an assignment rule."""
     CreateWebForm: _grpc.UnaryUnaryMultiCallable[_leads_pb2.CreateWebFormRequest, _leads_pb2.CreateWebFormResponse]
+    """Create a web form; its `token` names it in the public URL that visitors submit to."""
     GetWebForm: _grpc.UnaryUnaryMultiCallable[_leads_pb2.GetWebFormRequest, _leads_pb2.GetWebFormResponse]
+    """Get a web form."""
     ListWebForms: _grpc.UnaryUnaryMultiCallable[_leads_pb2.ListWebFormsRequest, _leads_pb2.ListWebFormsResponse]
+    """List web forms."""
     UpdateWebForm: _grpc.UnaryUnaryMultiCallable[_leads_pb2.UpdateWebFormRequest, _leads_pb2.UpdateWebFormResponse]
+    """Change a web form (only the fields in the body)."""
     GetPublicWebForm: _grpc.UnaryUnaryMultiCallable[_leads_pb2.GetPublicWebFormRequest, _leads_pb2.GetPublicWebFormResponse]
     """Public (no credential): what a web page needs to show the form, and a signed start stamp for the
     time-to-submit check.
@@ -91,42 +118,69 @@ class LeadsServiceAsyncStub(LeadsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.CreateLeadRequest, _leads_pb2.CreateLeadResponse]  # type: ignore[assignment]
+    """Create a lead. It goes into `pool_id`, to `owner_id`, through the assignment rules, or to the caller, in
+    that order. The answer's `duplicates` names open leads with the same phone or e-mail.
+    """
     GetLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.GetLeadRequest, _leads_pb2.GetLeadResponse]  # type: ignore[assignment]
+    """Get a lead."""
     ListLeads: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListLeadsRequest, _leads_pb2.ListLeadsResponse]  # type: ignore[assignment]
+    """List leads the caller may see, newest first, filtered by pool, owner, status or keyword (`q`: name,
+    company, phone, e-mail).
+    """
     UpdateLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.UpdateLeadRequest, _leads_pb2.UpdateLeadResponse]  # type: ignore[assignment]
+    """Change a lead (only the fields in the body). Its owner and pool change through claim, assign and release;
+    the answer's `duplicates` names open leads with the same phone or e-mail.
+    """
     DeleteLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.DeleteLeadRequest, _leads_pb2.DeleteLeadResponse]  # type: ignore[assignment]
+    """Delete a lead."""
     CreateLeadFollowUp: _aio.UnaryUnaryMultiCallable[_leads_pb2.CreateLeadFollowUpRequest, _leads_pb2.CreateLeadFollowUpResponse]  # type: ignore[assignment]
-    """Follow-up records (跟进记录): a call, visit, email... Each one restarts the pool's follow-up clock."""
+    """Record a follow-up (跟进记录) on a lead: a call, visit, e-mail... Each one restarts the pool's follow-up clock."""
     ListLeadFollowUps: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListLeadFollowUpsRequest, _leads_pb2.ListLeadFollowUpsResponse]  # type: ignore[assignment]
+    """List a lead's follow-up records, newest first."""
     ClaimLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.ClaimLeadRequest, _leads_pb2.ClaimLeadResponse]  # type: ignore[assignment]
-    """The pool: claim (抢单) within the per-rep cap, assignment by a manager, return with a reason."""
+    """Claim a lead waiting in a pool (抢单), within the pool's per-rep cap."""
     AssignLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.AssignLeadRequest, _leads_pb2.AssignLeadResponse]  # type: ignore[assignment]
-    """Assign a lead to a rep"""
+    """Assign a lead to a rep (pool managers), within the pool's cap."""
     ReleaseLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.ReleaseLeadRequest, _leads_pb2.ReleaseLeadResponse]  # type: ignore[assignment]
-    """Return a lead to its pool"""
+    """Return a lead to its pool, with a reason; the rep cannot claim it back during the cooldown."""
     ListLeadHistory: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListLeadHistoryRequest, _leads_pb2.ListLeadHistoryResponse]  # type: ignore[assignment]
-    """Who held the lead and why it moved"""
+    """List who held the lead and why it moved, oldest first."""
     ConvertLead: _aio.UnaryUnaryMultiCallable[_leads_pb2.ConvertLeadRequest, _leads_pb2.ConvertLeadResponse]  # type: ignore[assignment]
-    """Conversion into account + contact (customers service) + opportunity."""
+    """Convert a lead into an account and a contact (customers service) and, with a pipeline, an opportunity."""
     RunLeadReclaim: _aio.UnaryUnaryMultiCallable[_leads_pb2.RunLeadReclaimRequest, _leads_pb2.RunLeadReclaimResponse]  # type: ignore[assignment]
     """One step of the reclaim job for the caller's tenant at `now` (default: the service clock). The service
     runs the same step for every tenant periodically; this RPC lets operators and tests drive it.
     """
     CreateLeadPool: _aio.UnaryUnaryMultiCallable[_leads_pb2.CreateLeadPoolRequest, _leads_pb2.CreateLeadPoolResponse]  # type: ignore[assignment]
+    """Create a lead pool (线索池 / 公海) with its members, managers, claim cap and reclaim rules."""
     GetLeadPool: _aio.UnaryUnaryMultiCallable[_leads_pb2.GetLeadPoolRequest, _leads_pb2.GetLeadPoolResponse]  # type: ignore[assignment]
+    """Get a lead pool."""
     ListLeadPools: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListLeadPoolsRequest, _leads_pb2.ListLeadPoolsResponse]  # type: ignore[assignment]
+    """List lead pools."""
     UpdateLeadPool: _aio.UnaryUnaryMultiCallable[_leads_pb2.UpdateLeadPoolRequest, _leads_pb2.UpdateLeadPoolResponse]  # type: ignore[assignment]
+    """Change a lead pool (only the fields in the body)."""
     DeleteLeadPool: _aio.UnaryUnaryMultiCallable[_leads_pb2.DeleteLeadPoolRequest, _leads_pb2.DeleteLeadPoolResponse]  # type: ignore[assignment]
+    """Delete an empty lead pool."""
     CreateScoringRule: _aio.UnaryUnaryMultiCallable[_leads_pb2.CreateScoringRuleRequest, _leads_pb2.CreateScoringRuleResponse]  # type: ignore[assignment]
+    """Create a scoring rule: points a lead gets when one of its fields matches."""
     ListScoringRules: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListScoringRulesRequest, _leads_pb2.ListScoringRulesResponse]  # type: ignore[assignment]
+    """List the scoring rules."""
     DeleteScoringRule: _aio.UnaryUnaryMultiCallable[_leads_pb2.DeleteScoringRuleRequest, _leads_pb2.DeleteScoringRuleResponse]  # type: ignore[assignment]
+    """Delete a scoring rule."""
     CreateAssignmentRule: _aio.UnaryUnaryMultiCallable[_leads_pb2.CreateAssignmentRuleRequest, _leads_pb2.CreateAssignmentRuleResponse]  # type: ignore[assignment]
+    """Create an assignment rule: which new leads go to whom (round robin or by load) or into which pool."""
     ListAssignmentRules: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListAssignmentRulesRequest, _leads_pb2.ListAssignmentRulesResponse]  # type: ignore[assignment]
+    """List the assignment rules in the order they run."""
     DeleteAssignmentRule: _aio.UnaryUnaryMultiCallable[_leads_pb2.DeleteAssignmentRuleRequest, _leads_pb2.DeleteAssignmentRuleResponse]  # type: ignore[assignment]
+    """Delete an assignment rule."""
     CreateWebForm: _aio.UnaryUnaryMultiCallable[_leads_pb2.CreateWebFormRequest, _leads_pb2.CreateWebFormResponse]  # type: ignore[assignment]
+    """Create a web form; its `token` names it in the public URL that visitors submit to."""
     GetWebForm: _aio.UnaryUnaryMultiCallable[_leads_pb2.GetWebFormRequest, _leads_pb2.GetWebFormResponse]  # type: ignore[assignment]
+    """Get a web form."""
     ListWebForms: _aio.UnaryUnaryMultiCallable[_leads_pb2.ListWebFormsRequest, _leads_pb2.ListWebFormsResponse]  # type: ignore[assignment]
+    """List web forms."""
     UpdateWebForm: _aio.UnaryUnaryMultiCallable[_leads_pb2.UpdateWebFormRequest, _leads_pb2.UpdateWebFormResponse]  # type: ignore[assignment]
+    """Change a web form (only the fields in the body)."""
     GetPublicWebForm: _aio.UnaryUnaryMultiCallable[_leads_pb2.GetPublicWebFormRequest, _leads_pb2.GetPublicWebFormResponse]  # type: ignore[assignment]
     """Public (no credential): what a web page needs to show the form, and a signed start stamp for the
     time-to-submit check.
@@ -147,35 +201,46 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _leads_pb2.CreateLeadRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.CreateLeadResponse, _abc.Awaitable[_leads_pb2.CreateLeadResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.CreateLeadResponse, _abc.Awaitable[_leads_pb2.CreateLeadResponse]]:
+        """Create a lead. It goes into `pool_id`, to `owner_id`, through the assignment rules, or to the caller, in
+        that order. The answer's `duplicates` names open leads with the same phone or e-mail.
+        """
 
     @_abc_1.abstractmethod
     def GetLead(
         self,
         request: _leads_pb2.GetLeadRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.GetLeadResponse, _abc.Awaitable[_leads_pb2.GetLeadResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.GetLeadResponse, _abc.Awaitable[_leads_pb2.GetLeadResponse]]:
+        """Get a lead."""
 
     @_abc_1.abstractmethod
     def ListLeads(
         self,
         request: _leads_pb2.ListLeadsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.ListLeadsResponse, _abc.Awaitable[_leads_pb2.ListLeadsResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.ListLeadsResponse, _abc.Awaitable[_leads_pb2.ListLeadsResponse]]:
+        """List leads the caller may see, newest first, filtered by pool, owner, status or keyword (`q`: name,
+        company, phone, e-mail).
+        """
 
     @_abc_1.abstractmethod
     def UpdateLead(
         self,
         request: _leads_pb2.UpdateLeadRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.UpdateLeadResponse, _abc.Awaitable[_leads_pb2.UpdateLeadResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.UpdateLeadResponse, _abc.Awaitable[_leads_pb2.UpdateLeadResponse]]:
+        """Change a lead (only the fields in the body). Its owner and pool change through claim, assign and release;
+        the answer's `duplicates` names open leads with the same phone or e-mail.
+        """
 
     @_abc_1.abstractmethod
     def DeleteLead(
         self,
         request: _leads_pb2.DeleteLeadRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.DeleteLeadResponse, _abc.Awaitable[_leads_pb2.DeleteLeadResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.DeleteLeadResponse, _abc.Awaitable[_leads_pb2.DeleteLeadResponse]]:
+        """Delete a lead."""
 
     @_abc_1.abstractmethod
     def CreateLeadFollowUp(
@@ -183,14 +248,15 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leads_pb2.CreateLeadFollowUpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leads_pb2.CreateLeadFollowUpResponse, _abc.Awaitable[_leads_pb2.CreateLeadFollowUpResponse]]:
-        """Follow-up records (跟进记录): a call, visit, email... Each one restarts the pool's follow-up clock."""
+        """Record a follow-up (跟进记录) on a lead: a call, visit, e-mail... Each one restarts the pool's follow-up clock."""
 
     @_abc_1.abstractmethod
     def ListLeadFollowUps(
         self,
         request: _leads_pb2.ListLeadFollowUpsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.ListLeadFollowUpsResponse, _abc.Awaitable[_leads_pb2.ListLeadFollowUpsResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.ListLeadFollowUpsResponse, _abc.Awaitable[_leads_pb2.ListLeadFollowUpsResponse]]:
+        """List a lead's follow-up records, newest first."""
 
     @_abc_1.abstractmethod
     def ClaimLead(
@@ -198,7 +264,7 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leads_pb2.ClaimLeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leads_pb2.ClaimLeadResponse, _abc.Awaitable[_leads_pb2.ClaimLeadResponse]]:
-        """The pool: claim (抢单) within the per-rep cap, assignment by a manager, return with a reason."""
+        """Claim a lead waiting in a pool (抢单), within the pool's per-rep cap."""
 
     @_abc_1.abstractmethod
     def AssignLead(
@@ -206,7 +272,7 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leads_pb2.AssignLeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leads_pb2.AssignLeadResponse, _abc.Awaitable[_leads_pb2.AssignLeadResponse]]:
-        """Assign a lead to a rep"""
+        """Assign a lead to a rep (pool managers), within the pool's cap."""
 
     @_abc_1.abstractmethod
     def ReleaseLead(
@@ -214,7 +280,7 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leads_pb2.ReleaseLeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leads_pb2.ReleaseLeadResponse, _abc.Awaitable[_leads_pb2.ReleaseLeadResponse]]:
-        """Return a lead to its pool"""
+        """Return a lead to its pool, with a reason; the rep cannot claim it back during the cooldown."""
 
     @_abc_1.abstractmethod
     def ListLeadHistory(
@@ -222,7 +288,7 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leads_pb2.ListLeadHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leads_pb2.ListLeadHistoryResponse, _abc.Awaitable[_leads_pb2.ListLeadHistoryResponse]]:
-        """Who held the lead and why it moved"""
+        """List who held the lead and why it moved, oldest first."""
 
     @_abc_1.abstractmethod
     def ConvertLead(
@@ -230,7 +296,7 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _leads_pb2.ConvertLeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_leads_pb2.ConvertLeadResponse, _abc.Awaitable[_leads_pb2.ConvertLeadResponse]]:
-        """Conversion into account + contact (customers service) + opportunity."""
+        """Convert a lead into an account and a contact (customers service) and, with a pipeline, an opportunity."""
 
     @_abc_1.abstractmethod
     def RunLeadReclaim(
@@ -247,105 +313,120 @@ class LeadsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _leads_pb2.CreateLeadPoolRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.CreateLeadPoolResponse, _abc.Awaitable[_leads_pb2.CreateLeadPoolResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.CreateLeadPoolResponse, _abc.Awaitable[_leads_pb2.CreateLeadPoolResponse]]:
+        """Create a lead pool (线索池 / 公海) with its members, managers, claim cap and reclaim rules."""
 
     @_abc_1.abstractmethod
     def GetLeadPool(
         self,
         request: _leads_pb2.GetLeadPoolRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.GetLeadPoolResponse, _abc.Awaitable[_leads_pb2.GetLeadPoolResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.GetLeadPoolResponse, _abc.Awaitable[_leads_pb2.GetLeadPoolResponse]]:
+        """Get a lead pool."""
 
     @_abc_1.abstractmethod
     def ListLeadPools(
         self,
         request: _leads_pb2.ListLeadPoolsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.ListLeadPoolsResponse, _abc.Awaitable[_leads_pb2.ListLeadPoolsResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.ListLeadPoolsResponse, _abc.Awaitable[_leads_pb2.ListLeadPoolsResponse]]:
+        """List lead pools."""
 
     @_abc_1.abstractmethod
     def UpdateLeadPool(
         self,
         request: _leads_pb2.UpdateLeadPoolRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.UpdateLeadPoolResponse, _abc.Awaitable[_leads_pb2.UpdateLeadPoolResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.UpdateLeadPoolResponse, _abc.Awaitable[_leads_pb2.UpdateLeadPoolResponse]]:
+        """Change a lead pool (only the fields in the body)."""
 
     @_abc_1.abstractmethod
     def DeleteLeadPool(
         self,
         request: _leads_pb2.DeleteLeadPoolRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.DeleteLeadPoolResponse, _abc.Awaitable[_leads_pb2.DeleteLeadPoolResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.DeleteLeadPoolResponse, _abc.Awaitable[_leads_pb2.DeleteLeadPoolResponse]]:
+        """Delete an empty lead pool."""
 
     @_abc_1.abstractmethod
     def CreateScoringRule(
         self,
         request: _leads_pb2.CreateScoringRuleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.CreateScoringRuleResponse, _abc.Awaitable[_leads_pb2.CreateScoringRuleResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.CreateScoringRuleResponse, _abc.Awaitable[_leads_pb2.CreateScoringRuleResponse]]:
+        """Create a scoring rule: points a lead gets when one of its fields matches."""
 
     @_abc_1.abstractmethod
     def ListScoringRules(
         self,
         request: _leads_pb2.ListScoringRulesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.ListScoringRulesResponse, _abc.Awaitable[_leads_pb2.ListScoringRulesResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.ListScoringRulesResponse, _abc.Awaitable[_leads_pb2.ListScoringRulesResponse]]:
+        """List the scoring rules."""
 
     @_abc_1.abstractmethod
     def DeleteScoringRule(
         self,
         request: _leads_pb2.DeleteScoringRuleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.DeleteScoringRuleResponse, _abc.Awaitable[_leads_pb2.DeleteScoringRuleResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.DeleteScoringRuleResponse, _abc.Awaitable[_leads_pb2.DeleteScoringRuleResponse]]:
+        """Delete a scoring rule."""
 
     @_abc_1.abstractmethod
     def CreateAssignmentRule(
         self,
         request: _leads_pb2.CreateAssignmentRuleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.CreateAssignmentRuleResponse, _abc.Awaitable[_leads_pb2.CreateAssignmentRuleResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.CreateAssignmentRuleResponse, _abc.Awaitable[_leads_pb2.CreateAssignmentRuleResponse]]:
+        """Create an assignment rule: which new leads go to whom (round robin or by load) or into which pool."""
 
     @_abc_1.abstractmethod
     def ListAssignmentRules(
         self,
         request: _leads_pb2.ListAssignmentRulesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.ListAssignmentRulesResponse, _abc.Awaitable[_leads_pb2.ListAssignmentRulesResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.ListAssignmentRulesResponse, _abc.Awaitable[_leads_pb2.ListAssignmentRulesResponse]]:
+        """List the assignment rules in the order they run."""
 
     @_abc_1.abstractmethod
     def DeleteAssignmentRule(
         self,
         request: _leads_pb2.DeleteAssignmentRuleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.DeleteAssignmentRuleResponse, _abc.Awaitable[_leads_pb2.DeleteAssignmentRuleResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.DeleteAssignmentRuleResponse, _abc.Awaitable[_leads_pb2.DeleteAssignmentRuleResponse]]:
+        """Delete an assignment rule."""
 
     @_abc_1.abstractmethod
     def CreateWebForm(
         self,
         request: _leads_pb2.CreateWebFormRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.CreateWebFormResponse, _abc.Awaitable[_leads_pb2.CreateWebFormResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.CreateWebFormResponse, _abc.Awaitable[_leads_pb2.CreateWebFormResponse]]:
+        """Create a web form; its `token` names it in the public URL that visitors submit to."""
 
     @_abc_1.abstractmethod
     def GetWebForm(
         self,
         request: _leads_pb2.GetWebFormRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.GetWebFormResponse, _abc.Awaitable[_leads_pb2.GetWebFormResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.GetWebFormResponse, _abc.Awaitable[_leads_pb2.GetWebFormResponse]]:
+        """Get a web form."""
 
     @_abc_1.abstractmethod
     def ListWebForms(
         self,
         request: _leads_pb2.ListWebFormsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.ListWebFormsResponse, _abc.Awaitable[_leads_pb2.ListWebFormsResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.ListWebFormsResponse, _abc.Awaitable[_leads_pb2.ListWebFormsResponse]]:
+        """List web forms."""
 
     @_abc_1.abstractmethod
     def UpdateWebForm(
         self,
         request: _leads_pb2.UpdateWebFormRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_leads_pb2.UpdateWebFormResponse, _abc.Awaitable[_leads_pb2.UpdateWebFormResponse]]: ...
+    ) -> _typing.Union[_leads_pb2.UpdateWebFormResponse, _abc.Awaitable[_leads_pb2.UpdateWebFormResponse]]:
+        """Change a web form (only the fields in the body)."""
 
     @_abc_1.abstractmethod
     def GetPublicWebForm(

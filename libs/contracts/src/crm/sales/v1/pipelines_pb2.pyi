@@ -113,11 +113,13 @@ class Stage(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     REQUIRED_FIELDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The stage's id (to keep it in an update and to move opportunities into it)."""
     name: _builtins.str
     """Name in the tenant's language; `labels` holds it per locale ("zh-CN", "en")."""
     probability: _builtins.int
     """Win probability in percent, 0..100."""
     kind: Global___StageKind.ValueType
+    """Open stages hold opportunities in progress; entering a won or lost stage closes the opportunity."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -154,6 +156,7 @@ class Pipeline(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Its name, e.g. 直销."""
     version: _builtins.int
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Stage]:
@@ -191,9 +194,11 @@ class OpportunityProduct(_message.Message):
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     name: _builtins.str
+    """The product's name as shown on the opportunity."""
     quantity: _builtins.str
     """Exact decimals as strings."""
     unit_price: _builtins.str
+    """Exact decimal."""
     def __init__(
         self,
         *,
@@ -244,11 +249,17 @@ class Opportunity(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Its name, e.g. "ERP 升级项目"."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     contact_id: _builtins.str
+    """The main contact at the customer (customers service)."""
     lead_id: _builtins.str
+    """The lead it was converted from, if any."""
     pipeline_id: _builtins.str
+    """The pipeline it moves through."""
     stage_id: _builtins.str
+    """The stage it is in; it moves through `POST /opportunities/{id}/stage`."""
     amount: _builtins.str
     """Exact decimal as a string, e.g. "125000.00"."""
     currency: _builtins.str
@@ -258,28 +269,46 @@ class Opportunity(_message.Message):
     probability: _builtins.int
     """The stage's win probability (percent)."""
     forecast_category: Global___ForecastCategory.ValueType
+    """Where it counts in the forecast (default: by its stage)."""
     next_step: _builtins.str
+    """The agreed next step, e.g. "下周演示"."""
     owner_id: _builtins.str
+    """The rep responsible for it."""
     department_id: _builtins.str
+    """The owner's department (for data scopes)."""
     status: Global___OpportunityStatus.ValueType
+    """Open until it enters a won or lost stage."""
     won_reason: _builtins.str
+    """Why it was won, as given when it moved to a won stage."""
     lost_reason: _builtins.str
+    """Why it was lost, as given when it moved to a lost stage."""
     description: _builtins.str
+    """Notes about the opportunity."""
     version: _builtins.int
     @_builtins.property
-    def competitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def competitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Competitors in the deal."""
+
     @_builtins.property
-    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpportunityProduct]: ...
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpportunityProduct]:
+        """Products of interest, with quantities and prices."""
+
     @_builtins.property
-    def team_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def team_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Colleagues working on it; they may see it."""
+
     @_builtins.property
     def follower_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """People who follow it (关注), besides the team."""
 
     @_builtins.property
-    def closed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def closed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was won or lost."""
+
     @_builtins.property
-    def stage_entered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def stage_entered_at(self) -> _timestamp_pb2.Timestamp:
+        """When it entered its current stage."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -325,7 +354,9 @@ class Opportunity(_message.Message):
 Global___Opportunity: _TypeAlias = Opportunity  # noqa: Y015
 
 @_typing.final
-class StageChange(_message.Message):
+class OpportunityStageChange(_message.Message):
+    """One stay of an opportunity in a stage: when it entered, when it left and for how long."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -339,11 +370,17 @@ class StageChange(_message.Message):
     id: _builtins.str
     opportunity_id: _builtins.str
     from_stage_id: _builtins.str
+    """The stage it came from (empty for its first stage)."""
     to_stage_id: _builtins.str
+    """The stage it entered."""
     actor_id: _builtins.str
+    """Who moved it."""
     seconds_in_stage: _builtins.int
+    """Seconds it spent in the stage (so far, while it is still there)."""
     @_builtins.property
-    def entered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def entered_at(self) -> _timestamp_pb2.Timestamp:
+        """When it entered the stage."""
+
     @_builtins.property
     def left_at(self) -> _timestamp_pb2.Timestamp:
         """When it left the stage again (unset while it is still there)."""
@@ -366,7 +403,7 @@ class StageChange(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StageChange: _TypeAlias = StageChange  # noqa: Y015
+Global___OpportunityStageChange: _TypeAlias = OpportunityStageChange  # noqa: Y015
 
 @_typing.final
 class CurrencyTotal(_message.Message):
@@ -378,9 +415,11 @@ class CurrencyTotal(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     currency: _builtins.str
     amount: _builtins.str
+    """Σ amount, exact decimal."""
     weighted_amount: _builtins.str
     """Σ amount × stage probability."""
     count: _builtins.int
+    """Opportunities in this currency."""
     def __init__(
         self,
         *,
@@ -415,11 +454,14 @@ class BoardCard(_message.Message):
     name: _builtins.str
     account_id: _builtins.str
     amount: _builtins.str
+    """Exact decimal, e.g. "125000.00"."""
     currency: _builtins.str
     close_date: _builtins.str
     owner_id: _builtins.str
     status: Global___OpportunityStatus.ValueType
+    """Open, won or lost."""
     seconds_in_stage: _builtins.int
+    """Seconds since it entered its current stage."""
     version: _builtins.int
     def __init__(
         self,
@@ -452,6 +494,7 @@ class BoardColumn(_message.Message):
     TOTALS_FIELD_NUMBER: _builtins.int
     CARDS_FIELD_NUMBER: _builtins.int
     count: _builtins.int
+    """Opportunities in the stage (all of them, not only the cards shown)."""
     @_builtins.property
     def stage(self) -> Global___Stage: ...
     @_builtins.property
@@ -511,12 +554,17 @@ class StageInput(_message.Message):
     id: _builtins.str
     """Keep an existing stage by id (updates); empty creates a stage."""
     name: _builtins.str
+    """Name in the tenant's language, unique in the pipeline, e.g. 方案报价."""
     probability: _builtins.int
+    """Win probability in percent, 0..100."""
     kind: Global___StageKind.ValueType
+    """Open stages hold opportunities in progress; entering a won or lost stage closes the opportunity."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
-    def required_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def required_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Opportunity fields that must be filled before entering this stage, e.g. "amount", "close_date"."""
+
     def __init__(
         self,
         *,
@@ -542,6 +590,7 @@ class CreatePipelineRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. 直销."""
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageInput]:
         """In board order; empty: the default stages (初步接洽 Qualification … 赢单 Won, 输单 Lost)."""
@@ -673,14 +722,14 @@ class UpdatePipelineRequest(_message.Message):
     id: _builtins.str
     expected_version: _builtins.int
     @_builtins.property
-    def pipeline(self) -> Global___PipelineUpdate: ...
+    def pipeline(self) -> Global___PipelinePatch: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask: ...
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
-        pipeline: Global___PipelineUpdate | None = ...,
+        pipeline: Global___PipelinePatch | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         expected_version: _builtins.int = ...,
     ) -> None: ...
@@ -693,7 +742,7 @@ class UpdatePipelineRequest(_message.Message):
 Global___UpdatePipelineRequest: _TypeAlias = UpdatePipelineRequest  # noqa: Y015
 
 @_typing.final
-class PipelineUpdate(_message.Message):
+class PipelinePatch(_message.Message):
     """The changeable part of a pipeline: its name and its stages (the whole ordered list)."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -701,8 +750,11 @@ class PipelineUpdate(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. 直销."""
     @_builtins.property
-    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageInput]: ...
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageInput]:
+        """In board order."""
+
     def __init__(
         self,
         *,
@@ -715,7 +767,7 @@ class PipelineUpdate(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PipelineUpdate: _TypeAlias = PipelineUpdate  # noqa: Y015
+Global___PipelinePatch: _TypeAlias = PipelinePatch  # noqa: Y015
 
 @_typing.final
 class UpdatePipelineResponse(_message.Message):
@@ -848,28 +900,47 @@ class CreateOpportunityRequest(_message.Message):
     OWNER_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. "ERP 升级项目"."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     contact_id: _builtins.str
+    """The main contact at the customer (customers service)."""
     lead_id: _builtins.str
+    """The lead it was converted from, if any."""
     pipeline_id: _builtins.str
     """Empty: the tenant's first pipeline."""
     stage_id: _builtins.str
     """Empty: the pipeline's first stage."""
     amount: _builtins.str
+    """Exact decimal as a string, e.g. "125000.00"."""
     currency: _builtins.str
+    """ISO 4217, e.g. "CNY", "USD"."""
     close_date: _builtins.str
+    """"YYYY-MM-DD"."""
     forecast_category: Global___ForecastCategory.ValueType
+    """Where it counts in the forecast (default: by its stage)."""
     next_step: _builtins.str
+    """The agreed next step, e.g. "下周演示"."""
     owner_id: _builtins.str
+    """The rep responsible for it."""
     description: _builtins.str
+    """Notes about the opportunity."""
     @_builtins.property
-    def competitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def competitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Competitors in the deal."""
+
     @_builtins.property
-    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpportunityProduct]: ...
+    def products(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpportunityProduct]:
+        """Products of interest, with quantities and prices."""
+
     @_builtins.property
-    def team_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def team_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Colleagues working on it; they may see it."""
+
     @_builtins.property
-    def follower_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def follower_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """People who follow it (关注), besides the team."""
+
     def __init__(
         self,
         *,
@@ -969,10 +1040,15 @@ class ListOpportunitiesRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     pipeline_id: _builtins.str
+    """Only opportunities of this pipeline."""
     stage_id: _builtins.str
+    """Only those in this stage."""
     owner_id: _builtins.str
+    """Only those this rep owns."""
     status: Global___OpportunityStatus.ValueType
+    """Only those in this status."""
     account_id: _builtins.str
+    """Only those of this account."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -1114,6 +1190,7 @@ class MoveOpportunityStageRequest(_message.Message):
     WON_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     stage_id: _builtins.str
+    """A stage of the opportunity's pipeline."""
     expected_version: _builtins.int
     lost_reason: _builtins.str
     """Needed when the target stage is a lost stage."""
@@ -1186,11 +1263,11 @@ class ListStageHistoryResponse(_message.Message):
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageChange]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___OpportunityStageChange]: ...
     def __init__(
         self,
         *,
-        items: _abc.Iterable[Global___StageChange] | None = ...,
+        items: _abc.Iterable[Global___OpportunityStageChange] | None = ...,
         next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015

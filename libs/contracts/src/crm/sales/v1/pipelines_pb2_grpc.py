@@ -107,31 +107,38 @@ class PipelinesServiceServicer:
     """
 
     def CreatePipeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a pipeline with its stages in board order (without stages: the default ones, in the company's
+        language).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPipeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a pipeline with its stages.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPipelines(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List pipelines.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdatePipeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Rename a pipeline or change its stages (the whole ordered list: stages named by id are kept, the others
+        added or archived).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeletePipeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a pipeline that holds no opportunities.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -144,31 +151,36 @@ class PipelinesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateOpportunity(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create an opportunity (商机) in a pipeline's stage (default: the company's first pipeline, its first stage).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetOpportunity(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get an opportunity.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListOpportunities(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List opportunities, filtered by pipeline, stage, owner, status or account.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateOpportunity(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change an opportunity (only the fields in the body); its stage changes through `/stage`.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteOpportunity(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete an opportunity.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -181,7 +193,8 @@ class PipelinesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListStageHistory(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List an opportunity's stays in stages, oldest first, with the time spent in each.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

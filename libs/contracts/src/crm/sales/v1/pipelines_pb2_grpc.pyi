@@ -34,20 +34,35 @@ class PipelinesServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PipelinesServiceAsyncStub: ...
     CreatePipeline: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.CreatePipelineRequest, _pipelines_pb2.CreatePipelineResponse]
+    """Create a pipeline with its stages in board order (without stages: the default ones, in the company's
+    language).
+    """
     GetPipeline: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.GetPipelineRequest, _pipelines_pb2.GetPipelineResponse]
+    """Get a pipeline with its stages."""
     ListPipelines: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.ListPipelinesRequest, _pipelines_pb2.ListPipelinesResponse]
+    """List pipelines."""
     UpdatePipeline: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.UpdatePipelineRequest, _pipelines_pb2.UpdatePipelineResponse]
+    """Rename a pipeline or change its stages (the whole ordered list: stages named by id are kept, the others
+    added or archived).
+    """
     DeletePipeline: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.DeletePipelineRequest, _pipelines_pb2.DeletePipelineResponse]
+    """Delete a pipeline that holds no opportunities."""
     GetBoard: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.GetBoardRequest, _pipelines_pb2.GetBoardResponse]
     """The kanban board: per stage its totals and its first cards."""
     CreateOpportunity: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.CreateOpportunityRequest, _pipelines_pb2.CreateOpportunityResponse]
+    """Create an opportunity (商机) in a pipeline's stage (default: the company's first pipeline, its first stage)."""
     GetOpportunity: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.GetOpportunityRequest, _pipelines_pb2.GetOpportunityResponse]
+    """Get an opportunity."""
     ListOpportunities: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.ListOpportunitiesRequest, _pipelines_pb2.ListOpportunitiesResponse]
+    """List opportunities, filtered by pipeline, stage, owner, status or account."""
     UpdateOpportunity: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.UpdateOpportunityRequest, _pipelines_pb2.UpdateOpportunityResponse]
+    """Change an opportunity (only the fields in the body); its stage changes through `/stage`."""
     DeleteOpportunity: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.DeleteOpportunityRequest, _pipelines_pb2.DeleteOpportunityResponse]
+    """Delete an opportunity."""
     MoveOpportunityStage: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.MoveOpportunityStageRequest, _pipelines_pb2.MoveOpportunityStageResponse]
     """Move to another stage of its pipeline; a won or lost stage closes it (lost needs a reason)."""
     ListStageHistory: _grpc.UnaryUnaryMultiCallable[_pipelines_pb2.ListStageHistoryRequest, _pipelines_pb2.ListStageHistoryResponse]
+    """List an opportunity's stays in stages, oldest first, with the time spent in each."""
 
 @_typing.type_check_only
 class PipelinesServiceAsyncStub(PipelinesServiceStub):
@@ -55,20 +70,35 @@ class PipelinesServiceAsyncStub(PipelinesServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePipeline: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.CreatePipelineRequest, _pipelines_pb2.CreatePipelineResponse]  # type: ignore[assignment]
+    """Create a pipeline with its stages in board order (without stages: the default ones, in the company's
+    language).
+    """
     GetPipeline: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.GetPipelineRequest, _pipelines_pb2.GetPipelineResponse]  # type: ignore[assignment]
+    """Get a pipeline with its stages."""
     ListPipelines: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.ListPipelinesRequest, _pipelines_pb2.ListPipelinesResponse]  # type: ignore[assignment]
+    """List pipelines."""
     UpdatePipeline: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.UpdatePipelineRequest, _pipelines_pb2.UpdatePipelineResponse]  # type: ignore[assignment]
+    """Rename a pipeline or change its stages (the whole ordered list: stages named by id are kept, the others
+    added or archived).
+    """
     DeletePipeline: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.DeletePipelineRequest, _pipelines_pb2.DeletePipelineResponse]  # type: ignore[assignment]
+    """Delete a pipeline that holds no opportunities."""
     GetBoard: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.GetBoardRequest, _pipelines_pb2.GetBoardResponse]  # type: ignore[assignment]
     """The kanban board: per stage its totals and its first cards."""
     CreateOpportunity: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.CreateOpportunityRequest, _pipelines_pb2.CreateOpportunityResponse]  # type: ignore[assignment]
+    """Create an opportunity (商机) in a pipeline's stage (default: the company's first pipeline, its first stage)."""
     GetOpportunity: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.GetOpportunityRequest, _pipelines_pb2.GetOpportunityResponse]  # type: ignore[assignment]
+    """Get an opportunity."""
     ListOpportunities: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.ListOpportunitiesRequest, _pipelines_pb2.ListOpportunitiesResponse]  # type: ignore[assignment]
+    """List opportunities, filtered by pipeline, stage, owner, status or account."""
     UpdateOpportunity: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.UpdateOpportunityRequest, _pipelines_pb2.UpdateOpportunityResponse]  # type: ignore[assignment]
+    """Change an opportunity (only the fields in the body); its stage changes through `/stage`."""
     DeleteOpportunity: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.DeleteOpportunityRequest, _pipelines_pb2.DeleteOpportunityResponse]  # type: ignore[assignment]
+    """Delete an opportunity."""
     MoveOpportunityStage: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.MoveOpportunityStageRequest, _pipelines_pb2.MoveOpportunityStageResponse]  # type: ignore[assignment]
     """Move to another stage of its pipeline; a won or lost stage closes it (lost needs a reason)."""
     ListStageHistory: _aio.UnaryUnaryMultiCallable[_pipelines_pb2.ListStageHistoryRequest, _pipelines_pb2.ListStageHistoryResponse]  # type: ignore[assignment]
+    """List an opportunity's stays in stages, oldest first, with the time spent in each."""
 
 class PipelinesServiceServicer(metaclass=_abc_1.ABCMeta):
     """Pipelines with ordered stages, opportunities (商机) and the kanban board."""
@@ -78,35 +108,44 @@ class PipelinesServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _pipelines_pb2.CreatePipelineRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.CreatePipelineResponse, _abc.Awaitable[_pipelines_pb2.CreatePipelineResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.CreatePipelineResponse, _abc.Awaitable[_pipelines_pb2.CreatePipelineResponse]]:
+        """Create a pipeline with its stages in board order (without stages: the default ones, in the company's
+        language).
+        """
 
     @_abc_1.abstractmethod
     def GetPipeline(
         self,
         request: _pipelines_pb2.GetPipelineRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.GetPipelineResponse, _abc.Awaitable[_pipelines_pb2.GetPipelineResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.GetPipelineResponse, _abc.Awaitable[_pipelines_pb2.GetPipelineResponse]]:
+        """Get a pipeline with its stages."""
 
     @_abc_1.abstractmethod
     def ListPipelines(
         self,
         request: _pipelines_pb2.ListPipelinesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.ListPipelinesResponse, _abc.Awaitable[_pipelines_pb2.ListPipelinesResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.ListPipelinesResponse, _abc.Awaitable[_pipelines_pb2.ListPipelinesResponse]]:
+        """List pipelines."""
 
     @_abc_1.abstractmethod
     def UpdatePipeline(
         self,
         request: _pipelines_pb2.UpdatePipelineRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.UpdatePipelineResponse, _abc.Awaitable[_pipelines_pb2.UpdatePipelineResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.UpdatePipelineResponse, _abc.Awaitable[_pipelines_pb2.UpdatePipelineResponse]]:
+        """Rename a pipeline or change its stages (the whole ordered list: stages named by id are kept, the others
+        added or archived).
+        """
 
     @_abc_1.abstractmethod
     def DeletePipeline(
         self,
         request: _pipelines_pb2.DeletePipelineRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.DeletePipelineResponse, _abc.Awaitable[_pipelines_pb2.DeletePipelineResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.DeletePipelineResponse, _abc.Awaitable[_pipelines_pb2.DeletePipelineResponse]]:
+        """Delete a pipeline that holds no opportunities."""
 
     @_abc_1.abstractmethod
     def GetBoard(
@@ -121,35 +160,40 @@ class PipelinesServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _pipelines_pb2.CreateOpportunityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.CreateOpportunityResponse, _abc.Awaitable[_pipelines_pb2.CreateOpportunityResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.CreateOpportunityResponse, _abc.Awaitable[_pipelines_pb2.CreateOpportunityResponse]]:
+        """Create an opportunity (商机) in a pipeline's stage (default: the company's first pipeline, its first stage)."""
 
     @_abc_1.abstractmethod
     def GetOpportunity(
         self,
         request: _pipelines_pb2.GetOpportunityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.GetOpportunityResponse, _abc.Awaitable[_pipelines_pb2.GetOpportunityResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.GetOpportunityResponse, _abc.Awaitable[_pipelines_pb2.GetOpportunityResponse]]:
+        """Get an opportunity."""
 
     @_abc_1.abstractmethod
     def ListOpportunities(
         self,
         request: _pipelines_pb2.ListOpportunitiesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.ListOpportunitiesResponse, _abc.Awaitable[_pipelines_pb2.ListOpportunitiesResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.ListOpportunitiesResponse, _abc.Awaitable[_pipelines_pb2.ListOpportunitiesResponse]]:
+        """List opportunities, filtered by pipeline, stage, owner, status or account."""
 
     @_abc_1.abstractmethod
     def UpdateOpportunity(
         self,
         request: _pipelines_pb2.UpdateOpportunityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.UpdateOpportunityResponse, _abc.Awaitable[_pipelines_pb2.UpdateOpportunityResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.UpdateOpportunityResponse, _abc.Awaitable[_pipelines_pb2.UpdateOpportunityResponse]]:
+        """Change an opportunity (only the fields in the body); its stage changes through `/stage`."""
 
     @_abc_1.abstractmethod
     def DeleteOpportunity(
         self,
         request: _pipelines_pb2.DeleteOpportunityRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.DeleteOpportunityResponse, _abc.Awaitable[_pipelines_pb2.DeleteOpportunityResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.DeleteOpportunityResponse, _abc.Awaitable[_pipelines_pb2.DeleteOpportunityResponse]]:
+        """Delete an opportunity."""
 
     @_abc_1.abstractmethod
     def MoveOpportunityStage(
@@ -164,6 +208,7 @@ class PipelinesServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _pipelines_pb2.ListStageHistoryRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_pipelines_pb2.ListStageHistoryResponse, _abc.Awaitable[_pipelines_pb2.ListStageHistoryResponse]]: ...
+    ) -> _typing.Union[_pipelines_pb2.ListStageHistoryResponse, _abc.Awaitable[_pipelines_pb2.ListStageHistoryResponse]]:
+        """List an opportunity's stays in stages, oldest first, with the time spent in each."""
 
 def add_PipelinesServiceServicer_to_server(servicer: PipelinesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

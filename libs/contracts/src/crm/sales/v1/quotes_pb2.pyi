@@ -89,14 +89,17 @@ class Product(_message.Message):
     code: _builtins.str
     """SKU, unique in the tenant."""
     name: _builtins.str
+    """Its name, e.g. 企业资源计划软件许可."""
     name_en: _builtins.str
     """The English name for English quotes (the name is used when empty)."""
     description: _builtins.str
+    """Details shown on quotes."""
     unit: _builtins.str
     """e.g. "台", "套", "年", "pcs"."""
     tax_rate: _builtins.str
     """VAT rate in percent as a decimal string, e.g. "13" or "6"."""
     active: _builtins.bool
+    """Inactive products cannot be added to new quotes."""
     version: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -133,7 +136,7 @@ class PriceBookEntry(_message.Message):
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     unit_price: _builtins.str
-    """Exact decimal, tax exclusive."""
+    """Exact decimal, tax exclusive, e.g. "1999.00"."""
     def __init__(
         self,
         *,
@@ -163,14 +166,18 @@ class PriceBook(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Its name, e.g. 渠道价."""
     currency: _builtins.str
     """ISO 4217; every price in the book is in this currency."""
     customer_group: _builtins.str
     """Empty: every customer; else e.g. "distributor", "vip"."""
     active: _builtins.bool
+    """Inactive price books cannot be used by new quotes."""
     version: _builtins.int
     @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceBookEntry]: ...
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceBookEntry]:
+        """Its prices, one per product."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -260,7 +267,7 @@ class QuoteLineInput(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     quantity: _builtins.str
-    """Decimal, > 0."""
+    """Decimal, > 0, e.g. "2" or "1.5"."""
     unit_price: _builtins.str
     """Empty: the price book's price."""
     discount_percent: _builtins.str
@@ -302,17 +309,25 @@ class QuoteLine(_message.Message):
     TAX_AMOUNT_FIELD_NUMBER: _builtins.int
     product_id: _builtins.str
     product_code: _builtins.str
+    """The product's SKU."""
     description: _builtins.str
+    """The line's text (default: the product's name in the quote's language)."""
     unit: _builtins.str
+    """The product's unit, e.g. 套."""
     quantity: _builtins.str
+    """Decimal."""
     unit_price: _builtins.str
+    """Exact decimal, tax exclusive."""
     discount_percent: _builtins.str
+    """Line discount in percent."""
     list_amount: _builtins.str
     """quantity × unit_price."""
     discount_amount: _builtins.str
+    """list_amount × discount_percent."""
     net_amount: _builtins.str
     """list_amount − discount_amount."""
     tax_rate: _builtins.str
+    """VAT rate in percent."""
     tax_amount: _builtins.str
     """Tax on the net after its share of the overall discount."""
     def __init__(
@@ -379,14 +394,21 @@ class Quote(_message.Message):
     revision: _builtins.int
     """1, 2, 3…"""
     title: _builtins.str
+    """Its title, e.g. "ERP 升级报价"."""
     opportunity_id: _builtins.str
+    """The opportunity it is for, if any."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     contact_id: _builtins.str
+    """The customer contact it is addressed to."""
     customer_name: _builtins.str
     """What the customer sees as the buyer (the account's name when known)."""
     price_book_id: _builtins.str
+    """The price book the lines were priced from; its currency is the quote's."""
     currency: _builtins.str
+    """ISO 4217, the price book's (CNY without one)."""
     status: Global___QuoteStatus.ValueType
+    """Draft → pending approval → approved → accepted or declined (or rejected, superseded); changed by the actions."""
     discount_percent: _builtins.str
     """Overall discount in percent, applied after the line discounts."""
     list_total: _builtins.str
@@ -394,11 +416,13 @@ class Quote(_message.Message):
     subtotal: _builtins.str
     """Σ net amounts (after line discounts)."""
     overall_discount_amount: _builtins.str
+    """The overall discount in money."""
     discount_total: _builtins.str
     """Line discounts + overall discount."""
     effective_discount_percent: _builtins.str
     """The total discount in percent of the list total."""
     tax_total: _builtins.str
+    """Σ tax of the lines."""
     total: _builtins.str
     """subtotal − overall discount + tax."""
     valid_until: _builtins.str
@@ -406,13 +430,20 @@ class Quote(_message.Message):
     locale: _builtins.str
     """"zh-CN" or "en": the language of the PDF."""
     notes: _builtins.str
+    """Notes printed on the quote."""
     terms: _builtins.str
+    """Terms printed on the quote."""
     approval_id: _builtins.str
+    """The approval it went to, when its discount needed one."""
     owner_id: _builtins.str
+    """Who made it (its data scope owner)."""
     department_id: _builtins.str
+    """The owner's department (for data scopes)."""
     version: _builtins.int
     @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLine]: ...
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLine]:
+        """Its lines, priced."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -469,10 +500,12 @@ class ApprovalAction(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     step: _builtins.int
+    """0-based index of the step decided."""
     actor_id: _builtins.str
     decision: _builtins.str
     """"approved" or "rejected"."""
     comment: _builtins.str
+    """The approver's comment."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -512,16 +545,24 @@ class Approval(_message.Message):
     object_type: _builtins.str
     """"quote" or "contract"."""
     object_id: _builtins.str
+    """The quote or contract it decides on."""
     reason: _builtins.str
+    """Why approval is needed, e.g. the discount or the amount."""
     status: Global___ApprovalStatus.ValueType
+    """Pending until the last step approves or a step rejects."""
     current_step: _builtins.int
     """0-based index of the step waiting for a decision."""
     requested_by: _builtins.str
+    """Who submitted the quote or contract."""
     version: _builtins.int
     @_builtins.property
-    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalStep]: ...
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalStep]:
+        """The approval chain, in order."""
+
     @_builtins.property
-    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalAction]: ...
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalAction]:
+        """Every decision so far, in order."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -563,11 +604,17 @@ class CreateProductRequest(_message.Message):
     UNIT_FIELD_NUMBER: _builtins.int
     TAX_RATE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
+    """SKU, unique in the tenant, e.g. "HW-S5735"."""
     name: _builtins.str
+    """Its name, e.g. 企业资源计划软件许可."""
     name_en: _builtins.str
+    """The English name for English quotes (the name is used when empty)."""
     description: _builtins.str
+    """Details shown on quotes."""
     unit: _builtins.str
+    """e.g. "台", "套", "年", "pcs"."""
     tax_rate: _builtins.str
+    """VAT rate in percent as a decimal string, e.g. "13" or "6"."""
     def __init__(
         self,
         *,
@@ -750,10 +797,15 @@ class CreatePriceBookRequest(_message.Message):
     CUSTOMER_GROUP_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Its name, e.g. 渠道价."""
     currency: _builtins.str
+    """ISO 4217; every price in the book is in this currency."""
     customer_group: _builtins.str
+    """Empty: every customer; else e.g. "distributor", "vip"."""
     @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceBookEntry]: ...
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PriceBookEntry]:
+        """Its prices, one per product."""
+
     def __init__(
         self,
         *,
@@ -1029,18 +1081,31 @@ class CreateQuoteRequest(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """Its title, e.g. "ERP 升级报价"."""
     opportunity_id: _builtins.str
+    """The opportunity it is for, if any."""
     account_id: _builtins.str
+    """The customer account (customers service)."""
     contact_id: _builtins.str
+    """The customer contact it is addressed to."""
     customer_name: _builtins.str
+    """What the customer sees as the buyer (the account's name when known)."""
     price_book_id: _builtins.str
+    """The price book the lines were priced from; its currency is the quote's."""
     discount_percent: _builtins.str
+    """Overall discount in percent, applied after the line discounts."""
     valid_until: _builtins.str
+    """"YYYY-MM-DD"."""
     locale: _builtins.str
+    """"zh-CN" or "en": the language of the PDF."""
     notes: _builtins.str
+    """Notes printed on the quote."""
     terms: _builtins.str
+    """Terms printed on the quote."""
     @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLineInput]: ...
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLineInput]:
+        """Its lines, priced."""
+
     def __init__(
         self,
         *,
@@ -1188,14 +1253,14 @@ class UpdateQuoteRequest(_message.Message):
     id: _builtins.str
     expected_version: _builtins.int
     @_builtins.property
-    def quote(self) -> Global___QuoteDraft: ...
+    def quote(self) -> Global___QuotePatch: ...
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask: ...
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
-        quote: Global___QuoteDraft | None = ...,
+        quote: Global___QuotePatch | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         expected_version: _builtins.int = ...,
     ) -> None: ...
@@ -1208,7 +1273,7 @@ class UpdateQuoteRequest(_message.Message):
 Global___UpdateQuoteRequest: _TypeAlias = UpdateQuoteRequest  # noqa: Y015
 
 @_typing.final
-class QuoteDraft(_message.Message):
+class QuotePatch(_message.Message):
     """The changeable part of a draft quote."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1223,15 +1288,25 @@ class QuoteDraft(_message.Message):
     NOTES_FIELD_NUMBER: _builtins.int
     TERMS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
+    """Its title, e.g. "ERP 升级报价"."""
     customer_name: _builtins.str
+    """What the customer sees as the buyer (the account's name when known)."""
     contact_id: _builtins.str
+    """The customer contact it is addressed to."""
     discount_percent: _builtins.str
+    """Overall discount in percent, applied after the line discounts."""
     valid_until: _builtins.str
+    """"YYYY-MM-DD"."""
     locale: _builtins.str
+    """"zh-CN" or "en": the language of the PDF."""
     notes: _builtins.str
+    """Notes printed on the quote."""
     terms: _builtins.str
+    """Terms printed on the quote."""
     @_builtins.property
-    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLineInput]: ...
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuoteLineInput]:
+        """Its lines, priced."""
+
     def __init__(
         self,
         *,
@@ -1251,7 +1326,7 @@ class QuoteDraft(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___QuoteDraft: _TypeAlias = QuoteDraft  # noqa: Y015
+Global___QuotePatch: _TypeAlias = QuotePatch  # noqa: Y015
 
 @_typing.final
 class UpdateQuoteResponse(_message.Message):
@@ -1628,6 +1703,7 @@ class RejectApprovalRequest(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     comment: _builtins.str
+    """Why it is rejected (kept in the approval's history)."""
     def __init__(
         self,
         *,

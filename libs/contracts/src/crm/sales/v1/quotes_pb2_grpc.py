@@ -161,79 +161,93 @@ class QuotesServiceServicer:
     """
 
     def CreateProduct(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a product with its unit and VAT rate.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProduct(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a product.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListProducts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List products, optionally matching a keyword (`q`: code or name).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateProduct(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a product (only the fields in the body).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreatePriceBook(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a price book: prices of products in one currency, optionally for one customer group.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPriceBook(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a price book with its prices.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListPriceBooks(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List price books, optionally in one currency or for one customer group.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdatePriceBook(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a price book (only the fields in the body; `entries` replaces every price).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetApprovalPolicy(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get the company's discount approval policy.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateApprovalPolicy(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change the company's discount approval policy: the threshold and the chain of approvers.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateQuote(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a draft quote; lines are priced from the price book unless they give a price, and the totals
+        computed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetQuote(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a quote.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListQuotes(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List quotes, optionally of one opportunity, in one status or every version of one number.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -260,14 +274,15 @@ class QuotesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AcceptQuote(self, request, context):
-        """The customer accepted (or declined) the approved quote.
+        """The customer accepted the approved quote.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeclineQuote(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The customer declined the approved quote.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -280,26 +295,29 @@ class QuotesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListApprovals(self, request, context):
-        """Approvals of quotes and contracts: the caller's pending steps, approve or reject with a comment.
+        """List approvals of quotes and contracts; `mine` keeps those waiting for the caller's decision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetApproval(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get an approval with its steps and history.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ApproveApproval(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Approve the step waiting for the caller; the last step approves the quote or contract.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RejectApproval(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reject the step waiting for the caller, with a comment; the quote or contract is rejected.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -37,18 +37,33 @@ class QuotesServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> QuotesServiceAsyncStub: ...
     CreateProduct: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.CreateProductRequest, _quotes_pb2.CreateProductResponse]
+    """Create a product with its unit and VAT rate."""
     GetProduct: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.GetProductRequest, _quotes_pb2.GetProductResponse]
+    """Get a product."""
     ListProducts: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.ListProductsRequest, _quotes_pb2.ListProductsResponse]
+    """List products, optionally matching a keyword (`q`: code or name)."""
     UpdateProduct: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.UpdateProductRequest, _quotes_pb2.UpdateProductResponse]
+    """Change a product (only the fields in the body)."""
     CreatePriceBook: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.CreatePriceBookRequest, _quotes_pb2.CreatePriceBookResponse]
+    """Create a price book: prices of products in one currency, optionally for one customer group."""
     GetPriceBook: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.GetPriceBookRequest, _quotes_pb2.GetPriceBookResponse]
+    """Get a price book with its prices."""
     ListPriceBooks: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.ListPriceBooksRequest, _quotes_pb2.ListPriceBooksResponse]
+    """List price books, optionally in one currency or for one customer group."""
     UpdatePriceBook: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.UpdatePriceBookRequest, _quotes_pb2.UpdatePriceBookResponse]
+    """Change a price book (only the fields in the body; `entries` replaces every price)."""
     GetApprovalPolicy: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.GetApprovalPolicyRequest, _quotes_pb2.GetApprovalPolicyResponse]
+    """Get the company's discount approval policy."""
     UpdateApprovalPolicy: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.UpdateApprovalPolicyRequest, _quotes_pb2.UpdateApprovalPolicyResponse]
+    """Change the company's discount approval policy: the threshold and the chain of approvers."""
     CreateQuote: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.CreateQuoteRequest, _quotes_pb2.CreateQuoteResponse]
+    """Create a draft quote; lines are priced from the price book unless they give a price, and the totals
+    computed.
+    """
     GetQuote: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.GetQuoteRequest, _quotes_pb2.GetQuoteResponse]
+    """Get a quote."""
     ListQuotes: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.ListQuotesRequest, _quotes_pb2.ListQuotesResponse]
+    """List quotes, optionally of one opportunity, in one status or every version of one number."""
     UpdateQuote: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.UpdateQuoteRequest, _quotes_pb2.UpdateQuoteResponse]
     """Drafts only; an approved or sent quote changes through a new version."""
     ReviseQuote: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.ReviseQuoteRequest, _quotes_pb2.ReviseQuoteResponse]
@@ -56,15 +71,19 @@ class QuotesServiceStub:
     SubmitQuote: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.SubmitQuoteRequest, _quotes_pb2.SubmitQuoteResponse]
     """Submit a draft: within the discount threshold it is approved at once, above it goes to approval."""
     AcceptQuote: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.AcceptQuoteRequest, _quotes_pb2.AcceptQuoteResponse]
-    """The customer accepted (or declined) the approved quote."""
+    """The customer accepted the approved quote."""
     DeclineQuote: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.DeclineQuoteRequest, _quotes_pb2.DeclineQuoteResponse]
+    """The customer declined the approved quote."""
     GetQuotePdf: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.GetQuotePdfRequest, _quotes_pb2.GetQuotePdfResponse]
     """The approved quote as a PDF (embedded CJK font)."""
     ListApprovals: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.ListApprovalsRequest, _quotes_pb2.ListApprovalsResponse]
-    """Approvals of quotes and contracts: the caller's pending steps, approve or reject with a comment."""
+    """List approvals of quotes and contracts; `mine` keeps those waiting for the caller's decision."""
     GetApproval: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.GetApprovalRequest, _quotes_pb2.GetApprovalResponse]
+    """Get an approval with its steps and history."""
     ApproveApproval: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.ApproveApprovalRequest, _quotes_pb2.ApproveApprovalResponse]
+    """Approve the step waiting for the caller; the last step approves the quote or contract."""
     RejectApproval: _grpc.UnaryUnaryMultiCallable[_quotes_pb2.RejectApprovalRequest, _quotes_pb2.RejectApprovalResponse]
+    """Reject the step waiting for the caller, with a comment; the quote or contract is rejected."""
 
 @_typing.type_check_only
 class QuotesServiceAsyncStub(QuotesServiceStub):
@@ -75,18 +94,33 @@ class QuotesServiceAsyncStub(QuotesServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateProduct: _aio.UnaryUnaryMultiCallable[_quotes_pb2.CreateProductRequest, _quotes_pb2.CreateProductResponse]  # type: ignore[assignment]
+    """Create a product with its unit and VAT rate."""
     GetProduct: _aio.UnaryUnaryMultiCallable[_quotes_pb2.GetProductRequest, _quotes_pb2.GetProductResponse]  # type: ignore[assignment]
+    """Get a product."""
     ListProducts: _aio.UnaryUnaryMultiCallable[_quotes_pb2.ListProductsRequest, _quotes_pb2.ListProductsResponse]  # type: ignore[assignment]
+    """List products, optionally matching a keyword (`q`: code or name)."""
     UpdateProduct: _aio.UnaryUnaryMultiCallable[_quotes_pb2.UpdateProductRequest, _quotes_pb2.UpdateProductResponse]  # type: ignore[assignment]
+    """Change a product (only the fields in the body)."""
     CreatePriceBook: _aio.UnaryUnaryMultiCallable[_quotes_pb2.CreatePriceBookRequest, _quotes_pb2.CreatePriceBookResponse]  # type: ignore[assignment]
+    """Create a price book: prices of products in one currency, optionally for one customer group."""
     GetPriceBook: _aio.UnaryUnaryMultiCallable[_quotes_pb2.GetPriceBookRequest, _quotes_pb2.GetPriceBookResponse]  # type: ignore[assignment]
+    """Get a price book with its prices."""
     ListPriceBooks: _aio.UnaryUnaryMultiCallable[_quotes_pb2.ListPriceBooksRequest, _quotes_pb2.ListPriceBooksResponse]  # type: ignore[assignment]
+    """List price books, optionally in one currency or for one customer group."""
     UpdatePriceBook: _aio.UnaryUnaryMultiCallable[_quotes_pb2.UpdatePriceBookRequest, _quotes_pb2.UpdatePriceBookResponse]  # type: ignore[assignment]
+    """Change a price book (only the fields in the body; `entries` replaces every price)."""
     GetApprovalPolicy: _aio.UnaryUnaryMultiCallable[_quotes_pb2.GetApprovalPolicyRequest, _quotes_pb2.GetApprovalPolicyResponse]  # type: ignore[assignment]
+    """Get the company's discount approval policy."""
     UpdateApprovalPolicy: _aio.UnaryUnaryMultiCallable[_quotes_pb2.UpdateApprovalPolicyRequest, _quotes_pb2.UpdateApprovalPolicyResponse]  # type: ignore[assignment]
+    """Change the company's discount approval policy: the threshold and the chain of approvers."""
     CreateQuote: _aio.UnaryUnaryMultiCallable[_quotes_pb2.CreateQuoteRequest, _quotes_pb2.CreateQuoteResponse]  # type: ignore[assignment]
+    """Create a draft quote; lines are priced from the price book unless they give a price, and the totals
+    computed.
+    """
     GetQuote: _aio.UnaryUnaryMultiCallable[_quotes_pb2.GetQuoteRequest, _quotes_pb2.GetQuoteResponse]  # type: ignore[assignment]
+    """Get a quote."""
     ListQuotes: _aio.UnaryUnaryMultiCallable[_quotes_pb2.ListQuotesRequest, _quotes_pb2.ListQuotesResponse]  # type: ignore[assignment]
+    """List quotes, optionally of one opportunity, in one status or every version of one number."""
     UpdateQuote: _aio.UnaryUnaryMultiCallable[_quotes_pb2.UpdateQuoteRequest, _quotes_pb2.UpdateQuoteResponse]  # type: ignore[assignment]
     """Drafts only; an approved or sent quote changes through a new version."""
     ReviseQuote: _aio.UnaryUnaryMultiCallable[_quotes_pb2.ReviseQuoteRequest, _quotes_pb2.ReviseQuoteResponse]  # type: ignore[assignment]
@@ -94,15 +128,19 @@ class QuotesServiceAsyncStub(QuotesServiceStub):
     SubmitQuote: _aio.UnaryUnaryMultiCallable[_quotes_pb2.SubmitQuoteRequest, _quotes_pb2.SubmitQuoteResponse]  # type: ignore[assignment]
     """Submit a draft: within the discount threshold it is approved at once, above it goes to approval."""
     AcceptQuote: _aio.UnaryUnaryMultiCallable[_quotes_pb2.AcceptQuoteRequest, _quotes_pb2.AcceptQuoteResponse]  # type: ignore[assignment]
-    """The customer accepted (or declined) the approved quote."""
+    """The customer accepted the approved quote."""
     DeclineQuote: _aio.UnaryUnaryMultiCallable[_quotes_pb2.DeclineQuoteRequest, _quotes_pb2.DeclineQuoteResponse]  # type: ignore[assignment]
+    """The customer declined the approved quote."""
     GetQuotePdf: _aio.UnaryUnaryMultiCallable[_quotes_pb2.GetQuotePdfRequest, _quotes_pb2.GetQuotePdfResponse]  # type: ignore[assignment]
     """The approved quote as a PDF (embedded CJK font)."""
     ListApprovals: _aio.UnaryUnaryMultiCallable[_quotes_pb2.ListApprovalsRequest, _quotes_pb2.ListApprovalsResponse]  # type: ignore[assignment]
-    """Approvals of quotes and contracts: the caller's pending steps, approve or reject with a comment."""
+    """List approvals of quotes and contracts; `mine` keeps those waiting for the caller's decision."""
     GetApproval: _aio.UnaryUnaryMultiCallable[_quotes_pb2.GetApprovalRequest, _quotes_pb2.GetApprovalResponse]  # type: ignore[assignment]
+    """Get an approval with its steps and history."""
     ApproveApproval: _aio.UnaryUnaryMultiCallable[_quotes_pb2.ApproveApprovalRequest, _quotes_pb2.ApproveApprovalResponse]  # type: ignore[assignment]
+    """Approve the step waiting for the caller; the last step approves the quote or contract."""
     RejectApproval: _aio.UnaryUnaryMultiCallable[_quotes_pb2.RejectApprovalRequest, _quotes_pb2.RejectApprovalResponse]  # type: ignore[assignment]
+    """Reject the step waiting for the caller, with a comment; the quote or contract is rejected."""
 
 class QuotesServiceServicer(metaclass=_abc_1.ABCMeta):
     """CPQ: products with units and tax rates, price books per currency and customer group, quotes with line and
@@ -115,91 +153,106 @@ class QuotesServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _quotes_pb2.CreateProductRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.CreateProductResponse, _abc.Awaitable[_quotes_pb2.CreateProductResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.CreateProductResponse, _abc.Awaitable[_quotes_pb2.CreateProductResponse]]:
+        """Create a product with its unit and VAT rate."""
 
     @_abc_1.abstractmethod
     def GetProduct(
         self,
         request: _quotes_pb2.GetProductRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.GetProductResponse, _abc.Awaitable[_quotes_pb2.GetProductResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.GetProductResponse, _abc.Awaitable[_quotes_pb2.GetProductResponse]]:
+        """Get a product."""
 
     @_abc_1.abstractmethod
     def ListProducts(
         self,
         request: _quotes_pb2.ListProductsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.ListProductsResponse, _abc.Awaitable[_quotes_pb2.ListProductsResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.ListProductsResponse, _abc.Awaitable[_quotes_pb2.ListProductsResponse]]:
+        """List products, optionally matching a keyword (`q`: code or name)."""
 
     @_abc_1.abstractmethod
     def UpdateProduct(
         self,
         request: _quotes_pb2.UpdateProductRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.UpdateProductResponse, _abc.Awaitable[_quotes_pb2.UpdateProductResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.UpdateProductResponse, _abc.Awaitable[_quotes_pb2.UpdateProductResponse]]:
+        """Change a product (only the fields in the body)."""
 
     @_abc_1.abstractmethod
     def CreatePriceBook(
         self,
         request: _quotes_pb2.CreatePriceBookRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.CreatePriceBookResponse, _abc.Awaitable[_quotes_pb2.CreatePriceBookResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.CreatePriceBookResponse, _abc.Awaitable[_quotes_pb2.CreatePriceBookResponse]]:
+        """Create a price book: prices of products in one currency, optionally for one customer group."""
 
     @_abc_1.abstractmethod
     def GetPriceBook(
         self,
         request: _quotes_pb2.GetPriceBookRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.GetPriceBookResponse, _abc.Awaitable[_quotes_pb2.GetPriceBookResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.GetPriceBookResponse, _abc.Awaitable[_quotes_pb2.GetPriceBookResponse]]:
+        """Get a price book with its prices."""
 
     @_abc_1.abstractmethod
     def ListPriceBooks(
         self,
         request: _quotes_pb2.ListPriceBooksRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.ListPriceBooksResponse, _abc.Awaitable[_quotes_pb2.ListPriceBooksResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.ListPriceBooksResponse, _abc.Awaitable[_quotes_pb2.ListPriceBooksResponse]]:
+        """List price books, optionally in one currency or for one customer group."""
 
     @_abc_1.abstractmethod
     def UpdatePriceBook(
         self,
         request: _quotes_pb2.UpdatePriceBookRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.UpdatePriceBookResponse, _abc.Awaitable[_quotes_pb2.UpdatePriceBookResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.UpdatePriceBookResponse, _abc.Awaitable[_quotes_pb2.UpdatePriceBookResponse]]:
+        """Change a price book (only the fields in the body; `entries` replaces every price)."""
 
     @_abc_1.abstractmethod
     def GetApprovalPolicy(
         self,
         request: _quotes_pb2.GetApprovalPolicyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.GetApprovalPolicyResponse, _abc.Awaitable[_quotes_pb2.GetApprovalPolicyResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.GetApprovalPolicyResponse, _abc.Awaitable[_quotes_pb2.GetApprovalPolicyResponse]]:
+        """Get the company's discount approval policy."""
 
     @_abc_1.abstractmethod
     def UpdateApprovalPolicy(
         self,
         request: _quotes_pb2.UpdateApprovalPolicyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.UpdateApprovalPolicyResponse, _abc.Awaitable[_quotes_pb2.UpdateApprovalPolicyResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.UpdateApprovalPolicyResponse, _abc.Awaitable[_quotes_pb2.UpdateApprovalPolicyResponse]]:
+        """Change the company's discount approval policy: the threshold and the chain of approvers."""
 
     @_abc_1.abstractmethod
     def CreateQuote(
         self,
         request: _quotes_pb2.CreateQuoteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.CreateQuoteResponse, _abc.Awaitable[_quotes_pb2.CreateQuoteResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.CreateQuoteResponse, _abc.Awaitable[_quotes_pb2.CreateQuoteResponse]]:
+        """Create a draft quote; lines are priced from the price book unless they give a price, and the totals
+        computed.
+        """
 
     @_abc_1.abstractmethod
     def GetQuote(
         self,
         request: _quotes_pb2.GetQuoteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.GetQuoteResponse, _abc.Awaitable[_quotes_pb2.GetQuoteResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.GetQuoteResponse, _abc.Awaitable[_quotes_pb2.GetQuoteResponse]]:
+        """Get a quote."""
 
     @_abc_1.abstractmethod
     def ListQuotes(
         self,
         request: _quotes_pb2.ListQuotesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.ListQuotesResponse, _abc.Awaitable[_quotes_pb2.ListQuotesResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.ListQuotesResponse, _abc.Awaitable[_quotes_pb2.ListQuotesResponse]]:
+        """List quotes, optionally of one opportunity, in one status or every version of one number."""
 
     @_abc_1.abstractmethod
     def UpdateQuote(
@@ -231,14 +284,15 @@ class QuotesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _quotes_pb2.AcceptQuoteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_quotes_pb2.AcceptQuoteResponse, _abc.Awaitable[_quotes_pb2.AcceptQuoteResponse]]:
-        """The customer accepted (or declined) the approved quote."""
+        """The customer accepted the approved quote."""
 
     @_abc_1.abstractmethod
     def DeclineQuote(
         self,
         request: _quotes_pb2.DeclineQuoteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.DeclineQuoteResponse, _abc.Awaitable[_quotes_pb2.DeclineQuoteResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.DeclineQuoteResponse, _abc.Awaitable[_quotes_pb2.DeclineQuoteResponse]]:
+        """The customer declined the approved quote."""
 
     @_abc_1.abstractmethod
     def GetQuotePdf(
@@ -254,27 +308,30 @@ class QuotesServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _quotes_pb2.ListApprovalsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_quotes_pb2.ListApprovalsResponse, _abc.Awaitable[_quotes_pb2.ListApprovalsResponse]]:
-        """Approvals of quotes and contracts: the caller's pending steps, approve or reject with a comment."""
+        """List approvals of quotes and contracts; `mine` keeps those waiting for the caller's decision."""
 
     @_abc_1.abstractmethod
     def GetApproval(
         self,
         request: _quotes_pb2.GetApprovalRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.GetApprovalResponse, _abc.Awaitable[_quotes_pb2.GetApprovalResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.GetApprovalResponse, _abc.Awaitable[_quotes_pb2.GetApprovalResponse]]:
+        """Get an approval with its steps and history."""
 
     @_abc_1.abstractmethod
     def ApproveApproval(
         self,
         request: _quotes_pb2.ApproveApprovalRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.ApproveApprovalResponse, _abc.Awaitable[_quotes_pb2.ApproveApprovalResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.ApproveApprovalResponse, _abc.Awaitable[_quotes_pb2.ApproveApprovalResponse]]:
+        """Approve the step waiting for the caller; the last step approves the quote or contract."""
 
     @_abc_1.abstractmethod
     def RejectApproval(
         self,
         request: _quotes_pb2.RejectApprovalRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_quotes_pb2.RejectApprovalResponse, _abc.Awaitable[_quotes_pb2.RejectApprovalResponse]]: ...
+    ) -> _typing.Union[_quotes_pb2.RejectApprovalResponse, _abc.Awaitable[_quotes_pb2.RejectApprovalResponse]]:
+        """Reject the step waiting for the caller, with a comment; the quote or contract is rejected."""
 
 def add_QuotesServiceServicer_to_server(servicer: QuotesServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

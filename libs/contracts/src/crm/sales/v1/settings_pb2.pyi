@@ -38,9 +38,11 @@ class SalesSettings(_message.Message):
     company_name_en: _builtins.str
     """In English, for English documents (empty: the Chinese name)."""
     address: _builtins.str
+    """The company's address in Chinese."""
     address_en: _builtins.str
     """Empty: the Chinese address."""
     phone: _builtins.str
+    """The phone number printed on documents."""
     tax_number: _builtins.str
     """纳税人识别号 (the unified social credit code) or a VAT number."""
     logo: _builtins.bytes

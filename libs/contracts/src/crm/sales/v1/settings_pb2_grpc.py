@@ -52,7 +52,8 @@ class SalesSettingsServiceServicer:
     """
 
     def GetSalesSettings(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get the company's sales settings (the letterhead of quote and contract PDFs).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

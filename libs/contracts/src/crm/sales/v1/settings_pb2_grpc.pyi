@@ -34,6 +34,7 @@ class SalesSettingsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SalesSettingsServiceAsyncStub: ...
     GetSalesSettings: _grpc.UnaryUnaryMultiCallable[_settings_pb2.GetSalesSettingsRequest, _settings_pb2.GetSalesSettingsResponse]
+    """Get the company's sales settings (the letterhead of quote and contract PDFs)."""
     UpdateSalesSettings: _grpc.UnaryUnaryMultiCallable[_settings_pb2.UpdateSalesSettingsRequest, _settings_pb2.UpdateSalesSettingsResponse]
     """For administrators: permission `sales_settings` / update."""
 
@@ -43,6 +44,7 @@ class SalesSettingsServiceAsyncStub(SalesSettingsServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetSalesSettings: _aio.UnaryUnaryMultiCallable[_settings_pb2.GetSalesSettingsRequest, _settings_pb2.GetSalesSettingsResponse]  # type: ignore[assignment]
+    """Get the company's sales settings (the letterhead of quote and contract PDFs)."""
     UpdateSalesSettings: _aio.UnaryUnaryMultiCallable[_settings_pb2.UpdateSalesSettingsRequest, _settings_pb2.UpdateSalesSettingsResponse]  # type: ignore[assignment]
     """For administrators: permission `sales_settings` / update."""
 
@@ -54,7 +56,8 @@ class SalesSettingsServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _settings_pb2.GetSalesSettingsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_settings_pb2.GetSalesSettingsResponse, _abc.Awaitable[_settings_pb2.GetSalesSettingsResponse]]: ...
+    ) -> _typing.Union[_settings_pb2.GetSalesSettingsResponse, _abc.Awaitable[_settings_pb2.GetSalesSettingsResponse]]:
+        """Get the company's sales settings (the letterhead of quote and contract PDFs)."""
 
     @_abc_1.abstractmethod
     def UpdateSalesSettings(
