@@ -134,7 +134,7 @@ def test_updates_take_only_what_may_change_and_answer_the_object(doc):
                     f"PATCH {path} answers another shape than GET"
                 )
         _, answer = schema_of(doc, json_answer(op)[1])
-        if "version" in answer.get("properties", {}):
+        if path.endswith("{id}") and "version" in answer.get("properties", {}):
             assert "If-Match" in {p["name"] for p in op.get("parameters", [])}, f"PATCH {path}: no If-Match"
     assert patches > 15
 

@@ -34,8 +34,10 @@ TYPE_PREFIX = "urn:crm:problem:"
 
 
 class FieldIssue(BaseModel):
+    """One invalid input of a validation problem."""
+
     field: str = Field(description="The offending input, e.g. `email`, `permissions[0].actions`, `limit`.")
-    message: str
+    message: str = Field(description="What is wrong with it.")
 
 
 class Problem(BaseModel):
