@@ -39,7 +39,7 @@ def bearer(token: ipb.TokenPair) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.access_token}"}
 
 
-async def rep_role(identity, company: Company, name: str = "销售代表", permissions=None) -> ipb.Role:
+async def rep_role(identity, company: Company, name: str = "一线销售", permissions=None) -> ipb.Role:
     return (
         await identity.CreateRole(
             ipb.CreateRoleRequest(name=name, permissions=permissions or REP_PERMISSIONS), metadata=company.md
