@@ -73,3 +73,16 @@ def payloads(
         if envelope.payload.Unpack(message):
             out.append((envelope, message))
     return out
+
+
+async def default_pipeline(pipelines, company: Company) -> Any:
+    """The default pipeline sales sets up for a new company when it sees identity's TenantCreated (in the
+    background: waited for)."""
+    from crm.sales.v1 import pipelines_pb2 as ppb
+    from crm_kit.testing import eventually
+
+    async def found() -> Any:
+        items = (await pipelines.ListPipelines(ppb.ListPipelinesRequest(), metadata=company.md)).items
+        return next((p for p in items if p.is_default), None)
+
+    return await eventually(found, what="the new company's default pipeline")

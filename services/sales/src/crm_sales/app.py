@@ -31,7 +31,7 @@ from crm_sales.api import pipelines as pipelines_api
 from crm_sales.api import quotes as quotes_api
 from crm_sales.api import settings as settings_api
 from crm_sales.clock import Clock
-from crm_sales.domain import activities, contracts, leads, merges
+from crm_sales.domain import activities, contracts, leads, merges, new_tenants
 from crm_sales.domain.common import People
 from crm_sales.domain.conversion import Converter
 from crm_sales.settings import SalesSettings
@@ -135,8 +135,9 @@ async def build(runtime: Runtime) -> Parts:
             ),
         ],
         public_methods=leads_api.PUBLIC_METHODS,
-        # Customers' merges (and their undo) re-point sales' references to accounts and contacts.
-        consumers=[merges.CONSUMER],
+        # Customers' merges (and their undo) re-point sales' references to accounts and contacts; a new
+        # company (identity's TenantCreated) gets its default pipeline.
+        consumers=[merges.CONSUMER, new_tenants.consumer(settings.tenant_setup_consumer)],
     )
     parts.clock = clock  # type: ignore[attr-defined]  # tests move time with it
     lead_imports.worker.start()
