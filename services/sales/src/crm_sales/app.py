@@ -79,10 +79,11 @@ async def build(runtime: Runtime) -> Parts:
     assert isinstance(settings, SalesSettings)
     policies = await runtime.policies()
     clock = Clock()
-    people = People(runtime.identity())
     customers = runtime.channel(
         settings.customers_service_addr, customers_pb2.DESCRIPTOR.services_by_name["CustomersService"]
     )
+    # Users at identity, accounts and contacts at customers: what sales' references must name.
+    people = People(runtime.identity(), customers=customers)
     converter = Converter(db=runtime.db, people=people, channel=customers)
     leads_servicer = leads_api.LeadsApi(
         db=runtime.db, policies=policies, clock=clock, people=people, settings=settings, converter=converter
@@ -115,7 +116,7 @@ async def build(runtime: Runtime) -> Parts:
             ),
             Servicer(
                 contracts_pb2_grpc.add_ContractsServiceServicer_to_server,
-                contracts_api.ContractsApi(db=runtime.db, policies=policies, clock=clock),
+                contracts_api.ContractsApi(db=runtime.db, policies=policies, clock=clock, people=people),
                 contracts_api.SERVICE.full_name,
             ),
             Servicer(

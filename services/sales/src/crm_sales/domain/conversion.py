@@ -112,6 +112,7 @@ class Converter:
                     ),
                     people=self.people,
                     now=now,
+                    references_checked=True,
                 )
                 opportunity_id = opp.id
             await leads.mark_converted(
