@@ -55,6 +55,8 @@ async def customers_for_sales(test_infra, identity_service):
         identity_service_addr=identity_service.address,
         # Its own durable consumer of sales events: tests/customers runs another customers on this namespace.
         sales_timeline_consumer="customers-sales-timeline-sales-tests",
+        # And its own of new tenants, so both customers services set up every new company's defaults.
+        tenant_setup_consumer="customers-tenant-setup-sales-tests",
     )
     async with running_service(SPEC, settings) as service:
         yield service

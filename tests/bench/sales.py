@@ -184,7 +184,7 @@ async def claim_race(identity: Any, leads: Any) -> dict[str, Any]:
     role = (
         await identity.CreateRole(
             ipb.CreateRoleRequest(
-                name="销售代表",
+                name="一线销售",
                 permissions=[
                     ipb.Permission(object="lead", actions=["read", "update"], data_scope=ipb.DATA_SCOPE_OWN)
                 ],

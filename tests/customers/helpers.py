@@ -34,3 +34,28 @@ async def role(identity, company: Company, name: str, permissions: list[dict]) -
     for p in permissions:
         json_format.ParseDict(p, request.permissions.add())
     return (await identity.CreateRole(request, metadata=company.md)).role.id
+
+
+_WITHOUT_DEFAULTS: set[str] = set()
+
+
+async def without_default_rules(data, tenant_id: str, md) -> None:
+    """A new company gets the default duplicate rules (in the background, when customers sees identity's
+    TenantCreated). A test about what its own rules do waits for them and deletes them first, as the company's
+    administrator may, so its rules act alone."""
+    from crm.customers.v1 import data_quality_pb2 as dq
+    from crm_customers.domain.new_tenants import DEFAULT_RULES
+    from crm_kit.testing import eventually
+
+    if tenant_id in _WITHOUT_DEFAULTS:
+        return
+    names = {name for *_, zh, en in DEFAULT_RULES for name in (zh, en)}
+
+    async def defaults():
+        items = (await data.ListDuplicateRules(dq.ListDuplicateRulesRequest(), metadata=md)).items
+        found = [r for r in items if r.name in names]
+        return found if len(found) == len(DEFAULT_RULES) else None
+
+    for rule in await eventually(defaults, what="the new company's default duplicate rules"):
+        await data.DeleteDuplicateRule(dq.DeleteDuplicateRuleRequest(id=rule.id), metadata=md)
+    _WITHOUT_DEFAULTS.add(tenant_id)

@@ -13,7 +13,16 @@ from crm.customers.v1 import data_quality_pb2_grpc, duplicates_pb2
 from google.protobuf import field_mask_pb2
 from sqlalchemy import text
 
-from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, rpc_error, sign_up
+from tests.customers.helpers import (
+    auth,
+    credit_code,
+    invite_and_join,
+    new_account,
+    role,
+    rpc_error,
+    sign_up,
+    without_default_rules,
+)
 
 ACCOUNT, CONTACT = pb.RECORD_TYPE_ACCOUNT, pb.RECORD_TYPE_CONTACT
 BLOCK, WARN, ALLOW = (
@@ -30,6 +39,8 @@ async def data(customers_service):
 
 
 async def add_rule(data, company, match, record_type=ACCOUNT, *, on_create=WARN, on_update=WARN, **kw):
+    """A rule of the test's own, acting alone: the company's default rules are removed first."""
+    await without_default_rules(data, company.tenant.id, company.md)
     rule = dq.DuplicateRule(
         name=f"rule {match}",
         record_type=record_type,
@@ -223,7 +234,8 @@ async def test_rules_are_validated_audited_and_belong_to_their_tenant(identity, 
         data.DeleteDuplicateRule(dq.DeleteDuplicateRuleRequest(id=rule.id), metadata=theirs.md),
     ):
         assert (await rpc_error(call)).code() == grpc.StatusCode.NOT_FOUND
-    assert not (await data.ListDuplicateRules(dq.ListDuplicateRulesRequest(), metadata=theirs.md)).items
+    theirs_rules = (await data.ListDuplicateRules(dq.ListDuplicateRulesRequest(), metadata=theirs.md)).items
+    assert rule.id not in {r.id for r in theirs_rules}
 
     updated = await data.UpdateDuplicateRule(
         dq.UpdateDuplicateRuleRequest(

@@ -10,7 +10,15 @@ from crm.customers.v1 import duplicates_pb2
 from crm_kit.errors import from_rpc_error
 from google.protobuf import field_mask_pb2
 
-from tests.customers.helpers import auth, invite_and_join, new_account, role, rpc_error, sign_up
+from tests.customers.helpers import (
+    auth,
+    invite_and_join,
+    new_account,
+    role,
+    rpc_error,
+    sign_up,
+    without_default_rules,
+)
 from tests.customers.test_dedup import add_rule, data  # noqa: F401
 from tests.customers.test_gateway_customers import capi, create_account, member  # noqa: F401
 from tests.gateway.conftest import assert_problem
@@ -165,9 +173,10 @@ async def test_block_lists_the_candidates_in_the_error(identity, customers, data
     assert candidate["matches"] == ["DUPLICATE_MATCH_PHONE"] and candidate["score"] == 1.0
 
 
-async def test_through_the_gateway_warn_shows_duplicates_and_block_is_a_409_listing_them(capi):  # noqa: F811
+async def test_through_the_gateway_warn_shows_duplicates_and_block_is_a_409_listing_them(capi, data):  # noqa: F811
     company = await sign_up_http(capi)
     h = company.headers
+    await without_default_rules(data, company.tenant["id"], auth(company.tokens["access_token"]))
     for match, action in (("DUPLICATE_MATCH_PHONE", "DUPLICATE_ACTION_WARN"),):
         r = await capi.post(
             "/api/v1/duplicate-rules",

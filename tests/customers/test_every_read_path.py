@@ -29,7 +29,15 @@ from crm.customers.v1 import data_quality_pb2 as dq
 from crm_kit.policy import read_methods
 from google.protobuf import field_mask_pb2
 
-from tests.customers.helpers import auth, credit_code, invite_and_join, new_account, role, sign_up
+from tests.customers.helpers import (
+    auth,
+    credit_code,
+    invite_and_join,
+    new_account,
+    role,
+    sign_up,
+    without_default_rules,
+)
 from tests.customers.test_import import csv_bytes, run_to_end, upload
 from tests.customers.test_merge import now
 from tests.read_paths import answered, check_read_paths, check_write_answers
@@ -267,6 +275,8 @@ async def seed(identity, customers, data) -> World:
             metadata=md,
         )
         w.ids["custom_field"] = made.custom_field.id
+    # The world's duplicate rule is its own phone rule, alone: the company's default rules are removed.
+    await without_default_rules(data, company.tenant.id, md)
     w.ids["duplicate_rule"] = (
         await data.CreateDuplicateRule(
             dq.CreateDuplicateRuleRequest(

@@ -15,7 +15,7 @@ from crm.customers.v1 import data_quality_pb2_grpc, duplicates_pb2
 from openpyxl import Workbook
 from sqlalchemy import text
 
-from tests.customers.helpers import credit_code, new_account, rpc_error, sign_up
+from tests.customers.helpers import credit_code, new_account, rpc_error, sign_up, without_default_rules
 
 CONTACTS, ACCOUNTS = dq.IMPORT_TARGET_CONTACTS, dq.IMPORT_TARGET_ACCOUNTS
 
@@ -158,6 +158,7 @@ async def test_duplicate_rules_decide_skip_update_or_create_on_import(
     identity, customers, data, customers_service
 ):
     company = await sign_up(identity)
+    await without_default_rules(data, company.tenant.id, company.md)
     for match, action in (
         (duplicates_pb2.DUPLICATE_MATCH_CREDIT_CODE, dq.IMPORT_DUPLICATE_ACTION_UPDATE),
         (duplicates_pb2.DUPLICATE_MATCH_COMPANY_NAME, dq.IMPORT_DUPLICATE_ACTION_SKIP),
@@ -416,6 +417,7 @@ async def test_an_import_updates_only_records_its_starter_may_see(identity, cust
     from tests.customers.helpers import auth, invite_and_join, role
 
     company = await sign_up(identity)
+    await without_default_rules(data, company.tenant.id, company.md)
     await data.CreateDuplicateRule(
         dq.CreateDuplicateRuleRequest(
             duplicate_rule=dq.DuplicateRule(
@@ -474,6 +476,7 @@ async def test_a_big_file_is_converted_in_a_child_process_with_the_same_result(
 
     monkeypatch.setattr(pipeline, "CHILD_PROCESS_BYTES", 0)  # every file counts as big here
     company = await sign_up(identity)
+    await without_default_rules(data, company.tenant.id, company.md)
     await data.CreateDuplicateRule(
         dq.CreateDuplicateRuleRequest(
             duplicate_rule=dq.DuplicateRule(

@@ -15,7 +15,7 @@ from crm_kit.imports import worker
 from crm_kit.imports.models import ImportJob
 from sqlalchemy import text
 
-from tests.customers.helpers import new_account, sign_up
+from tests.customers.helpers import new_account, sign_up, without_default_rules
 from tests.customers.test_import import ACCOUNTS, csv_bytes, errors_of, upload
 
 BATCH = 4
@@ -71,6 +71,7 @@ class Slow:
 
 async def _company_with_skip_rule(identity, data, customers):
     company = await sign_up(identity)
+    await without_default_rules(data, company.tenant.id, company.md)
     await data.CreateDuplicateRule(
         dq.CreateDuplicateRuleRequest(
             duplicate_rule=dq.DuplicateRule(

@@ -39,6 +39,8 @@ async def sales_for_timeline(test_infra, identity_service, customers_service):
         identity_service_addr=identity_service.address,
         customers_service_addr=customers_service.address,
         reclaim_interval_seconds=0,
+        # Its own durable consumer of new tenants: the run's sales service (its own database) has the default.
+        tenant_setup_consumer="sales-tenant-setup-timeline-tests",
     )
     async with running_service(SPEC, settings) as service:
         yield service

@@ -274,7 +274,8 @@ async def test_a_service_publishes_its_own_events_and_reads_only_what_it_consume
     auth_nats, test_infra_namespace
 ):
     """The positive side, through JetStream: sales ensures its streams, publishes its event (acked), reads it
-    back with a consumer on customers' stream (which it consumes) and is refused one on identity's."""
+    back with a consumer on customers' stream (which it consumes) and is refused one on marketing's (which it
+    does not)."""
     ns = test_infra_namespace
     async with (
         Probe(auth_nats.settings("customers")) as customers,
@@ -298,7 +299,7 @@ async def test_a_service_publishes_its_own_events_and_reads_only_what_it_consume
         await msg.ack()
         assert PERMISSION_ERROR not in " ".join(sales.errors).lower()
         assert await sales.refused(
-            "publish", f"$JS.API.CONSUMER.CREATE.{stream_for_context('identity', ns)}.spy"
+            "publish", f"$JS.API.CONSUMER.CREATE.{stream_for_context('marketing', ns)}.spy"
         )
 
 

@@ -30,10 +30,10 @@ class Company:
         return auth(self.token.access_token)
 
 
-async def sign_up(identity, name: str = "华为技术有限公司") -> Company:
+async def sign_up(identity, name: str = "华为技术有限公司", *, locale: str = "") -> Company:
     email = unique_email("admin")
     created = await identity.SignUp(
-        pb.SignUpRequest(tenant_name=name, email=email, password=PASSWORD, name="王小明")
+        pb.SignUpRequest(tenant_name=name, email=email, password=PASSWORD, name="王小明", locale=locale)
     )
     token = (await identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD))).token
     return Company(created.tenant, created.user, token)

@@ -12,7 +12,9 @@ async def test_an_api_key_is_shown_once_stored_hashed_and_stands_for_its_roles(
     identity, identity_service, test_infra
 ):
     company = await sign_up(identity)
-    admin_role = (await identity.ListRoles(pb.ListRolesRequest(), metadata=company.md)).items[0]
+    admin_role = next(
+        r for r in (await identity.ListRoles(pb.ListRolesRequest(), metadata=company.md)).items if r.built_in
+    )
     created = await identity.CreateApiKey(
         pb.CreateApiKeyRequest(name="ERP sync", role_ids=[admin_role.id], rate_limit_per_minute=120),
         metadata=company.md,

@@ -72,8 +72,8 @@ async def test_role_permissions_are_validated_and_the_admin_role_is_protected(id
     )
     fields = {f.field for f in from_rpc_error(err).field_errors}
     assert fields == {"permissions[0].object", "permissions[0].actions"}
-    admin_role = (await identity.ListRoles(pb.ListRolesRequest(), metadata=company.md)).items[0]
-    assert admin_role.built_in
+    roles = (await identity.ListRoles(pb.ListRolesRequest(), metadata=company.md)).items
+    admin_role = next(r for r in roles if r.built_in)
     err = await rpc_error(identity.DeleteRole(pb.DeleteRoleRequest(id=admin_role.id), metadata=company.md))
     assert from_rpc_error(err).reason == "built_in_role"
 
@@ -83,7 +83,7 @@ async def test_a_role_in_use_cannot_be_deleted_and_scope_defaults_to_own(identit
     role = (
         await identity.CreateRole(
             pb.CreateRoleRequest(
-                name="销售代表", permissions=[pb.Permission(object="account", actions=["read", "update"])]
+                name="客户代表", permissions=[pb.Permission(object="account", actions=["read", "update"])]
             ),
             metadata=company.md,
         )
@@ -100,7 +100,9 @@ async def test_the_policy_other_services_cache_holds_roles_and_the_department_tr
     policy = (await identity.GetPolicy(pb.GetPolicyRequest(), metadata=company.md)).policy
     assert policy.tenant_id == company.tenant.id
     assert [dep.id for dep in policy.departments] == [d.id]
+    # The built-in administrator first, then the usual roles every new company starts with.
     assert policy.roles[0].built_in
+    assert not any(r.built_in for r in policy.roles[1:])
 
 
 async def test_deleting_with_a_stale_version_changes_nothing(identity):

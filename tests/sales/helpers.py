@@ -39,7 +39,7 @@ def bearer(token: ipb.TokenPair) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.access_token}"}
 
 
-async def rep_role(identity, company: Company, name: str = "销售代表", permissions=None) -> ipb.Role:
+async def rep_role(identity, company: Company, name: str = "一线销售", permissions=None) -> ipb.Role:
     return (
         await identity.CreateRole(
             ipb.CreateRoleRequest(name=name, permissions=permissions or REP_PERMISSIONS), metadata=company.md
@@ -73,3 +73,27 @@ def payloads(
         if envelope.payload.Unpack(message):
             out.append((envelope, message))
     return out
+
+
+async def default_pipeline(pipelines, company: Company) -> Any:
+    """The default pipeline sales sets up for a new company when it sees identity's TenantCreated (in the
+    background: waited for)."""
+    from crm.sales.v1 import pipelines_pb2 as ppb
+    from crm_kit.testing import eventually
+
+    async def found() -> Any:
+        items = (await pipelines.ListPipelines(ppb.ListPipelinesRequest(), metadata=company.md)).items
+        return next((p for p in items if p.is_default), None)
+
+    return await eventually(found, what="the new company's default pipeline")
+
+
+async def new_account(customers_channel, md, name: str = "华为技术有限公司") -> str:
+    """An account at the customers service, made by the caller of `md` (who then owns it): what sales'
+    records name as their account."""
+    from crm.customers.v1 import customers_pb2 as cpb
+    from crm.customers.v1 import customers_pb2_grpc
+
+    stub = customers_pb2_grpc.CustomersServiceStub(customers_channel)
+    made = await stub.CreateAccount(cpb.CreateAccountRequest(account=cpb.Account(name=name)), metadata=md)
+    return made.account.id

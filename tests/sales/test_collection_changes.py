@@ -5,7 +5,6 @@ follow), all in exact decimals and each an event."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import grpc
 from crm.sales.v1 import contracts_pb2 as cpb
@@ -13,7 +12,7 @@ from crm.sales.v1 import events_pb2
 from crm_kit.errors import from_rpc_error
 
 from tests.identity.helpers import rpc_error
-from tests.sales.helpers import payloads, team
+from tests.sales.helpers import new_account, payloads, team
 
 
 async def contract_plan(
@@ -176,10 +175,10 @@ async def test_a_plan_is_rescheduled_while_not_paid_without_changing_its_total_o
 
 
 async def test_a_refund_makes_the_instalment_owe_the_money_again_and_receivables_follow(
-    identity, contracts, clock, outbox
+    identity, contracts, clock, outbox, customers_channel
 ):
     company, _ = await team(identity, 0)
-    account = str(uuid.uuid4())
+    account = await new_account(customers_channel, company.md)
     plan = await contract_plan(
         contracts, company, "1000.00", [("2020-01-31", "500.00"), ("2099-01-31", "500.00")], account
     )

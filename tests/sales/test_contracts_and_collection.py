@@ -4,7 +4,6 @@ overdue detection and receivables per account."""
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import grpc
 from crm.sales.v1 import contracts_pb2 as cpb
@@ -13,7 +12,7 @@ from crm_kit.errors import from_rpc_error
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from tests.identity.helpers import rpc_error
-from tests.sales.helpers import team
+from tests.sales.helpers import new_account, team
 from tests.sales.test_quotes import catalog
 
 
@@ -41,10 +40,10 @@ async def accepted_quote(quotes, company, account_id: str) -> qpb.Quote:
 
 
 async def test_an_accepted_quote_becomes_an_order_paid_in_instalments_with_partial_payments(
-    identity, quotes, contracts, clock
+    identity, quotes, contracts, clock, customers_channel
 ):
     company, _ = await team(identity, 0)
-    account = str(uuid.uuid4())
+    account = await new_account(customers_channel, company.md)
     q = await accepted_quote(quotes, company, account)
     assert q.total == "103959.98"  # 2 × 45999.99 + 13 % tax
     order = (await contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=company.md)).order
@@ -213,7 +212,7 @@ async def test_a_contract_goes_through_approval_activation_and_a_renewal_reminde
 async def test_another_tenants_contracts_orders_and_plans_are_not_found(identity, quotes, contracts):
     alpha, _ = await team(identity, 0)
     beta, _ = await team(identity, 0, name="Gamma Inc")
-    q = await accepted_quote(quotes, alpha, str(uuid.uuid4()))
+    q = await accepted_quote(quotes, alpha, "")
     order = (await contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=alpha.md)).order
     plan = (
         await contracts.CreatePaymentPlan(
@@ -237,7 +236,7 @@ async def test_another_tenants_contracts_orders_and_plans_are_not_found(identity
 
 async def test_an_unpaid_order_is_cancelled_with_a_reason_once(identity, quotes, contracts):
     company, _ = await team(identity, 0)
-    q = await accepted_quote(quotes, company, str(uuid.uuid4()))
+    q = await accepted_quote(quotes, company, "")
     order = (await contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=company.md)).order
     no_reason = await rpc_error(
         contracts.CancelOrder(cpb.CancelOrderRequest(id=order.id), metadata=company.md)
@@ -255,7 +254,7 @@ async def test_an_unpaid_order_is_cancelled_with_a_reason_once(identity, quotes,
 
 async def test_a_paid_order_is_cancelled_only_once_the_money_went_back(identity, quotes, contracts):
     company, _ = await team(identity, 0)
-    q = await accepted_quote(quotes, company, str(uuid.uuid4()))
+    q = await accepted_quote(quotes, company, "")
     order = (await contracts.CreateOrder(cpb.CreateOrderRequest(quote_id=q.id), metadata=company.md)).order
     plan = (
         await contracts.CreatePaymentPlan(

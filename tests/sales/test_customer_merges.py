@@ -22,8 +22,9 @@ from crm_kit.events.inbox import InboxEntry
 from crm_kit.events.subjects import namespaced, subject_for
 from crm_kit.testing import eventually, recorded_events
 from google.protobuf import field_mask_pb2
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from tests.customers.helpers import without_default_rules
 from tests.sales.helpers import payloads, team
 from tests.sales.test_contracts_and_collection import accepted_quote
 
@@ -98,6 +99,8 @@ async def test_a_merge_re_points_sales_once_and_its_undo_moves_back_exactly_what
     company, (rep,) = await team(identity, 1)
     data = data_quality_pb2_grpc.CustomersDataServiceStub(customers_channel)
     customers = customers_pb2_grpc.CustomersServiceStub(customers_channel)
+    # The two conversions below make two accounts of one customer: no default rule may match them first.
+    await without_default_rules(data, company.tenant.id, company.md)
     pipeline = (
         await pipelines.CreatePipeline(ppb.CreatePipelineRequest(name="直销"), metadata=company.md)
     ).pipeline
@@ -162,14 +165,17 @@ async def test_a_merge_re_points_sales_once_and_its_undo_moves_back_exactly_what
             metadata=rep.md,
         )
     ).activity
-    # Another company that happens to use the same id string is not touched.
+    # Another company that happens to use the same id string is not touched. (It cannot name another
+    # company's account itself any more: the row is written as data from before references were checked.)
     beta, _ = await team(identity, 0, name="Beta Ltd")
     await pipelines.CreatePipeline(ppb.CreatePipelineRequest(name="P"), metadata=beta.md)
     foreign = (
-        await pipelines.CreateOpportunity(
-            ppb.CreateOpportunityRequest(name="外部", account_id=merged), metadata=beta.md
-        )
+        await pipelines.CreateOpportunity(ppb.CreateOpportunityRequest(name="外部"), metadata=beta.md)
     ).opportunity
+    async with sales_service.runtime.db.unit_of_work() as uow:
+        await uow.session.execute(
+            text("UPDATE opportunities SET account_id = :a WHERE id = :o"), {"a": merged, "o": foreign.id}
+        )
     before = await opportunity(pipelines, rep, dup.opportunity_id)
 
     merge = (

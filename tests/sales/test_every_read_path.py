@@ -336,10 +336,18 @@ async def seed(identity, s: dict[str, Any]) -> World:
     server, _, book = await catalog(s["quotes"], company)
     w.ids.update(product=server.id, book=book.id)
     notes, terms, _ = MARKED["quote"][1]
+    from crm.customers.v1 import customers_pb2
+
+    w.ids["account"] = (
+        await s["customers"].CreateAccount(
+            customers_pb2.CreateAccountRequest(account=customers_pb2.Account(name="远景能源科技有限公司")),
+            metadata=md,
+        )
+    ).account.id
     quote = (
         await s["quotes"].CreateQuote(
             Q.CreateQuoteRequest(
-                account_id=w.ids.setdefault("account", str(uuid.uuid4())),
+                account_id=w.ids["account"],
                 customer_name=f"远景{TAG}",
                 price_book_id=book.id,
                 lines=[Q.QuoteLineInput(product_id=server.id, quantity="1", discount_percent="40")],
@@ -440,9 +448,13 @@ async def member(identity, company, permissions: list[dict]) -> tuple[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def stubs(sales_channel) -> dict[str, Any]:
+def stubs(sales_channel, customers_channel) -> dict[str, Any]:
+    from crm.customers.v1 import customers_pb2_grpc
+
     ch = sales_channel
     return {
+        # The account the quotes name: a reference names a record that exists.
+        "customers": customers_pb2_grpc.CustomersServiceStub(customers_channel),
         "leads": leads_pb2_grpc.LeadsServiceStub(ch),
         "pipelines": pipelines_pb2_grpc.PipelinesServiceStub(ch),
         "quotes": quotes_pb2_grpc.QuotesServiceStub(ch),

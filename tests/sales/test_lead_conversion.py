@@ -15,7 +15,7 @@ from crm_kit.errors import from_rpc_error
 from sqlalchemy import text
 
 from tests.identity.helpers import rpc_error
-from tests.sales.helpers import team
+from tests.sales.helpers import default_pipeline, team
 
 
 async def test_a_lead_converts_into_account_contact_and_opportunity(
@@ -67,9 +67,10 @@ async def test_a_lead_converts_into_account_contact_and_opportunity(
 
 
 async def test_a_lead_whose_company_matches_an_existing_account_converts_into_it(
-    identity, leads, customers_channel
+    identity, leads, pipelines, customers_channel
 ):
     company, _ = await team(identity, 0)
+    default = await default_pipeline(pipelines, company)
     customers = customers_pb2_grpc.CustomersServiceStub(customers_channel)
     data = data_quality_pb2_grpc.CustomersDataServiceStub(customers_channel)
     await data.CreateDuplicateRule(
@@ -96,7 +97,11 @@ async def test_a_lead_whose_company_matches_an_existing_account_converts_into_it
     ).lead
     converted = await leads.ConvertLead(pb.ConvertLeadRequest(id=lead.id), metadata=company.md)
     assert converted.merged_into_existing_account and converted.account_id == existing.id
-    assert converted.opportunity_id == ""
+    # No pipeline named: the company's default one.
+    opp = (
+        await pipelines.GetOpportunity(ppb.GetOpportunityRequest(id=converted.opportunity_id), metadata=company.md)
+    ).opportunity
+    assert (opp.pipeline_id, opp.account_id) == (default.id, existing.id)
     contacts = (
         await customers.ListContacts(cpb.ListContactsRequest(account_id=existing.id), metadata=company.md)
     ).items

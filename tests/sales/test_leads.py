@@ -203,7 +203,7 @@ async def test_a_manager_with_the_department_tree_scope_sees_the_teams_leads_onl
     manager_role = await rep_role(
         identity,
         company,
-        name="销售经理",
+        name="销售主管",
         permissions=[
             ipb.Permission(
                 object="lead", actions=["read", "create"], data_scope=ipb.DATA_SCOPE_DEPARTMENT_TREE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from tests.gateway.conftest import assert_problem
-from tests.sales.helpers import bearer, team
+from tests.sales.helpers import bearer, new_account, team
 
 
 async def test_a_rep_claims_follows_up_and_returns_a_pool_lead_through_the_api(api, identity, clock):
@@ -230,12 +230,14 @@ async def test_an_approved_quote_downloads_as_a_pdf_through_the_api(api, identit
     assert_problem(await api.get(f"/api/v1/quotes/{qid}/pdf"), 401)
 
 
-async def test_collection_tasks_and_the_forecast_through_the_api(api, identity):
+async def test_collection_tasks_and_the_forecast_through_the_api(api, identity, customers_channel):
     company, _ = await team(identity, 0)
     admin = bearer(company.token)
+    # The contract's account exists at the customers service (a reference names a record that exists).
+    account = await new_account(customers_channel, company.md, "北京智联网络有限公司")
     contract = await api.post(
         "/api/v1/contracts",
-        json={"title": "维保合同", "account_id": company.tenant.id, "amount": "1000.00", "currency": "CNY"},
+        json={"title": "维保合同", "account_id": account, "amount": "1000.00", "currency": "CNY"},
         headers=admin,
     )
     assert contract.status_code == 201, contract.text
@@ -266,7 +268,7 @@ async def test_collection_tasks_and_the_forecast_through_the_api(api, identity):
     assert again.json()["instalments"][0]["status"] == "partially_paid"
     jobs = await api.post("/api/v1/payments/jobs", json={}, headers=admin)
     assert jobs.json()["overdue"] == 1, jobs.text
-    owed = await api.get(f"/api/v1/accounts/{company.tenant.id}/receivables", headers=admin)
+    owed = await api.get(f"/api/v1/accounts/{account}/receivables", headers=admin)
     assert owed.json()["totals"] == [
         {
             "currency": "CNY",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 
 import grpc
 from crm.sales.v1 import activities_pb2 as apb
@@ -14,7 +13,7 @@ from crm_kit.errors import from_rpc_error
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from tests.identity.helpers import rpc_error
-from tests.sales.helpers import team
+from tests.sales.helpers import new_account, team
 
 
 def ts(when: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -80,9 +79,11 @@ async def test_a_task_reminds_its_assignee_once_and_tells_everyone_mentioned(
     assert overdue == []  # done tasks are not due
 
 
-async def test_follow_up_records_on_an_account_reach_the_people_mentioned(identity, activities, outbox):
+async def test_follow_up_records_on_an_account_reach_the_people_mentioned(
+    identity, activities, outbox, customers_channel
+):
     _, (rep, manager) = await team(identity, 2)
-    account = str(uuid.uuid4())
+    account = await new_account(customers_channel, rep.md, "杭州西湖数据有限公司")
     note = (
         await activities.CreateActivity(
             apb.CreateActivityRequest(
@@ -154,7 +155,7 @@ async def test_the_forecast_weighs_the_pipeline_and_counts_collection_against_ta
 
     c = (
         await contracts.CreateContract(
-            cpb.CreateContractRequest(account_id=str(uuid.uuid4()), amount="90000.00", currency="CNY"),
+            cpb.CreateContractRequest(amount="90000.00", currency="CNY"),
             metadata=rep.md,
         )
     ).contract

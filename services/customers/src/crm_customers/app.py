@@ -12,7 +12,7 @@ from crm_kit.service import Parts, Runtime, ServiceSpec
 
 from crm_customers.api import SERVICE, CustomersApi
 from crm_customers.data_api import DataParts
-from crm_customers.domain import recycle_bin, sales_timeline
+from crm_customers.domain import new_tenants, recycle_bin, sales_timeline
 from crm_customers.settings import CustomersSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -40,8 +40,12 @@ async def build(runtime: Runtime) -> Parts:
         filter_subjects=list(sales_timeline.EVENTS),
         handler=sales_timeline.record,
     )
+    # A new company (identity's TenantCreated) gets its default duplicate rules.
+    tenant_setup = new_tenants.consumer(settings.tenant_setup_consumer)
     parts = Parts(
-        servicers=[*servicers, data.servicer], consumers=[timeline], on_stop=[data.stop, purge.stop]
+        servicers=[*servicers, data.servicer],
+        consumers=[timeline, tenant_setup],
+        on_stop=[data.stop, purge.stop],
     )
     return parts
 

@@ -11,3 +11,6 @@ class CustomersSettings(ServiceSettings):
     # it (each event is handled once); two deployments with their own databases on one NATS namespace need
     # a name each.
     sales_timeline_consumer: str = "customers-sales-timeline"
+    # The durable consumer that sets up a new company's default duplicate rules from identity's TenantCreated
+    # (shared by a deployment's replicas; a name each for two deployments on one NATS namespace).
+    tenant_setup_consumer: str = "customers-tenant-setup"

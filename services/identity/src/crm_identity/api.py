@@ -22,6 +22,7 @@ from crm_identity.domain.common import (
     caller,
     department_pb,
     role_pb,
+    tenant_pb,
     user_pb,
 )
 from crm_identity.domain.passwords import Passwords
@@ -93,7 +94,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         )
         # After the commit, and never failing the sign-up: a mail that cannot go is logged.
         await self._mail_token(verification.Mail(user, tenant.name, token), verification.VERIFY_MAIL)
-        return pb.SignUpResponse(tenant=pb.Tenant(id=tenant.id, name=tenant.name), user=user_pb(user))
+        return pb.SignUpResponse(tenant=tenant_pb(tenant), user=user_pb(user))
 
     async def CreateToken(self, request, context):
         outcome = await self.sessions.login(
@@ -173,7 +174,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             me = None if principal.is_api_key else await users.get(session, principal.actor_id)
         return pb.GetMeResponse(
             user=user_pb(me) if me else None,
-            tenant=pb.Tenant(id=tenant.id, name=tenant.name) if tenant else None,
+            tenant=tenant_pb(tenant) if tenant else None,
             permissions=view.effective_permissions(principal),
         )
 

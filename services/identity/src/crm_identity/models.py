@@ -39,6 +39,8 @@ class Tenant(Timestamped, Base):
     __tablename__ = "tenants"
     id: Mapped[str] = _id()
     name: Mapped[str] = mapped_column(String(200))
+    # The company's language, chosen at sign-up: its default roles, pipeline and rules are named in it.
+    locale: Mapped[str] = mapped_column(String(10), default="zh-CN", server_default="zh-CN")
 
 
 class User(TenantOwned, Timestamped, Versioned, Base):

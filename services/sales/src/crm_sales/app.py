@@ -31,7 +31,7 @@ from crm_sales.api import pipelines as pipelines_api
 from crm_sales.api import quotes as quotes_api
 from crm_sales.api import settings as settings_api
 from crm_sales.clock import Clock
-from crm_sales.domain import activities, contracts, leads, merges
+from crm_sales.domain import activities, contracts, leads, merges, new_tenants
 from crm_sales.domain.common import People
 from crm_sales.domain.conversion import Converter
 from crm_sales.settings import SalesSettings
@@ -79,10 +79,11 @@ async def build(runtime: Runtime) -> Parts:
     assert isinstance(settings, SalesSettings)
     policies = await runtime.policies()
     clock = Clock()
-    people = People(runtime.identity())
     customers = runtime.channel(
         settings.customers_service_addr, customers_pb2.DESCRIPTOR.services_by_name["CustomersService"]
     )
+    # Users at identity, accounts and contacts at customers: what sales' references must name.
+    people = People(runtime.identity(), customers=customers)
     converter = Converter(db=runtime.db, people=people, channel=customers)
     leads_servicer = leads_api.LeadsApi(
         db=runtime.db, policies=policies, clock=clock, people=people, settings=settings, converter=converter
@@ -115,7 +116,7 @@ async def build(runtime: Runtime) -> Parts:
             ),
             Servicer(
                 contracts_pb2_grpc.add_ContractsServiceServicer_to_server,
-                contracts_api.ContractsApi(db=runtime.db, policies=policies, clock=clock),
+                contracts_api.ContractsApi(db=runtime.db, policies=policies, clock=clock, people=people),
                 contracts_api.SERVICE.full_name,
             ),
             Servicer(
@@ -135,8 +136,9 @@ async def build(runtime: Runtime) -> Parts:
             ),
         ],
         public_methods=leads_api.PUBLIC_METHODS,
-        # Customers' merges (and their undo) re-point sales' references to accounts and contacts.
-        consumers=[merges.CONSUMER],
+        # Customers' merges (and their undo) re-point sales' references to accounts and contacts; a new
+        # company (identity's TenantCreated) gets its default pipeline.
+        consumers=[merges.CONSUMER, new_tenants.consumer(settings.tenant_setup_consumer)],
     )
     parts.clock = clock  # type: ignore[attr-defined]  # tests move time with it
     lead_imports.worker.start()

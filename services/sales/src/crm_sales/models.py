@@ -217,8 +217,14 @@ class Pipeline(TenantOwned, Timestamped, Versioned, Base):
     __tablename__ = "pipelines"
     id: Mapped[str] = _id()
     name: Mapped[str] = mapped_column(String(200))
+    # The company's default pipeline (at most one per company): conversions and opportunities that name no
+    # pipeline go into it.
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
-    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "name"),
+        Index("uq_pipelines_default", "tenant_id", unique=True, postgresql_where=text("is_default")),
+    )
 
 
 class Stage(TenantOwned, Base):

@@ -15,6 +15,10 @@ class SalesSettings(ServiceSettings):
     # in one replica at a time, the leader of an advisory lock on the sales database (0: never; operators can
     # call RunLeadReclaim and RunCollectionJobs).
     reclaim_interval_seconds: float = 300.0
+    # The durable consumer that sets up a new company's defaults (its default pipeline) from identity's
+    # TenantCreated. Replicas of one deployment share it; two deployments with their own databases on one NATS
+    # namespace need a name each.
+    tenant_setup_consumer: str = "sales-tenant-setup"
     customers_service_addr: str = Field(
         default="127.0.0.1:50052",
         validation_alias=AliasChoices("CUSTOMERS_SERVICE_ADDR", "CRM_CUSTOMERS_SERVICE_ADDR"),

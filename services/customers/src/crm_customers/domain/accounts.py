@@ -431,6 +431,18 @@ async def _owner(check: Check, row: models.Account, department_of: DepartmentOf)
         row.department_id = department
 
 
+async def _team(
+    check: Check, row: models.Account, department_of: DepartmentOf, before: list[str] | None = None
+) -> None:
+    """Everyone newly on the account's team is a user of the caller's company."""
+    if check.errors:
+        return
+    known = {*(before or []), caller().actor_id}
+    for i, user_id in enumerate(row.team_member_ids or []):
+        if user_id not in known and await department_of(user_id) is None:
+            check.fail(f"team_member_ids[{i}]", "no such user")
+
+
 async def prepare(
     session: AsyncSession,
     src: pb.Account,
@@ -461,6 +473,7 @@ async def prepare(
     row.custom_fields = cf.merge_values(check, defs, {}, given, creating=True)
     await _owner(check, row, department_of)
     await _check_parent(session, check, row)
+    await _team(check, row, department_of)
     if not check.errors:
         await cf.check_unique(session, check, defs, models.Account, row.custom_fields, set(given), row.id)
     refresh_derived(row, defs)
@@ -745,6 +758,7 @@ async def apply_update(
     stage_before = row.lifecycle_stage
     owner_before = row.owner_id
     parent_before = row.parent_id or ""
+    team_before = list(row.team_member_ids or [])
     check = Check()
     for path in dict.fromkeys(p for p in paths if not p.startswith("custom_fields")):
         set_field(check, row, path, src)
@@ -760,6 +774,8 @@ async def apply_update(
             await _owner_change(check, row, department_of)
     if "parent_id" in paths:
         await _check_parent(uow.session, check, row)
+    if "team_member_ids" in paths:
+        await _team(check, row, department_of, team_before)
     if custom and not check.errors:
         await cf.check_unique(
             uow.session, check, defs, models.Account, row.custom_fields, set(custom), row.id

@@ -89,6 +89,10 @@ def department_snapshot(d: models.Department) -> dict[str, Any]:
     return {"name": d.name, "parent_id": d.parent_id or "", "manager_user_id": d.manager_user_id or ""}
 
 
+def tenant_pb(t: models.Tenant) -> identity_pb2.Tenant:
+    return identity_pb2.Tenant(id=t.id, name=t.name, created_at=ts(t.created_at), locale=t.locale or "zh-CN")
+
+
 def role_pb(r: models.Role) -> identity_pb2.Role:
     role = identity_pb2.Role(
         id=r.id,

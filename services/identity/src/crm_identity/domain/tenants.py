@@ -1,21 +1,28 @@
-"""Sign-up: a new company (tenant), its built-in administrator role and its first user."""
+"""Sign-up: a new company (tenant) in its language, its built-in administrator role, the usual roles of a sales
+team (crm_identity.domain.default_roles) and its first user. Each is an audited event; the other services set
+up their own defaults (a pipeline, duplicate rules) when they see TenantCreated."""
 
 from __future__ import annotations
 
 from crm.common.v1 import event_pb2
-from crm.identity.v1 import events_pb2, identity_pb2
+from crm.identity.v1 import events_pb2
 from crm_kit.db import UnitOfWork, utcnow
 from crm_kit.errors import TooManyRequests
 from crm_kit.ids import new_id
 from crm_kit.validation import LOCALES, Check
 
 from crm_identity import models
-from crm_identity.domain import throttles, verification
-from crm_identity.domain.common import ADMIN_PERMISSIONS, role_pb, role_snapshot, user_pb, user_snapshot
+from crm_identity.domain import default_roles, throttles, verification
+from crm_identity.domain.common import (
+    ADMIN_PERMISSIONS,
+    role_pb,
+    role_snapshot,
+    tenant_pb,
+    user_pb,
+    user_snapshot,
+)
 from crm_identity.domain.passwords import Passwords, check_password
 from crm_identity.settings import IdentitySettings
-
-ADMIN_ROLE_NAME = "Administrator"
 
 
 async def sign_up(
@@ -51,16 +58,31 @@ async def sign_up(
             "a verification mail was sent to this address a moment ago: wait a few minutes",
             reason="too_many_mails",
         )
-    tenant = models.Tenant(id=new_id(), name=tenant_name.strip())
+    locale = locale or "zh-CN"
+    tenant = models.Tenant(id=new_id(), name=tenant_name.strip(), locale=locale)
+    built_in = default_roles.ADMINISTRATOR
     admin = models.Role(
         id=new_id(),
         tenant_id=tenant.id,
-        name=ADMIN_ROLE_NAME,
-        description="Everything, everywhere in this company",
+        name=built_in.name(locale),
+        description=built_in.description(locale),
         permissions=ADMIN_PERMISSIONS,
         built_in=True,
         version=1,
     )
+    # Created after the administrator, so their ids (UUIDv7) sort after its id.
+    usual = [
+        models.Role(
+            id=new_id(),
+            tenant_id=tenant.id,
+            name=r.name(locale),
+            description=r.description(locale),
+            permissions=default_roles.permissions_json(r),
+            built_in=False,
+            version=1,
+        )
+        for r in default_roles.ROLES
+    ]
     user = models.User(
         id=new_id(),
         tenant_id=tenant.id,
@@ -68,39 +90,41 @@ async def sign_up(
         name=name.strip(),
         status="active" if free else verification.PENDING,
         role_ids=[admin.id],
-        locale=locale or "zh-CN",
+        locale=locale,
         password_hash=await passwords.hash(password),
         version=1,
     )
     token = verification.start(user, days=verification_days)
-    session.add_all([tenant, admin])
+    session.add_all([tenant, admin, *usual])
     await session.flush()
     session.add(user)
     await session.flush()
     await session.refresh(tenant)
     await session.refresh(user)
-    await session.refresh(admin)
+    for role in (admin, *usual):
+        await session.refresh(role)
 
     actor = event_pb2.Actor(type=event_pb2.ACTOR_TYPE_USER, id=user.id, name=user.name)
     common = {"tenant_id": tenant.id, "actor": actor}
     uow.emit(
-        events_pb2.TenantCreated(tenant=identity_pb2.Tenant(id=tenant.id, name=tenant.name)),
+        events_pb2.TenantCreated(tenant=tenant_pb(tenant)),
         aggregate_type="tenant",
         aggregate_id=tenant.id,
         aggregate_version=1,
         action="created",
-        after={"name": tenant.name},
+        after={"name": tenant.name, "locale": tenant.locale},
         **common,
     )
-    uow.emit(
-        events_pb2.RoleCreated(role=role_pb(admin)),
-        aggregate_type="role",
-        aggregate_id=admin.id,
-        aggregate_version=1,
-        action="created",
-        after=role_snapshot(admin),
-        **common,
-    )
+    for role in (admin, *usual):
+        uow.emit(
+            events_pb2.RoleCreated(role=role_pb(role)),
+            aggregate_type="role",
+            aggregate_id=role.id,
+            aggregate_version=1,
+            action="created",
+            after=role_snapshot(role),
+            **common,
+        )
     uow.emit(
         events_pb2.UserActivated(user=user_pb(user)),
         aggregate_type="user",

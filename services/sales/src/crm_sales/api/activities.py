@@ -60,7 +60,7 @@ class ActivitiesApi(activities_pb2_grpc.ActivitiesServiceServicer):
     async def CreateActivity(self, request, context):
         await authorize(self.policies, "task", "create")
         async with self.db.unit_of_work() as uow:
-            a = await activities.create_activity(uow, request, now=self.clock.now())
+            a = await activities.create_activity(uow, request, people=self.people, now=self.clock.now())
         return pb.CreateActivityResponse(activity=activities.activity_pb(a))
 
     async def ListActivities(self, request, context):

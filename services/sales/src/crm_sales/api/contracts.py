@@ -5,21 +5,23 @@ import asyncio
 from crm.sales.v1 import contracts_pb2 as pb
 from crm.sales.v1 import contracts_pb2_grpc
 from crm_kit.db import Database
+from crm_kit.errors import NotFound
 from crm_kit.policy import PolicyCache
 
 from crm_sales import pdf
 from crm_sales.clock import Clock
 from crm_sales.domain import approvals, collection, contracts, documents
-from crm_sales.domain.common import authorize, caller, from_ts
+from crm_sales.domain.common import People, authorize, caller, from_ts
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ContractsService"]
 
 
 class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
-    def __init__(self, *, db: Database, policies: PolicyCache, clock: Clock):
+    def __init__(self, *, db: Database, policies: PolicyCache, clock: Clock, people: People):
         self.db = db
         self.policies = policies
         self.clock = clock
+        self.people = people
 
     async def _decide(self, obj: str, action: str = "read"):  # type: ignore[no-untyped-def]
         return await self.policies.decide(caller(), obj, action)
@@ -30,7 +32,9 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
         decision = await authorize(self.policies, "contract", "create")
         quote_decision = await self._decide("quote")
         async with self.db.unit_of_work() as uow:
-            c = await contracts.create_contract(uow, decision, quote_decision, request, now=self.clock.now())
+            c = await contracts.create_contract(
+                uow, decision, quote_decision, request, people=self.people, now=self.clock.now()
+            )
         return pb.CreateContractResponse(contract=contracts.contract_pb(c, await self._decide("contract")))
 
     async def GetContract(self, request, context):
@@ -162,6 +166,9 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
 
     async def GetReceivables(self, request, context):
         decision = await authorize(self.policies, "payment", "read")
+        # Of an account the customers service has for the caller: any other id is a 404, not zero totals.
+        if request.account_id and not await self.people.record_exists("account", request.account_id):
+            raise NotFound("no such account", reason="account_not_found")
         async with self.db.read() as session:
             totals, open_rows = await contracts.receivables(
                 session, decision, request.id, today=self.clock.now().date()

@@ -165,7 +165,7 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
     async def CreateLeadPool(self, request, context):
         await authorize(self.policies, "lead_pool", "create")
         async with self.db.unit_of_work() as uow:
-            pool = await pools.create(uow, request)
+            pool = await pools.create(uow, request, people=self.people)
             message = await pools.pool_pb(uow.session, pool)
         return pb.CreateLeadPoolResponse(pool=message)
 
@@ -185,7 +185,7 @@ class LeadsApi(leads_pb2_grpc.LeadsServiceServicer):
     async def UpdateLeadPool(self, request, context):
         await authorize(self.policies, "lead_pool", "update")
         async with self.db.unit_of_work() as uow:
-            pool = await pools.update(uow, request)
+            pool = await pools.update(uow, request, people=self.people)
             message = await pools.pool_pb(uow.session, pool)
         return pb.UpdateLeadPoolResponse(pool=message)
 

@@ -119,7 +119,7 @@ class QuotesApi(quotes_pb2_grpc.QuotesServiceServicer):
         decision = await authorize(self.policies, "quote", "update")
         decision.check_writable(request.update_mask.paths)
         async with self.db.unit_of_work() as uow:
-            q = await quotes.update_draft(uow, decision, request)
+            q = await quotes.update_draft(uow, decision, request, people=self.people)
         return pb.UpdateQuoteResponse(quote=await self._quote(q))
 
     async def ReviseQuote(self, request, context):

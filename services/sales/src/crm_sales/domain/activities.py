@@ -22,6 +22,7 @@ from crm_sales import models
 from crm_sales.domain.common import (
     People,
     caller,
+    check_local,
     enum_name,
     from_ts,
     get_owned,
@@ -59,6 +60,39 @@ def _check_related(check: Check, related_type: str, related_id: str) -> None:
     if related_type or related_id:
         check.one_of("related_type", related_type, RELATED)
         check.uuid("related_id", related_id, required=True)
+
+
+# The sales records a task or follow-up may be about (accounts and contacts live at the customers service).
+LOCAL_RECORDS: dict[str, Any] = {
+    "lead": models.Lead,
+    "opportunity": models.Opportunity,
+    "contract": models.Contract,
+    "quote": models.Quote,
+    "order": models.Order,
+}
+
+
+async def _related_exists(
+    session: AsyncSession, people: People, check: Check, related_type: str, related_id: str
+) -> None:
+    """`related_id` names a record of `related_type` in the caller's company (a 422 on it otherwise)."""
+    if not related_id or check.errors:
+        return
+    if related_type in ("account", "contact"):
+        await people.check_record(check, "related_id", related_type, related_id)
+        return
+    await check_local(
+        session, check, "related_id", LOCAL_RECORDS[related_type], related_id, what=related_type
+    )
+
+
+async def _mentioned_exist(people: People, check: Check, ids: list[str], already: Any = ()) -> None:
+    """Everyone mentioned (newly) is a user of the caller's company."""
+    if not check.errors:
+        known = set(already)
+        await people.check_users(
+            check, "mentioned_user_ids", [uid if uid not in known else "" for uid in ids]
+        )
 
 
 def _mentions(check: Check, ids: list[str]) -> list[str]:
@@ -103,6 +137,8 @@ async def create_task(uow: UnitOfWork, request: pb.CreateTaskRequest, *, people:
     check.one_of("priority", priority, PRIORITIES)
     check.uuid("assignee_id", request.assignee_id)
     mentions = _mentions(check, list(request.mentioned_user_ids))
+    await _related_exists(uow.session, people, check, request.related_type, request.related_id)
+    await _mentioned_exist(people, check, list(request.mentioned_user_ids))
     check.done()
     assignee = request.assignee_id or principal.actor_id
     t = models.Task(
@@ -182,6 +218,8 @@ async def update_task(
     if "assignee_id" in paths:
         check.uuid("assignee_id", src.assignee_id, required=True)
     mentions = _mentions(check, list(src.mentioned_user_ids)) if "mentioned_user_ids" in paths else None
+    if mentions is not None:
+        await _mentioned_exist(people, check, list(src.mentioned_user_ids), t.mentioned_user_ids or [])
     check.done()
     before = snapshot(t, AUDITED)
     old_mentions = set(t.mentioned_user_ids or [])
@@ -249,7 +287,7 @@ async def complete_task(
 
 
 async def create_activity(
-    uow: UnitOfWork, request: pb.CreateActivityRequest, *, now: dt.datetime
+    uow: UnitOfWork, request: pb.CreateActivityRequest, *, people: People, now: dt.datetime
 ) -> models.Activity:
     principal = caller()
     check = Check()
@@ -260,6 +298,8 @@ async def create_activity(
     check.required("content", request.content)
     check.length("content", request.content, max_len=10_000)
     mentions = _mentions(check, list(request.mentioned_user_ids))
+    await _related_exists(uow.session, people, check, request.related_type, request.related_id)
+    await _mentioned_exist(people, check, list(request.mentioned_user_ids))
     check.done()
     a = models.Activity(
         id=new_id(),

@@ -117,8 +117,6 @@ def enum_name(enum_type: Any, number: int) -> str:
     return v.name.removeprefix(_prefix(enum_type)).lower() if v else ""
 
 
-
-
 def from_ts(value: timestamp_pb2.Timestamp, present: bool) -> dt.datetime | None:
     return value.ToDatetime(tzinfo=dt.UTC) if present else None
 
@@ -188,18 +186,37 @@ def snapshot(row: Any, fields: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+async def check_local(
+    session: Any, check: Check, field: str, model: Any, record_id: str, *, what: str
+) -> None:
+    """`record_id` (when given and well formed) names a sales record of `model` in the caller's company, else a
+    field error: a reference names something that exists."""
+    from sqlalchemy import select
+
+    if not record_id or any(e.field == field for e in check.errors):
+        return
+    found = await session.scalar(
+        select(model.id).where(model.tenant_id == caller().tenant_id, model.id == record_id)
+    )
+    if not found:
+        check.fail(field, f"no such {what}")
+
+
 class People:
     """Users of the caller's tenant as identity knows them: checks that an owner exists and finds their
     department (records are filed under their owner's department for data scopes). Asked with the caller's
-    own credential; answers are cached briefly."""
+    own credential; answers are cached briefly. With the customers service's channel it also checks that a
+    reference to an account or contact names one of the caller's company (`check_records`)."""
 
-    def __init__(self, identity: Any, ttl_seconds: float = 60.0):
+    def __init__(self, identity: Any, ttl_seconds: float = 60.0, *, customers: Any = None):
         self.identity = identity
+        self.customers = customers
         self.ttl = ttl_seconds
         self._cache: dict[tuple[str, str], tuple[float, str | None]] = {}
 
-    async def department_of(self, field: str, user_id: str) -> str | None:
-        """The user's department; an unknown user (or another tenant's) is a 422 on `field`."""
+    async def _user(self, user_id: str) -> tuple[bool, str | None]:
+        """(known, department): known is False for a user the caller's company does not have; True (and no
+        department) when the caller may not read users, so nothing can be told."""
         import time
 
         import grpc
@@ -208,26 +225,90 @@ class People:
 
         principal = caller()
         if user_id == principal.actor_id:
-            return principal.department_id or None
+            return True, principal.department_id or None
         if not is_uuid(user_id):
-            raise InvalidArgument.for_field(field, "no such user")
+            return False, None
         key = (principal.tenant_id, user_id)
         hit = self._cache.get(key)
         if hit and time.monotonic() - hit[0] < self.ttl:
-            return hit[1]
+            return True, hit[1]
         try:
             answer = await self.identity.GetUser(
                 identity_pb2.GetUserRequest(id=user_id), metadata=grpc_client.outgoing_metadata(), timeout=5
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise InvalidArgument.for_field(field, "no such user") from None
+                return False, None
             if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-                return None  # the caller may not read users: file it without a department
+                return True, None  # the caller may not read users: file it without a department
             raise
         department = answer.user.department_id or None
         self._cache[key] = (time.monotonic(), department)
+        return True, department
+
+    async def department_of(self, field: str, user_id: str) -> str | None:
+        """The user's department; an unknown user (or another tenant's) is a 422 on `field`."""
+        known, department = await self._user(user_id)
+        if not known:
+            raise InvalidArgument.for_field(field, "no such user")
         return department
+
+    async def check_users(self, check: Check, field: str, user_ids: Iterable[str]) -> None:
+        """Each id names a user of the caller's company; an unknown one is a field error `field[i]`. (A caller
+        who may not read users cannot have them checked: identity will not say, and they pass.)"""
+        import asyncio
+
+        ids = list(user_ids)
+        wanted = [(i, uid) for i, uid in enumerate(ids) if is_uuid(uid) and ids.index(uid) == i]
+        limit = asyncio.Semaphore(16)
+
+        async def one(uid: str) -> bool:
+            async with limit:
+                return (await self._user(uid))[0]
+
+        known = await asyncio.gather(*(one(uid) for _, uid in wanted))
+        for (i, _), ok in zip(wanted, known, strict=True):
+            if not ok:
+                check.fail(f"{field}[{i}]" if field.endswith("_ids") else field, "no such user")
+
+    async def record_exists(self, kind: str, record_id: str) -> bool:
+        """Whether the customers service has this account or contact for the caller (asked with the caller's
+        credential: a record outside their data scope is no more theirs to name than a missing one). A caller
+        who may not read accounts (contacts) cannot name one: 403."""
+        import grpc
+        from crm.customers.v1 import customers_pb2 as cpb
+        from crm.customers.v1 import customers_pb2_grpc
+        from crm_kit import grpc_client
+        from crm_kit.errors import PermissionDenied
+
+        if not is_uuid(record_id):
+            return False
+        stub = customers_pb2_grpc.CustomersServiceStub(self.customers)
+        md = grpc_client.outgoing_metadata()
+        try:
+            if kind == "account":
+                await stub.GetAccount(cpb.GetAccountRequest(id=record_id), metadata=md, timeout=10)
+            else:
+                await stub.GetContact(cpb.GetContactRequest(id=record_id), metadata=md, timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                raise PermissionDenied(
+                    f"naming a{'n' if kind == 'account' else ''} {kind} needs the permission to read {kind}s",
+                    reason="permission_denied",
+                ) from None
+            raise
+        return True
+
+    async def check_record(self, check: Check, field: str, kind: str, record_id: str) -> None:
+        """`record_id` (when given) names an account or contact of the caller's company, else a field error."""
+        if (
+            record_id
+            and not any(e.field == field for e in check.errors)
+            and not await self.record_exists(kind, record_id)
+        ):
+            check.fail(field, f"no such {kind}")
 
     async def active_users_by_email(self, emails: Iterable[str]) -> dict[str, tuple[str, str]]:
         """Active users of the caller's tenant by e-mail (lower case): e-mail → (user id, department id). An

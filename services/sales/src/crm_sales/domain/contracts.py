@@ -23,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_sales import models
 from crm_sales.domain import approvals, quotes
 from crm_sales.domain.common import (
+    People,
     caller,
+    check_local,
     currency_code,
     enum_name,
     get_owned,
@@ -113,6 +115,7 @@ async def create_contract(
     quote_decision: Decision,
     request: pb.CreateContractRequest,
     *,
+    people: People,
     now: dt.datetime,
 ) -> models.Contract:
     principal = caller()
@@ -120,6 +123,10 @@ async def create_contract(
     check = Check()
     for f in ("account_id", "opportunity_id", "quote_id"):
         check.uuid(f, getattr(request, f))
+    await people.check_record(check, "account_id", "account", request.account_id)
+    await check_local(
+        session, check, "opportunity_id", models.Opportunity, request.opportunity_id, what="opportunity"
+    )
     check.length("title", request.title, max_len=300)
     check.length("terms", request.terms, max_len=20_000)
     start = parse_date(check, "start_date", request.start_date)

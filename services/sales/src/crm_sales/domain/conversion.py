@@ -34,7 +34,7 @@ from crm_kit.errors import (
 from crm_kit.policy import Decision
 
 from crm_sales import models
-from crm_sales.domain import leads, opportunities
+from crm_sales.domain import leads, opportunities, pipelines
 from crm_sales.domain.common import People
 
 REMOTE = {
@@ -95,7 +95,9 @@ class Converter:
             lead = await leads.take_for_conversion(uow.session, decision, request.id)
             account_id, contact_id, merged = await self._remote_records(lead, request)
             opportunity_id = ""
-            if request.pipeline_id:
+            # Without a pipeline named: the company's default one (and its first open stage); a company with no
+            # pipeline at all gets no opportunity.
+            if request.pipeline_id or await pipelines.default(uow.session) is not None:
                 opp = await opportunities.create(
                     uow,
                     pipelines_pb2.CreateOpportunityRequest(
@@ -110,6 +112,7 @@ class Converter:
                     ),
                     people=self.people,
                     now=now,
+                    references_checked=True,
                 )
                 opportunity_id = opp.id
             await leads.mark_converted(

@@ -23,6 +23,7 @@ from crm_sales.domain import pipelines
 from crm_sales.domain.common import (
     People,
     caller,
+    check_local,
     currency_code,
     enum_name,
     get_owned,
@@ -143,6 +144,26 @@ def _parse_values(check: Check, src: Any, paths: set[str]) -> dict[str, Any]:
     return out
 
 
+async def _references_exist(
+    session: AsyncSession,
+    people: People,
+    check: Check,
+    values: dict[str, Any],
+    current: models.Opportunity | None = None,
+) -> None:
+    """What the values name (newly) exists in the caller's company: the account and contact at the customers
+    service, team members and followers at identity."""
+    if check.errors:
+        return
+    for f, kind in (("account_id", "account"), ("contact_id", "contact")):
+        if values.get(f) and (current is None or values[f] != getattr(current, f)):
+            await people.check_record(check, f, kind, values[f])
+    for f in ("team_member_ids", "follower_ids"):
+        if f in values:
+            known = set(getattr(current, f, None) or []) if current is not None else set()
+            await people.check_users(check, f, [u if u not in known else "" for u in values[f]])
+
+
 async def _stage(session: AsyncSession, pipeline: models.Pipeline, stage_id: str) -> models.Stage:
     stages = await pipelines.stages_of(session, pipeline.id)
     if not stage_id:
@@ -164,8 +185,15 @@ def _missing_required(o: models.Opportunity, stage: models.Stage) -> list[FieldE
 
 
 async def create(
-    uow: UnitOfWork, request: pb.CreateOpportunityRequest, *, people: People, now: dt.datetime
+    uow: UnitOfWork,
+    request: pb.CreateOpportunityRequest,
+    *,
+    people: People,
+    now: dt.datetime,
+    references_checked: bool = False,
 ) -> models.Opportunity:
+    """`references_checked`: the account and contact come from the customers service's own answers (a lead
+    conversion), so they are not asked about again."""
     principal = caller()
     session = uow.session
     check = Check()
@@ -173,6 +201,9 @@ async def create(
     values = _parse_values(check, request, set(UPDATABLE) - {"owner_id"})
     check.uuid("lead_id", request.lead_id)
     check.uuid("pipeline_id", request.pipeline_id)
+    if not references_checked:
+        await _references_exist(session, people, check, values)
+        await check_local(session, check, "lead_id", models.Lead, request.lead_id, what="lead")
     check.done()
     if request.pipeline_id:
         try:
@@ -264,6 +295,7 @@ async def update(
     values = _parse_values(check, request.opportunity, set(paths))
     if "owner_id" in paths:
         check.uuid("owner_id", request.opportunity.owner_id, required=True)
+    await _references_exist(uow.session, people, check, values, o)
     check.done()
     if "owner_id" in paths:
         values["owner_id"] = request.opportunity.owner_id

@@ -48,6 +48,8 @@ DEFAULT_STAGES = [
     ("赢单", "Won", 100, "won"),
     ("输单", "Lost", 0, "lost"),
 ]
+# The pipeline a new company starts with (its default), named in the company's language.
+DEFAULT_PIPELINE_NAME = {"zh-CN": "标准销售流程", "en": "Standard sales pipeline"}
 # A board's per-stage totals are sums of the opportunities' amounts: hidden with the amount.
 TOTALS_FROM = {"amount": ("amount",), "weighted_amount": ("amount",)}
 
@@ -70,6 +72,7 @@ async def pipeline_pb(session: AsyncSession, p: models.Pipeline) -> pb.Pipeline:
 def _snapshot(p: models.Pipeline, stages: list[models.Stage]) -> dict[str, Any]:
     return {
         "name": p.name,
+        "is_default": bool(p.is_default),
         "stages": [
             {"id": s.id, "name": s.name, "probability": s.probability, "kind": s.kind} for s in stages
         ],
@@ -156,7 +159,7 @@ async def _write_stages(
 
 
 async def create(
-    uow: UnitOfWork, request: pb.CreatePipelineRequest, *, locale: str = "zh-CN"
+    uow: UnitOfWork, request: pb.CreatePipelineRequest, *, locale: str = "zh-CN", is_default: bool = False
 ) -> models.Pipeline:
     inputs = list(request.stages) or _default_inputs(locale)
     check = Check()
@@ -165,7 +168,7 @@ async def create(
     _check_stages(check, inputs)
     check.done()
     pipeline = models.Pipeline(
-        id=new_id(), tenant_id=caller().tenant_id, name=request.name.strip(), version=1
+        id=new_id(), tenant_id=caller().tenant_id, name=request.name.strip(), version=1, is_default=is_default
     )
     uow.session.add(pipeline)
     await uow.session.flush()
@@ -187,16 +190,86 @@ async def get(session: AsyncSession, pipeline_id: str, *, lock: bool = False) ->
     return await get_owned(session, models.Pipeline, "pipeline", pipeline_id, lock=lock)
 
 
-async def first(session: AsyncSession) -> models.Pipeline:
-    p = await session.scalar(
+async def default(session: AsyncSession) -> models.Pipeline | None:
+    """The company's default pipeline; without one (its administrator unset or deleted it), its oldest
+    pipeline; None when it has none at all."""
+    return await session.scalar(
         select(models.Pipeline)
         .where(models.Pipeline.tenant_id == caller().tenant_id)
-        .order_by(models.Pipeline.id)
+        .order_by(models.Pipeline.is_default.desc(), models.Pipeline.id)
         .limit(1)
     )
+
+
+async def first(session: AsyncSession) -> models.Pipeline:
+    p = await default(session)
     if p is None:
         raise InvalidArgument.for_field("pipeline_id", "the tenant has no pipeline yet; create one first")
     return p
+
+
+async def _make_default(
+    session: AsyncSession, pipeline: models.Pipeline
+) -> list[tuple[models.Pipeline, dict]]:
+    """`pipeline` becomes its company's default; returns the former default with its snapshot before."""
+    former = list(
+        (
+            await session.scalars(
+                select(models.Pipeline)
+                .where(
+                    models.Pipeline.tenant_id == pipeline.tenant_id,
+                    models.Pipeline.is_default.is_(True),
+                    models.Pipeline.id != pipeline.id,
+                )
+                .with_for_update()
+            )
+        ).all()
+    )
+    changed = []
+    for p in former:
+        before = _snapshot(p, await stages_of(session, p.id))
+        p.is_default = False
+        p.version += 1
+        changed.append((p, before))
+    # The former default is written first: the unique index allows one default per company.
+    await session.flush()
+    pipeline.is_default = True
+    return changed
+
+
+async def _emit_unset(uow: UnitOfWork, changed: list[tuple[models.Pipeline, dict]]) -> None:
+    for p, before in changed:
+        await uow.session.refresh(p)
+        uow.emit(
+            events_pb2.PipelineChanged(pipeline=await pipeline_pb(uow.session, p)),
+            aggregate_type="pipeline",
+            aggregate_id=p.id,
+            aggregate_version=p.version,
+            action="updated",
+            before=before,
+            after=_snapshot(p, await stages_of(uow.session, p.id)),
+        )
+
+
+async def set_up_defaults(uow: UnitOfWork, *, locale: str) -> models.Pipeline | None:
+    """A new company's default pipeline with the usual stages, in its language (zh-CN or en). Nothing when
+    the company already has a default (a redelivered event, or its administrator was quicker)."""
+    session = uow.session
+    tenant_id = caller().tenant_id
+    locale = "en" if locale == "en" else "zh-CN"
+    has_default = await session.scalar(
+        select(models.Pipeline.id).where(
+            models.Pipeline.tenant_id == tenant_id, models.Pipeline.is_default.is_(True)
+        )
+    )
+    if has_default:
+        return None
+    name = DEFAULT_PIPELINE_NAME[locale]
+    if await session.scalar(
+        select(models.Pipeline.id).where(models.Pipeline.tenant_id == tenant_id, models.Pipeline.name == name)
+    ):
+        return None  # the administrator made one of that name already: theirs is not taken over
+    return await create(uow, pb.CreatePipelineRequest(name=name), locale=locale, is_default=True)
 
 
 async def list_pipelines(session: AsyncSession, request: pb.ListPipelinesRequest) -> tuple[list[Any], str]:
@@ -209,7 +282,7 @@ async def list_pipelines(session: AsyncSession, request: pb.ListPipelinesRequest
 
 async def update(uow: UnitOfWork, request: pb.UpdatePipelineRequest) -> models.Pipeline:
     paths = list(request.update_mask.paths)
-    updatable(paths, ("name", "stages"))
+    updatable(paths, ("name", "stages", "is_default"))
     pipeline = await get(uow.session, request.id, lock=True)
     expect_version(pipeline, request.expected_version)
     check = Check()
@@ -224,10 +297,17 @@ async def update(uow: UnitOfWork, request: pb.UpdatePipelineRequest) -> models.P
         pipeline.name = request.pipeline.name.strip()
     if "stages" in paths:
         await _write_stages(uow.session, pipeline, list(request.pipeline.stages), Check())
+    unset: list[tuple[models.Pipeline, dict]] = []
+    if "is_default" in paths:
+        if request.pipeline.is_default and not pipeline.is_default:
+            unset = await _make_default(uow.session, pipeline)
+        elif not request.pipeline.is_default:
+            pipeline.is_default = False
     await uow.session.flush()
     after = _snapshot(pipeline, await stages_of(uow.session, pipeline.id))
     if after == before:
         return pipeline
+    await _emit_unset(uow, unset)
     pipeline.version += 1
     await uow.session.flush()
     await uow.session.refresh(pipeline)

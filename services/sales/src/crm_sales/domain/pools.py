@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_sales import models
 from crm_sales.domain.common import (
+    People,
     caller,
     get_owned,
     snapshot,
@@ -66,13 +67,25 @@ def _check(check: Check, values: dict[str, Any]) -> None:
             check.fail(name, "at most 1000 people")
 
 
+async def _people_exist(
+    people: People, check: Check, values: dict[str, Any], before: dict[str, list[str]] | None = None
+) -> None:
+    """The members and managers named (newly) are users of the caller's company."""
+    if check.errors:
+        return
+    for name in ("member_ids", "manager_ids"):
+        if name in values:
+            known = set((before or {}).get(name, []))
+            await people.check_users(check, name, [u if u not in known else "" for u in values[name]])
+
+
 async def _set_members(session: AsyncSession, pool: models.LeadPool, users: list[str]) -> None:
     await session.execute(delete(models.PoolMember).where(models.PoolMember.pool_id == pool.id))
     for uid in sorted(set(users)):
         session.add(models.PoolMember(tenant_id=pool.tenant_id, pool_id=pool.id, user_id=uid))
 
 
-async def create(uow: UnitOfWork, request: pb.CreateLeadPoolRequest) -> models.LeadPool:
+async def create(uow: UnitOfWork, request: pb.CreateLeadPoolRequest, *, people: People) -> models.LeadPool:
     values = {
         "name": request.name,
         "description": request.description,
@@ -83,6 +96,7 @@ async def create(uow: UnitOfWork, request: pb.CreateLeadPoolRequest) -> models.L
     check = Check()
     check.required("name", request.name)
     _check(check, values)
+    await _people_exist(people, check, values)
     check.done()
     pool = models.LeadPool(
         id=new_id(),
@@ -122,7 +136,7 @@ async def list_pools(session: AsyncSession, request: pb.ListLeadPoolsRequest) ->
     return page.split(rows, lambda r: [r.id])
 
 
-async def update(uow: UnitOfWork, request: pb.UpdateLeadPoolRequest) -> models.LeadPool:
+async def update(uow: UnitOfWork, request: pb.UpdateLeadPoolRequest, *, people: People) -> models.LeadPool:
     paths = list(request.update_mask.paths)
     updatable(paths, UPDATABLE)
     pool = await get(uow.session, request.id, lock=True)
@@ -131,8 +145,13 @@ async def update(uow: UnitOfWork, request: pb.UpdateLeadPoolRequest) -> models.L
     values = {p: list(getattr(new, p)) if p.endswith("_ids") else getattr(new, p) for p in paths}
     check = Check()
     _check(check, values)
+    current = {
+        "member_ids": await member_ids(uow.session, pool.id),
+        "manager_ids": list(pool.manager_ids or []),
+    }
+    await _people_exist(people, check, values, current)
     check.done()
-    before = {**snapshot(pool, AUDITED), "member_ids": await member_ids(uow.session, pool.id)}
+    before = {**snapshot(pool, AUDITED), "member_ids": current["member_ids"]}
     for p, v in values.items():
         if p == "member_ids":
             await _set_members(uow.session, pool, v)

@@ -257,6 +257,8 @@ async def create(
         )
         if opportunity is None:
             check.fail("opportunity_id", "no such opportunity")
+    await people.check_record(check, "account_id", "account", request.account_id)
+    await people.check_record(check, "contact_id", "contact", request.contact_id)
     check.done()
     number = f"Q-{now:%Y%m%d}-{await next_number(session, principal.tenant_id, 'quote'):04d}"
     q = models.Quote(
@@ -311,7 +313,9 @@ async def list_quotes(
     return page.split(rows, lambda r: [r.id])
 
 
-async def update_draft(uow: UnitOfWork, decision: Decision, request: pb.UpdateQuoteRequest) -> models.Quote:
+async def update_draft(
+    uow: UnitOfWork, decision: Decision, request: pb.UpdateQuoteRequest, *, people: People
+) -> models.Quote:
     paths = list(request.update_mask.paths)
     updatable(paths, DRAFT_FIELDS)
     q = await get(uow.session, decision, request.id, lock=True)
@@ -325,6 +329,8 @@ async def update_draft(uow: UnitOfWork, decision: Decision, request: pb.UpdateQu
     locale = src.locale if "locale" in paths and src.locale else q.locale
     if "contact_id" in paths:
         check.uuid("contact_id", src.contact_id)
+        if src.contact_id != q.contact_id:
+            await people.check_record(check, "contact_id", "contact", src.contact_id)
     overall = q.discount_percent
     if "discount_percent" in paths:
         overall = parse_decimal(

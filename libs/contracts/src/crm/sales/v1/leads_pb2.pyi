@@ -1253,7 +1253,9 @@ class ConvertLeadRequest(_message.Message):
     account_id: _builtins.str
     """Convert into this existing account instead of creating one (or matching by the duplicate rules)."""
     pipeline_id: _builtins.str
-    """Also create an opportunity in this pipeline (its first stage); empty: no opportunity."""
+    """Also create an opportunity in this pipeline (its first open stage); empty: in the company's default pipeline
+    (no opportunity only when the company has no pipeline at all).
+    """
     opportunity_name: _builtins.str
     amount: _builtins.str
     currency: _builtins.str

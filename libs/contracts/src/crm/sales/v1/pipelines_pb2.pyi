@@ -154,10 +154,15 @@ class Pipeline(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     """Its name, e.g. 直销."""
     version: _builtins.int
+    is_default: _builtins.bool
+    """The company's default pipeline (at most one): a lead converted without naming a pipeline, and an
+    opportunity created without one, go into it. A new company gets one, in its language.
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Stage]:
         """In board order."""
@@ -175,10 +180,11 @@ class Pipeline(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        is_default: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "name", b"name", "stages", b"stages", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "is_default", b"is_default", "name", b"name", "stages", b"stages", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -743,14 +749,19 @@ Global___UpdatePipelineRequest: _TypeAlias = UpdatePipelineRequest  # noqa: Y015
 
 @_typing.final
 class PipelinePatch(_message.Message):
-    """The changeable part of a pipeline: its name and its stages (the whole ordered list)."""
+    """The changeable part of a pipeline: its name, its stages (the whole ordered list) and whether it is the default."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     STAGES_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Its name, e.g. 直销."""
+    is_default: _builtins.bool
+    """true makes this the company's default pipeline (the former default stops being it); false leaves the
+    company without a default.
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageInput]:
         """In board order."""
@@ -760,10 +771,11 @@ class PipelinePatch(_message.Message):
         *,
         name: _builtins.str = ...,
         stages: _abc.Iterable[Global___StageInput] | None = ...,
+        is_default: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "stages", b"stages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_default", b"is_default", "name", b"name", "stages", b"stages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -908,9 +920,9 @@ class CreateOpportunityRequest(_message.Message):
     lead_id: _builtins.str
     """The lead it was converted from, if any."""
     pipeline_id: _builtins.str
-    """Empty: the tenant's first pipeline."""
+    """Empty: the company's default pipeline."""
     stage_id: _builtins.str
-    """Empty: the pipeline's first stage."""
+    """Empty: the pipeline's first open stage."""
     amount: _builtins.str
     """Exact decimal as a string, e.g. "125000.00"."""
     currency: _builtins.str
