@@ -48,7 +48,7 @@ class Problem(BaseModel):
 
     type: str = Field(description="URI naming the kind of problem: `urn:crm:problem:<code>`.")
     title: str = Field(description="The HTTP status phrase.")
-    status: int
+    status: int = Field(description="The HTTP status code.")
     detail: str = Field(description="Human-readable explanation of this occurrence.")
     instance: str = Field(description="The path of the request that failed.")
     code: str = Field(
