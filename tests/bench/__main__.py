@@ -23,7 +23,7 @@ from pathlib import Path
 
 from crm_kit import infra
 
-BENCHES = ["gateway", "events", "customers_lists", "customers_import", "sales"]
+BENCHES = ["gateway", "events", "memory", "customers_lists", "customers_import", "sales"]
 
 
 async def main(names: list[str]) -> dict[str, object]:

@@ -17,6 +17,7 @@ because an import runs them for every one of a million rows.
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from difflib import SequenceMatcher
@@ -24,6 +25,12 @@ from functools import lru_cache
 from operator import mul
 
 from crm_kit.normalize import InvalidValue, normalize_email, normalize_phone
+
+# Names are read one character at a time (`_char_pinyin`), so pypinyin's phrase dictionary is never consulted:
+# without it (and without the copy it makes of its character dictionary) the service idles about 45 MB
+# smaller, with the same reading for every one of the dictionary's characters.
+os.environ.setdefault("PYPINYIN_NO_PHRASES", "true")
+os.environ.setdefault("PYPINYIN_NO_DICT_COPY", "true")
 from pypinyin import Style, lazy_pinyin
 from stdnum.cn import uscc
 from stdnum.exceptions import ValidationError as _StdnumError

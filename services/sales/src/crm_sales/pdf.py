@@ -13,13 +13,16 @@ import io
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crm.sales.v1 import contracts_pb2
-from fpdf import FPDF
-from fpdf.fonts import FontFace
 
 from crm_sales import models
+
+if TYPE_CHECKING:
+    # fpdf (with fontTools and Pillow) is imported by the first document rendered, not at start-up: about 30 MB
+    # a sales service that prints nothing does not hold.
+    from fpdf import FPDF
 
 LABELS = {
     "zh-CN": {
@@ -182,7 +185,15 @@ class Letterhead:
         )
 
 
+def _heading_style() -> Any:
+    from fpdf.fonts import FontFace
+
+    return FontFace(fill_color=(230, 236, 245))
+
+
 def _document(title: str, t: dict[str, Any], letterhead: Letterhead | None) -> FPDF:
+    from fpdf import FPDF
+
     pdf = FPDF(orientation="P", unit="mm", format="A4")
     pdf.set_title(title)
     pdf.set_creator("CRM")
@@ -248,7 +259,7 @@ def _lines(pdf: FPDF, t: dict[str, Any], lines: list[Any]) -> None:
     with pdf.table(
         col_widths=(8, 52, 16, 12, 24, 13, 26, 12, 22),
         text_align=("CENTER", "LEFT", "RIGHT", "CENTER", "RIGHT", "RIGHT", "RIGHT", "RIGHT", "RIGHT"),
-        headings_style=FontFace(fill_color=(230, 236, 245)),
+        headings_style=_heading_style(),
         line_height=5.5,
     ) as table:
         row = table.row()
@@ -380,7 +391,7 @@ def render_contract(
             width=140,
             align="LEFT",
             text_align=("CENTER", "CENTER", "RIGHT"),
-            headings_style=FontFace(fill_color=(230, 236, 245)),
+            headings_style=_heading_style(),
             line_height=5.5,
         ) as table:
             row = table.row()

@@ -16,15 +16,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from crm_kit.db import Database, UnitOfWork
-from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import asyncpg
+from crm_kit.db import Database, UnitOfWork, driver_of
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_identity import models
-
 FORGET_FAILURES_AFTER = dt.timedelta(days=1)
-TABLE = models.LoginThrottle.__table__
 T = TypeVar("T")
 # A refusal caused by an attempt counted this recently may be by one still in flight (whose outcome may clear
 # the count): try again after each of these pauses (seconds) before giving up. Shorter in all than any first
@@ -58,7 +54,8 @@ Keyed = Sequence[tuple[Throttle, str]]
 
 
 class Raced(Exception):
-    """A row the claim needed was removed meanwhile (a success, a clean-up): roll back and claim again."""
+    """A row the claim needed could not be counted (kept as a safety net: the upsert that makes and locks the
+    rows cannot miss one): roll back and claim again."""
 
 
 async def in_transaction(db: Database, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
@@ -71,16 +68,48 @@ async def in_transaction(db: Database, work: Callable[[UnitOfWork], Awaitable[T]
             continue
 
 
-async def lock(session: AsyncSession, keys: Sequence[str]) -> dict[str, tuple[int, dt.datetime]]:
-    """Lock the counters of `keys`, always in key order (no deadlock between attempts sharing some keys).
-    A transaction that changes counters in more than one step locks all of them first."""
-    rows = await session.execute(
-        select(TABLE.c.key, TABLE.c.failures, TABLE.c.last_failure_at)
-        .where(TABLE.c.key.in_(keys))
-        .order_by(TABLE.c.key)
-        .with_for_update()
-    )
-    return {r.key: (r.failures, r.last_failure_at) for r in rows}
+# The statements of `claim` and `settle`, sent on the transaction's driver connection: a sign-in pays them on
+# every attempt, and SQLAlchemy's compile and execute layers cost more CPU than the statements themselves.
+#
+# Makes the rows of $1 (at zero) that do not exist yet and locks all of them, in key order, in one statement:
+# a row made or removed by a twin meanwhile is waited for and then inserted or locked (ON CONFLICT DO UPDATE is
+# atomic), so a first attempt and its twins queue on the same row.
+UPSERT_AND_LOCK = """
+INSERT INTO login_throttles AS t (key, failures, last_failure_at)
+SELECT k, 0, $2::timestamptz FROM unnest($1::text[]) AS k ORDER BY k
+ON CONFLICT (key) DO UPDATE SET failures = t.failures
+RETURNING t.key, t.failures, t.last_failure_at
+"""
+# Counts one attempt under every key of $1 (failures long past are forgotten: the count starts again), and
+# removes a few counts older than a day that nobody holds.
+COUNT = """
+WITH counted AS (
+  UPDATE login_throttles t SET last_failure_at = $2::timestamptz,
+    failures = CASE WHEN t.last_failure_at < $2::timestamptz - $3::interval THEN 1 ELSE t.failures + 1 END
+  WHERE t.key = any($1::text[])
+)
+DELETE FROM login_throttles WHERE key IN (
+  SELECT key FROM login_throttles
+  WHERE last_failure_at < $2::timestamptz - $3::interval AND NOT (key = any($1::text[]))
+  LIMIT 100 FOR UPDATE SKIP LOCKED)
+"""
+DROP_ZEROS = "DELETE FROM login_throttles WHERE key = any($1::text[]) AND failures = 0"
+# Locks the rows of $1 in key order; clears the ones in $2; the others (given back) lose one failure, and go
+# when that leaves them at zero. A row made again by another attempt after this statement began is not seen.
+SETTLE = """
+WITH held AS (
+  SELECT key, failures FROM login_throttles WHERE key = any($1::text[]) ORDER BY key FOR UPDATE
+), gone AS (
+  DELETE FROM login_throttles t USING held h
+  WHERE t.key = h.key AND (t.key = any($2::text[]) OR h.failures <= 1)
+)
+UPDATE login_throttles t SET failures = h.failures - 1 FROM held h
+WHERE t.key = h.key AND NOT (t.key = any($2::text[])) AND h.failures > 1
+"""
+
+
+async def _driver(session: AsyncSession) -> asyncpg.Connection:
+    return driver_of(await session.connection())
 
 
 async def claim(session: AsyncSession, keyed: Keyed, now: dt.datetime) -> dt.datetime | None:
@@ -89,42 +118,16 @@ async def claim(session: AsyncSession, keyed: Keyed, now: dt.datetime) -> dt.dat
     call it in a transaction of its own and commit before the work it guards, so the locks are held for
     milliseconds, not for the work."""
     keys = sorted({k for _, k in keyed})
-    # Rows exist (at zero) before they are locked, so a first attempt and its twins queue on the same row.
-    await session.execute(
-        pg_insert(TABLE)
-        .values([{"key": k, "failures": 0, "last_failure_at": now} for k in keys])
-        .on_conflict_do_nothing(index_elements=[TABLE.c.key])
-    )
-    counted = await lock(session, keys)
+    driver = await _driver(session)
+    counted = {r[0]: (r[1], r[2]) for r in await driver.fetch(UPSERT_AND_LOCK, keys, now)}
     if len(counted) < len(keys):
-        # A row was removed (a success, a clean-up) between the insert and the lock: start again in a new
-        # transaction (making it again here, with other rows locked, could deadlock with a twin doing the same).
         raise Raced()
     waiting = [c[1] for t, k in keyed if t.waiting(*(c := counted[k]), now)]
     if waiting:
         # This attempt counts nothing: rows still at zero (made for it) go, the table holds only failures.
-        await session.execute(delete(TABLE).where(TABLE.c.key.in_(keys), TABLE.c.failures == 0))
+        await driver.execute(DROP_ZEROS, keys)
         return max(waiting)
-    await session.execute(
-        update(TABLE)
-        .where(TABLE.c.key.in_(keys))
-        .values(
-            # Failures long past are forgotten: the count starts again.
-            failures=case(
-                (TABLE.c.last_failure_at < now - FORGET_FAILURES_AFTER, 1),
-                else_=TABLE.c.failures + 1,
-            ),
-            last_failure_at=now,
-        )
-    )
-    # A few counts older than a day go with each attempt (rows another attempt holds are left for later).
-    forgotten = (
-        select(TABLE.c.key)
-        .where(TABLE.c.last_failure_at < now - FORGET_FAILURES_AFTER)
-        .limit(100)
-        .with_for_update(skip_locked=True)
-    )
-    await session.execute(delete(TABLE).where(TABLE.c.key.in_(forgotten)))
+    await driver.execute(COUNT, keys, now, FORGET_FAILURES_AFTER)
     return None
 
 
@@ -133,13 +136,6 @@ async def settle(session: AsyncSession, *, give_back: Sequence[str] = (), clear:
     inactive account), `clear` starts a count again (a success clears the account's). Counts at zero go: the
     table holds only keys with failures. Locks all the rows at once, in key order, and changes only the rows it
     locked (a row made again meanwhile by another attempt is that attempt's)."""
-    held = list(await lock(session, sorted({*give_back, *clear})))
-    if back := [k for k in held if k in give_back and k not in clear]:
-        await session.execute(
-            update(TABLE).where(TABLE.c.key.in_(back)).values(failures=func.greatest(TABLE.c.failures - 1, 0))
-        )
-    if held:
-        gone = TABLE.c.key.in_([k for k in held if k in clear]) | (
-            TABLE.c.key.in_(back) & (TABLE.c.failures == 0)
-        )
-        await session.execute(delete(TABLE).where(gone))
+    keys = sorted({*give_back, *clear})
+    if keys:
+        await (await _driver(session)).execute(SETTLE, keys, sorted(set(clear)))

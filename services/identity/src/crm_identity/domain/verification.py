@@ -30,9 +30,11 @@ from crm_identity.settings import IdentitySettings
 
 # A sign-up that waits for its address (held by an unproven sign-up) to be verified.
 PENDING = "pending"
+# Statuses of an account that does not hold its address (yet).
+NOT_HOLDING = ("invited", PENDING)
 # The user that holds an address (invitations and pending sign-ups wait beside it): one per address (a unique
 # index, uq_users_email_holder).
-HOLDER = models.User.status.not_in(("invited", PENDING))
+HOLDER = models.User.status.not_in(NOT_HOLDING)
 
 VERIFY_MAIL = {
     "zh-CN": MailText(
