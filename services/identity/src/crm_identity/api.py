@@ -22,6 +22,7 @@ from crm_identity.domain.common import (
     caller,
     department_pb,
     role_pb,
+    tenant_pb,
     user_pb,
 )
 from crm_identity.domain.passwords import Passwords
@@ -71,9 +72,12 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         # Mails sent after the answer (kept here so they are not collected half-way).
         self._mailing: set[asyncio.Task[bool]] = set()
 
-    async def _user_pb(self, user) -> pb.User:  # type: ignore[no-untyped-def]
+    async def _user_pb(self, user, invitation_token: str = "") -> pb.User:  # type: ignore[no-untyped-def]
+        message = user_pb(user)
+        # Side information of the invitation's answer only (never in events, reads or lists).
+        message.invitation_token = invitation_token
         decision = await self.policies.decide(caller(), "user", "read")
-        return decision.redact_message(user_pb(user))
+        return decision.redact_message(message)
 
     # ------------------------------------------------------------ sign-up and sign-in
 
@@ -93,7 +97,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         )
         # After the commit, and never failing the sign-up: a mail that cannot go is logged.
         await self._mail_token(verification.Mail(user, tenant.name, token), verification.VERIFY_MAIL)
-        return pb.SignUpResponse(tenant=pb.Tenant(id=tenant.id, name=tenant.name), user=user_pb(user))
+        return pb.SignUpResponse(tenant=tenant_pb(tenant), user=user_pb(user))
 
     async def CreateToken(self, request, context):
         outcome = await self.sessions.login(
@@ -173,7 +177,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             me = None if principal.is_api_key else await users.get(session, principal.actor_id)
         return pb.GetMeResponse(
             user=user_pb(me) if me else None,
-            tenant=pb.Tenant(id=tenant.id, name=tenant.name) if tenant else None,
+            tenant=tenant_pb(tenant) if tenant else None,
             permissions=view.effective_permissions(principal),
         )
 
@@ -203,7 +207,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         await authorize(self.policies, "user", "create")
         async with self.db.unit_of_work() as uow:
             user, token = await users.invite(uow, request, ttl_days=self.settings.invitation_ttl_days)
-        return pb.CreateUserResponse(user=await self._user_pb(user), invitation_token=token)
+        return pb.CreateUserResponse(user=await self._user_pb(user, invitation_token=token))
 
     async def GetUser(self, request, context):
         await authorize(self.policies, "user", "read")
@@ -318,7 +322,10 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             key, secret = await api_keys.create(
                 uow, request, default_rate=self.settings.default_api_key_rate_limit
             )
-        return pb.CreateApiKeyResponse(api_key=api_key_pb(key), secret=secret)
+        # The secret is side information of this answer only (never in events, reads or lists).
+        created = api_key_pb(key)
+        created.secret = secret
+        return pb.CreateApiKeyResponse(api_key=created)
 
     async def GetApiKey(self, request, context):
         await authorize(self.policies, "api_key", "read")

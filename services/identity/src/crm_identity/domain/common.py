@@ -37,6 +37,10 @@ USER_STATUS = {
 }
 
 
+def tenant_pb(t: models.Tenant) -> identity_pb2.Tenant:
+    return identity_pb2.Tenant(id=t.id, name=t.name, created_at=ts(t.created_at))
+
+
 def user_pb(u: models.User) -> identity_pb2.User:
     return identity_pb2.User(
         id=u.id,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crm.common.v1 import event_pb2
-from crm.identity.v1 import events_pb2, identity_pb2
+from crm.identity.v1 import events_pb2
 from crm_kit.db import UnitOfWork, utcnow
 from crm_kit.errors import TooManyRequests
 from crm_kit.ids import new_id
@@ -11,7 +11,14 @@ from crm_kit.validation import LOCALES, Check
 
 from crm_identity import models
 from crm_identity.domain import throttles, verification
-from crm_identity.domain.common import ADMIN_PERMISSIONS, role_pb, role_snapshot, user_pb, user_snapshot
+from crm_identity.domain.common import (
+    ADMIN_PERMISSIONS,
+    role_pb,
+    role_snapshot,
+    tenant_pb,
+    user_pb,
+    user_snapshot,
+)
 from crm_identity.domain.passwords import Passwords, check_password
 from crm_identity.settings import IdentitySettings
 
@@ -84,7 +91,7 @@ async def sign_up(
     actor = event_pb2.Actor(type=event_pb2.ACTOR_TYPE_USER, id=user.id, name=user.name)
     common = {"tenant_id": tenant.id, "actor": actor}
     uow.emit(
-        events_pb2.TenantCreated(tenant=identity_pb2.Tenant(id=tenant.id, name=tenant.name)),
+        events_pb2.TenantCreated(tenant=tenant_pb(tenant)),
         aggregate_type="tenant",
         aggregate_id=tenant.id,
         aggregate_version=1,
