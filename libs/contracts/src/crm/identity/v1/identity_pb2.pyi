@@ -170,6 +170,7 @@ class User(_message.Message):
     name: _builtins.str
     """The display name, e.g. 李雷 (up to 200 characters)."""
     status: Global___UserStatus.ValueType
+    """Where the user is in their life cycle; changed by invitations, activation and deactivation."""
     department_id: _builtins.str
     """The department the user belongs to (what "department" data scopes count from); null for none."""
     title: _builtins.str
@@ -184,8 +185,8 @@ class User(_message.Message):
     email_verified: _builtins.bool
     """The address is proven (the mailed link followed, or an invitation accepted)."""
     invitation_token: _builtins.str
-    """Only in the answer of the invitation (CreateUser), null everywhere else: the invitee sets a password with
-    it at /auth/accept-invitation. Single use, valid 7 days; stored only as a hash, never shown again.
+    """Only in the answer that invites the user (POST /users), null everywhere else: the invitee sets a password
+    with it at /auth/accept-invitation. Single use, valid 7 days; stored only as a hash, never shown again.
     """
     @_builtins.property
     def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -592,7 +593,10 @@ Global___TokenPair: _TypeAlias = TokenPair  # noqa: Y015
 
 @_typing.final
 class SignUpRequest(_message.Message):
-    """---------------------------------------------------------------- sign-up and sign-in"""
+    """---------------------------------------------------------------- sign-up and sign-in
+
+    A new company and its first user.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -637,9 +641,15 @@ class SignUpResponse(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tenant(self) -> Global___Tenant: ...
+    def tenant(self) -> Global___Tenant:
+        """The new company."""
+
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """Its first user, holding the built-in administrator role; `pending` when an unproven sign-up holds the
+        address.
+        """
+
     def __init__(
         self,
         *,
@@ -656,6 +666,8 @@ Global___SignUpResponse: _TypeAlias = SignUpResponse  # noqa: Y015
 
 @_typing.final
 class CreateTokenRequest(_message.Message):
+    """The credentials of a sign-in."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EMAIL_FIELD_NUMBER: _builtins.int
@@ -664,6 +676,7 @@ class CreateTokenRequest(_message.Message):
     email: _builtins.str
     """The user's sign-in address."""
     password: _builtins.str
+    """The user's password."""
     totp_code: _builtins.str
     """The current 6-digit code of the authenticator app, when two-factor sign-in is on (401 `totp_required`
     without it). A code works once.
@@ -705,6 +718,8 @@ Global___CreateTokenResponse: _TypeAlias = CreateTokenResponse  # noqa: Y015
 
 @_typing.final
 class RefreshTokenRequest(_message.Message):
+    """A refresh token to trade for new tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
@@ -745,6 +760,8 @@ Global___RefreshTokenResponse: _TypeAlias = RefreshTokenResponse  # noqa: Y015
 
 @_typing.final
 class RevokeTokenRequest(_message.Message):
+    """The sign-in to end."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
@@ -780,6 +797,8 @@ Global___RevokeTokenResponse: _TypeAlias = RevokeTokenResponse  # noqa: Y015
 
 @_typing.final
 class AcceptInvitationRequest(_message.Message):
+    """The invitation's token and the password the invitee chooses."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INVITATION_TOKEN_FIELD_NUMBER: _builtins.int
@@ -828,6 +847,8 @@ Global___AcceptInvitationResponse: _TypeAlias = AcceptInvitationResponse  # noqa
 
 @_typing.final
 class VerifyEmailRequest(_message.Message):
+    """The token of a verification mail."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -868,6 +889,8 @@ Global___VerifyEmailResponse: _TypeAlias = VerifyEmailResponse  # noqa: Y015
 
 @_typing.final
 class ResendVerificationByEmailRequest(_message.Message):
+    """The address whose verification mail is sent again."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EMAIL_FIELD_NUMBER: _builtins.int
@@ -925,6 +948,8 @@ Global___ResendVerificationRequest: _TypeAlias = ResendVerificationRequest  # no
 
 @_typing.final
 class ResendVerificationResponse(_message.Message):
+    """Where the new verification mail went."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EMAIL_FIELD_NUMBER: _builtins.int
@@ -1051,6 +1076,8 @@ Global___GetMeRequest: _TypeAlias = GetMeRequest  # noqa: Y015
 
 @_typing.final
 class GetMeResponse(_message.Message):
+    """The caller: who they are, their company and what they may do."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
@@ -1139,6 +1166,8 @@ Global___StartTotpEnrollmentRequest: _TypeAlias = StartTotpEnrollmentRequest  # 
 
 @_typing.final
 class StartTotpEnrollmentResponse(_message.Message):
+    """A new TOTP secret for the caller's authenticator app, shown this once."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SECRET_FIELD_NUMBER: _builtins.int
@@ -1163,6 +1192,8 @@ Global___StartTotpEnrollmentResponse: _TypeAlias = StartTotpEnrollmentResponse  
 
 @_typing.final
 class ConfirmTotpEnrollmentRequest(_message.Message):
+    """A first code of the authenticator app, proving it holds the new secret."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
@@ -1203,6 +1234,8 @@ Global___ConfirmTotpEnrollmentResponse: _TypeAlias = ConfirmTotpEnrollmentRespon
 
 @_typing.final
 class DisableTotpRequest(_message.Message):
+    """A current code of the authenticator app, proving the caller holds it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
@@ -1243,7 +1276,10 @@ Global___DisableTotpResponse: _TypeAlias = DisableTotpResponse  # noqa: Y015
 
 @_typing.final
 class CreateUserRequest(_message.Message):
-    """---------------------------------------------------------------- users"""
+    """---------------------------------------------------------------- users
+
+    The user to invite.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1319,6 +1355,7 @@ class GetUserRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -1416,6 +1453,7 @@ class UpdateUserRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The user's id."""
     expected_version: _builtins.int
     """The version the caller last saw; a stale one fails and changes nothing."""
     @_builtins.property
@@ -1464,6 +1502,7 @@ class ActivateUserRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -1503,6 +1542,7 @@ class DeactivateUserRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -1538,7 +1578,10 @@ Global___DeactivateUserResponse: _TypeAlias = DeactivateUserResponse  # noqa: Y0
 
 @_typing.final
 class CreateDepartmentRequest(_message.Message):
-    """---------------------------------------------------------------- departments"""
+    """---------------------------------------------------------------- departments
+
+    The department to create.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1592,6 +1635,7 @@ class GetDepartmentRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The department's id."""
     def __init__(
         self,
         *,
@@ -1681,6 +1725,7 @@ class UpdateDepartmentRequest(_message.Message):
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The department's id."""
     expected_version: _builtins.int
     """The version the caller last saw; a stale one fails and changes nothing."""
     @_builtins.property
@@ -1730,6 +1775,7 @@ class DeleteDepartmentRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The department's id."""
     expected_version: _builtins.int
     """The version the caller last saw (If-Match); 0 deletes whatever the current version is."""
     def __init__(
@@ -1763,7 +1809,10 @@ Global___DeleteDepartmentResponse: _TypeAlias = DeleteDepartmentResponse  # noqa
 
 @_typing.final
 class CreateRoleRequest(_message.Message):
-    """---------------------------------------------------------------- roles"""
+    """---------------------------------------------------------------- roles
+
+    The role to create.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1821,6 +1870,7 @@ class GetRoleRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The role's id."""
     def __init__(
         self,
         *,
@@ -1906,6 +1956,7 @@ class UpdateRoleRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The role's id."""
     expected_version: _builtins.int
     """The version the caller last saw; a stale one fails and changes nothing."""
     @_builtins.property
@@ -1955,6 +2006,7 @@ class DeleteRoleRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The role's id."""
     expected_version: _builtins.int
     """The version the caller last saw (If-Match); 0 deletes whatever the current version is."""
     def __init__(
@@ -1988,7 +2040,10 @@ Global___DeleteRoleResponse: _TypeAlias = DeleteRoleResponse  # noqa: Y015
 
 @_typing.final
 class CreateApiKeyRequest(_message.Message):
-    """---------------------------------------------------------------- API keys"""
+    """---------------------------------------------------------------- API keys
+
+    The API key to create.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -2052,6 +2107,7 @@ class GetApiKeyRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The API key's id."""
     def __init__(
         self,
         *,
@@ -2134,6 +2190,7 @@ class RevokeApiKeyRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The API key's id."""
     def __init__(
         self,
         *,
