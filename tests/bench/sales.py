@@ -173,7 +173,7 @@ async def _rep(identity: Any, admin_token: str, role_id: str) -> tuple[str, str]
         ipb.CreateUserRequest(email=email, name="销售", role_ids=[role_id]), metadata=auth(admin_token)
     )
     await identity.AcceptInvitation(
-        ipb.AcceptInvitationRequest(invitation_token=invited.invitation_token, password=PASSWORD)
+        ipb.AcceptInvitationRequest(invitation_token=invited.user.invitation_token, password=PASSWORD)
     )
     token = (await identity.CreateToken(ipb.CreateTokenRequest(email=email, password=PASSWORD))).token
     return invited.user.id, token.access_token

@@ -48,7 +48,7 @@ async def invite_and_join(
         metadata=company.md,
     )
     await identity.AcceptInvitation(
-        pb.AcceptInvitationRequest(invitation_token=invited.invitation_token, password=PASSWORD)
+        pb.AcceptInvitationRequest(invitation_token=invited.user.invitation_token, password=PASSWORD)
     )
     token = (await identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD))).token
     return invited.user, token

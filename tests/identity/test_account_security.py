@@ -32,7 +32,7 @@ async def test_deactivating_a_user_revokes_the_api_keys_they_made_and_those_keys
     made = await identity.CreateApiKey(
         pb.CreateApiKeyRequest(name="ERP", role_ids=[integrator.id]), metadata=auth(token.access_token)
     )
-    as_key = await identity.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(api_key=made.secret))
+    as_key = await identity.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(api_key=made.api_key.secret))
     grandchild = await identity.CreateApiKey(
         pb.CreateApiKeyRequest(name="ERP 2", role_ids=[integrator.id]), metadata=auth(as_key.access_token)
     )
@@ -41,12 +41,14 @@ async def test_deactivating_a_user_revokes_the_api_keys_they_made_and_those_keys
     await identity.DeactivateUser(pb.DeactivateUserRequest(id=user.id), metadata=company.md)
 
     for key in (made, grandchild):
-        err = await rpc_error(identity.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(api_key=key.secret)))
+        err = await rpc_error(
+            identity.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(api_key=key.api_key.secret))
+        )
         assert from_rpc_error(err).reason == "invalid_api_key"
         events = await recorded_events(identity_service.runtime.db, key.api_key.id)
         assert [e.type for e in events][-1] == "crm.identity.v1.ApiKeyRevoked"
     # Other people's keys are untouched.
-    assert await identity.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(api_key=admins_key.secret))
+    assert await identity.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(api_key=admins_key.api_key.secret))
 
 
 async def test_an_active_totp_secret_is_replaced_only_with_the_current_code(identity):

@@ -15,6 +15,9 @@ async def test_sign_up_creates_a_company_whose_admin_can_sign_in_and_see_everyth
     me = await identity.GetMe(pb.GetMeRequest(), metadata=company.md)
     assert me.tenant.id == company.tenant.id
     assert me.tenant.name == "华为技术有限公司"
+    # The company's creation time is in the sign-up answer and in every read of it, and they agree.
+    assert company.tenant.HasField("created_at") and me.tenant.created_at == company.tenant.created_at
+    assert company.tenant.created_at.ToDatetime() <= company.admin.created_at.ToDatetime()
     assert me.user.email == company.admin.email
     assert me.user.status == pb.USER_STATUS_ACTIVE
     assert [(p.object, list(p.actions), p.data_scope) for p in me.permissions] == [

@@ -138,7 +138,7 @@ async def test_an_unverified_sign_up_does_not_keep_the_owner_from_being_invited(
 
     invited = await identity.CreateUser(pb.CreateUserRequest(email=victim, name="李雷"), metadata=company.md)
     joined = await identity.AcceptInvitation(
-        pb.AcceptInvitationRequest(invitation_token=invited.invitation_token, password=PASSWORD)
+        pb.AcceptInvitationRequest(invitation_token=invited.user.invitation_token, password=PASSWORD)
     )
     assert joined.user.email_verified and joined.user.status == pb.USER_STATUS_ACTIVE
     token = (await identity.CreateToken(pb.CreateTokenRequest(email=victim, password=PASSWORD))).token

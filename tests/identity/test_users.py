@@ -1,21 +1,33 @@
 import grpc
+from crm.identity.v1 import events_pb2
 from crm.identity.v1 import identity_pb2 as pb
 from crm_kit.errors import from_rpc_error
+from crm_kit.testing import recorded_events
 from google.protobuf import field_mask_pb2
 
 from tests.identity.helpers import PASSWORD, invite_and_join, rpc_error, sign_up, unique_email
 
 
-async def test_an_invited_user_signs_in_only_after_accepting_the_invitation(identity):
+async def test_an_invited_user_signs_in_only_after_accepting_the_invitation(identity, identity_service):
     company = await sign_up(identity)
     email = unique_email()
     invited = await identity.CreateUser(pb.CreateUserRequest(email=email, name="韩梅梅"), metadata=company.md)
-    assert invited.user.status == pb.USER_STATUS_INVITED and invited.invitation_token
+    token = invited.user.invitation_token
+    assert invited.user.status == pb.USER_STATUS_INVITED and token
+    # The token is in the invitation's answer only: not in reads, lists or the event others receive.
+    got = await identity.GetUser(pb.GetUserRequest(id=invited.user.id), metadata=company.md)
+    assert got.user.id == invited.user.id and not got.user.invitation_token
+    listed = await identity.ListUsers(pb.ListUsersRequest(), metadata=company.md)
+    assert invited.user.id in [u.id for u in listed.items] and token not in str(listed)
+    [event] = await recorded_events(identity_service.runtime.db, invited.user.id)
+    payload = events_pb2.UserInvited()
+    assert event.payload.Unpack(payload) and payload.user.id == invited.user.id
+    assert not payload.user.invitation_token and token not in event.SerializeToString().decode("latin-1")
     err = await rpc_error(identity.CreateToken(pb.CreateTokenRequest(email=email, password=PASSWORD)))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
 
     accepted = await identity.AcceptInvitation(
-        pb.AcceptInvitationRequest(invitation_token=invited.invitation_token, password=PASSWORD)
+        pb.AcceptInvitationRequest(invitation_token=invited.user.invitation_token, password=PASSWORD)
     )
     assert accepted.user.status == pb.USER_STATUS_ACTIVE
     assert (
@@ -23,7 +35,7 @@ async def test_an_invited_user_signs_in_only_after_accepting_the_invitation(iden
     ).token.access_token
     again = await rpc_error(
         identity.AcceptInvitation(
-            pb.AcceptInvitationRequest(invitation_token=invited.invitation_token, password=PASSWORD)
+            pb.AcceptInvitationRequest(invitation_token=invited.user.invitation_token, password=PASSWORD)
         )
     )
     assert from_rpc_error(again).reason == "invalid_invitation"

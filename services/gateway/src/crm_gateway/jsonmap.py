@@ -73,6 +73,9 @@ def _single_out(field: FieldDescriptor) -> Convert | None:
 
 
 def _compile_out(desc: Descriptor) -> Callable[[Message], dict[str, Any]]:
+    if desc.full_name == "google.protobuf.Struct":  # answered whole (a response_body): the JSON it holds
+        _OUT[desc.full_name] = _struct_out
+        return _struct_out
     steps: list[tuple[str, int, Convert | None]] = []
     # kinds: 0 plain scalar, 1 string ("" → None), 2 presence (unset → None), 3 repeated, 4 map, 5 enum/bytes
     for field in desc.fields:

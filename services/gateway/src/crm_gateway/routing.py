@@ -14,10 +14,11 @@ messages and their `google.api.field_behavior` (docs/api-style.md says the same 
 - `body: "*"`: the body holds the request's fields that are not in the path.
 - Request fields not in the path or the body are query parameters (named as in the proto).
 - `expected_version` is filled from `If-Match: "<version>"` (absent or `*`: no check).
-- `response_body: "<field>"` answers that object; otherwise the whole response. A response with no fields
+- `response_body: "<field>"` answers that object (a google.protobuf.Struct: its JSON); otherwise the whole
+  response. A response with no fields
   answers 204; one with `content` (bytes), `content_type` and `filename` answers that file.
-- Status: 201 for a `Create…` method (with `Location` when `GET <path>/{id}` exists), 202 for `Start…`,
-  204 for an empty answer, 200 otherwise. An answer with a `version` carries `ETag: "<version>"`.
+- Status: 201 for a `Create…` method that answers an object with an `id` (with `Location` when
+  `GET <path>/{id}` exists), 202 for such a `Start…` (a job), 204 for an empty answer, 200 otherwise. An answer with a `version` carries `ETag: "<version>"`.
 - `(crm.common.v1.public)` takes no credential; `(crm.common.v1.cache_control)` sets Cache-Control.
 - Summary and description are the method's proto comment; its tag is the path's first segment.
 
@@ -191,18 +192,23 @@ class RoutePlan:
                     f"{self.rpc}: response_body {self.unwrap!r} is not a message field of the response"
                 )
             answer_desc = f.message_type
-            self.response_model = schema.REGISTRY.output(answer_desc)
+            # A free-form JSON answer (the JWKS, a google.protobuf.Struct) is that JSON, not the Struct's insides.
+            free_form = schema.WELL_KNOWN_OUTPUT.get(answer_desc.full_name)
+            self.response_model = free_form if free_form is not None else schema.REGISTRY.output(answer_desc)
         else:
             answer_desc = out_desc
             if self.is_list:
                 self.response_model = schema.REGISTRY.page(out_desc.fields_by_name["items"].message_type)
             elif not self.binary and out_desc.fields:
                 self.response_model = schema.REGISTRY.output(out_desc)
+        # 201 and 202 say an object was made or a job started: the answer is it (it has an `id`). A Create… or
+        # Start… answering no object (sign-in's tokens, a new TOTP secret) is done at once: 200.
+        is_object = "id" in answer_desc.fields_by_name
         if not out_desc.fields:
             self.status = 204
-        elif self.http_method == "POST" and self.rpc.startswith("Create"):
+        elif self.http_method == "POST" and is_object and self.rpc.startswith("Create"):
             self.status = 201
-        elif self.http_method == "POST" and self.rpc.startswith("Start"):
+        elif self.http_method == "POST" and is_object and self.rpc.startswith("Start"):
             self.status = 202
         else:
             self.status = 200
@@ -280,7 +286,8 @@ class RoutePlan:
                         None,
                         alias="If-Match",
                         max_length=bounds.IF_MATCH_MAX_LENGTH,
-                        pattern=r'^(\*|"[0-9]{1,15}")$',
+                        # Documented, not validated here: a malformed one is parse_if_match's 400 invalid_if_match.
+                        json_schema_extra={"pattern": r'^(\*|"[0-9]{1,15}")$'},
                         description='The ETag last seen, e.g. `"3"` (with the quotes): the change fails with 412 if '
                         "the object changed since. Absent (or `*`): no check.",
                     ),

@@ -72,9 +72,12 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         # Mails sent after the answer (kept here so they are not collected half-way).
         self._mailing: set[asyncio.Task[bool]] = set()
 
-    async def _user_pb(self, user) -> pb.User:  # type: ignore[no-untyped-def]
+    async def _user_pb(self, user, invitation_token: str = "") -> pb.User:  # type: ignore[no-untyped-def]
+        message = user_pb(user)
+        # Side information of the invitation's answer only (never in events, reads or lists).
+        message.invitation_token = invitation_token
         decision = await self.policies.decide(caller(), "user", "read")
-        return decision.redact_message(user_pb(user))
+        return decision.redact_message(message)
 
     # ------------------------------------------------------------ sign-up and sign-in
 
@@ -204,7 +207,7 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
         await authorize(self.policies, "user", "create")
         async with self.db.unit_of_work() as uow:
             user, token = await users.invite(uow, request, ttl_days=self.settings.invitation_ttl_days)
-        return pb.CreateUserResponse(user=await self._user_pb(user), invitation_token=token)
+        return pb.CreateUserResponse(user=await self._user_pb(user, invitation_token=token))
 
     async def GetUser(self, request, context):
         await authorize(self.policies, "user", "read")
@@ -319,7 +322,10 @@ class IdentityApi(identity_pb2_grpc.IdentityServiceServicer):
             key, secret = await api_keys.create(
                 uow, request, default_rate=self.settings.default_api_key_rate_limit
             )
-        return pb.CreateApiKeyResponse(api_key=api_key_pb(key), secret=secret)
+        # The secret is side information of this answer only (never in events, reads or lists).
+        created = api_key_pb(key)
+        created.secret = secret
+        return pb.CreateApiKeyResponse(api_key=created)
 
     async def GetApiKey(self, request, context):
         await authorize(self.policies, "api_key", "read")

@@ -34,19 +34,24 @@ class _UserStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UserStatus
     USER_STATUS_INVITED: _UserStatus.ValueType  # 1
     """Invited, has not yet set a password."""
     USER_STATUS_ACTIVE: _UserStatus.ValueType  # 2
+    """Can sign in."""
     USER_STATUS_DEACTIVATED: _UserStatus.ValueType  # 3
+    """Cannot sign in; their sign-ins were ended and the API keys they made revoked. Can be activated again."""
     USER_STATUS_PENDING: _UserStatus.ValueType  # 4
     """Signed up with an address that an unproven sign-up holds: becomes active when it verifies the address
     (which releases the other); cannot sign in before.
     """
 
-class UserStatus(_UserStatus, metaclass=_UserStatusEnumTypeWrapper): ...
+class UserStatus(_UserStatus, metaclass=_UserStatusEnumTypeWrapper):
+    """Where a user is in their life cycle."""
 
 USER_STATUS_UNSPECIFIED: UserStatus.ValueType  # 0
 USER_STATUS_INVITED: UserStatus.ValueType  # 1
 """Invited, has not yet set a password."""
 USER_STATUS_ACTIVE: UserStatus.ValueType  # 2
+"""Can sign in."""
 USER_STATUS_DEACTIVATED: UserStatus.ValueType  # 3
+"""Cannot sign in; their sign-ins were ended and the API keys they made revoked. Can be activated again."""
 USER_STATUS_PENDING: UserStatus.ValueType  # 4
 """Signed up with an address that an unproven sign-up holds: becomes active when it verifies the address
 (which releases the other); cannot sign in before.
@@ -61,18 +66,26 @@ class _DataScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataScope.V
     DESCRIPTOR: _descriptor.EnumDescriptor
     DATA_SCOPE_UNSPECIFIED: _DataScope.ValueType  # 0
     DATA_SCOPE_OWN: _DataScope.ValueType  # 1
+    """The records the user owns (or that are shared with them)."""
     DATA_SCOPE_DEPARTMENT: _DataScope.ValueType  # 2
+    """The records owned by anyone in the user's department."""
     DATA_SCOPE_DEPARTMENT_TREE: _DataScope.ValueType  # 3
+    """The records owned by anyone in the user's department or the departments below it."""
     DATA_SCOPE_ALL: _DataScope.ValueType  # 4
+    """Every record of the company."""
 
 class DataScope(_DataScope, metaclass=_DataScopeEnumTypeWrapper):
     """Which records of an object a role sees: 本人 / 本部门 / 本部门及下级 / 全部."""
 
 DATA_SCOPE_UNSPECIFIED: DataScope.ValueType  # 0
 DATA_SCOPE_OWN: DataScope.ValueType  # 1
+"""The records the user owns (or that are shared with them)."""
 DATA_SCOPE_DEPARTMENT: DataScope.ValueType  # 2
+"""The records owned by anyone in the user's department."""
 DATA_SCOPE_DEPARTMENT_TREE: DataScope.ValueType  # 3
+"""The records owned by anyone in the user's department or the departments below it."""
 DATA_SCOPE_ALL: DataScope.ValueType  # 4
+"""Every record of the company."""
 Global___DataScope: _TypeAlias = DataScope  # noqa: Y015
 
 class _FieldAccess:
@@ -83,18 +96,26 @@ class _FieldAccessEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FieldAcce
     DESCRIPTOR: _descriptor.EnumDescriptor
     FIELD_ACCESS_UNSPECIFIED: _FieldAccess.ValueType  # 0
     FIELD_ACCESS_HIDDEN: _FieldAccess.ValueType  # 1
+    """Left out of every answer (null), and refused in writes."""
     FIELD_ACCESS_READ_ONLY: _FieldAccess.ValueType  # 2
+    """Shown, but refused in writes."""
 
-class FieldAccess(_FieldAccess, metaclass=_FieldAccessEnumTypeWrapper): ...
+class FieldAccess(_FieldAccess, metaclass=_FieldAccessEnumTypeWrapper):
+    """How a role may use one field of an object."""
 
 FIELD_ACCESS_UNSPECIFIED: FieldAccess.ValueType  # 0
 FIELD_ACCESS_HIDDEN: FieldAccess.ValueType  # 1
+"""Left out of every answer (null), and refused in writes."""
 FIELD_ACCESS_READ_ONLY: FieldAccess.ValueType  # 2
+"""Shown, but refused in writes."""
 Global___FieldAccess: _TypeAlias = FieldAccess  # noqa: Y015
 
 @_typing.final
 class Tenant(_message.Message):
-    """---------------------------------------------------------------- objects"""
+    """---------------------------------------------------------------- objects
+
+    A company using the CRM: every record belongs to exactly one, and nothing is seen across them.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -104,6 +125,7 @@ class Tenant(_message.Message):
     LOCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """The company's name as given at sign-up, e.g. 华为技术有限公司."""
     locale: _builtins.str
     """The company's language ("zh-CN" or "en"), chosen at sign-up: the defaults each service sets up for a new
     company (roles, pipeline, duplicate rules) are named in it.
@@ -128,6 +150,8 @@ Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):
+    """A person who signs in to a company: its first user signs up, the others are invited."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -145,23 +169,39 @@ class User(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     EMAIL_VERIFIED_FIELD_NUMBER: _builtins.int
+    INVITATION_TOKEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     email: _builtins.str
+    """The sign-in address, e.g. li.lei@example.com; held by one user across all companies."""
     name: _builtins.str
+    """The display name, e.g. 李雷 (up to 200 characters)."""
     status: Global___UserStatus.ValueType
+    """Where the user is in their life cycle; changed by invitations, activation and deactivation."""
     department_id: _builtins.str
+    """The department the user belongs to (what "department" data scopes count from); null for none."""
     title: _builtins.str
+    """Job title, e.g. 销售经理 (up to 200 characters)."""
     phone: _builtins.str
+    """Phone number as the user writes it, e.g. +86 138 0013 8000 (up to 50 characters)."""
     locale: _builtins.str
-    """"zh-CN" or "en"."""
+    """Language of the user's mails and interface: "zh-CN" (the default) or "en"."""
     totp_enabled: _builtins.bool
+    """Two-factor sign-in (TOTP) is on; changed only by the caller's own /me/totp actions."""
     version: _builtins.int
     email_verified: _builtins.bool
     """The address is proven (the mailed link followed, or an invitation accepted)."""
+    invitation_token: _builtins.str
+    """Only in the answer that invites the user (POST /users), null everywhere else: the invitee sets a password
+    with it at /auth/accept-invitation. Single use, valid 7 days; stored only as a hash, never shown again.
+    """
     @_builtins.property
-    def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The user's roles; what they may do is every role merged."""
+
     @_builtins.property
-    def last_login_at(self) -> _timestamp_pb2.Timestamp: ...
+    def last_login_at(self) -> _timestamp_pb2.Timestamp:
+        """The last successful sign-in; null before the first."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -184,10 +224,11 @@ class User(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
         email_verified: _builtins.bool = ...,
+        invitation_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_login_at", b"last_login_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "department_id", b"department_id", "email", b"email", "email_verified", b"email_verified", "id", b"id", "last_login_at", b"last_login_at", "locale", b"locale", "name", b"name", "phone", b"phone", "role_ids", b"role_ids", "status", b"status", "title", b"title", "totp_enabled", b"totp_enabled", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "department_id", b"department_id", "email", b"email", "email_verified", b"email_verified", "id", b"id", "invitation_token", b"invitation_token", "last_login_at", b"last_login_at", "locale", b"locale", "name", b"name", "phone", b"phone", "role_ids", b"role_ids", "status", b"status", "title", b"title", "totp_enabled", b"totp_enabled", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +236,8 @@ Global___User: _TypeAlias = User  # noqa: Y015
 
 @_typing.final
 class Department(_message.Message):
+    """A unit of the company's organisation, in a tree of any depth (集团 → 事业部 → 销售一部)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -206,9 +249,11 @@ class Department(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """The department's name, e.g. 华东销售部 (up to 200 characters)."""
     parent_id: _builtins.str
-    """Empty for a top-level department."""
+    """The department it sits under; null for a top-level department."""
     manager_user_id: _builtins.str
+    """The user who manages it; null for none."""
     version: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -235,12 +280,16 @@ Global___Department: _TypeAlias = Department  # noqa: Y015
 
 @_typing.final
 class FieldRule(_message.Message):
+    """A restriction of one field of the permission's object."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIELD_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
     field: _builtins.str
+    """The field's name, e.g. annual_revenue."""
     access: Global___FieldAccess.ValueType
+    """Hidden or read-only."""
     def __init__(
         self,
         *,
@@ -266,11 +315,19 @@ class Permission(_message.Message):
     DATA_SCOPE_FIELD_NUMBER: _builtins.int
     FIELD_RULES_FIELD_NUMBER: _builtins.int
     object: _builtins.str
+    """The object's name in lower case (account, contact, lead, opportunity, user, role, …), or "*" for every
+    object.
+    """
     data_scope: Global___DataScope.ValueType
+    """Which records the actions reach; `own` when not given."""
     @_builtins.property
-    def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What may be done: create, read, update, delete, export, import, assign, approve, merge, or "*" for all."""
+
     @_builtins.property
-    def field_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldRule]: ...
+    def field_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldRule]:
+        """Fields hidden or read-only for this role; every other field is readable and writable."""
+
     def __init__(
         self,
         *,
@@ -289,6 +346,8 @@ Global___Permission: _TypeAlias = Permission  # noqa: Y015
 
 @_typing.final
 class Role(_message.Message):
+    """A named set of permissions given to users and API keys."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -301,12 +360,16 @@ class Role(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """Unique in the company, e.g. 销售代表 (up to 100 characters)."""
     description: _builtins.str
+    """What the role is for (up to 2,000 characters)."""
     built_in: _builtins.bool
     """Built-in roles (the tenant's "admin") cannot be deleted."""
     version: _builtins.int
     @_builtins.property
-    def permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]: ...
+    def permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]:
+        """One entry per object; an object not listed is out of reach."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -333,6 +396,8 @@ Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
 class ApiKey(_message.Message):
+    """A key a partner integration signs in with (header `X-API-Key`), standing for its roles."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -345,20 +410,38 @@ class ApiKey(_message.Message):
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """What the key is for, e.g. "ERP sync" (up to 100 characters)."""
     prefix: _builtins.str
-    """The first characters of the key, to recognise it in a list; the key itself is never shown again."""
+    """The first characters of the key, e.g. crm_1a2b3c4d, to recognise it in a list; the key itself is never
+    shown again.
+    """
     rate_limit_per_minute: _builtins.int
+    """Requests a minute the gateway lets the key make (the company default, 600, when not given at creation)."""
     created_by: _builtins.str
+    """The user (or API key) that created it."""
+    secret: _builtins.str
+    """The key itself, e.g. crm_1a2b3c4d_…: only in the answer that creates it, null everywhere else. Stored
+    only as a hash; keep it safe, it cannot be shown again.
+    """
     @_builtins.property
-    def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The roles the key stands for; no more than its creator's own access."""
+
     @_builtins.property
-    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the key stops working; null for never."""
+
     @_builtins.property
-    def last_used_at(self) -> _timestamp_pb2.Timestamp: ...
+    def last_used_at(self) -> _timestamp_pb2.Timestamp:
+        """When the key last signed in; null if never."""
+
     @_builtins.property
-    def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def revoked_at(self) -> _timestamp_pb2.Timestamp:
+        """When the key was revoked; null while it works."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -374,10 +457,11 @@ class ApiKey(_message.Message):
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
         created_by: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "last_used_at", b"last_used_at", "name", b"name", "prefix", b"prefix", "rate_limit_per_minute", b"rate_limit_per_minute", "revoked_at", b"revoked_at", "role_ids", b"role_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "last_used_at", b"last_used_at", "name", b"name", "prefix", b"prefix", "rate_limit_per_minute", b"rate_limit_per_minute", "revoked_at", b"revoked_at", "role_ids", b"role_ids", "secret", b"secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -385,6 +469,8 @@ Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
 
 @_typing.final
 class AuditEvent(_message.Message):
+    """One change recorded in the audit trail (append-only)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -400,19 +486,31 @@ class AuditEvent(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     object_type: _builtins.str
+    """The kind of object changed, e.g. "account", "user"."""
     object_id: _builtins.str
+    """The id of the object changed."""
     action: _builtins.str
+    """What was done, e.g. "created", "updated", "deleted", "invitation_accepted"."""
     event_type: _builtins.str
     """The event that produced this record, e.g. "crm.identity.v1.UserInvited", and the service it came from."""
     service: _builtins.str
+    """The service that made the change, e.g. "identity"."""
     request_id: _builtins.str
+    """The request that made the change (the gateway's X-Request-Id)."""
     trace_id: _builtins.str
+    """The W3C trace id of that request, to find it in the traces."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change happened."""
+
     @_builtins.property
-    def actor(self) -> _event_pb2.Actor: ...
+    def actor(self) -> _event_pb2.Actor:
+        """Who made it: a user, an API key or the system."""
+
     @_builtins.property
-    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.FieldChange]: ...
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.FieldChange]:
+        """The fields changed, each with its value before and after (secrets never recorded)."""
+
     def __init__(
         self,
         *,
@@ -467,6 +565,8 @@ Global___Policy: _TypeAlias = Policy  # noqa: Y015
 
 @_typing.final
 class TokenPair(_message.Message):
+    """The tokens a sign-in gives."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
@@ -474,8 +574,11 @@ class TokenPair(_message.Message):
     TOKEN_TYPE_FIELD_NUMBER: _builtins.int
     EXPIRES_IN_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
+    """Sent as `Authorization: Bearer <access_token>`: a JWT signed with the keys at /.well-known/jwks.json."""
     refresh_token: _builtins.str
+    """Trades for new tokens at /auth/refresh (once: each refresh gives a new one); valid 30 days."""
     token_type: _builtins.str
+    """Always "Bearer"."""
     expires_in: _builtins.int
     """Seconds until the access token expires."""
     def __init__(
@@ -496,7 +599,10 @@ Global___TokenPair: _TypeAlias = TokenPair  # noqa: Y015
 
 @_typing.final
 class SignUpRequest(_message.Message):
-    """---------------------------------------------------------------- sign-up and sign-in"""
+    """---------------------------------------------------------------- sign-up and sign-in
+
+    A new company and its first user.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -506,10 +612,15 @@ class SignUpRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
     tenant_name: _builtins.str
+    """The new company's name, e.g. 华为技术有限公司 (up to 200 characters)."""
     email: _builtins.str
+    """The first user's sign-in address; a verification mail goes there."""
     password: _builtins.str
+    """8 to 128 characters."""
     name: _builtins.str
+    """The first user's display name, e.g. 王小明 (up to 200 characters)."""
     locale: _builtins.str
+    """"zh-CN" (the default) or "en": the language of the user's mails and interface."""
     def __init__(
         self,
         *,
@@ -529,14 +640,22 @@ Global___SignUpRequest: _TypeAlias = SignUpRequest  # noqa: Y015
 
 @_typing.final
 class SignUpResponse(_message.Message):
+    """The new company and its first user (its administrator)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tenant(self) -> Global___Tenant: ...
+    def tenant(self) -> Global___Tenant:
+        """The new company."""
+
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """Its first user, holding the built-in administrator role; `pending` when an unproven sign-up holds the
+        address.
+        """
+
     def __init__(
         self,
         *,
@@ -553,14 +672,21 @@ Global___SignUpResponse: _TypeAlias = SignUpResponse  # noqa: Y015
 
 @_typing.final
 class CreateTokenRequest(_message.Message):
+    """The credentials of a sign-in."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EMAIL_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     TOTP_CODE_FIELD_NUMBER: _builtins.int
     email: _builtins.str
+    """The user's sign-in address."""
     password: _builtins.str
+    """The user's password."""
     totp_code: _builtins.str
+    """The current 6-digit code of the authenticator app, when two-factor sign-in is on (401 `totp_required`
+    without it). A code works once.
+    """
     def __init__(
         self,
         *,
@@ -598,10 +724,13 @@ Global___CreateTokenResponse: _TypeAlias = CreateTokenResponse  # noqa: Y015
 
 @_typing.final
 class RefreshTokenRequest(_message.Message):
+    """A refresh token to trade for new tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
+    """The refresh token of the last sign-in or refresh."""
     def __init__(
         self,
         *,
@@ -637,10 +766,13 @@ Global___RefreshTokenResponse: _TypeAlias = RefreshTokenResponse  # noqa: Y015
 
 @_typing.final
 class RevokeTokenRequest(_message.Message):
+    """The sign-in to end."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
+    """The refresh token of the sign-in to end."""
     def __init__(
         self,
         *,
@@ -671,14 +803,19 @@ Global___RevokeTokenResponse: _TypeAlias = RevokeTokenResponse  # noqa: Y015
 
 @_typing.final
 class AcceptInvitationRequest(_message.Message):
+    """The invitation's token and the password the invitee chooses."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     INVITATION_TOKEN_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     invitation_token: _builtins.str
+    """The invitation token given when the user was invited."""
     password: _builtins.str
+    """The password to sign in with: 8 to 128 characters."""
     name: _builtins.str
+    """A new display name; the invited one is kept when not given."""
     def __init__(
         self,
         *,
@@ -716,10 +853,13 @@ Global___AcceptInvitationResponse: _TypeAlias = AcceptInvitationResponse  # noqa
 
 @_typing.final
 class VerifyEmailRequest(_message.Message):
+    """The token of a verification mail."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
     token: _builtins.str
+    """The token from the verification mail."""
     def __init__(
         self,
         *,
@@ -755,10 +895,13 @@ Global___VerifyEmailResponse: _TypeAlias = VerifyEmailResponse  # noqa: Y015
 
 @_typing.final
 class ResendVerificationByEmailRequest(_message.Message):
+    """The address whose verification mail is sent again."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EMAIL_FIELD_NUMBER: _builtins.int
     email: _builtins.str
+    """The address that signed up."""
     def __init__(
         self,
         *,
@@ -811,6 +954,8 @@ Global___ResendVerificationRequest: _TypeAlias = ResendVerificationRequest  # no
 
 @_typing.final
 class ResendVerificationResponse(_message.Message):
+    """Where the new verification mail went."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EMAIL_FIELD_NUMBER: _builtins.int
@@ -835,6 +980,7 @@ class AuthenticateApiKeyRequest(_message.Message):
 
     API_KEY_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
+    """The key as the partner sent it (X-API-Key)."""
     def __init__(
         self,
         *,
@@ -862,7 +1008,9 @@ class AuthenticateApiKeyResponse(_message.Message):
     access_token: _builtins.str
     """A short-lived access token that stands for the key inside the system."""
     expires_in: _builtins.int
+    """Seconds until the access token expires."""
     rate_limit_per_minute: _builtins.int
+    """The key's limit, which the gateway enforces."""
     def __init__(
         self,
         *,
@@ -934,15 +1082,21 @@ Global___GetMeRequest: _TypeAlias = GetMeRequest  # noqa: Y015
 
 @_typing.final
 class GetMeResponse(_message.Message):
+    """The caller: who they are, their company and what they may do."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     PERMISSIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The signed-in user; null when the caller is an API key."""
+
     @_builtins.property
-    def tenant(self) -> Global___Tenant: ...
+    def tenant(self) -> Global___Tenant:
+        """The caller's company."""
+
     @_builtins.property
     def permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]:
         """The caller's effective permissions: every role merged, the widest scope winning."""
@@ -1018,11 +1172,14 @@ Global___StartTotpEnrollmentRequest: _TypeAlias = StartTotpEnrollmentRequest  # 
 
 @_typing.final
 class StartTotpEnrollmentResponse(_message.Message):
+    """A new TOTP secret for the caller's authenticator app, shown this once."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SECRET_FIELD_NUMBER: _builtins.int
     PROVISIONING_URI_FIELD_NUMBER: _builtins.int
     secret: _builtins.str
+    """The TOTP secret (base32) for the authenticator app, shown this once."""
     provisioning_uri: _builtins.str
     """otpauth:// URI for an authenticator app's QR code."""
     def __init__(
@@ -1041,10 +1198,13 @@ Global___StartTotpEnrollmentResponse: _TypeAlias = StartTotpEnrollmentResponse  
 
 @_typing.final
 class ConfirmTotpEnrollmentRequest(_message.Message):
+    """A first code of the authenticator app, proving it holds the new secret."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
+    """The current 6-digit code of the authenticator app."""
     def __init__(
         self,
         *,
@@ -1080,10 +1240,13 @@ Global___ConfirmTotpEnrollmentResponse: _TypeAlias = ConfirmTotpEnrollmentRespon
 
 @_typing.final
 class DisableTotpRequest(_message.Message):
+    """A current code of the authenticator app, proving the caller holds it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
+    """The current 6-digit code of the authenticator app."""
     def __init__(
         self,
         *,
@@ -1119,7 +1282,10 @@ Global___DisableTotpResponse: _TypeAlias = DisableTotpResponse  # noqa: Y015
 
 @_typing.final
 class CreateUserRequest(_message.Message):
-    """---------------------------------------------------------------- users"""
+    """---------------------------------------------------------------- users
+
+    The user to invite.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1131,13 +1297,23 @@ class CreateUserRequest(_message.Message):
     PHONE_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
     email: _builtins.str
+    """The invitee's address, e.g. li.lei@example.com; refused (409 `email_taken`) when a user of this company
+    or a proven user elsewhere holds it.
+    """
     name: _builtins.str
+    """The invitee's display name, e.g. 李雷 (up to 200 characters)."""
     department_id: _builtins.str
+    """The department the user joins."""
     title: _builtins.str
+    """Job title, e.g. 销售经理 (up to 200 characters)."""
     phone: _builtins.str
+    """Phone number (up to 50 characters)."""
     locale: _builtins.str
+    """"zh-CN" (the default) or "en"."""
     @_builtins.property
-    def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The roles the user gets; none of them may reach further than the caller's own access."""
+
     def __init__(
         self,
         *,
@@ -1159,23 +1335,21 @@ Global___CreateUserRequest: _TypeAlias = CreateUserRequest  # noqa: Y015
 
 @_typing.final
 class CreateUserResponse(_message.Message):
+    """The invited user, with its `invitation_token`."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
-    INVITATION_TOKEN_FIELD_NUMBER: _builtins.int
-    invitation_token: _builtins.str
-    """Shown once; the invitee sets a password with it at /auth/accept-invitation. Valid 7 days."""
     @_builtins.property
     def user(self) -> Global___User: ...
     def __init__(
         self,
         *,
         user: Global___User | None = ...,
-        invitation_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_token", b"invitation_token", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1187,6 +1361,7 @@ class GetUserRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -1229,7 +1404,9 @@ class ListUsersRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     Q_FIELD_NUMBER: _builtins.int
     department_id: _builtins.str
+    """Only the users of this department (not of those below it)."""
     status: Global___UserStatus.ValueType
+    """Only the users in this status."""
     q: _builtins.str
     """Matches the start of the name or the email."""
     @_builtins.property
@@ -1282,6 +1459,7 @@ class UpdateUserRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The user's id."""
     expected_version: _builtins.int
     """The version the caller last saw; a stale one fails and changes nothing."""
     @_builtins.property
@@ -1330,6 +1508,7 @@ class ActivateUserRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -1369,6 +1548,7 @@ class DeactivateUserRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -1404,7 +1584,10 @@ Global___DeactivateUserResponse: _TypeAlias = DeactivateUserResponse  # noqa: Y0
 
 @_typing.final
 class CreateDepartmentRequest(_message.Message):
-    """---------------------------------------------------------------- departments"""
+    """---------------------------------------------------------------- departments
+
+    The department to create.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1412,8 +1595,11 @@ class CreateDepartmentRequest(_message.Message):
     PARENT_ID_FIELD_NUMBER: _builtins.int
     MANAGER_USER_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The department's name, e.g. 华东销售部 (up to 200 characters)."""
     parent_id: _builtins.str
+    """The department it sits under; a top-level department when not given."""
     manager_user_id: _builtins.str
+    """The user who manages it."""
     def __init__(
         self,
         *,
@@ -1455,6 +1641,7 @@ class GetDepartmentRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The department's id."""
     def __init__(
         self,
         *,
@@ -1495,6 +1682,7 @@ class ListDepartmentsRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     PARENT_ID_FIELD_NUMBER: _builtins.int
     parent_id: _builtins.str
+    """Only the direct children of this department."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -1543,7 +1731,9 @@ class UpdateDepartmentRequest(_message.Message):
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The department's id."""
     expected_version: _builtins.int
+    """The version the caller last saw; a stale one fails and changes nothing."""
     @_builtins.property
     def department(self) -> Global___Department: ...
     @_builtins.property
@@ -1591,6 +1781,7 @@ class DeleteDepartmentRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The department's id."""
     expected_version: _builtins.int
     """The version the caller last saw (If-Match); 0 deletes whatever the current version is."""
     def __init__(
@@ -1624,7 +1815,10 @@ Global___DeleteDepartmentResponse: _TypeAlias = DeleteDepartmentResponse  # noqa
 
 @_typing.final
 class CreateRoleRequest(_message.Message):
-    """---------------------------------------------------------------- roles"""
+    """---------------------------------------------------------------- roles
+
+    The role to create.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1632,9 +1826,15 @@ class CreateRoleRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PERMISSIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Unique in the company, e.g. 销售代表 (up to 100 characters)."""
     description: _builtins.str
+    """What the role is for (up to 2,000 characters)."""
     @_builtins.property
-    def permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]: ...
+    def permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]:
+        """One entry per object; an object not listed is out of reach. None may reach further than the caller's own
+        access.
+        """
+
     def __init__(
         self,
         *,
@@ -1676,6 +1876,7 @@ class GetRoleRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The role's id."""
     def __init__(
         self,
         *,
@@ -1761,7 +1962,9 @@ class UpdateRoleRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The role's id."""
     expected_version: _builtins.int
+    """The version the caller last saw; a stale one fails and changes nothing."""
     @_builtins.property
     def role(self) -> Global___Role: ...
     @_builtins.property
@@ -1809,6 +2012,7 @@ class DeleteRoleRequest(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The role's id."""
     expected_version: _builtins.int
     """The version the caller last saw (If-Match); 0 deletes whatever the current version is."""
     def __init__(
@@ -1842,7 +2046,10 @@ Global___DeleteRoleResponse: _TypeAlias = DeleteRoleResponse  # noqa: Y015
 
 @_typing.final
 class CreateApiKeyRequest(_message.Message):
-    """---------------------------------------------------------------- API keys"""
+    """---------------------------------------------------------------- API keys
+
+    The API key to create.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1851,12 +2058,17 @@ class CreateApiKeyRequest(_message.Message):
     RATE_LIMIT_PER_MINUTE_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """What the key is for, e.g. "ERP sync" (up to 100 characters)."""
     rate_limit_per_minute: _builtins.int
-    """0 means the tenant default (600 a minute)."""
+    """Requests a minute, 1 to 100,000; 0 or not given means the company default (600 a minute)."""
     @_builtins.property
-    def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def role_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The roles the key stands for; none may reach further than the caller's own access."""
+
     @_builtins.property
-    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the key stops working (in the future); never when not given."""
+
     def __init__(
         self,
         *,
@@ -1875,23 +2087,21 @@ Global___CreateApiKeyRequest: _TypeAlias = CreateApiKeyRequest  # noqa: Y015
 
 @_typing.final
 class CreateApiKeyResponse(_message.Message):
+    """The new key, with its `secret`."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_KEY_FIELD_NUMBER: _builtins.int
-    SECRET_FIELD_NUMBER: _builtins.int
-    secret: _builtins.str
-    """The key itself, shown this once and stored only as a hash."""
     @_builtins.property
     def api_key(self) -> Global___ApiKey: ...
     def __init__(
         self,
         *,
         api_key: Global___ApiKey | None = ...,
-        secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1903,6 +2113,7 @@ class GetApiKeyRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The API key's id."""
     def __init__(
         self,
         *,
@@ -1985,6 +2196,7 @@ class RevokeApiKeyRequest(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The API key's id."""
     def __init__(
         self,
         *,
@@ -2032,15 +2244,23 @@ class ListAuditEventsRequest(_message.Message):
     OCCURRED_AFTER_FIELD_NUMBER: _builtins.int
     OCCURRED_BEFORE_FIELD_NUMBER: _builtins.int
     actor_id: _builtins.str
+    """Only the changes made by this user or API key ("system" for the CRM's own)."""
     object_type: _builtins.str
+    """Only the changes to this kind of object, e.g. "account"."""
     object_id: _builtins.str
+    """Only the changes to this object."""
     action: _builtins.str
+    """Only this action, e.g. "updated"."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     @_builtins.property
-    def occurred_after(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_after(self) -> _timestamp_pb2.Timestamp:
+        """Only the changes at or after this time (RFC 3339 with a time zone)."""
+
     @_builtins.property
-    def occurred_before(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_before(self) -> _timestamp_pb2.Timestamp:
+        """Only the changes before this time (RFC 3339 with a time zone)."""
+
     def __init__(
         self,
         *,

@@ -224,233 +224,277 @@ class IdentityServiceServicer:
     """
 
     def SignUp(self, request, context):
-        """Sign-up and sign-in; these take no credential.
+        """Sign up a new company. Creates the company (tenant), its built-in administrator role and its first user,
+        who can sign in at once; a verification mail goes to the address. Takes no credential. When an unproven
+        sign-up already holds the address, the new user is `pending` until it verifies the address.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateToken(self, request, context):
-        """Sign in: trade email and password (and TOTP code) for tokens
+        """Sign in. Trades an email address and password (and the current TOTP code when two-factor sign-in is on)
+        for an access token and a refresh token. An unknown address, a wrong password and a throttled attempt
+        all answer the same 401 `bad_credentials`; repeated failures make the next attempt wait.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RefreshToken(self, request, context):
-        """Trade a refresh token for new tokens (the old one stops working)
+        """Refresh the tokens. Trades a refresh token for a new access token and refresh token; the old refresh
+        token stops working, and using it again ends the whole sign-in (it was copied).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeToken(self, request, context):
-        """Revoke a refresh token
+        """Sign out. Ends the sign-in the refresh token belongs to; an unknown or already revoked token is not an
+        error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AcceptInvitation(self, request, context):
-        """Set a password with an invitation token
+        """Accept an invitation. The invitee sets a password with the token from the invitation (valid 7 days,
+        single use); the user becomes active, its address proven, and can sign in.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VerifyEmail(self, request, context):
-        """Prove a signed-up address with the token mailed to it (single use, valid 7 days).
+        """Verify an email address. Proves a signed-up address with the token mailed to it (single use, valid
+        7 days); a pending sign-up becomes active.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResendVerificationByEmail(self, request, context):
-        """Mail a new verification token to every unproven sign-up of this address (earlier tokens stop working).
-        Answers the same whether or not there is one; mails to one address are throttled (progressive delays).
+        """Send the verification mail again, by address. Mails a new token to every unproven sign-up of this
+        address (earlier tokens stop working). Answers the same whether or not there is one; mails to one address
+        are throttled (progressive delays).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AuthenticateApiKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Trade an API key for a short-lived access token that stands for it (the gateway calls this; not public).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJwks(self, request, context):
-        """The keys that sign access tokens (JWKS)
+        """The public keys that sign access tokens, as a JSON Web Key Set (RFC 7517). Takes no credential.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMe(self, request, context):
-        """What the caller is and may do.
+        """Who the caller is. The signed-in user (null for an API key), the company and the effective permissions
+        (every role merged, the widest data scope winning).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetPolicy(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The company's roles and departments, for services deciding what a caller may do (not public).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResendVerification(self, request, context):
-        """Mail the signed-in user a new token for their unproven address (earlier tokens stop working).
+        """Send the verification mail again, to the signed-in user. Mails a new token for the caller's unproven
+        address (earlier tokens stop working); 409 `already_verified` when it is proven.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartTotpEnrollment(self, request, context):
-        """Two-factor sign-in for the caller.
+        """Start two-factor enrolment. Answers a new TOTP secret (and an otpauth:// URI for a QR code) for the
+        caller's authenticator app; two-factor sign-in is on only once ConfirmTotpEnrollment has a first code.
+        Refused with 409 `totp_enabled` while it is on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ConfirmTotpEnrollment(self, request, context):
-        """Confirm two-factor enrolment with a first code
+        """Confirm two-factor enrolment. Turns two-factor sign-in on with a first code from the authenticator app.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DisableTotp(self, request, context):
-        """Turn two-factor sign-in off
+        """Turn two-factor sign-in off. Needs a current code from the authenticator app.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateUser(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Invite a user. Creates the user as `invited`; the answer's `invitation_token` (shown only here, valid
+        7 days) is what the invitee sets a password with at /auth/accept-invitation. The roles given may not
+        reach further than the caller's own access.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUser(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a user of the caller's company.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListUsers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the company's users, optionally by department, status or the start of a name or address.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateUser(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Update a user's profile, department or roles. Nobody changes their own roles, and roles given may not
+        reach further than the caller's own access.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ActivateUser(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Activate a deactivated user. An invited user becomes active by accepting the invitation and a pending one
+        by verifying its address: activating either is a 409.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeactivateUser(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deactivate a user. Ends their sign-ins and revokes the API keys they made (and those the keys made);
+        nobody deactivates themselves.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateDepartment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a department, at the top or under another.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDepartment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a department.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDepartments(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the company's departments, optionally the direct children of one.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateDepartment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Rename a department, move it (not under itself or its own sub-departments) or change its manager.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDepartment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a department that has no sub-departments and no members (409 `department_not_empty` otherwise).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateRole(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Create a role: a named set of permissions. It may not reach further than the caller's own access.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRole(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a role.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRoles(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the company's roles, the built-in administrator role included.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateRole(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Update a role's name, description or permissions (the built-in administrator role's permissions cannot
+        change).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteRole(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a role that no user or live API key holds (409 `role_in_use`; the built-in role cannot go).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiKey(self, request, context):
-        """Create an API key (the secret is shown only in this answer)
+        """Create an API key for a partner integration. The key itself is in the answer's `secret`, shown only
+        there (it is stored as a hash); send it as `X-API-Key`. Its roles may not reach further than the
+        caller's own access.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetApiKey(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get an API key (never its secret).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListApiKeys(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the company's API keys, revoked ones included (never their secrets).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RevokeApiKey(self, request, context):
-        """Revoke an API key
+        """Revoke an API key. It stops working at once, everywhere; the answer is the key with its `revoked_at`.
+        Revoking a revoked key changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAuditEvents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the company's audit trail, newest first, filtered by actor, object, action and time. Every change
+        made by any service is recorded, with who made it and the fields it changed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

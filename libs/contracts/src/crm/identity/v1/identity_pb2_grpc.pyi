@@ -36,58 +36,119 @@ class IdentityServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IdentityServiceAsyncStub: ...
     SignUp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SignUpRequest, _identity_pb2.SignUpResponse]
-    """Sign-up and sign-in; these take no credential."""
+    """Sign up a new company. Creates the company (tenant), its built-in administrator role and its first user,
+    who can sign in at once; a verification mail goes to the address. Takes no credential. When an unproven
+    sign-up already holds the address, the new user is `pending` until it verifies the address.
+    """
     CreateToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateTokenRequest, _identity_pb2.CreateTokenResponse]
-    """Sign in: trade email and password (and TOTP code) for tokens"""
+    """Sign in. Trades an email address and password (and the current TOTP code when two-factor sign-in is on)
+    for an access token and a refresh token. An unknown address, a wrong password and a throttled attempt
+    all answer the same 401 `bad_credentials`; repeated failures make the next attempt wait.
+    """
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RefreshTokenRequest, _identity_pb2.RefreshTokenResponse]
-    """Trade a refresh token for new tokens (the old one stops working)"""
+    """Refresh the tokens. Trades a refresh token for a new access token and refresh token; the old refresh
+    token stops working, and using it again ends the whole sign-in (it was copied).
+    """
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeTokenRequest, _identity_pb2.RevokeTokenResponse]
-    """Revoke a refresh token"""
+    """Sign out. Ends the sign-in the refresh token belongs to; an unknown or already revoked token is not an
+    error.
+    """
     AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.AcceptInvitationResponse]
-    """Set a password with an invitation token"""
+    """Accept an invitation. The invitee sets a password with the token from the invitation (valid 7 days,
+    single use); the user becomes active, its address proven, and can sign in.
+    """
     VerifyEmail: _grpc.UnaryUnaryMultiCallable[_identity_pb2.VerifyEmailRequest, _identity_pb2.VerifyEmailResponse]
-    """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
+    """Verify an email address. Proves a signed-up address with the token mailed to it (single use, valid
+    7 days); a pending sign-up becomes active.
+    """
     ResendVerificationByEmail: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationByEmailRequest, _identity_pb2.ResendVerificationByEmailResponse]
-    """Mail a new verification token to every unproven sign-up of this address (earlier tokens stop working).
-    Answers the same whether or not there is one; mails to one address are throttled (progressive delays).
+    """Send the verification mail again, by address. Mails a new token to every unproven sign-up of this
+    address (earlier tokens stop working). Answers the same whether or not there is one; mails to one address
+    are throttled (progressive delays).
     """
     AuthenticateApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateApiKeyRequest, _identity_pb2.AuthenticateApiKeyResponse]
+    """Trade an API key for a short-lived access token that stands for it (the gateway calls this; not public)."""
     GetJwks: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetJwksRequest, _identity_pb2.GetJwksResponse]
-    """The keys that sign access tokens (JWKS)"""
+    """The public keys that sign access tokens, as a JSON Web Key Set (RFC 7517). Takes no credential."""
     GetMe: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetMeRequest, _identity_pb2.GetMeResponse]
-    """What the caller is and may do."""
+    """Who the caller is. The signed-in user (null for an API key), the company and the effective permissions
+    (every role merged, the widest data scope winning).
+    """
     GetPolicy: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetPolicyRequest, _identity_pb2.GetPolicyResponse]
+    """The company's roles and departments, for services deciding what a caller may do (not public)."""
     ResendVerification: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationRequest, _identity_pb2.ResendVerificationResponse]
-    """Mail the signed-in user a new token for their unproven address (earlier tokens stop working)."""
+    """Send the verification mail again, to the signed-in user. Mails a new token for the caller's unproven
+    address (earlier tokens stop working); 409 `already_verified` when it is proven.
+    """
     StartTotpEnrollment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.StartTotpEnrollmentRequest, _identity_pb2.StartTotpEnrollmentResponse]
-    """Two-factor sign-in for the caller."""
+    """Start two-factor enrolment. Answers a new TOTP secret (and an otpauth:// URI for a QR code) for the
+    caller's authenticator app; two-factor sign-in is on only once ConfirmTotpEnrollment has a first code.
+    Refused with 409 `totp_enabled` while it is on.
+    """
     ConfirmTotpEnrollment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ConfirmTotpEnrollmentRequest, _identity_pb2.ConfirmTotpEnrollmentResponse]
-    """Confirm two-factor enrolment with a first code"""
+    """Confirm two-factor enrolment. Turns two-factor sign-in on with a first code from the authenticator app."""
     DisableTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DisableTotpRequest, _identity_pb2.DisableTotpResponse]
-    """Turn two-factor sign-in off"""
+    """Turn two-factor sign-in off. Needs a current code from the authenticator app."""
     CreateUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateUserRequest, _identity_pb2.CreateUserResponse]
+    """Invite a user. Creates the user as `invited`; the answer's `invitation_token` (shown only here, valid
+    7 days) is what the invitee sets a password with at /auth/accept-invitation. The roles given may not
+    reach further than the caller's own access.
+    """
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetUserRequest, _identity_pb2.GetUserResponse]
+    """Get a user of the caller's company."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListUsersRequest, _identity_pb2.ListUsersResponse]
+    """List the company's users, optionally by department, status or the start of a name or address."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdateUserRequest, _identity_pb2.UpdateUserResponse]
+    """Update a user's profile, department or roles. Nobody changes their own roles, and roles given may not
+    reach further than the caller's own access.
+    """
     ActivateUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ActivateUserRequest, _identity_pb2.ActivateUserResponse]
+    """Activate a deactivated user. An invited user becomes active by accepting the invitation and a pending one
+    by verifying its address: activating either is a 409.
+    """
     DeactivateUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DeactivateUserRequest, _identity_pb2.DeactivateUserResponse]
+    """Deactivate a user. Ends their sign-ins and revokes the API keys they made (and those the keys made);
+    nobody deactivates themselves.
+    """
     CreateDepartment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateDepartmentRequest, _identity_pb2.CreateDepartmentResponse]
+    """Create a department, at the top or under another."""
     GetDepartment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetDepartmentRequest, _identity_pb2.GetDepartmentResponse]
+    """Get a department."""
     ListDepartments: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListDepartmentsRequest, _identity_pb2.ListDepartmentsResponse]
+    """List the company's departments, optionally the direct children of one."""
     UpdateDepartment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdateDepartmentRequest, _identity_pb2.UpdateDepartmentResponse]
+    """Rename a department, move it (not under itself or its own sub-departments) or change its manager."""
     DeleteDepartment: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DeleteDepartmentRequest, _identity_pb2.DeleteDepartmentResponse]
+    """Delete a department that has no sub-departments and no members (409 `department_not_empty` otherwise)."""
     CreateRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateRoleRequest, _identity_pb2.CreateRoleResponse]
+    """Create a role: a named set of permissions. It may not reach further than the caller's own access."""
     GetRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetRoleRequest, _identity_pb2.GetRoleResponse]
+    """Get a role."""
     ListRoles: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListRolesRequest, _identity_pb2.ListRolesResponse]
+    """List the company's roles, the built-in administrator role included."""
     UpdateRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UpdateRoleRequest, _identity_pb2.UpdateRoleResponse]
+    """Update a role's name, description or permissions (the built-in administrator role's permissions cannot
+    change).
+    """
     DeleteRole: _grpc.UnaryUnaryMultiCallable[_identity_pb2.DeleteRoleRequest, _identity_pb2.DeleteRoleResponse]
+    """Delete a role that no user or live API key holds (409 `role_in_use`; the built-in role cannot go)."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CreateApiKeyRequest, _identity_pb2.CreateApiKeyResponse]
-    """Create an API key (the secret is shown only in this answer)"""
+    """Create an API key for a partner integration. The key itself is in the answer's `secret`, shown only
+    there (it is stored as a hash); send it as `X-API-Key`. Its roles may not reach further than the
+    caller's own access.
+    """
     GetApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetApiKeyRequest, _identity_pb2.GetApiKeyResponse]
+    """Get an API key (never its secret)."""
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListApiKeysRequest, _identity_pb2.ListApiKeysResponse]
+    """List the company's API keys, revoked ones included (never their secrets)."""
     RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RevokeApiKeyRequest, _identity_pb2.RevokeApiKeyResponse]
-    """Revoke an API key"""
+    """Revoke an API key. It stops working at once, everywhere; the answer is the key with its `revoked_at`.
+    Revoking a revoked key changes nothing.
+    """
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListAuditEventsRequest, _identity_pb2.ListAuditEventsResponse]
+    """List the company's audit trail, newest first, filtered by actor, object, action and time. Every change
+    made by any service is recorded, with who made it and the fields it changed.
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -97,58 +158,119 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SignUp: _aio.UnaryUnaryMultiCallable[_identity_pb2.SignUpRequest, _identity_pb2.SignUpResponse]  # type: ignore[assignment]
-    """Sign-up and sign-in; these take no credential."""
+    """Sign up a new company. Creates the company (tenant), its built-in administrator role and its first user,
+    who can sign in at once; a verification mail goes to the address. Takes no credential. When an unproven
+    sign-up already holds the address, the new user is `pending` until it verifies the address.
+    """
     CreateToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateTokenRequest, _identity_pb2.CreateTokenResponse]  # type: ignore[assignment]
-    """Sign in: trade email and password (and TOTP code) for tokens"""
+    """Sign in. Trades an email address and password (and the current TOTP code when two-factor sign-in is on)
+    for an access token and a refresh token. An unknown address, a wrong password and a throttled attempt
+    all answer the same 401 `bad_credentials`; repeated failures make the next attempt wait.
+    """
     RefreshToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.RefreshTokenRequest, _identity_pb2.RefreshTokenResponse]  # type: ignore[assignment]
-    """Trade a refresh token for new tokens (the old one stops working)"""
+    """Refresh the tokens. Trades a refresh token for a new access token and refresh token; the old refresh
+    token stops working, and using it again ends the whole sign-in (it was copied).
+    """
     RevokeToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeTokenRequest, _identity_pb2.RevokeTokenResponse]  # type: ignore[assignment]
-    """Revoke a refresh token"""
+    """Sign out. Ends the sign-in the refresh token belongs to; an unknown or already revoked token is not an
+    error.
+    """
     AcceptInvitation: _aio.UnaryUnaryMultiCallable[_identity_pb2.AcceptInvitationRequest, _identity_pb2.AcceptInvitationResponse]  # type: ignore[assignment]
-    """Set a password with an invitation token"""
+    """Accept an invitation. The invitee sets a password with the token from the invitation (valid 7 days,
+    single use); the user becomes active, its address proven, and can sign in.
+    """
     VerifyEmail: _aio.UnaryUnaryMultiCallable[_identity_pb2.VerifyEmailRequest, _identity_pb2.VerifyEmailResponse]  # type: ignore[assignment]
-    """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
+    """Verify an email address. Proves a signed-up address with the token mailed to it (single use, valid
+    7 days); a pending sign-up becomes active.
+    """
     ResendVerificationByEmail: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationByEmailRequest, _identity_pb2.ResendVerificationByEmailResponse]  # type: ignore[assignment]
-    """Mail a new verification token to every unproven sign-up of this address (earlier tokens stop working).
-    Answers the same whether or not there is one; mails to one address are throttled (progressive delays).
+    """Send the verification mail again, by address. Mails a new token to every unproven sign-up of this
+    address (earlier tokens stop working). Answers the same whether or not there is one; mails to one address
+    are throttled (progressive delays).
     """
     AuthenticateApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateApiKeyRequest, _identity_pb2.AuthenticateApiKeyResponse]  # type: ignore[assignment]
+    """Trade an API key for a short-lived access token that stands for it (the gateway calls this; not public)."""
     GetJwks: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetJwksRequest, _identity_pb2.GetJwksResponse]  # type: ignore[assignment]
-    """The keys that sign access tokens (JWKS)"""
+    """The public keys that sign access tokens, as a JSON Web Key Set (RFC 7517). Takes no credential."""
     GetMe: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetMeRequest, _identity_pb2.GetMeResponse]  # type: ignore[assignment]
-    """What the caller is and may do."""
+    """Who the caller is. The signed-in user (null for an API key), the company and the effective permissions
+    (every role merged, the widest data scope winning).
+    """
     GetPolicy: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetPolicyRequest, _identity_pb2.GetPolicyResponse]  # type: ignore[assignment]
+    """The company's roles and departments, for services deciding what a caller may do (not public)."""
     ResendVerification: _aio.UnaryUnaryMultiCallable[_identity_pb2.ResendVerificationRequest, _identity_pb2.ResendVerificationResponse]  # type: ignore[assignment]
-    """Mail the signed-in user a new token for their unproven address (earlier tokens stop working)."""
+    """Send the verification mail again, to the signed-in user. Mails a new token for the caller's unproven
+    address (earlier tokens stop working); 409 `already_verified` when it is proven.
+    """
     StartTotpEnrollment: _aio.UnaryUnaryMultiCallable[_identity_pb2.StartTotpEnrollmentRequest, _identity_pb2.StartTotpEnrollmentResponse]  # type: ignore[assignment]
-    """Two-factor sign-in for the caller."""
+    """Start two-factor enrolment. Answers a new TOTP secret (and an otpauth:// URI for a QR code) for the
+    caller's authenticator app; two-factor sign-in is on only once ConfirmTotpEnrollment has a first code.
+    Refused with 409 `totp_enabled` while it is on.
+    """
     ConfirmTotpEnrollment: _aio.UnaryUnaryMultiCallable[_identity_pb2.ConfirmTotpEnrollmentRequest, _identity_pb2.ConfirmTotpEnrollmentResponse]  # type: ignore[assignment]
-    """Confirm two-factor enrolment with a first code"""
+    """Confirm two-factor enrolment. Turns two-factor sign-in on with a first code from the authenticator app."""
     DisableTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.DisableTotpRequest, _identity_pb2.DisableTotpResponse]  # type: ignore[assignment]
-    """Turn two-factor sign-in off"""
+    """Turn two-factor sign-in off. Needs a current code from the authenticator app."""
     CreateUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateUserRequest, _identity_pb2.CreateUserResponse]  # type: ignore[assignment]
+    """Invite a user. Creates the user as `invited`; the answer's `invitation_token` (shown only here, valid
+    7 days) is what the invitee sets a password with at /auth/accept-invitation. The roles given may not
+    reach further than the caller's own access.
+    """
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetUserRequest, _identity_pb2.GetUserResponse]  # type: ignore[assignment]
+    """Get a user of the caller's company."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListUsersRequest, _identity_pb2.ListUsersResponse]  # type: ignore[assignment]
+    """List the company's users, optionally by department, status or the start of a name or address."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdateUserRequest, _identity_pb2.UpdateUserResponse]  # type: ignore[assignment]
+    """Update a user's profile, department or roles. Nobody changes their own roles, and roles given may not
+    reach further than the caller's own access.
+    """
     ActivateUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.ActivateUserRequest, _identity_pb2.ActivateUserResponse]  # type: ignore[assignment]
+    """Activate a deactivated user. An invited user becomes active by accepting the invitation and a pending one
+    by verifying its address: activating either is a 409.
+    """
     DeactivateUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.DeactivateUserRequest, _identity_pb2.DeactivateUserResponse]  # type: ignore[assignment]
+    """Deactivate a user. Ends their sign-ins and revokes the API keys they made (and those the keys made);
+    nobody deactivates themselves.
+    """
     CreateDepartment: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateDepartmentRequest, _identity_pb2.CreateDepartmentResponse]  # type: ignore[assignment]
+    """Create a department, at the top or under another."""
     GetDepartment: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetDepartmentRequest, _identity_pb2.GetDepartmentResponse]  # type: ignore[assignment]
+    """Get a department."""
     ListDepartments: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListDepartmentsRequest, _identity_pb2.ListDepartmentsResponse]  # type: ignore[assignment]
+    """List the company's departments, optionally the direct children of one."""
     UpdateDepartment: _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdateDepartmentRequest, _identity_pb2.UpdateDepartmentResponse]  # type: ignore[assignment]
+    """Rename a department, move it (not under itself or its own sub-departments) or change its manager."""
     DeleteDepartment: _aio.UnaryUnaryMultiCallable[_identity_pb2.DeleteDepartmentRequest, _identity_pb2.DeleteDepartmentResponse]  # type: ignore[assignment]
+    """Delete a department that has no sub-departments and no members (409 `department_not_empty` otherwise)."""
     CreateRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateRoleRequest, _identity_pb2.CreateRoleResponse]  # type: ignore[assignment]
+    """Create a role: a named set of permissions. It may not reach further than the caller's own access."""
     GetRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetRoleRequest, _identity_pb2.GetRoleResponse]  # type: ignore[assignment]
+    """Get a role."""
     ListRoles: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListRolesRequest, _identity_pb2.ListRolesResponse]  # type: ignore[assignment]
+    """List the company's roles, the built-in administrator role included."""
     UpdateRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.UpdateRoleRequest, _identity_pb2.UpdateRoleResponse]  # type: ignore[assignment]
+    """Update a role's name, description or permissions (the built-in administrator role's permissions cannot
+    change).
+    """
     DeleteRole: _aio.UnaryUnaryMultiCallable[_identity_pb2.DeleteRoleRequest, _identity_pb2.DeleteRoleResponse]  # type: ignore[assignment]
+    """Delete a role that no user or live API key holds (409 `role_in_use`; the built-in role cannot go)."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.CreateApiKeyRequest, _identity_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
-    """Create an API key (the secret is shown only in this answer)"""
+    """Create an API key for a partner integration. The key itself is in the answer's `secret`, shown only
+    there (it is stored as a hash); send it as `X-API-Key`. Its roles may not reach further than the
+    caller's own access.
+    """
     GetApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetApiKeyRequest, _identity_pb2.GetApiKeyResponse]  # type: ignore[assignment]
+    """Get an API key (never its secret)."""
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListApiKeysRequest, _identity_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """List the company's API keys, revoked ones included (never their secrets)."""
     RevokeApiKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.RevokeApiKeyRequest, _identity_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
-    """Revoke an API key"""
+    """Revoke an API key. It stops working at once, everywhere; the answer is the key with its `revoked_at`.
+    Revoking a revoked key changes nothing.
+    """
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListAuditEventsRequest, _identity_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """List the company's audit trail, newest first, filtered by actor, object, action and time. Every change
+    made by any service is recorded, with who made it and the fields it changed.
+    """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """Identity and permissions: tenants, users, departments, roles, API keys, sign-in and the audit trail.
@@ -161,7 +283,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.SignUpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.SignUpResponse, _abc.Awaitable[_identity_pb2.SignUpResponse]]:
-        """Sign-up and sign-in; these take no credential."""
+        """Sign up a new company. Creates the company (tenant), its built-in administrator role and its first user,
+        who can sign in at once; a verification mail goes to the address. Takes no credential. When an unproven
+        sign-up already holds the address, the new user is `pending` until it verifies the address.
+        """
 
     @_abc_1.abstractmethod
     def CreateToken(
@@ -169,7 +294,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.CreateTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.CreateTokenResponse, _abc.Awaitable[_identity_pb2.CreateTokenResponse]]:
-        """Sign in: trade email and password (and TOTP code) for tokens"""
+        """Sign in. Trades an email address and password (and the current TOTP code when two-factor sign-in is on)
+        for an access token and a refresh token. An unknown address, a wrong password and a throttled attempt
+        all answer the same 401 `bad_credentials`; repeated failures make the next attempt wait.
+        """
 
     @_abc_1.abstractmethod
     def RefreshToken(
@@ -177,7 +305,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.RefreshTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.RefreshTokenResponse, _abc.Awaitable[_identity_pb2.RefreshTokenResponse]]:
-        """Trade a refresh token for new tokens (the old one stops working)"""
+        """Refresh the tokens. Trades a refresh token for a new access token and refresh token; the old refresh
+        token stops working, and using it again ends the whole sign-in (it was copied).
+        """
 
     @_abc_1.abstractmethod
     def RevokeToken(
@@ -185,7 +315,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.RevokeTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.RevokeTokenResponse, _abc.Awaitable[_identity_pb2.RevokeTokenResponse]]:
-        """Revoke a refresh token"""
+        """Sign out. Ends the sign-in the refresh token belongs to; an unknown or already revoked token is not an
+        error.
+        """
 
     @_abc_1.abstractmethod
     def AcceptInvitation(
@@ -193,7 +325,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.AcceptInvitationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.AcceptInvitationResponse, _abc.Awaitable[_identity_pb2.AcceptInvitationResponse]]:
-        """Set a password with an invitation token"""
+        """Accept an invitation. The invitee sets a password with the token from the invitation (valid 7 days,
+        single use); the user becomes active, its address proven, and can sign in.
+        """
 
     @_abc_1.abstractmethod
     def VerifyEmail(
@@ -201,7 +335,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.VerifyEmailRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.VerifyEmailResponse, _abc.Awaitable[_identity_pb2.VerifyEmailResponse]]:
-        """Prove a signed-up address with the token mailed to it (single use, valid 7 days)."""
+        """Verify an email address. Proves a signed-up address with the token mailed to it (single use, valid
+        7 days); a pending sign-up becomes active.
+        """
 
     @_abc_1.abstractmethod
     def ResendVerificationByEmail(
@@ -209,8 +345,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ResendVerificationByEmailRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ResendVerificationByEmailResponse, _abc.Awaitable[_identity_pb2.ResendVerificationByEmailResponse]]:
-        """Mail a new verification token to every unproven sign-up of this address (earlier tokens stop working).
-        Answers the same whether or not there is one; mails to one address are throttled (progressive delays).
+        """Send the verification mail again, by address. Mails a new token to every unproven sign-up of this
+        address (earlier tokens stop working). Answers the same whether or not there is one; mails to one address
+        are throttled (progressive delays).
         """
 
     @_abc_1.abstractmethod
@@ -218,7 +355,8 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _identity_pb2.AuthenticateApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.AuthenticateApiKeyResponse, _abc.Awaitable[_identity_pb2.AuthenticateApiKeyResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.AuthenticateApiKeyResponse, _abc.Awaitable[_identity_pb2.AuthenticateApiKeyResponse]]:
+        """Trade an API key for a short-lived access token that stands for it (the gateway calls this; not public)."""
 
     @_abc_1.abstractmethod
     def GetJwks(
@@ -226,7 +364,7 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.GetJwksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.GetJwksResponse, _abc.Awaitable[_identity_pb2.GetJwksResponse]]:
-        """The keys that sign access tokens (JWKS)"""
+        """The public keys that sign access tokens, as a JSON Web Key Set (RFC 7517). Takes no credential."""
 
     @_abc_1.abstractmethod
     def GetMe(
@@ -234,14 +372,17 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.GetMeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.GetMeResponse, _abc.Awaitable[_identity_pb2.GetMeResponse]]:
-        """What the caller is and may do."""
+        """Who the caller is. The signed-in user (null for an API key), the company and the effective permissions
+        (every role merged, the widest data scope winning).
+        """
 
     @_abc_1.abstractmethod
     def GetPolicy(
         self,
         request: _identity_pb2.GetPolicyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.GetPolicyResponse, _abc.Awaitable[_identity_pb2.GetPolicyResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.GetPolicyResponse, _abc.Awaitable[_identity_pb2.GetPolicyResponse]]:
+        """The company's roles and departments, for services deciding what a caller may do (not public)."""
 
     @_abc_1.abstractmethod
     def ResendVerification(
@@ -249,7 +390,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ResendVerificationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ResendVerificationResponse, _abc.Awaitable[_identity_pb2.ResendVerificationResponse]]:
-        """Mail the signed-in user a new token for their unproven address (earlier tokens stop working)."""
+        """Send the verification mail again, to the signed-in user. Mails a new token for the caller's unproven
+        address (earlier tokens stop working); 409 `already_verified` when it is proven.
+        """
 
     @_abc_1.abstractmethod
     def StartTotpEnrollment(
@@ -257,7 +400,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.StartTotpEnrollmentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.StartTotpEnrollmentResponse, _abc.Awaitable[_identity_pb2.StartTotpEnrollmentResponse]]:
-        """Two-factor sign-in for the caller."""
+        """Start two-factor enrolment. Answers a new TOTP secret (and an otpauth:// URI for a QR code) for the
+        caller's authenticator app; two-factor sign-in is on only once ConfirmTotpEnrollment has a first code.
+        Refused with 409 `totp_enabled` while it is on.
+        """
 
     @_abc_1.abstractmethod
     def ConfirmTotpEnrollment(
@@ -265,7 +411,7 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ConfirmTotpEnrollmentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ConfirmTotpEnrollmentResponse, _abc.Awaitable[_identity_pb2.ConfirmTotpEnrollmentResponse]]:
-        """Confirm two-factor enrolment with a first code"""
+        """Confirm two-factor enrolment. Turns two-factor sign-in on with a first code from the authenticator app."""
 
     @_abc_1.abstractmethod
     def DisableTotp(
@@ -273,119 +419,146 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.DisableTotpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.DisableTotpResponse, _abc.Awaitable[_identity_pb2.DisableTotpResponse]]:
-        """Turn two-factor sign-in off"""
+        """Turn two-factor sign-in off. Needs a current code from the authenticator app."""
 
     @_abc_1.abstractmethod
     def CreateUser(
         self,
         request: _identity_pb2.CreateUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.CreateUserResponse, _abc.Awaitable[_identity_pb2.CreateUserResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.CreateUserResponse, _abc.Awaitable[_identity_pb2.CreateUserResponse]]:
+        """Invite a user. Creates the user as `invited`; the answer's `invitation_token` (shown only here, valid
+        7 days) is what the invitee sets a password with at /auth/accept-invitation. The roles given may not
+        reach further than the caller's own access.
+        """
 
     @_abc_1.abstractmethod
     def GetUser(
         self,
         request: _identity_pb2.GetUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.GetUserResponse, _abc.Awaitable[_identity_pb2.GetUserResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.GetUserResponse, _abc.Awaitable[_identity_pb2.GetUserResponse]]:
+        """Get a user of the caller's company."""
 
     @_abc_1.abstractmethod
     def ListUsers(
         self,
         request: _identity_pb2.ListUsersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.ListUsersResponse, _abc.Awaitable[_identity_pb2.ListUsersResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.ListUsersResponse, _abc.Awaitable[_identity_pb2.ListUsersResponse]]:
+        """List the company's users, optionally by department, status or the start of a name or address."""
 
     @_abc_1.abstractmethod
     def UpdateUser(
         self,
         request: _identity_pb2.UpdateUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.UpdateUserResponse, _abc.Awaitable[_identity_pb2.UpdateUserResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.UpdateUserResponse, _abc.Awaitable[_identity_pb2.UpdateUserResponse]]:
+        """Update a user's profile, department or roles. Nobody changes their own roles, and roles given may not
+        reach further than the caller's own access.
+        """
 
     @_abc_1.abstractmethod
     def ActivateUser(
         self,
         request: _identity_pb2.ActivateUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.ActivateUserResponse, _abc.Awaitable[_identity_pb2.ActivateUserResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.ActivateUserResponse, _abc.Awaitable[_identity_pb2.ActivateUserResponse]]:
+        """Activate a deactivated user. An invited user becomes active by accepting the invitation and a pending one
+        by verifying its address: activating either is a 409.
+        """
 
     @_abc_1.abstractmethod
     def DeactivateUser(
         self,
         request: _identity_pb2.DeactivateUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.DeactivateUserResponse, _abc.Awaitable[_identity_pb2.DeactivateUserResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.DeactivateUserResponse, _abc.Awaitable[_identity_pb2.DeactivateUserResponse]]:
+        """Deactivate a user. Ends their sign-ins and revokes the API keys they made (and those the keys made);
+        nobody deactivates themselves.
+        """
 
     @_abc_1.abstractmethod
     def CreateDepartment(
         self,
         request: _identity_pb2.CreateDepartmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.CreateDepartmentResponse, _abc.Awaitable[_identity_pb2.CreateDepartmentResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.CreateDepartmentResponse, _abc.Awaitable[_identity_pb2.CreateDepartmentResponse]]:
+        """Create a department, at the top or under another."""
 
     @_abc_1.abstractmethod
     def GetDepartment(
         self,
         request: _identity_pb2.GetDepartmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.GetDepartmentResponse, _abc.Awaitable[_identity_pb2.GetDepartmentResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.GetDepartmentResponse, _abc.Awaitable[_identity_pb2.GetDepartmentResponse]]:
+        """Get a department."""
 
     @_abc_1.abstractmethod
     def ListDepartments(
         self,
         request: _identity_pb2.ListDepartmentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.ListDepartmentsResponse, _abc.Awaitable[_identity_pb2.ListDepartmentsResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.ListDepartmentsResponse, _abc.Awaitable[_identity_pb2.ListDepartmentsResponse]]:
+        """List the company's departments, optionally the direct children of one."""
 
     @_abc_1.abstractmethod
     def UpdateDepartment(
         self,
         request: _identity_pb2.UpdateDepartmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.UpdateDepartmentResponse, _abc.Awaitable[_identity_pb2.UpdateDepartmentResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.UpdateDepartmentResponse, _abc.Awaitable[_identity_pb2.UpdateDepartmentResponse]]:
+        """Rename a department, move it (not under itself or its own sub-departments) or change its manager."""
 
     @_abc_1.abstractmethod
     def DeleteDepartment(
         self,
         request: _identity_pb2.DeleteDepartmentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.DeleteDepartmentResponse, _abc.Awaitable[_identity_pb2.DeleteDepartmentResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.DeleteDepartmentResponse, _abc.Awaitable[_identity_pb2.DeleteDepartmentResponse]]:
+        """Delete a department that has no sub-departments and no members (409 `department_not_empty` otherwise)."""
 
     @_abc_1.abstractmethod
     def CreateRole(
         self,
         request: _identity_pb2.CreateRoleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.CreateRoleResponse, _abc.Awaitable[_identity_pb2.CreateRoleResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.CreateRoleResponse, _abc.Awaitable[_identity_pb2.CreateRoleResponse]]:
+        """Create a role: a named set of permissions. It may not reach further than the caller's own access."""
 
     @_abc_1.abstractmethod
     def GetRole(
         self,
         request: _identity_pb2.GetRoleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.GetRoleResponse, _abc.Awaitable[_identity_pb2.GetRoleResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.GetRoleResponse, _abc.Awaitable[_identity_pb2.GetRoleResponse]]:
+        """Get a role."""
 
     @_abc_1.abstractmethod
     def ListRoles(
         self,
         request: _identity_pb2.ListRolesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.ListRolesResponse, _abc.Awaitable[_identity_pb2.ListRolesResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.ListRolesResponse, _abc.Awaitable[_identity_pb2.ListRolesResponse]]:
+        """List the company's roles, the built-in administrator role included."""
 
     @_abc_1.abstractmethod
     def UpdateRole(
         self,
         request: _identity_pb2.UpdateRoleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.UpdateRoleResponse, _abc.Awaitable[_identity_pb2.UpdateRoleResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.UpdateRoleResponse, _abc.Awaitable[_identity_pb2.UpdateRoleResponse]]:
+        """Update a role's name, description or permissions (the built-in administrator role's permissions cannot
+        change).
+        """
 
     @_abc_1.abstractmethod
     def DeleteRole(
         self,
         request: _identity_pb2.DeleteRoleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.DeleteRoleResponse, _abc.Awaitable[_identity_pb2.DeleteRoleResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.DeleteRoleResponse, _abc.Awaitable[_identity_pb2.DeleteRoleResponse]]:
+        """Delete a role that no user or live API key holds (409 `role_in_use`; the built-in role cannot go)."""
 
     @_abc_1.abstractmethod
     def CreateApiKey(
@@ -393,21 +566,26 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.CreateApiKeyResponse, _abc.Awaitable[_identity_pb2.CreateApiKeyResponse]]:
-        """Create an API key (the secret is shown only in this answer)"""
+        """Create an API key for a partner integration. The key itself is in the answer's `secret`, shown only
+        there (it is stored as a hash); send it as `X-API-Key`. Its roles may not reach further than the
+        caller's own access.
+        """
 
     @_abc_1.abstractmethod
     def GetApiKey(
         self,
         request: _identity_pb2.GetApiKeyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.GetApiKeyResponse, _abc.Awaitable[_identity_pb2.GetApiKeyResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.GetApiKeyResponse, _abc.Awaitable[_identity_pb2.GetApiKeyResponse]]:
+        """Get an API key (never its secret)."""
 
     @_abc_1.abstractmethod
     def ListApiKeys(
         self,
         request: _identity_pb2.ListApiKeysRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.ListApiKeysResponse, _abc.Awaitable[_identity_pb2.ListApiKeysResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.ListApiKeysResponse, _abc.Awaitable[_identity_pb2.ListApiKeysResponse]]:
+        """List the company's API keys, revoked ones included (never their secrets)."""
 
     @_abc_1.abstractmethod
     def RevokeApiKey(
@@ -415,13 +593,18 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.RevokeApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.RevokeApiKeyResponse, _abc.Awaitable[_identity_pb2.RevokeApiKeyResponse]]:
-        """Revoke an API key"""
+        """Revoke an API key. It stops working at once, everywhere; the answer is the key with its `revoked_at`.
+        Revoking a revoked key changes nothing.
+        """
 
     @_abc_1.abstractmethod
     def ListAuditEvents(
         self,
         request: _identity_pb2.ListAuditEventsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.ListAuditEventsResponse, _abc.Awaitable[_identity_pb2.ListAuditEventsResponse]]: ...
+    ) -> _typing.Union[_identity_pb2.ListAuditEventsResponse, _abc.Awaitable[_identity_pb2.ListAuditEventsResponse]]:
+        """List the company's audit trail, newest first, filtered by actor, object, action and time. Every change
+        made by any service is recorded, with who made it and the fields it changed.
+        """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
