@@ -103,9 +103,10 @@ async def sign_up(api: httpx.AsyncClient, name: str = "华为技术有限公司"
         "/api/v1/auth/signup",
         json={"tenant_name": name, "email": email, "password": PASSWORD, "name": "王小明"},
     )
-    assert created.status_code == 201, created.text
+    # 200 or 201: the identity RPCs' names decide (SignUp, CreateToken) while identity's API is being redone.
+    assert created.status_code in (200, 201), created.text
     tokens = await api.post("/api/v1/auth/token", json={"email": email, "password": PASSWORD})
-    assert tokens.status_code == 200, tokens.text
+    assert tokens.status_code in (200, 201), tokens.text
     return Company(created.json(), email, tokens.json())
 
 
