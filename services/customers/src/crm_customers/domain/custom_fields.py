@@ -71,6 +71,19 @@ STRING_TYPES = ("text", "long_text", "url", "email", "phone", "single_select")
 # Types whose pattern is matched against the value as given (e-mails and phones are matched once normalised).
 PATTERN_AS_GIVEN = ("text", "long_text", "url", "single_select")
 STRING_FORMATS = {"url": "uri", "email": "email", "phone": "phone", "date": "date", "datetime": "date-time"}
+# What `canonical` takes of these types, as patterns for a schema (a validator may not check `format`): an
+# http(s) URL with a host; an e-mail as crm_kit.normalize reads one; an RFC 3339 time with a zone; something
+# that starts like a phone number (whether the number exists in its numbering plan only the service can tell).
+STRING_PATTERNS = {
+    "url": r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+",
+    "email": r"^\s*(mailto:)?[^@\s]+@[^@\s]+\.[^@\s]+\s*$",
+    "datetime": (
+        r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+        r"(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+    ),
+    # Digits and the separators people type, then maybe an extension (转123, ext. 123), as normalize_phone.
+    "phone": r"^\s*[+＋(（]?[0-9０-９][0-9０-９ ()（）.\-－]{2,}(\s*(转|分机|[Ee][Xx][Tt]\.?|[Xx]|#)\s*[0-9]{1,6})?\s*$",
+}
 TEXTLIKE = {"text", "long_text", "single_select", "multi_select", "url", "email", "phone"}
 NUMERIC = {"number", "currency"}
 MODEL_OF = {"account": models.Account, "contact": models.Contact}
@@ -580,6 +593,8 @@ def value_schema(f: models.CustomField) -> dict[str, Any]:
         out = {"not": {}}
     if t in STRING_FORMATS:
         out["format"] = STRING_FORMATS[t]
+    if t in STRING_PATTERNS:
+        out["pattern"] = STRING_PATTERNS[t]
     if t in (
         "currency",
         "date",
@@ -590,7 +605,11 @@ def value_schema(f: models.CustomField) -> dict[str, Any]:
                 out[key] = bound
     notes = []
     if f.pattern and t in PATTERN_AS_GIVEN:
-        out["pattern"] = f"^(?:{f.pattern})$"  # `canonical` matches the whole value
+        whole = f"^(?:{f.pattern})$"  # `canonical` matches the whole value
+        if "pattern" in out:  # both must hold
+            out["allOf"] = [{"pattern": out.pop("pattern")}, {"pattern": whole}]
+        else:
+            out["pattern"] = whole
     elif f.pattern and t in STRING_TYPES:
         notes.append(
             f"Matches the pattern {f.pattern} once normalised ({'E.164' if t == 'phone' else 'lower case'})."
