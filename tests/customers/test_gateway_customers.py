@@ -483,9 +483,7 @@ async def test_hierarchy_graph_path_timeline_and_saved_views(capi):
                 "account_ids": [partner["id"]],
                 "contact_ids": [boss["id"]],
                 "participants": [{"kind": "contact", "id": boss["id"], "name": "郁亮"}],
-                "attachments": [
-                    {"name": "纪要.pdf", "content_type": "application/pdf", "size_bytes": 2048}
-                ],
+                "attachments": [{"name": "纪要.pdf", "content_type": "application/pdf", "size_bytes": 2048}],
             },
             headers=h,
         )
@@ -512,3 +510,106 @@ async def test_hierarchy_graph_path_timeline_and_saved_views(capi):
     assert [a["id"] for a in through_view.json()["items"]] == [branch["id"], sub["id"]]
     other = await sign_up(capi, "别家")
     assert_problem(await capi.get(f"/api/v1/saved-views/{view.json()['id']}", headers=other.headers), 404)
+
+
+async def test_search_pages_like_every_list_and_takes_every_record_type(capi):
+    company = await sign_up(capi)
+    h = company.headers
+    accounts = [
+        await create_account(capi, h, name=n) for n in ("星辰科技有限公司", "星辰", "上海星辰贸易有限公司")
+    ]
+    contacts = []
+    for name in ("张星辰", "李星辰"):
+        r = await capi.post("/api/v1/contacts", json={"name": name}, headers=h)
+        assert r.status_code == 201, r.text
+        contacts.append(r.json())
+    await create_account(capi, h, name="月亮湾物流")  # no match
+
+    async def walk(**params) -> list[dict]:
+        hits, cursor = [], None
+        while True:
+            page = await capi.get(
+                "/api/v1/search",
+                params={**params, "limit": 2, **({"cursor": cursor} if cursor else {})},
+                headers=h,
+            )
+            assert page.status_code == 200, page.text
+            body = page.json()
+            assert set(body) == {"items", "next_cursor"} and len(body["items"]) <= 2
+            hits += body["items"]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return hits
+
+    everything = await walk(q="星辰")
+    assert sorted(hit["id"] for hit in everything) == sorted(
+        r["id"] for r in accounts + contacts
+    )  # each once
+    scores = [hit["score"] for hit in everything]
+    assert scores == sorted(scores, reverse=True) and everything[0]["name"] == "星辰"  # best first
+    one_page = (await capi.get("/api/v1/search", params={"q": "星辰", "limit": 200}, headers=h)).json()
+    assert [hit["id"] for hit in one_page["items"]] == [hit["id"] for hit in everything]
+    assert one_page["next_cursor"] is None
+
+    # `types` takes each record type's short word (the values the document lists), alone or together.
+    only_accounts = await walk(q="星辰", types="account")
+    assert {hit["id"] for hit in only_accounts} == {a["id"] for a in accounts}
+    assert {hit["type"] for hit in only_accounts} == {"account"}
+    only_contacts = await walk(q="星辰", types="contact")
+    assert {hit["id"] for hit in only_contacts} == {c["id"] for c in contacts}
+    both = await walk(q="星辰", types=["account", "contact"])
+    assert [hit["id"] for hit in both] == [hit["id"] for hit in everything]
+
+    # Bad input is a 422, never a 500: a type spelled otherwise, no keyword, another search's cursor.
+    for params in (
+        {"q": "星辰", "types": "RECORD_TYPE_ACCOUNT"},
+        {"q": "星辰", "types": "lead"},
+        {},
+        {"q": ""},
+    ):
+        assert_problem(await capi.get("/api/v1/search", params=params, headers=h), 422, "validation_failed")
+    first = (await capi.get("/api/v1/search", params={"q": "星辰", "limit": 1}, headers=h)).json()
+    foreign = await capi.get(
+        "/api/v1/search", params={"q": "月亮", "cursor": first["next_cursor"]}, headers=h
+    )
+    assert_problem(foreign, 422, "validation_failed")
+    listed = await capi.get("/api/v1/accounts", params={"cursor": first["next_cursor"]}, headers=h)
+    assert_problem(listed, 422, "validation_failed")
+
+
+async def test_enum_filters_take_the_short_words_of_bodies_and_answers(capi):
+    company = await sign_up(capi)
+    h = company.headers
+    big = await create_account(capi, h, name="大客户", lifecycle_stage="customer", size="large")
+    risky = await create_account(capi, h, name="流失风险客户", lifecycle_stage="at_risk", size="medium")
+    new = await create_account(capi, h, name="潜在客户", lifecycle_stage="prospect")
+    assert (big["lifecycle_stage"], big["size"], new["size"]) == ("customer", "large", None)
+
+    async def ids(path: str, *filters: str, **params) -> list[str]:
+        r = await capi.get(path, params={"filter": list(filters), **params}, headers=h)
+        assert r.status_code == 200, r.text
+        return [x["id"] for x in r.json()["items"]]
+
+    assert await ids("/api/v1/accounts", "lifecycle_stage:eq:customer") == [big["id"]]
+    assert await ids("/api/v1/accounts", "lifecycle_stage:eq:at_risk") == [risky["id"]]
+    assert set(await ids("/api/v1/accounts", "size:in:large|medium")) == {big["id"], risky["id"]}
+    assert set(await ids("/api/v1/accounts", "lifecycle_stage:ne:prospect")) == {big["id"], risky["id"]}
+    assert await ids("/api/v1/accounts", "size:empty") == [new["id"]]
+    by_stage = await ids("/api/v1/accounts", sort="lifecycle_stage")
+    assert by_stage == [risky["id"], big["id"], new["id"]]  # at_risk, customer, prospect
+    count = await capi.get(
+        "/api/v1/accounts/count", params={"filter": "lifecycle_stage:eq:customer"}, headers=h
+    )
+    assert count.json() == {"count": 1, "exact": True}
+
+    boss = await capi.post(
+        "/api/v1/contacts", json={"name": "王总", "buying_role": "decision_maker"}, headers=h
+    )
+    assert boss.status_code == 201 and boss.json()["buying_role"] == "decision_maker", boss.text
+    await capi.post("/api/v1/contacts", json={"name": "小李", "buying_role": "user"}, headers=h)
+    assert await ids("/api/v1/contacts", "buying_role:eq:decision_maker") == [boss.json()["id"]]
+
+    # A value that is no word of the enum: a 422 naming the filter and the words it takes.
+    wrong = await capi.get("/api/v1/accounts", params={"filter": "lifecycle_stage:eq:vip"}, headers=h)
+    [error] = assert_problem(wrong, 422, "validation_failed")["errors"]
+    assert error["field"] == "filter" and "prospect, customer, loyal, at_risk, churned" in error["message"]
