@@ -2065,20 +2065,26 @@ class SalesEvent(_message.Message):
     SUMMARY_EN_FIELD_NUMBER: _builtins.int
     link_type: _builtins.str
     """What the entry links to in the sales API: "opportunity", "quote", "contract", "order", "payment_plan",
-    "payment" or "lead", and its id (e.g. GET /api/v1/opportunities/{link_id}).
+    "payment" or "lead".
     """
     link_id: _builtins.str
+    """The id of that sales object (e.g. GET /api/v1/opportunities/{link_id})."""
     event_type: _builtins.str
-    """The sales event it came from, e.g. "crm.sales.v1.OpportunityWon", and its id."""
+    """The sales event it came from, e.g. "crm.sales.v1.OpportunityWon"."""
     event_id: _builtins.str
+    """That event's id."""
     amount: _builtins.str
-    """The amount it is about (a decimal string) and its currency, when it is about money."""
+    """The amount it is about, a decimal string (e.g. "1250000.00"), when it is about money."""
     currency: _builtins.str
+    """The amount's ISO 4217 currency, e.g. "CNY"."""
     title_zh: _builtins.str
-    """The title and summary in both languages."""
+    """The title in Chinese."""
     title_en: _builtins.str
+    """The title in English."""
     summary_zh: _builtins.str
+    """The summary in Chinese."""
     summary_en: _builtins.str
+    """The summary in English."""
     def __init__(
         self,
         *,
@@ -3329,6 +3335,7 @@ class CustomFieldSchema(_message.Message):
     CREATE_FIELD_NUMBER: _builtins.int
     UPDATE_FIELD_NUMBER: _builtins.int
     record_type: Global___RecordType.ValueType
+    """The records whose `custom_fields` these schemas describe."""
     output: _builtins.str
     """In answers: an object with a property per custom field (any may be absent), in display order."""
     create: _builtins.str

@@ -156,6 +156,7 @@ class FileInfo(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     file_name: _builtins.str
+    """The file's name, e.g. "客户.xlsx"."""
     content_type: _builtins.str
     """e.g. "text/csv", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"."""
     size_bytes: _builtins.int
