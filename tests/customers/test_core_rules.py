@@ -167,9 +167,7 @@ async def test_interactions_are_edited_scoped_and_deleted(capi):  # noqa: F811
     edited = await capi.patch(
         f"/api/v1/interactions/{iid}", json={"outcome": "续约"}, headers={**h, "If-Match": '"1"'}
     )
-    assert (
-        edited.status_code == 200 and edited.json()["outcome"] == "续约" and edited.json()["version"] == 2
-    )
+    assert edited.status_code == 200 and edited.json()["outcome"] == "续约" and edited.json()["version"] == 2
     empty = await capi.post("/api/v1/interactions", json={"kind": "note"}, headers=h)
     assert_problem(empty, 422)
     rep = await member(capi, company, [{"object": "*", "actions": ["*"], "data_scope": "own"}])

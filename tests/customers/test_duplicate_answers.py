@@ -215,9 +215,7 @@ async def test_through_the_gateway_warn_shows_duplicates_and_block_is_a_409_list
     assert (await capi.get(f"/api/v1/accounts/{third['id']}", headers=h)).json()["phones"] == []
 
     # A rep who sees only their own accounts learns the others by id only.
-    rep = await member(
-        capi, company, [{"object": "account", "actions": ["*"], "data_scope": "own"}]
-    )
+    rep = await member(capi, company, [{"object": "account", "actions": ["*"], "data_scope": "own"}])
     mine = await capi.post(
         "/api/v1/accounts", json={"name": "小米之家", "phones": ["13800138000"]}, headers=rep
     )

@@ -348,7 +348,9 @@ async def test_uploads_are_checked_and_imports_belong_to_their_tenant(identity, 
     )
     bad = await rpc_error(
         data.StartImport(
-            dq.StartImportRequest(id=job.id, mapping=[imports_pb2.ColumnMapping(column="电话", field="phones")]),
+            dq.StartImportRequest(
+                id=job.id, mapping=[imports_pb2.ColumnMapping(column="电话", field="phones")]
+            ),
             metadata=mine.md,
         )
     )
