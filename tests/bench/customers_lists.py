@@ -33,6 +33,7 @@ from typing import Any
 
 import asyncpg
 import grpc
+from crm.common.v1 import paging_pb2
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import customers_pb2_grpc
 from crm.identity.v1 import identity_pb2 as ipb
@@ -324,9 +325,11 @@ async def run(admin_dsn: str, nats_url: str) -> dict[str, Any]:
                 hits = 0
                 for query in queries:
                     t = time.perf_counter()
-                    answer = await stub.Search(pb.SearchRequest(q=query, limit=20), metadata=md)
+                    answer = await stub.Search(
+                        pb.SearchRequest(q=query, page=paging_pb2.PageRequest(limit=20)), metadata=md
+                    )
                     latencies.append((time.perf_counter() - t) * 1000)
-                    hits += bool(answer.hits)
+                    hits += bool(answer.items)
                 results["search"] = {
                     "queries": len(queries),
                     "with_hits": hits,

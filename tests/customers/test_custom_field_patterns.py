@@ -23,13 +23,11 @@ async def _field(capi, h, key: str, pattern: str):  # noqa: F811
     return await capi.post(
         "/api/v1/custom-fields",
         json={
-            "custom_field": {
-                "record_type": "RECORD_TYPE_ACCOUNT",
-                "key": key,
-                "label_en": key,
-                "type": "CUSTOM_FIELD_TYPE_TEXT",
-                "pattern": pattern,
-            }
+            "record_type": "account",
+            "key": key,
+            "label_en": key,
+            "type": "text",
+            "pattern": pattern,
         },
         headers=h,
     )
@@ -53,11 +51,11 @@ async def test_patterns_re2_cannot_run_are_refused_when_the_field_is_saved(capi)
     )
     assert_problem(changed, 422)
     ok = await capi.post(
-        "/api/v1/accounts", json={"account": {"name": "甲", "custom_fields": {"code": "AB-123"}}}, headers=h
+        "/api/v1/accounts", json={"name": "甲", "custom_fields": {"code": "AB-123"}}, headers=h
     )
     assert ok.status_code == 201, ok.text
     bad = await capi.post(
-        "/api/v1/accounts", json={"account": {"name": "乙", "custom_fields": {"code": "ab-123"}}}, headers=h
+        "/api/v1/accounts", json={"name": "乙", "custom_fields": {"code": "ab-123"}}, headers=h
     )
     assert {e["field"] for e in assert_problem(bad, 422)["errors"]} == {"custom_fields.code"}
 
@@ -90,9 +88,7 @@ async def test_a_backtracking_pattern_answers_at_once_and_others_go_on(capi):  #
         values = {f"evil_{i}": "a" * 26 + "!" for i in range(len(EVIL))}
         values["evil_3"] = "x" * 26
         values["evil_4"] = "a" * 26
-        bad = await capi.post(
-            "/api/v1/accounts", json={"account": {"name": "丙", "custom_fields": values}}, headers=h
-        )
+        bad = await capi.post("/api/v1/accounts", json={"name": "丙", "custom_fields": values}, headers=h)
         await asyncio.sleep(0.2)
     finally:
         done.set()

@@ -207,6 +207,53 @@ async def test_a_scan_lists_groups_of_existing_duplicates_with_scores(identity, 
     assert all(m.matches == [duplicates_pb2.DUPLICATE_MATCH_COMPANY_NAME] for m in huawei.members)
     assert by_members[frozenset({d.id, e.id})].members[0].matched_values == ["bd@alibaba.com"]
 
+    # Without a record type: the latest scan of each, contacts' groups beside accounts', best score first.
+    await add_rule(data, company, duplicates_pb2.DUPLICATE_MATCH_PHONE, CONTACT, on_create=ALLOW)
+    people = [
+        (
+            await customers.CreateContact(
+                pb.CreateContactRequest(contact=pb.Contact(name=name, phones=["13800138000"])),
+                metadata=company.md,
+            )
+        ).contact.id
+        for name in ("王小明", "小明")
+    ]
+    await scanned(data, company, CONTACT)
+    everything = []
+    page = dq.ListDuplicateGroupsRequest()
+    page.page.limit = 1
+    while True:  # pages over both scans
+        answer = await data.ListDuplicateGroups(page, metadata=company.md)
+        everything += answer.items
+        if not answer.next_cursor:
+            break
+        page.page.cursor = answer.next_cursor
+    assert {frozenset(m.id for m in g.members) for g in everything} == set(by_members) | {frozenset(people)}
+    assert [g.score for g in everything] == sorted((g.score for g in everything), reverse=True)
+    assert {g.record_type for g in everything} == {ACCOUNT, CONTACT}
+    only_contacts = await data.ListDuplicateGroups(
+        dq.ListDuplicateGroupsRequest(record_type=CONTACT), metadata=company.md
+    )
+    assert [frozenset(m.id for m in g.members) for g in only_contacts.items] == [frozenset(people)]
+
+
+async def scanned(data, company, record_type):
+    """Run a duplicate scan to its end."""
+    scan = (
+        await data.StartDuplicateScan(
+            dq.StartDuplicateScanRequest(record_type=record_type), metadata=company.md
+        )
+    ).duplicate_scan
+    for _ in range(100):
+        scan = (
+            await data.GetDuplicateScan(dq.GetDuplicateScanRequest(id=scan.id), metadata=company.md)
+        ).duplicate_scan
+        if scan.status not in (dq.JOB_STATUS_QUEUED, dq.JOB_STATUS_RUNNING):
+            break
+        await asyncio.sleep(0.1)
+    assert scan.status == dq.JOB_STATUS_SUCCEEDED, scan
+    return scan
+
 
 async def test_rules_are_validated_audited_and_belong_to_their_tenant(identity, data, customers_service):
     mine, theirs = await sign_up(identity), await sign_up(identity, "腾讯")

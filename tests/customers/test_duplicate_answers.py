@@ -1,5 +1,5 @@
 """What duplicate rules say on a create or update through the API: "warn" answers the saved record with its
-`duplicates`, "block" answers 409 `duplicate_found` listing the same candidates; a candidate outside the
+`duplicates` (a read-only field of the record, filled only in these answers), "block" answers 409 `duplicate_found` listing the same candidates; a candidate outside the
 caller's data scope, or a field the caller may not see, never shows its name or values."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ async def test_warn_answers_the_saved_account_and_contact_with_their_candidates(
         metadata=company.md,
     )
     assert created.account.id  # saved
-    [candidate] = created.duplicates
+    [candidate] = created.account.duplicates
     assert (candidate.id, candidate.name, candidate.record_type) == (
         first.id,
         "小米科技有限责任公司",
@@ -59,23 +59,23 @@ async def test_warn_answers_the_saved_account_and_contact_with_their_candidates(
         ),
         metadata=company.md,
     )
-    assert {c.id for c in updated.duplicates} == {first.id, created.account.id}
+    assert {c.id for c in updated.account.duplicates} == {first.id, created.account.id}
     quiet = await customers.UpdateAccount(
         pb.UpdateAccountRequest(
             id=other.id, account=pb.Account(notes="x"), update_mask=field_mask_pb2.FieldMask(paths=["notes"])
         ),
         metadata=company.md,
     )
-    assert not quiet.duplicates
+    assert not quiet.account.duplicates
 
     person = await customers.CreateContact(
         pb.CreateContactRequest(contact=pb.Contact(name="王小明", emails=["xm@mi.com"])), metadata=company.md
     )
-    assert not person.duplicates
+    assert not person.contact.duplicates
     twin = await customers.CreateContact(
         pb.CreateContactRequest(contact=pb.Contact(name="小明", emails=["XM@mi.com"])), metadata=company.md
     )
-    assert [(c.id, c.name, list(c.rule_ids)) for c in twin.duplicates] == [
+    assert [(c.id, c.name, list(c.rule_ids)) for c in twin.contact.duplicates] == [
         (person.contact.id, "王小明", [contact_rule.id])
     ]
     changed = await customers.UpdateContact(
@@ -86,7 +86,10 @@ async def test_warn_answers_the_saved_account_and_contact_with_their_candidates(
         ),
         metadata=company.md,
     )
-    assert [c.id for c in changed.duplicates] == [twin.contact.id]
+    assert [c.id for c in changed.contact.duplicates] == [twin.contact.id]
+    # Only the answer that produced them carries them: the record read back has none.
+    again = await customers.GetAccount(pb.GetAccountRequest(id=created.account.id), metadata=company.md)
+    assert not again.account.duplicates
 
 
 async def test_candidates_outside_the_scope_or_with_a_hidden_name_show_no_name(identity, customers, data):  # noqa: F811
@@ -106,7 +109,7 @@ async def test_candidates_outside_the_scope_or_with_a_hidden_name_show_no_name(i
         pb.CreateAccountRequest(account=pb.Account(name="华为深圳", phones=["13800138000", "13900139000"])),
         metadata=rep,
     )
-    shown = {c.id: c for c in created.duplicates}
+    shown = {c.id: c for c in created.account.duplicates}
     assert set(shown) == {secret.id, mine.id}
     # Outside the scope: that it exists (id, score, rule, match), not what it is.
     assert shown[secret.id].name == "" and not shown[secret.id].matched_values
@@ -141,9 +144,9 @@ async def test_candidates_outside_the_scope_or_with_a_hidden_name_show_no_name(i
         ),
         metadata=auth(token.access_token),
     )
-    assert secret.id in {c.id for c in blind.duplicates}
-    assert all(c.name == "" and not c.matched_values for c in blind.duplicates)
-    assert "华为" not in str(blind.duplicates)
+    assert secret.id in {c.id for c in blind.account.duplicates}
+    assert all(c.name == "" and not c.matched_values for c in blind.account.duplicates)
+    assert "华为" not in str(blind.account.duplicates)
     # A caller who may create but not read accounts learns ids only.
     writer = await role(identity, company, "只能新建", [{"object": "account", "actions": ["create"]}])
     _, token = await invite_and_join(identity, company, role_ids=[writer])
@@ -151,8 +154,8 @@ async def test_candidates_outside_the_scope_or_with_a_hidden_name_show_no_name(i
         pb.CreateAccountRequest(account=pb.Account(name="某公司", phones=["13800138000"])),
         metadata=auth(token.access_token),
     )
-    assert {c.id for c in created.duplicates} >= {secret.id, twin.id}
-    assert all(c.name == "" and not c.matched_values for c in created.duplicates)
+    assert {c.id for c in created.account.duplicates} >= {secret.id, twin.id}
+    assert all(c.name == "" and not c.matched_values for c in created.account.duplicates)
 
 
 async def test_block_lists_the_candidates_in_the_error(identity, customers, data):  # noqa: F811
@@ -170,40 +173,45 @@ async def test_block_lists_the_candidates_in_the_error(identity, customers, data
     assert details.reason == "duplicate_found"
     [candidate] = details.extensions["duplicates"]
     assert candidate["id"] == first.id and candidate["name"] == "小米科技有限责任公司"
-    assert candidate["matches"] == ["DUPLICATE_MATCH_PHONE"] and candidate["score"] == 1.0
+    assert candidate["matches"] == ["phone"] and candidate["score"] == 1.0
+    assert candidate["record_type"] == "account" and candidate["matched_values"] == ["+8613800138000"]
 
 
 async def test_through_the_gateway_warn_shows_duplicates_and_block_is_a_409_listing_them(capi, data):  # noqa: F811
     company = await sign_up_http(capi)
     h = company.headers
     await without_default_rules(data, company.tenant["id"], auth(company.tokens["access_token"]))
-    for match, action in (("DUPLICATE_MATCH_PHONE", "DUPLICATE_ACTION_WARN"),):
-        r = await capi.post(
-            "/api/v1/duplicate-rules",
-            json={
-                "duplicate_rule": {
-                    "name": "同号码",
-                    "record_type": "RECORD_TYPE_ACCOUNT",
-                    "match": match,
-                    "on_create": action,
-                    "on_update": "DUPLICATE_ACTION_BLOCK",
-                }
-            },
-            headers=h,
-        )
-        assert r.status_code == 201, r.text
+    r = await capi.post(
+        "/api/v1/duplicate-rules",
+        json={
+            "name": "同号码",
+            "record_type": "account",
+            "match": "phone",
+            "on_create": "warn",
+            "on_update": "block",
+        },
+        headers=h,
+    )
+    assert r.status_code == 201, r.text
     first = await create_account(capi, h, name="小米科技有限责任公司", phones=["13800138000"])
     assert first["duplicates"] == []
     second = await capi.post(
-        "/api/v1/accounts", json={"account": {"name": "北京小米", "phones": ["138 0013 8000"]}}, headers=h
+        "/api/v1/accounts", json={"name": "北京小米", "phones": ["138 0013 8000"]}, headers=h
     )
     assert second.status_code == 201, second.text
     body = second.json()
     assert body["name"] == "北京小米" and second.headers["etag"] == '"1"'
     [candidate] = body["duplicates"]
     assert candidate["id"] == first["id"] and candidate["name"] == "小米科技有限责任公司"
-    assert candidate["matches"] == ["DUPLICATE_MATCH_PHONE"] and candidate["score"] == 1.0
+    assert candidate["matches"] == ["phone"] and candidate["score"] == 1.0
     assert candidate["record_type"] == "account" and len(candidate["rule_ids"]) == 1
+    # The record read back, or listed, has none: they belong to the answer that found them.
+    assert (await capi.get(f"/api/v1/accounts/{body['id']}", headers=h)).json()["duplicates"] == []
+    listed = (await capi.get("/api/v1/accounts", headers=h)).json()["items"]
+    assert all(a["duplicates"] == [] for a in listed)
+    # A client cannot send them.
+    sent = await capi.post("/api/v1/accounts", json={"name": "某公司", "duplicates": []}, headers=h)
+    assert "duplicates" in {e["field"] for e in assert_problem(sent, 422)["errors"]}
 
     # on_update blocks: 409 problem+json with the same candidates; nothing changed.
     third = await create_account(capi, h, name="雷军工作室")
@@ -211,19 +219,19 @@ async def test_through_the_gateway_warn_shows_duplicates_and_block_is_a_409_list
     problem = assert_problem(blocked, 409, "duplicate_found")
     assert {c["id"] for c in problem["duplicates"]} == {first["id"], body["id"]}
     assert {c["name"] for c in problem["duplicates"]} == {"小米科技有限责任公司", "北京小米"}
+    # The same shape as in an answer.
+    assert all(set(c) == set(candidate) and c["matches"] == ["phone"] for c in problem["duplicates"])
     assert (await capi.get(f"/api/v1/accounts/{third['id']}", headers=h)).json()["phones"] == []
 
     # A rep who sees only their own accounts learns the others by id only.
-    rep = await member(
-        capi, company, [{"object": "account", "actions": ["*"], "data_scope": "DATA_SCOPE_OWN"}]
-    )
+    rep = await member(capi, company, [{"object": "account", "actions": ["*"], "data_scope": "own"}])
     mine = await capi.post(
-        "/api/v1/accounts", json={"account": {"name": "小米之家", "phones": ["13800138000"]}}, headers=rep
+        "/api/v1/accounts", json={"name": "小米之家", "phones": ["13800138000"]}, headers=rep
     )
     assert mine.status_code == 201, mine.text
     dupes = mine.json()["duplicates"]
     assert {c["id"] for c in dupes} == {first["id"], body["id"]}
-    assert all(c["name"] == "" and c["matched_values"] == [] for c in dupes)
+    assert all(c["name"] is None and c["matched_values"] == [] for c in dupes)
     assert "小米科技" not in mine.text and "北京小米" not in mine.text
     blocked = await capi.patch(
         f"/api/v1/accounts/{mine.json()['id']}", json={"phones": ["13800138000", "13900000000"]}, headers=rep
@@ -235,9 +243,19 @@ async def test_through_the_gateway_warn_shows_duplicates_and_block_is_a_409_list
 
 async def test_the_openapi_document_describes_duplicates_on_writes(capi):  # noqa: F811
     doc = (await capi.get("/openapi.json")).json()
-    for path, method in (("/api/v1/accounts", "post"), ("/api/v1/contacts/{id}", "patch")):
+    schemas = doc["components"]["schemas"]
+    for path, method, record in (
+        ("/api/v1/accounts", "post", "Account"),
+        ("/api/v1/accounts/{id}", "patch", "Account"),
+        ("/api/v1/contacts", "post", "Contact"),
+        ("/api/v1/contacts/{id}", "patch", "Contact"),
+    ):
         ok = doc["paths"][path][method]["responses"]["201" if method == "post" else "200"]
         ref = ok["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
-        schema = doc["components"]["schemas"][ref]
-        assert schema["properties"]["duplicates"]["items"]["$ref"].endswith("/DuplicateCandidate")
-        assert "name" in schema["properties"] and "duplicates" in schema["required"]
+        assert ref == record  # the answer is the record itself
+        duplicates = schemas[ref]["properties"]["duplicates"]
+        assert duplicates["items"]["$ref"].endswith("/DuplicateCandidate") and duplicates["readOnly"] is True
+        assert "duplicates" in schemas[ref]["required"] and "warn" in duplicates["description"]
+        # Server-owned: not in the bodies.
+        body = doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert "duplicates" not in schemas[body.rsplit("/", 1)[1]]["properties"]

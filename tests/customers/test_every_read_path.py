@@ -201,6 +201,9 @@ PATHS: dict[str, Path] = {
         by_id("GetCustomField", pb.GetCustomFieldRequest, "custom_field")
     ),
     "CustomersService/ListCustomFields": Path(plain("ListCustomFields", pb.ListCustomFieldsRequest())),
+    "CustomersService/GetCustomFieldSchemas": Path(
+        plain("GetCustomFieldSchemas", pb.GetCustomFieldSchemasRequest())
+    ),
     "CustomersService/GetSavedView": Path(_own_view),
     "CustomersService/ListSavedViews": Path(plain("ListSavedViews", pb.ListSavedViewsRequest())),
     "CustomersService/Search": Path(plain("Search", pb.SearchRequest(q="远景"))),

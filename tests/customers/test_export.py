@@ -55,7 +55,7 @@ async def member(api, company, permissions: list[dict]) -> dict[str, str]:
 
 
 async def create_account(api, headers, **account) -> dict:
-    r = await api.post("/api/v1/accounts", json={"account": account}, headers=headers)
+    r = await api.post("/api/v1/accounts", json=account, headers=headers)
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -69,7 +69,7 @@ def csv_file(rows: list[list[str]]) -> bytes:
 async def finished(api, headers, job_id) -> dict:
     for _ in range(200):
         job = (await api.get(f"/api/v1/imports/{job_id}", headers=headers)).json()
-        if job["status"] not in ("JOB_STATUS_QUEUED", "JOB_STATUS_RUNNING"):
+        if job["status"] not in ("queued", "running"):
             return job
         await asyncio.sleep(0.05)
     raise AssertionError(job)
@@ -95,23 +95,23 @@ async def test_a_file_is_uploaded_dry_run_imported_and_its_error_report_download
     assert up.status_code == 201, up.text
     job = up.json()
     assert up.headers["location"] == f"/api/v1/imports/{job['id']}"
-    assert job["status"] == "JOB_STATUS_UPLOADED" and job["file_name"] == "客户.csv"
+    assert job["status"] == "uploaded" and job["file_name"] == "客户.csv"
     assert [m["field"] for m in job["mapping"]] == ["name", "credit_code", "phones", "industry"]
 
     dry = await dapi.post(f"/api/v1/imports/{job['id']}/dry-run", json={}, headers=h)
     assert dry.status_code == 200, dry.text
-    assert dry.json()["import_job"]["rows_failed"] == "2" and len(dry.json()["errors"]) == 2
+    assert dry.json()["import_job"]["rows_failed"] == 2 and len(dry.json()["errors"]) == 2
 
     started = await dapi.post(f"/api/v1/imports/{job['id']}/start", json={}, headers=h)
     assert started.status_code == 202, started.text
     done = await finished(dapi, h, job["id"])
-    assert done["status"] == "JOB_STATUS_SUCCEEDED" and done["percent"] == 100
-    assert (done["rows_total"], done["rows_created"], done["rows_failed"]) == ("3", "1", "2")
+    assert done["status"] == "succeeded" and done["percent"] == 100
+    assert (done["rows_total"], done["rows_created"], done["rows_failed"]) == (3, 1, 2)
 
     errors = (await dapi.get(f"/api/v1/imports/{job['id']}/errors", headers=h)).json()["items"]
     assert [(e["row"], e["column"], e["value"]) for e in errors] == [
-        ("3", "统一社会信用代码", "91440300708461136X"),
-        ("4", "联系电话", "电话号码"),
+        (3, "统一社会信用代码", "91440300708461136X"),
+        (4, "联系电话", "电话号码"),
     ]
     report = await dapi.get(f"/api/v1/imports/{job['id']}/errors/report", headers=h)
     assert report.status_code == 200, report.text
@@ -157,13 +157,11 @@ async def test_exports_stream_the_filtered_list_without_hidden_fields(dapi):
     field = await dapi.post(
         "/api/v1/custom-fields",
         json={
-            "custom_field": {
-                "record_type": "RECORD_TYPE_ACCOUNT",
-                "key": "budget",
-                "label_zh": "预算",
-                "label_en": "Budget",
-                "type": "CUSTOM_FIELD_TYPE_CURRENCY",
-            }
+            "record_type": "account",
+            "key": "budget",
+            "label_zh": "预算",
+            "label_en": "Budget",
+            "type": "currency",
         },
         headers=h,
     )
@@ -196,10 +194,10 @@ async def test_exports_stream_the_filtered_list_without_hidden_fields(dapi):
             {
                 "object": "account",
                 "actions": ["read", "export"],
-                "data_scope": "DATA_SCOPE_ALL",
+                "data_scope": "all",
                 "field_rules": [
-                    {"field": "phones", "access": "FIELD_ACCESS_HIDDEN"},
-                    {"field": "custom_budget", "access": "FIELD_ACCESS_HIDDEN"},
+                    {"field": "phones", "access": "hidden"},
+                    {"field": "custom_budget", "access": "hidden"},
                 ],
             },
         ],
@@ -225,9 +223,7 @@ async def test_exports_stream_the_filtered_list_without_hidden_fields(dapi):
         "/api/v1/exports", params={"record_type": "account", "fields": ["name", "phones"]}, headers=sales
     )
     assert_problem(asked, 403, "field_hidden")
-    reader = await member(
-        dapi, company, [{"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"}]
-    )
+    reader = await member(dapi, company, [{"object": "account", "actions": ["read"], "data_scope": "all"}])
     assert_problem(await dapi.get("/api/v1/exports", params={"record_type": "account"}, headers=reader), 403)
 
 
@@ -237,51 +233,51 @@ async def test_duplicates_and_merges_through_the_api(dapi):
     rule = await dapi.post(
         "/api/v1/duplicate-rules",
         json={
-            "duplicate_rule": {
-                "name": "同名公司",
-                "record_type": "RECORD_TYPE_ACCOUNT",
-                "match": "DUPLICATE_MATCH_COMPANY_NAME",
-                "on_create": "DUPLICATE_ACTION_BLOCK",
-            }
+            "name": "同名公司",
+            "record_type": "account",
+            "match": "company_name",
+            "on_create": "block",
         },
         headers=h,
     )
     assert rule.status_code == 201, rule.text
     huawei = await create_account(dapi, h, name="华为技术有限公司")
-    blocked = await dapi.post(
-        "/api/v1/accounts", json={"account": {"name": "HUAWEI Technologies Co., Ltd."}}, headers=h
-    )
+    blocked = await dapi.post("/api/v1/accounts", json={"name": "HUAWEI Technologies Co., Ltd."}, headers=h)
     problem = assert_problem(blocked, 409, "duplicate_found")
     assert huawei["id"] in problem["detail"]
 
     await dapi.patch(
         f"/api/v1/duplicate-rules/{rule.json()['id']}",
-        json={"on_create": "DUPLICATE_ACTION_ALLOW"},
+        json={"on_create": "allow"},
         headers=h,
     )
     twin = await create_account(dapi, h, name="深圳市华为技术有限公司", legal_representative="赵明路")
     check = await dapi.post(
         "/api/v1/duplicates/check",
-        json={"record_type": "RECORD_TYPE_ACCOUNT", "account": {"name": "华为技术（深圳）有限公司"}},
+        json={"record_type": "account", "account": {"name": "华为技术（深圳）有限公司"}},
         headers=h,
     )
     assert {c["id"] for c in check.json()["candidates"]} == {huawei["id"], twin["id"]}
 
-    scan = await dapi.post("/api/v1/duplicate-scans", json={"record_type": "RECORD_TYPE_ACCOUNT"}, headers=h)
-    assert scan.status_code == 201, scan.text
+    scan = await dapi.post("/api/v1/duplicate-scans", json={"record_type": "account"}, headers=h)
+    assert scan.status_code == 202, scan.text
     for _ in range(100):
-        groups = (
-            await dapi.get("/api/v1/duplicates", params={"record_type": "RECORD_TYPE_ACCOUNT"}, headers=h)
-        ).json()
+        groups = (await dapi.get("/api/v1/duplicates", params={"record_type": "account"}, headers=h)).json()
         if groups["items"]:
             break
         await asyncio.sleep(0.05)
     assert {m["id"] for m in groups["items"][0]["members"]} == {huawei["id"], twin["id"]}
+    # record_type is optional, as documented: without it, the latest scan of every record type.
+    every = await dapi.get("/api/v1/duplicates", headers=h)
+    assert every.status_code == 200 and every.json()["items"] == groups["items"], every.text
+    assert (await dapi.get("/api/v1/duplicates", params={"record_type": "contact"}, headers=h)).json()[
+        "items"
+    ] == []
 
     merged = await dapi.post(
         "/api/v1/merges",
         json={
-            "record_type": "RECORD_TYPE_ACCOUNT",
+            "record_type": "account",
             "survivor_id": huawei["id"],
             "merged_ids": [twin["id"]],
             "field_sources": {"legal_representative": twin["id"]},
@@ -289,13 +285,13 @@ async def test_duplicates_and_merges_through_the_api(dapi):
         headers=h,
     )
     assert merged.status_code == 201, merged.text
-    merge = merged.json()["merge"]
+    merge = merged.json()
     assert merged.headers["location"] == f"/api/v1/merges/{merge['id']}"
     assert (await dapi.get(f"/api/v1/accounts/{huawei['id']}", headers=h)).json()[
         "legal_representative"
     ] == "赵明路"
     undone = await dapi.post(f"/api/v1/merges/{merge['id']}/undo", json={}, headers=h)
-    assert undone.status_code == 200 and undone.json()["status"] == "MERGE_STATUS_UNDONE"
+    assert undone.status_code == 200 and undone.json()["status"] == "undone"
     assert (await dapi.get(f"/api/v1/accounts/{twin['id']}", headers=h)).json().get("deleted_at") is None
     assert_problem(await dapi.post(f"/api/v1/merges/{merge['id']}/undo", json={}, headers=h), 409)
 
@@ -347,7 +343,9 @@ async def test_a_retried_upload_with_its_idempotency_key_gets_the_first_job_back
     assert again.headers["idempotent-replayed"] == "true"
     assert again.headers["location"] == first.headers["location"]
     # The same key with another file or another target is a different request: refused, nothing made.
-    assert_problem(await upload("upload-1", content + "格力电器,家电\r\n".encode()), 422, "idempotency_key_reused")
+    assert_problem(
+        await upload("upload-1", content + "格力电器,家电\r\n".encode()), 422, "idempotency_key_reused"
+    )
     assert_problem(await upload("upload-1", content, target="contacts"), 422, "idempotency_key_reused")
     # A refusal is remembered too: the retry of a bad upload is the same 422, not a second attempt.
     bad = await upload("upload-2", content, target="nonsense")

@@ -16,8 +16,8 @@ def hiding(obj: str, *fields: str, actions=("read", "export")) -> list[dict]:
         {
             "object": obj,
             "actions": list(actions),
-            "data_scope": "DATA_SCOPE_ALL",
-            "field_rules": [{"field": f, "access": "FIELD_ACCESS_HIDDEN"} for f in fields],
+            "data_scope": "all",
+            "field_rules": [{"field": f, "access": "hidden"} for f in fields],
         }
     ]
 
@@ -31,7 +31,7 @@ async def ids(capi, path, headers, **params) -> list[str]:  # noqa: F811
 async def found(capi, headers, q) -> list[str]:  # noqa: F811
     r = await capi.get("/api/v1/search", params={"q": q}, headers=headers)
     assert r.status_code == 200, r.text
-    return [hit["id"] for hit in r.json()["hits"]]
+    return [hit["id"] for hit in r.json()["items"]]
 
 
 async def exported(capi, headers, record_type, q) -> list[list[str]]:  # noqa: F811
@@ -57,14 +57,14 @@ async def test_a_hidden_account_name_is_never_matched_by_a_keyword(capi):  # noq
     for q in ("阿里巴巴", "集团", "阿", "控股有限"):
         assert await ids(capi, "/api/v1/accounts", no_name, q=q) == [], q
         assert await found(capi, no_name, q) == [], q
-        assert await exported(capi, no_name, "RECORD_TYPE_ACCOUNT", q) == [], q
+        assert await exported(capi, no_name, "account", q) == [], q
         count = await capi.get("/api/v1/accounts/count", params={"q": q}, headers=no_name)
-        assert count.json()["count"] == "0", q
+        assert count.json()["count"] == 0, q
     # What they may see still finds it: the other name, the phone.
     for q in ("tmall", "138001"):
         assert await ids(capi, "/api/v1/accounts", no_name, q=q) == [ali["id"]], q
-    [hit] = (await capi.get("/api/v1/search", params={"q": "Tmall"}, headers=no_name)).json()["hits"]
-    assert hit["id"] == ali["id"] and hit["name"] == ""
+    [hit] = (await capi.get("/api/v1/search", params={"q": "Tmall"}, headers=no_name)).json()["items"]
+    assert hit["id"] == ali["id"] and hit["name"] is None
     for params in ({"filter": "name:prefix:阿里"}, {"filter": "name:eq:x"}, {"sort": "name"}):
         assert_problem(
             await capi.get("/api/v1/accounts", params=params, headers=no_name), 403, "field_hidden"
@@ -78,7 +78,7 @@ async def test_a_hidden_account_name_is_never_matched_by_a_keyword(capi):  # noq
 
     no_phone = await member(capi, company, hiding("account", "phones"))
     assert await ids(capi, "/api/v1/accounts", no_phone, q="138001") == []
-    assert await exported(capi, no_phone, "RECORD_TYPE_ACCOUNT", "13800138000") == []
+    assert await exported(capi, no_phone, "account", "13800138000") == []
     assert_problem(
         await capi.get("/api/v1/accounts", params={"filter": "phones:eq:13800138000"}, headers=no_phone), 403
     )
@@ -91,13 +91,11 @@ async def test_hidden_contact_names_consent_and_accounts_do_not_leak_through_lis
     wang = await capi.post(
         "/api/v1/contacts",
         json={
-            "contact": {
-                "name": "王小明",
-                "name_latin": "Wang Xiaoming",
-                "emails": ["xm@mi.com"],
-                "account_ids": [account["id"]],
-                "consent": {"email": True},
-            }
+            "name": "王小明",
+            "name_latin": "Wang Xiaoming",
+            "emails": ["xm@mi.com"],
+            "account_ids": [account["id"]],
+            "consent": {"email": True},
         },
         headers=h,
     )
@@ -111,7 +109,7 @@ async def test_hidden_contact_names_consent_and_accounts_do_not_leak_through_lis
     for q in ("wang", "xiaoming", "xm@mi"):
         assert await ids(capi, "/api/v1/contacts", no_latin, q=q) == [], q
         assert await found(capi, no_latin, q) == [], q
-        assert await exported(capi, no_latin, "RECORD_TYPE_CONTACT", q) == [], q
+        assert await exported(capi, no_latin, "contact", q) == [], q
     assert await ids(capi, "/api/v1/contacts", no_latin, q="小明") == [wid]
 
     private = await member(capi, company, hiding("contact", "consent", "account_ids"))

@@ -9,6 +9,7 @@ import io
 
 import grpc
 import pytest
+from crm.common.v1 import imports_pb2
 from crm.customers.v1 import customers_pb2 as pb
 from crm.customers.v1 import data_quality_pb2 as dq
 from crm.customers.v1 import data_quality_pb2_grpc, duplicates_pb2
@@ -348,7 +349,9 @@ async def test_uploads_are_checked_and_imports_belong_to_their_tenant(identity, 
     )
     bad = await rpc_error(
         data.StartImport(
-            dq.StartImportRequest(id=job.id, mapping=[dq.ColumnMapping(column="电话", field="phones")]),
+            dq.StartImportRequest(
+                id=job.id, mapping=[imports_pb2.ColumnMapping(column="电话", field="phones")]
+            ),
             metadata=mine.md,
         )
     )

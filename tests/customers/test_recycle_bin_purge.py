@@ -153,7 +153,7 @@ async def test_retention_and_purge_now_through_the_gateway(capi):  # noqa: F811
     company = await sign_up_http(capi)
     h = company.headers
     got = await capi.get("/api/v1/recycle-bin/settings", headers=h)
-    assert got.status_code == 200 and got.json() == {"retention_days": 30, "version": "0"}
+    assert got.status_code == 200 and got.json() == {"retention_days": 30, "version": 0}
     assert_problem(await capi.put("/api/v1/recycle-bin/settings", json={"retention_days": 0}, headers=h), 422)
     assert_problem(
         await capi.put("/api/v1/recycle-bin/settings", json={"retention_days": 3651}, headers=h), 422
@@ -169,31 +169,27 @@ async def test_retention_and_purge_now_through_the_gateway(capi):  # noqa: F811
     rep = await member(
         capi,
         company,
-        [{"object": "contact", "actions": ["*"], "data_scope": "DATA_SCOPE_ALL"}],
+        [{"object": "contact", "actions": ["*"], "data_scope": "all"}],
     )
     assert_problem(
         await capi.put("/api/v1/recycle-bin/settings", json={"retention_days": 1}, headers=rep), 403
     )
     assert (await capi.get("/api/v1/recycle-bin/settings", headers=rep)).json()["retention_days"] == 7
 
-    person = await capi.post(
-        "/api/v1/contacts", json={"contact": {"name": "李雷", "phones": ["13800138000"]}}, headers=h
-    )
+    person = await capi.post("/api/v1/contacts", json={"name": "李雷", "phones": ["13800138000"]}, headers=h)
     pid = person.json()["id"]
     firm = await create_account(capi, h, name="韩梅梅咨询有限公司")
     met = await capi.post(
         "/api/v1/interactions",
         json={
-            "interaction": {
-                "kind": "INTERACTION_KIND_MEETING",
-                "subject": "需求会",
-                "account_ids": [firm["id"]],
-                "contact_ids": [pid],
-                "participants": [
-                    {"kind": "PARTICIPANT_KIND_CONTACT", "id": pid, "name": "李雷"},
-                    {"kind": "PARTICIPANT_KIND_EXTERNAL", "name": "韩梅梅"},
-                ],
-            }
+            "kind": "meeting",
+            "subject": "需求会",
+            "account_ids": [firm["id"]],
+            "contact_ids": [pid],
+            "participants": [
+                {"kind": "contact", "id": pid, "name": "李雷"},
+                {"kind": "external", "name": "韩梅梅"},
+            ],
         },
         headers=h,
     )

@@ -81,7 +81,7 @@ async def test_won_deals_reach_the_account_timeline_through_the_api(api):
     h = company.headers
     account = await create_account(api, h, name="华为技术有限公司")
     pipeline = (await api.post("/api/v1/pipelines", json={"name": "大客户"}, headers=h)).json()
-    won_stage = next(s for s in pipeline["stages"] if s["kind"] == "STAGE_KIND_WON")
+    won_stage = next(s for s in pipeline["stages"] if s["kind"] == "won")
     opp = await api.post(
         "/api/v1/opportunities",
         json={
@@ -98,11 +98,9 @@ async def test_won_deals_reach_the_account_timeline_through_the_api(api):
     visit = await api.post(
         "/api/v1/interactions",
         json={
-            "interaction": {
-                "kind": "INTERACTION_KIND_VISIT",
-                "subject": "上门拜访",
-                "account_ids": [account["id"]],
-            }
+            "kind": "visit",
+            "subject": "上门拜访",
+            "account_ids": [account["id"]],
         },
         headers=h,
     )
@@ -147,21 +145,19 @@ async def test_won_deals_reach_the_account_timeline_through_the_api(api):
 
     # Who may read the account but neither interactions nor opportunities sees nothing of either; with
     # interactions, the visit only; an own-scope reader of opportunities does not see the admin's deal either.
-    nothing = await member(
-        api, company, [{"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"}]
-    )
+    nothing = await member(api, company, [{"object": "account", "actions": ["read"], "data_scope": "all"}])
     assert await timeline(api, account["id"], nothing) == []
-    visits = {"object": "interaction", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"}
+    visits = {"object": "interaction", "actions": ["read"], "data_scope": "all"}
     no_deals = await member(
-        api, company, [{"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"}, visits]
+        api, company, [{"object": "account", "actions": ["read"], "data_scope": "all"}, visits]
     )
     assert [i["kind"] for i in await timeline(api, account["id"], no_deals)] == ["interaction.visit"]
     own_deals = await member(
         api,
         company,
         [
-            {"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"},
-            {"object": "opportunity", "actions": ["read"], "data_scope": "DATA_SCOPE_OWN"},
+            {"object": "account", "actions": ["read"], "data_scope": "all"},
+            {"object": "opportunity", "actions": ["read"], "data_scope": "own"},
             visits,
         ],
     )
@@ -170,8 +166,8 @@ async def test_won_deals_reach_the_account_timeline_through_the_api(api):
         api,
         company,
         [
-            {"object": "account", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"},
-            {"object": "opportunity", "actions": ["read"], "data_scope": "DATA_SCOPE_ALL"},
+            {"object": "account", "actions": ["read"], "data_scope": "all"},
+            {"object": "opportunity", "actions": ["read"], "data_scope": "all"},
             visits,
         ],
     )

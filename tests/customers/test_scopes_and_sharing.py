@@ -38,7 +38,7 @@ async def user_in(capi, company, department_id: str, scope: str) -> tuple[str, d
         json={"invitation_token": invited.json()["invitation_token"], "password": PASSWORD},
     )
     token = await capi.post("/api/v1/auth/token", json={"email": email, "password": PASSWORD})
-    return invited.json()["user"]["id"], {"Authorization": f"Bearer {token.json()['access_token']}"}
+    return invited.json()["id"], {"Authorization": f"Bearer {token.json()['access_token']}"}
 
 
 async def test_department_tree_scope_sees_records_owned_below_and_shares_views(capi):  # noqa: F811
@@ -46,10 +46,10 @@ async def test_department_tree_scope_sees_records_owned_below_and_shares_views(c
     south = await department(capi, company, "华南区")
     shenzhen = await department(capi, company, "深圳组", south)
     north = await department(capi, company, "华北区")
-    _, manager = await user_in(capi, company, south, "DATA_SCOPE_DEPARTMENT_TREE")
-    rep_id, rep = await user_in(capi, company, shenzhen, "DATA_SCOPE_OWN")
-    _, peer = await user_in(capi, company, shenzhen, "DATA_SCOPE_DEPARTMENT")
-    _, other = await user_in(capi, company, north, "DATA_SCOPE_DEPARTMENT")
+    _, manager = await user_in(capi, company, south, "department_tree")
+    rep_id, rep = await user_in(capi, company, shenzhen, "own")
+    _, peer = await user_in(capi, company, shenzhen, "department")
+    _, other = await user_in(capi, company, north, "department")
 
     mine = await create_account(capi, rep, name="深圳客户甲")
     assert mine["owner_id"] == rep_id and mine["department_id"] == shenzhen
@@ -63,18 +63,16 @@ async def test_department_tree_scope_sees_records_owned_below_and_shares_views(c
     seen_by_peer = {a["id"] for a in (await capi.get("/api/v1/accounts", headers=peer)).json()["items"]}
     assert seen_by_peer == {mine["id"], assigned["id"]}
     assert_problem(await capi.get(f"/api/v1/accounts/{northern['id']}", headers=manager), 404)
-    assert (await capi.get("/api/v1/search", params={"q": "北京客户"}, headers=manager)).json()["hits"] == []
+    assert (await capi.get("/api/v1/search", params={"q": "北京客户"}, headers=manager)).json()["items"] == []
 
     # A view shared in the department is seen by a colleague there, not by another department.
     view = await capi.post(
         "/api/v1/saved-views",
         json={
-            "saved_view": {
-                "record_type": "RECORD_TYPE_ACCOUNT",
-                "name": "深圳",
-                "filter": ["name:contains:深圳"],
-                "shared": True,
-            }
+            "record_type": "account",
+            "name": "深圳",
+            "filter": ["name:contains:深圳"],
+            "shared": True,
         },
         headers=rep,
     )
@@ -87,7 +85,7 @@ async def test_department_tree_scope_sees_records_owned_below_and_shares_views(c
     assert_problem(await capi.patch(f"/api/v1/saved-views/{vid}", json={"name": "x"}, headers=peer), 403)
     private = await capi.post(
         "/api/v1/saved-views",
-        json={"saved_view": {"record_type": "RECORD_TYPE_ACCOUNT", "name": "我的"}},
+        json={"record_type": "account", "name": "我的"},
         headers=rep,
     )
     assert_problem(await capi.get(f"/api/v1/saved-views/{private.json()['id']}", headers=peer), 404)
@@ -102,8 +100,8 @@ async def test_relationships_are_listed_per_record_and_deleted(capi):  # noqa: F
         "/api/v1/relationships",
         json={
             "type": "supplier_of",
-            "source": {"type": "RECORD_TYPE_ACCOUNT", "id": b["id"]},
-            "target": {"type": "RECORD_TYPE_ACCOUNT", "id": a["id"]},
+            "source": {"type": "account", "id": b["id"]},
+            "target": {"type": "account", "id": a["id"]},
             "note": "CPU",
         },
         headers=h,
@@ -113,15 +111,15 @@ async def test_relationships_are_listed_per_record_and_deleted(capi):  # noqa: F
         "/api/v1/relationships",
         json={
             "type": "supplier_of",
-            "source": {"type": "RECORD_TYPE_ACCOUNT", "id": b["id"]},
-            "target": {"type": "RECORD_TYPE_ACCOUNT", "id": a["id"]},
+            "source": {"type": "account", "id": b["id"]},
+            "target": {"type": "account", "id": a["id"]},
         },
         headers=h,
     )
     assert_problem(again, 409)
     listed = await capi.get(
         "/api/v1/relationships",
-        params={"record_type": "RECORD_TYPE_ACCOUNT", "record_id": a["id"]},
+        params={"record_type": "account", "record_id": a["id"]},
         headers=h,
     )
     assert [r["id"] for r in listed.json()["items"]] == [made.json()["id"]]
@@ -129,8 +127,8 @@ async def test_relationships_are_listed_per_record_and_deleted(capi):  # noqa: F
         "/api/v1/relationships",
         json={
             "type": "nosuch",
-            "source": {"type": "RECORD_TYPE_ACCOUNT", "id": a["id"]},
-            "target": {"type": "RECORD_TYPE_ACCOUNT", "id": b["id"]},
+            "source": {"type": "account", "id": a["id"]},
+            "target": {"type": "account", "id": b["id"]},
         },
         headers=h,
     )
@@ -150,4 +148,4 @@ async def test_counts_are_exact_when_small(capi):  # noqa: F811
     for i in range(3):
         await create_account(capi, h, name=f"计数{i}", province="广东省" if i else "浙江省")
     r = await capi.get("/api/v1/accounts/count", params={"filter": "province:eq:广东省"}, headers=h)
-    assert r.json() == {"count": "2", "exact": True}
+    assert r.json() == {"count": 2, "exact": True}

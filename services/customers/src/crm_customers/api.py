@@ -93,7 +93,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 read=await self._sees("account"),
             )
         return pb.CreateAccountResponse(
-            account=await self._account_out(row, rollups=False), duplicates=dedup.warnings_of(row)
+            account=_with_duplicates(await self._account_out(row, rollups=False), row)
         )
 
     async def GetAccount(self, request, context):
@@ -152,9 +152,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 department_of=self.department_of,
                 read=await self._sees("account"),
             )
-        return pb.UpdateAccountResponse(
-            account=await self._account_out(row), duplicates=dedup.warnings_of(row)
-        )
+        return pb.UpdateAccountResponse(account=_with_duplicates(await self._account_out(row), row))
 
     async def DeleteAccount(self, request, context):
         decision = await authorize(self.policies, "account", "delete")
@@ -218,9 +216,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 department_of=self.department_of,
                 read=await self._sees("contact"),
             )
-        return pb.CreateContactResponse(
-            contact=await self._contact_out(row), duplicates=dedup.warnings_of(row)
-        )
+        return pb.CreateContactResponse(contact=_with_duplicates(await self._contact_out(row), row))
 
     async def GetContact(self, request, context):
         decision = await self._read_decision("contact")
@@ -278,9 +274,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
                 department_of=self.department_of,
                 read=await self._sees("contact"),
             )
-        return pb.UpdateContactResponse(
-            contact=await self._contact_out(row), duplicates=dedup.warnings_of(row)
-        )
+        return pb.UpdateContactResponse(contact=_with_duplicates(await self._contact_out(row), row))
 
     async def DeleteContact(self, request, context):
         decision = await authorize(self.policies, "contact", "delete")
@@ -314,6 +308,12 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         async with self.db.read() as session:
             rows, cursor = await cf.list_fields(session, request)
         return pb.ListCustomFieldsResponse(items=[cf.custom_field_pb(r) for r in rows], next_cursor=cursor)
+
+    async def GetCustomFieldSchemas(self, request, context):
+        await _any_read(self.policies)
+        async with self.db.read() as session:
+            schemas = await cf.schemas(session, caller().tenant_id)
+        return pb.GetCustomFieldSchemasResponse(schemas=schemas)
 
     async def UpdateCustomField(self, request, context):
         await authorize(self.policies, "custom_field", "update")
@@ -552,7 +552,7 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         goal = (RECORD_TYPES.name(request.to_type), request.to_id)
         for field, node in (("from_type", start), ("to_type", goal)):
             if node[0] not in ("account", "contact"):
-                raise InvalidArgument.for_field(field, "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+                raise InvalidArgument.for_field(field, "must be account or contact")
             if not decisions[node[0]].allowed:
                 raise PermissionDenied(f"not allowed to read {node[0]}", reason="permission_denied")
         async with self.db.read() as session:
@@ -629,8 +629,15 @@ class CustomersApi(customers_pb2_grpc.CustomersServiceServicer):
         await _any_read(self.policies)
         decisions = await self._record_decisions()
         async with self.db.read() as session:
-            hits = await finder.find(session, request, decisions)
-        return pb.SearchResponse(hits=hits)
+            hits, cursor = await finder.find(session, request, decisions)
+        return pb.SearchResponse(items=hits, next_cursor=cursor)
+
+
+def _with_duplicates(message, row):  # type: ignore[no-untyped-def]
+    """The answer of a create or an update: the record, with what "warn" duplicate rules found on it (already
+    concealed for the caller by the rules' check). Only these answers carry `duplicates`."""
+    message.duplicates.extend(dedup.warnings_of(row))
+    return message
 
 
 def _needs_defs(query: str, filters: list[str], sort: str) -> bool:

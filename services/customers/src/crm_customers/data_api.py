@@ -19,7 +19,7 @@ from crm_kit.policy import Decision, PolicyCache
 from crm_customers.domain.dedup import matching, rules
 from crm_customers.domain.dedup import merge as merges
 from crm_customers.domain.dedup import scan as scans
-from crm_customers.domain.dedup.common import ACTION_PB, RECORD_TYPES, caller
+from crm_customers.domain.dedup.common import ACTION_PB, RECORD_TYPE_PB, RECORD_TYPES, caller
 from crm_customers.domain.imports.importers import importers, target_name
 
 SERVICE = pb.DESCRIPTOR.services_by_name["CustomersDataService"]
@@ -28,7 +28,7 @@ SERVICE = pb.DESCRIPTOR.services_by_name["CustomersDataService"]
 def _object(record_type: int) -> str:
     kind = RECORD_TYPES.get(record_type)
     if kind is None:
-        raise InvalidArgument.for_field("record_type", "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+        raise InvalidArgument.for_field("record_type", "must be account or contact")
     return kind
 
 
@@ -125,23 +125,39 @@ class CustomersDataApi(data_quality_pb2_grpc.CustomersDataServiceServicer):
         )
 
     async def ListDuplicateGroups(self, request, context):
+        """A scan's groups, or those of the latest finished scan of `record_type`, or (neither given) of each
+        record type the caller may merge and read."""
         async with self.db.read() as session:
             if request.scan_id:
-                scan = await scans.get(session, request.scan_id)
-                kind = scan.record_type
+                kinds = [(await scans.get(session, request.scan_id)).record_type]
+            elif request.record_type:
+                kinds = [_object(request.record_type)]
             else:
-                kind = _object(request.record_type)
-            await self._authorize(kind, "merge")
-            read = await self._authorize(kind, "read")
+                kinds = [k for k in ("account", "contact") if await self._may_merge(k)]
+                if not kinds:
+                    await self._authorize("account", "merge")
+            reads = {}
+            for kind in kinds:
+                await self._authorize(kind, "merge")
+                reads[kind] = await self._authorize(kind, "read")
             rows, cursor = await scans.list_groups(
-                session, page_request=request.page, scan_id=request.scan_id, record_type=request.record_type
+                session, page_request=request.page, scan_id=request.scan_id, record_types=kinds
             )
             items = [scans.group_pb(g) for g in rows]
-            # A group is the caller's when one of its members is in their scope; the others come by id only.
-            seen = await matching.in_scope(session, kind, read, {m.id for g in items for m in g.members})
-            items = [g for g in items if any(m.id in seen for m in g.members)]
-            await matching.conceal(session, kind, read, [m for g in items for m in g.members])
-        return pb.ListDuplicateGroupsResponse(items=items, next_cursor=cursor)
+            shown = []
+            for kind, read in reads.items():
+                mine = [g for g in items if g.record_type == RECORD_TYPE_PB[kind]]
+                # A group is the caller's when one of its members is in their scope; the others come by id only.
+                seen = await matching.in_scope(session, kind, read, {m.id for g in mine for m in g.members})
+                mine = [g for g in mine if any(m.id in seen for m in g.members)]
+                await matching.conceal(session, kind, read, [m for g in mine for m in g.members])
+                shown.extend(g.id for g in mine)
+            keep = set(shown)
+        return pb.ListDuplicateGroupsResponse(items=[g for g in items if g.id in keep], next_cursor=cursor)
+
+    async def _may_merge(self, kind: str) -> bool:
+        principal = caller()
+        return all([(await self.policies.decide(principal, kind, a)).allowed for a in ("merge", "read")])
 
     # ------------------------------------------------------------ merges
 

@@ -12,7 +12,8 @@ messages and their `google.api.field_behavior` (docs/api-style.md says the same 
 - `body: "<field>"` otherwise is a create: the body is that object, flat; OUTPUT_ONLY fields are refused,
   REQUIRED ones must be there.
 - `body: "*"`: the body holds the request's fields that are not in the path.
-- Request fields not in the path or the body are query parameters (named as in the proto).
+- Request fields not in the path or the body are query parameters (named as in the proto); REQUIRED ones are
+  required parameters.
 - `expected_version` is filled from `If-Match: "<version>"` (absent or `*`: no check).
 - `response_body: "<field>"` answers that object (a google.protobuf.Struct: its JSON); otherwise the whole
   response. A response with no fields
@@ -261,16 +262,21 @@ class RoutePlan:
                 )
             )
         for q in self.query_params:
+            # A REQUIRED field is a required parameter (a string one not empty either).
+            required = contract.REQUIRED in contract.behaviours(q.field)
+            limits = _query_limits(q.annotation)
+            if required and q.annotation is str:
+                limits["min_length"] = 1
             params.append(
                 inspect.Parameter(
                     f"query__{q.field.name}",
                     kw,
-                    annotation=q.annotation | None,
+                    annotation=q.annotation if required else q.annotation | None,
                     default=Query(
-                        None,
+                        ... if required else None,
                         alias=q.field.name,
                         description=schema.describe(q.field),
-                        **_query_limits(q.annotation),
+                        **limits,
                     ),
                 )
             )

@@ -958,8 +958,8 @@ async def stage_changes(
     return paging.split(rows, lambda r: [r.id])
 
 
-def stage_change_pb(c: models.AccountStageChange) -> pb.StageChange:
-    return pb.StageChange(
+def stage_change_pb(c: models.AccountStageChange) -> pb.AccountStageChange:
+    return pb.AccountStageChange(
         id=c.id,
         account_id=c.account_id,
         from_stage=STAGES.number(c.from_stage),

@@ -6,11 +6,28 @@ datetimes "YYYY-MM-DDTHH:MM:SSZ" in UTC, multi-selects as arrays). Canonical for
 containment (`@>`, served by the GIN index) and ranges a cast or a plain text comparison.
 
 Field rules from identity name a custom field `custom_fields.<key>` (hidden or read-only like any field).
+
+The rules of each type live here once: `canonical` checks a value by them, and `value_schema` states them as
+JSON Schema for the company's own OpenAPI document (GetCustomFieldSchemas; the gateway only splices the
+result in). Both read the same limits (TEXT_MAX, LONG_TEXT_MAX, CURRENCY_DIGITS, ...), and a schema never
+allows what `canonical` refuses (it may be stricter, e.g. on surrounding spaces that `canonical` strips):
+
+| type              | value                                      | JSON Schema                                     |
+|-------------------|--------------------------------------------|-------------------------------------------------|
+| text, long text   | string up to max_length (255 / 10,000)     | string, `maxLength`, `pattern`                  |
+| number            | JSON number within min..max                | number, `minimum`, `maximum`                    |
+| currency          | decimal string, 16 digits, 4 decimals      | string, format `decimal`, `pattern`             |
+| date / datetime   | "YYYY-MM-DD" / RFC 3339 with a zone        | string, format `date` / `date-time`             |
+| boolean           | true or false                              | boolean                                         |
+| single select     | one option value                           | string, `enum`                                  |
+| multi select      | a list of option values                    | array of that enum, unique items                |
+| url, email, phone | http(s) URL / e-mail / phone number        | string, format `uri` / `email` / `phone`        |
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import re
 from decimal import Decimal, InvalidOperation
@@ -45,6 +62,28 @@ KEY = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 MAX_FIELDS_PER_OBJECT = 200
 TEXT_MAX = 255
 LONG_TEXT_MAX = 10000
+# Currency values: at most CURRENCY_DIGITS digits before the point and CURRENCY_DECIMALS after it.
+CURRENCY_DIGITS = 16
+CURRENCY_DECIMALS = 4
+CURRENCY_PATTERN = rf"^-?[0-9]{{1,{CURRENCY_DIGITS}}}(\.[0-9]{{1,{CURRENCY_DECIMALS}}})?$"
+URL_SCHEMES = ("http", "https")
+STRING_TYPES = ("text", "long_text", "url", "email", "phone", "single_select")
+# Types whose pattern is matched against the value as given (e-mails and phones are matched once normalised).
+PATTERN_AS_GIVEN = ("text", "long_text", "url", "single_select")
+STRING_FORMATS = {"url": "uri", "email": "email", "phone": "phone", "date": "date", "datetime": "date-time"}
+# What `canonical` takes of these types, as patterns for a schema (a validator may not check `format`): an
+# http(s) URL with a host; an e-mail as crm_kit.normalize reads one; an RFC 3339 time with a zone; something
+# that starts like a phone number (whether the number exists in its numbering plan only the service can tell).
+STRING_PATTERNS = {
+    "url": r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@]+",
+    "email": r"^\s*(mailto:)?[^@\s]+@[^@\s]+\.[^@\s]+\s*$",
+    "datetime": (
+        r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+        r"(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+    ),
+    # Digits and the separators people type, then maybe an extension (转123, ext. 123), as normalize_phone.
+    "phone": r"^\s*[+＋(（]?[0-9０-９][0-9０-９ ()（）.\-－]{2,}(\s*(转|分机|[Ee][Xx][Tt]\.?|[Xx]|#)\s*[0-9]{1,6})?\s*$",
+}
 TEXTLIKE = {"text", "long_text", "single_select", "multi_select", "url", "email", "phone"}
 NUMERIC = {"number", "currency"}
 MODEL_OF = {"account": models.Account, "contact": models.Contact}
@@ -175,7 +214,7 @@ async def create(uow: UnitOfWork, src: pb.CustomField) -> models.CustomField:
     record_type = RECORD_TYPES.name(src.record_type)
     field_type = FIELD_TYPES.name(src.type)
     if record_type not in MODEL_OF:
-        check.fail("record_type", "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+        check.fail("record_type", "must be account or contact")
     if not field_type:
         check.fail("type", "is required")
     if not KEY.match(src.key):
@@ -352,16 +391,16 @@ def format_datetime(value: dt.datetime) -> str:
 def canonical(f: models.CustomField, value: Any) -> Any:
     """The stored form of one value, or InvalidValue with a reason a person can read."""
     t = f.type
-    if t in ("text", "long_text", "url", "email", "phone", "single_select"):
+    if t in STRING_TYPES:
         if not isinstance(value, str):
             raise InvalidValue("must be a string")
         value = value.strip()
-        limit = f.max_length or (LONG_TEXT_MAX if t == "long_text" else TEXT_MAX)
+        limit = text_limit(f)
         if len(value) > limit:
             raise InvalidValue(f"must be at most {limit} characters")
         if t == "url":
             parsed = urlparse(value)
-            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            if parsed.scheme not in URL_SCHEMES or not parsed.netloc:
                 raise InvalidValue("must be an http(s) URL")
         elif t == "email":
             value = normalize_email(value)
@@ -393,8 +432,12 @@ def canonical(f: models.CustomField, value: Any) -> Any:
             amount = Decimal(str(value).strip())
         except InvalidOperation as exc:
             raise InvalidValue('must be a decimal string such as "1250.00"') from exc
-        if not amount.is_finite() or amount.as_tuple().exponent < -4 or abs(amount) >= Decimal(10) ** 16:
-            raise InvalidValue("must be a finite amount with at most 4 decimals")
+        if (
+            not amount.is_finite()
+            or amount.as_tuple().exponent < -CURRENCY_DECIMALS  # type: ignore[operator]
+            or abs(amount) >= Decimal(10) ** CURRENCY_DIGITS
+        ):
+            raise InvalidValue(f"must be a finite amount with at most {CURRENCY_DECIMALS} decimals")
         _bounds(f, amount)
         return format(amount, "f")
     if t == "date":
@@ -415,6 +458,11 @@ def canonical(f: models.CustomField, value: Any) -> Any:
             raise InvalidValue("must be true or false")
         return value
     raise InvalidValue("has an unknown type")
+
+
+def text_limit(f: models.CustomField) -> int:
+    """The most characters a value of a string type may have."""
+    return f.max_length or (LONG_TEXT_MAX if f.type == "long_text" else TEXT_MAX)
 
 
 def _bounds(f: models.CustomField, amount: Decimal) -> None:
@@ -501,4 +549,111 @@ def searchable_values(defs: dict[str, models.CustomField], values: dict[str, Any
         if definition.searchable and key in values:
             v = values[key]
             out.extend(v if isinstance(v, list) else [str(v)])
+    return out
+
+
+# ---------------------------------------------------------------- JSON Schema (GetCustomFieldSchemas)
+
+OUTPUT, CREATE, UPDATE = "output", "create", "update"
+
+
+def _number(text: str) -> int | float | None:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not value.is_finite():
+        return None
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def value_schema(f: models.CustomField) -> dict[str, Any]:
+    """The JSON Schema of one custom field's value: what `canonical` takes, stated with the same limits."""
+    t = f.type
+    options = [o["value"] for o in f.options or []]
+    out: dict[str, Any]
+    if t == "single_select":
+        out = {"type": "string", "enum": options}
+    elif t == "multi_select":
+        out = {"type": "array", "items": {"type": "string", "enum": options}, "uniqueItems": True}
+    elif t in STRING_TYPES:
+        out = {"type": "string", "maxLength": text_limit(f)}
+    elif t == "number":
+        out = {"type": "number"}
+        for key, bound in (("minimum", f.min), ("maximum", f.max)):
+            if bound and (n := _number(bound)) is not None:
+                out[key] = n
+    elif t == "currency":
+        out = {"type": "string", "format": "decimal", "pattern": CURRENCY_PATTERN}
+    elif t in ("date", "datetime"):
+        out = {"type": "string"}
+    elif t == "boolean":
+        out = {"type": "boolean"}
+    else:  # a type this code does not know: `canonical` refuses every value
+        out = {"not": {}}
+    if t in STRING_FORMATS:
+        out["format"] = STRING_FORMATS[t]
+    if t in STRING_PATTERNS:
+        out["pattern"] = STRING_PATTERNS[t]
+    if t in (
+        "currency",
+        "date",
+        "datetime",
+    ):  # bounds in the values' own form (decimal strings, dates, times)
+        for key, bound in (("x-minimum", f.min), ("x-maximum", f.max)):
+            if bound:
+                out[key] = bound
+    notes = []
+    if f.pattern and t in PATTERN_AS_GIVEN:
+        whole = f"^(?:{f.pattern})$"  # `canonical` matches the whole value
+        if "pattern" in out:  # both must hold
+            out["allOf"] = [{"pattern": out.pop("pattern")}, {"pattern": whole}]
+        else:
+            out["pattern"] = whole
+    elif f.pattern and t in STRING_TYPES:
+        notes.append(
+            f"Matches the pattern {f.pattern} once normalised ({'E.164' if t == 'phone' else 'lower case'})."
+        )
+    out["title"] = f.label_en or f.label_zh or f.key
+    notes = [n for n in (f.label_zh, f.help_zh, f.help_en) if n and n != out["title"]] + notes
+    if notes:
+        out["description"] = " · ".join(notes)
+    out["x-label-zh"], out["x-label-en"] = f.label_zh, f.label_en
+    return out
+
+
+def custom_fields_schema(defs: list[models.CustomField], kind: str) -> dict[str, Any]:
+    """The JSON Schema of a record's `custom_fields` object: in answers (OUTPUT), in a create body (CREATE: the
+    required fields required, unknown keys refused) or in a PATCH body (UPDATE: any field, `null` removes its
+    value, unknown keys refused), as `merge_values` takes them. `defs` in display order."""
+    properties: dict[str, Any] = {}
+    for d in defs:
+        value = value_schema(d)
+        properties[d.key] = {"anyOf": [value, {"type": "null"}]} if kind == UPDATE else value
+    out: dict[str, Any] = {
+        "type": "object",
+        "title": "Custom Fields",
+        "description": "The company's custom fields (GET /api/v1/custom-fields describes them).",
+        "properties": properties,
+    }
+    if kind != OUTPUT:
+        out["additionalProperties"] = False
+    required = sorted(d.key for d in defs if d.required)
+    if kind == CREATE and required:
+        out["required"] = required
+    return out
+
+
+async def schemas(session: AsyncSession, tenant_id: str) -> list[pb.CustomFieldSchema]:
+    """GetCustomFieldSchemas: accounts' and contacts' `custom_fields` schemas, each as JSON text."""
+    out = []
+    for record_type in MODEL_OF:
+        defs = sorted(
+            (await definitions(session, tenant_id, record_type)).values(), key=lambda d: (d.position, d.id)
+        )
+        texts = {
+            kind: json.dumps(custom_fields_schema(defs, kind), ensure_ascii=False, separators=(",", ":"))
+            for kind in (OUTPUT, CREATE, UPDATE)
+        }
+        out.append(pb.CustomFieldSchema(record_type=RECORD_TYPES.number(record_type), **texts))
     return out

@@ -283,7 +283,7 @@ async def _record(
 ) -> str:
     kind = RECORD_TYPES.name(ref.type)
     if kind not in MODELS:
-        raise InvalidArgument.for_field(f"{field}.type", "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+        raise InvalidArgument.for_field(f"{field}.type", "must be account or contact")
     await get_owned(session, MODELS[kind], kind, ref.id, decision=decisions[kind])
     return kind
 

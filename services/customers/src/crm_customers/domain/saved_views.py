@@ -100,7 +100,7 @@ async def create(uow: UnitOfWork, src: pb.SavedView) -> models.SavedView:
     record_type = RECORD_TYPES.name(src.record_type)
     check = Check()
     if record_type not in ("account", "contact"):
-        check.fail("record_type", "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+        check.fail("record_type", "must be account or contact")
     v = models.SavedView(
         id=new_id(),
         tenant_id=principal.tenant_id,

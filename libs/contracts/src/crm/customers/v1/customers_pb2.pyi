@@ -255,64 +255,97 @@ class Account(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     DELETED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
-    """The registered name, e.g. 华为技术有限公司."""
+    """The registered name, e.g. 华为技术有限公司 (1..300 characters); matched by the company-name duplicate rule and
+    searched, also in pinyin.
+    """
     alt_name: _builtins.str
-    """Another name the company goes by (English name, brand, abbreviation); searched like the name."""
+    """Another name the company goes by (English name, brand, abbreviation), e.g. "Huawei"; searched like the
+    name.
+    """
     credit_code: _builtins.str
-    """统一社会信用代码: 18 characters."""
+    """统一社会信用代码 (unified social credit code): 18 characters with a valid check digit, e.g. 914403001922038216;
+    unique per company when a duplicate rule says so.
+    """
     legal_representative: _builtins.str
-    """法定代表人."""
+    """法定代表人 (legal representative), e.g. 赵明路."""
     registered_capital: _builtins.str
     """注册资本 as a decimal string, e.g. "1000000.00"; empty when unknown."""
     registered_capital_currency: _builtins.str
     """ISO 4217 code of the registered capital, e.g. "CNY" (the default) or "USD"."""
     industry: _builtins.str
+    """The industry in the company's own words, e.g. 通信设备制造 (up to 100 characters)."""
     size: Global___CompanySize.ValueType
+    """Head-count band: micro < 10, small < 100, medium < 500, large < 5000, enterprise 5000+."""
     region: _builtins.str
-    """A sales region of the tenant's own (e.g. 华南), then the administrative divisions."""
+    """A sales region of the tenant's own, e.g. 华南."""
     province: _builtins.str
+    """Province-level division, e.g. 广东省."""
     city: _builtins.str
+    """City, e.g. 深圳市."""
     district: _builtins.str
+    """District or county, e.g. 龙岗区."""
     address: _builtins.str
+    """Street address, e.g. 坂田华为基地 (up to 500 characters)."""
     website: _builtins.str
+    """The company's website, an http(s) URL, e.g. https://www.huawei.com."""
     source: _builtins.str
-    """Where the account came from: "website", "referral", "trade_show", "import", ..."""
+    """Where the account came from, e.g. "website", "referral", "trade_show", "import"."""
     tier: _builtins.str
-    """The tenant's tier (e.g. "vip", "key", "normal"): set by hand or computed by the tenant's tier rules."""
+    """The tenant's tier, e.g. "vip", "key", "normal": set by hand, or computed by the tenant's tier rules (GET
+    /api/v1/tier-rules) when never set by hand.
+    """
     lifecycle_stage: Global___LifecycleStage.ValueType
+    """Where the account is in its life as a customer; every change is kept (GET
+    /api/v1/accounts/{id}/lifecycle-history).
+    """
     owner_id: _builtins.str
-    """The responsible user; department_id is that user's department (data scopes use both)."""
+    """The responsible user (default: the user who creates it). Data scopes (own, department) follow the owner."""
     department_id: _builtins.str
+    """The owner's department, set by the server whenever the owner changes."""
     notes: _builtins.str
-    """Needs and preferences notes."""
+    """Needs and preferences notes (up to 10,000 characters)."""
     satisfaction: _builtins.int
-    """1..5; 0 when not rated."""
+    """Satisfaction rating 1..5; 0 or null when not rated."""
     parent_id: _builtins.str
     """The parent company in a group (集团 → subsidiaries → branches); empty for a top-level account."""
     subsidiary_count: _builtins.int
-    """Roll-ups (read-only): direct subsidiaries, and all accounts below this one in the group."""
+    """Direct subsidiaries (accounts whose parent this is)."""
     descendant_count: _builtins.int
+    """All accounts below this one in the group, at any depth."""
     created_by: _builtins.str
+    """The user who created it."""
     version: _builtins.int
     @_builtins.property
-    def phones(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def team_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Co-followers (协作人)."""
+    def phones(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Phone numbers as typed, e.g. "+86 755 2878 0808" or "0755-28780808" (at most 50); matched by duplicate
+        rules and searched in their E.164 form.
+        """
 
     @_builtins.property
-    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """E-mail addresses (at most 50); matched by duplicate rules and searched case-insensitively."""
+
+    @_builtins.property
+    def team_member_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Co-followers (协作人): users who see the account whatever their data scope."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Free labels, e.g. "上市公司"."""
+
     @_builtins.property
     def competitors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Competitors' products the account uses."""
 
     @_builtins.property
     def custom_fields(self) -> _struct_pb2.Struct:
-        """The tenant's custom fields for accounts, by key (see ListCustomFields for their types)."""
+        """The tenant's custom fields for accounts, by key (GET /api/v1/custom-fields lists them; the company's own
+        OpenAPI document at GET /api/v1/openapi.json types them). A PATCH replaces the keys it names; null
+        removes a value.
+        """
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -321,6 +354,14 @@ class Account(_message.Message):
     @_builtins.property
     def deleted_at(self) -> _timestamp_pb2.Timestamp:
         """Set while the account is in the recycle bin."""
+
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """Only in the answer of a create or an update: what the company's duplicate rules whose action is "warn"
+        found, the existing records this one may duplicate, best first (empty when none matched; always empty
+        elsewhere). A candidate outside the caller's data scope comes by id, score, rules and matches only (no
+        name, no matched values); a name the caller may not see (field rule) is null.
+        """
 
     def __init__(
         self,
@@ -361,10 +402,11 @@ class Account(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         deleted_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "custom_fields", b"custom_fields", "deleted_at", b"deleted_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alt_name", b"alt_name", "city", b"city", "competitors", b"competitors", "created_at", b"created_at", "created_by", b"created_by", "credit_code", b"credit_code", "custom_fields", b"custom_fields", "deleted_at", b"deleted_at", "department_id", b"department_id", "descendant_count", b"descendant_count", "district", b"district", "emails", b"emails", "id", b"id", "industry", b"industry", "legal_representative", b"legal_representative", "lifecycle_stage", b"lifecycle_stage", "name", b"name", "notes", b"notes", "owner_id", b"owner_id", "parent_id", b"parent_id", "phones", b"phones", "province", b"province", "region", b"region", "registered_capital", b"registered_capital", "registered_capital_currency", b"registered_capital_currency", "satisfaction", b"satisfaction", "size", b"size", "source", b"source", "subsidiary_count", b"subsidiary_count", "tags", b"tags", "team_member_ids", b"team_member_ids", "tier", b"tier", "updated_at", b"updated_at", "version", b"version", "website", b"website"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alt_name", b"alt_name", "city", b"city", "competitors", b"competitors", "created_at", b"created_at", "created_by", b"created_by", "credit_code", b"credit_code", "custom_fields", b"custom_fields", "deleted_at", b"deleted_at", "department_id", b"department_id", "descendant_count", b"descendant_count", "district", b"district", "duplicates", b"duplicates", "emails", b"emails", "id", b"id", "industry", b"industry", "legal_representative", b"legal_representative", "lifecycle_stage", b"lifecycle_stage", "name", b"name", "notes", b"notes", "owner_id", b"owner_id", "parent_id", b"parent_id", "phones", b"phones", "province", b"province", "region", b"region", "registered_capital", b"registered_capital", "registered_capital_currency", b"registered_capital_currency", "satisfaction", b"satisfaction", "size", b"size", "source", b"source", "subsidiary_count", b"subsidiary_count", "tags", b"tags", "team_member_ids", b"team_member_ids", "tier", b"tier", "updated_at", b"updated_at", "version", b"version", "website", b"website"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -395,25 +437,16 @@ class CreateAccountResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
-    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> Global___Account: ...
-    @_builtins.property
-    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
-        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
-        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
-        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
-        """
-
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
-        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "duplicates", b"duplicates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -611,25 +644,16 @@ class UpdateAccountResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_FIELD_NUMBER: _builtins.int
-    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def account(self) -> Global___Account: ...
-    @_builtins.property
-    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
-        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
-        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
-        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
-        """
-
     def __init__(
         self,
         *,
         account: Global___Account | None = ...,
-        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "duplicates", b"duplicates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -712,7 +736,7 @@ class RestoreAccountResponse(_message.Message):
 Global___RestoreAccountResponse: _TypeAlias = RestoreAccountResponse  # noqa: Y015
 
 @_typing.final
-class StageChange(_message.Message):
+class AccountStageChange(_message.Message):
     """One change of an account's lifecycle stage."""
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -724,12 +748,19 @@ class StageChange(_message.Message):
     CHANGED_BY_FIELD_NUMBER: _builtins.int
     CHANGED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The change's id."""
     account_id: _builtins.str
+    """The account."""
     from_stage: Global___LifecycleStage.ValueType
+    """The stage before; null for the first stage the account was given."""
     to_stage: Global___LifecycleStage.ValueType
+    """The stage after."""
     changed_by: _builtins.str
+    """The user who changed it."""
     @_builtins.property
-    def changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def changed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it changed."""
+
     def __init__(
         self,
         *,
@@ -746,7 +777,7 @@ class StageChange(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StageChange: _TypeAlias = StageChange  # noqa: Y015
+Global___AccountStageChange: _TypeAlias = AccountStageChange  # noqa: Y015
 
 @_typing.final
 class ListAccountStageChangesRequest(_message.Message):
@@ -779,11 +810,11 @@ class ListAccountStageChangesResponse(_message.Message):
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___StageChange]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountStageChange]: ...
     def __init__(
         self,
         *,
-        items: _abc.Iterable[Global___StageChange] | None = ...,
+        items: _abc.Iterable[Global___AccountStageChange] | None = ...,
         next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -807,12 +838,17 @@ class TreeNode(_message.Message):
     SUBSIDIARY_COUNT_FIELD_NUMBER: _builtins.int
     DESCENDANT_COUNT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The account's id."""
     name: _builtins.str
+    """The account's name."""
     parent_id: _builtins.str
+    """Its parent in the group; null at the top."""
     depth: _builtins.int
     """0 for the top of the group."""
     subsidiary_count: _builtins.int
+    """Direct subsidiaries."""
     descendant_count: _builtins.int
+    """All accounts below it."""
     def __init__(
         self,
         *,
@@ -889,6 +925,7 @@ class TierRule(_message.Message):
     TIER_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     tier: _builtins.str
+    """The tier given, e.g. "vip"."""
     @_builtins.property
     def filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Filter expressions as in ListAccountsRequest, e.g. "registered_capital:gte:10000000"."""
@@ -918,7 +955,9 @@ class TierRules(_message.Message):
     """Tier of accounts no rule matches; empty leaves it unset."""
     version: _builtins.int
     @_builtins.property
-    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierRule]: ...
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierRule]:
+        """In order: the first rule whose filters all hold gives the tier."""
+
     def __init__(
         self,
         *,
@@ -977,10 +1016,13 @@ class UpdateTierRulesRequest(_message.Message):
     DEFAULT_TIER_FIELD_NUMBER: _builtins.int
     REAPPLY_FIELD_NUMBER: _builtins.int
     default_tier: _builtins.str
+    """Tier of accounts no rule matches; empty leaves it unset."""
     reapply: _builtins.bool
     """Recompute the tier of every account whose tier was not set by hand."""
     @_builtins.property
-    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierRule]: ...
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierRule]:
+        """In order: the first rule whose filters all hold gives the tier (replaces every rule)."""
+
     def __init__(
         self,
         *,
@@ -1029,8 +1071,11 @@ class ImHandle(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     HANDLE_FIELD_NUMBER: _builtins.int
     kind: _builtins.str
-    """"wechat", "wecom", "qq", "dingtalk", "whatsapp", "telegram", "line", "skype", ..."""
+    """"wechat", "wecom", "qq", "dingtalk", "feishu", "whatsapp", "telegram", "line", "skype" or "other" (the
+    default).
+    """
     handle: _builtins.str
+    """The handle or id in that app, e.g. a WeChat id."""
     def __init__(
         self,
         *,
@@ -1057,11 +1102,17 @@ class Consent(_message.Message):
     WECHAT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     email: _builtins.bool
+    """May be contacted by e-mail."""
     sms: _builtins.bool
+    """May be contacted by SMS."""
     phone: _builtins.bool
+    """May be called."""
     wechat: _builtins.bool
+    """May be contacted on WeChat."""
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the consent last changed (set by the server)."""
+
     def __init__(
         self,
         *,
@@ -1105,44 +1156,80 @@ class Contact(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     DELETED_AT_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
-    """The name as written, e.g. 王小明."""
+    """The name as written, e.g. 王小明 (1..200 characters); matched by duplicate rules and searched, also in
+    pinyin.
+    """
     name_latin: _builtins.str
     """The name in Latin letters (pinyin or an English name), e.g. "Wang Xiaoming" or "Tom Wang"."""
     birthday: _builtins.str
-    """"YYYY-MM-DD"; empty when unknown."""
+    """"YYYY-MM-DD", e.g. "1985-06-01"; null when unknown."""
     buying_role: Global___BuyingRole.ValueType
+    """The contact's part in buying decisions."""
     primary_account_id: _builtins.str
+    """The account the person mainly belongs to: one of account_ids (added to them when missing)."""
     owner_id: _builtins.str
+    """The responsible user (default: the user who creates it). Data scopes (own, department) follow the owner."""
     department_id: _builtins.str
+    """The owner's department, set by the server whenever the owner changes."""
     notes: _builtins.str
+    """Notes (up to 10,000 characters)."""
     created_by: _builtins.str
+    """The user who created it."""
     version: _builtins.int
     @_builtins.property
-    def titles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def phones(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def im_handles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImHandle]: ...
-    @_builtins.property
-    def consent(self) -> Global___Consent: ...
-    @_builtins.property
-    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The accounts the person works with or for; primary_account_id is one of them."""
+    def titles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Job titles, e.g. "采购总监"."""
 
     @_builtins.property
-    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def phones(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Phone numbers as typed (at most 50); matched by duplicate rules and searched in their E.164 form."""
+
     @_builtins.property
-    def custom_fields(self) -> _struct_pb2.Struct: ...
+    def emails(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """E-mail addresses (at most 50); matched by duplicate rules and searched case-insensitively."""
+
+    @_builtins.property
+    def im_handles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImHandle]:
+        """Instant-messaging handles (WeChat, QQ, DingTalk, ...)."""
+
+    @_builtins.property
+    def consent(self) -> Global___Consent:
+        """What the contact agreed to be contacted through (PIPL / GDPR consent)."""
+
+    @_builtins.property
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The accounts the person works with or for (existing accounts of the company)."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Free labels."""
+
+    @_builtins.property
+    def custom_fields(self) -> _struct_pb2.Struct:
+        """The tenant's custom fields for contacts, by key (GET /api/v1/custom-fields lists them; the company's own
+        OpenAPI document at GET /api/v1/openapi.json types them). A PATCH replaces the keys it names; null
+        removes a value.
+        """
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def deleted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def deleted_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while the contact is in the recycle bin."""
+
+    @_builtins.property
+    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """Only in the answer of a create or an update: what the company's duplicate rules whose action is "warn"
+        found, the existing records this one may duplicate, best first (empty when none matched; always empty
+        elsewhere). A candidate outside the caller's data scope comes by id, score, rules and matches only (no
+        name, no matched values); a name the caller may not see (field rule) is null.
+        """
+
     def __init__(
         self,
         *,
@@ -1168,10 +1255,11 @@ class Contact(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         deleted_at: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
+        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["consent", b"consent", "created_at", b"created_at", "custom_fields", b"custom_fields", "deleted_at", b"deleted_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "birthday", b"birthday", "buying_role", b"buying_role", "consent", b"consent", "created_at", b"created_at", "created_by", b"created_by", "custom_fields", b"custom_fields", "deleted_at", b"deleted_at", "department_id", b"department_id", "emails", b"emails", "id", b"id", "im_handles", b"im_handles", "name", b"name", "name_latin", b"name_latin", "notes", b"notes", "owner_id", b"owner_id", "phones", b"phones", "primary_account_id", b"primary_account_id", "tags", b"tags", "titles", b"titles", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "birthday", b"birthday", "buying_role", b"buying_role", "consent", b"consent", "created_at", b"created_at", "created_by", b"created_by", "custom_fields", b"custom_fields", "deleted_at", b"deleted_at", "department_id", b"department_id", "duplicates", b"duplicates", "emails", b"emails", "id", b"id", "im_handles", b"im_handles", "name", b"name", "name_latin", b"name_latin", "notes", b"notes", "owner_id", b"owner_id", "phones", b"phones", "primary_account_id", b"primary_account_id", "tags", b"tags", "titles", b"titles", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1202,25 +1290,16 @@ class CreateContactResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_FIELD_NUMBER: _builtins.int
-    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def contact(self) -> Global___Contact: ...
-    @_builtins.property
-    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
-        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
-        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
-        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
-        """
-
     def __init__(
         self,
         *,
         contact: Global___Contact | None = ...,
-        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "duplicates", b"duplicates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1417,25 +1496,16 @@ class UpdateContactResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTACT_FIELD_NUMBER: _builtins.int
-    DUPLICATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def contact(self) -> Global___Contact: ...
-    @_builtins.property
-    def duplicates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
-        """What duplicate rules whose action is "warn" found: the existing records this one may duplicate, best
-        first (empty when no such rule matched). A candidate outside the caller's data scope comes by id, score,
-        rules and matches only (no name, no matched values); a name the caller may not see (field rule) is empty.
-        """
-
     def __init__(
         self,
         *,
         contact: Global___Contact | None = ...,
-        duplicates: _abc.Iterable[_duplicates_pb2.DuplicateCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "duplicates", b"duplicates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1528,9 +1598,13 @@ class Participant(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     kind: Global___ParticipantKind.ValueType
+    """Who took part: a user, a contact, or someone with no record (the default)."""
     id: _builtins.str
+    """The user's or contact's id (kind user or contact)."""
     name: _builtins.str
+    """The name (someone with no record)."""
     email: _builtins.str
+    """The e-mail address (someone with no record)."""
     def __init__(
         self,
         *,
@@ -1559,10 +1633,15 @@ class Attachment(_message.Message):
     URL_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The file's name, e.g. "会议纪要.pdf"."""
     content_type: _builtins.str
+    """Its media type, e.g. "application/pdf"."""
     size_bytes: _builtins.int
+    """Its size in bytes."""
     url: _builtins.str
+    """Where the file is kept (object storage), an http(s) URL."""
     sha256: _builtins.str
+    """Its SHA-256 checksum, hex."""
     def __init__(
         self,
         *,
@@ -1604,28 +1683,44 @@ class Interaction(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___InteractionKind.ValueType
+    """What it was: a call, a meeting, a visit, an e-mail or a note."""
     subject: _builtins.str
+    """A one-line subject, e.g. "首次沟通" (up to 300 characters)."""
     body: _builtins.str
+    """What was said or done (up to 50,000 characters)."""
     duration_minutes: _builtins.int
+    """How long it took, in minutes (0..1440)."""
     outcome: _builtins.str
     """What came of it, e.g. "agreed to a demo next week"."""
     location: _builtins.str
+    """Where it happened, e.g. a meeting room or an address."""
     owner_id: _builtins.str
+    """The user who recorded it (its owner for data scopes)."""
     department_id: _builtins.str
+    """The owner's department."""
     created_by: _builtins.str
+    """The user who recorded it."""
     version: _builtins.int
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The records it belongs to (at least one account or contact)."""
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened (default: when it was recorded)."""
 
     @_builtins.property
-    def contact_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The accounts it belongs to (existing accounts; at least one account or contact)."""
+
     @_builtins.property
-    def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]: ...
+    def contact_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The contacts it belongs to (existing contacts)."""
+
     @_builtins.property
-    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]: ...
+    def participants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]:
+        """Who took part."""
+
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attachment]:
+        """Files attached to it (metadata only; at most 50)."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1750,14 +1845,21 @@ class ListInteractionsRequest(_message.Message):
     OCCURRED_AFTER_FIELD_NUMBER: _builtins.int
     OCCURRED_BEFORE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    """Only interactions on this account."""
     contact_id: _builtins.str
+    """Only interactions on this contact."""
     kind: Global___InteractionKind.ValueType
+    """Only interactions of this kind."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     @_builtins.property
-    def occurred_after(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_after(self) -> _timestamp_pb2.Timestamp:
+        """Only those that happened at or after this time."""
+
     @_builtins.property
-    def occurred_before(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_before(self) -> _timestamp_pb2.Timestamp:
+        """Only those that happened before this time."""
+
     def __init__(
         self,
         *,
@@ -1902,17 +2004,25 @@ class TimelineItem(_message.Message):
     INTERACTION_FIELD_NUMBER: _builtins.int
     SALES_EVENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The entry's id (the interaction's, or the sales event's)."""
     kind: _builtins.str
     """"interaction.call", "interaction.meeting", ..., "sales.opportunity_won", "sales.payment_recorded", ..."""
     title: _builtins.str
     """In the language the list asked for (`locale`)."""
     summary: _builtins.str
+    """A second line, in the language the list asked for."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it happened."""
+
     @_builtins.property
-    def interaction(self) -> Global___Interaction: ...
+    def interaction(self) -> Global___Interaction:
+        """The interaction, for kinds "interaction.*"."""
+
     @_builtins.property
-    def sales_event(self) -> Global___SalesEvent: ...
+    def sales_event(self) -> Global___SalesEvent:
+        """The sales event, for kinds "sales.*"."""
+
     def __init__(
         self,
         *,
@@ -1955,20 +2065,26 @@ class SalesEvent(_message.Message):
     SUMMARY_EN_FIELD_NUMBER: _builtins.int
     link_type: _builtins.str
     """What the entry links to in the sales API: "opportunity", "quote", "contract", "order", "payment_plan",
-    "payment" or "lead", and its id (e.g. GET /api/v1/opportunities/{link_id}).
+    "payment" or "lead".
     """
     link_id: _builtins.str
+    """The id of that sales object (e.g. GET /api/v1/opportunities/{link_id})."""
     event_type: _builtins.str
-    """The sales event it came from, e.g. "crm.sales.v1.OpportunityWon", and its id."""
+    """The sales event it came from, e.g. "crm.sales.v1.OpportunityWon"."""
     event_id: _builtins.str
+    """That event's id."""
     amount: _builtins.str
-    """The amount it is about (a decimal string) and its currency, when it is about money."""
+    """The amount it is about, a decimal string (e.g. "1250000.00"), when it is about money."""
     currency: _builtins.str
+    """The amount's ISO 4217 currency, e.g. "CNY"."""
     title_zh: _builtins.str
-    """The title and summary in both languages."""
+    """The title in Chinese."""
     title_en: _builtins.str
+    """The title in English."""
     summary_zh: _builtins.str
+    """The summary in Chinese."""
     summary_en: _builtins.str
+    """The summary in English."""
     def __init__(
         self,
         *,
@@ -2119,18 +2235,23 @@ class RelationshipType(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     key: _builtins.str
-    """Stable key, e.g. "reports_to"; lower-case letters, digits and underscores."""
+    """Stable key, e.g. "reports_to": 1..40 lower-case letters, digits and underscores, starting with a letter."""
     name_zh: _builtins.str
+    """The name in Chinese, e.g. 汇报给 (a name in one language at least)."""
     name_en: _builtins.str
+    """The name in English, e.g. "reports to"."""
     inverse_name_zh: _builtins.str
-    """The name read from the target's side, e.g. "manages" for "reports_to"; empty if symmetric."""
+    """The name read from the target's side in Chinese, e.g. 管理; empty if symmetric."""
     inverse_name_en: _builtins.str
+    """The name read from the target's side in English, e.g. "manages"; empty if symmetric."""
     source_type: Global___RecordType.ValueType
-    """Which records may be the source and the target (UNSPECIFIED: either)."""
+    """Which records may be the source; null: accounts and contacts."""
     target_type: Global___RecordType.ValueType
+    """Which records may be the target; null: accounts and contacts."""
     symmetric: _builtins.bool
     """Symmetric types (partner_of) read the same in both directions."""
     built_in: _builtins.bool
+    """Built in (the same for every company, cannot be changed or deleted)."""
     version: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -2335,7 +2456,9 @@ class RecordRef(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     type: Global___RecordType.ValueType
+    """Whether it is an account or a contact."""
     id: _builtins.str
+    """The account's or contact's id."""
     def __init__(
         self,
         *,
@@ -2364,14 +2487,20 @@ class Relationship(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     type: _builtins.str
-    """The relationship type's key."""
+    """The relationship type's key, e.g. "reports_to"."""
     note: _builtins.str
+    """A note on it (up to 1,000 characters)."""
     created_by: _builtins.str
+    """The user who created it."""
     version: _builtins.int
     @_builtins.property
-    def source(self) -> Global___RecordRef: ...
+    def source(self) -> Global___RecordRef:
+        """The record it goes from."""
+
     @_builtins.property
-    def target(self) -> Global___RecordRef: ...
+    def target(self) -> Global___RecordRef:
+        """The record it goes to."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2403,11 +2532,17 @@ class CreateRelationshipRequest(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """The relationship type's key, e.g. "reports_to" (GET /api/v1/relationship-types)."""
     note: _builtins.str
+    """A note on it (up to 1,000 characters)."""
     @_builtins.property
-    def source(self) -> Global___RecordRef: ...
+    def source(self) -> Global___RecordRef:
+        """The record it goes from."""
+
     @_builtins.property
-    def target(self) -> Global___RecordRef: ...
+    def target(self) -> Global___RecordRef:
+        """The record it goes to (not the source itself)."""
+
     def __init__(
         self,
         *,
@@ -2492,9 +2627,11 @@ class ListRelationshipsRequest(_message.Message):
     RECORD_ID_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     record_type: Global___RecordType.ValueType
-    """The relationships of one record (as source or target)."""
+    """With record_id: the type of the record whose relationships to list."""
     record_id: _builtins.str
+    """Only the relationships of this record (as source or target)."""
     type: _builtins.str
+    """Only relationships of this type (its key)."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -2584,7 +2721,9 @@ class GraphNode(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
     type: Global___RecordType.ValueType
+    """Whether it is an account or a contact."""
     id: _builtins.str
+    """The account's or contact's id."""
     name: _builtins.str
     """The account's or contact's name (absent if the caller may not see names)."""
     depth: _builtins.int
@@ -2616,12 +2755,17 @@ class GraphEdge(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     RELATIONSHIP_ID_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """The relationship type's key, "parent_of" or "works_at"."""
     relationship_id: _builtins.str
     """The relationship's id; empty for hierarchy and works_at edges."""
     @_builtins.property
-    def source(self) -> Global___RecordRef: ...
+    def source(self) -> Global___RecordRef:
+        """The record it goes from."""
+
     @_builtins.property
-    def target(self) -> Global___RecordRef: ...
+    def target(self) -> Global___RecordRef:
+        """The record it goes to."""
+
     def __init__(
         self,
         *,
@@ -2647,10 +2791,10 @@ class GetAccountGraphRequest(_message.Message):
     TYPES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     depth: _builtins.int
-    """1..4; 0 means 1."""
+    """How many hops from the account: 1..4 (default 1)."""
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these edge types (relationship type keys, "parent_of", "works_at"); empty: all."""
+        """Only these edge types (relationship type keys, "parent_of", "works_at"); absent: all."""
 
     def __init__(
         self,
@@ -2704,8 +2848,11 @@ class GetContactGraphRequest(_message.Message):
     TYPES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     depth: _builtins.int
+    """How many hops from the contact: 1..4 (default 1)."""
     @_builtins.property
-    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these edge types (relationship type keys, "parent_of", "works_at"); absent: all."""
+
     def __init__(
         self,
         *,
@@ -2729,6 +2876,7 @@ class GetContactGraphResponse(_message.Message):
     EDGES_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     truncated: _builtins.bool
+    """True when the graph was cut at the node limit."""
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___GraphNode]: ...
     @_builtins.property
@@ -2759,13 +2907,19 @@ class FindPathRequest(_message.Message):
     MAX_DEPTH_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
     from_type: Global___RecordType.ValueType
+    """The type of the record the path starts at."""
     from_id: _builtins.str
+    """The id of the record the path starts at."""
     to_type: Global___RecordType.ValueType
+    """The type of the record the path ends at."""
     to_id: _builtins.str
+    """The id of the record the path ends at."""
     max_depth: _builtins.int
-    """1..6; 0 means 6."""
+    """The longest path to look for, in hops: 1..6 (default 6)."""
     @_builtins.property
-    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only over these edge types (relationship type keys, "parent_of", "works_at"); absent: all."""
+
     def __init__(
         self,
         *,
@@ -2820,8 +2974,11 @@ class SelectOption(_message.Message):
     LABEL_ZH_FIELD_NUMBER: _builtins.int
     LABEL_EN_FIELD_NUMBER: _builtins.int
     value: _builtins.str
+    """The stored value, e.g. "direct" (1..100 characters, unique in the field)."""
     label_zh: _builtins.str
+    """The label shown in Chinese, e.g. 直销."""
     label_en: _builtins.str
+    """The label shown in English, e.g. "Direct"."""
     def __init__(
         self,
         *,
@@ -2863,30 +3020,44 @@ class CustomField(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     record_type: Global___RecordType.ValueType
+    """Whether accounts or contacts have the field."""
     key: _builtins.str
-    """The key in `custom_fields`, e.g. "budget"; lower-case letters, digits and underscores; cannot change."""
-    label_zh: _builtins.str
-    label_en: _builtins.str
-    type: Global___CustomFieldType.ValueType
-    """Cannot change once created."""
-    required: _builtins.bool
-    unique: _builtins.bool
-    """No two records of the tenant hold the same value."""
-    searchable: _builtins.bool
-    """Keyword search looks into it (text-like types)."""
-    pattern: _builtins.str
-    """Validation: a regular expression text-like values must match, bounds for numbers and currency (decimal
-    strings), a maximum length for text.
+    """The key in `custom_fields`, e.g. "budget": 1..40 lower-case letters, digits and underscores, starting
+    with a letter.
     """
+    label_zh: _builtins.str
+    """The label in Chinese, e.g. 预算 (a label in one language at least; up to 100 characters)."""
+    label_en: _builtins.str
+    """The label in English, e.g. "Budget" (up to 100 characters)."""
+    type: Global___CustomFieldType.ValueType
+    """The type of its values (see the values' descriptions)."""
+    required: _builtins.bool
+    """Every record must have a value (only when no record lacks one)."""
+    unique: _builtins.bool
+    """No two live records of the company hold the same value (not for long text, multi select, boolean)."""
+    searchable: _builtins.bool
+    """Keyword search looks into it (text-like types only)."""
+    pattern: _builtins.str
+    """A regular expression that the whole of a text-like value must match, e.g. "E-[0-9]+"."""
     min: _builtins.str
+    """The least value: a decimal string for number and currency fields ("0"), a date or time for date and
+    datetime fields.
+    """
     max: _builtins.str
+    """The greatest value, like `min`."""
     max_length: _builtins.int
+    """The most characters of a text value (0: the type's default, 255 for text, 10,000 for long text)."""
     help_zh: _builtins.str
+    """Help text in Chinese (up to 500 characters)."""
     help_en: _builtins.str
+    """Help text in English (up to 500 characters)."""
     position: _builtins.int
+    """Display order among the record type's fields (smaller first)."""
     version: _builtins.int
     @_builtins.property
-    def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___SelectOption]: ...
+    def options(self) -> _containers.RepeatedCompositeFieldContainer[Global___SelectOption]:
+        """The choices of a single or multi select field (at least one), in display order."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -3009,6 +3180,7 @@ class ListCustomFieldsRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     RECORD_TYPE_FIELD_NUMBER: _builtins.int
     record_type: Global___RecordType.ValueType
+    """Only the fields of this record type; absent: both."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -3138,6 +3310,79 @@ class DeleteCustomFieldResponse(_message.Message):
 Global___DeleteCustomFieldResponse: _TypeAlias = DeleteCustomFieldResponse  # noqa: Y015
 
 @_typing.final
+class GetCustomFieldSchemasRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCustomFieldSchemasRequest: _TypeAlias = GetCustomFieldSchemasRequest  # noqa: Y015
+
+@_typing.final
+class CustomFieldSchema(_message.Message):
+    """The JSON Schemas (draft 2020-12) of one record type's `custom_fields`, each as JSON text."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_TYPE_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    CREATE_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    record_type: Global___RecordType.ValueType
+    """The records whose `custom_fields` these schemas describe."""
+    output: _builtins.str
+    """In answers: an object with a property per custom field (any may be absent), in display order."""
+    create: _builtins.str
+    """In a create body: the required fields required, unknown keys refused; the object may be null or absent
+    when no field is required.
+    """
+    update: _builtins.str
+    """In an update (PATCH) body: any of the fields, `null` removing a value; unknown keys refused."""
+    def __init__(
+        self,
+        *,
+        record_type: Global___RecordType.ValueType = ...,
+        output: _builtins.str = ...,
+        create: _builtins.str = ...,
+        update: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create", b"create", "output", b"output", "record_type", b"record_type", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomFieldSchema: _TypeAlias = CustomFieldSchema  # noqa: Y015
+
+@_typing.final
+class GetCustomFieldSchemasResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEMAS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def schemas(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustomFieldSchema]:
+        """One per record type with custom fields: accounts, then contacts."""
+
+    def __init__(
+        self,
+        *,
+        schemas: _abc.Iterable[Global___CustomFieldSchema] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["schemas", b"schemas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCustomFieldSchemasResponse: _TypeAlias = GetCustomFieldSchemasResponse  # noqa: Y015
+
+@_typing.final
 class SavedView(_message.Message):
     """---------------------------------------------------------------- saved views"""
 
@@ -3158,16 +3403,24 @@ class SavedView(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     record_type: Global___RecordType.ValueType
+    """Whether it lists accounts or contacts."""
     name: _builtins.str
+    """The view's name, e.g. "华南重点客户" (1..200 characters)."""
     sort: _builtins.str
+    """The sort, as in the list, e.g. "-registered_capital,name"."""
     query: _builtins.str
+    """A keyword, as the list's `q`."""
     shared: _builtins.bool
     """Shared with everyone in the owner's department; otherwise only the owner sees it."""
     owner_id: _builtins.str
+    """The user who made it."""
     department_id: _builtins.str
+    """The owner's department (a shared view is shown there)."""
     version: _builtins.int
     @_builtins.property
-    def filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Filter expressions as in the list (`field:op:value`), all of which must hold."""
+
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The columns to show, in order (field names, `custom_fields.<key>` for custom fields)."""
@@ -3287,6 +3540,7 @@ class ListSavedViewsRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     RECORD_TYPE_FIELD_NUMBER: _builtins.int
     record_type: Global___RecordType.ValueType
+    """Only views of this record type; absent: both."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -3415,7 +3669,10 @@ Global___DeleteSavedViewResponse: _TypeAlias = DeleteSavedViewResponse  # noqa: 
 
 @_typing.final
 class SearchHit(_message.Message):
-    """---------------------------------------------------------------- search"""
+    """---------------------------------------------------------------- search
+
+    One record found by a keyword search.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -3425,12 +3682,17 @@ class SearchHit(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     type: Global___RecordType.ValueType
+    """Whether it is an account or a contact."""
     id: _builtins.str
+    """The account's or contact's id (GET /api/v1/accounts/{id} or /api/v1/contacts/{id})."""
     name: _builtins.str
+    """The record's name; null when the caller may not see names."""
     detail: _builtins.str
-    """A second line: the account's city and industry, the contact's title and company."""
+    """A second line to show under the name: the account's city and industry, the contact's titles (only what
+    the caller may see).
+    """
     score: _builtins.float
-    """0..1, higher is better."""
+    """How well it matches, 0..1 (higher is better): names that start with the keyword come first."""
     def __init__(
         self,
         *,
@@ -3452,29 +3714,31 @@ Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015
 class SearchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_FIELD_NUMBER: _builtins.int
     Q_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
-    LIMIT_FIELD_NUMBER: _builtins.int
     q: _builtins.str
-    """Any part of a name ("华为" finds 华为技术有限公司), a phone, an email, a searchable custom field; Latin
-    names tolerate typos.
+    """The keyword (only its first 100 characters count): any part of a name ("华为" finds 华为技术有限公司, "huawei"
+    too), a phone, an e-mail, a searchable custom field; Latin names tolerate a typo.
     """
-    limit: _builtins.int
-    """1..50; 0 means 20."""
+    @_builtins.property
+    def page(self) -> _paging_pb2.PageRequest:
+        """Up to 200 per page (default 50); pages through at most 200 best matches of each record type."""
+
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[Global___RecordType.ValueType]:
-        """Only these record types; empty: accounts and contacts."""
+        """Only these record types (repeat the parameter: `types=account&types=contact`); absent: both."""
 
     def __init__(
         self,
         *,
+        page: _paging_pb2.PageRequest | None = ...,
         q: _builtins.str = ...,
         types: _abc.Iterable[Global___RecordType.ValueType] | None = ...,
-        limit: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "q", b"q", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "q", b"q", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3482,19 +3746,25 @@ Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 
 @_typing.final
 class SearchResponse(_message.Message):
+    """Best match first: score, then shorter names, accounts before contacts, then id."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    HITS_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.str
+    """Pass as `cursor` for the next page; empty on the last one."""
     @_builtins.property
-    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]: ...
     def __init__(
         self,
         *,
-        hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        items: _abc.Iterable[Global___SearchHit] | None = ...,
+        next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_cursor", b"next_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -3514,7 +3784,7 @@ class RecycleBinSettings(_message.Message):
     RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     retention_days: _builtins.int
-    """1..3650 days; 30 until the tenant sets it."""
+    """Days a deleted record stays restorable: 1..3650 (30 until the company sets it)."""
     version: _builtins.int
     def __init__(
         self,
@@ -3572,6 +3842,7 @@ class UpdateRecycleBinSettingsRequest(_message.Message):
     RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     retention_days: _builtins.int
+    """Days a deleted record stays restorable: 1..3650."""
     expected_version: _builtins.int
     def __init__(
         self,

@@ -36,6 +36,7 @@ class CustomersServiceStub:
     Lists take `filter` expressions `field:op:value` (ops: eq, ne, lt, lte, gt, gte, in (values split by |),
     contains, prefix, exists, empty) over built-in fields and custom fields (`custom_fields.<key>`), a `sort`
     such as `-registered_capital,name` (the id always breaks ties), and keyset pages.
+    Accounts (companies).
     """
 
     def __init__(self, channel):
@@ -249,6 +250,11 @@ class CustomersServiceStub:
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.DeleteCustomFieldRequest.SerializeToString,
                 response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.DeleteCustomFieldResponse.FromString,
                 _registered_method=True)
+        self.GetCustomFieldSchemas = channel.unary_unary(
+                '/crm.customers.v1.CustomersService/GetCustomFieldSchemas',
+                request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetCustomFieldSchemasRequest.SerializeToString,
+                response_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetCustomFieldSchemasResponse.FromString,
+                _registered_method=True)
         self.CreateSavedView = channel.unary_unary(
                 '/crm.customers.v1.CustomersService/CreateSavedView',
                 request_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.CreateSavedViewRequest.SerializeToString,
@@ -312,77 +318,98 @@ class CustomersServiceServicer:
     Lists take `filter` expressions `field:op:value` (ops: eq, ne, lt, lte, gt, gte, in (values split by |),
     contains, prefix, exists, empty) over built-in fields and custom fields (`custom_fields.<key>`), a `sort`
     such as `-registered_capital,name` (the id always breaks ties), and keyset pages.
+    Accounts (companies).
     """
 
     def CreateAccount(self, request, context):
-        """Accounts (companies).
+        """Create an account (a company).
+
+        The body is the account. The company's duplicate rules are checked: a "block" rule that matches refuses
+        with 409 `duplicate_found` (the existing records in `duplicates`); what "warn" rules found is in the
+        answer's `duplicates`. The owner defaults to the caller; the tier follows the tier rules unless given.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get an account, also one in the recycle bin (its `deleted_at` is set).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccounts(self, request, context):
-        """List accounts: filter=field:op:value, sort, q, view_id; deleted=true lists the recycle bin
+        """List accounts, newest first or in the `sort` asked.
+
+        `filter=field:op:value` (repeatable, all must hold; ops eq ne lt lte gt gte in contains prefix exists
+        empty; enum fields take the short words, e.g. `lifecycle_stage:eq:customer`; custom fields as
+        `custom_fields.<key>`), `sort=-registered_capital,name`, `q` (keyword), `view_id` (a saved view's filters
+        and sort); `deleted=true` lists the recycle bin. Only accounts in the caller's data scope, without the
+        fields hidden from them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CountAccounts(self, request, context):
-        """Count accounts matching a list's filters (exact up to 10,000, then capped)
+        """Count the accounts a list with the same filters would show (exact up to 10,000, then capped: `exact` is
+        false).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateAccount(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change an account: the body holds only the fields to change (`null` clears one).
+
+        Duplicate rules are checked again when a matched field changes (name, alt_name, credit_code, phones,
+        emails): "block" refuses with 409 `duplicate_found`, what "warn" rules found is in the answer's
+        `duplicates`. With `If-Match`, a stale version is a 412.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAccount(self, request, context):
-        """Move to the recycle bin
+        """Move an account to the recycle bin; restorable until the retention period ends (GET
+        /api/v1/recycle-bin/settings).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RestoreAccount(self, request, context):
-        """Bring an account back from the recycle bin
+        """Bring an account back from the recycle bin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccountStageChanges(self, request, context):
-        """The account's lifecycle stage changes, newest first
+        """List the changes of an account's lifecycle stage, newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccountTree(self, request, context):
-        """The whole group (集团) the account belongs to, from its top, with subsidiary counts
+        """Get the whole group (集团) an account belongs to, from its top, with subsidiary counts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTierRules(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get the company's tier rules: the first rule whose filters all hold gives an account its tier.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTierRules(self, request, context):
-        """Set the tenant's tier rules (first matching rule wins); reapply=true recomputes every tier
+        """Replace the company's tier rules (first matching rule wins); `reapply=true` recomputes the tier of every
+        account whose tier was not set by hand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -390,155 +417,195 @@ class CustomersServiceServicer:
 
     def CreateContact(self, request, context):
         """Contacts (people).
+
+        Create a contact (a person).
+
+        The body is the contact. Its accounts must exist in the company. Duplicate rules are checked as for
+        accounts: "block" refuses with 409 `duplicate_found`, what "warn" rules found is in the answer's
+        `duplicates`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetContact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a contact, also one in the recycle bin (its `deleted_at` is set).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListContacts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List contacts, newest first or in the `sort` asked.
+
+        Filters, sort, `q`, `view_id` and `deleted` as for accounts (e.g. `buying_role:eq:decision_maker`);
+        `account_id` lists the contacts of one account.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CountContacts(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Count the contacts a list with the same filters would show (exact up to 10,000, then capped: `exact` is
+        false).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateContact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a contact: the body holds only the fields to change (`null` clears one).
+
+        Duplicate rules are checked again when a matched field changes; what "warn" rules found is in the
+        answer's `duplicates`.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteContact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Move a contact to the recycle bin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RestoreContact(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Bring a contact back from the recycle bin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateInteraction(self, request, context):
         """Interactions and the timeline.
+
+        Record an interaction (a call, meeting, visit, e-mail or note) on accounts and contacts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetInteraction(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get an interaction.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListInteractions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List interactions, newest first: of an account, a contact, a kind, a time range.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateInteraction(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change an interaction: the body holds only the fields to change.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteInteraction(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete an interaction.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAccountTimeline(self, request, context):
-        """Interactions on the account (and, with include_contacts, on its contacts), newest first
+        """List an account's timeline, newest first: its interactions (with `include_contacts`, its contacts' too)
+        and what the sales service did for it (opportunities, quotes, contracts, payments, ...).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListContactTimeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List a contact's timeline (its interactions), newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateRelationshipType(self, request, context):
         """Relationship types and relationships.
+
+        Create a relationship type of the company's own (built-in types such as reports_to exist already).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRelationshipTypes(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the relationship types: the built-in ones, then the company's own.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateRelationshipType(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Rename a relationship type of the company's own (its key, ends and symmetry are fixed).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteRelationshipType(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a relationship type of the company's own that no relationship uses.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateRelationship(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Relate two records (accounts or contacts) with a relationship type, e.g. a contact reports_to another.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRelationship(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a relationship.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRelationships(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List relationships, of one record (`record_type` and `record_id`) or of a type.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteRelationship(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a relationship.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAccountGraph(self, request, context):
         """The graph of accounts and contacts.
+
+        Get the graph around an account: the records related to it up to `depth` hops (relationships, the group
+        hierarchy, contacts working at it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetContactGraph(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get the graph around a contact: the records related to it up to `depth` hops.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FindPath(self, request, context):
-        """The shortest chain of relationships between two records
+        """Find the shortest chain of relationships between two records, over records the caller may see.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -546,98 +613,129 @@ class CustomersServiceServicer:
 
     def CreateCustomField(self, request, context):
         """Custom fields.
+
+        Define a custom field on accounts or contacts.
+
+        Its values then live in the records' `custom_fields` under its key, checked against its type and rules. A
+        new field can only be required while no record exists (create it optional, fill it, then make it
+        required).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCustomField(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a custom field's definition.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCustomFields(self, request, context):
-        """The tenant's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts
+        """List the company's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts,
+        in display order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateCustomField(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a custom field's labels and rules (its record type, key and type are fixed).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteCustomField(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a custom field and its values from every record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCustomFieldSchemas(self, request, context):
+        """Get the JSON Schema of `custom_fields` in accounts and contacts, as the company's custom fields define
+        it.
+
+        Built from the same rules that check the values: what a schema allows, a create or an update takes. The
+        gateway types the company's own OpenAPI document (GET /api/v1/openapi.json) with it; it has no route of
+        its own. Needs read on accounts or contacts.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateSavedView(self, request, context):
         """Saved views.
+
+        Save a view: a list's filters, sort, keyword and columns under a name, for oneself or shared with one's
+        department.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetSavedView(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a saved view (one's own, or one shared with one's department).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSavedViews(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the saved views one may use: one's own and those shared with one's department.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateSavedView(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a saved view (only its owner).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteSavedView(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a saved view (only its owner).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """Keyword search over accounts and contacts.
+        """Search accounts and contacts by keyword, best match first.
+
+        One ranked list over both record types (or those named in `types`), paged like every list. Only records
+        the caller may read are found, and a field hidden from the caller is never searched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRecycleBinSettings(self, request, context):
-        """The recycle bin: how long deleted records stay restorable (after which a periodic job purges them for
-        good), and purging one record now.
+        """Get how long deleted accounts and contacts stay restorable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateRecycleBinSettings(self, request, context):
-        """Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)
+        """Set how long deleted accounts and contacts stay restorable (1..3650 days; needs update on recycle_bin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PurgeAccount(self, request, context):
-        """Purge an account from the recycle bin now, for good (needs delete on recycle_bin)
+        """Purge an account from the recycle bin now, for good (needs delete on accounts and on recycle_bin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PurgeContact(self, request, context):
-        """Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)
+        """Purge a contact from the recycle bin now, for good (needs delete on contacts and on recycle_bin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -851,6 +949,11 @@ def add_CustomersServiceServicer_to_server(servicer, server):
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.DeleteCustomFieldRequest.FromString,
                     response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.DeleteCustomFieldResponse.SerializeToString,
             ),
+            'GetCustomFieldSchemas': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomFieldSchemas,
+                    request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetCustomFieldSchemasRequest.FromString,
+                    response_serializer=crm_dot_customers_dot_v1_dot_customers__pb2.GetCustomFieldSchemasResponse.SerializeToString,
+            ),
             'CreateSavedView': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSavedView,
                     request_deserializer=crm_dot_customers_dot_v1_dot_customers__pb2.CreateSavedViewRequest.FromString,
@@ -920,6 +1023,7 @@ class CustomersService:
     Lists take `filter` expressions `field:op:value` (ops: eq, ne, lt, lte, gt, gte, in (values split by |),
     contains, prefix, exists, empty) over built-in fields and custom fields (`custom_fields.<key>`), a `sort`
     such as `-registered_capital,name` (the id always breaks ties), and keyset pages.
+    Accounts (companies).
     """
 
     @staticmethod
@@ -2019,6 +2123,33 @@ class CustomersService:
             '/crm.customers.v1.CustomersService/DeleteCustomField',
             crm_dot_customers_dot_v1_dot_customers__pb2.DeleteCustomFieldRequest.SerializeToString,
             crm_dot_customers_dot_v1_dot_customers__pb2.DeleteCustomFieldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomFieldSchemas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crm.customers.v1.CustomersService/GetCustomFieldSchemas',
+            crm_dot_customers_dot_v1_dot_customers__pb2.GetCustomFieldSchemasRequest.SerializeToString,
+            crm_dot_customers_dot_v1_dot_customers__pb2.GetCustomFieldSchemasResponse.FromString,
             options,
             channel_credentials,
             insecure,

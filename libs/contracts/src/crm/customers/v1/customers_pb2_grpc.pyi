@@ -37,6 +37,7 @@ class CustomersServiceStub:
     Lists take `filter` expressions `field:op:value` (ops: eq, ne, lt, lte, gt, gte, in (values split by |),
     contains, prefix, exists, empty) over built-in fields and custom fields (`custom_fields.<key>`), a `sort`
     such as `-registered_capital,name` (the id always breaks ties), and keyset pages.
+    Accounts (companies).
     """
 
     @_typing.overload
@@ -44,80 +45,184 @@ class CustomersServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CustomersServiceAsyncStub: ...
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateAccountRequest, _customers_pb2.CreateAccountResponse]
-    """Accounts (companies)."""
-    GetAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetAccountRequest, _customers_pb2.GetAccountResponse]
-    ListAccounts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountsRequest, _customers_pb2.ListAccountsResponse]
-    """List accounts: filter=field:op:value, sort, q, view_id; deleted=true lists the recycle bin"""
-    CountAccounts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CountAccountsRequest, _customers_pb2.CountAccountsResponse]
-    """Count accounts matching a list's filters (exact up to 10,000, then capped)"""
-    UpdateAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateAccountRequest, _customers_pb2.UpdateAccountResponse]
-    DeleteAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteAccountRequest, _customers_pb2.DeleteAccountResponse]
-    """Move to the recycle bin"""
-    RestoreAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.RestoreAccountRequest, _customers_pb2.RestoreAccountResponse]
-    """Bring an account back from the recycle bin"""
-    ListAccountStageChanges: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountStageChangesRequest, _customers_pb2.ListAccountStageChangesResponse]
-    """The account's lifecycle stage changes, newest first"""
-    GetAccountTree: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetAccountTreeRequest, _customers_pb2.GetAccountTreeResponse]
-    """The whole group (集团) the account belongs to, from its top, with subsidiary counts"""
-    GetTierRules: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetTierRulesRequest, _customers_pb2.GetTierRulesResponse]
-    UpdateTierRules: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateTierRulesRequest, _customers_pb2.UpdateTierRulesResponse]
-    """Set the tenant's tier rules (first matching rule wins); reapply=true recomputes every tier"""
-    CreateContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateContactRequest, _customers_pb2.CreateContactResponse]
-    """Contacts (people)."""
-    GetContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetContactRequest, _customers_pb2.GetContactResponse]
-    ListContacts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListContactsRequest, _customers_pb2.ListContactsResponse]
-    CountContacts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CountContactsRequest, _customers_pb2.CountContactsResponse]
-    UpdateContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateContactRequest, _customers_pb2.UpdateContactResponse]
-    DeleteContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteContactRequest, _customers_pb2.DeleteContactResponse]
-    RestoreContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.RestoreContactRequest, _customers_pb2.RestoreContactResponse]
-    CreateInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateInteractionRequest, _customers_pb2.CreateInteractionResponse]
-    """Interactions and the timeline."""
-    GetInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetInteractionRequest, _customers_pb2.GetInteractionResponse]
-    ListInteractions: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListInteractionsRequest, _customers_pb2.ListInteractionsResponse]
-    UpdateInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateInteractionRequest, _customers_pb2.UpdateInteractionResponse]
-    DeleteInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteInteractionRequest, _customers_pb2.DeleteInteractionResponse]
-    ListAccountTimeline: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountTimelineRequest, _customers_pb2.ListAccountTimelineResponse]
-    """Interactions on the account (and, with include_contacts, on its contacts), newest first"""
-    ListContactTimeline: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListContactTimelineRequest, _customers_pb2.ListContactTimelineResponse]
-    CreateRelationshipType: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipTypeRequest, _customers_pb2.CreateRelationshipTypeResponse]
-    """Relationship types and relationships."""
-    ListRelationshipTypes: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListRelationshipTypesRequest, _customers_pb2.ListRelationshipTypesResponse]
-    UpdateRelationshipType: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateRelationshipTypeRequest, _customers_pb2.UpdateRelationshipTypeResponse]
-    DeleteRelationshipType: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteRelationshipTypeRequest, _customers_pb2.DeleteRelationshipTypeResponse]
-    CreateRelationship: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipRequest, _customers_pb2.CreateRelationshipResponse]
-    GetRelationship: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetRelationshipRequest, _customers_pb2.GetRelationshipResponse]
-    ListRelationships: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListRelationshipsRequest, _customers_pb2.ListRelationshipsResponse]
-    DeleteRelationship: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteRelationshipRequest, _customers_pb2.DeleteRelationshipResponse]
-    GetAccountGraph: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetAccountGraphRequest, _customers_pb2.GetAccountGraphResponse]
-    """The graph of accounts and contacts."""
-    GetContactGraph: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetContactGraphRequest, _customers_pb2.GetContactGraphResponse]
-    FindPath: _grpc.UnaryUnaryMultiCallable[_customers_pb2.FindPathRequest, _customers_pb2.FindPathResponse]
-    """The shortest chain of relationships between two records"""
-    CreateCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateCustomFieldRequest, _customers_pb2.CreateCustomFieldResponse]
-    """Custom fields."""
-    GetCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetCustomFieldRequest, _customers_pb2.GetCustomFieldResponse]
-    ListCustomFields: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListCustomFieldsRequest, _customers_pb2.ListCustomFieldsResponse]
-    """The tenant's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts"""
-    UpdateCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateCustomFieldRequest, _customers_pb2.UpdateCustomFieldResponse]
-    DeleteCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteCustomFieldRequest, _customers_pb2.DeleteCustomFieldResponse]
-    CreateSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateSavedViewRequest, _customers_pb2.CreateSavedViewResponse]
-    """Saved views."""
-    GetSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetSavedViewRequest, _customers_pb2.GetSavedViewResponse]
-    ListSavedViews: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListSavedViewsRequest, _customers_pb2.ListSavedViewsResponse]
-    UpdateSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateSavedViewRequest, _customers_pb2.UpdateSavedViewResponse]
-    DeleteSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteSavedViewRequest, _customers_pb2.DeleteSavedViewResponse]
-    Search: _grpc.UnaryUnaryMultiCallable[_customers_pb2.SearchRequest, _customers_pb2.SearchResponse]
-    """Keyword search over accounts and contacts."""
-    GetRecycleBinSettings: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetRecycleBinSettingsRequest, _customers_pb2.GetRecycleBinSettingsResponse]
-    """The recycle bin: how long deleted records stay restorable (after which a periodic job purges them for
-    good), and purging one record now.
+    """Create an account (a company).
+
+    The body is the account. The company's duplicate rules are checked: a "block" rule that matches refuses
+    with 409 `duplicate_found` (the existing records in `duplicates`); what "warn" rules found is in the
+    answer's `duplicates`. The owner defaults to the caller; the tier follows the tier rules unless given.
     """
+    GetAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetAccountRequest, _customers_pb2.GetAccountResponse]
+    """Get an account, also one in the recycle bin (its `deleted_at` is set)."""
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountsRequest, _customers_pb2.ListAccountsResponse]
+    """List accounts, newest first or in the `sort` asked.
+
+    `filter=field:op:value` (repeatable, all must hold; ops eq ne lt lte gt gte in contains prefix exists
+    empty; enum fields take the short words, e.g. `lifecycle_stage:eq:customer`; custom fields as
+    `custom_fields.<key>`), `sort=-registered_capital,name`, `q` (keyword), `view_id` (a saved view's filters
+    and sort); `deleted=true` lists the recycle bin. Only accounts in the caller's data scope, without the
+    fields hidden from them.
+    """
+    CountAccounts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CountAccountsRequest, _customers_pb2.CountAccountsResponse]
+    """Count the accounts a list with the same filters would show (exact up to 10,000, then capped: `exact` is
+    false).
+    """
+    UpdateAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateAccountRequest, _customers_pb2.UpdateAccountResponse]
+    """Change an account: the body holds only the fields to change (`null` clears one).
+
+    Duplicate rules are checked again when a matched field changes (name, alt_name, credit_code, phones,
+    emails): "block" refuses with 409 `duplicate_found`, what "warn" rules found is in the answer's
+    `duplicates`. With `If-Match`, a stale version is a 412.
+    """
+    DeleteAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteAccountRequest, _customers_pb2.DeleteAccountResponse]
+    """Move an account to the recycle bin; restorable until the retention period ends (GET
+    /api/v1/recycle-bin/settings).
+    """
+    RestoreAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.RestoreAccountRequest, _customers_pb2.RestoreAccountResponse]
+    """Bring an account back from the recycle bin."""
+    ListAccountStageChanges: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountStageChangesRequest, _customers_pb2.ListAccountStageChangesResponse]
+    """List the changes of an account's lifecycle stage, newest first."""
+    GetAccountTree: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetAccountTreeRequest, _customers_pb2.GetAccountTreeResponse]
+    """Get the whole group (集团) an account belongs to, from its top, with subsidiary counts."""
+    GetTierRules: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetTierRulesRequest, _customers_pb2.GetTierRulesResponse]
+    """Get the company's tier rules: the first rule whose filters all hold gives an account its tier."""
+    UpdateTierRules: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateTierRulesRequest, _customers_pb2.UpdateTierRulesResponse]
+    """Replace the company's tier rules (first matching rule wins); `reapply=true` recomputes the tier of every
+    account whose tier was not set by hand.
+    """
+    CreateContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateContactRequest, _customers_pb2.CreateContactResponse]
+    """Contacts (people).
+
+    Create a contact (a person).
+
+    The body is the contact. Its accounts must exist in the company. Duplicate rules are checked as for
+    accounts: "block" refuses with 409 `duplicate_found`, what "warn" rules found is in the answer's
+    `duplicates`.
+    """
+    GetContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetContactRequest, _customers_pb2.GetContactResponse]
+    """Get a contact, also one in the recycle bin (its `deleted_at` is set)."""
+    ListContacts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListContactsRequest, _customers_pb2.ListContactsResponse]
+    """List contacts, newest first or in the `sort` asked.
+
+    Filters, sort, `q`, `view_id` and `deleted` as for accounts (e.g. `buying_role:eq:decision_maker`);
+    `account_id` lists the contacts of one account.
+    """
+    CountContacts: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CountContactsRequest, _customers_pb2.CountContactsResponse]
+    """Count the contacts a list with the same filters would show (exact up to 10,000, then capped: `exact` is
+    false).
+    """
+    UpdateContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateContactRequest, _customers_pb2.UpdateContactResponse]
+    """Change a contact: the body holds only the fields to change (`null` clears one).
+
+    Duplicate rules are checked again when a matched field changes; what "warn" rules found is in the
+    answer's `duplicates`.
+    """
+    DeleteContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteContactRequest, _customers_pb2.DeleteContactResponse]
+    """Move a contact to the recycle bin."""
+    RestoreContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.RestoreContactRequest, _customers_pb2.RestoreContactResponse]
+    """Bring a contact back from the recycle bin."""
+    CreateInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateInteractionRequest, _customers_pb2.CreateInteractionResponse]
+    """Interactions and the timeline.
+
+    Record an interaction (a call, meeting, visit, e-mail or note) on accounts and contacts.
+    """
+    GetInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetInteractionRequest, _customers_pb2.GetInteractionResponse]
+    """Get an interaction."""
+    ListInteractions: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListInteractionsRequest, _customers_pb2.ListInteractionsResponse]
+    """List interactions, newest first: of an account, a contact, a kind, a time range."""
+    UpdateInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateInteractionRequest, _customers_pb2.UpdateInteractionResponse]
+    """Change an interaction: the body holds only the fields to change."""
+    DeleteInteraction: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteInteractionRequest, _customers_pb2.DeleteInteractionResponse]
+    """Delete an interaction."""
+    ListAccountTimeline: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListAccountTimelineRequest, _customers_pb2.ListAccountTimelineResponse]
+    """List an account's timeline, newest first: its interactions (with `include_contacts`, its contacts' too)
+    and what the sales service did for it (opportunities, quotes, contracts, payments, ...).
+    """
+    ListContactTimeline: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListContactTimelineRequest, _customers_pb2.ListContactTimelineResponse]
+    """List a contact's timeline (its interactions), newest first."""
+    CreateRelationshipType: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipTypeRequest, _customers_pb2.CreateRelationshipTypeResponse]
+    """Relationship types and relationships.
+
+    Create a relationship type of the company's own (built-in types such as reports_to exist already).
+    """
+    ListRelationshipTypes: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListRelationshipTypesRequest, _customers_pb2.ListRelationshipTypesResponse]
+    """List the relationship types: the built-in ones, then the company's own."""
+    UpdateRelationshipType: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateRelationshipTypeRequest, _customers_pb2.UpdateRelationshipTypeResponse]
+    """Rename a relationship type of the company's own (its key, ends and symmetry are fixed)."""
+    DeleteRelationshipType: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteRelationshipTypeRequest, _customers_pb2.DeleteRelationshipTypeResponse]
+    """Delete a relationship type of the company's own that no relationship uses."""
+    CreateRelationship: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipRequest, _customers_pb2.CreateRelationshipResponse]
+    """Relate two records (accounts or contacts) with a relationship type, e.g. a contact reports_to another."""
+    GetRelationship: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetRelationshipRequest, _customers_pb2.GetRelationshipResponse]
+    """Get a relationship."""
+    ListRelationships: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListRelationshipsRequest, _customers_pb2.ListRelationshipsResponse]
+    """List relationships, of one record (`record_type` and `record_id`) or of a type."""
+    DeleteRelationship: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteRelationshipRequest, _customers_pb2.DeleteRelationshipResponse]
+    """Delete a relationship."""
+    GetAccountGraph: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetAccountGraphRequest, _customers_pb2.GetAccountGraphResponse]
+    """The graph of accounts and contacts.
+
+    Get the graph around an account: the records related to it up to `depth` hops (relationships, the group
+    hierarchy, contacts working at it).
+    """
+    GetContactGraph: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetContactGraphRequest, _customers_pb2.GetContactGraphResponse]
+    """Get the graph around a contact: the records related to it up to `depth` hops."""
+    FindPath: _grpc.UnaryUnaryMultiCallable[_customers_pb2.FindPathRequest, _customers_pb2.FindPathResponse]
+    """Find the shortest chain of relationships between two records, over records the caller may see."""
+    CreateCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateCustomFieldRequest, _customers_pb2.CreateCustomFieldResponse]
+    """Custom fields.
+
+    Define a custom field on accounts or contacts.
+
+    Its values then live in the records' `custom_fields` under its key, checked against its type and rules. A
+    new field can only be required while no record exists (create it optional, fill it, then make it
+    required).
+    """
+    GetCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetCustomFieldRequest, _customers_pb2.GetCustomFieldResponse]
+    """Get a custom field's definition."""
+    ListCustomFields: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListCustomFieldsRequest, _customers_pb2.ListCustomFieldsResponse]
+    """List the company's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts,
+    in display order.
+    """
+    UpdateCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateCustomFieldRequest, _customers_pb2.UpdateCustomFieldResponse]
+    """Change a custom field's labels and rules (its record type, key and type are fixed)."""
+    DeleteCustomField: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteCustomFieldRequest, _customers_pb2.DeleteCustomFieldResponse]
+    """Delete a custom field and its values from every record."""
+    GetCustomFieldSchemas: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetCustomFieldSchemasRequest, _customers_pb2.GetCustomFieldSchemasResponse]
+    """Get the JSON Schema of `custom_fields` in accounts and contacts, as the company's custom fields define
+    it.
+
+    Built from the same rules that check the values: what a schema allows, a create or an update takes. The
+    gateway types the company's own OpenAPI document (GET /api/v1/openapi.json) with it; it has no route of
+    its own. Needs read on accounts or contacts.
+    """
+    CreateSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.CreateSavedViewRequest, _customers_pb2.CreateSavedViewResponse]
+    """Saved views.
+
+    Save a view: a list's filters, sort, keyword and columns under a name, for oneself or shared with one's
+    department.
+    """
+    GetSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetSavedViewRequest, _customers_pb2.GetSavedViewResponse]
+    """Get a saved view (one's own, or one shared with one's department)."""
+    ListSavedViews: _grpc.UnaryUnaryMultiCallable[_customers_pb2.ListSavedViewsRequest, _customers_pb2.ListSavedViewsResponse]
+    """List the saved views one may use: one's own and those shared with one's department."""
+    UpdateSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateSavedViewRequest, _customers_pb2.UpdateSavedViewResponse]
+    """Change a saved view (only its owner)."""
+    DeleteSavedView: _grpc.UnaryUnaryMultiCallable[_customers_pb2.DeleteSavedViewRequest, _customers_pb2.DeleteSavedViewResponse]
+    """Delete a saved view (only its owner)."""
+    Search: _grpc.UnaryUnaryMultiCallable[_customers_pb2.SearchRequest, _customers_pb2.SearchResponse]
+    """Search accounts and contacts by keyword, best match first.
+
+    One ranked list over both record types (or those named in `types`), paged like every list. Only records
+    the caller may read are found, and a field hidden from the caller is never searched.
+    """
+    GetRecycleBinSettings: _grpc.UnaryUnaryMultiCallable[_customers_pb2.GetRecycleBinSettingsRequest, _customers_pb2.GetRecycleBinSettingsResponse]
+    """Get how long deleted accounts and contacts stay restorable."""
     UpdateRecycleBinSettings: _grpc.UnaryUnaryMultiCallable[_customers_pb2.UpdateRecycleBinSettingsRequest, _customers_pb2.UpdateRecycleBinSettingsResponse]
-    """Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)"""
+    """Set how long deleted accounts and contacts stay restorable (1..3650 days; needs update on recycle_bin)."""
     PurgeAccount: _grpc.UnaryUnaryMultiCallable[_customers_pb2.PurgeAccountRequest, _customers_pb2.PurgeAccountResponse]
-    """Purge an account from the recycle bin now, for good (needs delete on recycle_bin)"""
+    """Purge an account from the recycle bin now, for good (needs delete on accounts and on recycle_bin)."""
     PurgeContact: _grpc.UnaryUnaryMultiCallable[_customers_pb2.PurgeContactRequest, _customers_pb2.PurgeContactResponse]
-    """Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)"""
+    """Purge a contact from the recycle bin now, for good (needs delete on contacts and on recycle_bin)."""
 
 @_typing.type_check_only
 class CustomersServiceAsyncStub(CustomersServiceStub):
@@ -131,84 +236,189 @@ class CustomersServiceAsyncStub(CustomersServiceStub):
     Lists take `filter` expressions `field:op:value` (ops: eq, ne, lt, lte, gt, gte, in (values split by |),
     contains, prefix, exists, empty) over built-in fields and custom fields (`custom_fields.<key>`), a `sort`
     such as `-registered_capital,name` (the id always breaks ties), and keyset pages.
+    Accounts (companies).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateAccountRequest, _customers_pb2.CreateAccountResponse]  # type: ignore[assignment]
-    """Accounts (companies)."""
-    GetAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetAccountRequest, _customers_pb2.GetAccountResponse]  # type: ignore[assignment]
-    ListAccounts: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountsRequest, _customers_pb2.ListAccountsResponse]  # type: ignore[assignment]
-    """List accounts: filter=field:op:value, sort, q, view_id; deleted=true lists the recycle bin"""
-    CountAccounts: _aio.UnaryUnaryMultiCallable[_customers_pb2.CountAccountsRequest, _customers_pb2.CountAccountsResponse]  # type: ignore[assignment]
-    """Count accounts matching a list's filters (exact up to 10,000, then capped)"""
-    UpdateAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateAccountRequest, _customers_pb2.UpdateAccountResponse]  # type: ignore[assignment]
-    DeleteAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteAccountRequest, _customers_pb2.DeleteAccountResponse]  # type: ignore[assignment]
-    """Move to the recycle bin"""
-    RestoreAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.RestoreAccountRequest, _customers_pb2.RestoreAccountResponse]  # type: ignore[assignment]
-    """Bring an account back from the recycle bin"""
-    ListAccountStageChanges: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountStageChangesRequest, _customers_pb2.ListAccountStageChangesResponse]  # type: ignore[assignment]
-    """The account's lifecycle stage changes, newest first"""
-    GetAccountTree: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetAccountTreeRequest, _customers_pb2.GetAccountTreeResponse]  # type: ignore[assignment]
-    """The whole group (集团) the account belongs to, from its top, with subsidiary counts"""
-    GetTierRules: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetTierRulesRequest, _customers_pb2.GetTierRulesResponse]  # type: ignore[assignment]
-    UpdateTierRules: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateTierRulesRequest, _customers_pb2.UpdateTierRulesResponse]  # type: ignore[assignment]
-    """Set the tenant's tier rules (first matching rule wins); reapply=true recomputes every tier"""
-    CreateContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateContactRequest, _customers_pb2.CreateContactResponse]  # type: ignore[assignment]
-    """Contacts (people)."""
-    GetContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetContactRequest, _customers_pb2.GetContactResponse]  # type: ignore[assignment]
-    ListContacts: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListContactsRequest, _customers_pb2.ListContactsResponse]  # type: ignore[assignment]
-    CountContacts: _aio.UnaryUnaryMultiCallable[_customers_pb2.CountContactsRequest, _customers_pb2.CountContactsResponse]  # type: ignore[assignment]
-    UpdateContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateContactRequest, _customers_pb2.UpdateContactResponse]  # type: ignore[assignment]
-    DeleteContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteContactRequest, _customers_pb2.DeleteContactResponse]  # type: ignore[assignment]
-    RestoreContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.RestoreContactRequest, _customers_pb2.RestoreContactResponse]  # type: ignore[assignment]
-    CreateInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateInteractionRequest, _customers_pb2.CreateInteractionResponse]  # type: ignore[assignment]
-    """Interactions and the timeline."""
-    GetInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetInteractionRequest, _customers_pb2.GetInteractionResponse]  # type: ignore[assignment]
-    ListInteractions: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListInteractionsRequest, _customers_pb2.ListInteractionsResponse]  # type: ignore[assignment]
-    UpdateInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateInteractionRequest, _customers_pb2.UpdateInteractionResponse]  # type: ignore[assignment]
-    DeleteInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteInteractionRequest, _customers_pb2.DeleteInteractionResponse]  # type: ignore[assignment]
-    ListAccountTimeline: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountTimelineRequest, _customers_pb2.ListAccountTimelineResponse]  # type: ignore[assignment]
-    """Interactions on the account (and, with include_contacts, on its contacts), newest first"""
-    ListContactTimeline: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListContactTimelineRequest, _customers_pb2.ListContactTimelineResponse]  # type: ignore[assignment]
-    CreateRelationshipType: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipTypeRequest, _customers_pb2.CreateRelationshipTypeResponse]  # type: ignore[assignment]
-    """Relationship types and relationships."""
-    ListRelationshipTypes: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListRelationshipTypesRequest, _customers_pb2.ListRelationshipTypesResponse]  # type: ignore[assignment]
-    UpdateRelationshipType: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateRelationshipTypeRequest, _customers_pb2.UpdateRelationshipTypeResponse]  # type: ignore[assignment]
-    DeleteRelationshipType: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteRelationshipTypeRequest, _customers_pb2.DeleteRelationshipTypeResponse]  # type: ignore[assignment]
-    CreateRelationship: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipRequest, _customers_pb2.CreateRelationshipResponse]  # type: ignore[assignment]
-    GetRelationship: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetRelationshipRequest, _customers_pb2.GetRelationshipResponse]  # type: ignore[assignment]
-    ListRelationships: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListRelationshipsRequest, _customers_pb2.ListRelationshipsResponse]  # type: ignore[assignment]
-    DeleteRelationship: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteRelationshipRequest, _customers_pb2.DeleteRelationshipResponse]  # type: ignore[assignment]
-    GetAccountGraph: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetAccountGraphRequest, _customers_pb2.GetAccountGraphResponse]  # type: ignore[assignment]
-    """The graph of accounts and contacts."""
-    GetContactGraph: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetContactGraphRequest, _customers_pb2.GetContactGraphResponse]  # type: ignore[assignment]
-    FindPath: _aio.UnaryUnaryMultiCallable[_customers_pb2.FindPathRequest, _customers_pb2.FindPathResponse]  # type: ignore[assignment]
-    """The shortest chain of relationships between two records"""
-    CreateCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateCustomFieldRequest, _customers_pb2.CreateCustomFieldResponse]  # type: ignore[assignment]
-    """Custom fields."""
-    GetCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetCustomFieldRequest, _customers_pb2.GetCustomFieldResponse]  # type: ignore[assignment]
-    ListCustomFields: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListCustomFieldsRequest, _customers_pb2.ListCustomFieldsResponse]  # type: ignore[assignment]
-    """The tenant's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts"""
-    UpdateCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateCustomFieldRequest, _customers_pb2.UpdateCustomFieldResponse]  # type: ignore[assignment]
-    DeleteCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteCustomFieldRequest, _customers_pb2.DeleteCustomFieldResponse]  # type: ignore[assignment]
-    CreateSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateSavedViewRequest, _customers_pb2.CreateSavedViewResponse]  # type: ignore[assignment]
-    """Saved views."""
-    GetSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetSavedViewRequest, _customers_pb2.GetSavedViewResponse]  # type: ignore[assignment]
-    ListSavedViews: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListSavedViewsRequest, _customers_pb2.ListSavedViewsResponse]  # type: ignore[assignment]
-    UpdateSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateSavedViewRequest, _customers_pb2.UpdateSavedViewResponse]  # type: ignore[assignment]
-    DeleteSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteSavedViewRequest, _customers_pb2.DeleteSavedViewResponse]  # type: ignore[assignment]
-    Search: _aio.UnaryUnaryMultiCallable[_customers_pb2.SearchRequest, _customers_pb2.SearchResponse]  # type: ignore[assignment]
-    """Keyword search over accounts and contacts."""
-    GetRecycleBinSettings: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetRecycleBinSettingsRequest, _customers_pb2.GetRecycleBinSettingsResponse]  # type: ignore[assignment]
-    """The recycle bin: how long deleted records stay restorable (after which a periodic job purges them for
-    good), and purging one record now.
+    """Create an account (a company).
+
+    The body is the account. The company's duplicate rules are checked: a "block" rule that matches refuses
+    with 409 `duplicate_found` (the existing records in `duplicates`); what "warn" rules found is in the
+    answer's `duplicates`. The owner defaults to the caller; the tier follows the tier rules unless given.
     """
+    GetAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetAccountRequest, _customers_pb2.GetAccountResponse]  # type: ignore[assignment]
+    """Get an account, also one in the recycle bin (its `deleted_at` is set)."""
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountsRequest, _customers_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    """List accounts, newest first or in the `sort` asked.
+
+    `filter=field:op:value` (repeatable, all must hold; ops eq ne lt lte gt gte in contains prefix exists
+    empty; enum fields take the short words, e.g. `lifecycle_stage:eq:customer`; custom fields as
+    `custom_fields.<key>`), `sort=-registered_capital,name`, `q` (keyword), `view_id` (a saved view's filters
+    and sort); `deleted=true` lists the recycle bin. Only accounts in the caller's data scope, without the
+    fields hidden from them.
+    """
+    CountAccounts: _aio.UnaryUnaryMultiCallable[_customers_pb2.CountAccountsRequest, _customers_pb2.CountAccountsResponse]  # type: ignore[assignment]
+    """Count the accounts a list with the same filters would show (exact up to 10,000, then capped: `exact` is
+    false).
+    """
+    UpdateAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateAccountRequest, _customers_pb2.UpdateAccountResponse]  # type: ignore[assignment]
+    """Change an account: the body holds only the fields to change (`null` clears one).
+
+    Duplicate rules are checked again when a matched field changes (name, alt_name, credit_code, phones,
+    emails): "block" refuses with 409 `duplicate_found`, what "warn" rules found is in the answer's
+    `duplicates`. With `If-Match`, a stale version is a 412.
+    """
+    DeleteAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteAccountRequest, _customers_pb2.DeleteAccountResponse]  # type: ignore[assignment]
+    """Move an account to the recycle bin; restorable until the retention period ends (GET
+    /api/v1/recycle-bin/settings).
+    """
+    RestoreAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.RestoreAccountRequest, _customers_pb2.RestoreAccountResponse]  # type: ignore[assignment]
+    """Bring an account back from the recycle bin."""
+    ListAccountStageChanges: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountStageChangesRequest, _customers_pb2.ListAccountStageChangesResponse]  # type: ignore[assignment]
+    """List the changes of an account's lifecycle stage, newest first."""
+    GetAccountTree: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetAccountTreeRequest, _customers_pb2.GetAccountTreeResponse]  # type: ignore[assignment]
+    """Get the whole group (集团) an account belongs to, from its top, with subsidiary counts."""
+    GetTierRules: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetTierRulesRequest, _customers_pb2.GetTierRulesResponse]  # type: ignore[assignment]
+    """Get the company's tier rules: the first rule whose filters all hold gives an account its tier."""
+    UpdateTierRules: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateTierRulesRequest, _customers_pb2.UpdateTierRulesResponse]  # type: ignore[assignment]
+    """Replace the company's tier rules (first matching rule wins); `reapply=true` recomputes the tier of every
+    account whose tier was not set by hand.
+    """
+    CreateContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateContactRequest, _customers_pb2.CreateContactResponse]  # type: ignore[assignment]
+    """Contacts (people).
+
+    Create a contact (a person).
+
+    The body is the contact. Its accounts must exist in the company. Duplicate rules are checked as for
+    accounts: "block" refuses with 409 `duplicate_found`, what "warn" rules found is in the answer's
+    `duplicates`.
+    """
+    GetContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetContactRequest, _customers_pb2.GetContactResponse]  # type: ignore[assignment]
+    """Get a contact, also one in the recycle bin (its `deleted_at` is set)."""
+    ListContacts: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListContactsRequest, _customers_pb2.ListContactsResponse]  # type: ignore[assignment]
+    """List contacts, newest first or in the `sort` asked.
+
+    Filters, sort, `q`, `view_id` and `deleted` as for accounts (e.g. `buying_role:eq:decision_maker`);
+    `account_id` lists the contacts of one account.
+    """
+    CountContacts: _aio.UnaryUnaryMultiCallable[_customers_pb2.CountContactsRequest, _customers_pb2.CountContactsResponse]  # type: ignore[assignment]
+    """Count the contacts a list with the same filters would show (exact up to 10,000, then capped: `exact` is
+    false).
+    """
+    UpdateContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateContactRequest, _customers_pb2.UpdateContactResponse]  # type: ignore[assignment]
+    """Change a contact: the body holds only the fields to change (`null` clears one).
+
+    Duplicate rules are checked again when a matched field changes; what "warn" rules found is in the
+    answer's `duplicates`.
+    """
+    DeleteContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteContactRequest, _customers_pb2.DeleteContactResponse]  # type: ignore[assignment]
+    """Move a contact to the recycle bin."""
+    RestoreContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.RestoreContactRequest, _customers_pb2.RestoreContactResponse]  # type: ignore[assignment]
+    """Bring a contact back from the recycle bin."""
+    CreateInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateInteractionRequest, _customers_pb2.CreateInteractionResponse]  # type: ignore[assignment]
+    """Interactions and the timeline.
+
+    Record an interaction (a call, meeting, visit, e-mail or note) on accounts and contacts.
+    """
+    GetInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetInteractionRequest, _customers_pb2.GetInteractionResponse]  # type: ignore[assignment]
+    """Get an interaction."""
+    ListInteractions: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListInteractionsRequest, _customers_pb2.ListInteractionsResponse]  # type: ignore[assignment]
+    """List interactions, newest first: of an account, a contact, a kind, a time range."""
+    UpdateInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateInteractionRequest, _customers_pb2.UpdateInteractionResponse]  # type: ignore[assignment]
+    """Change an interaction: the body holds only the fields to change."""
+    DeleteInteraction: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteInteractionRequest, _customers_pb2.DeleteInteractionResponse]  # type: ignore[assignment]
+    """Delete an interaction."""
+    ListAccountTimeline: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListAccountTimelineRequest, _customers_pb2.ListAccountTimelineResponse]  # type: ignore[assignment]
+    """List an account's timeline, newest first: its interactions (with `include_contacts`, its contacts' too)
+    and what the sales service did for it (opportunities, quotes, contracts, payments, ...).
+    """
+    ListContactTimeline: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListContactTimelineRequest, _customers_pb2.ListContactTimelineResponse]  # type: ignore[assignment]
+    """List a contact's timeline (its interactions), newest first."""
+    CreateRelationshipType: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipTypeRequest, _customers_pb2.CreateRelationshipTypeResponse]  # type: ignore[assignment]
+    """Relationship types and relationships.
+
+    Create a relationship type of the company's own (built-in types such as reports_to exist already).
+    """
+    ListRelationshipTypes: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListRelationshipTypesRequest, _customers_pb2.ListRelationshipTypesResponse]  # type: ignore[assignment]
+    """List the relationship types: the built-in ones, then the company's own."""
+    UpdateRelationshipType: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateRelationshipTypeRequest, _customers_pb2.UpdateRelationshipTypeResponse]  # type: ignore[assignment]
+    """Rename a relationship type of the company's own (its key, ends and symmetry are fixed)."""
+    DeleteRelationshipType: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteRelationshipTypeRequest, _customers_pb2.DeleteRelationshipTypeResponse]  # type: ignore[assignment]
+    """Delete a relationship type of the company's own that no relationship uses."""
+    CreateRelationship: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateRelationshipRequest, _customers_pb2.CreateRelationshipResponse]  # type: ignore[assignment]
+    """Relate two records (accounts or contacts) with a relationship type, e.g. a contact reports_to another."""
+    GetRelationship: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetRelationshipRequest, _customers_pb2.GetRelationshipResponse]  # type: ignore[assignment]
+    """Get a relationship."""
+    ListRelationships: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListRelationshipsRequest, _customers_pb2.ListRelationshipsResponse]  # type: ignore[assignment]
+    """List relationships, of one record (`record_type` and `record_id`) or of a type."""
+    DeleteRelationship: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteRelationshipRequest, _customers_pb2.DeleteRelationshipResponse]  # type: ignore[assignment]
+    """Delete a relationship."""
+    GetAccountGraph: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetAccountGraphRequest, _customers_pb2.GetAccountGraphResponse]  # type: ignore[assignment]
+    """The graph of accounts and contacts.
+
+    Get the graph around an account: the records related to it up to `depth` hops (relationships, the group
+    hierarchy, contacts working at it).
+    """
+    GetContactGraph: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetContactGraphRequest, _customers_pb2.GetContactGraphResponse]  # type: ignore[assignment]
+    """Get the graph around a contact: the records related to it up to `depth` hops."""
+    FindPath: _aio.UnaryUnaryMultiCallable[_customers_pb2.FindPathRequest, _customers_pb2.FindPathResponse]  # type: ignore[assignment]
+    """Find the shortest chain of relationships between two records, over records the caller may see."""
+    CreateCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateCustomFieldRequest, _customers_pb2.CreateCustomFieldResponse]  # type: ignore[assignment]
+    """Custom fields.
+
+    Define a custom field on accounts or contacts.
+
+    Its values then live in the records' `custom_fields` under its key, checked against its type and rules. A
+    new field can only be required while no record exists (create it optional, fill it, then make it
+    required).
+    """
+    GetCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetCustomFieldRequest, _customers_pb2.GetCustomFieldResponse]  # type: ignore[assignment]
+    """Get a custom field's definition."""
+    ListCustomFields: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListCustomFieldsRequest, _customers_pb2.ListCustomFieldsResponse]  # type: ignore[assignment]
+    """List the company's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts,
+    in display order.
+    """
+    UpdateCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateCustomFieldRequest, _customers_pb2.UpdateCustomFieldResponse]  # type: ignore[assignment]
+    """Change a custom field's labels and rules (its record type, key and type are fixed)."""
+    DeleteCustomField: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteCustomFieldRequest, _customers_pb2.DeleteCustomFieldResponse]  # type: ignore[assignment]
+    """Delete a custom field and its values from every record."""
+    GetCustomFieldSchemas: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetCustomFieldSchemasRequest, _customers_pb2.GetCustomFieldSchemasResponse]  # type: ignore[assignment]
+    """Get the JSON Schema of `custom_fields` in accounts and contacts, as the company's custom fields define
+    it.
+
+    Built from the same rules that check the values: what a schema allows, a create or an update takes. The
+    gateway types the company's own OpenAPI document (GET /api/v1/openapi.json) with it; it has no route of
+    its own. Needs read on accounts or contacts.
+    """
+    CreateSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.CreateSavedViewRequest, _customers_pb2.CreateSavedViewResponse]  # type: ignore[assignment]
+    """Saved views.
+
+    Save a view: a list's filters, sort, keyword and columns under a name, for oneself or shared with one's
+    department.
+    """
+    GetSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetSavedViewRequest, _customers_pb2.GetSavedViewResponse]  # type: ignore[assignment]
+    """Get a saved view (one's own, or one shared with one's department)."""
+    ListSavedViews: _aio.UnaryUnaryMultiCallable[_customers_pb2.ListSavedViewsRequest, _customers_pb2.ListSavedViewsResponse]  # type: ignore[assignment]
+    """List the saved views one may use: one's own and those shared with one's department."""
+    UpdateSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateSavedViewRequest, _customers_pb2.UpdateSavedViewResponse]  # type: ignore[assignment]
+    """Change a saved view (only its owner)."""
+    DeleteSavedView: _aio.UnaryUnaryMultiCallable[_customers_pb2.DeleteSavedViewRequest, _customers_pb2.DeleteSavedViewResponse]  # type: ignore[assignment]
+    """Delete a saved view (only its owner)."""
+    Search: _aio.UnaryUnaryMultiCallable[_customers_pb2.SearchRequest, _customers_pb2.SearchResponse]  # type: ignore[assignment]
+    """Search accounts and contacts by keyword, best match first.
+
+    One ranked list over both record types (or those named in `types`), paged like every list. Only records
+    the caller may read are found, and a field hidden from the caller is never searched.
+    """
+    GetRecycleBinSettings: _aio.UnaryUnaryMultiCallable[_customers_pb2.GetRecycleBinSettingsRequest, _customers_pb2.GetRecycleBinSettingsResponse]  # type: ignore[assignment]
+    """Get how long deleted accounts and contacts stay restorable."""
     UpdateRecycleBinSettings: _aio.UnaryUnaryMultiCallable[_customers_pb2.UpdateRecycleBinSettingsRequest, _customers_pb2.UpdateRecycleBinSettingsResponse]  # type: ignore[assignment]
-    """Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)"""
+    """Set how long deleted accounts and contacts stay restorable (1..3650 days; needs update on recycle_bin)."""
     PurgeAccount: _aio.UnaryUnaryMultiCallable[_customers_pb2.PurgeAccountRequest, _customers_pb2.PurgeAccountResponse]  # type: ignore[assignment]
-    """Purge an account from the recycle bin now, for good (needs delete on recycle_bin)"""
+    """Purge an account from the recycle bin now, for good (needs delete on accounts and on recycle_bin)."""
     PurgeContact: _aio.UnaryUnaryMultiCallable[_customers_pb2.PurgeContactRequest, _customers_pb2.PurgeContactResponse]  # type: ignore[assignment]
-    """Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)"""
+    """Purge a contact from the recycle bin now, for good (needs delete on contacts and on recycle_bin)."""
 
 class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
     """Customers: the 360° record every other service points at — accounts (companies) and contacts (people),
@@ -221,6 +431,7 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
     Lists take `filter` expressions `field:op:value` (ops: eq, ne, lt, lte, gt, gte, in (values split by |),
     contains, prefix, exists, empty) over built-in fields and custom fields (`custom_fields.<key>`), a `sort`
     such as `-registered_capital,name` (the id always breaks ties), and keyset pages.
+    Accounts (companies).
     """
 
     @_abc_1.abstractmethod
@@ -229,14 +440,20 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.CreateAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.CreateAccountResponse, _abc.Awaitable[_customers_pb2.CreateAccountResponse]]:
-        """Accounts (companies)."""
+        """Create an account (a company).
+
+        The body is the account. The company's duplicate rules are checked: a "block" rule that matches refuses
+        with 409 `duplicate_found` (the existing records in `duplicates`); what "warn" rules found is in the
+        answer's `duplicates`. The owner defaults to the caller; the tier follows the tier rules unless given.
+        """
 
     @_abc_1.abstractmethod
     def GetAccount(
         self,
         request: _customers_pb2.GetAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetAccountResponse, _abc.Awaitable[_customers_pb2.GetAccountResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetAccountResponse, _abc.Awaitable[_customers_pb2.GetAccountResponse]]:
+        """Get an account, also one in the recycle bin (its `deleted_at` is set)."""
 
     @_abc_1.abstractmethod
     def ListAccounts(
@@ -244,7 +461,14 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.ListAccountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.ListAccountsResponse, _abc.Awaitable[_customers_pb2.ListAccountsResponse]]:
-        """List accounts: filter=field:op:value, sort, q, view_id; deleted=true lists the recycle bin"""
+        """List accounts, newest first or in the `sort` asked.
+
+        `filter=field:op:value` (repeatable, all must hold; ops eq ne lt lte gt gte in contains prefix exists
+        empty; enum fields take the short words, e.g. `lifecycle_stage:eq:customer`; custom fields as
+        `custom_fields.<key>`), `sort=-registered_capital,name`, `q` (keyword), `view_id` (a saved view's filters
+        and sort); `deleted=true` lists the recycle bin. Only accounts in the caller's data scope, without the
+        fields hidden from them.
+        """
 
     @_abc_1.abstractmethod
     def CountAccounts(
@@ -252,14 +476,22 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.CountAccountsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.CountAccountsResponse, _abc.Awaitable[_customers_pb2.CountAccountsResponse]]:
-        """Count accounts matching a list's filters (exact up to 10,000, then capped)"""
+        """Count the accounts a list with the same filters would show (exact up to 10,000, then capped: `exact` is
+        false).
+        """
 
     @_abc_1.abstractmethod
     def UpdateAccount(
         self,
         request: _customers_pb2.UpdateAccountRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.UpdateAccountResponse, _abc.Awaitable[_customers_pb2.UpdateAccountResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.UpdateAccountResponse, _abc.Awaitable[_customers_pb2.UpdateAccountResponse]]:
+        """Change an account: the body holds only the fields to change (`null` clears one).
+
+        Duplicate rules are checked again when a matched field changes (name, alt_name, credit_code, phones,
+        emails): "block" refuses with 409 `duplicate_found`, what "warn" rules found is in the answer's
+        `duplicates`. With `If-Match`, a stale version is a 412.
+        """
 
     @_abc_1.abstractmethod
     def DeleteAccount(
@@ -267,7 +499,9 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.DeleteAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.DeleteAccountResponse, _abc.Awaitable[_customers_pb2.DeleteAccountResponse]]:
-        """Move to the recycle bin"""
+        """Move an account to the recycle bin; restorable until the retention period ends (GET
+        /api/v1/recycle-bin/settings).
+        """
 
     @_abc_1.abstractmethod
     def RestoreAccount(
@@ -275,7 +509,7 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.RestoreAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.RestoreAccountResponse, _abc.Awaitable[_customers_pb2.RestoreAccountResponse]]:
-        """Bring an account back from the recycle bin"""
+        """Bring an account back from the recycle bin."""
 
     @_abc_1.abstractmethod
     def ListAccountStageChanges(
@@ -283,7 +517,7 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.ListAccountStageChangesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.ListAccountStageChangesResponse, _abc.Awaitable[_customers_pb2.ListAccountStageChangesResponse]]:
-        """The account's lifecycle stage changes, newest first"""
+        """List the changes of an account's lifecycle stage, newest first."""
 
     @_abc_1.abstractmethod
     def GetAccountTree(
@@ -291,14 +525,15 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.GetAccountTreeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.GetAccountTreeResponse, _abc.Awaitable[_customers_pb2.GetAccountTreeResponse]]:
-        """The whole group (集团) the account belongs to, from its top, with subsidiary counts"""
+        """Get the whole group (集团) an account belongs to, from its top, with subsidiary counts."""
 
     @_abc_1.abstractmethod
     def GetTierRules(
         self,
         request: _customers_pb2.GetTierRulesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetTierRulesResponse, _abc.Awaitable[_customers_pb2.GetTierRulesResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetTierRulesResponse, _abc.Awaitable[_customers_pb2.GetTierRulesResponse]]:
+        """Get the company's tier rules: the first rule whose filters all hold gives an account its tier."""
 
     @_abc_1.abstractmethod
     def UpdateTierRules(
@@ -306,7 +541,9 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.UpdateTierRulesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.UpdateTierRulesResponse, _abc.Awaitable[_customers_pb2.UpdateTierRulesResponse]]:
-        """Set the tenant's tier rules (first matching rule wins); reapply=true recomputes every tier"""
+        """Replace the company's tier rules (first matching rule wins); `reapply=true` recomputes the tier of every
+        account whose tier was not set by hand.
+        """
 
     @_abc_1.abstractmethod
     def CreateContact(
@@ -314,49 +551,72 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.CreateContactRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.CreateContactResponse, _abc.Awaitable[_customers_pb2.CreateContactResponse]]:
-        """Contacts (people)."""
+        """Contacts (people).
+
+        Create a contact (a person).
+
+        The body is the contact. Its accounts must exist in the company. Duplicate rules are checked as for
+        accounts: "block" refuses with 409 `duplicate_found`, what "warn" rules found is in the answer's
+        `duplicates`.
+        """
 
     @_abc_1.abstractmethod
     def GetContact(
         self,
         request: _customers_pb2.GetContactRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetContactResponse, _abc.Awaitable[_customers_pb2.GetContactResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetContactResponse, _abc.Awaitable[_customers_pb2.GetContactResponse]]:
+        """Get a contact, also one in the recycle bin (its `deleted_at` is set)."""
 
     @_abc_1.abstractmethod
     def ListContacts(
         self,
         request: _customers_pb2.ListContactsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListContactsResponse, _abc.Awaitable[_customers_pb2.ListContactsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListContactsResponse, _abc.Awaitable[_customers_pb2.ListContactsResponse]]:
+        """List contacts, newest first or in the `sort` asked.
+
+        Filters, sort, `q`, `view_id` and `deleted` as for accounts (e.g. `buying_role:eq:decision_maker`);
+        `account_id` lists the contacts of one account.
+        """
 
     @_abc_1.abstractmethod
     def CountContacts(
         self,
         request: _customers_pb2.CountContactsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.CountContactsResponse, _abc.Awaitable[_customers_pb2.CountContactsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.CountContactsResponse, _abc.Awaitable[_customers_pb2.CountContactsResponse]]:
+        """Count the contacts a list with the same filters would show (exact up to 10,000, then capped: `exact` is
+        false).
+        """
 
     @_abc_1.abstractmethod
     def UpdateContact(
         self,
         request: _customers_pb2.UpdateContactRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.UpdateContactResponse, _abc.Awaitable[_customers_pb2.UpdateContactResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.UpdateContactResponse, _abc.Awaitable[_customers_pb2.UpdateContactResponse]]:
+        """Change a contact: the body holds only the fields to change (`null` clears one).
+
+        Duplicate rules are checked again when a matched field changes; what "warn" rules found is in the
+        answer's `duplicates`.
+        """
 
     @_abc_1.abstractmethod
     def DeleteContact(
         self,
         request: _customers_pb2.DeleteContactRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.DeleteContactResponse, _abc.Awaitable[_customers_pb2.DeleteContactResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.DeleteContactResponse, _abc.Awaitable[_customers_pb2.DeleteContactResponse]]:
+        """Move a contact to the recycle bin."""
 
     @_abc_1.abstractmethod
     def RestoreContact(
         self,
         request: _customers_pb2.RestoreContactRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.RestoreContactResponse, _abc.Awaitable[_customers_pb2.RestoreContactResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.RestoreContactResponse, _abc.Awaitable[_customers_pb2.RestoreContactResponse]]:
+        """Bring a contact back from the recycle bin."""
 
     @_abc_1.abstractmethod
     def CreateInteraction(
@@ -364,35 +624,42 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.CreateInteractionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.CreateInteractionResponse, _abc.Awaitable[_customers_pb2.CreateInteractionResponse]]:
-        """Interactions and the timeline."""
+        """Interactions and the timeline.
+
+        Record an interaction (a call, meeting, visit, e-mail or note) on accounts and contacts.
+        """
 
     @_abc_1.abstractmethod
     def GetInteraction(
         self,
         request: _customers_pb2.GetInteractionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetInteractionResponse, _abc.Awaitable[_customers_pb2.GetInteractionResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetInteractionResponse, _abc.Awaitable[_customers_pb2.GetInteractionResponse]]:
+        """Get an interaction."""
 
     @_abc_1.abstractmethod
     def ListInteractions(
         self,
         request: _customers_pb2.ListInteractionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListInteractionsResponse, _abc.Awaitable[_customers_pb2.ListInteractionsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListInteractionsResponse, _abc.Awaitable[_customers_pb2.ListInteractionsResponse]]:
+        """List interactions, newest first: of an account, a contact, a kind, a time range."""
 
     @_abc_1.abstractmethod
     def UpdateInteraction(
         self,
         request: _customers_pb2.UpdateInteractionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.UpdateInteractionResponse, _abc.Awaitable[_customers_pb2.UpdateInteractionResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.UpdateInteractionResponse, _abc.Awaitable[_customers_pb2.UpdateInteractionResponse]]:
+        """Change an interaction: the body holds only the fields to change."""
 
     @_abc_1.abstractmethod
     def DeleteInteraction(
         self,
         request: _customers_pb2.DeleteInteractionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.DeleteInteractionResponse, _abc.Awaitable[_customers_pb2.DeleteInteractionResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.DeleteInteractionResponse, _abc.Awaitable[_customers_pb2.DeleteInteractionResponse]]:
+        """Delete an interaction."""
 
     @_abc_1.abstractmethod
     def ListAccountTimeline(
@@ -400,14 +667,17 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.ListAccountTimelineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.ListAccountTimelineResponse, _abc.Awaitable[_customers_pb2.ListAccountTimelineResponse]]:
-        """Interactions on the account (and, with include_contacts, on its contacts), newest first"""
+        """List an account's timeline, newest first: its interactions (with `include_contacts`, its contacts' too)
+        and what the sales service did for it (opportunities, quotes, contracts, payments, ...).
+        """
 
     @_abc_1.abstractmethod
     def ListContactTimeline(
         self,
         request: _customers_pb2.ListContactTimelineRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListContactTimelineResponse, _abc.Awaitable[_customers_pb2.ListContactTimelineResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListContactTimelineResponse, _abc.Awaitable[_customers_pb2.ListContactTimelineResponse]]:
+        """List a contact's timeline (its interactions), newest first."""
 
     @_abc_1.abstractmethod
     def CreateRelationshipType(
@@ -415,56 +685,66 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.CreateRelationshipTypeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.CreateRelationshipTypeResponse, _abc.Awaitable[_customers_pb2.CreateRelationshipTypeResponse]]:
-        """Relationship types and relationships."""
+        """Relationship types and relationships.
+
+        Create a relationship type of the company's own (built-in types such as reports_to exist already).
+        """
 
     @_abc_1.abstractmethod
     def ListRelationshipTypes(
         self,
         request: _customers_pb2.ListRelationshipTypesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListRelationshipTypesResponse, _abc.Awaitable[_customers_pb2.ListRelationshipTypesResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListRelationshipTypesResponse, _abc.Awaitable[_customers_pb2.ListRelationshipTypesResponse]]:
+        """List the relationship types: the built-in ones, then the company's own."""
 
     @_abc_1.abstractmethod
     def UpdateRelationshipType(
         self,
         request: _customers_pb2.UpdateRelationshipTypeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.UpdateRelationshipTypeResponse, _abc.Awaitable[_customers_pb2.UpdateRelationshipTypeResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.UpdateRelationshipTypeResponse, _abc.Awaitable[_customers_pb2.UpdateRelationshipTypeResponse]]:
+        """Rename a relationship type of the company's own (its key, ends and symmetry are fixed)."""
 
     @_abc_1.abstractmethod
     def DeleteRelationshipType(
         self,
         request: _customers_pb2.DeleteRelationshipTypeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.DeleteRelationshipTypeResponse, _abc.Awaitable[_customers_pb2.DeleteRelationshipTypeResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.DeleteRelationshipTypeResponse, _abc.Awaitable[_customers_pb2.DeleteRelationshipTypeResponse]]:
+        """Delete a relationship type of the company's own that no relationship uses."""
 
     @_abc_1.abstractmethod
     def CreateRelationship(
         self,
         request: _customers_pb2.CreateRelationshipRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.CreateRelationshipResponse, _abc.Awaitable[_customers_pb2.CreateRelationshipResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.CreateRelationshipResponse, _abc.Awaitable[_customers_pb2.CreateRelationshipResponse]]:
+        """Relate two records (accounts or contacts) with a relationship type, e.g. a contact reports_to another."""
 
     @_abc_1.abstractmethod
     def GetRelationship(
         self,
         request: _customers_pb2.GetRelationshipRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetRelationshipResponse, _abc.Awaitable[_customers_pb2.GetRelationshipResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetRelationshipResponse, _abc.Awaitable[_customers_pb2.GetRelationshipResponse]]:
+        """Get a relationship."""
 
     @_abc_1.abstractmethod
     def ListRelationships(
         self,
         request: _customers_pb2.ListRelationshipsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListRelationshipsResponse, _abc.Awaitable[_customers_pb2.ListRelationshipsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListRelationshipsResponse, _abc.Awaitable[_customers_pb2.ListRelationshipsResponse]]:
+        """List relationships, of one record (`record_type` and `record_id`) or of a type."""
 
     @_abc_1.abstractmethod
     def DeleteRelationship(
         self,
         request: _customers_pb2.DeleteRelationshipRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.DeleteRelationshipResponse, _abc.Awaitable[_customers_pb2.DeleteRelationshipResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.DeleteRelationshipResponse, _abc.Awaitable[_customers_pb2.DeleteRelationshipResponse]]:
+        """Delete a relationship."""
 
     @_abc_1.abstractmethod
     def GetAccountGraph(
@@ -472,14 +752,19 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.GetAccountGraphRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.GetAccountGraphResponse, _abc.Awaitable[_customers_pb2.GetAccountGraphResponse]]:
-        """The graph of accounts and contacts."""
+        """The graph of accounts and contacts.
+
+        Get the graph around an account: the records related to it up to `depth` hops (relationships, the group
+        hierarchy, contacts working at it).
+        """
 
     @_abc_1.abstractmethod
     def GetContactGraph(
         self,
         request: _customers_pb2.GetContactGraphRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetContactGraphResponse, _abc.Awaitable[_customers_pb2.GetContactGraphResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetContactGraphResponse, _abc.Awaitable[_customers_pb2.GetContactGraphResponse]]:
+        """Get the graph around a contact: the records related to it up to `depth` hops."""
 
     @_abc_1.abstractmethod
     def FindPath(
@@ -487,7 +772,7 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.FindPathRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.FindPathResponse, _abc.Awaitable[_customers_pb2.FindPathResponse]]:
-        """The shortest chain of relationships between two records"""
+        """Find the shortest chain of relationships between two records, over records the caller may see."""
 
     @_abc_1.abstractmethod
     def CreateCustomField(
@@ -495,14 +780,22 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.CreateCustomFieldRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.CreateCustomFieldResponse, _abc.Awaitable[_customers_pb2.CreateCustomFieldResponse]]:
-        """Custom fields."""
+        """Custom fields.
+
+        Define a custom field on accounts or contacts.
+
+        Its values then live in the records' `custom_fields` under its key, checked against its type and rules. A
+        new field can only be required while no record exists (create it optional, fill it, then make it
+        required).
+        """
 
     @_abc_1.abstractmethod
     def GetCustomField(
         self,
         request: _customers_pb2.GetCustomFieldRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetCustomFieldResponse, _abc.Awaitable[_customers_pb2.GetCustomFieldResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetCustomFieldResponse, _abc.Awaitable[_customers_pb2.GetCustomFieldResponse]]:
+        """Get a custom field's definition."""
 
     @_abc_1.abstractmethod
     def ListCustomFields(
@@ -510,21 +803,39 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.ListCustomFieldsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.ListCustomFieldsResponse, _abc.Awaitable[_customers_pb2.ListCustomFieldsResponse]]:
-        """The tenant's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts"""
+        """List the company's custom fields: the keys, types and rules of `custom_fields` in accounts and contacts,
+        in display order.
+        """
 
     @_abc_1.abstractmethod
     def UpdateCustomField(
         self,
         request: _customers_pb2.UpdateCustomFieldRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.UpdateCustomFieldResponse, _abc.Awaitable[_customers_pb2.UpdateCustomFieldResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.UpdateCustomFieldResponse, _abc.Awaitable[_customers_pb2.UpdateCustomFieldResponse]]:
+        """Change a custom field's labels and rules (its record type, key and type are fixed)."""
 
     @_abc_1.abstractmethod
     def DeleteCustomField(
         self,
         request: _customers_pb2.DeleteCustomFieldRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.DeleteCustomFieldResponse, _abc.Awaitable[_customers_pb2.DeleteCustomFieldResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.DeleteCustomFieldResponse, _abc.Awaitable[_customers_pb2.DeleteCustomFieldResponse]]:
+        """Delete a custom field and its values from every record."""
+
+    @_abc_1.abstractmethod
+    def GetCustomFieldSchemas(
+        self,
+        request: _customers_pb2.GetCustomFieldSchemasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customers_pb2.GetCustomFieldSchemasResponse, _abc.Awaitable[_customers_pb2.GetCustomFieldSchemasResponse]]:
+        """Get the JSON Schema of `custom_fields` in accounts and contacts, as the company's custom fields define
+        it.
+
+        Built from the same rules that check the values: what a schema allows, a create or an update takes. The
+        gateway types the company's own OpenAPI document (GET /api/v1/openapi.json) with it; it has no route of
+        its own. Needs read on accounts or contacts.
+        """
 
     @_abc_1.abstractmethod
     def CreateSavedView(
@@ -532,35 +843,43 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.CreateSavedViewRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.CreateSavedViewResponse, _abc.Awaitable[_customers_pb2.CreateSavedViewResponse]]:
-        """Saved views."""
+        """Saved views.
+
+        Save a view: a list's filters, sort, keyword and columns under a name, for oneself or shared with one's
+        department.
+        """
 
     @_abc_1.abstractmethod
     def GetSavedView(
         self,
         request: _customers_pb2.GetSavedViewRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.GetSavedViewResponse, _abc.Awaitable[_customers_pb2.GetSavedViewResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.GetSavedViewResponse, _abc.Awaitable[_customers_pb2.GetSavedViewResponse]]:
+        """Get a saved view (one's own, or one shared with one's department)."""
 
     @_abc_1.abstractmethod
     def ListSavedViews(
         self,
         request: _customers_pb2.ListSavedViewsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.ListSavedViewsResponse, _abc.Awaitable[_customers_pb2.ListSavedViewsResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.ListSavedViewsResponse, _abc.Awaitable[_customers_pb2.ListSavedViewsResponse]]:
+        """List the saved views one may use: one's own and those shared with one's department."""
 
     @_abc_1.abstractmethod
     def UpdateSavedView(
         self,
         request: _customers_pb2.UpdateSavedViewRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.UpdateSavedViewResponse, _abc.Awaitable[_customers_pb2.UpdateSavedViewResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.UpdateSavedViewResponse, _abc.Awaitable[_customers_pb2.UpdateSavedViewResponse]]:
+        """Change a saved view (only its owner)."""
 
     @_abc_1.abstractmethod
     def DeleteSavedView(
         self,
         request: _customers_pb2.DeleteSavedViewRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_customers_pb2.DeleteSavedViewResponse, _abc.Awaitable[_customers_pb2.DeleteSavedViewResponse]]: ...
+    ) -> _typing.Union[_customers_pb2.DeleteSavedViewResponse, _abc.Awaitable[_customers_pb2.DeleteSavedViewResponse]]:
+        """Delete a saved view (only its owner)."""
 
     @_abc_1.abstractmethod
     def Search(
@@ -568,7 +887,11 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.SearchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.SearchResponse, _abc.Awaitable[_customers_pb2.SearchResponse]]:
-        """Keyword search over accounts and contacts."""
+        """Search accounts and contacts by keyword, best match first.
+
+        One ranked list over both record types (or those named in `types`), paged like every list. Only records
+        the caller may read are found, and a field hidden from the caller is never searched.
+        """
 
     @_abc_1.abstractmethod
     def GetRecycleBinSettings(
@@ -576,9 +899,7 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.GetRecycleBinSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.GetRecycleBinSettingsResponse, _abc.Awaitable[_customers_pb2.GetRecycleBinSettingsResponse]]:
-        """The recycle bin: how long deleted records stay restorable (after which a periodic job purges them for
-        good), and purging one record now.
-        """
+        """Get how long deleted accounts and contacts stay restorable."""
 
     @_abc_1.abstractmethod
     def UpdateRecycleBinSettings(
@@ -586,7 +907,7 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.UpdateRecycleBinSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.UpdateRecycleBinSettingsResponse, _abc.Awaitable[_customers_pb2.UpdateRecycleBinSettingsResponse]]:
-        """Set the recycle bin's retention (1-3650 days; needs update on recycle_bin)"""
+        """Set how long deleted accounts and contacts stay restorable (1..3650 days; needs update on recycle_bin)."""
 
     @_abc_1.abstractmethod
     def PurgeAccount(
@@ -594,7 +915,7 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.PurgeAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.PurgeAccountResponse, _abc.Awaitable[_customers_pb2.PurgeAccountResponse]]:
-        """Purge an account from the recycle bin now, for good (needs delete on recycle_bin)"""
+        """Purge an account from the recycle bin now, for good (needs delete on accounts and on recycle_bin)."""
 
     @_abc_1.abstractmethod
     def PurgeContact(
@@ -602,6 +923,6 @@ class CustomersServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customers_pb2.PurgeContactRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customers_pb2.PurgeContactResponse, _abc.Awaitable[_customers_pb2.PurgeContactResponse]]:
-        """Purge a contact from the recycle bin now, for good (needs delete on recycle_bin)"""
+        """Purge a contact from the recycle bin now, for good (needs delete on contacts and on recycle_bin)."""
 
 def add_CustomersServiceServicer_to_server(servicer: CustomersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

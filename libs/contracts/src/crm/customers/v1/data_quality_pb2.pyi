@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from crm.common.v1 import imports_pb2 as _imports_pb2
 from crm.common.v1 import paging_pb2 as _paging_pb2
 from crm.customers.v1 import customers_pb2 as _customers_pb2
 from crm.customers.v1 import duplicates_pb2 as _duplicates_pb2
@@ -155,6 +156,7 @@ class FileInfo(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     file_name: _builtins.str
+    """The file's name, e.g. "客户.xlsx"."""
     content_type: _builtins.str
     """e.g. "text/csv", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"."""
     size_bytes: _builtins.int
@@ -192,14 +194,23 @@ class DuplicateRule(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
+    """The rule's name, e.g. "同名公司" (1..200 characters)."""
     record_type: _customers_pb2.RecordType.ValueType
+    """Whether it matches accounts or contacts."""
     match: _duplicates_pb2.DuplicateMatch.ValueType
+    """What it matches on (phone, e-mail and credit code exactly; company and person names fuzzily). The company
+    name and credit code apply to accounts, the person name to contacts.
+    """
     threshold: _builtins.float
-    """Fuzzy matches only: the least score (0..1) that counts as a duplicate; 0 means the default 0.85."""
+    """Fuzzy matches only: the least score (0..1) that counts as a duplicate; default 0.85."""
     on_create: _duplicates_pb2.DuplicateAction.ValueType
+    """What a create through the API does when the rule matches (default warn)."""
     on_update: _duplicates_pb2.DuplicateAction.ValueType
+    """What an update through the API does when the rule matches (default warn)."""
     on_import: Global___ImportDuplicateAction.ValueType
+    """What an import does with a row the rule matches (default skip)."""
     active: _builtins.bool
+    """Only active rules are checked."""
     version: _builtins.int
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -315,6 +326,7 @@ class ListDuplicateRulesRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     RECORD_TYPE_FIELD_NUMBER: _builtins.int
     record_type: _customers_pb2.RecordType.ValueType
+    """Only the rules of this record type; absent: both."""
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -450,14 +462,21 @@ class CheckDuplicatesRequest(_message.Message):
     CONTACT_FIELD_NUMBER: _builtins.int
     EXCLUDE_ID_FIELD_NUMBER: _builtins.int
     record_type: _customers_pb2.RecordType.ValueType
+    """Whether the would-be record is an account or a contact."""
     exclude_id: _builtins.str
     """When checking an update: the record itself, never its own duplicate."""
     @_builtins.property
     def account(self) -> _customers_pb2.Account:
-        """The would-be record: only the matched fields count (name, phones, emails, credit_code, account_ids)."""
+        """The would-be account (record_type account): only the matched fields count (name, alt_name, phones,
+        emails, credit_code).
+        """
 
     @_builtins.property
-    def contact(self) -> _customers_pb2.Contact: ...
+    def contact(self) -> _customers_pb2.Contact:
+        """The would-be contact (record_type contact): only the matched fields count (name, name_latin, phones,
+        emails, account_ids).
+        """
+
     def __init__(
         self,
         *,
@@ -483,7 +502,9 @@ class CheckDuplicatesResponse(_message.Message):
     action: _duplicates_pb2.DuplicateAction.ValueType
     """What a create would do under the rules that matched: the strictest of their on_create actions."""
     @_builtins.property
-    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]: ...
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """The existing records it would duplicate, best first."""
+
     def __init__(
         self,
         *,
@@ -513,15 +534,23 @@ class DuplicateScan(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     record_type: _customers_pb2.RecordType.ValueType
+    """The records it compares."""
     status: Global___JobStatus.ValueType
+    """Where the scan is: queued, running, then succeeded, failed or cancelled."""
     records_scanned: _builtins.int
+    """Records compared so far."""
     groups_found: _builtins.int
+    """Groups of duplicates found."""
     error: _builtins.str
+    """Why the scan failed."""
     created_by: _builtins.str
+    """The user who started it."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When it finished."""
+
     def __init__(
         self,
         *,
@@ -553,12 +582,19 @@ class DuplicateGroup(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """The group's id."""
     scan_id: _builtins.str
+    """The scan that found it."""
     record_type: _customers_pb2.RecordType.ValueType
+    """Whether its members are accounts or contacts."""
     score: _builtins.float
     """The highest pairwise score within the group."""
     @_builtins.property
-    def members(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]: ...
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[_duplicates_pb2.DuplicateCandidate]:
+        """The records that duplicate each other, best first; a member outside the caller's data scope comes by id,
+        score and rules only.
+        """
+
     def __init__(
         self,
         *,
@@ -582,6 +618,7 @@ class StartDuplicateScanRequest(_message.Message):
 
     RECORD_TYPE_FIELD_NUMBER: _builtins.int
     record_type: _customers_pb2.RecordType.ValueType
+    """The records to compare with each other, by the active rules."""
     def __init__(
         self,
         *,
@@ -705,8 +742,13 @@ class ListDuplicateGroupsRequest(_message.Message):
     SCAN_ID_FIELD_NUMBER: _builtins.int
     RECORD_TYPE_FIELD_NUMBER: _builtins.int
     scan_id: _builtins.str
-    """A scan's groups, best score first; empty: the latest finished scan of `record_type`."""
+    """The groups of this scan. Absent: those of the latest finished scan of each record type (or of
+    `record_type` only).
+    """
     record_type: _customers_pb2.RecordType.ValueType
+    """Without `scan_id`: only the latest finished scan of this record type; absent: of accounts and of
+    contacts, as far as the caller may merge them.
+    """
     @_builtins.property
     def page(self) -> _paging_pb2.PageRequest: ...
     def __init__(
@@ -784,11 +826,15 @@ class Merge(_message.Message):
     UNDONE_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     record_type: _customers_pb2.RecordType.ValueType
+    """Whether accounts or contacts were merged."""
     survivor_id: _builtins.str
+    """The record kept."""
     status: Global___MergeStatus.ValueType
+    """merged, or undone."""
     references_moved: _builtins.int
     """How many relationships, interactions, contact links and child accounts moved to the survivor."""
     merged_by: _builtins.str
+    """The user who merged."""
     @_builtins.property
     def merged_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The records folded into the survivor (now in the recycle bin, pointing at it)."""
@@ -798,13 +844,17 @@ class Merge(_message.Message):
         """Field → the id of the record whose value survived."""
 
     @_builtins.property
-    def merged_at(self) -> _timestamp_pb2.Timestamp: ...
-    @_builtins.property
-    def undo_until(self) -> _timestamp_pb2.Timestamp:
-        """Until when UndoMerge restores everything as it was."""
+    def merged_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was merged."""
 
     @_builtins.property
-    def undone_at(self) -> _timestamp_pb2.Timestamp: ...
+    def undo_until(self) -> _timestamp_pb2.Timestamp:
+        """Until when undoing it restores everything as it was."""
+
+    @_builtins.property
+    def undone_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was undone."""
+
     def __init__(
         self,
         *,
@@ -858,12 +908,15 @@ class CreateMergeRequest(_message.Message):
     FIELD_SOURCES_FIELD_NUMBER: _builtins.int
     EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
     record_type: _customers_pb2.RecordType.ValueType
+    """Whether accounts or contacts are merged."""
     survivor_id: _builtins.str
-    """Kept; the others are folded into it."""
+    """The record kept; the others are folded into it."""
     expected_version: _builtins.int
     """The survivor's version the caller saw (If-Match); 0: no check."""
     @_builtins.property
-    def merged_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def merged_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The records folded into the survivor (1..10, not the survivor)."""
+
     @_builtins.property
     def field_sources(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Field → the id (survivor or merged) whose value the survivor keeps; fields not named keep the survivor's
@@ -898,9 +951,13 @@ class CreateMergeResponse(_message.Message):
     @_builtins.property
     def merge(self) -> Global___Merge: ...
     @_builtins.property
-    def account(self) -> _customers_pb2.Account: ...
+    def account(self) -> _customers_pb2.Account:
+        """The surviving account as it is now (record_type account)."""
+
     @_builtins.property
-    def contact(self) -> _customers_pb2.Contact: ...
+    def contact(self) -> _customers_pb2.Contact:
+        """The surviving contact as it is now (record_type contact)."""
+
     def __init__(
         self,
         *,
@@ -963,6 +1020,7 @@ class ListMergesRequest(_message.Message):
     RECORD_TYPE_FIELD_NUMBER: _builtins.int
     SURVIVOR_ID_FIELD_NUMBER: _builtins.int
     record_type: _customers_pb2.RecordType.ValueType
+    """Only merges of this record type; absent: both."""
     survivor_id: _builtins.str
     """Merges whose survivor is this record."""
     @_builtins.property
@@ -1045,31 +1103,11 @@ class UndoMergeResponse(_message.Message):
 Global___UndoMergeResponse: _TypeAlias = UndoMergeResponse  # noqa: Y015
 
 @_typing.final
-class ColumnMapping(_message.Message):
-    """One column of the file and the field it fills ("" when it is ignored)."""
+class CustomerImportJob(_message.Message):
+    """An import of accounts, contacts or relationships from a file: what the file is, how its columns map to
+    fields, and the job's progress.
+    """
 
-    DESCRIPTOR: _descriptor.Descriptor
-
-    COLUMN_FIELD_NUMBER: _builtins.int
-    FIELD_FIELD_NUMBER: _builtins.int
-    column: _builtins.str
-    field: _builtins.str
-    def __init__(
-        self,
-        *,
-        column: _builtins.str = ...,
-        field: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "field", b"field"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ColumnMapping: _TypeAlias = ColumnMapping  # noqa: Y015
-
-@_typing.final
-class ImportJob(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -1095,38 +1133,55 @@ class ImportJob(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     target: Global___ImportTarget.ValueType
+    """What the rows become: accounts, contacts or relationships."""
     status: Global___JobStatus.ValueType
-    file_name: _builtins.str
-    format: Global___FileFormat.ValueType
-    size_bytes: _builtins.int
-    rows_total: _builtins.int
-    """Progress: data rows in the file (known after the dry run or at the end), rows handled so far, of which
-    created, updated, skipped as duplicates, and failed.
+    """Where the import is: uploaded (waiting for a dry run or a start), queued, running, then succeeded, failed
+    or cancelled.
     """
+    file_name: _builtins.str
+    """The uploaded file's name."""
+    format: Global___FileFormat.ValueType
+    """The file's format."""
+    size_bytes: _builtins.int
+    """The file's size in bytes."""
+    rows_total: _builtins.int
+    """Data rows in the file (known after the dry run or at the end)."""
     rows_done: _builtins.int
+    """Rows handled so far."""
     rows_created: _builtins.int
+    """Rows that became new records."""
     rows_updated: _builtins.int
+    """Rows that updated an existing record (a duplicate rule's on_import update)."""
     rows_skipped: _builtins.int
+    """Rows left out as duplicates."""
     rows_failed: _builtins.int
+    """Rows refused (listed in the error report)."""
     percent: _builtins.int
-    """0..100."""
+    """Progress, 0..100."""
     error: _builtins.str
     """Why the job failed as a whole (a bad file, not a bad row)."""
     owner_id: _builtins.str
     """The imported records' owner (default: the user who started the import)."""
     created_by: _builtins.str
+    """The user who uploaded the file."""
     @_builtins.property
     def columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The header row as read from the file, and the mapping: suggested at upload, as chosen at dry run / start."""
+        """The header row as read from the file."""
 
     @_builtins.property
-    def mapping(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnMapping]: ...
+    def mapping(self) -> _containers.RepeatedCompositeFieldContainer[_imports_pb2.ColumnMapping]:
+        """Which column fills which field: suggested at upload, as chosen at the dry run or the start."""
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
     @_builtins.property
-    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """When it finished."""
+
     def __init__(
         self,
         *,
@@ -1137,7 +1192,7 @@ class ImportJob(_message.Message):
         format: Global___FileFormat.ValueType = ...,
         size_bytes: _builtins.int = ...,
         columns: _abc.Iterable[_builtins.str] | None = ...,
-        mapping: _abc.Iterable[Global___ColumnMapping] | None = ...,
+        mapping: _abc.Iterable[_imports_pb2.ColumnMapping] | None = ...,
         rows_total: _builtins.int = ...,
         rows_done: _builtins.int = ...,
         rows_created: _builtins.int = ...,
@@ -1158,38 +1213,7 @@ class ImportJob(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ImportJob: _TypeAlias = ImportJob  # noqa: Y015
-
-@_typing.final
-class ImportError(_message.Message):
-    """One problem with one cell (or row) of an imported file."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ROW_FIELD_NUMBER: _builtins.int
-    COLUMN_FIELD_NUMBER: _builtins.int
-    VALUE_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    row: _builtins.int
-    """The row number as a spreadsheet shows it (the header is row 1)."""
-    column: _builtins.str
-    value: _builtins.str
-    reason: _builtins.str
-    def __init__(
-        self,
-        *,
-        row: _builtins.int = ...,
-        column: _builtins.str = ...,
-        value: _builtins.str = ...,
-        reason: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["column", b"column", "reason", b"reason", "row", b"row", "value", b"value"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ImportError: _TypeAlias = ImportError  # noqa: Y015
+Global___CustomerImportJob: _TypeAlias = CustomerImportJob  # noqa: Y015
 
 @_typing.final
 class UploadImportFileRequest(_message.Message):
@@ -1245,11 +1269,11 @@ class UploadImportFileResponse(_message.Message):
 
     IMPORT_JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def import_job(self) -> Global___ImportJob: ...
+    def import_job(self) -> Global___CustomerImportJob: ...
     def __init__(
         self,
         *,
-        import_job: Global___ImportJob | None = ...,
+        import_job: Global___CustomerImportJob | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["import_job", b"import_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1284,11 +1308,11 @@ class GetImportResponse(_message.Message):
 
     IMPORT_JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def import_job(self) -> Global___ImportJob: ...
+    def import_job(self) -> Global___CustomerImportJob: ...
     def __init__(
         self,
         *,
-        import_job: Global___ImportJob | None = ...,
+        import_job: Global___CustomerImportJob | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["import_job", b"import_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1326,11 +1350,11 @@ class ListImportsResponse(_message.Message):
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportJob]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___CustomerImportJob]: ...
     def __init__(
         self,
         *,
-        items: _abc.Iterable[Global___ImportJob] | None = ...,
+        items: _abc.Iterable[Global___CustomerImportJob] | None = ...,
         next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -1350,15 +1374,16 @@ class DryRunImportRequest(_message.Message):
     OWNER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner_id: _builtins.str
+    """The imported records' owner (default: the caller)."""
     @_builtins.property
-    def mapping(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnMapping]:
-        """Empty: the suggested mapping."""
+    def mapping(self) -> _containers.RepeatedCompositeFieldContainer[_imports_pb2.ColumnMapping]:
+        """Which column fills which field; absent: the suggested mapping."""
 
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
-        mapping: _abc.Iterable[Global___ColumnMapping] | None = ...,
+        mapping: _abc.Iterable[_imports_pb2.ColumnMapping] | None = ...,
         owner_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -1377,20 +1402,22 @@ class DryRunImportResponse(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     PREVIEW_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def import_job(self) -> Global___ImportJob: ...
+    def import_job(self) -> Global___CustomerImportJob: ...
     @_builtins.property
-    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportError]:
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[_imports_pb2.ImportError]:
         """The first problems found (at most 100); counts are in import_job (rows_failed, rows_skipped, ...)."""
 
     @_builtins.property
     def preview(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
-        """What the first rows would become, for a person to check the mapping."""
+        """What the first rows would become, for a person to check the mapping (fields hidden from the caller left
+        out).
+        """
 
     def __init__(
         self,
         *,
-        import_job: Global___ImportJob | None = ...,
-        errors: _abc.Iterable[Global___ImportError] | None = ...,
+        import_job: Global___CustomerImportJob | None = ...,
+        errors: _abc.Iterable[_imports_pb2.ImportError] | None = ...,
         preview: _abc.Iterable[_struct_pb2.Struct] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["import_job", b"import_job"]  # noqa: Y015
@@ -1410,15 +1437,16 @@ class StartImportRequest(_message.Message):
     OWNER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     owner_id: _builtins.str
+    """The imported records' owner (default: the caller)."""
     @_builtins.property
-    def mapping(self) -> _containers.RepeatedCompositeFieldContainer[Global___ColumnMapping]:
-        """Empty: the mapping of the dry run, else the suggested one."""
+    def mapping(self) -> _containers.RepeatedCompositeFieldContainer[_imports_pb2.ColumnMapping]:
+        """Which column fills which field; absent: the dry run's, else the suggested one."""
 
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
-        mapping: _abc.Iterable[Global___ColumnMapping] | None = ...,
+        mapping: _abc.Iterable[_imports_pb2.ColumnMapping] | None = ...,
         owner_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -1435,11 +1463,11 @@ class StartImportResponse(_message.Message):
 
     IMPORT_JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def import_job(self) -> Global___ImportJob: ...
+    def import_job(self) -> Global___CustomerImportJob: ...
     def __init__(
         self,
         *,
-        import_job: Global___ImportJob | None = ...,
+        import_job: Global___CustomerImportJob | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["import_job", b"import_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1474,11 +1502,11 @@ class CancelImportResponse(_message.Message):
 
     IMPORT_JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def import_job(self) -> Global___ImportJob: ...
+    def import_job(self) -> Global___CustomerImportJob: ...
     def __init__(
         self,
         *,
-        import_job: Global___ImportJob | None = ...,
+        import_job: Global___CustomerImportJob | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["import_job", b"import_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -1519,11 +1547,11 @@ class ListImportErrorsResponse(_message.Message):
     NEXT_CURSOR_FIELD_NUMBER: _builtins.int
     next_cursor: _builtins.str
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportError]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_imports_pb2.ImportError]: ...
     def __init__(
         self,
         *,
-        items: _abc.Iterable[Global___ImportError] | None = ...,
+        items: _abc.Iterable[_imports_pb2.ImportError] | None = ...,
         next_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
@@ -1543,7 +1571,7 @@ class DownloadImportErrorsRequest(_message.Message):
     LOCALE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     format: Global___FileFormat.ValueType
-    """CSV (the default) or XLSX."""
+    """csv (the default) or xlsx."""
     locale: _builtins.str
     """The header row in this language: "zh-CN" or "en" (the default)."""
     def __init__(
@@ -1601,15 +1629,21 @@ class ExportRecordsRequest(_message.Message):
     FIELDS_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
     record_type: _customers_pb2.RecordType.ValueType
+    """Whether to export accounts or contacts (required)."""
     format: Global___FileFormat.ValueType
+    """csv (the default) or xlsx."""
     q: _builtins.str
-    """As in ListAccounts / ListContacts."""
+    """A keyword, as in the list."""
     sort: _builtins.str
+    """The sort, as in the list."""
     view_id: _builtins.str
+    """Start from a saved view's filters and sort, as in the list."""
     locale: _builtins.str
     """Column headers in this language: "zh-CN" or "en" (the default)."""
     @_builtins.property
-    def filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def filter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Filters `field:op:value`, as in the list."""
+
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The columns, in order (empty: every field the caller may see). Hidden fields are never exported."""
@@ -1712,11 +1746,11 @@ class ImportFinished(_message.Message):
 
     IMPORT_JOB_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def import_job(self) -> Global___ImportJob: ...
+    def import_job(self) -> Global___CustomerImportJob: ...
     def __init__(
         self,
         *,
-        import_job: Global___ImportJob | None = ...,
+        import_job: Global___CustomerImportJob | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["import_job", b"import_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

@@ -32,6 +32,7 @@ class CustomersDataServiceStub:
 
     Files travel in chunks: an upload is a client stream (`header` first, then `chunk`s), a download a server
     stream (`header` first, then `chunk`s); the gateway maps them to multipart uploads and streamed responses.
+    Duplicate rules.
     """
 
     def __init__(self, channel):
@@ -164,41 +165,48 @@ class CustomersDataServiceServicer:
 
     Files travel in chunks: an upload is a client stream (`header` first, then `chunk`s), a download a server
     stream (`header` first, then `chunk`s); the gateway maps them to multipart uploads and streamed responses.
+    Duplicate rules.
     """
 
     def CreateDuplicateRule(self, request, context):
-        """Duplicate rules.
+        """Create a duplicate rule: what makes two accounts or two contacts the same, and what a create, an update
+        and an import then do.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDuplicateRule(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a duplicate rule.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDuplicateRules(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the company's duplicate rules.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateDuplicateRule(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Change a duplicate rule (its record type and what it matches are fixed).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteDuplicateRule(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Delete a duplicate rule.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckDuplicates(self, request, context):
-        """The existing records a would-be account or contact duplicates, by the tenant's rules.
+        """Check a would-be account or contact against the company's duplicate rules, without saving it: the
+        existing records it would duplicate and what a create would do.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,25 +214,34 @@ class CustomersDataServiceServicer:
 
     def StartDuplicateScan(self, request, context):
         """Duplicate scans over existing records.
+
+        Start a scan that compares every account (or contact) with the others by the active rules; its groups
+        then list under GET /api/v1/duplicates.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDuplicateScan(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a duplicate scan and its progress.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDuplicateScans(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List duplicate scans, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListDuplicateGroups(self, request, context):
-        """Duplicate groups of a scan, best score first
+        """List duplicate groups found by scans, best score first.
+
+        A scan's groups (`scan_id`), or those of the latest finished scan of each record type the caller may
+        merge (`record_type` narrows it to one). A group shows only when one of its members is in the caller's
+        data scope; the others come by id, score and rules only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,81 +249,100 @@ class CustomersDataServiceServicer:
 
     def CreateMerge(self, request, context):
         """Merges.
+
+        Merge records into one: the merged records go to the recycle bin pointing at the survivor, their
+        references move to it, and the survivor takes the field values chosen in `field_sources`. Undoable until
+        `undo_until`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetMerge(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Get a merge.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListMerges(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List merges, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UndoMerge(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Undo a merge: the merged records come back and what moved moves back (until `undo_until`).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UploadImportFile(self, request_iterator, context):
         """Imports: upload, dry run, start, progress, error report.
+
+        Upload a CSV or XLSX file to import (multipart, fields `file` and `target`); its columns are read and a
+        mapping suggested.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetImport(self, request, context):
-        """An import and its progress
+        """Get an import and its progress.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListImports(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List imports, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DryRunImport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Try an import without saving anything: the problems found and what the first rows would become.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartImport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Start an import in the background; follow it with GET /api/v1/imports/{id}.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelImport(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancel an import that has not finished; rows already imported stay.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListImportErrors(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """List the problems found in an import's rows, in file order.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DownloadImportErrors(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Download an import's error report: its rows with the reason each was refused, as CSV or XLSX.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExportRecords(self, request, context):
         """Exports.
+
+        Export accounts or contacts as CSV or XLSX: the list's filters and sort, only the records and fields the
+        caller may read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -445,6 +481,7 @@ class CustomersDataService:
 
     Files travel in chunks: an upload is a client stream (`header` first, then `chunk`s), a download a server
     stream (`header` first, then `chunk`s); the gateway maps them to multipart uploads and streamed responses.
+    Duplicate rules.
     """
 
     @staticmethod

@@ -33,6 +33,7 @@ class CustomersDataServiceStub:
 
     Files travel in chunks: an upload is a client stream (`header` first, then `chunk`s), a download a server
     stream (`header` first, then `chunk`s); the gateway maps them to multipart uploads and streamed responses.
+    Duplicate rules.
     """
 
     @_typing.overload
@@ -40,36 +41,77 @@ class CustomersDataServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CustomersDataServiceAsyncStub: ...
     CreateDuplicateRule: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.CreateDuplicateRuleRequest, _data_quality_pb2.CreateDuplicateRuleResponse]
-    """Duplicate rules."""
+    """Create a duplicate rule: what makes two accounts or two contacts the same, and what a create, an update
+    and an import then do.
+    """
     GetDuplicateRule: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.GetDuplicateRuleRequest, _data_quality_pb2.GetDuplicateRuleResponse]
+    """Get a duplicate rule."""
     ListDuplicateRules: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateRulesRequest, _data_quality_pb2.ListDuplicateRulesResponse]
+    """List the company's duplicate rules."""
     UpdateDuplicateRule: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.UpdateDuplicateRuleRequest, _data_quality_pb2.UpdateDuplicateRuleResponse]
+    """Change a duplicate rule (its record type and what it matches are fixed)."""
     DeleteDuplicateRule: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.DeleteDuplicateRuleRequest, _data_quality_pb2.DeleteDuplicateRuleResponse]
+    """Delete a duplicate rule."""
     CheckDuplicates: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.CheckDuplicatesRequest, _data_quality_pb2.CheckDuplicatesResponse]
-    """The existing records a would-be account or contact duplicates, by the tenant's rules."""
+    """Check a would-be account or contact against the company's duplicate rules, without saving it: the
+    existing records it would duplicate and what a create would do.
+    """
     StartDuplicateScan: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.StartDuplicateScanRequest, _data_quality_pb2.StartDuplicateScanResponse]
-    """Duplicate scans over existing records."""
+    """Duplicate scans over existing records.
+
+    Start a scan that compares every account (or contact) with the others by the active rules; its groups
+    then list under GET /api/v1/duplicates.
+    """
     GetDuplicateScan: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.GetDuplicateScanRequest, _data_quality_pb2.GetDuplicateScanResponse]
+    """Get a duplicate scan and its progress."""
     ListDuplicateScans: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateScansRequest, _data_quality_pb2.ListDuplicateScansResponse]
+    """List duplicate scans, newest first."""
     ListDuplicateGroups: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateGroupsRequest, _data_quality_pb2.ListDuplicateGroupsResponse]
-    """Duplicate groups of a scan, best score first"""
+    """List duplicate groups found by scans, best score first.
+
+    A scan's groups (`scan_id`), or those of the latest finished scan of each record type the caller may
+    merge (`record_type` narrows it to one). A group shows only when one of its members is in the caller's
+    data scope; the others come by id, score and rules only.
+    """
     CreateMerge: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.CreateMergeRequest, _data_quality_pb2.CreateMergeResponse]
-    """Merges."""
+    """Merges.
+
+    Merge records into one: the merged records go to the recycle bin pointing at the survivor, their
+    references move to it, and the survivor takes the field values chosen in `field_sources`. Undoable until
+    `undo_until`.
+    """
     GetMerge: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.GetMergeRequest, _data_quality_pb2.GetMergeResponse]
+    """Get a merge."""
     ListMerges: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListMergesRequest, _data_quality_pb2.ListMergesResponse]
+    """List merges, newest first."""
     UndoMerge: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.UndoMergeRequest, _data_quality_pb2.UndoMergeResponse]
+    """Undo a merge: the merged records come back and what moved moves back (until `undo_until`)."""
     UploadImportFile: _grpc.StreamUnaryMultiCallable[_data_quality_pb2.UploadImportFileRequest, _data_quality_pb2.UploadImportFileResponse]
-    """Imports: upload, dry run, start, progress, error report."""
+    """Imports: upload, dry run, start, progress, error report.
+
+    Upload a CSV or XLSX file to import (multipart, fields `file` and `target`); its columns are read and a
+    mapping suggested.
+    """
     GetImport: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.GetImportRequest, _data_quality_pb2.GetImportResponse]
-    """An import and its progress"""
+    """Get an import and its progress."""
     ListImports: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListImportsRequest, _data_quality_pb2.ListImportsResponse]
+    """List imports, newest first."""
     DryRunImport: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.DryRunImportRequest, _data_quality_pb2.DryRunImportResponse]
+    """Try an import without saving anything: the problems found and what the first rows would become."""
     StartImport: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.StartImportRequest, _data_quality_pb2.StartImportResponse]
+    """Start an import in the background; follow it with GET /api/v1/imports/{id}."""
     CancelImport: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.CancelImportRequest, _data_quality_pb2.CancelImportResponse]
+    """Cancel an import that has not finished; rows already imported stay."""
     ListImportErrors: _grpc.UnaryUnaryMultiCallable[_data_quality_pb2.ListImportErrorsRequest, _data_quality_pb2.ListImportErrorsResponse]
+    """List the problems found in an import's rows, in file order."""
     DownloadImportErrors: _grpc.UnaryStreamMultiCallable[_data_quality_pb2.DownloadImportErrorsRequest, _data_quality_pb2.DownloadImportErrorsResponse]
+    """Download an import's error report: its rows with the reason each was refused, as CSV or XLSX."""
     ExportRecords: _grpc.UnaryStreamMultiCallable[_data_quality_pb2.ExportRecordsRequest, _data_quality_pb2.ExportRecordsResponse]
-    """Exports."""
+    """Exports.
+
+    Export accounts or contacts as CSV or XLSX: the list's filters and sort, only the records and fields the
+    caller may read.
+    """
 
 @_typing.type_check_only
 class CustomersDataServiceAsyncStub(CustomersDataServiceStub):
@@ -79,40 +121,82 @@ class CustomersDataServiceAsyncStub(CustomersDataServiceStub):
 
     Files travel in chunks: an upload is a client stream (`header` first, then `chunk`s), a download a server
     stream (`header` first, then `chunk`s); the gateway maps them to multipart uploads and streamed responses.
+    Duplicate rules.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDuplicateRule: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.CreateDuplicateRuleRequest, _data_quality_pb2.CreateDuplicateRuleResponse]  # type: ignore[assignment]
-    """Duplicate rules."""
+    """Create a duplicate rule: what makes two accounts or two contacts the same, and what a create, an update
+    and an import then do.
+    """
     GetDuplicateRule: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.GetDuplicateRuleRequest, _data_quality_pb2.GetDuplicateRuleResponse]  # type: ignore[assignment]
+    """Get a duplicate rule."""
     ListDuplicateRules: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateRulesRequest, _data_quality_pb2.ListDuplicateRulesResponse]  # type: ignore[assignment]
+    """List the company's duplicate rules."""
     UpdateDuplicateRule: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.UpdateDuplicateRuleRequest, _data_quality_pb2.UpdateDuplicateRuleResponse]  # type: ignore[assignment]
+    """Change a duplicate rule (its record type and what it matches are fixed)."""
     DeleteDuplicateRule: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.DeleteDuplicateRuleRequest, _data_quality_pb2.DeleteDuplicateRuleResponse]  # type: ignore[assignment]
+    """Delete a duplicate rule."""
     CheckDuplicates: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.CheckDuplicatesRequest, _data_quality_pb2.CheckDuplicatesResponse]  # type: ignore[assignment]
-    """The existing records a would-be account or contact duplicates, by the tenant's rules."""
+    """Check a would-be account or contact against the company's duplicate rules, without saving it: the
+    existing records it would duplicate and what a create would do.
+    """
     StartDuplicateScan: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.StartDuplicateScanRequest, _data_quality_pb2.StartDuplicateScanResponse]  # type: ignore[assignment]
-    """Duplicate scans over existing records."""
+    """Duplicate scans over existing records.
+
+    Start a scan that compares every account (or contact) with the others by the active rules; its groups
+    then list under GET /api/v1/duplicates.
+    """
     GetDuplicateScan: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.GetDuplicateScanRequest, _data_quality_pb2.GetDuplicateScanResponse]  # type: ignore[assignment]
+    """Get a duplicate scan and its progress."""
     ListDuplicateScans: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateScansRequest, _data_quality_pb2.ListDuplicateScansResponse]  # type: ignore[assignment]
+    """List duplicate scans, newest first."""
     ListDuplicateGroups: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListDuplicateGroupsRequest, _data_quality_pb2.ListDuplicateGroupsResponse]  # type: ignore[assignment]
-    """Duplicate groups of a scan, best score first"""
+    """List duplicate groups found by scans, best score first.
+
+    A scan's groups (`scan_id`), or those of the latest finished scan of each record type the caller may
+    merge (`record_type` narrows it to one). A group shows only when one of its members is in the caller's
+    data scope; the others come by id, score and rules only.
+    """
     CreateMerge: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.CreateMergeRequest, _data_quality_pb2.CreateMergeResponse]  # type: ignore[assignment]
-    """Merges."""
+    """Merges.
+
+    Merge records into one: the merged records go to the recycle bin pointing at the survivor, their
+    references move to it, and the survivor takes the field values chosen in `field_sources`. Undoable until
+    `undo_until`.
+    """
     GetMerge: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.GetMergeRequest, _data_quality_pb2.GetMergeResponse]  # type: ignore[assignment]
+    """Get a merge."""
     ListMerges: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListMergesRequest, _data_quality_pb2.ListMergesResponse]  # type: ignore[assignment]
+    """List merges, newest first."""
     UndoMerge: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.UndoMergeRequest, _data_quality_pb2.UndoMergeResponse]  # type: ignore[assignment]
+    """Undo a merge: the merged records come back and what moved moves back (until `undo_until`)."""
     UploadImportFile: _aio.StreamUnaryMultiCallable[_data_quality_pb2.UploadImportFileRequest, _data_quality_pb2.UploadImportFileResponse]  # type: ignore[assignment]
-    """Imports: upload, dry run, start, progress, error report."""
+    """Imports: upload, dry run, start, progress, error report.
+
+    Upload a CSV or XLSX file to import (multipart, fields `file` and `target`); its columns are read and a
+    mapping suggested.
+    """
     GetImport: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.GetImportRequest, _data_quality_pb2.GetImportResponse]  # type: ignore[assignment]
-    """An import and its progress"""
+    """Get an import and its progress."""
     ListImports: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListImportsRequest, _data_quality_pb2.ListImportsResponse]  # type: ignore[assignment]
+    """List imports, newest first."""
     DryRunImport: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.DryRunImportRequest, _data_quality_pb2.DryRunImportResponse]  # type: ignore[assignment]
+    """Try an import without saving anything: the problems found and what the first rows would become."""
     StartImport: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.StartImportRequest, _data_quality_pb2.StartImportResponse]  # type: ignore[assignment]
+    """Start an import in the background; follow it with GET /api/v1/imports/{id}."""
     CancelImport: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.CancelImportRequest, _data_quality_pb2.CancelImportResponse]  # type: ignore[assignment]
+    """Cancel an import that has not finished; rows already imported stay."""
     ListImportErrors: _aio.UnaryUnaryMultiCallable[_data_quality_pb2.ListImportErrorsRequest, _data_quality_pb2.ListImportErrorsResponse]  # type: ignore[assignment]
+    """List the problems found in an import's rows, in file order."""
     DownloadImportErrors: _aio.UnaryStreamMultiCallable[_data_quality_pb2.DownloadImportErrorsRequest, _data_quality_pb2.DownloadImportErrorsResponse]  # type: ignore[assignment]
+    """Download an import's error report: its rows with the reason each was refused, as CSV or XLSX."""
     ExportRecords: _aio.UnaryStreamMultiCallable[_data_quality_pb2.ExportRecordsRequest, _data_quality_pb2.ExportRecordsResponse]  # type: ignore[assignment]
-    """Exports."""
+    """Exports.
+
+    Export accounts or contacts as CSV or XLSX: the list's filters and sort, only the records and fields the
+    caller may read.
+    """
 
 class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
     """Data quality on the customer records: duplicate rules (checked on every create and update and on import),
@@ -121,6 +205,7 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Files travel in chunks: an upload is a client stream (`header` first, then `chunk`s), a download a server
     stream (`header` first, then `chunk`s); the gateway maps them to multipart uploads and streamed responses.
+    Duplicate rules.
     """
 
     @_abc_1.abstractmethod
@@ -129,35 +214,41 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _data_quality_pb2.CreateDuplicateRuleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_data_quality_pb2.CreateDuplicateRuleResponse, _abc.Awaitable[_data_quality_pb2.CreateDuplicateRuleResponse]]:
-        """Duplicate rules."""
+        """Create a duplicate rule: what makes two accounts or two contacts the same, and what a create, an update
+        and an import then do.
+        """
 
     @_abc_1.abstractmethod
     def GetDuplicateRule(
         self,
         request: _data_quality_pb2.GetDuplicateRuleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.GetDuplicateRuleResponse, _abc.Awaitable[_data_quality_pb2.GetDuplicateRuleResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.GetDuplicateRuleResponse, _abc.Awaitable[_data_quality_pb2.GetDuplicateRuleResponse]]:
+        """Get a duplicate rule."""
 
     @_abc_1.abstractmethod
     def ListDuplicateRules(
         self,
         request: _data_quality_pb2.ListDuplicateRulesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.ListDuplicateRulesResponse, _abc.Awaitable[_data_quality_pb2.ListDuplicateRulesResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.ListDuplicateRulesResponse, _abc.Awaitable[_data_quality_pb2.ListDuplicateRulesResponse]]:
+        """List the company's duplicate rules."""
 
     @_abc_1.abstractmethod
     def UpdateDuplicateRule(
         self,
         request: _data_quality_pb2.UpdateDuplicateRuleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.UpdateDuplicateRuleResponse, _abc.Awaitable[_data_quality_pb2.UpdateDuplicateRuleResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.UpdateDuplicateRuleResponse, _abc.Awaitable[_data_quality_pb2.UpdateDuplicateRuleResponse]]:
+        """Change a duplicate rule (its record type and what it matches are fixed)."""
 
     @_abc_1.abstractmethod
     def DeleteDuplicateRule(
         self,
         request: _data_quality_pb2.DeleteDuplicateRuleRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.DeleteDuplicateRuleResponse, _abc.Awaitable[_data_quality_pb2.DeleteDuplicateRuleResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.DeleteDuplicateRuleResponse, _abc.Awaitable[_data_quality_pb2.DeleteDuplicateRuleResponse]]:
+        """Delete a duplicate rule."""
 
     @_abc_1.abstractmethod
     def CheckDuplicates(
@@ -165,7 +256,9 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _data_quality_pb2.CheckDuplicatesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_data_quality_pb2.CheckDuplicatesResponse, _abc.Awaitable[_data_quality_pb2.CheckDuplicatesResponse]]:
-        """The existing records a would-be account or contact duplicates, by the tenant's rules."""
+        """Check a would-be account or contact against the company's duplicate rules, without saving it: the
+        existing records it would duplicate and what a create would do.
+        """
 
     @_abc_1.abstractmethod
     def StartDuplicateScan(
@@ -173,21 +266,27 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _data_quality_pb2.StartDuplicateScanRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_data_quality_pb2.StartDuplicateScanResponse, _abc.Awaitable[_data_quality_pb2.StartDuplicateScanResponse]]:
-        """Duplicate scans over existing records."""
+        """Duplicate scans over existing records.
+
+        Start a scan that compares every account (or contact) with the others by the active rules; its groups
+        then list under GET /api/v1/duplicates.
+        """
 
     @_abc_1.abstractmethod
     def GetDuplicateScan(
         self,
         request: _data_quality_pb2.GetDuplicateScanRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.GetDuplicateScanResponse, _abc.Awaitable[_data_quality_pb2.GetDuplicateScanResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.GetDuplicateScanResponse, _abc.Awaitable[_data_quality_pb2.GetDuplicateScanResponse]]:
+        """Get a duplicate scan and its progress."""
 
     @_abc_1.abstractmethod
     def ListDuplicateScans(
         self,
         request: _data_quality_pb2.ListDuplicateScansRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.ListDuplicateScansResponse, _abc.Awaitable[_data_quality_pb2.ListDuplicateScansResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.ListDuplicateScansResponse, _abc.Awaitable[_data_quality_pb2.ListDuplicateScansResponse]]:
+        """List duplicate scans, newest first."""
 
     @_abc_1.abstractmethod
     def ListDuplicateGroups(
@@ -195,7 +294,12 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _data_quality_pb2.ListDuplicateGroupsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_data_quality_pb2.ListDuplicateGroupsResponse, _abc.Awaitable[_data_quality_pb2.ListDuplicateGroupsResponse]]:
-        """Duplicate groups of a scan, best score first"""
+        """List duplicate groups found by scans, best score first.
+
+        A scan's groups (`scan_id`), or those of the latest finished scan of each record type the caller may
+        merge (`record_type` narrows it to one). A group shows only when one of its members is in the caller's
+        data scope; the others come by id, score and rules only.
+        """
 
     @_abc_1.abstractmethod
     def CreateMerge(
@@ -203,28 +307,36 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _data_quality_pb2.CreateMergeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_data_quality_pb2.CreateMergeResponse, _abc.Awaitable[_data_quality_pb2.CreateMergeResponse]]:
-        """Merges."""
+        """Merges.
+
+        Merge records into one: the merged records go to the recycle bin pointing at the survivor, their
+        references move to it, and the survivor takes the field values chosen in `field_sources`. Undoable until
+        `undo_until`.
+        """
 
     @_abc_1.abstractmethod
     def GetMerge(
         self,
         request: _data_quality_pb2.GetMergeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.GetMergeResponse, _abc.Awaitable[_data_quality_pb2.GetMergeResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.GetMergeResponse, _abc.Awaitable[_data_quality_pb2.GetMergeResponse]]:
+        """Get a merge."""
 
     @_abc_1.abstractmethod
     def ListMerges(
         self,
         request: _data_quality_pb2.ListMergesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.ListMergesResponse, _abc.Awaitable[_data_quality_pb2.ListMergesResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.ListMergesResponse, _abc.Awaitable[_data_quality_pb2.ListMergesResponse]]:
+        """List merges, newest first."""
 
     @_abc_1.abstractmethod
     def UndoMerge(
         self,
         request: _data_quality_pb2.UndoMergeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.UndoMergeResponse, _abc.Awaitable[_data_quality_pb2.UndoMergeResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.UndoMergeResponse, _abc.Awaitable[_data_quality_pb2.UndoMergeResponse]]:
+        """Undo a merge: the merged records come back and what moved moves back (until `undo_until`)."""
 
     @_abc_1.abstractmethod
     def UploadImportFile(
@@ -232,7 +344,11 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_data_quality_pb2.UploadImportFileRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_data_quality_pb2.UploadImportFileResponse, _abc.Awaitable[_data_quality_pb2.UploadImportFileResponse]]:
-        """Imports: upload, dry run, start, progress, error report."""
+        """Imports: upload, dry run, start, progress, error report.
+
+        Upload a CSV or XLSX file to import (multipart, fields `file` and `target`); its columns are read and a
+        mapping suggested.
+        """
 
     @_abc_1.abstractmethod
     def GetImport(
@@ -240,49 +356,55 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _data_quality_pb2.GetImportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_data_quality_pb2.GetImportResponse, _abc.Awaitable[_data_quality_pb2.GetImportResponse]]:
-        """An import and its progress"""
+        """Get an import and its progress."""
 
     @_abc_1.abstractmethod
     def ListImports(
         self,
         request: _data_quality_pb2.ListImportsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.ListImportsResponse, _abc.Awaitable[_data_quality_pb2.ListImportsResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.ListImportsResponse, _abc.Awaitable[_data_quality_pb2.ListImportsResponse]]:
+        """List imports, newest first."""
 
     @_abc_1.abstractmethod
     def DryRunImport(
         self,
         request: _data_quality_pb2.DryRunImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.DryRunImportResponse, _abc.Awaitable[_data_quality_pb2.DryRunImportResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.DryRunImportResponse, _abc.Awaitable[_data_quality_pb2.DryRunImportResponse]]:
+        """Try an import without saving anything: the problems found and what the first rows would become."""
 
     @_abc_1.abstractmethod
     def StartImport(
         self,
         request: _data_quality_pb2.StartImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.StartImportResponse, _abc.Awaitable[_data_quality_pb2.StartImportResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.StartImportResponse, _abc.Awaitable[_data_quality_pb2.StartImportResponse]]:
+        """Start an import in the background; follow it with GET /api/v1/imports/{id}."""
 
     @_abc_1.abstractmethod
     def CancelImport(
         self,
         request: _data_quality_pb2.CancelImportRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.CancelImportResponse, _abc.Awaitable[_data_quality_pb2.CancelImportResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.CancelImportResponse, _abc.Awaitable[_data_quality_pb2.CancelImportResponse]]:
+        """Cancel an import that has not finished; rows already imported stay."""
 
     @_abc_1.abstractmethod
     def ListImportErrors(
         self,
         request: _data_quality_pb2.ListImportErrorsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_data_quality_pb2.ListImportErrorsResponse, _abc.Awaitable[_data_quality_pb2.ListImportErrorsResponse]]: ...
+    ) -> _typing.Union[_data_quality_pb2.ListImportErrorsResponse, _abc.Awaitable[_data_quality_pb2.ListImportErrorsResponse]]:
+        """List the problems found in an import's rows, in file order."""
 
     @_abc_1.abstractmethod
     def DownloadImportErrors(
         self,
         request: _data_quality_pb2.DownloadImportErrorsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_data_quality_pb2.DownloadImportErrorsResponse], _abc.AsyncIterator[_data_quality_pb2.DownloadImportErrorsResponse]]: ...
+    ) -> _typing.Union[_abc.Iterator[_data_quality_pb2.DownloadImportErrorsResponse], _abc.AsyncIterator[_data_quality_pb2.DownloadImportErrorsResponse]]:
+        """Download an import's error report: its rows with the reason each was refused, as CSV or XLSX."""
 
     @_abc_1.abstractmethod
     def ExportRecords(
@@ -290,6 +412,10 @@ class CustomersDataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _data_quality_pb2.ExportRecordsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_data_quality_pb2.ExportRecordsResponse], _abc.AsyncIterator[_data_quality_pb2.ExportRecordsResponse]]:
-        """Exports."""
+        """Exports.
+
+        Export accounts or contacts as CSV or XLSX: the list's filters and sort, only the records and fields the
+        caller may read.
+        """
 
 def add_CustomersDataServiceServicer_to_server(servicer: CustomersDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -97,18 +97,25 @@ class DuplicateCandidate(_message.Message):
     record_type: _builtins.str
     """"account" or "contact"."""
     id: _builtins.str
+    """The existing record's id."""
     name: _builtins.str
-    """The record's name, to show to a person."""
+    """The record's name, to show to a person; empty (null in REST) when the caller may not see it."""
     score: _builtins.float
     """0..1: 1 for an exact match."""
     @_builtins.property
     def rule_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The rules that matched, and the values that matched ("+8613800138000", "huawei")."""
+        """The duplicate rules that matched."""
 
     @_builtins.property
-    def matches(self) -> _containers.RepeatedScalarFieldContainer[Global___DuplicateMatch.ValueType]: ...
+    def matches(self) -> _containers.RepeatedScalarFieldContainer[Global___DuplicateMatch.ValueType]:
+        """What those rules matched on."""
+
     @_builtins.property
-    def matched_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def matched_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The values that matched, normalised ("+8613800138000", "huawei"); left out when the caller may not see
+        the field they come from.
+        """
+
     def __init__(
         self,
         *,

@@ -16,7 +16,6 @@ from typing import Any
 from crm.customers.v1 import duplicates_pb2
 from crm_kit.errors import AlreadyExists, FieldError
 from crm_kit.policy import Decision
-from google.protobuf import json_format
 from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.dialects.postgresql import ARRAY
 
@@ -353,11 +352,25 @@ def bare(c: duplicates_pb2.DuplicateCandidate) -> duplicates_pb2.DuplicateCandid
     return c
 
 
+_MATCH_WORDS = {
+    v.number: v.name.removeprefix("DUPLICATE_MATCH_").lower()
+    for v in duplicates_pb2.DuplicateMatch.DESCRIPTOR.values
+    if v.number
+}
+
+
 def candidate_json(c: duplicates_pb2.DuplicateCandidate) -> dict[str, Any]:
-    """A candidate as the REST API shows it (proto JSON, field names as in the proto)."""
-    return json_format.MessageToDict(
-        c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    """A candidate as the REST API shows a DuplicateCandidate in an answer (docs/api-style.md): every field,
+    null for an empty value, matches as short words ("phone")."""
+    return {
+        "record_type": c.record_type or None,
+        "id": c.id or None,
+        "name": c.name or None,
+        "score": c.score,
+        "rule_ids": list(c.rule_ids),
+        "matches": [_MATCH_WORDS[m] for m in c.matches if m in _MATCH_WORDS],
+        "matched_values": list(c.matched_values),
+    }
 
 
 async def in_scope(session: Any, record_type: str, decision: Decision, ids: Iterable[str]) -> set[str]:

@@ -400,7 +400,7 @@ async def merge(
     every record must be in it (else 404, as for any record the caller cannot see)."""
     kind = RECORD_TYPES.get(record_type)
     if kind is None:
-        raise InvalidArgument.for_field("record_type", "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+        raise InvalidArgument.for_field("record_type", "must be account or contact")
     merged_ids = list(dict.fromkeys(i for i in merged_ids if i))
     if not merged_ids:
         raise InvalidArgument.for_field("merged_ids", "name at least one record to merge")

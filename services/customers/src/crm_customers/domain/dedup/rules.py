@@ -84,7 +84,7 @@ def _validate(check: Check, rule: pb.DuplicateRule, paths: set[str] | None) -> d
         record_type = RECORD_TYPES.get(rule.record_type)
         match = MATCHES.get(rule.match)
         if record_type is None:
-            check.fail("record_type", "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+            check.fail("record_type", "must be account or contact")
         if match is None:
             check.fail("match", "is required")
         elif record_type and match not in MATCHES_FOR[record_type]:

@@ -79,7 +79,7 @@ def group_pb(g: DuplicateGroup) -> pb.DuplicateGroup:
 async def start(uow: UnitOfWork, *, record_type: int) -> DuplicateScan:
     kind = RECORD_TYPES.get(record_type)
     if kind is None:
-        raise InvalidArgument.for_field("record_type", "must be RECORD_TYPE_ACCOUNT or RECORD_TYPE_CONTACT")
+        raise InvalidArgument.for_field("record_type", "must be account or contact")
     principal = caller()
     scan = DuplicateScan(
         id=new_id(),
@@ -110,18 +110,17 @@ async def list_scans(session: AsyncSession, *, page_request: Any) -> tuple[list[
 
 
 async def list_groups(
-    session: AsyncSession, *, page_request: Any, scan_id: str, record_type: int
+    session: AsyncSession, *, page_request: Any, scan_id: str, record_types: list[str]
 ) -> tuple[list[DuplicateGroup], str]:
+    """The groups of a scan, or of the latest finished scan of each of `record_types`, best score first."""
     tenant = caller().tenant_id
     if scan_id:
-        scan = await get(session, scan_id)
+        scan_ids = [(await get(session, scan_id)).id]
     else:
-        kind = RECORD_TYPES.get(record_type)
-        if kind is None:
-            raise InvalidArgument.for_field("scan_id", "name a scan, or a record_type for its latest scan")
-        scan = (
-            await session.scalars(
-                select(DuplicateScan)
+        scan_ids = []
+        for kind in record_types:
+            latest = await session.scalar(
+                select(DuplicateScan.id)
                 .where(
                     DuplicateScan.tenant_id == tenant,
                     DuplicateScan.record_type == kind,
@@ -130,12 +129,16 @@ async def list_groups(
                 .order_by(DuplicateScan.id.desc())
                 .limit(1)
             )
-        ).first()
-        if scan is None:
-            return [], ""
+            if latest is not None:
+                scan_ids.append(latest)
     keys = [SortKey(DuplicateGroup.score, descending=True), SortKey(DuplicateGroup.id)]
     page = Page.of(page_request, len(keys))
-    stmt = select(DuplicateGroup).where(DuplicateGroup.tenant_id == tenant, DuplicateGroup.scan_id == scan.id)
+    if not scan_ids:
+        page.apply(select(DuplicateGroup), keys)  # a cursor is still checked: a foreign one is a 422
+        return [], ""
+    stmt = select(DuplicateGroup).where(
+        DuplicateGroup.tenant_id == tenant, DuplicateGroup.scan_id.in_(scan_ids)
+    )
     rows = (await session.scalars(page.apply(stmt, keys))).all()
     return page.split(rows, lambda g: [g.score, g.id])
 

@@ -118,7 +118,7 @@ def importers(policies: PolicyCache | None = None) -> dict[str, Importer]:
 IMPORTERS = importers()
 
 
-def job_pb(job: ImportJob) -> pb.ImportJob:
+def job_pb(job: ImportJob) -> pb.CustomerImportJob:
     from crm_kit.imports.jobs import fill_job
 
-    return fill_job(pb.ImportJob(), job, target=TARGET_PB[job.target])  # type: ignore[return-value]
+    return fill_job(pb.CustomerImportJob(), job, target=TARGET_PB[job.target])  # type: ignore[return-value]
