@@ -419,7 +419,10 @@ def _download_endpoint(gateway: Any, plan: FilePlan) -> Any:
             limit_headers = await _caller(gateway, request)
             message = plan.request_cls()
             for name in plan.path_fields:
-                setattr(message, name, request.path_params[name])
+                value = request.path_params[name]
+                if len(value) > bounds.PATH_PARAM_MAX_LENGTH:
+                    raise field_problem(name, f"must be at most {bounds.PATH_PARAM_MAX_LENGTH} characters")
+                setattr(message, name, value)
             for key, value in request.query_params.multi_items():
                 f = plan.query_fields.get(key)
                 if f is None:
