@@ -160,7 +160,7 @@ def test_a_job_fills_the_common_message_and_customers_own():
     assert common.created_at.seconds and not common.HasField("finished_at")
     # Customers' older message has the same field names (and its target enum besides).
     theirs = fill_job(
-        data_quality_pb2.ImportJob(), _job(status="succeeded"), target=data_quality_pb2.IMPORT_TARGET_CONTACTS
+        data_quality_pb2.CustomerImportJob(), _job(status="succeeded"), target=data_quality_pb2.IMPORT_TARGET_CONTACTS
     )
     assert theirs.status == data_quality_pb2.JOB_STATUS_SUCCEEDED and theirs.percent == 100
     assert theirs.target == data_quality_pb2.IMPORT_TARGET_CONTACTS

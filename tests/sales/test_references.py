@@ -229,9 +229,9 @@ async def test_the_receivables_of_an_unknown_account_are_not_found(identity, con
     theirs = await _account(customers_channel, other, "柳州龙城糖业有限公司")
     for account_id in (str(uuid.uuid4()), theirs, "not-an-id"):
         err = await rpc_error(
-            contracts.GetReceivables(kpb.GetReceivablesRequest(account_id=account_id), metadata=company.md)
+            contracts.GetReceivables(kpb.GetReceivablesRequest(id=account_id), metadata=company.md)
         )
         assert err.code() == grpc.StatusCode.NOT_FOUND
     mine = await _account(customers_channel, company, "南宁绿城糖业有限公司")
-    owed = await contracts.GetReceivables(kpb.GetReceivablesRequest(account_id=mine), metadata=company.md)
+    owed = await contracts.GetReceivables(kpb.GetReceivablesRequest(id=mine), metadata=company.md)
     assert owed.account_id == mine and not owed.totals

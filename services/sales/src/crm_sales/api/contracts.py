@@ -167,7 +167,7 @@ class ContractsApi(contracts_pb2_grpc.ContractsServiceServicer):
     async def GetReceivables(self, request, context):
         decision = await authorize(self.policies, "payment", "read")
         # Of an account the customers service has for the caller: any other id is a 404, not zero totals.
-        if request.account_id and not await self.people.record_exists("account", request.account_id):
+        if request.id and not await self.people.record_exists("account", request.id):
             raise NotFound("no such account", reason="account_not_found")
         async with self.db.read() as session:
             totals, open_rows = await contracts.receivables(
