@@ -52,7 +52,8 @@ async def test_a_merge_in_customers_re_points_what_sales_shows_and_undo_puts_it_
     company, (rep,) = await team(identity, 1)
     admin = bearer(company.token)
     keep = await created(api, "/api/v1/accounts", {"name": "杭州青山制造有限公司"}, admin)
-    dup = await created(api, "/api/v1/accounts", {"name": "青山制造(杭州)"}, admin)
+    # The rep's own account: a rep links an opportunity only to an account they may read.
+    dup = await created(api, "/api/v1/accounts", {"name": "青山制造(杭州)", "owner_id": rep.user.id}, admin)
     await created(api, "/api/v1/pipelines", {"name": "直销"}, admin)
     opp = await created(
         api, "/api/v1/opportunities", {"name": "产线改造", "account_id": dup["id"]}, bearer(rep.token)
@@ -96,7 +97,7 @@ async def test_a_merge_in_customers_re_points_what_sales_shows_and_undo_puts_it_
 async def test_a_plan_is_rescheduled_and_a_payment_refunded_through_the_api(api, identity):
     company, _ = await team(identity, 0)
     admin = bearer(company.token)
-    account = company.tenant.id
+    account = (await created(api, "/api/v1/accounts", {"name": "宁波海天维保有限公司"}, admin))["id"]
     contract = await approved_contract(api, admin, title="维保合同", account_id=account, amount="900.00")
     plan = await created(
         api,
