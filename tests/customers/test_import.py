@@ -289,11 +289,13 @@ async def test_a_crashed_import_resumes_after_its_checkpoint(identity, customers
     rows = [["姓名", "手机"]] + [[f"客户{i}", f"1380000{i:04d}"] for i in range(2500)]
     job = await upload(data, company, csv_bytes(rows), chunk=64 * 1024)
     runtime = customers_service.runtime
-    # Claim it as a worker would, commit the first batch, then "crash" (the worker never comes back).
+    # Claim it as a worker would, commit the first batch, then "crash" (the worker never comes back). The lease
+    # runs a few seconds: long enough for this first batch, which the service's own worker would otherwise take
+    # over before it is committed (and fence it off, as it should).
     async with runtime.db.unit_of_work() as uow:
         await uow.session.execute(
             text(
-                "UPDATE import_jobs SET status = 'running', attempts = 1, lease_until = now() - interval '1 second', "
+                "UPDATE import_jobs SET status = 'running', attempts = 1, lease_until = now() + interval '8 seconds', "
                 "mapping = CAST(:m AS jsonb) WHERE id = :id"
             ),
             {

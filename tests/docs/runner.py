@@ -31,6 +31,7 @@ answer) and reports every failure with its file and line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
@@ -40,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+# How long a new company's defaults may take to appear (they follow sign-up through an event).
+COMPANY_READY_SECONDS = 20.0
 
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^\s`]*)")
 SKIP = re.compile(r"<!--\s*docs-test:\s*skip:\s*(?P<reason>.+?)\s*-->")
@@ -368,6 +372,7 @@ class Runner:
         tokens = await self.client.post("/api/v1/auth/token", json={"email": email, "password": password})
         assert tokens.is_success, tokens.text
         self._signed_in(tokens.json())
+        await self.company_ready()
 
     def _signed_in(self, answer: dict[str, Any]) -> None:
         self.context["token"] = self.context["ACCESS_TOKEN"] = answer["access_token"]
@@ -442,7 +447,25 @@ class Runner:
             and answer.get("access_token")
         ):
             self._signed_in(answer)
+            if path == "/api/v1/auth/token":
+                await self.company_ready()
         return outcome
+
+    async def company_ready(self) -> None:
+        """A new company's defaults (its duplicate rules and pipeline) are set up from identity's TenantCreated
+        event, a moment after sign-up; the examples read like a person who signs in a moment later would see it,
+        so wait until they are there before the next example (the defaults themselves are tested elsewhere)."""
+        headers = {"Authorization": f"Bearer {self.context['token']}"}
+        deadline = asyncio.get_running_loop().time() + COMPANY_READY_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
+            rules = await self.client.get("/api/v1/duplicate-rules", headers=headers)
+            pipelines = await self.client.get("/api/v1/pipelines", headers=headers)
+            if rules.status_code == 200 and pipelines.status_code == 200:
+                if len(rules.json()["items"]) >= 3 and pipelines.json()["items"]:
+                    return
+            else:
+                return  # the credential may not read them: nothing to wait for
+            await asyncio.sleep(0.1)
 
 
 def is_placeholder(value: Any) -> bool:
