@@ -83,11 +83,9 @@ def _set_scalar(message: Any, f: FieldDescriptor, raw: str) -> None:
             value: Any = _enum_value(f, raw)
         elif f.type == FD.TYPE_BOOL:
             value = raw.strip().lower() in ("1", "true", "yes")
-        elif f.type in (FD.TYPE_INT32, FD.TYPE_INT64, FD.TYPE_UINT32, FD.TYPE_UINT64):
+        elif f.type in schema.INT_BOUNDS:
             value = int(raw)
-            low, high = (0, 2**32 - 1) if f.type == FD.TYPE_UINT32 else (-(2**31), 2**31 - 1)
-            if f.type in (FD.TYPE_INT64, FD.TYPE_UINT64):
-                low, high = (0 if f.type == FD.TYPE_UINT64 else -(2**53)), 2**53
+            low, high = schema.INT_BOUNDS[f.type]  # the bounds of every other integer input
             if not low <= value <= high:
                 raise field_problem(f.name, f"must be between {low} and {high}")
         elif f.type == FD.TYPE_STRING:
@@ -225,10 +223,9 @@ def _schema(f: FieldDescriptor) -> dict[str, Any]:
         single: dict[str, Any] = {"type": "string", "enum": list(contract.enum_names(f.enum_type))}
     elif f.type == FD.TYPE_BOOL:
         single = {"type": "boolean"}
-    elif f.type in (FD.TYPE_INT32, FD.TYPE_UINT32):
-        single = {"type": "integer", "format": "int32"}
-    elif f.type in (FD.TYPE_INT64, FD.TYPE_UINT64):
-        single = {"type": "integer", "format": "int64", "minimum": -(2**53), "maximum": 2**53}
+    elif f.type in schema.INT_BOUNDS:
+        low, high = schema.INT_BOUNDS[f.type]
+        single = {"type": "integer", "minimum": low, "maximum": high}
     else:
         single = {"type": "string", "maxLength": bounds.string_max_length(f)}
     if f.is_repeated:
