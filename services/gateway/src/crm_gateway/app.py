@@ -12,8 +12,10 @@ import orjson
 from crm_kit.telemetry import metrics_enabled, tracing_enabled
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from starlette.responses import Response
+from starlette.routing import Match, get_route_path
 
 from crm_gateway import contract, files, problems
 from crm_gateway.middleware import EdgeMiddleware
@@ -52,6 +54,24 @@ times are RFC 3339.
 **Custom fields**: in this document `custom_fields` of accounts and contacts is an open object (each company
 defines its own); `GET /api/v1/openapi.json` is the caller's company's document, with them typed.
 """
+
+
+class LiteralPrefixRoute(APIRoute):
+    """An APIRoute that turns a request away on the literal start of its path before trying its pattern.
+
+    The router tries routes in order until one matches, and the gateway has a few hundred: testing each
+    pattern cost more than anything else the gateway does for a request (170 µs for a route halfway down the
+    table, profiled under load). A path that does not begin with the route's literal prefix (everything before
+    its first `{`) cannot match it, so that one `startswith` answers for most routes."""
+
+    def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.literal_prefix = path.split("{", 1)[0]
+
+    def matches(self, scope: dict[str, Any]) -> tuple[Match, dict[str, Any]]:
+        if scope["type"] == "http" and not get_route_path(scope).startswith(self.literal_prefix):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 REQUIRED_FOR_READINESS = frozenset({"identity"})
@@ -101,6 +121,7 @@ def create_app(
     )
     app.state.gateway = gateway
     app.state.plans = plans
+    app.router.route_class = LiteralPrefixRoute
     problems.install(app)
 
     # A literal segment is matched before a parameter (/accounts/count before /accounts/{id}).

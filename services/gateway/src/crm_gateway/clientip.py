@@ -11,6 +11,7 @@ every service call carries; `crm_kit.context.client_ip()` there) all see the sam
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from typing import Any
@@ -18,10 +19,18 @@ from typing import Any
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _trusted(address: str, networks: Sequence[Network]) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _parse(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address, or None for a string that is not one; cached, as a peer sends many requests."""
     try:
-        ip = ipaddress.ip_address(address)
+        return ipaddress.ip_address(address)
     except ValueError:
+        return None
+
+
+def _trusted(address: str, networks: Sequence[Network]) -> bool:
+    ip = _parse(address)
+    if ip is None:
         return False
     return any(ip.version == net.version and ip in net for net in networks)
 
@@ -45,8 +54,7 @@ def resolve(scope: dict[str, Any], networks: Sequence[Network]) -> tuple[str, st
         client = address
         if not _trusted(address, networks):
             break
-    try:
-        client = str(ipaddress.ip_address(client))
-    except ValueError:  # not an address: the proxy is the closest thing we know
-        client = peer
+    parsed = _parse(client)
+    # Not an address: the proxy is the closest thing we know.
+    client = str(parsed) if parsed is not None else peer
     return client, proto if proto in ("http", "https") else None
