@@ -54,6 +54,9 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
         self.public = frozenset(public_methods)
         self.db = db
         self.idempotency_ttl = idempotency_ttl_seconds
+        # method → (the servicer's handler, its wrapped handler): wrapping is the same for every call of a
+        # method, so it is done once rather than per call.
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = await continuation(handler_call_details)
@@ -62,6 +65,14 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if method.startswith("/grpc."):
             return handler
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         is_public = method in self.public
         verifier = self.verifier
         db = self.db
