@@ -60,12 +60,12 @@ async def test_a_merge_in_customers_re_points_what_sales_shows_and_undo_puts_it_
     )
     contract = await approved_contract(api, admin, title="改造合同", account_id=dup["id"], amount="500000.00")
 
-    merge = await created(
-        api,
-        "/api/v1/merges",
-        {"record_type": "account", "survivor_id": keep["id"], "merged_ids": [dup["id"]]},
-        admin,
-    )
+    # The survivor's version the caller saw goes in If-Match, as for any change: a stale one is a 412.
+    body = {"record_type": "account", "survivor_id": keep["id"], "merged_ids": [dup["id"]]}
+    stale_merge = await api.post("/api/v1/merges", json=body, headers={**admin, "If-Match": '"7"'})
+    assert_problem(stale_merge, 412)
+    seen = (await api.get(f"/api/v1/accounts/{keep['id']}", headers=admin)).headers["etag"]
+    merge = await created(api, "/api/v1/merges", body, {**admin, "If-Match": seen})
 
     async def account_of_opportunity() -> str:
         answer = await api.get(f"/api/v1/opportunities/{opp['id']}", headers=bearer(rep.token))

@@ -147,9 +147,12 @@ async def test_an_opportunity_moves_across_the_board_through_the_api(api, identi
     )
     assert opp.status_code == 201, opp.text
     assert opp.json()["amount"] == "1234567.89" and opp.json()["products"][0]["unit_price"] == "617283.945"
-    moved = await api.post(
-        f"/api/v1/opportunities/{opp.json()['id']}/stage", json={"stage_id": stages[2]["id"]}, headers=admin
+    stage_url = f"/api/v1/opportunities/{opp.json()['id']}/stage"
+    stale_move = await api.post(
+        stage_url, json={"stage_id": stages[2]["id"]}, headers={**admin, "If-Match": '"9"'}
     )
+    assert_problem(stale_move, 412)
+    moved = await api.post(stage_url, json={"stage_id": stages[2]["id"]}, headers={**admin, "If-Match": '"1"'})
     assert moved.status_code == 200, moved.text
     board = await api.get(f"/api/v1/pipelines/{pipeline['id']}/board", headers=admin)
     assert board.status_code == 200, board.text

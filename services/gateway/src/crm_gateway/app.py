@@ -40,8 +40,8 @@ partner integrations, `X-API-Key: <key>`. The tenant is always the credential's.
 **Retries**: every POST honours `Idempotency-Key` (24 h): the same key and body replay the first answer;
 the same key with another body is a 422; a request still running under the key is a 409 (retry shortly).
 
-**Concurrency**: single objects carry `ETag: "<version>"`; send it back as `If-Match` on PATCH/DELETE to
-get 412 instead of overwriting someone else's change. Without If-Match the change is unconditional.
+**Concurrency**: single objects carry `ETag: "<version>"`; send it back as `If-Match` on PATCH/PUT/DELETE (and on the
+actions that change an object, such as a stage move or a merge) to get 412 instead of overwriting someone else's change. Without If-Match the change is unconditional.
 
 **Rate limits** per tenant and per API key; every limited response has `RateLimit-Limit`,
 `RateLimit-Remaining`, `RateLimit-Reset`, and a refused one is a 429 with `Retry-After`.

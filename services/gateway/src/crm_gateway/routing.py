@@ -147,7 +147,9 @@ class RoutePlan:
                 raise ValueError(f"{self.rpc}: a list response needs `repeated items` and `next_cursor`")
 
         ev = fields.get("expected_version")
-        self.if_match = ev is not None and self.http_method in ("PATCH", "PUT", "DELETE")
+        # Every method that changes something takes the version the caller saw: updates and deletes, and
+        # custom methods such as a stage move or a merge (their body "*" must not silently drop it).
+        self.if_match = ev is not None and self.http_method != "GET"
         if ev is not None:
             used.add("expected_version")
 
